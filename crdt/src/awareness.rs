@@ -1,0 +1,196 @@
+//! The room's awareness states, with the merge rules of `y-protocols/awareness`.
+//!
+//! The server holds no awareness state of its own: it remembers what clients announced so that a
+//! late joiner can be told, and so that a closed connection's clients can be removed. yrs has an
+//! `Awareness` too, but it owns a `Doc` and keeps every removed client forever; this one keeps a
+//! bounded number of removal tombstones, which is what a long-lived room under reconnect storms
+//! needs.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use tandem_sync::{AwarenessEntry, AwarenessUpdate};
+
+/// How many removed clients are remembered. A tombstone only matters while a stale copy of the
+/// removed state may still be in flight, which is seconds; 1,024 bounds the memory of a room
+/// that sees many short visits.
+const REMOVED_TOMBSTONES: usize = 1024;
+
+#[derive(Debug, Clone)]
+struct State {
+    clock: u64,
+    json: Option<Arc<str>>,
+}
+
+/// What applying an update changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Clients whose state was added or renewed (even with the same content).
+    pub updated: Vec<u64>,
+    /// Clients that were removed.
+    pub removed: Vec<u64>,
+}
+
+impl Changes {
+    /// Whether the update changed anything, so that it is worth forwarding.
+    pub fn is_empty(&self) -> bool {
+        self.updated.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// Awareness states by client id.
+#[derive(Debug, Default)]
+pub struct Awareness {
+    states: HashMap<u64, State>,
+    tombstones: VecDeque<u64>,
+}
+
+impl Awareness {
+    /// Applies an update with the y-protocols rules: an entry wins when its clock is newer, or
+    /// when it removes a live state at the same clock.
+    pub fn apply(&mut self, update: &AwarenessUpdate) -> Changes {
+        let mut changes = Changes::default();
+        for entry in &update.entries {
+            let wins = match self.states.get(&entry.client_id) {
+                None => entry.state.is_some(),
+                Some(known) => {
+                    known.clock < entry.clock
+                        || (known.clock == entry.clock
+                            && entry.state.is_none()
+                            && known.json.is_some())
+                }
+            };
+            if !wins {
+                continue;
+            }
+            let was_live = self
+                .states
+                .get(&entry.client_id)
+                .is_some_and(|s| s.json.is_some());
+            self.states.insert(
+                entry.client_id,
+                State {
+                    clock: entry.clock,
+                    json: entry.state.clone(),
+                },
+            );
+            match (&entry.state, was_live) {
+                (Some(_), _) => changes.updated.push(entry.client_id),
+                (None, true) => {
+                    changes.removed.push(entry.client_id);
+                    self.remember_removal(entry.client_id);
+                }
+                (None, false) => self.remember_removal(entry.client_id),
+            }
+        }
+        changes
+    }
+
+    /// Removes `clients` (those still live) and returns the update announcing it, if any.
+    pub fn remove(&mut self, clients: impl IntoIterator<Item = u64>) -> Option<AwarenessUpdate> {
+        let mut entries = Vec::new();
+        for client_id in clients {
+            let Some(state) = self.states.get_mut(&client_id) else {
+                continue;
+            };
+            if state.json.is_none() {
+                continue;
+            }
+            state.clock += 1;
+            state.json = None;
+            entries.push(AwarenessEntry {
+                client_id,
+                clock: state.clock,
+                state: None,
+            });
+            self.remember_removal(client_id);
+        }
+        (!entries.is_empty()).then_some(AwarenessUpdate { entries })
+    }
+
+    /// Every live state, as one update (for a client that joins or asks).
+    pub fn full_update(&self) -> Option<AwarenessUpdate> {
+        let entries: Vec<_> = self
+            .states
+            .iter()
+            .filter_map(|(&client_id, s)| {
+                s.json.as_ref().map(|json| AwarenessEntry {
+                    client_id,
+                    clock: s.clock,
+                    state: Some(Arc::clone(json)),
+                })
+            })
+            .collect();
+        (!entries.is_empty()).then_some(AwarenessUpdate { entries })
+    }
+
+    /// The live state of one client.
+    pub fn get(&self, client_id: u64) -> Option<&str> {
+        self.states.get(&client_id)?.json.as_deref()
+    }
+
+    /// How many clients have a live state.
+    pub fn live_count(&self) -> usize {
+        self.states.values().filter(|s| s.json.is_some()).count()
+    }
+
+    fn remember_removal(&mut self, client_id: u64) {
+        self.tombstones.push_back(client_id);
+        while self.tombstones.len() > REMOVED_TOMBSTONES {
+            if let Some(old) = self.tombstones.pop_front() {
+                // The same id may have come back to life since; keep it then.
+                if self.states.get(&old).is_some_and(|s| s.json.is_none()) {
+                    self.states.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(client_id: u64, clock: u64, state: Option<&str>) -> AwarenessUpdate {
+        AwarenessUpdate {
+            entries: vec![AwarenessEntry {
+                client_id,
+                clock,
+                state: state.map(Into::into),
+            }],
+        }
+    }
+
+    #[test]
+    fn newer_clock_wins_and_stale_is_ignored() {
+        let mut awareness = Awareness::default();
+        assert_eq!(
+            awareness.apply(&update(1, 2, Some("{}"))).updated,
+            vec![1]
+        );
+        assert!(awareness.apply(&update(1, 1, Some("{\"old\":1}"))).is_empty());
+        assert_eq!(awareness.get(1), Some("{}"));
+    }
+
+    #[test]
+    fn removal_at_same_clock_wins_and_bumps_on_server_removal() {
+        let mut awareness = Awareness::default();
+        awareness.apply(&update(1, 3, Some("{}")));
+        assert_eq!(awareness.apply(&update(1, 3, None)).removed, vec![1]);
+        awareness.apply(&update(2, 1, Some("{}")));
+        let removal = awareness.remove([2, 99]).unwrap();
+        assert_eq!(removal, update(2, 2, None));
+        assert_eq!(awareness.live_count(), 0);
+        assert!(awareness.full_update().is_none());
+    }
+
+    #[test]
+    fn tombstones_are_bounded() {
+        let mut awareness = Awareness::default();
+        for id in 0..(REMOVED_TOMBSTONES as u64 * 3) {
+            awareness.apply(&update(id, 1, Some("{}")));
+            awareness.remove([id]);
+        }
+        assert!(awareness.states.len() <= REMOVED_TOMBSTONES);
+    }
+}

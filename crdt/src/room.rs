@@ -1,0 +1,565 @@
+//! [`Room`]: one document's yrs state and awareness, driven by y-websocket frames.
+//!
+//! Bytes in, bytes out: the caller hands over a frame and delivers the [`Outbox`] it gets back
+//! (persist first, then reply and broadcast). No sockets, no storage, no tasks.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use bytes::Bytes;
+use tandem_sync::message::{self, MSG_SYNC_STATUS_HEARTBEAT};
+use tandem_sync::{AuthMessage, AwarenessUpdate, DecodeError, Message, MessageReader, SyncMessage};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{Doc, Options, ReadTxn, StateVector, Transact, Update};
+
+use crate::awareness::Awareness;
+
+/// A connection's id within the server; the room only uses it to track awareness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub u64);
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// What a peer may do to the document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    ReadWrite,
+    /// Reads and awareness only: updates are dropped and answered with permission denied.
+    ReadOnly,
+}
+
+/// Limits a room enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct RoomLimits {
+    /// The most bytes the document may take, as its snapshot plus the updates applied since.
+    pub max_doc_bytes: usize,
+}
+
+impl Default for RoomLimits {
+    fn default() -> Self {
+        RoomLimits {
+            max_doc_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why a room refused input.
+#[derive(Debug, thiserror::Error)]
+pub enum RoomError {
+    #[error("malformed message: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("malformed update: {0}")]
+    BadUpdate(String),
+    #[error("update rejected: {0}")]
+    Rejected(String),
+    #[error("malformed state vector: {0}")]
+    BadStateVector(String),
+    #[error("the document would grow past its limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("unsupported message type {0}")]
+    Unsupported(u64),
+    #[error("the document failed while applying an update and must be reloaded")]
+    Poisoned,
+}
+
+/// What the caller must deliver after [`Room::receive`] or [`Room::apply_update`].
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// Updates to append to the document's log. They must be in the log before `broadcast`
+    /// goes out.
+    pub persist: Vec<Bytes>,
+    /// Frames for the peer that sent the input, in order, one message each.
+    pub reply: Vec<Bytes>,
+    /// Frames for every other peer of the room, in order, one message each.
+    pub broadcast: Vec<Bytes>,
+}
+
+impl Outbox {
+    /// Whether there is nothing to deliver.
+    pub fn is_empty(&self) -> bool {
+        self.persist.is_empty() && self.reply.is_empty() && self.broadcast.is_empty()
+    }
+}
+
+/// A document and its awareness.
+pub struct Room {
+    doc: Doc,
+    awareness: Awareness,
+    /// The awareness client ids each peer announced, removed when it leaves.
+    peers: HashMap<PeerId, Vec<u64>>,
+    limits: RoomLimits,
+    /// The document's stored size: its last snapshot plus the updates applied since.
+    size_bytes: usize,
+    /// Set when yrs panicked inside a transaction: its state can no longer be trusted.
+    poisoned: bool,
+}
+
+/// The v1 encoding of an update with no structs and no deletions.
+const EMPTY_UPDATE: [u8; 2] = [0, 0];
+
+impl Room {
+    /// An empty room.
+    pub fn new(limits: RoomLimits) -> Room {
+        Room {
+            // Garbage collection stays on: the server keeps no history beyond what clients need.
+            doc: Doc::with_options(Options::default()),
+            awareness: Awareness::default(),
+            peers: HashMap::new(),
+            limits,
+            size_bytes: 0,
+            poisoned: false,
+        }
+    }
+
+    /// A room holding the stored `snapshot` and the `log` of updates appended after it.
+    ///
+    /// # Errors
+    /// A stored update yrs cannot decode or apply (the store holds only updates this server
+    /// accepted, so this means corruption).
+    pub fn load<'a>(
+        limits: RoomLimits,
+        snapshot: Option<&'a [u8]>,
+        log: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<Room, RoomError> {
+        let mut room = Room::new(limits);
+        let result = catch_unwind(AssertUnwindSafe(|| -> Result<usize, RoomError> {
+            let mut size = 0;
+            let mut txn = room.doc.transact_mut();
+            for update in snapshot.into_iter().chain(log) {
+                size += update.len();
+                if update == EMPTY_UPDATE {
+                    continue;
+                }
+                let decoded =
+                    Update::decode_v1(update).map_err(|e| RoomError::BadUpdate(e.to_string()))?;
+                txn.apply_update(decoded)
+                    .map_err(|e| RoomError::Rejected(e.to_string()))?;
+            }
+            Ok(size)
+        }));
+        room.size_bytes = match result {
+            Ok(size) => size?,
+            Err(_) => return Err(RoomError::Poisoned),
+        };
+        Ok(room)
+    }
+
+    /// Registers `peer` and returns the frames it must receive first: sync step 1 and, when
+    /// anyone is present, the awareness states.
+    pub fn join(&mut self, peer: PeerId) -> Vec<Bytes> {
+        self.peers.entry(peer).or_default();
+        let mut frames = vec![message::encode_step1(&self.state_vector())];
+        if let Some(update) = self.awareness.full_update() {
+            frames.push(message::encode_awareness(&update.encode()));
+        }
+        frames
+    }
+
+    /// Forgets `peer` and returns the awareness removal its remaining peers must receive.
+    pub fn leave(&mut self, peer: PeerId) -> Option<Bytes> {
+        let clients = self.peers.remove(&peer)?;
+        let removal = self.awareness.remove(clients)?;
+        Some(message::encode_awareness(&removal.encode()))
+    }
+
+    /// Applies one frame from `peer`.
+    ///
+    /// # Errors
+    /// A malformed message, an update yrs rejects, an unsupported message type, a document
+    /// grown past its limit, or a poisoned room. Messages before the bad one have been applied
+    /// and their effects are in the returned error's absence lost to the caller, so the caller
+    /// closes the connection: the client resyncs on reconnect.
+    pub fn receive(
+        &mut self,
+        peer: PeerId,
+        frame: Bytes,
+        access: Access,
+    ) -> Result<Outbox, RoomError> {
+        let mut outbox = Outbox::default();
+        let frame_len = frame.len();
+        for item in MessageReader::new(frame.clone()) {
+            let (msg, range) = item?;
+            // A frame that is exactly one message can be forwarded as it came in.
+            let whole = range.start == 0 && range.end == frame_len;
+            match msg {
+                Message::Sync(SyncMessage::Step1(sv)) => {
+                    outbox.reply.push(message::encode_step2(&self.diff(&sv)?));
+                }
+                Message::Sync(SyncMessage::Step2(update))
+                | Message::Sync(SyncMessage::Update(update)) => {
+                    if access == Access::ReadOnly {
+                        if update.as_ref() != EMPTY_UPDATE {
+                            outbox.reply.push(permission_denied());
+                        }
+                        continue;
+                    }
+                    if self.apply(&update)? {
+                        let forward = if whole && frame[1] == message::MSG_SYNC_UPDATE as u8 {
+                            frame.clone()
+                        } else {
+                            message::encode_update(&update)
+                        };
+                        outbox.persist.push(update);
+                        outbox.broadcast.push(forward);
+                    }
+                }
+                Message::Awareness(payload) => {
+                    let update = AwarenessUpdate::decode(&payload)?;
+                    let changes = self.awareness.apply(&update);
+                    if changes.is_empty() {
+                        continue;
+                    }
+                    let announced = self.peers.entry(peer).or_default();
+                    for id in &changes.updated {
+                        if !announced.contains(id) {
+                            announced.push(*id);
+                        }
+                    }
+                    announced.retain(|id| !changes.removed.contains(id));
+                    outbox.broadcast.push(if whole {
+                        frame.clone()
+                    } else {
+                        message::encode_awareness(&payload)
+                    });
+                }
+                Message::QueryAwareness => {
+                    if let Some(update) = self.awareness.full_update() {
+                        outbox
+                            .reply
+                            .push(message::encode_awareness(&update.encode()));
+                    }
+                }
+                // Clients have nothing to tell the server about permissions.
+                Message::Auth(_) => {}
+                Message::Custom { tag, payload } if tag == MSG_SYNC_STATUS_HEARTBEAT => {
+                    outbox
+                        .reply
+                        .push(Message::Custom { tag, payload }.encode().into());
+                }
+                Message::Custom { tag, .. } => return Err(RoomError::Unsupported(tag)),
+            }
+        }
+        Ok(outbox)
+    }
+
+    /// Applies an update that arrived outside any connection (the HTTP API).
+    ///
+    /// # Errors
+    /// As the update path of [`Room::receive`].
+    pub fn apply_update(&mut self, update: Bytes) -> Result<Outbox, RoomError> {
+        let mut outbox = Outbox::default();
+        if self.apply(&update)? {
+            outbox.broadcast.push(message::encode_update(&update));
+            outbox.persist.push(update);
+        }
+        Ok(outbox)
+    }
+
+    /// The whole document as one v1 update: what a snapshot stores. The room's size restarts
+    /// from it, since a snapshot replaces the log it covers.
+    pub fn snapshot(&mut self) -> Vec<u8> {
+        let state = self
+            .doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        self.size_bytes = state.len();
+        state
+    }
+
+    /// What a peer with state vector `sv` lacks, as a v1 update.
+    ///
+    /// # Errors
+    /// `sv` is not a valid encoded state vector.
+    pub fn diff(&self, sv: &[u8]) -> Result<Vec<u8>, RoomError> {
+        let sv = StateVector::decode_v1(sv).map_err(|e| RoomError::BadStateVector(e.to_string()))?;
+        Ok(self.doc.transact().encode_state_as_update_v1(&sv))
+    }
+
+    /// The document's encoded state vector.
+    pub fn state_vector(&self) -> Vec<u8> {
+        self.doc.transact().state_vector().encode_v1()
+    }
+
+    /// The yrs document, for reads.
+    pub fn doc(&self) -> &Doc {
+        &self.doc
+    }
+
+    /// How many peers are in the room.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// How many clients have a live awareness state.
+    pub fn awareness_count(&self) -> usize {
+        self.awareness.live_count()
+    }
+
+    /// The stored size the document limit is checked against.
+    pub fn size_bytes(&self) -> usize {
+        self.size_bytes
+    }
+
+    /// Whether yrs failed inside this room; a poisoned room refuses all updates.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    /// Applies `update` and says whether it changed the document (or is waiting on missing
+    /// dependencies, which must be kept too).
+    fn apply(&mut self, update: &[u8]) -> Result<bool, RoomError> {
+        if self.poisoned {
+            return Err(RoomError::Poisoned);
+        }
+        if update == EMPTY_UPDATE {
+            return Ok(false);
+        }
+        if self.size_bytes.saturating_add(update.len()) > self.limits.max_doc_bytes {
+            return Err(RoomError::TooLarge {
+                limit: self.limits.max_doc_bytes,
+            });
+        }
+        let decoded =
+            catch_unwind(|| Update::decode_v1(update)).map_err(|_| RoomError::BadUpdate("undecodable".into()))?;
+        let decoded = decoded.map_err(|e| RoomError::BadUpdate(e.to_string()))?;
+        // yrs is known to panic on some crafted updates. The panic is contained here; the
+        // document may be half-changed, so the room is marked poisoned and the caller reloads it
+        // from storage, which holds only updates that applied cleanly.
+        let doc = &self.doc;
+        let result = catch_unwind(AssertUnwindSafe(|| -> Result<bool, RoomError> {
+            let mut txn = doc.transact_mut();
+            txn.apply_update(decoded)
+                .map_err(|e| RoomError::Rejected(e.to_string()))?;
+            let changed = txn.before_state() != txn.after_state()
+                || !txn.delete_set().is_empty()
+                || txn.has_missing_updates();
+            Ok(changed)
+        }));
+        let changed = match result {
+            Ok(changed) => changed?,
+            Err(_) => {
+                self.poisoned = true;
+                tracing::error!("yrs panicked while applying an update; room poisoned");
+                return Err(RoomError::Poisoned);
+            }
+        };
+        if changed {
+            self.size_bytes += update.len();
+        }
+        Ok(changed)
+    }
+}
+
+fn permission_denied() -> Bytes {
+    Message::Auth(AuthMessage::PermissionDenied(
+        "read-only access: updates are not accepted".into(),
+    ))
+    .encode()
+    .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use tandem_sync::message::encode_update;
+    use tandem_sync::AwarenessEntry;
+    use yrs::{GetString, Map, Text, WriteTxn};
+
+    fn text_update(client: u64, text: &str) -> Vec<u8> {
+        let doc = Doc::with_client_id(client);
+        let t = doc.get_or_insert_text("t");
+        let mut txn = doc.transact_mut();
+        t.insert(&mut txn, 0, text);
+        txn.encode_update_v1()
+    }
+
+    fn text_of(room: &Room) -> String {
+        let t = room.doc().get_or_insert_text("t");
+        let txn = room.doc().transact();
+        t.get_string(&txn)
+    }
+
+    #[test]
+    fn update_is_persisted_and_forwarded_as_it_came() {
+        let mut room = Room::new(RoomLimits::default());
+        room.join(PeerId(1));
+        let frame = encode_update(&text_update(1, "hi"));
+        let outbox = room
+            .receive(PeerId(1), frame.clone(), Access::ReadWrite)
+            .unwrap();
+        assert_eq!(outbox.persist.len(), 1);
+        assert_eq!(outbox.broadcast, vec![frame.clone()]);
+        assert!(outbox.reply.is_empty());
+        assert_eq!(text_of(&room), "hi");
+        // The same update again changes nothing and goes nowhere.
+        let again = room.receive(PeerId(1), frame, Access::ReadWrite).unwrap();
+        assert!(again.is_empty());
+    }
+
+    #[test]
+    fn two_replicas_converge_through_the_room() {
+        let mut room = Room::new(RoomLimits::default());
+        let a = Doc::with_client_id(1);
+        let b = Doc::with_client_id(2);
+        let ta = a.get_or_insert_text("t");
+        let tb = b.get_or_insert_text("t");
+        let ua = {
+            let mut txn = a.transact_mut();
+            ta.insert(&mut txn, 0, "alpha ");
+            txn.encode_update_v1()
+        };
+        let ub = {
+            let mut txn = b.transact_mut();
+            tb.insert(&mut txn, 0, "beta ");
+            txn.encode_update_v1()
+        };
+        room.receive(PeerId(1), encode_update(&ua), Access::ReadWrite)
+            .unwrap();
+        room.receive(PeerId(2), encode_update(&ub), Access::ReadWrite)
+            .unwrap();
+        for doc in [&a, &b] {
+            let sv = doc.transact().state_vector().encode_v1();
+            let diff = room.diff(&sv).unwrap();
+            doc.transact_mut()
+                .apply_update(Update::decode_v1(&diff).unwrap())
+                .unwrap();
+        }
+        let sa = ta.get_string(&a.transact());
+        let sb = tb.get_string(&b.transact());
+        assert_eq!(sa, sb);
+        assert_eq!(sa, text_of(&room));
+    }
+
+    #[test]
+    fn step1_is_answered_with_step2_even_when_empty() {
+        let mut room = Room::new(RoomLimits::default());
+        let sv = StateVector::default().encode_v1();
+        let outbox = room
+            .receive(PeerId(1), message::encode_step1(&sv), Access::ReadOnly)
+            .unwrap();
+        assert_eq!(outbox.reply, vec![message::encode_step2(&EMPTY_UPDATE)]);
+    }
+
+    #[test]
+    fn read_only_updates_are_refused_and_not_applied() {
+        let mut room = Room::new(RoomLimits::default());
+        let outbox = room
+            .receive(PeerId(1), encode_update(&text_update(1, "x")), Access::ReadOnly)
+            .unwrap();
+        assert!(outbox.persist.is_empty() && outbox.broadcast.is_empty());
+        assert_eq!(outbox.reply, vec![permission_denied()]);
+        assert_eq!(text_of(&room), "");
+    }
+
+    #[test]
+    fn awareness_is_tracked_per_peer_and_removed_on_leave() {
+        let mut room = Room::new(RoomLimits::default());
+        room.join(PeerId(7));
+        let client = (1u64 << 52) + 5;
+        let update = AwarenessUpdate {
+            entries: vec![AwarenessEntry {
+                client_id: client,
+                clock: 1,
+                state: Some("{\"user\":\"ada\"}".into()),
+            }],
+        };
+        let frame = message::encode_awareness(&update.encode());
+        let outbox = room.receive(PeerId(7), frame.clone(), Access::ReadOnly).unwrap();
+        assert_eq!(outbox.broadcast, vec![frame]);
+        // A late joiner is told.
+        let joined = room.join(PeerId(8));
+        assert_eq!(joined.len(), 2);
+        let removal = room.leave(PeerId(7)).unwrap();
+        let Message::Awareness(payload) = tandem_sync::decode(removal).unwrap() else {
+            panic!("not an awareness message");
+        };
+        let removed = AwarenessUpdate::decode(&payload).unwrap();
+        assert_eq!(removed.entries[0].client_id, client);
+        assert_eq!(removed.entries[0].state, None);
+        assert_eq!(room.awareness_count(), 0);
+    }
+
+    #[test]
+    fn heartbeat_is_echoed_and_unknown_types_refused() {
+        let mut room = Room::new(RoomLimits::default());
+        let heartbeat = Bytes::from_static(&[102, 4, 2]);
+        let outbox = room
+            .receive(PeerId(1), heartbeat.clone(), Access::ReadWrite)
+            .unwrap();
+        assert_eq!(outbox.reply, vec![heartbeat]);
+        assert!(matches!(
+            room.receive(PeerId(1), Bytes::from_static(&[77, 1]), Access::ReadWrite),
+            Err(RoomError::Unsupported(77))
+        ));
+    }
+
+    #[test]
+    fn document_size_limit_is_enforced() {
+        let mut room = Room::new(RoomLimits { max_doc_bytes: 64 });
+        let big = text_update(1, &"x".repeat(100));
+        assert!(matches!(
+            room.apply_update(big.into()),
+            Err(RoomError::TooLarge { limit: 64 })
+        ));
+        assert_eq!(text_of(&room), "");
+    }
+
+    #[test]
+    fn snapshot_and_log_reload_to_the_same_state() {
+        let mut room = Room::new(RoomLimits::default());
+        room.apply_update(text_update(1, "one ").into()).unwrap();
+        let snapshot = room.snapshot();
+        let tail = {
+            let doc = Doc::with_client_id(2);
+            let m = doc.get_or_insert_map("m");
+            let mut txn = doc.transact_mut();
+            m.insert(&mut txn, "k", "v");
+            txn.encode_update_v1()
+        };
+        room.apply_update(tail.clone().into()).unwrap();
+        let reloaded =
+            Room::load(RoomLimits::default(), Some(&snapshot), [tail.as_slice()]).unwrap();
+        assert_eq!(reloaded.state_vector(), room.state_vector());
+        assert_eq!(text_of(&reloaded), "one ");
+        let m = reloaded.doc().transact_mut().get_or_insert_map("m");
+        assert_eq!(
+            m.get(&reloaded.doc().transact(), "k").map(|v| v.to_string(&reloaded.doc().transact())),
+            Some("v".to_string())
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        // Random bytes, and random mutations of a valid update, never panic and never take the
+        // room down: it either applies, refuses, or reports itself poisoned.
+        #[test]
+        fn apply_path_contains_any_input(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut room = Room::new(RoomLimits::default());
+            let _ = room.receive(PeerId(1), Bytes::from(bytes.clone()), Access::ReadWrite);
+            let _ = room.apply_update(Bytes::from(bytes));
+        }
+
+        #[test]
+        fn mutated_updates_are_contained(flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4)) {
+            let mut update = text_update(3, "hello world");
+            for (index, value) in flips {
+                let i = index.index(update.len());
+                update[i] = value;
+            }
+            let mut room = Room::new(RoomLimits::default());
+            room.apply_update(text_update(4, "base").into()).unwrap();
+            let _ = room.apply_update(Bytes::from(update));
+            if !room.is_poisoned() {
+                // Still usable.
+                room.apply_update(text_update(5, "after").into()).unwrap();
+            }
+        }
+    }
+}

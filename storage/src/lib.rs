@@ -1,0 +1,182 @@
+//! `tandem-storage`: document persistence over bytes.
+//!
+//! [`DocStore`] is the seam: an append-only update log per document plus a compacted snapshot.
+//! [`SledStore`] is the default backend, [`MemoryStore`] a volatile one for tests and benches; a
+//! PostgreSQL backend will sit behind the same trait. Nothing here knows yrs: updates and
+//! snapshots are opaque bytes.
+
+mod memory;
+mod sled_store;
+
+pub use memory::MemoryStore;
+pub use sled_store::SledStore;
+
+use async_trait::async_trait;
+
+/// Why a storage call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sled backend failed: {0}")]
+    Backend(#[from] sled::Error),
+    #[error("stored record for document {doc:?} is corrupt: {what}")]
+    Corrupt { doc: String, what: &'static str },
+    #[error("storage task failed: {0}")]
+    Task(String),
+}
+
+/// A document as stored: the latest snapshot and the log appended after it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StoredDoc {
+    pub snapshot: Option<Snapshot>,
+    /// Updates appended after the snapshot, oldest first, with their sequence numbers.
+    pub log: Vec<(Seq, Vec<u8>)>,
+}
+
+impl StoredDoc {
+    /// Whether nothing is stored for the document.
+    pub fn is_empty(&self) -> bool {
+        self.snapshot.is_none() && self.log.is_empty()
+    }
+
+    /// The snapshot's and the log's bytes together.
+    pub fn total_bytes(&self) -> usize {
+        self.snapshot.as_ref().map_or(0, |s| s.bytes.len())
+            + self.log.iter().map(|(_, u)| u.len()).sum::<usize>()
+    }
+
+    /// The highest sequence number the stored state covers (0 when empty).
+    pub fn last_seq(&self) -> Seq {
+        let logged = self.log.last().map(|(seq, _)| *seq);
+        let snap = self.snapshot.as_ref().map(|s| s.upto);
+        logged.or(snap).unwrap_or(Seq(0))
+    }
+}
+
+/// A compacted state: the whole document as one update, covering the log up to `upto`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub upto: Seq,
+    pub bytes: Vec<u8>,
+}
+
+/// The position of an update in the store's log. Sequence numbers only grow, across documents
+/// and across restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Seq(pub u64);
+
+/// What a compaction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compaction {
+    /// The snapshot was written and this many log entries removed.
+    Done { removed: usize },
+    /// A snapshot covering as much or more was already stored; nothing changed.
+    Stale,
+}
+
+/// Document persistence. Object-safe, so the server holds an `Arc<dyn DocStore>`.
+#[async_trait]
+pub trait DocStore: Send + Sync + 'static {
+    /// Buffers `update` at the end of `doc`'s log and returns its sequence number. Cheap and
+    /// non-blocking: the update is in the log for every later `load`, but it is durable only
+    /// once a later [`DocStore::flush`] returns.
+    ///
+    /// # Errors
+    /// The backend refused the write.
+    fn append(&self, doc: &str, update: &[u8]) -> Result<Seq, StoreError>;
+
+    /// Makes everything appended so far durable (a group commit).
+    ///
+    /// # Errors
+    /// The backend could not write or sync.
+    async fn flush(&self) -> Result<(), StoreError>;
+
+    /// Reads `doc`'s snapshot and the log after it.
+    ///
+    /// # Errors
+    /// The backend failed or a record is corrupt.
+    async fn load(&self, doc: &str) -> Result<StoredDoc, StoreError>;
+
+    /// Replaces `doc`'s snapshot with `snapshot`, which covers every update up to `upto`, and
+    /// removes those updates from the log, atomically: a crash leaves either the old snapshot
+    /// with the whole log or the new one with the tail. A snapshot never moves backwards: when
+    /// the stored one already covers `upto`, this is [`Compaction::Stale`].
+    ///
+    /// # Errors
+    /// The backend failed.
+    async fn compact(
+        &self,
+        doc: &str,
+        snapshot: Vec<u8>,
+        upto: Seq,
+    ) -> Result<Compaction, StoreError>;
+
+    /// Removes everything stored for `doc`; says whether anything was.
+    ///
+    /// # Errors
+    /// The backend failed.
+    async fn delete(&self, doc: &str) -> Result<bool, StoreError>;
+
+    /// The names of every stored document.
+    ///
+    /// # Errors
+    /// The backend failed or a key is corrupt.
+    async fn list(&self) -> Result<Vec<String>, StoreError>;
+}
+
+#[cfg(test)]
+mod contract {
+    //! The same behaviour, checked against every backend.
+
+    use super::*;
+
+    pub async fn append_load_compact(store: &dyn DocStore) {
+        assert!(store.load("a").await.unwrap().is_empty());
+        let s1 = store.append("a", b"one").unwrap();
+        let s2 = store.append("a", b"two").unwrap();
+        store.append("a/b", b"other").unwrap();
+        assert!(s2 > s1);
+        store.flush().await.unwrap();
+
+        let doc = store.load("a").await.unwrap();
+        assert_eq!(doc.log, vec![(s1, b"one".to_vec()), (s2, b"two".to_vec())]);
+        assert_eq!(doc.last_seq(), s2);
+
+        assert_eq!(
+            store.compact("a", b"ONE".to_vec(), s1).await.unwrap(),
+            Compaction::Done { removed: 1 }
+        );
+        let doc = store.load("a").await.unwrap();
+        assert_eq!(
+            doc.snapshot,
+            Some(Snapshot {
+                upto: s1,
+                bytes: b"ONE".to_vec()
+            })
+        );
+        assert_eq!(doc.log, vec![(s2, b"two".to_vec())]);
+
+        // A snapshot never moves backwards.
+        assert_eq!(
+            store.compact("a", b"older".to_vec(), s1).await.unwrap(),
+            Compaction::Stale
+        );
+        assert_eq!(
+            store.compact("a", b"BOTH".to_vec(), s2).await.unwrap(),
+            Compaction::Done { removed: 1 }
+        );
+        let doc = store.load("a").await.unwrap();
+        assert!(doc.log.is_empty());
+        assert_eq!(doc.last_seq(), s2);
+
+        // Documents whose names share a prefix stay apart.
+        assert_eq!(store.load("a/b").await.unwrap().log.len(), 1);
+        let mut names = store.list().await.unwrap();
+        names.sort();
+        assert_eq!(names, vec!["a".to_string(), "a/b".to_string()]);
+
+        assert!(store.delete("a").await.unwrap());
+        assert!(!store.delete("a").await.unwrap());
+        assert!(store.load("a").await.unwrap().is_empty());
+        assert_eq!(store.list().await.unwrap(), vec!["a/b".to_string()]);
+    }
+}
