@@ -1,1 +1,169 @@
+//! Tandem: a real-time collaboration server speaking the Yjs protocol.
+//!
+//! This crate is the transport and the product: configuration, the axum router, WebSocket
+//! connections, the room registry and the persistence workers. The protocol lives in
+//! `tandem-sync`, document logic in `tandem-crdt`, storage in `tandem-storage`.
+//!
+//! One entry point: [`serve`] takes a bound listener, a [`Config`] and a shutdown future.
 
+mod api;
+pub mod config;
+pub mod docname;
+pub mod durability;
+mod error;
+mod peer;
+mod rooms;
+mod ws;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::Router;
+use tandem_storage::{DocStore, SledStore, StoreError};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+pub use docname::{DocName, DocNameError};
+
+use durability::Durability;
+use rooms::Rooms;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    config: Arc<Config>,
+    rooms: Arc<Rooms>,
+    durability: Arc<Durability>,
+    /// Connection tasks, awaited at shutdown.
+    tasks: TaskTracker,
+    /// Cancelled when shutdown starts.
+    shutdown: CancellationToken,
+}
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("could not open the database in {dir}: {source}")]
+    Storage {
+        dir: std::path::PathBuf,
+        source: StoreError,
+    },
+    #[error("server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs the server on `listener` with the sled database of `config.data_dir` until `shutdown`
+/// resolves, then closes every connection with 1001, snapshots every room and flushes.
+///
+/// # Errors
+/// The configuration is invalid, the database cannot be opened, or the listener fails.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let store = SledStore::open(&config.data_dir).map_err(|source| ServeError::Storage {
+        dir: config.data_dir.clone(),
+        source,
+    })?;
+    serve_with_store(listener, config, Arc::new(store), shutdown).await
+}
+
+/// [`serve`] with any [`DocStore`].
+///
+/// # Errors
+/// The configuration is invalid or the listener fails.
+pub async fn serve_with_store(
+    listener: TcpListener,
+    config: Config,
+    store: Arc<dyn DocStore>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    validate(&config)?;
+    let config = Arc::new(config);
+    let token = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let durability = Durability::new();
+    let stop_flusher = CancellationToken::new();
+    let flusher = durability.spawn_flusher(
+        Arc::clone(&store),
+        config.flush_interval(),
+        stop_flusher.clone(),
+    );
+    let rooms = Arc::new(Rooms::new(
+        Arc::clone(&store),
+        Arc::clone(&durability),
+        Arc::clone(&config),
+        tasks.clone(),
+        token.clone(),
+    ));
+    let state = AppState {
+        config: Arc::clone(&config),
+        rooms: Arc::clone(&rooms),
+        durability: Arc::clone(&durability),
+        tasks: tasks.clone(),
+        shutdown: token.clone(),
+    };
+
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "tandem listening");
+    let cancel = token.clone();
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            cancel.cancel();
+        })
+        .await?;
+
+    tracing::info!("shutting down: closing connections");
+    token.cancel();
+    tasks.close();
+    if tokio::time::timeout(config.shutdown_timeout(), tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not close in time");
+    }
+    rooms.unload_all().await;
+    stop_flusher.cancel();
+    let _ = flusher.await;
+    if let Err(err) = durability.flush_now(store.as_ref()).await {
+        tracing::error!(error = %err, "final flush failed");
+    }
+    tracing::info!("shut down");
+    Ok(())
+}
+
+fn validate(config: &Config) -> Result<(), ServeError> {
+    let positive = [
+        ("max-frame-bytes", config.max_frame_bytes),
+        ("max-doc-bytes", config.max_doc_bytes),
+        ("outbound-queue", config.outbound_queue),
+        ("compact-after-updates", config.compact_after_updates),
+        ("compact-after-bytes", config.compact_after_bytes),
+    ];
+    for (name, value) in positive {
+        if value == 0 {
+            return Err(ServeError::Config(format!("--{name} must be at least 1")));
+        }
+    }
+    Ok(())
+}
+
+/// The routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/ws/{*doc}", get(ws::upgrade))
+        .route("/healthz", get(api::healthz))
+        .route(
+            "/api/v1/docs/{*doc}",
+            get(api::get_doc).post(api::post_update),
+        )
+        .fallback(api::not_found)
+        .with_state(state)
+}

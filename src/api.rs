@@ -1,0 +1,152 @@
+//! The HTTP API: documents (`/api/v1/docs/...`) and health.
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine;
+use serde::Deserialize;
+use tandem_crdt::RoomError;
+
+use crate::docname::DocName;
+use crate::durability::DurabilityError;
+use crate::error::ApiError;
+use crate::rooms::RoomOpError;
+use crate::AppState;
+
+/// base64url, with or without padding: clients differ.
+const BASE64URL: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// How long an HTTP write waits for its group commit before answering 503.
+const DURABILITY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `GET /healthz`: the process is up.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReadParams {
+    /// A base64url-encoded state vector: answer only what it lacks.
+    sv: Option<String>,
+}
+
+/// `GET /api/v1/docs/{doc}`: the document as one v1 update, or the diff against `?sv=`.
+pub async fn get_doc(
+    State(app): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    params: Result<Query<ReadParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let name = doc_name(path)?;
+    let Query(params) =
+        params.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let sv = match params.sv {
+        Some(sv) => Some(BASE64URL.decode(sv.as_bytes()).map_err(|e| {
+            ApiError::bad_request("bad_state_vector", format!("sv is not base64url: {e}"))
+        })?),
+        None => None,
+    };
+    let update = app
+        .rooms
+        .read(&name, |room| match &sv {
+            Some(sv) => room.diff(sv),
+            None => room.diff(&[0]),
+        })
+        .await
+        .map_err(room_error)?
+        .map_err(|e| room_error(RoomOpError::Room(e)))?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        update,
+    )
+        .into_response())
+}
+
+/// `POST /api/v1/docs/{doc}/update`: applies a v1 update, sends it to the document's clients
+/// and answers once it is durable.
+pub async fn post_update(
+    State(app): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let raw = match path {
+        Ok(Path(raw)) => raw,
+        Err(err) => return Err(ApiError::bad_request("bad_document_name", err.body_text())),
+    };
+    let Some(doc) = raw.strip_suffix("/update") else {
+        return Err(ApiError::not_found(
+            "documents are written with POST /api/v1/docs/{doc}/update",
+        ));
+    };
+    let name = DocName::parse(doc)
+        .map_err(|e| ApiError::bad_request("bad_document_name", e.to_string()))?;
+    let update = body.map_err(|e| {
+        let status = e.status();
+        ApiError::new(status, if status == StatusCode::PAYLOAD_TOO_LARGE { "too_large" } else { "bad_body" }, e.body_text())
+    })?;
+    if update.is_empty() {
+        return Err(ApiError::bad_request(
+            "bad_update",
+            "the body must be a Yjs v1 update",
+        ));
+    }
+    let ticket = app
+        .rooms
+        .apply_update(&name, update)
+        .await
+        .map_err(room_error)?;
+    if let Some(ticket) = ticket {
+        app.durability
+            .wait(ticket, DURABILITY_TIMEOUT)
+            .await
+            .map_err(|e: DurabilityError| {
+                tracing::error!(doc = %name, error = %e, "update applied but not flushed");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    "the update could not be made durable; retry it (updates are idempotent)",
+                )
+            })?;
+    }
+    Ok(Json(serde_json::json!({ "ok": true, "changed": ticket.is_some() })).into_response())
+}
+
+/// Any other path.
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+fn doc_name(path: Result<Path<String>, PathRejection>) -> Result<DocName, ApiError> {
+    match path {
+        Ok(Path(raw)) => DocName::parse(&raw)
+            .map_err(|e| ApiError::bad_request("bad_document_name", e.to_string())),
+        Err(err) => Err(ApiError::bad_request("bad_document_name", err.body_text())),
+    }
+}
+
+fn room_error(err: RoomOpError) -> ApiError {
+    match err {
+        RoomOpError::Room(RoomError::TooLarge { limit }) => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "document_too_large",
+            format!("the document would exceed its limit of {limit} bytes"),
+        ),
+        RoomOpError::Room(RoomError::BadStateVector(e)) => {
+            ApiError::bad_request("bad_state_vector", format!("malformed state vector: {e}"))
+        }
+        RoomOpError::Room(RoomError::Poisoned) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "document_reloading",
+            "the document is reloading; retry",
+        ),
+        RoomOpError::Room(e) => ApiError::bad_request("bad_update", e.to_string()),
+        RoomOpError::Store(e) => ApiError::storage(&e),
+    }
+}

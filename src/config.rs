@@ -1,0 +1,102 @@
+//! Server configuration: every limit, with a sane default, settable as a `--flag` or a
+//! `TANDEM_*` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How `tandem serve` runs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "TANDEM_BIND", default_value = "127.0.0.1:8000")]
+    pub bind: SocketAddr,
+
+    /// Directory of the sled database.
+    #[arg(long, env = "TANDEM_DATA_DIR", default_value = "./tandem-data")]
+    pub data_dir: PathBuf,
+
+    /// Largest WebSocket message (and HTTP update body) accepted, in bytes. A larger one closes
+    /// the connection with 1009.
+    #[arg(long, env = "TANDEM_MAX_FRAME_BYTES", default_value_t = Config::DEFAULT_MAX_FRAME_BYTES)]
+    pub max_frame_bytes: usize,
+
+    /// Largest document, in bytes of its stored form (snapshot plus updates since). An update
+    /// that would grow a document past it is refused (1009 on WebSocket, 413 over HTTP).
+    #[arg(long, env = "TANDEM_MAX_DOC_BYTES", default_value_t = Config::DEFAULT_MAX_DOC_BYTES)]
+    pub max_doc_bytes: usize,
+
+    /// Frames queued for one connection. A client this far behind is closed with 1013 and
+    /// resyncs on reconnect; nothing is dropped silently.
+    #[arg(long, env = "TANDEM_OUTBOUND_QUEUE", default_value_t = Config::DEFAULT_OUTBOUND_QUEUE)]
+    pub outbound_queue: usize,
+
+    /// Group-commit window of the update log, in milliseconds: updates are flushed to disk
+    /// together at most this often.
+    #[arg(long, env = "TANDEM_FLUSH_INTERVAL_MS", default_value_t = Config::DEFAULT_FLUSH_INTERVAL_MS)]
+    pub flush_interval_ms: u64,
+
+    /// Compact a document's log into its snapshot after this many updates.
+    #[arg(long, env = "TANDEM_COMPACT_AFTER_UPDATES", default_value_t = Config::DEFAULT_COMPACT_AFTER_UPDATES)]
+    pub compact_after_updates: usize,
+
+    /// Compact a document's log into its snapshot after this many bytes of updates.
+    #[arg(long, env = "TANDEM_COMPACT_AFTER_BYTES", default_value_t = Config::DEFAULT_COMPACT_AFTER_BYTES)]
+    pub compact_after_bytes: usize,
+
+    /// How long a room stays loaded after its last client left, in milliseconds.
+    #[arg(long, env = "TANDEM_ROOM_GRACE_MS", default_value_t = Config::DEFAULT_ROOM_GRACE_MS)]
+    pub room_grace_ms: u64,
+
+    /// How long shutdown waits for connections to close, in milliseconds.
+    #[arg(long, env = "TANDEM_SHUTDOWN_TIMEOUT_MS", default_value_t = Config::DEFAULT_SHUTDOWN_TIMEOUT_MS)]
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Config {
+    pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+    pub const DEFAULT_MAX_DOC_BYTES: usize = 64 * 1024 * 1024;
+    pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
+    pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 5;
+    pub const DEFAULT_COMPACT_AFTER_UPDATES: usize = 1000;
+    pub const DEFAULT_COMPACT_AFTER_BYTES: usize = 1024 * 1024;
+    pub const DEFAULT_ROOM_GRACE_MS: u64 = 10_000;
+    pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 5_000;
+
+    /// The defaults, with the database in `data_dir`.
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            data_dir: data_dir.into(),
+            ..Config::default()
+        }
+    }
+
+    pub(crate) fn flush_interval(&self) -> Duration {
+        Duration::from_millis(self.flush_interval_ms)
+    }
+
+    pub(crate) fn room_grace(&self) -> Duration {
+        Duration::from_millis(self.room_grace_ms)
+    }
+
+    pub(crate) fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            data_dir: PathBuf::from("./tandem-data"),
+            max_frame_bytes: Config::DEFAULT_MAX_FRAME_BYTES,
+            max_doc_bytes: Config::DEFAULT_MAX_DOC_BYTES,
+            outbound_queue: Config::DEFAULT_OUTBOUND_QUEUE,
+            flush_interval_ms: Config::DEFAULT_FLUSH_INTERVAL_MS,
+            compact_after_updates: Config::DEFAULT_COMPACT_AFTER_UPDATES,
+            compact_after_bytes: Config::DEFAULT_COMPACT_AFTER_BYTES,
+            room_grace_ms: Config::DEFAULT_ROOM_GRACE_MS,
+            shutdown_timeout_ms: Config::DEFAULT_SHUTDOWN_TIMEOUT_MS,
+        }
+    }
+}

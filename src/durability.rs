@@ -1,0 +1,177 @@
+//! Group commit of the update log.
+//!
+//! Appends go into the store's buffer as they happen ([`Durability::appended`] counts them);
+//! one flusher task makes them durable together, at most once per flush interval, and
+//! publishes how far it got. An HTTP write waits for its ticket with [`Durability::wait`], so it
+//! is answered only once its update is on disk.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tandem_storage::{DocStore, StoreError};
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// How far the log is durable.
+#[derive(Debug, Clone, Copy, Default)]
+struct Flushed {
+    /// Every append with a ticket up to this one is durable.
+    durable: u64,
+    /// Consecutive failed flushes; non-zero while the disk refuses writes.
+    failures: u32,
+}
+
+/// A position in the sequence of appends; durable once the flusher has passed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(u64);
+
+/// Why a wait for durability failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DurabilityError {
+    #[error("the log could not be flushed within {0:?}")]
+    Timeout(Duration),
+    #[error("the flusher has stopped")]
+    Stopped,
+}
+
+/// The group-commit state shared by writers and the flusher.
+pub struct Durability {
+    appended: AtomicU64,
+    wake: Notify,
+    flushed: watch::Sender<Flushed>,
+}
+
+impl Durability {
+    pub fn new() -> Arc<Durability> {
+        Arc::new(Durability {
+            appended: AtomicU64::new(0),
+            wake: Notify::new(),
+            flushed: watch::Sender::new(Flushed::default()),
+        })
+    }
+
+    /// Records that something was appended and returns the ticket that says when it is durable.
+    pub fn appended(&self) -> Ticket {
+        let ticket = self.appended.fetch_add(1, Ordering::AcqRel) + 1;
+        // notify_one keeps a permit when the flusher is busy, so no append is ever missed.
+        self.wake.notify_one();
+        Ticket(ticket)
+    }
+
+    /// Waits until `ticket` is durable.
+    ///
+    /// # Errors
+    /// The flusher did not get there within `timeout` (the disk is failing), or it stopped.
+    pub async fn wait(&self, ticket: Ticket, timeout: Duration) -> Result<(), DurabilityError> {
+        let mut rx = self.flushed.subscribe();
+        let reached = tokio::time::timeout(timeout, async {
+            rx.wait_for(|f| f.durable >= ticket.0).await.is_ok()
+        })
+        .await;
+        match reached {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(DurabilityError::Stopped),
+            Err(_) => Err(DurabilityError::Timeout(timeout)),
+        }
+    }
+
+    /// Whether the last flush failed.
+    pub fn is_failing(&self) -> bool {
+        self.flushed.borrow().failures > 0
+    }
+
+    /// Flushes everything appended so far, now.
+    ///
+    /// # Errors
+    /// The store could not flush.
+    pub async fn flush_now(&self, store: &dyn DocStore) -> Result<(), StoreError> {
+        let target = self.appended.load(Ordering::Acquire);
+        let started = tokio::time::Instant::now();
+        let result = store.flush().await;
+        match &result {
+            Ok(()) => {
+                self.flushed.send_modify(|f| {
+                    f.durable = f.durable.max(target);
+                    f.failures = 0;
+                });
+                tracing::trace!(target, elapsed = ?started.elapsed(), "log flushed");
+            }
+            Err(err) => {
+                self.flushed.send_modify(|f| f.failures += 1);
+                tracing::error!(error = %err, "flushing the update log failed; retrying");
+            }
+        }
+        result
+    }
+
+    /// Runs the flusher until `stop` is cancelled: waits for appends, flushes them together, then
+    /// lets `interval` pass so the next flush gathers everything that arrived meanwhile.
+    pub fn spawn_flusher(
+        self: &Arc<Self>,
+        store: Arc<dyn DocStore>,
+        interval: Duration,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = Arc::clone(self);
+        tokio::spawn(
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = this.wake.notified() => {}
+                    }
+                    let next = tokio::time::Instant::now() + interval;
+                    // A failure is logged and counted; waiters keep waiting and the next round
+                    // retries, since the appended updates are still in the buffer.
+                    let _ = this.flush_now(store.as_ref()).await;
+                    if this.is_failing() {
+                        this.wake.notify_one();
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep_until(next) => {}
+                    }
+                }
+            }
+            .instrument(tracing::info_span!("flusher")),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_storage::MemoryStore;
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_are_released_by_the_next_group_commit() {
+        let durability = Durability::new();
+        let store: Arc<dyn DocStore> = Arc::new(MemoryStore::new());
+        let stop = CancellationToken::new();
+        let flusher =
+            durability.spawn_flusher(Arc::clone(&store), Duration::from_millis(5), stop.clone());
+        let first = durability.appended();
+        let second = durability.appended();
+        durability
+            .wait(second, Duration::from_secs(1))
+            .await
+            .unwrap();
+        durability.wait(first, Duration::from_secs(1)).await.unwrap();
+        let third = durability.appended();
+        durability.wait(third, Duration::from_secs(1)).await.unwrap();
+        stop.cancel();
+        flusher.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_without_a_flusher_times_out() {
+        let durability = Durability::new();
+        let ticket = durability.appended();
+        assert!(matches!(
+            durability.wait(ticket, Duration::from_millis(50)).await,
+            Err(DurabilityError::Timeout(_))
+        ));
+    }
+}

@@ -1,0 +1,116 @@
+//! How a connection is told to close: [`Closer`], shared by the connection's reader and writer
+//! and by the room that may find its queue full, and [`CloseReason`], which maps each reason to
+//! its WebSocket close code.
+
+use std::sync::{Arc, OnceLock};
+
+use tokio_util::sync::CancellationToken;
+
+/// Why a connection is closed by the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// A malformed message or frame (1002).
+    Protocol(String),
+    /// Well-formed but unacceptable data: an update yrs rejects, an unknown message type, a
+    /// text frame (1003).
+    Unsupported(String),
+    /// A frame or document over its size limit (1009).
+    TooLarge(String),
+    /// The outbound queue filled up (1013); the client resyncs on reconnect.
+    Lagging,
+    /// The document is being reloaded after an internal failure (1013).
+    Reloading,
+    /// Storage failed (1011).
+    Storage,
+    /// The server is shutting down (1001).
+    ShuttingDown,
+}
+
+/// The longest close reason a close frame can carry (125 bytes of payload minus the code).
+const MAX_REASON_BYTES: usize = 123;
+
+impl CloseReason {
+    /// The WebSocket close code.
+    pub fn code(&self) -> u16 {
+        match self {
+            CloseReason::Protocol(_) => 1002,
+            CloseReason::Unsupported(_) => 1003,
+            CloseReason::TooLarge(_) => 1009,
+            CloseReason::Lagging | CloseReason::Reloading => 1013,
+            CloseReason::Storage => 1011,
+            CloseReason::ShuttingDown => 1001,
+        }
+    }
+
+    /// The reason text, cut to what a close frame can carry.
+    pub fn text(&self) -> String {
+        let text = match self {
+            CloseReason::Protocol(s) | CloseReason::Unsupported(s) | CloseReason::TooLarge(s) => {
+                s.as_str()
+            }
+            CloseReason::Lagging => "client too slow: outbound queue full; reconnect to resync",
+            CloseReason::Reloading => "document is reloading; reconnect",
+            CloseReason::Storage => "storage unavailable; try again later",
+            CloseReason::ShuttingDown => "server shutting down",
+        };
+        let mut end = text.len().min(MAX_REASON_BYTES);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text[..end].to_owned()
+    }
+}
+
+/// A one-shot close signal with the reason that fired it first.
+#[derive(Clone, Default)]
+pub struct Closer {
+    inner: Arc<CloserInner>,
+}
+
+#[derive(Default)]
+struct CloserInner {
+    token: CancellationToken,
+    reason: OnceLock<CloseReason>,
+}
+
+impl Closer {
+    pub fn new() -> Closer {
+        Closer::default()
+    }
+
+    /// Asks the connection to close; the first reason wins.
+    pub fn close(&self, reason: CloseReason) {
+        let _ = self.inner.reason.set(reason);
+        self.inner.token.cancel();
+    }
+
+    /// Resolves once `close` was called.
+    pub async fn closed(&self) {
+        self.inner.token.cancelled().await;
+    }
+
+    /// The reason, once closed.
+    pub fn reason(&self) -> Option<&CloseReason> {
+        self.inner.reason.get()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.inner.token.is_cancelled()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_reason_wins_and_text_fits_a_close_frame() {
+        let closer = Closer::new();
+        closer.close(CloseReason::Protocol("é".repeat(100)));
+        closer.close(CloseReason::Lagging);
+        let reason = closer.reason().unwrap();
+        assert_eq!(reason.code(), 1002);
+        assert!(reason.text().len() <= MAX_REASON_BYTES);
+        assert!(closer.is_closed());
+    }
+}

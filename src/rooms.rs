@@ -1,0 +1,473 @@
+//! The room registry: one loaded [`tandem_crdt::Room`] per open document, its connected peers,
+//! and the persistence around it (log appends, compaction, unload).
+//!
+//! Locking: the registry is a `DashMap` used only through its entry API, so a room is created
+//! exactly once; loading happens in the room's `OnceCell`, so concurrent joiners of a cold room
+//! all wait for the one load and the first step 2 anyone gets holds the stored document. Each
+//! room's state sits behind a `std::sync::Mutex` that is never held across an `.await`; inside
+//! it an update is applied, appended to the log and queued for every peer, so the log order, the
+//! broadcast order and a joiner's snapshot all agree. Queuing is `try_send` into bounded
+//! per-connection queues: no socket is written under the lock.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use tandem_crdt::{Access, Outbox, PeerId, Room, RoomError, RoomLimits};
+use tandem_storage::{Compaction, DocStore, Seq, StoreError};
+use tokio::sync::{mpsc, OnceCell};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::docname::DocName;
+use crate::durability::{Durability, Ticket};
+use crate::peer::{CloseReason, Closer};
+
+/// A connection's handle as the room sees it: its outbound queue and its closer.
+pub struct PeerLink {
+    pub outbound: mpsc::Sender<Bytes>,
+    pub closer: Closer,
+}
+
+/// Why a room operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RoomOpError {
+    #[error(transparent)]
+    Room(#[from] RoomError),
+    #[error("storage failed: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// All loaded rooms.
+pub struct Rooms {
+    map: DashMap<DocName, Arc<RoomHandle>>,
+    store: Arc<dyn DocStore>,
+    durability: Arc<Durability>,
+    config: Arc<Config>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// One document's room. Its state is loaded once, on first use.
+pub struct RoomHandle {
+    name: DocName,
+    state: OnceCell<Mutex<RoomState>>,
+}
+
+struct RoomState {
+    room: Room,
+    peers: HashMap<PeerId, PeerLink>,
+    /// Set when the room was unloaded or poisoned: whoever still holds the handle must look the
+    /// document up again.
+    closed: bool,
+    /// The sequence number of the last update appended for this document.
+    last_seq: Seq,
+    /// Updates and bytes appended since the last snapshot.
+    log_updates: usize,
+    log_bytes: usize,
+    compacting: bool,
+    /// Bumped whenever the room is used, so a pending unload can tell it went stale.
+    activity: u64,
+}
+
+impl Rooms {
+    pub fn new(
+        store: Arc<dyn DocStore>,
+        durability: Arc<Durability>,
+        config: Arc<Config>,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Rooms {
+        Rooms {
+            map: DashMap::new(),
+            store,
+            durability,
+            config,
+            tasks,
+            shutdown,
+        }
+    }
+
+    /// The loaded room of `name`, loading it from storage if needed.
+    ///
+    /// # Errors
+    /// The store failed, or holds something yrs cannot load.
+    async fn get_or_load(&self, name: &DocName) -> Result<Arc<RoomHandle>, RoomOpError> {
+        let handle = Arc::clone(
+            self.map
+                .entry(name.clone())
+                .or_insert_with(|| {
+                    Arc::new(RoomHandle {
+                        name: name.clone(),
+                        state: OnceCell::new(),
+                    })
+                })
+                .value(),
+        );
+        let limits = RoomLimits {
+            max_doc_bytes: self.config.max_doc_bytes,
+        };
+        let load = handle.state.get_or_try_init(|| async {
+            let started = Instant::now();
+            let stored = self.store.load(name.as_str()).await?;
+            let snapshot = stored.snapshot.as_ref().map(|s| s.bytes.as_slice());
+            let log = stored.log.iter().map(|(_, u)| u.as_slice());
+            let room = Room::load(limits, snapshot, log)?;
+            tracing::debug!(
+                doc = %name,
+                bytes = stored.total_bytes(),
+                log = stored.log.len(),
+                elapsed = ?started.elapsed(),
+                "room loaded"
+            );
+            Ok::<_, RoomOpError>(Mutex::new(RoomState {
+                room,
+                peers: HashMap::new(),
+                closed: false,
+                last_seq: stored.last_seq(),
+                log_updates: stored.log.len(),
+                log_bytes: stored.log.iter().map(|(_, u)| u.len()).sum(),
+                compacting: false,
+                activity: 0,
+            }))
+        });
+        match load.await {
+            Ok(_) => Ok(handle),
+            Err(err) => {
+                // Leave no half-made room behind; the next caller tries the load again.
+                self.map
+                    .remove_if(name, |_, h| Arc::ptr_eq(h, &handle) && h.state.get().is_none());
+                Err(err)
+            }
+        }
+    }
+
+    /// Runs `f` on the loaded state of `name`, looking the room up again if it was unloaded in
+    /// between.
+    async fn with_state<T>(
+        &self,
+        name: &DocName,
+        mut f: impl FnMut(&Arc<RoomHandle>, &mut RoomState) -> T,
+    ) -> Result<T, RoomOpError> {
+        loop {
+            let handle = self.get_or_load(name).await?;
+            let mut state = handle.lock();
+            if state.closed {
+                continue;
+            }
+            state.activity += 1;
+            return Ok(f(&handle, &mut state));
+        }
+    }
+
+    /// Adds a peer to the room of `name` and queues its first frames (sync step 1 and the
+    /// awareness states). The peer receives every update applied after this point.
+    ///
+    /// # Errors
+    /// The room could not be loaded.
+    pub async fn join(
+        self: &Arc<Self>,
+        name: &DocName,
+        peer: PeerId,
+        link: PeerLink,
+    ) -> Result<Arc<RoomHandle>, RoomOpError> {
+        let mut link = Some(link);
+        self.with_state(name, |handle, state| {
+            let link = link.take().expect("with_state runs its closure once per success");
+            for frame in state.room.join(peer) {
+                // A fresh queue has room for the handshake; if not, the peer is closed.
+                deliver(&link, frame);
+            }
+            state.peers.insert(peer, link);
+            Arc::clone(handle)
+        })
+        .await
+    }
+
+    /// Applies a frame from `peer`: persists what it changed, queues the replies and broadcasts.
+    ///
+    /// # Errors
+    /// The room refused the frame (the caller closes the connection with the matching code) or
+    /// the store refused the append.
+    pub fn receive(
+        self: &Arc<Self>,
+        handle: &Arc<RoomHandle>,
+        peer: PeerId,
+        frame: Bytes,
+        access: Access,
+    ) -> Result<(), RoomOpError> {
+        let mut state = handle.lock();
+        if state.closed {
+            // The room was poisoned by someone else's update; this peer was told to close.
+            return Ok(());
+        }
+        state.activity += 1;
+        let result = state.room.receive(peer, frame, access);
+        let outbox = match result {
+            Ok(outbox) => outbox,
+            Err(RoomError::Poisoned) => {
+                drop(state);
+                self.discard(handle);
+                return Err(RoomError::Poisoned.into());
+            }
+            Err(err) => return Err(err.into()),
+        };
+        self.deliver_outbox(handle, &mut state, Some(peer), outbox)?;
+        Ok(())
+    }
+
+    /// Removes `peer` from the room, tells the others its awareness is gone, and schedules the
+    /// unload of a room left empty.
+    pub fn leave(self: &Arc<Self>, handle: &Arc<RoomHandle>, peer: PeerId) {
+        let mut state = handle.lock();
+        if state.peers.remove(&peer).is_none() {
+            return;
+        }
+        if let Some(removal) = state.room.leave(peer) {
+            for link in state.peers.values() {
+                deliver(link, removal.clone());
+            }
+        }
+        if state.peers.is_empty() && !state.closed {
+            let activity = state.activity;
+            drop(state);
+            self.schedule_unload(Arc::clone(handle), activity);
+        }
+    }
+
+    /// Applies an update that came over HTTP and returns the ticket that says when it is durable.
+    ///
+    /// # Errors
+    /// The update was refused or the store failed.
+    pub async fn apply_update(
+        self: &Arc<Self>,
+        name: &DocName,
+        update: Bytes,
+    ) -> Result<Option<Ticket>, RoomOpError> {
+        let (result, idle) = self
+            .with_state(name, |handle, state| {
+                let result = match state.room.apply_update(update.clone()) {
+                    Ok(outbox) => self.deliver_outbox(handle, state, None, outbox),
+                    Err(err) => Err(err.into()),
+                };
+                let idle = state.peers.is_empty().then(|| (Arc::clone(handle), state.activity));
+                (result, idle)
+            })
+            .await?;
+        if let Some((handle, activity)) = idle {
+            self.schedule_unload(handle, activity);
+        }
+        if let Err(RoomOpError::Room(RoomError::Poisoned)) = &result {
+            self.discard_by_name(name);
+        }
+        result
+    }
+
+    /// Reads from the room of `name` (loading it if needed) with `f`.
+    ///
+    /// # Errors
+    /// The room could not be loaded.
+    pub async fn read<T>(
+        self: &Arc<Self>,
+        name: &DocName,
+        f: impl Fn(&Room) -> T,
+    ) -> Result<T, RoomOpError> {
+        let (value, idle) = self
+            .with_state(name, |handle, state| {
+                let idle = state.peers.is_empty().then(|| (Arc::clone(handle), state.activity));
+                (f(&state.room), idle)
+            })
+            .await?;
+        if let Some((handle, activity)) = idle {
+            self.schedule_unload(handle, activity);
+        }
+        Ok(value)
+    }
+
+    /// Persists the outbox's updates, then queues its frames. Called with the room locked.
+    fn deliver_outbox(
+        self: &Arc<Self>,
+        handle: &Arc<RoomHandle>,
+        state: &mut RoomState,
+        from: Option<PeerId>,
+        outbox: Outbox,
+    ) -> Result<Option<Ticket>, RoomOpError> {
+        let mut ticket = None;
+        for update in &outbox.persist {
+            // The update is in the log before anyone else sees it.
+            state.last_seq = self.store.append(handle.name.as_str(), update)?;
+            state.log_updates += 1;
+            state.log_bytes += update.len();
+            ticket = Some(self.durability.appended());
+        }
+        if let Some(sender) = from.and_then(|p| state.peers.get(&p)) {
+            for frame in outbox.reply {
+                deliver(sender, frame);
+            }
+        }
+        for frame in outbox.broadcast {
+            for (id, link) in &state.peers {
+                if Some(*id) != from {
+                    deliver(link, frame.clone());
+                }
+            }
+        }
+        if ticket.is_some() && self.needs_compaction(state) {
+            state.compacting = true;
+            let this = Arc::clone(self);
+            let span = tracing::debug_span!("compact", doc = %handle.name);
+            let handle = Arc::clone(handle);
+            self.tasks
+                .spawn(async move { this.compact(&handle).await }.instrument(span));
+        }
+        Ok(ticket)
+    }
+
+    fn needs_compaction(&self, state: &RoomState) -> bool {
+        !state.compacting
+            && (state.log_updates >= self.config.compact_after_updates
+                || state.log_bytes >= self.config.compact_after_bytes)
+    }
+
+    /// Writes a snapshot of the room and drops the log it covers.
+    async fn compact(&self, handle: &Arc<RoomHandle>) {
+        if let Err(err) = self.compact_now(handle).await {
+            tracing::warn!(doc = %handle.name, error = %err, "compaction failed; will retry");
+        }
+    }
+
+    async fn compact_now(&self, handle: &RoomHandle) -> Result<(), StoreError> {
+        let (snapshot, upto, updates, bytes) = {
+            let mut state = handle.lock();
+            if state.log_updates == 0 {
+                state.compacting = false;
+                return Ok(());
+            }
+            state.compacting = true;
+            (
+                state.room.snapshot(),
+                state.last_seq,
+                state.log_updates,
+                state.log_bytes,
+            )
+        };
+        let size = snapshot.len();
+        let result = self.store.compact(handle.name.as_str(), snapshot, upto).await;
+        let mut state = handle.lock();
+        state.compacting = false;
+        match result? {
+            Compaction::Done { removed } => {
+                state.log_updates -= updates.min(state.log_updates);
+                state.log_bytes -= bytes.min(state.log_bytes);
+                tracing::debug!(doc = %handle.name, removed, snapshot_bytes = size, "compacted");
+            }
+            Compaction::Stale => {
+                tracing::debug!(doc = %handle.name, "compaction skipped: a newer snapshot exists");
+            }
+        }
+        Ok(())
+    }
+
+    /// Unloads the room after the grace period if it is still unused by then.
+    fn schedule_unload(self: &Arc<Self>, handle: Arc<RoomHandle>, activity: u64) {
+        let this = Arc::clone(self);
+        let grace = self.config.room_grace();
+        let name = handle.name.clone();
+        self.tasks.spawn(
+            async move {
+                tokio::select! {
+                    // Shutdown unloads every room itself.
+                    _ = this.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(grace) => {}
+                }
+                this.unload_if_idle(&handle, Some(activity)).await;
+            }
+            .instrument(tracing::debug_span!("unload", doc = %name)),
+        );
+    }
+
+    /// Removes the room from the registry if it has no peers (and, with `activity`, has not been
+    /// used since), then persists its snapshot.
+    async fn unload_if_idle(&self, handle: &Arc<RoomHandle>, activity: Option<u64>) {
+        let removed = self
+            .map
+            .remove_if(&handle.name, |_, h| {
+                Arc::ptr_eq(h, handle) && {
+                    let mut state = h.lock();
+                    let idle = state.peers.is_empty()
+                        && activity.is_none_or(|a| a == state.activity);
+                    if idle {
+                        state.closed = true;
+                    }
+                    idle
+                }
+            })
+            .is_some();
+        if removed {
+            if let Err(err) = self.compact_now(handle).await {
+                // The log still holds every update; the next load replays it.
+                tracing::warn!(doc = %handle.name, error = %err, "snapshot on unload failed");
+            }
+            tracing::debug!(doc = %handle.name, "room unloaded");
+        }
+    }
+
+    /// Unloads every room, persisting each one's snapshot. Used at shutdown.
+    pub async fn unload_all(&self) {
+        let handles: Vec<_> = self.map.iter().map(|e| Arc::clone(e.value())).collect();
+        for handle in handles {
+            if handle.state.get().is_some() {
+                self.unload_if_idle(&handle, None).await;
+            } else {
+                self.map.remove(&handle.name);
+            }
+        }
+    }
+
+    /// Drops a poisoned room: closes its peers (they reconnect and resync against a fresh load
+    /// from storage) and removes it from the registry.
+    fn discard(&self, handle: &Arc<RoomHandle>) {
+        let mut state = handle.lock();
+        state.closed = true;
+        for link in state.peers.values() {
+            link.closer.close(CloseReason::Reloading);
+        }
+        state.peers.clear();
+        drop(state);
+        self.map.remove_if(&handle.name, |_, h| Arc::ptr_eq(h, handle));
+        tracing::error!(doc = %handle.name, "room discarded after a yrs failure; it reloads from storage");
+    }
+
+    fn discard_by_name(&self, name: &DocName) {
+        let handle = self.map.get(name).map(|e| Arc::clone(e.value()));
+        if let Some(handle) = handle {
+            if handle.state.get().is_some() && handle.lock().room.is_poisoned() {
+                self.discard(&handle);
+            }
+        }
+    }
+}
+
+impl RoomHandle {
+    fn lock(&self) -> MutexGuard<'_, RoomState> {
+        let state = self
+            .state
+            .get()
+            .expect("a handle is only used after its state was loaded");
+        // yrs panics are caught inside the room, so a poisoned mutex means a bug elsewhere; the
+        // room's own `poisoned` flag decides whether the state is usable.
+        state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Queues `frame` for a peer, closing the peer if its queue is full: a client that far behind
+/// resyncs on reconnect, where dropping the frame would leave a gap in its document.
+fn deliver(link: &PeerLink, frame: Bytes) {
+    if let Err(mpsc::error::TrySendError::Full(_)) = link.outbound.try_send(frame) {
+        link.closer.close(CloseReason::Lagging);
+    }
+}

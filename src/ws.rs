@@ -1,0 +1,259 @@
+//! `GET /ws/{doc}`: a document over the y-websocket protocol.
+//!
+//! Each connection has a reader loop (this module's [`run`]) and a writer task that owns the
+//! socket's sink and drains the connection's bounded outbound queue. The reader applies frames
+//! to the room; the room queues frames for every peer. Whoever decides the connection must end
+//! fires its [`Closer`]; the writer then sends the close frame and the reader waits briefly for
+//! the client's answer so the close code is not lost to a reset.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tandem_crdt::{Access, PeerId, RoomError};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::docname::DocName;
+use crate::error::ApiError;
+use crate::peer::{CloseReason, Closer};
+use crate::rooms::{PeerLink, RoomOpError};
+use crate::AppState;
+
+/// Connection ids, unique for the life of the process.
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// How many queued frames the writer sends before flushing the socket: one write for a burst.
+const WRITE_BATCH_FRAMES: usize = 64;
+
+/// How long the reader waits for the client's close frame after the server sent its own.
+const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// tungstenite's read buffer is allocated up front for every connection; 128 KiB by default.
+/// Frames larger than this still arrive whole, the buffer just grows for them.
+const READ_BUFFER_BYTES: usize = 8 * 1024;
+
+/// The upgrade handler. The document name is checked before the upgrade, so a bad one gets a
+/// JSON 400 instead of a socket.
+pub async fn upgrade(
+    State(app): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let name = match path {
+        Ok(Path(raw)) => match DocName::parse(&raw) {
+            Ok(name) => name,
+            Err(err) => return ApiError::bad_request("bad_document_name", err.to_string()).into_response(),
+        },
+        Err(err) => {
+            return ApiError::bad_request("bad_document_name", err.body_text()).into_response()
+        }
+    };
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(err) => {
+            return ApiError::new(
+                StatusCode::UPGRADE_REQUIRED,
+                "websocket_required",
+                format!("this endpoint speaks the y-websocket protocol: {}", err.body_text()),
+            )
+            .into_response()
+        }
+    };
+    let max = app.config.max_frame_bytes;
+    upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .on_upgrade(move |socket| {
+            let conn = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
+            let span = tracing::info_span!("conn", conn, doc = %name);
+            let tasks = app.tasks.clone();
+            tasks.track_future(run(app, socket, name, PeerId(conn)).instrument(span))
+        })
+}
+
+/// Serves one connection until it closes.
+async fn run(app: AppState, socket: WebSocket, name: DocName, peer: PeerId) {
+    let (sink, mut stream) = socket.split();
+    let (outbound, queue) = mpsc::channel(app.config.outbound_queue);
+    let closer = Closer::new();
+    let writer = tokio::spawn(write_loop(sink, queue, closer.clone()).in_current_span());
+
+    let link = PeerLink {
+        outbound,
+        closer: closer.clone(),
+    };
+    let handle = match app.rooms.join(&name, peer, link).await {
+        Ok(handle) => Some(handle),
+        Err(err) => {
+            tracing::error!(error = %err, "could not load the document");
+            closer.close(CloseReason::Storage);
+            None
+        }
+    };
+    tracing::debug!("connected");
+
+    if let Some(handle) = &handle {
+        loop {
+            tokio::select! {
+                _ = closer.closed() => break,
+                _ = app.shutdown.cancelled() => {
+                    closer.close(CloseReason::ShuttingDown);
+                    break;
+                }
+                incoming = stream.next() => match incoming {
+                    Some(Ok(WsMessage::Binary(frame))) => {
+                        if let Err(err) = app.rooms.receive(handle, peer, frame, Access::ReadWrite) {
+                            let reason = close_reason(&err);
+                            tracing::info!(error = %err, code = reason.code(), "closing connection");
+                            closer.close(reason);
+                            break;
+                        }
+                    }
+                    Some(Ok(WsMessage::Text(_))) => {
+                        closer.close(CloseReason::Unsupported(
+                            "text frames are not part of the y-websocket protocol".into(),
+                        ));
+                        break;
+                    }
+                    Some(Ok(WsMessage::Close(_))) | None => break,
+                    // tungstenite answers pings itself.
+                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
+                    Some(Err(err)) => {
+                        if let Some(reason) = read_error_reason(err) {
+                            tracing::info!(code = reason.code(), reason = %reason.text(), "closing connection");
+                            closer.close(reason);
+                        }
+                        break;
+                    }
+                },
+            }
+        }
+        app.rooms.leave(handle, peer);
+    }
+
+    if closer.is_closed() {
+        drain_until_closed(&mut stream).await;
+    }
+    // Leaving the room dropped the last sender of the queue, so the writer ends by itself once
+    // the queue is drained; a client that stopped reading gets cut off.
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, writer).await.is_err() {
+        abort.abort();
+    }
+    tracing::debug!("disconnected");
+}
+
+/// Sends queued frames, batching whatever is ready into one socket flush, until closed.
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, WsMessage>,
+    mut queue: mpsc::Receiver<Bytes>,
+    closer: Closer,
+) {
+    loop {
+        let frame = tokio::select! {
+            biased;
+            _ = closer.closed() => break,
+            frame = queue.recv() => match frame {
+                Some(frame) => frame,
+                None => break,
+            },
+        };
+        let write = async {
+            sink.feed(WsMessage::Binary(frame)).await?;
+            for _ in 1..WRITE_BATCH_FRAMES {
+                match queue.try_recv() {
+                    Ok(frame) => sink.feed(WsMessage::Binary(frame)).await?,
+                    Err(_) => break,
+                }
+            }
+            sink.flush().await
+        };
+        // A client that stops reading must not hold the writer forever: the close signal
+        // interrupts a stuck write too.
+        let result = tokio::select! {
+            biased;
+            _ = closer.closed() => break,
+            result = write => result,
+        };
+        if let Err(err) = result {
+            tracing::debug!(error = %err, "write failed");
+            return;
+        }
+    }
+    let finish = async {
+        if let Some(reason) = closer.reason() {
+            let frame = CloseFrame {
+                code: reason.code(),
+                reason: reason.text().into(),
+            };
+            sink.send(WsMessage::Close(Some(frame))).await?;
+        }
+        // Completes the close handshake when the client started it.
+        sink.close().await
+    };
+    let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, finish).await;
+}
+
+/// After the server sent its close frame, reads until the client answers (or the timeout), so
+/// the client's unread data does not turn our close into a connection reset.
+async fn drain_until_closed(stream: &mut SplitStream<WebSocket>) {
+    let drain = async {
+        while let Some(Ok(message)) = stream.next().await {
+            if matches!(message, WsMessage::Close(_)) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, drain).await;
+}
+
+fn close_reason(err: &RoomOpError) -> CloseReason {
+    match err {
+        RoomOpError::Room(RoomError::Decode(e)) => CloseReason::Protocol(format!("malformed message: {e}")),
+        RoomOpError::Room(RoomError::BadStateVector(e)) => {
+            CloseReason::Protocol(format!("malformed state vector: {e}"))
+        }
+        RoomOpError::Room(RoomError::BadUpdate(e)) => {
+            CloseReason::Unsupported(format!("malformed update: {e}"))
+        }
+        RoomOpError::Room(RoomError::Rejected(e)) => {
+            CloseReason::Unsupported(format!("update rejected: {e}"))
+        }
+        RoomOpError::Room(RoomError::Unsupported(tag)) => {
+            CloseReason::Unsupported(format!("unsupported message type {tag}"))
+        }
+        RoomOpError::Room(RoomError::TooLarge { limit }) => {
+            CloseReason::TooLarge(format!("document would exceed its limit of {limit} bytes"))
+        }
+        RoomOpError::Room(RoomError::Poisoned) => CloseReason::Reloading,
+        RoomOpError::Store(_) => CloseReason::Storage,
+    }
+}
+
+/// The close reason for a failed read, or `None` when the connection simply broke.
+fn read_error_reason(err: axum::Error) -> Option<CloseReason> {
+    use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+    let inner = err.into_inner();
+    match inner.downcast_ref::<WsError>() {
+        Some(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => Some(
+            CloseReason::TooLarge(format!("message of {size} bytes exceeds the limit of {max_size}")),
+        ),
+        Some(WsError::Capacity(e)) => Some(CloseReason::TooLarge(e.to_string())),
+        Some(WsError::Protocol(e)) => Some(CloseReason::Protocol(e.to_string())),
+        Some(WsError::Utf8(_)) => Some(CloseReason::Protocol("invalid UTF-8 in a text frame".into())),
+        _ => {
+            tracing::debug!(error = %inner, "connection broke");
+            None
+        }
+    }
+}
