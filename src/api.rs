@@ -45,8 +45,7 @@ pub async fn get_doc(
     params: Result<Query<ReadParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let name = doc_name(path)?;
-    let Query(params) =
-        params.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let Query(params) = params.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
     let sv = match params.sv {
         Some(sv) => Some(BASE64URL.decode(sv.as_bytes()).map_err(|e| {
             ApiError::bad_request("bad_state_vector", format!("sv is not base64url: {e}"))
@@ -62,11 +61,7 @@ pub async fn get_doc(
         .await
         .map_err(room_error)?
         .map_err(|e| room_error(RoomOpError::Room(e)))?;
-    Ok((
-        [(header::CONTENT_TYPE, "application/octet-stream")],
-        update,
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], update).into_response())
 }
 
 /// `POST /api/v1/docs/{doc}/update`: applies a v1 update, sends it to the document's clients
@@ -89,7 +84,15 @@ pub async fn post_update(
         .map_err(|e| ApiError::bad_request("bad_document_name", e.to_string()))?;
     let update = body.map_err(|e| {
         let status = e.status();
-        ApiError::new(status, if status == StatusCode::PAYLOAD_TOO_LARGE { "too_large" } else { "bad_body" }, e.body_text())
+        ApiError::new(
+            status,
+            if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "too_large"
+            } else {
+                "bad_body"
+            },
+            e.body_text(),
+        )
     })?;
     if update.is_empty() {
         return Err(ApiError::bad_request(

@@ -69,9 +69,6 @@ mod tests {
             DocName::parse("a\u{0}b"),
             Err(DocNameError::ControlCharacter)
         );
-        assert_eq!(
-            DocName::parse("a\nb"),
-            Err(DocNameError::ControlCharacter)
-        );
+        assert_eq!(DocName::parse("a\nb"), Err(DocNameError::ControlCharacter));
     }
 }

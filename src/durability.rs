@@ -158,9 +158,15 @@ mod tests {
             .wait(second, Duration::from_secs(1))
             .await
             .unwrap();
-        durability.wait(first, Duration::from_secs(1)).await.unwrap();
+        durability
+            .wait(first, Duration::from_secs(1))
+            .await
+            .unwrap();
         let third = durability.appended();
-        durability.wait(third, Duration::from_secs(1)).await.unwrap();
+        durability
+            .wait(third, Duration::from_secs(1))
+            .await
+            .unwrap();
         stop.cancel();
         flusher.await.unwrap();
     }

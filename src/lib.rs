@@ -18,6 +18,7 @@ mod ws;
 use std::future::Future;
 use std::sync::Arc;
 
+use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use axum::Router;
 use tandem_storage::{DocStore, SledStore, StoreError};
@@ -157,12 +158,15 @@ fn validate(config: &Config) -> Result<(), ServeError> {
 
 /// The routes.
 pub fn router(state: AppState) -> Router {
+    let max_body = state.config.max_frame_bytes;
     Router::new()
         .route("/ws/{*doc}", get(ws::upgrade))
         .route("/healthz", get(api::healthz))
         .route(
             "/api/v1/docs/{*doc}",
-            get(api::get_doc).post(api::post_update),
+            get(api::get_doc)
+                .post(api::post_update)
+                .layer(DefaultBodyLimit::max(max_body)),
         )
         .fallback(api::not_found)
         .with_state(state)

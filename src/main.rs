@@ -5,7 +5,11 @@ use tandem::Config;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
-#[command(name = "tandem", version, about = "A real-time collaboration server speaking the Yjs protocol")]
+#[command(
+    name = "tandem",
+    version,
+    about = "A real-time collaboration server speaking the Yjs protocol"
+)]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]

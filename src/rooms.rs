@@ -139,8 +139,9 @@ impl Rooms {
             Ok(_) => Ok(handle),
             Err(err) => {
                 // Leave no half-made room behind; the next caller tries the load again.
-                self.map
-                    .remove_if(name, |_, h| Arc::ptr_eq(h, &handle) && h.state.get().is_none());
+                self.map.remove_if(name, |_, h| {
+                    Arc::ptr_eq(h, &handle) && h.state.get().is_none()
+                });
                 Err(err)
             }
         }
@@ -177,7 +178,9 @@ impl Rooms {
     ) -> Result<Arc<RoomHandle>, RoomOpError> {
         let mut link = Some(link);
         self.with_state(name, |handle, state| {
-            let link = link.take().expect("with_state runs its closure once per success");
+            let link = link
+                .take()
+                .expect("with_state runs its closure once per success");
             for frame in state.room.join(peer) {
                 // A fresh queue has room for the handshake; if not, the peer is closed.
                 deliver(&link, frame);
@@ -254,7 +257,10 @@ impl Rooms {
                     Ok(outbox) => self.deliver_outbox(handle, state, None, outbox),
                     Err(err) => Err(err.into()),
                 };
-                let idle = state.peers.is_empty().then(|| (Arc::clone(handle), state.activity));
+                let idle = state
+                    .peers
+                    .is_empty()
+                    .then(|| (Arc::clone(handle), state.activity));
                 (result, idle)
             })
             .await?;
@@ -278,7 +284,10 @@ impl Rooms {
     ) -> Result<T, RoomOpError> {
         let (value, idle) = self
             .with_state(name, |handle, state| {
-                let idle = state.peers.is_empty().then(|| (Arc::clone(handle), state.activity));
+                let idle = state
+                    .peers
+                    .is_empty()
+                    .then(|| (Arc::clone(handle), state.activity));
                 (f(&state.room), idle)
             })
             .await?;
@@ -356,7 +365,10 @@ impl Rooms {
             )
         };
         let size = snapshot.len();
-        let result = self.store.compact(handle.name.as_str(), snapshot, upto).await;
+        let result = self
+            .store
+            .compact(handle.name.as_str(), snapshot, upto)
+            .await;
         let mut state = handle.lock();
         state.compacting = false;
         match result? {
@@ -398,8 +410,8 @@ impl Rooms {
             .remove_if(&handle.name, |_, h| {
                 Arc::ptr_eq(h, handle) && {
                     let mut state = h.lock();
-                    let idle = state.peers.is_empty()
-                        && activity.is_none_or(|a| a == state.activity);
+                    let idle =
+                        state.peers.is_empty() && activity.is_none_or(|a| a == state.activity);
                     if idle {
                         state.closed = true;
                     }
@@ -438,7 +450,8 @@ impl Rooms {
         }
         state.peers.clear();
         drop(state);
-        self.map.remove_if(&handle.name, |_, h| Arc::ptr_eq(h, handle));
+        self.map
+            .remove_if(&handle.name, |_, h| Arc::ptr_eq(h, handle));
         tracing::error!(doc = %handle.name, "room discarded after a yrs failure; it reloads from storage");
     }
 

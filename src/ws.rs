@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::rejection::PathRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -34,8 +34,10 @@ static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 /// How many queued frames the writer sends before flushing the socket: one write for a burst.
 const WRITE_BATCH_FRAMES: usize = 64;
 
-/// How long the reader waits for the client's close frame after the server sent its own.
-const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long closing may take: the writer finishing its last frame and sending the close frame
+/// (a lagging client must drain its socket to see it), and the reader waiting for the client's
+/// answer. A client that does nothing meanwhile is cut off.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// tungstenite's read buffer is allocated up front for every connection; 128 KiB by default.
 /// Frames larger than this still arrive whole, the buffer just grows for them.
@@ -51,7 +53,9 @@ pub async fn upgrade(
     let name = match path {
         Ok(Path(raw)) => match DocName::parse(&raw) {
             Ok(name) => name,
-            Err(err) => return ApiError::bad_request("bad_document_name", err.to_string()).into_response(),
+            Err(err) => {
+                return ApiError::bad_request("bad_document_name", err.to_string()).into_response()
+            }
         },
         Err(err) => {
             return ApiError::bad_request("bad_document_name", err.body_text()).into_response()
@@ -63,7 +67,10 @@ pub async fn upgrade(
             return ApiError::new(
                 StatusCode::UPGRADE_REQUIRED,
                 "websocket_required",
-                format!("this endpoint speaks the y-websocket protocol: {}", err.body_text()),
+                format!(
+                    "this endpoint speaks the y-websocket protocol: {}",
+                    err.body_text()
+                ),
             )
             .into_response()
         }
@@ -141,13 +148,17 @@ async fn run(app: AppState, socket: WebSocket, name: DocName, peer: PeerId) {
         app.rooms.leave(handle, peer);
     }
 
-    if closer.is_closed() {
-        drain_until_closed(&mut stream).await;
-    }
     // Leaving the room dropped the last sender of the queue, so the writer ends by itself once
-    // the queue is drained; a client that stopped reading gets cut off.
+    // the queue is drained. Meanwhile the reader waits for the client's close answer, so that
+    // unread input does not turn our close frame into a connection reset.
     let abort = writer.abort_handle();
-    if tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, writer).await.is_err() {
+    let drain = async {
+        if closer.is_closed() {
+            drain_until_closed(&mut stream).await;
+        }
+    };
+    let (_, finished) = tokio::join!(drain, tokio::time::timeout(CLOSE_TIMEOUT * 2, writer));
+    if finished.is_err() {
         abort.abort();
     }
     tracing::debug!("disconnected");
@@ -178,12 +189,19 @@ async fn write_loop(
             }
             sink.flush().await
         };
-        // A client that stops reading must not hold the writer forever: the close signal
-        // interrupts a stuck write too.
+        tokio::pin!(write);
         let result = tokio::select! {
             biased;
-            _ = closer.closed() => break,
-            result = write => result,
+            // Closing while a write is stuck on a full socket: give it a bounded time to finish,
+            // so the close frame that follows lands on a frame boundary.
+            _ = closer.closed() => {
+                if tokio::time::timeout(CLOSE_TIMEOUT, &mut write).await.is_err() {
+                    tracing::debug!("write did not finish; dropping the connection");
+                    return;
+                }
+                break;
+            }
+            result = &mut write => result,
         };
         if let Err(err) = result {
             tracing::debug!(error = %err, "write failed");
@@ -201,7 +219,7 @@ async fn write_loop(
         // Completes the close handshake when the client started it.
         sink.close().await
     };
-    let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, finish).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, finish).await;
 }
 
 /// After the server sent its close frame, reads until the client answers (or the timeout), so
@@ -214,12 +232,14 @@ async fn drain_until_closed(stream: &mut SplitStream<WebSocket>) {
             }
         }
     };
-    let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, drain).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, drain).await;
 }
 
 fn close_reason(err: &RoomOpError) -> CloseReason {
     match err {
-        RoomOpError::Room(RoomError::Decode(e)) => CloseReason::Protocol(format!("malformed message: {e}")),
+        RoomOpError::Room(RoomError::Decode(e)) => {
+            CloseReason::Protocol(format!("malformed message: {e}"))
+        }
         RoomOpError::Room(RoomError::BadStateVector(e)) => {
             CloseReason::Protocol(format!("malformed state vector: {e}"))
         }
@@ -245,12 +265,16 @@ fn read_error_reason(err: axum::Error) -> Option<CloseReason> {
     use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
     let inner = err.into_inner();
     match inner.downcast_ref::<WsError>() {
-        Some(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => Some(
-            CloseReason::TooLarge(format!("message of {size} bytes exceeds the limit of {max_size}")),
-        ),
+        Some(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
+            Some(CloseReason::TooLarge(format!(
+                "message of {size} bytes exceeds the limit of {max_size}"
+            )))
+        }
         Some(WsError::Capacity(e)) => Some(CloseReason::TooLarge(e.to_string())),
         Some(WsError::Protocol(e)) => Some(CloseReason::Protocol(e.to_string())),
-        Some(WsError::Utf8(_)) => Some(CloseReason::Protocol("invalid UTF-8 in a text frame".into())),
+        Some(WsError::Utf8(_)) => Some(CloseReason::Protocol(
+            "invalid UTF-8 in a text frame".into(),
+        )),
         _ => {
             tracing::debug!(error = %inner, "connection broke");
             None

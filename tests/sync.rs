@@ -89,7 +89,9 @@ async fn offline_edits_merge_on_reconnect() {
     }
     bob.push_text("t", "[bob online]");
 
-    let alice = Client::connect_doc(&app.ws_url("notes"), doc).await.unwrap();
+    let alice = Client::connect_doc(&app.ws_url("notes"), doc)
+        .await
+        .unwrap();
     alice.synced(TIMEOUT).await.unwrap();
     let expected = "[alice offline]base.[bob online]";
     wait_text(&alice, "t", expected).await;
@@ -137,7 +139,9 @@ async fn awareness_is_added_updated_and_removed_on_close() {
     // A late joiner gets the current states with its handshake.
     let carol = app.join("aw").await;
     carol
-        .wait_for("states on join", TIMEOUT, |c| c.awareness().contains_key(&big_id))
+        .wait_for("states on join", TIMEOUT, |c| {
+            c.awareness().contains_key(&big_id)
+        })
         .await
         .unwrap();
 
@@ -171,7 +175,9 @@ async fn query_awareness_is_answered_and_heartbeat_echoed() {
     // The y-sweet heartbeat: type 102 comes back unchanged.
     bob.send_raw(vec![102u8, 0]).unwrap();
     bob.wait_for("heartbeat echo", TIMEOUT, |c| {
-        c.custom_messages().iter().any(|(tag, p)| *tag == 102 && p.as_ref() == [0])
+        c.custom_messages()
+            .iter()
+            .any(|(tag, p)| *tag == 102 && p.as_ref() == [0])
     })
     .await
     .unwrap();

@@ -164,11 +164,10 @@ mod tests {
     #[test]
     fn newer_clock_wins_and_stale_is_ignored() {
         let mut awareness = Awareness::default();
-        assert_eq!(
-            awareness.apply(&update(1, 2, Some("{}"))).updated,
-            vec![1]
-        );
-        assert!(awareness.apply(&update(1, 1, Some("{\"old\":1}"))).is_empty());
+        assert_eq!(awareness.apply(&update(1, 2, Some("{}"))).updated, vec![1]);
+        assert!(awareness
+            .apply(&update(1, 1, Some("{\"old\":1}")))
+            .is_empty());
         assert_eq!(awareness.get(1), Some("{}"));
     }
 

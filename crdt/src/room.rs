@@ -277,7 +277,8 @@ impl Room {
     /// # Errors
     /// `sv` is not a valid encoded state vector.
     pub fn diff(&self, sv: &[u8]) -> Result<Vec<u8>, RoomError> {
-        let sv = StateVector::decode_v1(sv).map_err(|e| RoomError::BadStateVector(e.to_string()))?;
+        let sv =
+            StateVector::decode_v1(sv).map_err(|e| RoomError::BadStateVector(e.to_string()))?;
         Ok(self.doc.transact().encode_state_as_update_v1(&sv))
     }
 
@@ -325,8 +326,8 @@ impl Room {
                 limit: self.limits.max_doc_bytes,
             });
         }
-        let decoded =
-            catch_unwind(|| Update::decode_v1(update)).map_err(|_| RoomError::BadUpdate("undecodable".into()))?;
+        let decoded = catch_unwind(|| Update::decode_v1(update))
+            .map_err(|_| RoomError::BadUpdate("undecodable".into()))?;
         let decoded = decoded.map_err(|e| RoomError::BadUpdate(e.to_string()))?;
         // yrs is known to panic on some crafted updates. The panic is contained here; the
         // document may be half-changed, so the room is marked poisoned and the caller reloads it
@@ -451,7 +452,11 @@ mod tests {
     fn read_only_updates_are_refused_and_not_applied() {
         let mut room = Room::new(RoomLimits::default());
         let outbox = room
-            .receive(PeerId(1), encode_update(&text_update(1, "x")), Access::ReadOnly)
+            .receive(
+                PeerId(1),
+                encode_update(&text_update(1, "x")),
+                Access::ReadOnly,
+            )
             .unwrap();
         assert!(outbox.persist.is_empty() && outbox.broadcast.is_empty());
         assert_eq!(outbox.reply, vec![permission_denied()]);
@@ -471,7 +476,9 @@ mod tests {
             }],
         };
         let frame = message::encode_awareness(&update.encode());
-        let outbox = room.receive(PeerId(7), frame.clone(), Access::ReadOnly).unwrap();
+        let outbox = room
+            .receive(PeerId(7), frame.clone(), Access::ReadOnly)
+            .unwrap();
         assert_eq!(outbox.broadcast, vec![frame]);
         // A late joiner is told.
         let joined = room.join(PeerId(8));
@@ -530,7 +537,8 @@ mod tests {
         assert_eq!(text_of(&reloaded), "one ");
         let m = reloaded.doc().transact_mut().get_or_insert_map("m");
         assert_eq!(
-            m.get(&reloaded.doc().transact(), "k").map(|v| v.to_string(&reloaded.doc().transact())),
+            m.get(&reloaded.doc().transact(), "k")
+                .map(|v| v.to_string(&reloaded.doc().transact())),
             Some("v".to_string())
         );
     }

@@ -361,7 +361,9 @@ fn handle_frame(doc: &Doc, shared: &Mutex<Shared>, frame: Bytes) -> Vec<Bytes> {
         let message = match item {
             Ok((message, _)) => message,
             Err(err) => {
-                lock(shared).errors.push(format!("bad frame from server: {err}"));
+                lock(shared)
+                    .errors
+                    .push(format!("bad frame from server: {err}"));
                 break;
             }
         };
@@ -423,7 +425,9 @@ fn merge_awareness(shared: &mut Shared, update: AwarenessUpdate) {
             None => true,
             Some(known) => {
                 known.clock < entry.clock
-                    || (known.clock == entry.clock && entry.state.is_none() && known.state.is_some())
+                    || (known.clock == entry.clock
+                        && entry.state.is_none()
+                        && known.state.is_some())
             }
         };
         if newer {

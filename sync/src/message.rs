@@ -322,9 +322,16 @@ mod tests {
 
     #[test]
     fn every_variant_round_trips() {
-        round_trip(Message::Sync(SyncMessage::Step1(Bytes::from_static(&[1, 2, 3]))));
-        round_trip(Message::Sync(SyncMessage::Step2(Bytes::from_static(&[0, 0]))));
-        round_trip(Message::Sync(SyncMessage::Update(Bytes::from(vec![7; 300]))));
+        round_trip(Message::Sync(SyncMessage::Step1(Bytes::from_static(&[
+            1, 2, 3,
+        ]))));
+        round_trip(Message::Sync(SyncMessage::Step2(Bytes::from_static(&[
+            0, 0,
+        ]))));
+        round_trip(Message::Sync(SyncMessage::Update(Bytes::from(vec![
+            7;
+            300
+        ]))));
         round_trip(Message::Awareness(Bytes::from_static(&[0])));
         round_trip(Message::QueryAwareness);
         round_trip(Message::Auth(AuthMessage::PermissionDenied("no".into())));

@@ -1,0 +1,245 @@
+//! Bad input closes only the offending connection, with the right close code; the room and
+//! every other room keep working.
+
+mod common;
+
+use common::{spawn_app, spawn_app_with, wait_text, TestApp, TIMEOUT};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use yrs::updates::encoder::Encode;
+use yrs::{Doc, Text, Transact};
+
+/// Sends `frame` from a fresh client of `victim` and checks it is closed with `code`, while
+/// peers of the same room and of another room notice nothing.
+async fn offender_is_closed_alone(app: &TestApp, frame: Vec<u8>, code: u16) {
+    let peer = app.join("victim").await;
+    let elsewhere = app.join("elsewhere").await;
+    let offender = app.join("victim").await;
+    offender.send_raw(frame).unwrap();
+    let close = offender.closed(TIMEOUT).await.unwrap();
+    assert_eq!(close.code, Some(code), "{close:?}");
+    assert!(!close.reason.is_empty(), "a close reason is given");
+
+    let marker = format!("after {code} {};", rand_suffix());
+    let writer = app.join("victim").await;
+    writer.push_text("t", &marker);
+    peer.wait_for("room still works", TIMEOUT, |c| {
+        c.text("t").contains(&marker)
+    })
+    .await
+    .unwrap();
+    let other = app.join("elsewhere").await;
+    other.push_text("t", &marker);
+    elsewhere
+        .wait_for("other room still works", TIMEOUT, |c| {
+            c.text("t").contains(&marker)
+        })
+        .await
+        .unwrap();
+    assert!(peer.close_info().is_none());
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn truncated_varint_closes_with_1002() {
+    let app = spawn_app().await;
+    offender_is_closed_alone(&app, vec![0x80], 1002).await;
+}
+
+#[tokio::test]
+async fn truncated_payload_closes_with_1002() {
+    let app = spawn_app().await;
+    offender_is_closed_alone(&app, vec![0, 2, 10, 1, 2], 1002).await;
+}
+
+#[tokio::test]
+async fn unknown_sync_type_closes_with_1002() {
+    let app = spawn_app().await;
+    offender_is_closed_alone(&app, vec![0, 9, 0], 1002).await;
+}
+
+#[tokio::test]
+async fn malformed_awareness_closes_with_1002() {
+    let app = spawn_app().await;
+    offender_is_closed_alone(&app, vec![1, 3, 5, 1, 2], 1002).await;
+}
+
+#[tokio::test]
+async fn malformed_state_vector_closes_with_1002() {
+    let app = spawn_app().await;
+    offender_is_closed_alone(&app, vec![0, 0, 3, 0xff, 0xff, 0xff], 1002).await;
+}
+
+#[tokio::test]
+async fn unknown_message_type_closes_with_1003() {
+    let app = spawn_app().await;
+    offender_is_closed_alone(&app, vec![42, 1, 2], 1003).await;
+}
+
+#[tokio::test]
+async fn update_yrs_rejects_closes_with_1003() {
+    let app = spawn_app().await;
+    // A sync update whose payload is not a v1 update.
+    offender_is_closed_alone(&app, vec![0, 2, 4, 0xff, 0xff, 0xff, 0x7f], 1003).await;
+}
+
+#[tokio::test]
+async fn oversized_frame_closes_with_1009() {
+    let app = spawn_app_with(|c| c.max_frame_bytes = 1024).await;
+    let doc = Doc::with_client_id(9);
+    let text = doc.get_or_insert_text("t");
+    let update = {
+        let mut txn = doc.transact_mut();
+        text.insert(&mut txn, 0, &"x".repeat(4096));
+        txn.encode_update_v1()
+    };
+    let frame = tandem_sync::message::encode_update(&update).to_vec();
+    offender_is_closed_alone(&app, frame, 1009).await;
+}
+
+#[tokio::test]
+async fn document_over_its_limit_closes_with_1009() {
+    let app = spawn_app_with(|c| c.max_doc_bytes = 2048).await;
+    let doc = Doc::with_client_id(9);
+    let text = doc.get_or_insert_text("t");
+    let update = {
+        let mut txn = doc.transact_mut();
+        text.insert(&mut txn, 0, &"y".repeat(3000));
+        txn.encode_update_v1()
+    };
+    let frame = tandem_sync::message::encode_update(&update).to_vec();
+    offender_is_closed_alone(&app, frame, 1009).await;
+}
+
+#[tokio::test]
+async fn text_frame_closes_with_1003() {
+    let app = spawn_app().await;
+    let peer = app.join("victim").await;
+    let (mut socket, _) = tokio_tungstenite::connect_async(app.ws_url("victim"))
+        .await
+        .unwrap();
+    socket
+        .send(WsMessage::Text("{\"hello\":1}".into()))
+        .await
+        .unwrap();
+    let code = loop {
+        match tokio::time::timeout(TIMEOUT, socket.next()).await.unwrap() {
+            Some(Ok(WsMessage::Close(Some(frame)))) => break u16::from(frame.code),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(code, 1003);
+    let writer = app.join("victim").await;
+    writer.push_text("t", "fine");
+    wait_text(&peer, "t", "fine").await;
+}
+
+#[tokio::test]
+async fn slow_consumer_is_closed_with_1013_and_others_get_everything() {
+    let app = spawn_app_with(|c| c.outbound_queue = 8).await;
+    let observer = app.join("firehose").await;
+
+    // A client with a tiny receive window that announces itself, then stops reading.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(app.addr).await.unwrap();
+    let (mut slow, _) = tokio_tungstenite::client_async(app.ws_url("firehose"), stream)
+        .await
+        .unwrap();
+    let slow_id = 4242;
+    let presence = tandem_sync::AwarenessUpdate {
+        entries: vec![tandem_sync::AwarenessEntry {
+            client_id: slow_id,
+            clock: 1,
+            state: Some("{\"slow\":true}".into()),
+        }],
+    };
+    slow.send(WsMessage::Binary(tandem_sync::message::encode_awareness(
+        &presence.encode(),
+    )))
+    .await
+    .unwrap();
+    observer
+        .wait_for("slow client's awareness", TIMEOUT, |c| {
+            c.awareness().contains_key(&slow_id)
+        })
+        .await
+        .unwrap();
+
+    // The writer goes in lockstep with the observer, so only the slow client falls behind.
+    let writer = app.join("firehose").await;
+    let chunk = "z".repeat(32 * 1024);
+    let text_len = |c: &tandem_sync::Client| {
+        let text = c.doc().get_or_insert_text("t");
+        let len = text.len(&c.doc().transact()) as usize;
+        len
+    };
+    for i in 1..=100 {
+        writer.push_text("t", &chunk);
+        observer
+            .wait_for("the update", TIMEOUT, |c| text_len(c) == i * chunk.len())
+            .await
+            .unwrap();
+    }
+    // The server dropped the slow client from the room (its awareness is removed)...
+    observer
+        .wait_for("slow client removed", TIMEOUT, |c| {
+            !c.awareness().contains_key(&slow_id)
+        })
+        .await
+        .unwrap();
+
+    // ...and once it reads, it finds what was queued, then the close frame.
+    let mut frames = 0;
+    let code = loop {
+        match tokio::time::timeout(TIMEOUT, slow.next()).await.unwrap() {
+            Some(Ok(WsMessage::Close(Some(frame)))) => break u16::from(frame.code),
+            Some(Ok(_)) => frames += 1,
+            other => panic!("expected a close frame after {frames} frames, got {other:?}"),
+        }
+    };
+    assert_eq!(code, 1013);
+    assert!(
+        frames < 100,
+        "the slow client was cut off, not buffered without bound"
+    );
+    assert!(observer.close_info().is_none());
+    assert!(writer.close_info().is_none());
+}
+
+#[tokio::test]
+async fn a_peer_that_vanishes_mid_stream_disturbs_no_one() {
+    let app = spawn_app().await;
+    let observer = app.join("vanish").await;
+    let ghost = app.join("vanish").await;
+    let writer = app.join("vanish").await;
+    ghost.abort();
+    for i in 0..50 {
+        writer.push_text("t", &format!("{i},"));
+    }
+    let expected = writer.text("t");
+    wait_text(&observer, "t", &expected).await;
+}
+
+#[tokio::test]
+async fn the_doc_stays_encodable_after_bad_updates() {
+    // After a storm of rejected frames, a fresh client still gets a decodable step 2.
+    let app = spawn_app().await;
+    let writer = app.join("sturdy").await;
+    writer.push_text("t", "kept");
+    for frame in [vec![0, 2, 4, 0xff, 0xff, 0xff, 0x7f], vec![0x80], vec![42]] {
+        let offender = app.join("sturdy").await;
+        offender.send_raw(frame).unwrap();
+        offender.closed(TIMEOUT).await.unwrap();
+    }
+    let reader = app.join("sturdy").await;
+    wait_text(&reader, "t", "kept").await;
+    assert!(reader.errors().is_empty());
+    let _ = yrs::StateVector::default().encode_v1();
+}

@@ -1,0 +1,271 @@
+//! The HTTP API: document read/write, health, and JSON errors for bad requests.
+
+mod common;
+
+use base64::Engine;
+use common::{spawn_app, spawn_app_with, wait_text};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{Doc, GetString, ReadTxn, Text, Transact, Update};
+
+fn text_update(client: u64, text: &str) -> Vec<u8> {
+    let doc = Doc::with_client_id(client);
+    let t = doc.get_or_insert_text("t");
+    let mut txn = doc.transact_mut();
+    t.insert(&mut txn, 0, text);
+    txn.encode_update_v1()
+}
+
+fn text_of_update(update: &[u8]) -> String {
+    let doc = Doc::new();
+    let t = doc.get_or_insert_text("t");
+    doc.transact_mut()
+        .apply_update(Update::decode_v1(update).unwrap())
+        .unwrap();
+    let txn = doc.transact();
+    t.get_string(&txn)
+}
+
+async fn json_error(response: reqwest::Response, status: u16, code: &str) {
+    assert_eq!(response.status().as_u16(), status);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], code, "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn healthz_answers() {
+    let app = spawn_app().await;
+    let response = reqwest::get(app.http_url("/healthz")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+}
+
+#[tokio::test]
+async fn post_update_reaches_clients_and_reads_back() {
+    let app = spawn_app().await;
+    let client = app.join("acme/queries/1").await;
+    let http = reqwest::Client::new();
+    let response = http
+        .post(app.http_url("/api/v1/docs/acme/queries/1/update"))
+        .body(text_update(77, "SELECT 1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["changed"], true);
+    wait_text(&client, "t", "SELECT 1").await;
+
+    let state = http
+        .get(app.http_url("/api/v1/docs/acme/queries/1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(state.status(), 200);
+    assert_eq!(state.headers()["content-type"], "application/octet-stream");
+    assert_eq!(text_of_update(&state.bytes().await.unwrap()), "SELECT 1");
+
+    // The same update again is accepted and changes nothing.
+    let again = http
+        .post(app.http_url("/api/v1/docs/acme/queries/1/update"))
+        .body(text_update(77, "SELECT 1"))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = again.json().await.unwrap();
+    assert_eq!(body["changed"], false);
+}
+
+#[tokio::test]
+async fn get_with_state_vector_returns_only_the_diff() {
+    let app = spawn_app().await;
+    let client = app.join("diffs").await;
+    client.push_text("t", "one ");
+    let http = reqwest::Client::new();
+    // A second writer adds more after the client's state vector is taken.
+    let observer = app.join("diffs").await;
+    wait_text(&observer, "t", "one ").await;
+    let sv = client.doc().transact().state_vector().encode_v1();
+    let more = app.join("diffs").await;
+    more.push_text("t", "two");
+    wait_text(&client, "t", "one two").await;
+
+    let sv = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sv);
+    let diff = http
+        .get(app.http_url(&format!("/api/v1/docs/diffs?sv={sv}")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let full = http
+        .get(app.http_url("/api/v1/docs/diffs"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(diff.len() < full.len());
+    assert_eq!(text_of_update(&full), "one two");
+    // The diff holds "two" and not "one ": applied alone it shows only what was missing.
+    let diff_text = text_of_update(&diff);
+    assert!(!diff_text.contains("one"), "{diff_text:?}");
+}
+
+#[tokio::test]
+async fn bad_requests_get_json_errors() {
+    let app = spawn_app_with(|c| c.max_frame_bytes = 1024).await;
+    let http = reqwest::Client::new();
+
+    let long = "x".repeat(513);
+    json_error(
+        http.get(app.http_url(&format!("/api/v1/docs/{long}")))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "bad_document_name",
+    )
+    .await;
+    json_error(
+        http.get(app.http_url("/api/v1/docs/a%01b"))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "bad_document_name",
+    )
+    .await;
+    json_error(
+        http.get(app.http_url("/api/v1/docs/d?sv=***"))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "bad_state_vector",
+    )
+    .await;
+    json_error(
+        http.get(app.http_url("/api/v1/docs/d?sv=_____w"))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "bad_state_vector",
+    )
+    .await;
+    json_error(
+        http.post(app.http_url("/api/v1/docs/d/update"))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "bad_update",
+    )
+    .await;
+    json_error(
+        http.post(app.http_url("/api/v1/docs/d/update"))
+            .body(vec![0xff, 0xff, 0xff, 0x7f])
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "bad_update",
+    )
+    .await;
+    json_error(
+        http.post(app.http_url("/api/v1/docs/d/update"))
+            .body(vec![0u8; 4096])
+            .send()
+            .await
+            .unwrap(),
+        413,
+        "too_large",
+    )
+    .await;
+    json_error(
+        http.post(app.http_url("/api/v1/docs/d"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+    json_error(
+        http.get(app.http_url("/nope")).send().await.unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+    // WebSocket endpoint: a bad name is refused before the upgrade, and a plain GET is told to
+    // upgrade.
+    json_error(
+        http.get(app.http_url("/ws/a%00b")).send().await.unwrap(),
+        400,
+        "bad_document_name",
+    )
+    .await;
+    json_error(
+        http.get(app.http_url("/ws/fine")).send().await.unwrap(),
+        426,
+        "websocket_required",
+    )
+    .await;
+
+    // Nothing was written by any of it.
+    let state = http
+        .get(app.http_url("/api/v1/docs/d"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(state.as_ref(), [0, 0]);
+}
+
+#[tokio::test]
+async fn websocket_refuses_a_bad_name_with_400() {
+    let app = spawn_app().await;
+    let long = "n".repeat(600);
+    let err = tokio_tungstenite::connect_async(app.ws_url(&long))
+        .await
+        .expect_err("refused");
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(response) => {
+            assert_eq!(response.status(), 400);
+        }
+        other => panic!("expected an HTTP refusal, got {other}"),
+    }
+    // Percent-encoded names are decoded: "a b" and "a%20b" are the same document.
+    let a = app.join("a%20b").await;
+    a.push_text("t", "spaced");
+    let b = app.join("a%20b").await;
+    wait_text(&b, "t", "spaced").await;
+    let http = reqwest::Client::new();
+    let state = http
+        .get(app.http_url("/api/v1/docs/a%20b"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(text_of_update(&state), "spaced");
+}
