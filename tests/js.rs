@@ -1,0 +1,209 @@
+//! Real JavaScript clients: Node with the npm packages `yjs`, `y-websocket` (v3 and v1) and
+//! `y-protocols`, against a real server. The scripts live in `tests/js/`; their packages are
+//! installed from the committed lockfile (`npm ci`) the first time they are needed.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{spawn_app, TIMEOUT};
+use tandem_sync::{AuthMessage, AwarenessUpdate, Message, SyncMessage};
+use yrs::updates::decoder::Decode;
+use yrs::{GetString, StateVector, Text, Transact, Update, WriteTxn};
+
+/// A Node script may take this long before the test fails.
+const NODE_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn js_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
+        let installed = dir.join("node_modules/.package-lock.json");
+        let fresh = installed.metadata().and_then(|m| m.modified()).ok()
+            >= dir
+                .join("package-lock.json")
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok();
+        if !installed.exists() || !fresh {
+            let status = std::process::Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund"])
+                .current_dir(&dir)
+                .status()
+                .expect("npm is needed for the JavaScript client tests (Node.js 20 and npm)");
+            assert!(status.success(), "npm ci failed in {}", dir.display());
+        }
+        dir
+    })
+}
+
+/// Runs `node script args…` in `tests/js` and returns its stdout; fails the test when the script
+/// fails or hangs.
+async fn node(script: &str, args: &[&str]) -> String {
+    let dir = js_dir();
+    let child = tokio::process::Command::new("node")
+        .arg(script)
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node is needed for the JavaScript client tests");
+    let output = tokio::time::timeout(NODE_TIMEOUT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("node {script} did not finish in {NODE_TIMEOUT:?}"))
+        .expect("node output");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "node {script} failed ({}):\nstdout: {stdout}\nstderr: {stderr}",
+        output.status
+    );
+    stdout
+}
+
+fn bytes_of(vector: &serde_json::Value) -> Bytes {
+    vector["bytes"]
+        .as_array()
+        .expect("bytes array")
+        .iter()
+        .map(|b| b.as_u64().expect("byte") as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+fn text_of(update: &[u8]) -> String {
+    let doc = yrs::Doc::new();
+    let text = doc.get_or_insert_text("t");
+    doc.transact_mut()
+        .apply_update(Update::decode_v1(update).unwrap())
+        .unwrap();
+    let txn = doc.transact();
+    text.get_string(&txn)
+}
+
+#[tokio::test]
+async fn codec_reads_and_writes_what_y_protocols_writes() {
+    let out = node("vectors.mjs", &[]).await;
+    let vectors: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON vectors");
+    for (name, vector) in vectors.as_object().expect("object") {
+        let bytes = bytes_of(vector);
+        let message = tandem_sync::decode(bytes.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        // Encoding what we decoded gives back y-protocols' exact bytes.
+        assert_eq!(message.encode(), bytes.to_vec(), "{name} re-encodes");
+        match (name.as_str(), &message) {
+            ("step1_empty", Message::Sync(SyncMessage::Step1(sv))) => {
+                assert_eq!(StateVector::decode_v1(sv).unwrap(), StateVector::default());
+            }
+            ("step1_hello", Message::Sync(SyncMessage::Step1(sv))) => {
+                let sv = StateVector::decode_v1(sv).unwrap();
+                let client = vector["client"].as_u64().unwrap();
+                assert_eq!(
+                    sv.get(&yrs::block::ClientID::new(client)),
+                    vector["clock"].as_u64().unwrap() as u32
+                );
+            }
+            ("step2_hello", Message::Sync(SyncMessage::Step2(update)))
+            | ("update_hello", Message::Sync(SyncMessage::Update(update))) => {
+                assert_eq!(text_of(update), vector["text"].as_str().unwrap());
+            }
+            ("awareness_big_id" | "awareness_removed_max_id", Message::Awareness(payload)) => {
+                let update = AwarenessUpdate::decode(payload).unwrap();
+                assert_eq!(update.entries.len(), 1, "{name}");
+                let entry = &update.entries[0];
+                assert_eq!(
+                    entry.client_id,
+                    vector["client"].as_u64().unwrap(),
+                    "{name}"
+                );
+                assert_eq!(entry.clock, vector["clock"].as_u64().unwrap(), "{name}");
+                assert_eq!(entry.state.as_deref(), vector["state"].as_str(), "{name}");
+                assert_eq!(
+                    update.encode(),
+                    payload.to_vec(),
+                    "{name} payload re-encodes"
+                );
+            }
+            ("permission_denied", Message::Auth(AuthMessage::PermissionDenied(reason))) => {
+                assert_eq!(reason, vector["reason"].as_str().unwrap());
+            }
+            ("query_awareness", Message::QueryAwareness) => {}
+            (name, message) => panic!("unexpected vector {name}: {message:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn js_providers_converge_with_random_disconnects() {
+    let app = spawn_app().await;
+    let url = format!("ws://{}/ws", app.addr);
+    let out = node("converge.mjs", &[&url, "acme/queries/js", "6", "40"]).await;
+    let result: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON result");
+    assert_eq!(result["converged"], true, "{result}");
+    assert_eq!(result["awarenessSeen"], true, "{result}");
+    assert_eq!(result["items"], 240);
+
+    // The server holds the same converged text.
+    let reader = app.join("acme/queries/js").await;
+    let expected = result["text"].as_str().unwrap().to_owned();
+    reader
+        .wait_for("server state", TIMEOUT, |c| c.text("t") == expected)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn rust_and_js_clients_converge_in_one_room() {
+    let app = spawn_app().await;
+    let url = format!("ws://{}/ws", app.addr);
+    let js = tokio::spawn(async move { node("mixed.mjs", &[&url, "mixed"]).await });
+
+    let rust = app.join_as("mixed", (1 << 45) + 9).await;
+    rust.set_awareness(r#"{"user":{"name":"rust"}}"#).unwrap();
+    rust.wait_for("the JS client's awareness", TIMEOUT, |c| {
+        c.awareness().values().any(|s| s.contains("\"js\""))
+    })
+    .await
+    .unwrap();
+    for i in 0..50 {
+        rust.edit(|txn| {
+            let text = txn.get_or_insert_text("t");
+            let len = text.len(txn);
+            text.insert(txn, len / 3, &format!("rs{i};"));
+        });
+    }
+    rust.push_text("t", "rust-done");
+    rust.wait_for("js-done", TIMEOUT, |c| c.text("t").contains("js-done"))
+        .await
+        .unwrap();
+    rust.push_text("t", "rust-final");
+
+    let out = js.await.unwrap();
+    let result: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON result");
+    assert_eq!(result["text"].as_str().unwrap(), rust.text("t"));
+    let names: Vec<_> = result["awareness"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.as_str())
+        .collect();
+    assert!(
+        names.contains(&"rust") && names.contains(&"js"),
+        "{names:?}"
+    );
+    // Inserts at arbitrary positions may split each other's markers, so count characters:
+    // every edit of both sides is there exactly once.
+    let inserted: usize = (0..50)
+        .map(|i| format!("rs{i};").len() + format!("js{i};").len())
+        .sum::<usize>()
+        + "rust-done".len()
+        + "js-done".len()
+        + "rust-final".len();
+    assert_eq!(rust.text("t").len(), inserted);
+}
