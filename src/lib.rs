@@ -7,12 +7,14 @@
 //! One entry point: [`serve`] takes a bound listener, a [`Config`] and a shutdown future.
 
 mod api;
+pub mod bench;
 pub mod config;
 pub mod docname;
 pub mod durability;
 mod error;
 mod peer;
 mod rooms;
+pub mod trace;
 mod ws;
 
 use std::future::Future;

@@ -27,6 +27,11 @@ struct Cli {
 enum Command {
     /// Run the server (what `tandem` with no subcommand does).
     Serve(Config),
+    /// Measure a y-websocket server (Tandem or another) under load.
+    Bench {
+        #[command(subcommand)]
+        scenario: tandem::bench::Scenario,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -38,14 +43,16 @@ enum LogFormat {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let config = match cli.command {
-        Some(Command::Serve(config)) => config,
-        None => cli.serve,
-    };
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(run(config))
+        .build()?;
+    match cli.command {
+        Some(Command::Serve(config)) => runtime.block_on(run(config)),
+        None => runtime.block_on(run(cli.serve)),
+        Some(Command::Bench { scenario }) => runtime
+            .block_on(tandem::bench::run(scenario))
+            .map_err(|e| anyhow::anyhow!(e)),
+    }
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
