@@ -26,6 +26,11 @@ pub struct Config {
     #[arg(long, env = "TANDEM_MAX_DOC_BYTES", default_value_t = Config::DEFAULT_MAX_DOC_BYTES)]
     pub max_doc_bytes: usize,
 
+    /// Awareness client ids one connection may keep alive (a browser tab uses one). More closes
+    /// the connection with 1008.
+    #[arg(long, env = "TANDEM_MAX_AWARENESS_PER_CONNECTION", default_value_t = Config::DEFAULT_MAX_AWARENESS_PER_CONNECTION)]
+    pub max_awareness_per_connection: usize,
+
     /// Frames queued for one connection. A client this far behind is closed with 1013 and
     /// resyncs on reconnect; nothing is dropped silently.
     #[arg(long, env = "TANDEM_OUTBOUND_QUEUE", default_value_t = Config::DEFAULT_OUTBOUND_QUEUE)]
@@ -57,6 +62,7 @@ impl Config {
     pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
     pub const DEFAULT_MAX_DOC_BYTES: usize = 64 * 1024 * 1024;
     pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
+    pub const DEFAULT_MAX_AWARENESS_PER_CONNECTION: usize = 64;
     pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 5;
     pub const DEFAULT_COMPACT_AFTER_UPDATES: usize = 1000;
     pub const DEFAULT_COMPACT_AFTER_BYTES: usize = 1024 * 1024;
@@ -92,6 +98,7 @@ impl Default for Config {
             max_frame_bytes: Config::DEFAULT_MAX_FRAME_BYTES,
             max_doc_bytes: Config::DEFAULT_MAX_DOC_BYTES,
             outbound_queue: Config::DEFAULT_OUTBOUND_QUEUE,
+            max_awareness_per_connection: Config::DEFAULT_MAX_AWARENESS_PER_CONNECTION,
             flush_interval_ms: Config::DEFAULT_FLUSH_INTERVAL_MS,
             compact_after_updates: Config::DEFAULT_COMPACT_AFTER_UPDATES,
             compact_after_bytes: Config::DEFAULT_COMPACT_AFTER_BYTES,

@@ -147,6 +147,10 @@ fn validate(config: &Config) -> Result<(), ServeError> {
         ("max-frame-bytes", config.max_frame_bytes),
         ("max-doc-bytes", config.max_doc_bytes),
         ("outbound-queue", config.outbound_queue),
+        (
+            "max-awareness-per-connection",
+            config.max_awareness_per_connection,
+        ),
         ("compact-after-updates", config.compact_after_updates),
         ("compact-after-bytes", config.compact_after_bytes),
     ];

@@ -14,6 +14,8 @@ pub enum CloseReason {
     /// Well-formed but unacceptable data: an update yrs rejects, an unknown message type, a
     /// text frame (1003).
     Unsupported(String),
+    /// A limit of the server's policy was exceeded (1008).
+    Policy(String),
     /// A frame or document over its size limit (1009).
     TooLarge(String),
     /// The outbound queue filled up (1013); the client resyncs on reconnect.
@@ -35,6 +37,7 @@ impl CloseReason {
         match self {
             CloseReason::Protocol(_) => 1002,
             CloseReason::Unsupported(_) => 1003,
+            CloseReason::Policy(_) => 1008,
             CloseReason::TooLarge(_) => 1009,
             CloseReason::Lagging | CloseReason::Reloading => 1013,
             CloseReason::Storage => 1011,
@@ -45,9 +48,10 @@ impl CloseReason {
     /// The reason text, cut to what a close frame can carry.
     pub fn text(&self) -> String {
         let text = match self {
-            CloseReason::Protocol(s) | CloseReason::Unsupported(s) | CloseReason::TooLarge(s) => {
-                s.as_str()
-            }
+            CloseReason::Protocol(s)
+            | CloseReason::Unsupported(s)
+            | CloseReason::Policy(s)
+            | CloseReason::TooLarge(s) => s.as_str(),
             CloseReason::Lagging => "client too slow: outbound queue full; reconnect to resync",
             CloseReason::Reloading => "document is reloading; reconnect",
             CloseReason::Storage => "storage unavailable; try again later",

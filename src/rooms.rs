@@ -110,6 +110,7 @@ impl Rooms {
         );
         let limits = RoomLimits {
             max_doc_bytes: self.config.max_doc_bytes,
+            max_awareness_per_peer: self.config.max_awareness_per_connection,
         };
         let load = handle.state.get_or_try_init(|| async {
             let started = Instant::now();

@@ -255,6 +255,9 @@ fn close_reason(err: &RoomOpError) -> CloseReason {
         RoomOpError::Room(RoomError::TooLarge { limit }) => {
             CloseReason::TooLarge(format!("document would exceed its limit of {limit} bytes"))
         }
+        RoomOpError::Room(RoomError::TooManyAwarenessClients { limit }) => CloseReason::Policy(
+            format!("a connection may announce at most {limit} awareness clients"),
+        ),
         RoomOpError::Room(RoomError::Poisoned) => CloseReason::Reloading,
         RoomOpError::Store(_) => CloseReason::Storage,
     }

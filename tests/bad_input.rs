@@ -117,6 +117,22 @@ async fn document_over_its_limit_closes_with_1009() {
 }
 
 #[tokio::test]
+async fn too_many_awareness_clients_closes_with_1008() {
+    let app = spawn_app_with(|c| c.max_awareness_per_connection = 4).await;
+    let update = tandem_sync::AwarenessUpdate {
+        entries: (1..=5)
+            .map(|client_id| tandem_sync::AwarenessEntry {
+                client_id,
+                clock: 1,
+                state: Some("{}".into()),
+            })
+            .collect(),
+    };
+    let frame = tandem_sync::message::encode_awareness(&update.encode()).to_vec();
+    offender_is_closed_alone(&app, frame, 1008).await;
+}
+
+#[tokio::test]
 async fn text_frame_closes_with_1003() {
     let app = spawn_app().await;
     let peer = app.join("victim").await;

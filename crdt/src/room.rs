@@ -39,12 +39,16 @@ pub enum Access {
 pub struct RoomLimits {
     /// The most bytes the document may take, as its snapshot plus the updates applied since.
     pub max_doc_bytes: usize,
+    /// The most awareness client ids one peer may keep alive. A browser tab announces one; the
+    /// limit keeps a single connection from filling the room's memory with made-up clients.
+    pub max_awareness_per_peer: usize,
 }
 
 impl Default for RoomLimits {
     fn default() -> Self {
         RoomLimits {
             max_doc_bytes: 64 * 1024 * 1024,
+            max_awareness_per_peer: 64,
         }
     }
 }
@@ -64,6 +68,8 @@ pub enum RoomError {
     TooLarge { limit: usize },
     #[error("unsupported message type {0}")]
     Unsupported(u64),
+    #[error("a connection may announce at most {limit} awareness clients")]
+    TooManyAwarenessClients { limit: usize },
     #[error("the document failed while applying an update and must be reloaded")]
     Poisoned,
 }
@@ -211,6 +217,7 @@ impl Room {
                 }
                 Message::Awareness(payload) => {
                     let update = AwarenessUpdate::decode(&payload)?;
+                    self.check_awareness_limit(peer, &update)?;
                     let changes = self.awareness.apply(&update);
                     if changes.is_empty() {
                         continue;
@@ -310,6 +317,25 @@ impl Room {
     /// Whether yrs failed inside this room; a poisoned room refuses all updates.
     pub fn is_poisoned(&self) -> bool {
         self.poisoned
+    }
+
+    /// Refuses an awareness update that would leave `peer` with more live clients than allowed.
+    fn check_awareness_limit(
+        &self,
+        peer: PeerId,
+        update: &AwarenessUpdate,
+    ) -> Result<(), RoomError> {
+        let announced = self.peers.get(&peer).map_or(&[][..], Vec::as_slice);
+        let added = update
+            .entries
+            .iter()
+            .filter(|e| e.state.is_some() && !announced.contains(&e.client_id))
+            .count();
+        let limit = self.limits.max_awareness_per_peer;
+        if announced.len() + added > limit {
+            return Err(RoomError::TooManyAwarenessClients { limit });
+        }
+        Ok(())
     }
 
     /// Applies `update` and says whether it changed the document (or is waiting on missing
@@ -494,6 +520,35 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_cannot_announce_more_awareness_clients_than_allowed() {
+        let mut room = Room::new(RoomLimits {
+            max_awareness_per_peer: 2,
+            ..RoomLimits::default()
+        });
+        room.join(PeerId(1));
+        let announce = |ids: &[u64]| {
+            let update = AwarenessUpdate {
+                entries: ids
+                    .iter()
+                    .map(|&client_id| AwarenessEntry {
+                        client_id,
+                        clock: 1,
+                        state: Some("{}".into()),
+                    })
+                    .collect(),
+            };
+            message::encode_awareness(&update.encode())
+        };
+        room.receive(PeerId(1), announce(&[1, 2]), Access::ReadWrite)
+            .unwrap();
+        assert!(matches!(
+            room.receive(PeerId(1), announce(&[3]), Access::ReadWrite),
+            Err(RoomError::TooManyAwarenessClients { limit: 2 })
+        ));
+        assert_eq!(room.awareness_count(), 2);
+    }
+
+    #[test]
     fn heartbeat_is_echoed_and_unknown_types_refused() {
         let mut room = Room::new(RoomLimits::default());
         let heartbeat = Bytes::from_static(&[102, 4, 2]);
@@ -509,7 +564,10 @@ mod tests {
 
     #[test]
     fn document_size_limit_is_enforced() {
-        let mut room = Room::new(RoomLimits { max_doc_bytes: 64 });
+        let mut room = Room::new(RoomLimits {
+            max_doc_bytes: 64,
+            ..RoomLimits::default()
+        });
         let big = text_update(1, &"x".repeat(100));
         assert!(matches!(
             room.apply_update(big.into()),
@@ -544,7 +602,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #![proptest_config(ProptestConfig::with_cases(1000))]
         // Random bytes, and random mutations of a valid update, never panic and never take the
         // room down: it either applies, refuses, or reports itself poisoned.
         #[test]
