@@ -3,14 +3,16 @@
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine;
 use serde::Deserialize;
-use tandem_crdt::RoomError;
+use tandem_crdt::{Access, RoomError};
+
+use crate::auth::AuthError;
 
 use crate::docname::DocName;
 use crate::durability::DurabilityError;
@@ -41,10 +43,14 @@ pub struct ReadParams {
 /// `GET /api/v1/docs/{doc}`: the document as one v1 update, or the diff against `?sv=`.
 pub async fn get_doc(
     State(app): State<AppState>,
+    headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
     params: Result<Query<ReadParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let name = doc_name(path)?;
+    app.auth
+        .authorize_doc(bearer(&headers)?, &name)
+        .map_err(|e| e.refuse("http_doc_read", Some(&name)))?;
     let Query(params) = params.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
     let sv = match params.sv {
         Some(sv) => Some(BASE64URL.decode(sv.as_bytes()).map_err(|e| {
@@ -68,6 +74,7 @@ pub async fn get_doc(
 /// and answers once it is durable.
 pub async fn post_update(
     State(app): State<AppState>,
+    headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -82,6 +89,13 @@ pub async fn post_update(
     };
     let name = DocName::parse(doc)
         .map_err(|e| ApiError::bad_request("bad_document_name", e.to_string()))?;
+    let (_, access) = app
+        .auth
+        .authorize_doc(bearer(&headers)?, &name)
+        .map_err(|e| e.refuse("http_doc_write", Some(&name)))?;
+    if access != Access::ReadWrite {
+        return Err(AuthError::ReadOnly.refuse("http_doc_write", Some(&name)));
+    }
     let update = body.map_err(|e| {
         let status = e.status();
         ApiError::new(
@@ -124,6 +138,28 @@ pub async fn post_update(
 /// Any other path.
 pub async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint")
+}
+
+/// The token of an `Authorization: Bearer` header, if any.
+///
+/// # Errors
+/// An `Authorization` header that is not a bearer token.
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(|t| Some(t.trim()))
+        .ok_or_else(|| {
+            AuthError::InvalidToken("the Authorization header must be `Bearer <token>`".into())
+                .refuse("http", None)
+        })
 }
 
 fn doc_name(path: Result<Path<String>, PathRejection>) -> Result<DocName, ApiError> {

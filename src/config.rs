@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::auth::Secret;
+
 /// How `tandem serve` runs.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -52,6 +54,32 @@ pub struct Config {
     /// How long a room stays loaded after its last client left, in milliseconds.
     #[arg(long, env = "TANDEM_ROOM_GRACE_MS", default_value_t = Config::DEFAULT_ROOM_GRACE_MS)]
     pub room_grace_ms: u64,
+
+    /// Shared secret for HS256 tokens. With neither this nor --auth-public-key the server runs
+    /// open (no authentication), which it only allows on a loopback address.
+    #[arg(long, env = "TANDEM_AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: Option<Secret>,
+
+    /// PEM file of an Ed25519 (EdDSA) or RSA (RS256) public key that verifies tokens.
+    #[arg(long, env = "TANDEM_AUTH_PUBLIC_KEY")]
+    pub auth_public_key: Option<PathBuf>,
+
+    /// Clock skew tolerated on token expiry, in seconds.
+    #[arg(long, env = "TANDEM_AUTH_LEEWAY_SECS", default_value_t = 0)]
+    pub auth_leeway_secs: u64,
+
+    /// Plans whose tokens may use real-time features (comma-separated).
+    #[arg(
+        long,
+        env = "TANDEM_REALTIME_PLANS",
+        value_delimiter = ',',
+        default_value = "scale"
+    )]
+    pub realtime_plans: Vec<String>,
+
+    /// Allow running without authentication on a non-loopback address.
+    #[arg(long, env = "TANDEM_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
 
     /// How long shutdown waits for connections to close, in milliseconds.
     #[arg(long, env = "TANDEM_SHUTDOWN_TIMEOUT_MS", default_value_t = Config::DEFAULT_SHUTDOWN_TIMEOUT_MS)]
@@ -104,6 +132,11 @@ impl Default for Config {
             compact_after_bytes: Config::DEFAULT_COMPACT_AFTER_BYTES,
             room_grace_ms: Config::DEFAULT_ROOM_GRACE_MS,
             shutdown_timeout_ms: Config::DEFAULT_SHUTDOWN_TIMEOUT_MS,
+            auth_secret: None,
+            auth_public_key: None,
+            auth_leeway_secs: 0,
+            realtime_plans: vec!["scale".to_string()],
+            insecure_no_auth: false,
         }
     }
 }

@@ -43,6 +43,11 @@ impl DocName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The workspace the document belongs to: the first segment of its name.
+    pub fn workspace(&self) -> &str {
+        self.0.split('/').next().unwrap_or(&self.0)
+    }
 }
 
 impl fmt::Display for DocName {

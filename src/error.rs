@@ -13,6 +13,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// A sentence for humans.
     pub message: String,
+    /// More fields for the body (e.g. the plans a refusal requires).
+    pub details: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ApiError {
@@ -21,7 +23,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            details: serde_json::Map::new(),
         }
+    }
+
+    /// Adds a field to the body.
+    pub fn with_detail(mut self, key: &str, value: serde_json::Value) -> ApiError {
+        self.details.insert(key.to_owned(), value);
+        self
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -45,7 +54,16 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.code, "message": self.message });
-        (self.status, Json(body)).into_response()
+        let mut body = self.details;
+        body.insert("error".into(), self.code.into());
+        body.insert("message".into(), self.message.into());
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
     }
 }

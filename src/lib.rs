@@ -7,6 +7,7 @@
 //! One entry point: [`serve`] takes a bound listener, a [`Config`] and a shutdown future.
 
 mod api;
+pub mod auth;
 pub mod bench;
 pub mod config;
 pub mod docname;
@@ -31,6 +32,7 @@ use tokio_util::task::TaskTracker;
 pub use config::Config;
 pub use docname::{DocName, DocNameError};
 
+use auth::{Auth, AuthConfigError, AuthSettings};
 use durability::Durability;
 use rooms::Rooms;
 
@@ -38,6 +40,7 @@ use rooms::Rooms;
 #[derive(Clone)]
 pub struct AppState {
     config: Arc<Config>,
+    auth: Arc<Auth>,
     rooms: Arc<Rooms>,
     durability: Arc<Durability>,
     /// Connection tasks, awaited at shutdown.
@@ -56,6 +59,8 @@ pub enum ServeError {
         dir: std::path::PathBuf,
         source: StoreError,
     },
+    #[error("invalid auth configuration: {0}")]
+    Auth(#[from] AuthConfigError),
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -88,6 +93,25 @@ pub async fn serve_with_store(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     validate(&config)?;
+    let auth = Arc::new(Auth::new(AuthSettings {
+        secret: config.auth_secret.as_ref(),
+        public_key: config.auth_public_key.as_deref(),
+        realtime_plans: &config.realtime_plans,
+        leeway_secs: config.auth_leeway_secs,
+    })?);
+    let addr = listener.local_addr()?;
+    if auth.is_open() {
+        if !addr.ip().is_loopback() && !config.insecure_no_auth {
+            return Err(ServeError::Config(format!(
+                "no --auth-secret or --auth-public-key: refusing to run without authentication on \
+                 the non-loopback address {addr} (pass --insecure-no-auth to do it anyway)"
+            )));
+        }
+        tracing::warn!(
+            %addr,
+            "no --auth-secret or --auth-public-key: running OPEN, every request is allowed"
+        );
+    }
     let config = Arc::new(config);
     let token = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -107,13 +131,13 @@ pub async fn serve_with_store(
     ));
     let state = AppState {
         config: Arc::clone(&config),
+        auth,
         rooms: Arc::clone(&rooms),
         durability: Arc::clone(&durability),
         tasks: tasks.clone(),
         shutdown: token.clone(),
     };
 
-    let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "tandem listening");
     let cancel = token.clone();
     axum::serve(listener, router(state))

@@ -1,6 +1,7 @@
 //! The `tandem` binary: `tandem serve` (the default) runs the server.
 
 use clap::{Parser, Subcommand, ValueEnum};
+use tandem::auth::{Claims, DocPermission, Role, Secret};
 use tandem::Config;
 use tracing_subscriber::EnvFilter;
 
@@ -27,11 +28,42 @@ struct Cli {
 enum Command {
     /// Run the server (what `tandem` with no subcommand does).
     Serve(Config),
+    /// Mint a token signed with the server's secret, for development and scripts.
+    Token(TokenArgs),
     /// Measure a y-websocket server (Tandem or another) under load.
     Bench {
         #[command(subcommand)]
         scenario: tandem::bench::Scenario,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct TokenArgs {
+    /// The HS256 secret the server verifies with.
+    #[arg(long, env = "TANDEM_AUTH_SECRET", hide_env_values = true)]
+    secret: Secret,
+    /// User id (`sub`).
+    #[arg(long)]
+    sub: String,
+    /// Display name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Workspace: the first segment of the documents it may open.
+    #[arg(long)]
+    workspace: String,
+    /// Plan.
+    #[arg(long, default_value = "scale")]
+    plan: String,
+    /// Role.
+    #[arg(long, value_enum, default_value_t = Role::Member)]
+    role: Role,
+    /// A document grant `GLOB=read` or `GLOB=write` (repeatable); none: the whole workspace,
+    /// read-write.
+    #[arg(long = "doc", value_name = "GLOB=read|write")]
+    docs: Vec<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -49,6 +81,10 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Serve(config)) => runtime.block_on(run(config)),
         None => runtime.block_on(run(cli.serve)),
+        Some(Command::Token(args)) => {
+            println!("{}", mint_token(args)?);
+            Ok(())
+        }
         Some(Command::Bench { scenario }) => runtime
             .block_on(tandem::bench::run(scenario))
             .map_err(|e| anyhow::anyhow!(e)),
@@ -61,6 +97,31 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.bind))?;
     tandem::serve(listener, config, shutdown_signal()).await?;
     Ok(())
+}
+
+fn mint_token(args: TokenArgs) -> anyhow::Result<String> {
+    let mut docs = std::collections::BTreeMap::new();
+    for grant in &args.docs {
+        let (glob, permission) = grant
+            .rsplit_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--doc {grant:?}: expected GLOB=read or GLOB=write"))?;
+        let permission = match permission {
+            "read" => DocPermission::Read,
+            "write" => DocPermission::Write,
+            other => anyhow::bail!("--doc {grant:?}: {other:?} is neither read nor write"),
+        };
+        docs.insert(glob.to_owned(), permission);
+    }
+    let claims = Claims {
+        sub: args.sub,
+        name: args.name,
+        workspace: args.workspace,
+        plan: Some(args.plan),
+        role: args.role,
+        docs: (!docs.is_empty()).then_some(docs),
+        exp: tandem::auth::now_secs() + args.ttl_secs,
+    };
+    Ok(tandem::auth::mint(&args.secret, &claims)?)
 }
 
 fn init_logging(format: LogFormat) {

@@ -26,6 +26,8 @@ pub enum CloseReason {
     Storage,
     /// The server is shutting down (1001).
     ShuttingDown,
+    /// The token expired during the connection (4401); reconnect with a fresh one.
+    TokenExpired,
 }
 
 /// The longest close reason a close frame can carry (125 bytes of payload minus the code).
@@ -42,6 +44,7 @@ impl CloseReason {
             CloseReason::Lagging | CloseReason::Reloading => 1013,
             CloseReason::Storage => 1011,
             CloseReason::ShuttingDown => 1001,
+            CloseReason::TokenExpired => 4401,
         }
     }
 
@@ -56,6 +59,7 @@ impl CloseReason {
             CloseReason::Reloading => "document is reloading; reconnect",
             CloseReason::Storage => "storage unavailable; try again later",
             CloseReason::ShuttingDown => "server shutting down",
+            CloseReason::TokenExpired => "token expired; reconnect with a fresh token",
         };
         let mut end = text.len().min(MAX_REASON_BYTES);
         while !text.is_char_boundary(end) {

@@ -9,10 +9,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::extract::rejection::PathRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -22,6 +22,7 @@ use tandem_crdt::{Access, PeerId, RoomError};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use crate::auth::Principal;
 use crate::docname::DocName;
 use crate::error::ApiError;
 use crate::peer::{CloseReason, Closer};
@@ -48,6 +49,7 @@ const READ_BUFFER_BYTES: usize = 8 * 1024;
 pub async fn upgrade(
     State(app): State<AppState>,
     path: Result<Path<String>, PathRejection>,
+    params: Result<Query<TokenParams>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let name = match path {
@@ -75,6 +77,13 @@ pub async fn upgrade(
             .into_response()
         }
     };
+    let Ok(Query(params)) = params else {
+        return ApiError::bad_request("bad_query", "the query string is malformed").into_response();
+    };
+    let (principal, access) = match app.auth.authorize_doc(params.token.as_deref(), &name) {
+        Ok(granted) => granted,
+        Err(err) => return err.refuse("ws_doc", Some(&name)).into_response(),
+    };
     let max = app.config.max_frame_bytes;
     upgrade
         .max_message_size(max)
@@ -82,14 +91,40 @@ pub async fn upgrade(
         .read_buffer_size(READ_BUFFER_BYTES)
         .on_upgrade(move |socket| {
             let conn = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
-            let span = tracing::info_span!("conn", conn, doc = %name);
+            let span = tracing::info_span!("conn", conn, doc = %name, user = %principal.user);
             let tasks = app.tasks.clone();
-            tasks.track_future(run(app, socket, name, PeerId(conn)).instrument(span))
+            let session = Session {
+                name,
+                peer: PeerId(conn),
+                access,
+                principal,
+            };
+            tasks.track_future(run(app, socket, session).instrument(span))
         })
 }
 
+/// The token of a WebSocket request: browsers cannot set headers, so it rides the URL.
+#[derive(Debug, serde::Deserialize)]
+pub struct TokenParams {
+    token: Option<String>,
+}
+
+/// Who is connected to which document, with what rights.
+struct Session {
+    name: DocName,
+    peer: PeerId,
+    access: Access,
+    principal: Principal,
+}
+
 /// Serves one connection until it closes.
-async fn run(app: AppState, socket: WebSocket, name: DocName, peer: PeerId) {
+async fn run(app: AppState, socket: WebSocket, session: Session) {
+    let Session {
+        name,
+        peer,
+        access,
+        principal,
+    } = session;
     let (sink, mut stream) = socket.split();
     let (outbound, queue) = mpsc::channel(app.config.outbound_queue);
     let closer = Closer::new();
@@ -109,17 +144,31 @@ async fn run(app: AppState, socket: WebSocket, name: DocName, peer: PeerId) {
     };
     tracing::debug!("connected");
 
+    // The connection lives no longer than its token.
+    let expiry = async {
+        match principal.expires_in() {
+            Some(left) => tokio::time::sleep(left).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expiry);
+
     if let Some(handle) = &handle {
         loop {
             tokio::select! {
                 _ = closer.closed() => break,
+                _ = &mut expiry => {
+                    tracing::info!("token expired; closing with 4401");
+                    closer.close(CloseReason::TokenExpired);
+                    break;
+                }
                 _ = app.shutdown.cancelled() => {
                     closer.close(CloseReason::ShuttingDown);
                     break;
                 }
                 incoming = stream.next() => match incoming {
                     Some(Ok(WsMessage::Binary(frame))) => {
-                        if let Err(err) = app.rooms.receive(handle, peer, frame, Access::ReadWrite) {
+                        if let Err(err) = app.rooms.receive(handle, peer, frame, access) {
                             let reason = close_reason(&err);
                             tracing::info!(error = %err, code = reason.code(), "closing connection");
                             closer.close(reason);

@@ -1,0 +1,608 @@
+//! Authentication and authorization.
+//!
+//! Tokens are JWTs, verified with `jsonwebtoken`: HS256 with a shared secret, and/or EdDSA or
+//! RS256 with a public key. A token names its user (`sub`), workspace, plan, role, optionally the
+//! documents it may open (`docs`: glob → `read`/`write`), and its expiry. A document belongs to
+//! the workspace named by the first segment of its name, and no token reaches across workspaces.
+//!
+//! With neither a secret nor a key configured the server runs open: every request is allowed as
+//! an anonymous admin. That is for local development only; `serve` refuses it on a non-loopback
+//! bind unless `--insecure-no-auth` is given.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::http::StatusCode;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Deserializer, Serialize};
+use tandem_crdt::Access;
+
+use crate::docname::DocName;
+use crate::error::ApiError;
+
+/// A secret that never shows in logs or `Debug` output.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            return Err("the secret must not be empty".into());
+        }
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A person using the product.
+    #[default]
+    Member,
+    /// An administrator of the workspace: every document, and the admin endpoints.
+    Admin,
+    /// A backend: writes documents and publishes events of its own workspace.
+    Service,
+}
+
+/// Access a `docs` pattern grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DocPermission {
+    Read,
+    Write,
+}
+
+/// The claims of a Tandem token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user id; a number or a string in the token.
+    #[serde(deserialize_with = "string_or_number")]
+    pub sub: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub workspace: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+    #[serde(default)]
+    pub role: Role,
+    /// Document-name globs (`*` matches anything, `/` included) → access. Absent: every
+    /// document of the workspace, read-write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docs: Option<BTreeMap<String, DocPermission>>,
+    /// Expiry, seconds since the epoch. Required.
+    pub exp: u64,
+}
+
+fn string_or_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        Text(String),
+        Number(u64),
+    }
+    Ok(match Id::deserialize(deserializer)? {
+        Id::Text(s) => s,
+        Id::Number(n) => n.to_string(),
+    })
+}
+
+/// Who is asking, once their token checked out.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user: String,
+    pub name: Option<String>,
+    /// `None` in open mode only: every workspace.
+    pub workspace: Option<String>,
+    pub plan: Option<String>,
+    pub role: Role,
+    docs: Option<Vec<(String, DocPermission)>>,
+    /// Seconds since the epoch; `None` in open mode.
+    pub expires_at: Option<u64>,
+}
+
+impl Principal {
+    fn open() -> Principal {
+        Principal {
+            user: "anonymous".into(),
+            name: None,
+            workspace: None,
+            plan: None,
+            role: Role::Admin,
+            docs: None,
+            expires_at: None,
+        }
+    }
+
+    /// How long until the token expires; `None` when it never does (open mode).
+    pub fn expires_in(&self) -> Option<Duration> {
+        let exp = UNIX_EPOCH + Duration::from_secs(self.expires_at?);
+        Some(
+            exp.duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO),
+        )
+    }
+}
+
+/// Why a request was refused. Its text never contains the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("a token is required (?token= on WebSocket URLs, Authorization: Bearer on HTTP)")]
+    MissingToken,
+    #[error("the token is not valid: {0}")]
+    InvalidToken(String),
+    #[error("the token has expired")]
+    Expired,
+    #[error("real-time features need one of these plans: {}", required.join(", "))]
+    PlanRequired {
+        plan: Option<String>,
+        required: Vec<String>,
+    },
+    #[error("the token's workspace has no access to this document")]
+    WrongWorkspace,
+    #[error("the token does not grant access to this document")]
+    DocumentForbidden,
+    #[error("the token grants read-only access to this document")]
+    ReadOnly,
+    #[error("this needs a token with the {0:?} role")]
+    RoleRequired(Role),
+}
+
+impl AuthError {
+    /// A bounded label for counting refusals.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::MissingToken => "missing_token",
+            AuthError::InvalidToken(_) => "invalid_token",
+            AuthError::Expired => "token_expired",
+            AuthError::PlanRequired { .. } => "plan_required",
+            AuthError::WrongWorkspace | AuthError::DocumentForbidden => "forbidden",
+            AuthError::ReadOnly => "read_only",
+            AuthError::RoleRequired(_) => "role_required",
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            AuthError::MissingToken | AuthError::InvalidToken(_) | AuthError::Expired => {
+                StatusCode::UNAUTHORIZED
+            }
+            _ => StatusCode::FORBIDDEN,
+        }
+    }
+}
+
+impl AuthError {
+    /// Logs and counts this refusal of a request on `route` (never the token itself) and turns it
+    /// into the HTTP answer.
+    pub fn refuse(self, route: &'static str, doc: Option<&DocName>) -> ApiError {
+        let reason = self.reason();
+        metrics::counter!("tandem_auth_refusals_total", "reason" => reason, "route" => route)
+            .increment(1);
+        match doc {
+            Some(doc) => tracing::info!(reason, route, %doc, "request refused: {self}"),
+            None => tracing::info!(reason, route, "request refused: {self}"),
+        }
+        self.into()
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(err: AuthError) -> ApiError {
+        let mut api = ApiError::new(err.status(), err.reason(), err.to_string());
+        if let AuthError::PlanRequired { plan, required } = &err {
+            api = api
+                .with_detail("required", serde_json::json!(required))
+                .with_detail("plan", serde_json::json!(plan));
+        }
+        api
+    }
+}
+
+/// Why the auth configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    #[error("cannot read the public key {path}: {source}")]
+    ReadKey {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is neither an Ed25519 nor an RSA public key in PEM form")]
+    BadKey { path: String },
+}
+
+/// The verifier of a server.
+pub struct Auth {
+    /// One decoding key per accepted algorithm; empty in open mode.
+    keys: Vec<(Algorithm, DecodingKey)>,
+    leeway_secs: u64,
+    realtime_plans: Vec<String>,
+}
+
+/// What [`Auth`] is built from.
+pub struct AuthSettings<'a> {
+    pub secret: Option<&'a Secret>,
+    pub public_key: Option<&'a std::path::Path>,
+    pub realtime_plans: &'a [String],
+    pub leeway_secs: u64,
+}
+
+impl Auth {
+    /// Builds the verifier.
+    ///
+    /// # Errors
+    /// The public key file cannot be read or parsed.
+    pub fn new(settings: AuthSettings<'_>) -> Result<Auth, AuthConfigError> {
+        let mut keys = Vec::new();
+        if let Some(secret) = settings.secret {
+            keys.push((
+                Algorithm::HS256,
+                DecodingKey::from_secret(secret.expose().as_bytes()),
+            ));
+        }
+        if let Some(path) = settings.public_key {
+            let shown = path.display().to_string();
+            let pem = std::fs::read(path).map_err(|source| AuthConfigError::ReadKey {
+                path: shown.clone(),
+                source,
+            })?;
+            if let Ok(key) = DecodingKey::from_ed_pem(&pem) {
+                keys.push((Algorithm::EdDSA, key));
+            } else if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+                keys.push((Algorithm::RS256, key));
+            } else {
+                return Err(AuthConfigError::BadKey { path: shown });
+            }
+        }
+        Ok(Auth {
+            keys,
+            leeway_secs: settings.leeway_secs,
+            realtime_plans: settings.realtime_plans.to_vec(),
+        })
+    }
+
+    /// Whether the server runs without authentication.
+    pub fn is_open(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Checks a token and returns who it speaks for.
+    ///
+    /// # Errors
+    /// No token, a malformed one, a bad signature, an algorithm not configured, or an expired
+    /// token.
+    pub fn authenticate(&self, token: Option<&str>) -> Result<Principal, AuthError> {
+        if self.is_open() {
+            return Ok(Principal::open());
+        }
+        let token = token
+            .filter(|t| !t.is_empty())
+            .ok_or(AuthError::MissingToken)?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| AuthError::InvalidToken("malformed".into()))?;
+        let (algorithm, key) = self
+            .keys
+            .iter()
+            .find(|(alg, _)| *alg == header.alg)
+            .ok_or_else(|| {
+                AuthError::InvalidToken(format!("algorithm {:?} is not accepted", header.alg))
+            })?;
+        let mut validation = Validation::new(*algorithm);
+        validation.leeway = self.leeway_secs;
+        validation.set_required_spec_claims(&["exp"]);
+        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::InvalidSignature => AuthError::InvalidToken("bad signature".into()),
+                ErrorKind::Json(_) | ErrorKind::MissingRequiredClaim(_) => {
+                    AuthError::InvalidToken("missing or malformed claims".into())
+                }
+                _ => AuthError::InvalidToken("malformed".into()),
+            }
+        })?;
+        let claims = data.claims;
+        Ok(Principal {
+            user: claims.sub,
+            name: claims.name,
+            workspace: Some(claims.workspace),
+            plan: claims.plan,
+            role: claims.role,
+            docs: claims.docs.map(|d| d.into_iter().collect()),
+            expires_at: Some(claims.exp.saturating_add(self.leeway_secs)),
+        })
+    }
+
+    /// Real-time features are paid: the token's plan must be one of `--realtime-plans`.
+    /// Service tokens (backends) are not on a plan.
+    ///
+    /// # Errors
+    /// [`AuthError::PlanRequired`].
+    pub fn check_plan(&self, principal: &Principal) -> Result<(), AuthError> {
+        if self.is_open() || principal.role == Role::Service {
+            return Ok(());
+        }
+        let allowed = principal
+            .plan
+            .as_ref()
+            .is_some_and(|p| self.realtime_plans.iter().any(|r| r == p));
+        if allowed {
+            Ok(())
+        } else {
+            Err(AuthError::PlanRequired {
+                plan: principal.plan.clone(),
+                required: self.realtime_plans.clone(),
+            })
+        }
+    }
+
+    /// What `principal` may do to `doc`.
+    ///
+    /// # Errors
+    /// The document is in another workspace, or outside the token's `docs` patterns.
+    pub fn doc_access(&self, principal: &Principal, doc: &DocName) -> Result<Access, AuthError> {
+        let Some(workspace) = &principal.workspace else {
+            return Ok(Access::ReadWrite);
+        };
+        if doc.workspace() != workspace {
+            return Err(AuthError::WrongWorkspace);
+        }
+        if principal.role != Role::Member {
+            return Ok(Access::ReadWrite);
+        }
+        let Some(patterns) = &principal.docs else {
+            return Ok(Access::ReadWrite);
+        };
+        // The most specific matching pattern decides (the one with the most literal
+        // characters); between equally specific ones, read-only wins.
+        let best = patterns
+            .iter()
+            .filter(|(pattern, _)| glob_match(pattern, doc.as_str()))
+            .max_by(|(a, pa), (b, pb)| {
+                literal_len(a).cmp(&literal_len(b)).then_with(|| pb.cmp(pa))
+            });
+        match best {
+            Some((_, DocPermission::Write)) => Ok(Access::ReadWrite),
+            Some((_, DocPermission::Read)) => Ok(Access::ReadOnly),
+            None => Err(AuthError::DocumentForbidden),
+        }
+    }
+
+    /// Checks everything a real-time request for `doc` needs and returns the access granted.
+    ///
+    /// # Errors
+    /// Any refusal of [`Auth::authenticate`], [`Auth::check_plan`] or [`Auth::doc_access`].
+    pub fn authorize_doc(
+        &self,
+        token: Option<&str>,
+        doc: &DocName,
+    ) -> Result<(Principal, Access), AuthError> {
+        let principal = self.authenticate(token)?;
+        self.check_plan(&principal)?;
+        let access = self.doc_access(&principal, doc)?;
+        Ok((principal, access))
+    }
+}
+
+fn literal_len(pattern: &str) -> usize {
+    pattern.chars().filter(|&c| c != '*').count()
+}
+
+/// Glob matching where `*` matches any run of characters, `/` included; everything else is
+/// literal.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti) = (0, 0);
+    // Where the last `*` was, and where in `text` it started matching: on a mismatch the star
+    // swallows one more byte and matching resumes after it.
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+/// Mints a token, for `tandem token`, tests and scripts.
+///
+/// # Errors
+/// The claims could not be signed.
+pub fn mint(secret: &Secret, claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.expose().as_bytes()),
+    )
+}
+
+/// Seconds since the epoch, now.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth() -> (Auth, Secret) {
+        let secret: Secret = "unit-secret".parse().unwrap();
+        let plans = vec!["scale".to_string()];
+        let auth = Auth::new(AuthSettings {
+            secret: Some(&secret),
+            public_key: None,
+            realtime_plans: &plans,
+            leeway_secs: 0,
+        })
+        .unwrap();
+        (auth, secret)
+    }
+
+    fn claims() -> Claims {
+        Claims {
+            sub: "123".into(),
+            name: Some("Ada".into()),
+            workspace: "acme".into(),
+            plan: Some("scale".into()),
+            role: Role::Member,
+            docs: None,
+            exp: now_secs() + 600,
+        }
+    }
+
+    fn doc(name: &str) -> DocName {
+        DocName::parse(name).unwrap()
+    }
+
+    #[test]
+    fn glob_star_crosses_slashes() {
+        assert!(glob_match("acme/queries/*", "acme/queries/456"));
+        assert!(glob_match("acme/*", "acme/queries/456/x"));
+        assert!(glob_match("*", "anything/at/all"));
+        assert!(glob_match("acme/*/title", "acme/q/1/title"));
+        assert!(!glob_match("acme/queries/*", "acme/reports/1"));
+        assert!(!glob_match("acme/q", "acme/qq"));
+        assert!(glob_match("a*b*c", "aXXbYYc"));
+        assert!(!glob_match("a*b*c", "aXXbYY"));
+    }
+
+    #[test]
+    fn numeric_sub_and_defaults_are_accepted() {
+        let (auth, secret) = auth();
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({"sub": 123, "workspace": "acme", "plan": "scale", "exp": now_secs() + 60}),
+            &EncodingKey::from_secret(secret.expose().as_bytes()),
+        )
+        .unwrap();
+        let principal = auth.authenticate(Some(&token)).unwrap();
+        assert_eq!(principal.user, "123");
+        assert_eq!(principal.role, Role::Member);
+    }
+
+    #[test]
+    fn refusals_are_specific() {
+        let (auth, secret) = auth();
+        assert_eq!(
+            auth.authenticate(None).unwrap_err(),
+            AuthError::MissingToken
+        );
+        assert!(matches!(
+            auth.authenticate(Some("not.a.jwt")),
+            Err(AuthError::InvalidToken(_))
+        ));
+        let other: Secret = "other".parse().unwrap();
+        assert_eq!(
+            auth.authenticate(Some(&mint(&other, &claims()).unwrap()))
+                .unwrap_err(),
+            AuthError::InvalidToken("bad signature".into())
+        );
+        let expired = Claims {
+            exp: now_secs() - 10,
+            ..claims()
+        };
+        assert_eq!(
+            auth.authenticate(Some(&mint(&secret, &expired).unwrap()))
+                .unwrap_err(),
+            AuthError::Expired
+        );
+        let free = Claims {
+            plan: Some("free".into()),
+            ..claims()
+        };
+        let principal = auth
+            .authenticate(Some(&mint(&secret, &free).unwrap()))
+            .unwrap();
+        assert!(matches!(
+            auth.check_plan(&principal),
+            Err(AuthError::PlanRequired { .. })
+        ));
+        let principal = auth
+            .authenticate(Some(&mint(&secret, &claims()).unwrap()))
+            .unwrap();
+        assert_eq!(
+            auth.doc_access(&principal, &doc("globex/queries/1")),
+            Err(AuthError::WrongWorkspace)
+        );
+        assert_eq!(
+            auth.doc_access(&principal, &doc("acme/queries/1")),
+            Ok(Access::ReadWrite)
+        );
+    }
+
+    #[test]
+    fn most_specific_pattern_decides() {
+        let (auth, secret) = auth();
+        let scoped = Claims {
+            docs: Some(BTreeMap::from([
+                ("acme/*".to_string(), DocPermission::Write),
+                ("acme/reports/*".to_string(), DocPermission::Read),
+                ("acme/queries/*".to_string(), DocPermission::Write),
+            ])),
+            ..claims()
+        };
+        let principal = auth
+            .authenticate(Some(&mint(&secret, &scoped).unwrap()))
+            .unwrap();
+        assert_eq!(
+            auth.doc_access(&principal, &doc("acme/reports/9")),
+            Ok(Access::ReadOnly)
+        );
+        assert_eq!(
+            auth.doc_access(&principal, &doc("acme/queries/9")),
+            Ok(Access::ReadWrite)
+        );
+        assert_eq!(
+            auth.doc_access(&principal, &doc("acme/other")),
+            Ok(Access::ReadWrite)
+        );
+        let narrow = Claims {
+            docs: Some(BTreeMap::from([(
+                "acme/queries/*".to_string(),
+                DocPermission::Read,
+            )])),
+            ..claims()
+        };
+        let principal = auth
+            .authenticate(Some(&mint(&secret, &narrow).unwrap()))
+            .unwrap();
+        assert_eq!(
+            auth.doc_access(&principal, &doc("acme/reports/1")),
+            Err(AuthError::DocumentForbidden)
+        );
+    }
+
+    #[test]
+    fn secrets_do_not_leak_through_debug() {
+        let secret: Secret = "hunter2".parse().unwrap();
+        assert!(!format!("{secret:?}").contains("hunter2"));
+    }
+}
