@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use tandem::trace::Trace;
-use tandem_crdt::{Access, PeerId, Room, RoomLimits};
+use tandem_crdt::{Access, Outbox, PeerId, Room, RoomLimits};
 use tandem_storage::{DocStore, SledStore};
 use tandem_sync::message::encode_update;
 use yrs::{ReadTxn, StateVector, Transact};
@@ -36,7 +36,8 @@ fn trace_frames() -> (Trace, Vec<Bytes>) {
 fn final_state(frames: &[Bytes]) -> Vec<u8> {
     let mut room = Room::new(RoomLimits::default());
     for frame in frames {
-        room.receive(PeerId(1), frame.clone(), Access::ReadWrite)
+        let mut outbox = Outbox::default();
+        room.receive(PeerId(1), frame.clone(), Access::ReadWrite, &mut outbox)
             .expect("apply");
     }
     let state = room
@@ -57,8 +58,8 @@ fn trace(c: &mut Criterion) {
             || Room::new(RoomLimits::default()),
             |mut room| {
                 for frame in &frames {
-                    let outbox = room
-                        .receive(PeerId(1), frame.clone(), Access::ReadWrite)
+                    let mut outbox = Outbox::default();
+                    room.receive(PeerId(1), frame.clone(), Access::ReadWrite, &mut outbox)
                         .expect("apply");
                     assert_eq!(outbox.broadcast.len(), 1);
                 }

@@ -114,25 +114,23 @@ pub async fn post_update(
             "the body must be a Yjs v1 update",
         ));
     }
-    let ticket = app
+    let (changed, ticket) = app
         .rooms
         .apply_update(&name, update)
         .await
         .map_err(room_error)?;
-    if let Some(ticket) = ticket {
-        app.durability
-            .wait(ticket, DURABILITY_TIMEOUT)
-            .await
-            .map_err(|e: DurabilityError| {
-                tracing::error!(doc = %name, error = %e, "update applied but not flushed");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "storage_unavailable",
-                    "the update could not be made durable; retry it (updates are idempotent)",
-                )
-            })?;
-    }
-    Ok(Json(serde_json::json!({ "ok": true, "changed": ticket.is_some() })).into_response())
+    app.durability
+        .wait(ticket, DURABILITY_TIMEOUT)
+        .await
+        .map_err(|e: DurabilityError| {
+            tracing::error!(doc = %name, error = %e, "update applied but not flushed");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                "the update could not be made durable; retry it (updates are idempotent)",
+            )
+        })?;
+    Ok(Json(serde_json::json!({ "ok": true, "changed": changed })).into_response())
 }
 
 /// Any other path.

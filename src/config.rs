@@ -51,6 +51,15 @@ pub struct Config {
     #[arg(long, env = "TANDEM_COMPACT_AFTER_BYTES", default_value_t = Config::DEFAULT_COMPACT_AFTER_BYTES)]
     pub compact_after_bytes: usize,
 
+    /// How often the server pings each WebSocket, in milliseconds.
+    #[arg(long, env = "TANDEM_PING_INTERVAL_MS", default_value_t = Config::DEFAULT_PING_INTERVAL_MS)]
+    pub ping_interval_ms: u64,
+
+    /// A WebSocket that sends nothing (not even a pong) for this long is closed with 4408, in
+    /// milliseconds.
+    #[arg(long, env = "TANDEM_PING_TIMEOUT_MS", default_value_t = Config::DEFAULT_PING_TIMEOUT_MS)]
+    pub ping_timeout_ms: u64,
+
     /// How long a room stays loaded after its last client left, in milliseconds.
     #[arg(long, env = "TANDEM_ROOM_GRACE_MS", default_value_t = Config::DEFAULT_ROOM_GRACE_MS)]
     pub room_grace_ms: u64,
@@ -95,6 +104,8 @@ impl Config {
     pub const DEFAULT_COMPACT_AFTER_UPDATES: usize = 1000;
     pub const DEFAULT_COMPACT_AFTER_BYTES: usize = 1024 * 1024;
     pub const DEFAULT_ROOM_GRACE_MS: u64 = 10_000;
+    pub const DEFAULT_PING_INTERVAL_MS: u64 = 15_000;
+    pub const DEFAULT_PING_TIMEOUT_MS: u64 = 45_000;
     pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 5_000;
 
     /// The defaults, with the database in `data_dir`.
@@ -107,6 +118,14 @@ impl Config {
 
     pub(crate) fn flush_interval(&self) -> Duration {
         Duration::from_millis(self.flush_interval_ms)
+    }
+
+    pub(crate) fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ping_interval_ms)
+    }
+
+    pub(crate) fn ping_timeout(&self) -> Duration {
+        Duration::from_millis(self.ping_timeout_ms)
     }
 
     pub(crate) fn room_grace(&self) -> Duration {
@@ -131,6 +150,8 @@ impl Default for Config {
             compact_after_updates: Config::DEFAULT_COMPACT_AFTER_UPDATES,
             compact_after_bytes: Config::DEFAULT_COMPACT_AFTER_BYTES,
             room_grace_ms: Config::DEFAULT_ROOM_GRACE_MS,
+            ping_interval_ms: Config::DEFAULT_PING_INTERVAL_MS,
+            ping_timeout_ms: Config::DEFAULT_PING_TIMEOUT_MS,
             shutdown_timeout_ms: Config::DEFAULT_SHUTDOWN_TIMEOUT_MS,
             auth_secret: None,
             auth_public_key: None,

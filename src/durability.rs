@@ -60,6 +60,11 @@ impl Durability {
         Ticket(ticket)
     }
 
+    /// A ticket for everything appended so far, without appending anything.
+    pub fn barrier(&self) -> Ticket {
+        Ticket(self.appended.load(Ordering::Acquire))
+    }
+
     /// Waits until `ticket` is durable.
     ///
     /// # Errors

@@ -28,6 +28,8 @@ pub enum CloseReason {
     ShuttingDown,
     /// The token expired during the connection (4401); reconnect with a fresh one.
     TokenExpired,
+    /// The peer answered no ping within the timeout (4408).
+    Unresponsive,
 }
 
 /// The longest close reason a close frame can carry (125 bytes of payload minus the code).
@@ -45,6 +47,7 @@ impl CloseReason {
             CloseReason::Storage => 1011,
             CloseReason::ShuttingDown => 1001,
             CloseReason::TokenExpired => 4401,
+            CloseReason::Unresponsive => 4408,
         }
     }
 
@@ -60,6 +63,7 @@ impl CloseReason {
             CloseReason::Storage => "storage unavailable; try again later",
             CloseReason::ShuttingDown => "server shutting down",
             CloseReason::TokenExpired => "token expired; reconnect with a fresh token",
+            CloseReason::Unresponsive => "no answer to pings",
         };
         let mut end = text.len().min(MAX_REASON_BYTES);
         while !text.is_char_boundary(end) {

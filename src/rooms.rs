@@ -29,6 +29,7 @@ use crate::peer::{CloseReason, Closer};
 
 /// A connection's handle as the room sees it: its outbound queue and its closer.
 pub struct PeerLink {
+    pub peer: PeerId,
     pub outbound: mpsc::Sender<Bytes>,
     pub closer: Closer,
 }
@@ -70,6 +71,8 @@ struct RoomState {
     log_updates: usize,
     log_bytes: usize,
     compacting: bool,
+    /// Whether an unload timer is running for this room.
+    unload_pending: bool,
     /// Bumped whenever the room is used, so a pending unload can tell it went stale.
     activity: u64,
 }
@@ -133,6 +136,7 @@ impl Rooms {
                 log_updates: stored.log.len(),
                 log_bytes: stored.log.iter().map(|(_, u)| u.len()).sum(),
                 compacting: false,
+                unload_pending: false,
                 activity: 0,
             }))
         });
@@ -210,18 +214,19 @@ impl Rooms {
             return Ok(());
         }
         state.activity += 1;
-        let result = state.room.receive(peer, frame, access);
-        let outbox = match result {
-            Ok(outbox) => outbox,
+        let mut outbox = Outbox::default();
+        let result = state.room.receive(peer, frame, access, &mut outbox);
+        // What the frame's messages before a bad one changed is delivered all the same.
+        self.deliver_outbox(handle, &mut state, Some(peer), outbox)?;
+        match result {
+            Ok(()) => Ok(()),
             Err(RoomError::Poisoned) => {
                 drop(state);
                 self.discard(handle);
-                return Err(RoomError::Poisoned.into());
+                Err(RoomError::Poisoned.into())
             }
-            Err(err) => return Err(err.into()),
-        };
-        self.deliver_outbox(handle, &mut state, Some(peer), outbox)?;
-        Ok(())
+            Err(err) => Err(err.into()),
+        }
     }
 
     /// Removes `peer` from the room, tells the others its awareness is gone, and schedules the
@@ -243,7 +248,10 @@ impl Rooms {
         }
     }
 
-    /// Applies an update that came over HTTP and returns the ticket that says when it is durable.
+    /// Applies an update that came over HTTP. Returns whether it changed the document and the
+    /// ticket that says when it is durable. An update that changed nothing may still be on its
+    /// way to disk (sent a moment ago by someone else, or a retry of our own), so its ticket is
+    /// a barrier behind everything appended so far.
     ///
     /// # Errors
     /// The update was refused or the store failed.
@@ -251,7 +259,7 @@ impl Rooms {
         self: &Arc<Self>,
         name: &DocName,
         update: Bytes,
-    ) -> Result<Option<Ticket>, RoomOpError> {
+    ) -> Result<(bool, Ticket), RoomOpError> {
         let (result, idle) = self
             .with_state(name, |handle, state| {
                 let result = match state.room.apply_update(update.clone()) {
@@ -271,7 +279,11 @@ impl Rooms {
         if let Err(RoomOpError::Room(RoomError::Poisoned)) = &result {
             self.discard_by_name(name);
         }
-        result
+        let ticket = result?;
+        Ok((
+            ticket.is_some(),
+            ticket.unwrap_or_else(|| self.durability.barrier()),
+        ))
     }
 
     /// Reads from the room of `name` (loading it if needed) with `f`.
@@ -353,7 +365,8 @@ impl Rooms {
     async fn compact_now(&self, handle: &RoomHandle) -> Result<(), StoreError> {
         let (snapshot, upto, updates, bytes) = {
             let mut state = handle.lock();
-            if state.log_updates == 0 {
+            // A poisoned document may be half-changed: its log is the truth, never a snapshot.
+            if state.log_updates == 0 || state.room.is_poisoned() {
                 state.compacting = false;
                 return Ok(());
             }
@@ -385,19 +398,44 @@ impl Rooms {
         Ok(())
     }
 
-    /// Unloads the room after the grace period if it is still unused by then.
+    /// Unloads the room once it has gone unused for the grace period. One timer per room: it
+    /// re-arms itself while the room keeps being used (HTTP reads, joins that left again).
     fn schedule_unload(self: &Arc<Self>, handle: Arc<RoomHandle>, activity: u64) {
+        {
+            let mut state = handle.lock();
+            if state.unload_pending {
+                return;
+            }
+            state.unload_pending = true;
+        }
         let this = Arc::clone(self);
         let grace = self.config.room_grace();
         let name = handle.name.clone();
         self.tasks.spawn(
             async move {
-                tokio::select! {
-                    // Shutdown unloads every room itself.
-                    _ = this.shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(grace) => {}
+                let mut seen = activity;
+                loop {
+                    tokio::select! {
+                        // Shutdown unloads every room itself.
+                        _ = this.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(grace) => {}
+                    }
+                    {
+                        let mut state = handle.lock();
+                        if !state.peers.is_empty() || state.closed {
+                            state.unload_pending = false;
+                            return;
+                        }
+                        if state.activity != seen {
+                            seen = state.activity;
+                            continue;
+                        }
+                    }
+                    if !this.unload_if_idle(&handle, Some(seen)).await {
+                        handle.lock().unload_pending = false;
+                    }
+                    return;
                 }
-                this.unload_if_idle(&handle, Some(activity)).await;
             }
             .instrument(tracing::debug_span!("unload", doc = %name)),
         );
@@ -405,7 +443,7 @@ impl Rooms {
 
     /// Removes the room from the registry if it has no peers (and, with `activity`, has not been
     /// used since), then persists its snapshot.
-    async fn unload_if_idle(&self, handle: &Arc<RoomHandle>, activity: Option<u64>) {
+    async fn unload_if_idle(&self, handle: &Arc<RoomHandle>, activity: Option<u64>) -> bool {
         let removed = self
             .map
             .remove_if(&handle.name, |_, h| {
@@ -427,6 +465,7 @@ impl Rooms {
             }
             tracing::debug!(doc = %handle.name, "room unloaded");
         }
+        removed
     }
 
     /// Unloads every room, persisting each one's snapshot. Used at shutdown.
@@ -482,6 +521,9 @@ impl RoomHandle {
 /// resyncs on reconnect, where dropping the frame would leave a gap in its document.
 fn deliver(link: &PeerLink, frame: Bytes) {
     if let Err(mpsc::error::TrySendError::Full(_)) = link.outbound.try_send(frame) {
+        if !link.closer.is_closed() {
+            tracing::info!(conn = %link.peer, "outbound queue full, closing");
+        }
         link.closer.close(CloseReason::Lagging);
     }
 }

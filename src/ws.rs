@@ -128,9 +128,12 @@ async fn run(app: AppState, socket: WebSocket, session: Session) {
     let (sink, mut stream) = socket.split();
     let (outbound, queue) = mpsc::channel(app.config.outbound_queue);
     let closer = Closer::new();
-    let writer = tokio::spawn(write_loop(sink, queue, closer.clone()).in_current_span());
+    let writer = tokio::spawn(
+        write_loop(sink, queue, closer.clone(), app.config.ping_interval()).in_current_span(),
+    );
 
     let link = PeerLink {
+        peer,
         outbound,
         closer: closer.clone(),
     };
@@ -153,7 +156,17 @@ async fn run(app: AppState, socket: WebSocket, session: Session) {
     };
     tokio::pin!(expiry);
 
-    if let Some(handle) = &handle {
+    if let Some(handle) = handle {
+        // Leaves the room however this block ends, a panic included: a peer left behind would
+        // keep the room loaded and its awareness alive.
+        let _membership = Membership {
+            rooms: &app.rooms,
+            handle: &handle,
+            peer,
+        };
+        let mut last_heard = tokio::time::Instant::now();
+        let mut liveness = tokio::time::interval(app.config.ping_interval());
+        liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = closer.closed() => break,
@@ -166,35 +179,46 @@ async fn run(app: AppState, socket: WebSocket, session: Session) {
                     closer.close(CloseReason::ShuttingDown);
                     break;
                 }
-                incoming = stream.next() => match incoming {
-                    Some(Ok(WsMessage::Binary(frame))) => {
-                        if let Err(err) = app.rooms.receive(handle, peer, frame, access) {
-                            let reason = close_reason(&err);
-                            tracing::info!(error = %err, code = reason.code(), "closing connection");
-                            closer.close(reason);
+                _ = liveness.tick() => {
+                    // The writer pings every interval; a peer that answered nothing (no pong,
+                    // no frame) for the whole timeout is gone.
+                    if last_heard.elapsed() > app.config.ping_timeout() {
+                        tracing::info!("peer stopped answering pings; closing");
+                        closer.close(CloseReason::Unresponsive);
+                        break;
+                    }
+                }
+                incoming = stream.next() => {
+                    last_heard = tokio::time::Instant::now();
+                    match incoming {
+                        Some(Ok(WsMessage::Binary(frame))) => {
+                            if let Err(err) = app.rooms.receive(&handle, peer, frame, access) {
+                                let reason = close_reason(&err);
+                                tracing::info!(error = %err, code = reason.code(), "closing connection");
+                                closer.close(reason);
+                                break;
+                            }
+                        }
+                        Some(Ok(WsMessage::Text(_))) => {
+                            closer.close(CloseReason::Unsupported(
+                                "text frames are not part of the y-websocket protocol".into(),
+                            ));
+                            break;
+                        }
+                        Some(Ok(WsMessage::Close(_))) | None => break,
+                        // tungstenite answers pings itself; pongs only prove liveness.
+                        Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
+                        Some(Err(err)) => {
+                            if let Some(reason) = read_error_reason(err) {
+                                tracing::info!(code = reason.code(), reason = %reason.text(), "closing connection");
+                                closer.close(reason);
+                            }
                             break;
                         }
                     }
-                    Some(Ok(WsMessage::Text(_))) => {
-                        closer.close(CloseReason::Unsupported(
-                            "text frames are not part of the y-websocket protocol".into(),
-                        ));
-                        break;
-                    }
-                    Some(Ok(WsMessage::Close(_))) | None => break,
-                    // tungstenite answers pings itself.
-                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
-                    Some(Err(err)) => {
-                        if let Some(reason) = read_error_reason(err) {
-                            tracing::info!(code = reason.code(), reason = %reason.text(), "closing connection");
-                            closer.close(reason);
-                        }
-                        break;
-                    }
-                },
+                }
             }
         }
-        app.rooms.leave(handle, peer);
     }
 
     // Leaving the room dropped the last sender of the queue, so the writer ends by itself once
@@ -213,23 +237,43 @@ async fn run(app: AppState, socket: WebSocket, session: Session) {
     tracing::debug!("disconnected");
 }
 
-/// Sends queued frames, batching whatever is ready into one socket flush, until closed.
+/// Leaves the room when dropped.
+struct Membership<'a> {
+    rooms: &'a std::sync::Arc<crate::rooms::Rooms>,
+    handle: &'a std::sync::Arc<crate::rooms::RoomHandle>,
+    peer: PeerId,
+}
+
+impl Drop for Membership<'_> {
+    fn drop(&mut self) {
+        self.rooms.leave(self.handle, self.peer);
+    }
+}
+
+/// Sends queued frames, batching whatever is ready into one socket flush, and a ping every
+/// `ping_interval`, until closed.
 async fn write_loop(
     mut sink: SplitSink<WebSocket, WsMessage>,
     mut queue: mpsc::Receiver<Bytes>,
     closer: Closer,
+    ping_interval: Duration,
 ) {
+    let mut ping =
+        tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut broken = false;
     loop {
-        let frame = tokio::select! {
+        let first = tokio::select! {
             biased;
             _ = closer.closed() => break,
             frame = queue.recv() => match frame {
-                Some(frame) => frame,
+                Some(frame) => WsMessage::Binary(frame),
                 None => break,
             },
+            _ = ping.tick() => WsMessage::Ping(Bytes::new()),
         };
         let write = async {
-            sink.feed(WsMessage::Binary(frame)).await?;
+            sink.feed(first).await?;
             for _ in 1..WRITE_BATCH_FRAMES {
                 match queue.try_recv() {
                     Ok(frame) => sink.feed(WsMessage::Binary(frame)).await?,
@@ -254,18 +298,20 @@ async fn write_loop(
         };
         if let Err(err) = result {
             tracing::debug!(error = %err, "write failed");
-            return;
+            broken = true;
+            break;
         }
     }
     let finish = async {
-        if let Some(reason) = closer.reason() {
+        if let (Some(reason), false) = (closer.reason(), broken) {
             let frame = CloseFrame {
                 code: reason.code(),
                 reason: reason.text().into(),
             };
             sink.send(WsMessage::Close(Some(frame))).await?;
         }
-        // Completes the close handshake when the client started it.
+        // Completes the close handshake when the client started it (tungstenite queued its
+        // answer), even after a failed write.
         sink.close().await
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, finish).await;

@@ -105,7 +105,7 @@ impl Drop for Server {
 }
 
 /// A writer whose every edit appends `[n]` and is encoded as its own update, so a lost update
-/// leaves a visible gap (yrs keeps later ones pending) and a duplicate would show twice.
+/// leaves a visible gap: yrs keeps every later update pending and the text stops at the gap.
 struct Writer {
     doc: Doc,
     next: usize,
@@ -134,7 +134,7 @@ fn markers(count: usize) -> String {
 }
 
 /// The recovered text must be the first `n` markers for some `n >= acked`: nothing
-/// acknowledged lost, no gap, no duplicate.
+/// acknowledged lost, no gap, and a stored state that still decodes and applies.
 fn assert_prefix_with_at_least(text: &str, acked: usize, sent: usize) {
     let n = (acked..=sent).find(|&n| markers(n) == text);
     assert!(
@@ -215,7 +215,7 @@ async fn client_updates_older_than_a_flush_interval_survive_sigkill() {
 }
 
 #[tokio::test]
-async fn sigkill_during_compactions_loses_and_duplicates_nothing() {
+async fn sigkill_while_compactions_run_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let args = ["--compact-after-updates", "4"];
     let mut writer = Writer::new(4);

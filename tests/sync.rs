@@ -246,7 +246,7 @@ async fn joiner_during_a_burst_misses_nothing() {
 }
 
 #[tokio::test]
-async fn rooms_unload_when_idle_and_reload_from_storage() {
+async fn a_room_left_idle_serves_its_state_to_the_next_joiner() {
     let app = spawn_app_with(|c| {
         c.room_grace_ms = 20;
         c.compact_after_updates = 7;
@@ -269,7 +269,7 @@ async fn rooms_unload_when_idle_and_reload_from_storage() {
 }
 
 #[tokio::test]
-async fn graceful_shutdown_closes_with_1001_and_keeps_everything() {
+async fn graceful_shutdown_closes_with_1001_and_restarts_with_the_data() {
     let app = spawn_app_with(|c| c.compact_after_updates = 3).await;
     let client = app.join("bye").await;
     for i in 0..10 {
@@ -282,4 +282,62 @@ async fn graceful_shutdown_closes_with_1001_and_keeps_everything() {
     assert_eq!(close.code, Some(1001), "{close:?}");
     let reader = app.join("bye").await;
     assert_eq!(reader.text("t"), "0123456789");
+}
+
+#[tokio::test]
+async fn a_lone_client_hears_its_awareness_renewals_back() {
+    // The y-websocket provider closes a socket that heard nothing for 30 s; its awareness
+    // renewals (every 15 s) coming back keep a client that is alone in a room connected.
+    let app = spawn_app().await;
+    let alone = app.join("solo").await;
+    let before = alone.frames_received();
+    alone.set_awareness(r#"{"user":"alone"}"#).unwrap();
+    alone
+        .wait_for("the echo", TIMEOUT, |c| c.frames_received() > before)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_pings_is_closed_and_its_awareness_removed() {
+    let app = spawn_app_with(|c| {
+        c.ping_interval_ms = 50;
+        c.ping_timeout_ms = 300;
+    })
+    .await;
+    let observer = app.join("pings").await;
+    // A raw client that announces itself and then never reads (so never answers a ping).
+    let (mut silent, _) = tokio_tungstenite::connect_async(app.ws_url("pings"))
+        .await
+        .unwrap();
+    let presence = tandem_sync::AwarenessUpdate {
+        entries: vec![tandem_sync::AwarenessEntry {
+            client_id: 31337,
+            clock: 1,
+            state: Some("{}".into()),
+        }],
+    };
+    futures_util::SinkExt::send(
+        &mut silent,
+        tokio_tungstenite::tungstenite::Message::Binary(tandem_sync::message::encode_awareness(
+            &presence.encode(),
+        )),
+    )
+    .await
+    .unwrap();
+    observer
+        .wait_for("its awareness", TIMEOUT, |c| {
+            c.awareness().contains_key(&31337)
+        })
+        .await
+        .unwrap();
+    observer
+        .wait_for("its removal", TIMEOUT, |c| {
+            !c.awareness().contains_key(&31337)
+        })
+        .await
+        .unwrap();
+    // The observer, which reads (and so answers pings), is still connected.
+    assert!(observer.close_info().is_none());
+    drop(silent);
 }

@@ -12,9 +12,9 @@ use tandem_sync::message::{self, MSG_SYNC_STATUS_HEARTBEAT};
 use tandem_sync::{AuthMessage, AwarenessUpdate, DecodeError, Message, MessageReader, SyncMessage};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{Doc, Options, ReadTxn, StateVector, Transact, Update};
+use yrs::{Doc, IdSet, Options, ReadTxn, StateVector, Transact, Update};
 
-use crate::awareness::Awareness;
+use crate::awareness::{Awareness, Changes};
 
 /// A connection's id within the server; the room only uses it to track awareness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -174,20 +174,23 @@ impl Room {
         Some(message::encode_awareness(&removal.encode()))
     }
 
-    /// Applies one frame from `peer`.
+    /// Applies one frame from `peer`, adding what must be delivered to `outbox`.
+    ///
+    /// The caller delivers `outbox` whether or not this fails: a frame may carry several
+    /// messages, and those before a bad one have been applied, so their updates must still be
+    /// persisted and forwarded.
     ///
     /// # Errors
     /// A malformed message, an update yrs rejects, an unsupported message type, a document
-    /// grown past its limit, or a poisoned room. Messages before the bad one have been applied
-    /// and their effects are in the returned error's absence lost to the caller, so the caller
-    /// closes the connection: the client resyncs on reconnect.
+    /// grown past its limit, too many awareness clients, or a poisoned room. The caller closes
+    /// the connection; the client resyncs on reconnect.
     pub fn receive(
         &mut self,
         peer: PeerId,
         frame: Bytes,
         access: Access,
-    ) -> Result<Outbox, RoomError> {
-        let mut outbox = Outbox::default();
+        outbox: &mut Outbox,
+    ) -> Result<(), RoomError> {
         let frame_len = frame.len();
         for item in MessageReader::new(frame.clone()) {
             let (msg, range) = item?;
@@ -222,18 +225,17 @@ impl Room {
                     if changes.is_empty() {
                         continue;
                     }
-                    let announced = self.peers.entry(peer).or_default();
-                    for id in &changes.updated {
-                        if !announced.contains(id) {
-                            announced.push(*id);
-                        }
-                    }
-                    announced.retain(|id| !changes.removed.contains(id));
-                    outbox.broadcast.push(if whole {
+                    self.track_awareness(peer, &changes);
+                    let frame = if whole {
                         frame.clone()
                     } else {
                         message::encode_awareness(&payload)
-                    });
+                    };
+                    // Back to the sender too, as the reference server does: a client alone in
+                    // a room otherwise hears nothing and its provider closes the socket after
+                    // 30 s of silence.
+                    outbox.reply.push(frame.clone());
+                    outbox.broadcast.push(frame);
                 }
                 Message::QueryAwareness => {
                     if let Some(update) = self.awareness.full_update() {
@@ -252,7 +254,26 @@ impl Room {
                 Message::Custom { tag, .. } => return Err(RoomError::Unsupported(tag)),
             }
         }
-        Ok(outbox)
+        Ok(())
+    }
+
+    /// Records which awareness clients `peer` now keeps alive. A client id belongs to the last
+    /// connection that announced it: when a client reconnects, the old connection's late close
+    /// must not remove the state the new one renewed.
+    fn track_awareness(&mut self, peer: PeerId, changes: &Changes) {
+        for id in &changes.updated {
+            let owned = self.peers.get(&peer).is_some_and(|ids| ids.contains(id));
+            if owned {
+                continue;
+            }
+            for ids in self.peers.values_mut() {
+                ids.retain(|known| known != id);
+            }
+            self.peers.entry(peer).or_default().push(*id);
+        }
+        if let Some(ids) = self.peers.get_mut(&peer) {
+            ids.retain(|id| !changes.removed.contains(id));
+        }
     }
 
     /// Applies an update that arrived outside any connection (the HTTP API).
@@ -361,11 +382,12 @@ impl Room {
         let doc = &self.doc;
         let result = catch_unwind(AssertUnwindSafe(|| -> Result<bool, RoomError> {
             let mut txn = doc.transact_mut();
+            let pending_before = pending_fingerprint(&txn);
             txn.apply_update(decoded)
                 .map_err(|e| RoomError::Rejected(e.to_string()))?;
             let changed = txn.before_state() != txn.after_state()
                 || !txn.delete_set().is_empty()
-                || txn.has_missing_updates();
+                || pending_fingerprint(&txn) != pending_before;
             Ok(changed)
         }));
         let changed = match result {
@@ -383,6 +405,23 @@ impl Room {
     }
 }
 
+/// What yrs holds back for missing dependencies, in a comparable form. An update that only adds
+/// to it changed the document (it must be kept); one that leaves it as it was changed nothing.
+/// Pending content is rare, so this is almost always `None` and free.
+fn pending_fingerprint(txn: &impl ReadTxn) -> Option<(StateVector, StateVector, Option<IdSet>)> {
+    let store = txn.store();
+    let pending = store.pending_update();
+    let pending_ds = store.pending_ds();
+    if pending.is_none() && pending_ds.is_none() {
+        return None;
+    }
+    Some((
+        pending.map(|p| p.update.state_vector()).unwrap_or_default(),
+        pending.map(|p| p.missing.clone()).unwrap_or_default(),
+        pending_ds.cloned(),
+    ))
+}
+
 fn permission_denied() -> Bytes {
     Message::Auth(AuthMessage::PermissionDenied(
         "read-only access: updates are not accepted".into(),
@@ -398,6 +437,17 @@ mod tests {
     use tandem_sync::message::encode_update;
     use tandem_sync::AwarenessEntry;
     use yrs::{GetString, Map, Text, WriteTxn};
+
+    fn recv(
+        room: &mut Room,
+        peer: PeerId,
+        frame: Bytes,
+        access: Access,
+    ) -> Result<Outbox, RoomError> {
+        let mut outbox = Outbox::default();
+        room.receive(peer, frame, access, &mut outbox)?;
+        Ok(outbox)
+    }
 
     fn text_update(client: u64, text: &str) -> Vec<u8> {
         let doc = Doc::with_client_id(client);
@@ -418,15 +468,13 @@ mod tests {
         let mut room = Room::new(RoomLimits::default());
         room.join(PeerId(1));
         let frame = encode_update(&text_update(1, "hi"));
-        let outbox = room
-            .receive(PeerId(1), frame.clone(), Access::ReadWrite)
-            .unwrap();
+        let outbox = recv(&mut room, PeerId(1), frame.clone(), Access::ReadWrite).unwrap();
         assert_eq!(outbox.persist.len(), 1);
         assert_eq!(outbox.broadcast, vec![frame.clone()]);
         assert!(outbox.reply.is_empty());
         assert_eq!(text_of(&room), "hi");
         // The same update again changes nothing and goes nowhere.
-        let again = room.receive(PeerId(1), frame, Access::ReadWrite).unwrap();
+        let again = recv(&mut room, PeerId(1), frame, Access::ReadWrite).unwrap();
         assert!(again.is_empty());
     }
 
@@ -447,10 +495,8 @@ mod tests {
             tb.insert(&mut txn, 0, "beta ");
             txn.encode_update_v1()
         };
-        room.receive(PeerId(1), encode_update(&ua), Access::ReadWrite)
-            .unwrap();
-        room.receive(PeerId(2), encode_update(&ub), Access::ReadWrite)
-            .unwrap();
+        recv(&mut room, PeerId(1), encode_update(&ua), Access::ReadWrite).unwrap();
+        recv(&mut room, PeerId(2), encode_update(&ub), Access::ReadWrite).unwrap();
         for doc in [&a, &b] {
             let sv = doc.transact().state_vector().encode_v1();
             let diff = room.diff(&sv).unwrap();
@@ -468,22 +514,26 @@ mod tests {
     fn step1_is_answered_with_step2_even_when_empty() {
         let mut room = Room::new(RoomLimits::default());
         let sv = StateVector::default().encode_v1();
-        let outbox = room
-            .receive(PeerId(1), message::encode_step1(&sv), Access::ReadOnly)
-            .unwrap();
+        let outbox = recv(
+            &mut room,
+            PeerId(1),
+            message::encode_step1(&sv),
+            Access::ReadOnly,
+        )
+        .unwrap();
         assert_eq!(outbox.reply, vec![message::encode_step2(&EMPTY_UPDATE)]);
     }
 
     #[test]
     fn read_only_updates_are_refused_and_not_applied() {
         let mut room = Room::new(RoomLimits::default());
-        let outbox = room
-            .receive(
-                PeerId(1),
-                encode_update(&text_update(1, "x")),
-                Access::ReadOnly,
-            )
-            .unwrap();
+        let outbox = recv(
+            &mut room,
+            PeerId(1),
+            encode_update(&text_update(1, "x")),
+            Access::ReadOnly,
+        )
+        .unwrap();
         assert!(outbox.persist.is_empty() && outbox.broadcast.is_empty());
         assert_eq!(outbox.reply, vec![permission_denied()]);
         assert_eq!(text_of(&room), "");
@@ -502,9 +552,7 @@ mod tests {
             }],
         };
         let frame = message::encode_awareness(&update.encode());
-        let outbox = room
-            .receive(PeerId(7), frame.clone(), Access::ReadOnly)
-            .unwrap();
+        let outbox = recv(&mut room, PeerId(7), frame.clone(), Access::ReadOnly).unwrap();
         assert_eq!(outbox.broadcast, vec![frame]);
         // A late joiner is told.
         let joined = room.join(PeerId(8));
@@ -539,25 +587,103 @@ mod tests {
             };
             message::encode_awareness(&update.encode())
         };
-        room.receive(PeerId(1), announce(&[1, 2]), Access::ReadWrite)
-            .unwrap();
+        recv(&mut room, PeerId(1), announce(&[1, 2]), Access::ReadWrite).unwrap();
         assert!(matches!(
-            room.receive(PeerId(1), announce(&[3]), Access::ReadWrite),
+            recv(&mut room, PeerId(1), announce(&[3]), Access::ReadWrite),
             Err(RoomError::TooManyAwarenessClients { limit: 2 })
         ));
         assert_eq!(room.awareness_count(), 2);
     }
 
     #[test]
+    fn updates_before_a_bad_message_in_the_same_frame_are_still_delivered() {
+        let mut room = Room::new(RoomLimits::default());
+        room.join(PeerId(1));
+        let mut frame = encode_update(&text_update(1, "kept")).to_vec();
+        frame.extend_from_slice(&[42, 0]);
+        let mut outbox = Outbox::default();
+        let result = room.receive(PeerId(1), frame.into(), Access::ReadWrite, &mut outbox);
+        assert!(matches!(result, Err(RoomError::Unsupported(42))));
+        assert_eq!(outbox.persist.len(), 1);
+        assert_eq!(outbox.broadcast.len(), 1);
+        assert_eq!(text_of(&room), "kept");
+    }
+
+    #[test]
+    fn an_update_waiting_on_missing_dependencies_counts_once() {
+        let doc = Doc::with_client_id(5);
+        let text = doc.get_or_insert_text("t");
+        let first = {
+            let mut txn = doc.transact_mut();
+            text.insert(&mut txn, 0, "a");
+            txn.encode_update_v1()
+        };
+        let second = {
+            let mut txn = doc.transact_mut();
+            text.insert(&mut txn, 1, "b");
+            txn.encode_update_v1()
+        };
+        let mut room = Room::new(RoomLimits::default());
+        // The second update alone waits for the first: kept (persisted) once, not again.
+        assert_eq!(
+            room.apply_update(second.clone().into())
+                .unwrap()
+                .persist
+                .len(),
+            1
+        );
+        assert!(room.apply_update(second.into()).unwrap().is_empty());
+        // With pending content in the doc, an unrelated duplicate is still recognised as one.
+        let other = text_update(6, "x");
+        assert_eq!(
+            room.apply_update(other.clone().into())
+                .unwrap()
+                .persist
+                .len(),
+            1
+        );
+        assert!(room.apply_update(other.into()).unwrap().is_empty());
+        assert_eq!(room.apply_update(first.into()).unwrap().persist.len(), 1);
+        assert!(text_of(&room).contains("ab"));
+    }
+
+    #[test]
+    fn a_reconnecting_client_keeps_its_awareness_when_the_old_connection_closes() {
+        let mut room = Room::new(RoomLimits::default());
+        let announce = |clock| {
+            let update = AwarenessUpdate {
+                entries: vec![AwarenessEntry {
+                    client_id: 77,
+                    clock,
+                    state: Some("{}".into()),
+                }],
+            };
+            message::encode_awareness(&update.encode())
+        };
+        room.join(PeerId(1));
+        recv(&mut room, PeerId(1), announce(1), Access::ReadWrite).unwrap();
+        room.join(PeerId(2));
+        recv(&mut room, PeerId(2), announce(2), Access::ReadWrite).unwrap();
+        // The old connection's close comes late: nothing to remove.
+        assert!(room.leave(PeerId(1)).is_none());
+        assert_eq!(room.awareness_count(), 1);
+        assert!(room.leave(PeerId(2)).is_some());
+        assert_eq!(room.awareness_count(), 0);
+    }
+
+    #[test]
     fn heartbeat_is_echoed_and_unknown_types_refused() {
         let mut room = Room::new(RoomLimits::default());
         let heartbeat = Bytes::from_static(&[102, 4, 2]);
-        let outbox = room
-            .receive(PeerId(1), heartbeat.clone(), Access::ReadWrite)
-            .unwrap();
+        let outbox = recv(&mut room, PeerId(1), heartbeat.clone(), Access::ReadWrite).unwrap();
         assert_eq!(outbox.reply, vec![heartbeat]);
         assert!(matches!(
-            room.receive(PeerId(1), Bytes::from_static(&[77, 1]), Access::ReadWrite),
+            recv(
+                &mut room,
+                PeerId(1),
+                Bytes::from_static(&[77, 1]),
+                Access::ReadWrite
+            ),
             Err(RoomError::Unsupported(77))
         ));
     }
@@ -608,7 +734,7 @@ mod tests {
         #[test]
         fn apply_path_contains_any_input(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let mut room = Room::new(RoomLimits::default());
-            let _ = room.receive(PeerId(1), Bytes::from(bytes.clone()), Access::ReadWrite);
+            let _ = recv(&mut room, PeerId(1), Bytes::from(bytes.clone()), Access::ReadWrite);
             let _ = room.apply_update(Bytes::from(bytes));
         }
 

@@ -29,7 +29,8 @@ pub struct SledStore {
 struct Inner {
     db: sled::Db,
     docs: sled::Tree,
-    /// Serialises compactions, so that "never move a snapshot backwards" is a real check.
+    /// Serialises compactions with each other (so "never move a snapshot backwards" is a real
+    /// check) and with loads (so a load sees a snapshot and the log it goes with).
     compaction: Mutex<()>,
 }
 
@@ -146,6 +147,12 @@ impl DocStore for SledStore {
     async fn load(&self, doc: &str) -> Result<StoredDoc, StoreError> {
         let doc = doc.to_owned();
         self.blocking(move |inner| {
+            // Snapshot and log are two reads; a compaction committing between them would pair
+            // an old snapshot with an already-trimmed log. Loads take the compaction lock.
+            let _guard = inner
+                .compaction
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             let snapshot = read_snapshot(&inner.docs, &doc)?;
             let covered = snapshot.as_ref().map_or(Seq(0), |s| s.upto);
             let mut log = Vec::new();

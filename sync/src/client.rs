@@ -62,6 +62,7 @@ struct Shared {
     custom: Vec<(u64, Bytes)>,
     errors: Vec<String>,
     local_awareness_clock: u64,
+    frames_received: u64,
 }
 
 enum Command {
@@ -231,6 +232,11 @@ impl Client {
         lock(&self.shared).custom.clone()
     }
 
+    /// How many binary frames the server has sent so far.
+    pub fn frames_received(&self) -> u64 {
+        lock(&self.shared).frames_received
+    }
+
     /// Problems met while applying what the server sent (should stay empty).
     pub fn errors(&self) -> Vec<String> {
         lock(&self.shared).errors.clone()
@@ -332,6 +338,7 @@ async fn run(
             },
             incoming = socket.next() => match incoming {
                 Some(Ok(WsMessage::Binary(frame))) => {
+                    lock(&shared).frames_received += 1;
                     for reply in handle_frame(&doc, &shared, frame) {
                         if let Err(err) = socket.send(WsMessage::Binary(reply)).await {
                             lock(&shared).errors.push(err.to_string());
