@@ -1,0 +1,430 @@
+//! Authentication and authorization on every path: each refusal gets its own status or close
+//! code and JSON body, and changes nothing.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{spawn_app_with, wait_text, TestApp, TIMEOUT};
+use tandem::auth::{mint, now_secs, Claims, DocPermission, Role, Secret};
+use tandem_sync::Client;
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, GetString, Text, Transact, Update};
+
+const SECRET: &str = "auth-test-secret";
+
+fn secret() -> Secret {
+    SECRET.parse().unwrap()
+}
+
+async fn secured_app() -> TestApp {
+    spawn_app_with(|c| c.auth_secret = Some(secret())).await
+}
+
+fn claims(workspace: &str) -> Claims {
+    Claims {
+        sub: "123".into(),
+        name: Some("Ada".into()),
+        workspace: workspace.into(),
+        plan: Some("scale".into()),
+        role: Role::Member,
+        docs: None,
+        exp: now_secs() + 600,
+    }
+}
+
+fn token(claims: &Claims) -> String {
+    mint(&secret(), claims).unwrap()
+}
+
+fn admin() -> String {
+    token(&Claims {
+        role: Role::Admin,
+        ..claims("acme")
+    })
+}
+
+/// Every way a token can be wrong, with the status and error code it must get.
+fn refusals() -> Vec<(&'static str, Option<String>, u16, &'static str)> {
+    let other_secret: Secret = "some-other-secret".parse().unwrap();
+    vec![
+        ("no token", None, 401, "missing_token"),
+        ("malformed", Some("not-a-jwt".into()), 401, "invalid_token"),
+        (
+            "bad signature",
+            Some(mint(&other_secret, &claims("acme")).unwrap()),
+            401,
+            "invalid_token",
+        ),
+        (
+            "expired",
+            Some(token(&Claims {
+                exp: now_secs() - 60,
+                ..claims("acme")
+            })),
+            401,
+            "token_expired",
+        ),
+        (
+            "other workspace",
+            Some(token(&claims("globex"))),
+            403,
+            "forbidden",
+        ),
+        (
+            "plan not allowed",
+            Some(token(&Claims {
+                plan: Some("free".into()),
+                ..claims("acme")
+            })),
+            403,
+            "plan_required",
+        ),
+        (
+            "no plan",
+            Some(token(&Claims {
+                plan: None,
+                ..claims("acme")
+            })),
+            403,
+            "plan_required",
+        ),
+        (
+            "outside its docs",
+            Some(token(&Claims {
+                docs: Some(BTreeMap::from([(
+                    "acme/reports/*".to_string(),
+                    DocPermission::Write,
+                )])),
+                ..claims("acme")
+            })),
+            403,
+            "forbidden",
+        ),
+    ]
+}
+
+fn read_only_token() -> String {
+    token(&Claims {
+        docs: Some(BTreeMap::from([(
+            "acme/queries/*".to_string(),
+            DocPermission::Read,
+        )])),
+        ..claims("acme")
+    })
+}
+
+fn text_update(client: u64, text: &str) -> Vec<u8> {
+    let doc = Doc::with_client_id(client);
+    let t = doc.get_or_insert_text("t");
+    let mut txn = doc.transact_mut();
+    t.insert(&mut txn, 0, text);
+    txn.encode_update_v1()
+}
+
+async fn stored_text(app: &TestApp, doc: &str) -> String {
+    let bytes = reqwest::Client::new()
+        .get(app.http_url(&format!("/api/v1/docs/{doc}")))
+        .bearer_auth(admin())
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let doc = Doc::new();
+    let t = doc.get_or_insert_text("t");
+    doc.transact_mut()
+        .apply_update(Update::decode_v1(&bytes).unwrap())
+        .unwrap();
+    let txn = doc.transact();
+    t.get_string(&txn)
+}
+
+async fn assert_json_refusal(response: reqwest::Response, status: u16, code: &str, case: &str) {
+    assert_eq!(response.status().as_u16(), status, "{case}");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], code, "{case}: {body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{case}"
+    );
+    if code == "plan_required" {
+        assert_eq!(body["required"], serde_json::json!(["scale"]), "{case}");
+    }
+}
+
+fn ws_url(app: &TestApp, doc: &str, token: Option<&str>) -> String {
+    match token {
+        Some(t) => format!("{}?token={t}", app.ws_url(doc)),
+        None => app.ws_url(doc),
+    }
+}
+
+#[tokio::test]
+async fn websocket_refusals_come_before_the_upgrade() {
+    let app = secured_app().await;
+    for (case, token, status, code) in refusals() {
+        let err =
+            tokio_tungstenite::connect_async(ws_url(&app, "acme/queries/1", token.as_deref()))
+                .await
+                .expect_err(case);
+        let tokio_tungstenite::tungstenite::Error::Http(response) = err else {
+            panic!("{case}: expected an HTTP refusal, got {err}");
+        };
+        assert_eq!(response.status().as_u16(), status, "{case}");
+        let body: serde_json::Value =
+            serde_json::from_slice(response.body().as_deref().unwrap_or_default()).unwrap();
+        assert_eq!(body["error"], code, "{case}: {body}");
+    }
+    assert_eq!(stored_text(&app, "acme/queries/1").await, "");
+}
+
+#[tokio::test]
+async fn a_valid_token_syncs_and_read_only_updates_are_refused_in_band() {
+    let app = secured_app().await;
+    let writer = Client::connect(&ws_url(
+        &app,
+        "acme/queries/7",
+        Some(&token(&claims("acme"))),
+    ))
+    .await
+    .unwrap();
+    writer.synced(TIMEOUT).await.unwrap();
+    writer.push_text("t", "SELECT 1");
+
+    let reader = Client::connect(&ws_url(&app, "acme/queries/7", Some(&read_only_token())))
+        .await
+        .unwrap();
+    reader.synced(TIMEOUT).await.unwrap();
+    wait_text(&reader, "t", "SELECT 1").await;
+    // The reader edits its copy: the server refuses with the auth message and stays connected.
+    reader.push_text("t", " -- sneaky");
+    reader
+        .wait_for("permission denied", TIMEOUT, |c| {
+            !c.permission_denied().is_empty()
+        })
+        .await
+        .unwrap();
+    // Awareness still flows from a read-only client.
+    reader.set_awareness(r#"{"user":"reader"}"#).unwrap();
+    writer
+        .wait_for("reader's awareness", TIMEOUT, |c| {
+            c.awareness().values().any(|s| s.contains("reader"))
+        })
+        .await
+        .unwrap();
+    assert!(reader.close_info().is_none());
+    assert_eq!(writer.text("t"), "SELECT 1");
+    assert_eq!(stored_text(&app, "acme/queries/7").await, "SELECT 1");
+}
+
+#[tokio::test]
+async fn expiry_during_a_connection_closes_it_with_4401() {
+    let app = secured_app().await;
+    let short = token(&Claims {
+        exp: now_secs() + 2,
+        ..claims("acme")
+    });
+    let client = Client::connect(&ws_url(&app, "acme/queries/2", Some(&short)))
+        .await
+        .unwrap();
+    client.synced(TIMEOUT).await.unwrap();
+    let close = client.closed(TIMEOUT).await.unwrap();
+    assert_eq!(close.code, Some(4401), "{close:?}");
+}
+
+#[tokio::test]
+async fn http_reads_and_writes_refuse_every_bad_token() {
+    let app = secured_app().await;
+    let http = reqwest::Client::new();
+    let url = app.http_url("/api/v1/docs/acme/queries/3");
+    for (case, token, status, code) in refusals() {
+        let mut get = http.get(&url);
+        let mut post = http
+            .post(format!("{url}/update"))
+            .body(text_update(5, "nope"));
+        if let Some(token) = &token {
+            get = get.bearer_auth(token);
+            post = post.bearer_auth(token);
+        }
+        assert_json_refusal(get.send().await.unwrap(), status, code, case).await;
+        assert_json_refusal(post.send().await.unwrap(), status, code, case).await;
+    }
+    // A read-only token reads but does not write.
+    let reader = read_only_token();
+    assert_eq!(
+        http.get(&url)
+            .bearer_auth(&reader)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_json_refusal(
+        http.post(format!("{url}/update"))
+            .bearer_auth(&reader)
+            .body(text_update(5, "nope"))
+            .send()
+            .await
+            .unwrap(),
+        403,
+        "read_only",
+        "read-only write",
+    )
+    .await;
+    // Not a bearer token at all.
+    assert_json_refusal(
+        http.get(&url)
+            .header("authorization", "Basic dXNlcjpwYXNz")
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "invalid_token",
+        "basic auth",
+    )
+    .await;
+    assert_eq!(stored_text(&app, "acme/queries/3").await, "");
+}
+
+#[tokio::test]
+async fn service_tokens_write_their_own_workspace_only() {
+    let app = secured_app().await;
+    let http = reqwest::Client::new();
+    let service = |workspace: &str| {
+        token(&Claims {
+            role: Role::Service,
+            plan: None,
+            ..claims(workspace)
+        })
+    };
+    let ok = http
+        .post(app.http_url("/api/v1/docs/acme/queries/4/update"))
+        .bearer_auth(service("acme"))
+        .body(text_update(6, "from the backend"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_json_refusal(
+        http.post(app.http_url("/api/v1/docs/acme/queries/4/update"))
+            .bearer_auth(service("globex"))
+            .body(text_update(7, "intruder"))
+            .send()
+            .await
+            .unwrap(),
+        403,
+        "forbidden",
+        "service of another workspace",
+    )
+    .await;
+    assert_eq!(
+        stored_text(&app, "acme/queries/4").await,
+        "from the backend"
+    );
+}
+
+#[tokio::test]
+async fn tokens_minted_by_the_cli_are_accepted() {
+    let app = secured_app().await;
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["token", "--sub", "42", "--workspace", "acme"])
+        .args(["--doc", "acme/queries/*=read"])
+        .env("TANDEM_AUTH_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let minted = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let http = reqwest::Client::new();
+    let url = app.http_url("/api/v1/docs/acme/queries/5");
+    assert_eq!(
+        http.get(&url)
+            .bearer_auth(&minted)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let write = http
+        .post(format!("{url}/update"))
+        .bearer_auth(&minted)
+        .body(text_update(8, "x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(write.status(), 403);
+}
+
+#[tokio::test]
+async fn open_mode_refuses_a_non_loopback_bind_without_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let result = tandem::serve(
+        listener,
+        tandem::Config::with_data_dir(dir.path()),
+        std::future::ready(()),
+    )
+    .await;
+    assert!(
+        matches!(result, Err(tandem::ServeError::Config(ref m)) if m.contains("--insecure-no-auth")),
+        "{result:?}"
+    );
+
+    // With the flag it runs (and stops at once here).
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let config = tandem::Config {
+        insecure_no_auth: true,
+        ..tandem::Config::with_data_dir(dir.path())
+    };
+    tandem::serve(listener, config, std::future::ready(()))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn public_key_tokens_eddsa_and_rs256_are_verified() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    for (algorithm, private, public) in [
+        (
+            jsonwebtoken::Algorithm::EdDSA,
+            "ed25519-private.pem",
+            "ed25519-public.pem",
+        ),
+        (
+            jsonwebtoken::Algorithm::RS256,
+            "rsa-private.pem",
+            "rsa-public.pem",
+        ),
+    ] {
+        let public = fixtures.join(public);
+        let app = spawn_app_with(|c| c.auth_public_key = Some(public)).await;
+        let pem = std::fs::read(fixtures.join(private)).unwrap();
+        let key = match algorithm {
+            jsonwebtoken::Algorithm::EdDSA => jsonwebtoken::EncodingKey::from_ed_pem(&pem),
+            _ => jsonwebtoken::EncodingKey::from_rsa_pem(&pem),
+        }
+        .unwrap();
+        let signed =
+            jsonwebtoken::encode(&jsonwebtoken::Header::new(algorithm), &claims("acme"), &key)
+                .unwrap();
+        let http = reqwest::Client::new();
+        let url = app.http_url("/api/v1/docs/acme/queries/pk");
+        let ok = http.get(&url).bearer_auth(&signed).send().await.unwrap();
+        assert_eq!(ok.status(), 200, "{algorithm:?}");
+        // An HS256 token is not accepted by a server configured with only a public key.
+        assert_json_refusal(
+            http.get(&url)
+                .bearer_auth(token(&claims("acme")))
+                .send()
+                .await
+                .unwrap(),
+            401,
+            "invalid_token",
+            "hs256 against a public key",
+        )
+        .await;
+    }
+}
