@@ -38,6 +38,11 @@ pub struct Config {
     #[arg(long, env = "TANDEM_OUTBOUND_QUEUE", default_value_t = Config::DEFAULT_OUTBOUND_QUEUE)]
     pub outbound_queue: usize,
 
+    /// How long a burst may wait for room in a connection's full queue before that connection is
+    /// closed with 1013 as too slow, in milliseconds. Meanwhile the sender is slowed down.
+    #[arg(long, env = "TANDEM_LAG_TIMEOUT_MS", default_value_t = Config::DEFAULT_LAG_TIMEOUT_MS)]
+    pub lag_timeout_ms: u64,
+
     /// Group-commit window of the update log, in milliseconds: updates are flushed to disk
     /// together at most this often.
     #[arg(long, env = "TANDEM_FLUSH_INTERVAL_MS", default_value_t = Config::DEFAULT_FLUSH_INTERVAL_MS)]
@@ -100,6 +105,7 @@ impl Config {
     pub const DEFAULT_MAX_DOC_BYTES: usize = 64 * 1024 * 1024;
     pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
     pub const DEFAULT_MAX_AWARENESS_PER_CONNECTION: usize = 64;
+    pub const DEFAULT_LAG_TIMEOUT_MS: u64 = 2_000;
     pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 5;
     pub const DEFAULT_COMPACT_AFTER_UPDATES: usize = 1000;
     pub const DEFAULT_COMPACT_AFTER_BYTES: usize = 1024 * 1024;
@@ -118,6 +124,10 @@ impl Config {
 
     pub(crate) fn flush_interval(&self) -> Duration {
         Duration::from_millis(self.flush_interval_ms)
+    }
+
+    pub(crate) fn lag_timeout(&self) -> Duration {
+        Duration::from_millis(self.lag_timeout_ms)
     }
 
     pub(crate) fn ping_interval(&self) -> Duration {
@@ -146,6 +156,7 @@ impl Default for Config {
             max_doc_bytes: Config::DEFAULT_MAX_DOC_BYTES,
             outbound_queue: Config::DEFAULT_OUTBOUND_QUEUE,
             max_awareness_per_connection: Config::DEFAULT_MAX_AWARENESS_PER_CONNECTION,
+            lag_timeout_ms: Config::DEFAULT_LAG_TIMEOUT_MS,
             flush_interval_ms: Config::DEFAULT_FLUSH_INTERVAL_MS,
             compact_after_updates: Config::DEFAULT_COMPACT_AFTER_UPDATES,
             compact_after_bytes: Config::DEFAULT_COMPACT_AFTER_BYTES,

@@ -34,6 +34,43 @@ pub struct PeerLink {
     pub closer: Closer,
 }
 
+/// Frames that did not fit in a peer's queue at once. The caller waits for room outside the
+/// room's lock (see [`Overflow::deliver`]); a peer whose queue stays full for the lag timeout is
+/// closed. This gives bursts backpressure (the producer slows to the consumers' pace) instead of
+/// closing a healthy client that was momentarily behind.
+#[derive(Default)]
+pub struct Overflow {
+    pending: Vec<(PeerId, mpsc::Sender<Bytes>, Closer, Bytes)>,
+}
+
+impl Overflow {
+    fn push(&mut self, link: &PeerLink, frame: Bytes) {
+        self.pending
+            .push((link.peer, link.outbound.clone(), link.closer.clone(), frame));
+    }
+
+    /// Waits (up to `timeout` per peer) for each deferred frame to be queued; closes the peers
+    /// that stayed full. Frames of one peer keep their order.
+    pub async fn deliver(self, timeout: std::time::Duration) {
+        for (peer, outbound, closer, frame) in self.pending {
+            if closer.is_closed() {
+                continue;
+            }
+            match tokio::time::timeout(timeout, outbound.send(frame)).await {
+                Ok(_) => {}
+                Err(_) => {
+                    tracing::info!(conn = %peer, ?timeout, "outbound queue stayed full, closing");
+                    closer.close(CloseReason::Lagging);
+                }
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
 /// Why a room operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RoomOpError {
@@ -180,6 +217,7 @@ impl Rooms {
         name: &DocName,
         peer: PeerId,
         link: PeerLink,
+        overflow: &mut Overflow,
     ) -> Result<Arc<RoomHandle>, RoomOpError> {
         let mut link = Some(link);
         self.with_state(name, |handle, state| {
@@ -187,8 +225,7 @@ impl Rooms {
                 .take()
                 .expect("with_state runs its closure once per success");
             for frame in state.room.join(peer) {
-                // A fresh queue has room for the handshake; if not, the peer is closed.
-                deliver(&link, frame);
+                deliver(&link, frame, overflow);
             }
             state.peers.insert(peer, link);
             Arc::clone(handle)
@@ -207,6 +244,7 @@ impl Rooms {
         peer: PeerId,
         frame: Bytes,
         access: Access,
+        overflow: &mut Overflow,
     ) -> Result<(), RoomOpError> {
         let mut state = handle.lock();
         if state.closed {
@@ -217,7 +255,7 @@ impl Rooms {
         let mut outbox = Outbox::default();
         let result = state.room.receive(peer, frame, access, &mut outbox);
         // What the frame's messages before a bad one changed is delivered all the same.
-        self.deliver_outbox(handle, &mut state, Some(peer), outbox)?;
+        self.deliver_outbox(handle, &mut state, Some(peer), outbox, overflow)?;
         match result {
             Ok(()) => Ok(()),
             Err(RoomError::Poisoned) => {
@@ -237,8 +275,13 @@ impl Rooms {
             return;
         }
         if let Some(removal) = state.room.leave(peer) {
+            // Leaving cannot wait: a peer with no room for this is lagging.
             for link in state.peers.values() {
-                deliver(link, removal.clone());
+                if let Err(mpsc::error::TrySendError::Full(_)) =
+                    link.outbound.try_send(removal.clone())
+                {
+                    close_lagging(link);
+                }
             }
         }
         if state.peers.is_empty() && !state.closed {
@@ -260,19 +303,21 @@ impl Rooms {
         name: &DocName,
         update: Bytes,
     ) -> Result<(bool, Ticket), RoomOpError> {
-        let (result, idle) = self
+        let (result, idle, overflow) = self
             .with_state(name, |handle, state| {
+                let mut overflow = Overflow::default();
                 let result = match state.room.apply_update(update.clone()) {
-                    Ok(outbox) => self.deliver_outbox(handle, state, None, outbox),
+                    Ok(outbox) => self.deliver_outbox(handle, state, None, outbox, &mut overflow),
                     Err(err) => Err(err.into()),
                 };
                 let idle = state
                     .peers
                     .is_empty()
                     .then(|| (Arc::clone(handle), state.activity));
-                (result, idle)
+                (result, idle, overflow)
             })
             .await?;
+        overflow.deliver(self.config.lag_timeout()).await;
         if let Some((handle, activity)) = idle {
             self.schedule_unload(handle, activity);
         }
@@ -317,6 +362,7 @@ impl Rooms {
         state: &mut RoomState,
         from: Option<PeerId>,
         outbox: Outbox,
+        overflow: &mut Overflow,
     ) -> Result<Option<Ticket>, RoomOpError> {
         let mut ticket = None;
         for update in &outbox.persist {
@@ -328,13 +374,13 @@ impl Rooms {
         }
         if let Some(sender) = from.and_then(|p| state.peers.get(&p)) {
             for frame in outbox.reply {
-                deliver(sender, frame);
+                deliver(sender, frame, overflow);
             }
         }
         for frame in outbox.broadcast {
             for (id, link) in &state.peers {
                 if Some(*id) != from {
-                    deliver(link, frame.clone());
+                    deliver(link, frame.clone(), overflow);
                 }
             }
         }
@@ -517,13 +563,21 @@ impl RoomHandle {
     }
 }
 
-/// Queues `frame` for a peer, closing the peer if its queue is full: a client that far behind
-/// resyncs on reconnect, where dropping the frame would leave a gap in its document.
-fn deliver(link: &PeerLink, frame: Bytes) {
-    if let Err(mpsc::error::TrySendError::Full(_)) = link.outbound.try_send(frame) {
-        if !link.closer.is_closed() {
-            tracing::info!(conn = %link.peer, "outbound queue full, closing");
-        }
-        link.closer.close(CloseReason::Lagging);
+/// Queues `frame` for a peer; when its queue is full the frame waits in `overflow` for the
+/// caller to deliver outside the lock. Never dropped: a gap would stall the client's document.
+fn deliver(link: &PeerLink, frame: Bytes, overflow: &mut Overflow) {
+    if link.closer.is_closed() {
+        return;
     }
+    if let Err(mpsc::error::TrySendError::Full(frame)) = link.outbound.try_send(frame) {
+        overflow.push(link, frame);
+    }
+}
+
+/// Closes a peer that fell too far behind: it resyncs on reconnect.
+fn close_lagging(link: &PeerLink) {
+    if !link.closer.is_closed() {
+        tracing::info!(conn = %link.peer, "outbound queue full, closing");
+    }
+    link.closer.close(CloseReason::Lagging);
 }

@@ -80,6 +80,19 @@ impl Trace {
     /// # Errors
     /// [`TraceError::Diverged`] when the replay does not end at `endContent`.
     pub fn updates(&self, client_id: u64, text: &str) -> Result<Vec<Vec<u8>>, TraceError> {
+        self.updates_batched(client_id, text, 1)
+    }
+
+    /// Like [`Trace::updates`], with `batch` consecutive edits per update.
+    ///
+    /// # Errors
+    /// [`TraceError::Diverged`] when the replay does not end at `endContent`.
+    pub fn updates_batched(
+        &self,
+        client_id: u64,
+        text: &str,
+        batch: usize,
+    ) -> Result<Vec<Vec<u8>>, TraceError> {
         let doc = Doc::with_client_id(client_id);
         let field = doc.get_or_insert_text(text);
         let mut updates = Vec::with_capacity(self.edit_count() + 1);
@@ -88,17 +101,18 @@ impl Trace {
             field.insert(&mut txn, 0, &self.start_content);
             updates.push(txn.encode_update_v1());
         }
-        for txn in &self.txns {
-            for Patch(pos, del, ins) in &txn.patches {
-                let mut t = doc.transact_mut();
+        let patches: Vec<&Patch> = self.txns.iter().flat_map(|t| &t.patches).collect();
+        for chunk in patches.chunks(batch.max(1)) {
+            let mut t = doc.transact_mut();
+            for Patch(pos, del, ins) in chunk {
                 if *del > 0 {
                     field.remove_range(&mut t, *pos, *del);
                 }
                 if !ins.is_empty() {
                     field.insert(&mut t, *pos, ins);
                 }
-                updates.push(t.encode_update_v1());
             }
+            updates.push(t.encode_update_v1());
         }
         if field.get_string(&doc.transact()) != self.end_content {
             return Err(TraceError::Diverged);

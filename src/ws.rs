@@ -26,7 +26,7 @@ use crate::auth::Principal;
 use crate::docname::DocName;
 use crate::error::ApiError;
 use crate::peer::{CloseReason, Closer};
-use crate::rooms::{PeerLink, RoomOpError};
+use crate::rooms::{Overflow, PeerLink, RoomOpError};
 use crate::AppState;
 
 /// Connection ids, unique for the life of the process.
@@ -137,7 +137,10 @@ async fn run(app: AppState, socket: WebSocket, session: Session) {
         outbound,
         closer: closer.clone(),
     };
-    let handle = match app.rooms.join(&name, peer, link).await {
+    let mut overflow = Overflow::default();
+    let joined = app.rooms.join(&name, peer, link, &mut overflow).await;
+    overflow.deliver(app.config.lag_timeout()).await;
+    let handle = match joined {
         Ok(handle) => Some(handle),
         Err(err) => {
             tracing::error!(error = %err, "could not load the document");
@@ -192,7 +195,13 @@ async fn run(app: AppState, socket: WebSocket, session: Session) {
                     last_heard = tokio::time::Instant::now();
                     match incoming {
                         Some(Ok(WsMessage::Binary(frame))) => {
-                            if let Err(err) = app.rooms.receive(&handle, peer, frame, access) {
+                            let mut overflow = Overflow::default();
+                            let received = app.rooms.receive(&handle, peer, frame, access, &mut overflow);
+                            if !overflow.is_empty() {
+                                // Backpressure: this sender waits while a slow peer catches up.
+                                overflow.deliver(app.config.lag_timeout()).await;
+                            }
+                            if let Err(err) = received {
                                 let reason = close_reason(&err);
                                 tracing::info!(error = %err, code = reason.code(), "closing connection");
                                 closer.close(reason);
@@ -360,7 +369,7 @@ fn close_reason(err: &RoomOpError) -> CloseReason {
 
 /// The close reason for a failed read, or `None` when the connection simply broke.
 fn read_error_reason(err: axum::Error) -> Option<CloseReason> {
-    use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+    use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
     let inner = err.into_inner();
     match inner.downcast_ref::<WsError>() {
         Some(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
@@ -369,6 +378,11 @@ fn read_error_reason(err: axum::Error) -> Option<CloseReason> {
             )))
         }
         Some(WsError::Capacity(e)) => Some(CloseReason::TooLarge(e.to_string())),
+        // The peer vanished without a close frame: nothing to tell it.
+        Some(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => {
+            tracing::debug!("connection reset by the peer");
+            None
+        }
         Some(WsError::Protocol(e)) => Some(CloseReason::Protocol(e.to_string())),
         Some(WsError::Utf8(_)) => Some(CloseReason::Protocol(
             "invalid UTF-8 in a text frame".into(),

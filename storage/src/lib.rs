@@ -97,8 +97,9 @@ pub trait DocStore: Send + Sync + 'static {
     async fn load(&self, doc: &str) -> Result<StoredDoc, StoreError>;
 
     /// Replaces `doc`'s snapshot with `snapshot`, which covers every update up to `upto`, and
-    /// removes those updates from the log, atomically: a crash leaves either the old snapshot
-    /// with the whole log or the new one with the tail. A snapshot never moves backwards: when
+    /// removes those updates from the log. Crash-safe: a load after a crash at any point sees
+    /// either the old snapshot with the whole log or the new one with the tail (covered log
+    /// entries that outlive a crash are skipped by loads and removed by the next compaction). A snapshot never moves backwards: when
     /// the stored one already covers `upto`, this is [`Compaction::Stale`].
     ///
     /// # Errors
