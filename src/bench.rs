@@ -25,7 +25,6 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tandem_sync::probe::{Framing, Probe, ProbeStream};
-use tandem_sync::Client;
 use tokio::sync::{watch, Semaphore};
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, GetString, Text, Transact, Update};
@@ -72,9 +71,12 @@ impl Protocol {
 /// Options of `tandem bench connect`.
 #[derive(Debug, clap::Args)]
 pub struct ConnectArgs {
-    /// Server URL up to the room name (`ws://127.0.0.1:8000/ws`).
+    /// Server URL up to the room name (`ws://127.0.0.1:8000/ws`); for Hocuspocus the server URL.
     #[arg(long, default_value = "ws://127.0.0.1:8000/ws")]
     pub url: String,
+    /// Wire protocol of the server.
+    #[arg(long, value_enum, default_value_t = Protocol::YWebsocket)]
+    pub protocol: Protocol,
     /// Connections to open.
     #[arg(long, default_value_t = 1000)]
     pub clients: usize,
@@ -182,25 +184,29 @@ pub async fn connect(args: ConnectArgs) -> Result<ConnectReport, String> {
     let started = Instant::now();
     let mut joins = Vec::with_capacity(args.clients);
     for i in 0..args.clients {
-        let url = format!(
-            "{}/bench-{}",
-            args.url.trim_end_matches('/'),
-            i % args.rooms
-        );
+        let (url, framing) = args
+            .protocol
+            .endpoint(&args.url, &format!("bench-{}", i % args.rooms));
         let permits = Arc::clone(&permits);
         let done = Arc::clone(&done);
         joins.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await.ok()?;
-            let client = tokio::time::timeout(timeout, async {
-                let client = Client::connect(&url).await.ok()?;
-                client.synced(timeout).await.ok()?;
-                Some(client)
+            let probe = tokio::time::timeout(timeout, async {
+                let mut probe = Probe::connect(&url, framing).await.ok()?;
+                probe.handshake(timeout).await.ok()?;
+                Some(probe)
             })
             .await
             .ok()
             .flatten();
             done.fetch_add(1, Ordering::Relaxed);
-            client
+            // Keep reading, so the connection answers the server's pings while it idles.
+            probe.map(|probe| {
+                let (sink, mut stream) = probe.split();
+                let reader =
+                    tokio::spawn(async move { while stream.next_message().await.is_some() {} });
+                (sink, reader)
+            })
         }));
     }
     let progress = tokio::spawn({
@@ -232,8 +238,9 @@ pub async fn connect(args: ConnectArgs) -> Result<ConnectReport, String> {
         }
         _ => None,
     };
-    for client in clients {
-        client.abort();
+    for (sink, reader) in clients {
+        reader.abort();
+        drop(sink);
     }
     Ok(ConnectReport {
         clients: args.clients,

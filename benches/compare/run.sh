@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Tandem side by side with the servers people use today, on this machine.
+#
+# Each server (Tandem, the reference y-websocket server, Hocuspocus, and a bare relay that only
+# forwards bytes: the ceiling) runs pinned to core 0 while `tandem bench` drives it from core 1,
+# through the same scenarios. Results land as JSON in $OUT and as a table on stdout.
+#
+# usage: benches/compare/run.sh              (from the repository root; needs taskset, node, npm)
+#        DURATION=5 SERVERS="tandem relay" benches/compare/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+DURATION=${DURATION:-10}
+SERVERS=${SERVERS:-"tandem reference hocuspocus relay"}
+OUT=${OUT:-bench-results/compare-$(date +%Y%m%d-%H%M%S)}
+SERVER_CPU=${SERVER_CPU:-0}
+BENCH_CPU=${BENCH_CPU:-1}
+mkdir -p "$OUT"
+
+echo "== building" >&2
+cargo build --release --quiet --bin tandem --example relay
+(cd benches/compare && npm ci --no-audit --no-fund --silent)
+BENCH=(taskset -c "$BENCH_CPU" ./target/release/tandem bench)
+
+wait_port() {
+  for _ in $(seq 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "server on port $1 did not start" >&2
+  return 1
+}
+
+start_server() {
+  local name=$1
+  case $name in
+    tandem)
+      DATA=$(mktemp -d)
+      taskset -c "$SERVER_CPU" ./target/release/tandem serve --bind 127.0.0.1:18200 --data-dir "$DATA" \
+        >"$OUT/$name.log" 2>&1 &
+      PORT=18200 URL=ws://127.0.0.1:18200/ws PROTOCOL=y-websocket ;;
+    reference)
+      HOST=127.0.0.1 PORT=18201 taskset -c "$SERVER_CPU" node benches/compare/node_modules/@y/websocket-server/src/server.js \
+        >"$OUT/$name.log" 2>&1 &
+      PORT=18201 URL=ws://127.0.0.1:18201 PROTOCOL=y-websocket ;;
+    hocuspocus)
+      PORT=18202 taskset -c "$SERVER_CPU" node benches/compare/hocuspocus.mjs >"$OUT/$name.log" 2>&1 &
+      PORT=18202 URL=ws://127.0.0.1:18202 PROTOCOL=hocuspocus ;;
+    relay)
+      taskset -c "$SERVER_CPU" ./target/release/examples/relay 127.0.0.1:18203 >"$OUT/$name.log" 2>&1 &
+      PORT=18203 URL=ws://127.0.0.1:18203/ws PROTOCOL=y-websocket ;;
+    *) echo "unknown server $name" >&2; return 1 ;;
+  esac
+  PID=$!
+  wait_port "$PORT"
+}
+
+stop_server() {
+  kill "$PID" 2>/dev/null || true
+  wait "$PID" 2>/dev/null || true
+  if [ -n "${DATA:-}" ]; then rm -rf "$DATA"; DATA=; fi
+}
+
+# One fresh server per scenario, so no run inherits another's documents or memory.
+run() {
+  local server=$1 scenario=$2; shift 2
+  start_server "$server"
+  echo "== $server: $scenario" >&2
+  local args=()
+  for arg in "$@"; do
+    if [ "$arg" = "--server-pid-from-env" ]; then args+=(--server-pid "$PID"); else args+=("$arg"); fi
+  done
+  if ! "${BENCH[@]}" "${args[@]}" --url "$URL" --protocol "$PROTOCOL" --json >"$OUT/$server-$scenario.json"; then
+    echo "   ($server $scenario reported a failure; see the JSON)" >&2
+  fi
+  stop_server
+}
+
+for server in $SERVERS; do
+  run "$server" fanout-1x50 fanout --rooms 1 --clients 50 --writers 1 --rate 50 --duration "$DURATION" --server-pid-from-env
+  run "$server" fanout-100x10 fanout --rooms 100 --clients 10 --writers 1 --rate 10 --duration "$DURATION" --server-pid-from-env
+  # Saturation: raise the rate until p99 passes 50 ms (or updates are lost).
+  for rate in 20 40 80 160 320 640 1280; do
+    run "$server" "saturate-$rate" fanout --rooms 100 --clients 10 --writers 1 --rate "$rate" --duration "$DURATION" --drain 10 --server-pid-from-env
+    if python3 benches/compare/summarize.py --saturated "$OUT/$server-saturate-$rate.json"; then break; fi
+  done
+  run "$server" connect connect --clients 10000 --rooms 1000 --concurrency 64 --server-pid-from-env
+  run "$server" trace-1 trace --batch 1
+  run "$server" trace-100 trace --batch 100
+done
+
+python3 benches/compare/summarize.py "$OUT"
