@@ -38,6 +38,8 @@ async fn main() -> std::io::Result<()> {
     }
 }
 
+// The handshake callback's error type (an HTTP response) is tungstenite's, not ours.
+#[allow(clippy::result_large_err)]
 async fn serve(stream: TcpStream, id: u64, rooms: Rooms) {
     let mut path = String::new();
     let callback = |request: &Request, response: Response| {
