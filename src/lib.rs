@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::Router;
 use tandem_storage::{DocStore, SledStore, StoreError};
 use tokio::net::TcpListener;
@@ -140,6 +141,13 @@ pub async fn serve_with_store(
 
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "tandem listening");
     let cancel = token.clone();
+    // Small frames must leave at once: without TCP_NODELAY, Nagle's algorithm holds them back
+    // until the previous one is acknowledged, and delayed acks turn that into tens of ms.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move {
             shutdown.await;

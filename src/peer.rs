@@ -85,6 +85,14 @@ struct CloserInner {
     reason: OnceLock<CloseReason>,
 }
 
+impl CloserInner {
+    /// Set once a reason is recorded. Checking it is one atomic load, unlike
+    /// `CancellationToken::is_cancelled`, which takes a lock: this is asked per frame per peer.
+    fn closed(&self) -> bool {
+        self.reason.get().is_some()
+    }
+}
+
 impl Closer {
     pub fn new() -> Closer {
         Closer::default()
@@ -107,7 +115,7 @@ impl Closer {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.inner.token.is_cancelled()
+        self.inner.closed()
     }
 }
 

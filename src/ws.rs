@@ -128,9 +128,15 @@ async fn run(app: AppState, socket: WebSocket, session: Session) {
     let (sink, mut stream) = socket.split();
     let (outbound, queue) = mpsc::channel(app.config.outbound_queue);
     let closer = Closer::new();
-    let writer = tokio::spawn(
-        write_loop(sink, queue, closer.clone(), app.config.ping_interval()).in_current_span(),
-    );
+    // No span on the writer: entering one on every poll is measurable on the fan-out path, and
+    // its only log line names the connection itself.
+    let writer = tokio::spawn(write_loop(
+        sink,
+        queue,
+        closer.clone(),
+        app.config.ping_interval(),
+        peer,
+    ));
 
     let link = PeerLink {
         peer,
@@ -158,6 +164,12 @@ async fn run(app: AppState, socket: WebSocket, session: Session) {
         }
     };
     tokio::pin!(expiry);
+    // Futures made once and polled in every round: making them anew per frame costs a lock on
+    // the shared shutdown token each time.
+    let closed = closer.closed();
+    tokio::pin!(closed);
+    let shutdown = app.shutdown.cancelled();
+    tokio::pin!(shutdown);
 
     if let Some(handle) = handle {
         // Leaves the room however this block ends, a panic included: a peer left behind would
@@ -167,29 +179,32 @@ async fn run(app: AppState, socket: WebSocket, session: Session) {
             handle: &handle,
             peer,
         };
+        // The writer pings every interval. The peer is declared gone when nothing at all (no
+        // pong, no frame) came for the whole timeout; the deadline is re-armed only when it
+        // fires, so a busy connection pays one timestamp per frame, no timer work.
+        let ping_timeout = app.config.ping_timeout();
         let mut last_heard = tokio::time::Instant::now();
-        let mut liveness = tokio::time::interval(app.config.ping_interval());
-        liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let liveness = tokio::time::sleep(ping_timeout);
+        tokio::pin!(liveness);
         loop {
             tokio::select! {
-                _ = closer.closed() => break,
+                _ = &mut closed => break,
                 _ = &mut expiry => {
                     tracing::info!("token expired; closing with 4401");
                     closer.close(CloseReason::TokenExpired);
                     break;
                 }
-                _ = app.shutdown.cancelled() => {
+                _ = &mut shutdown => {
                     closer.close(CloseReason::ShuttingDown);
                     break;
                 }
-                _ = liveness.tick() => {
-                    // The writer pings every interval; a peer that answered nothing (no pong,
-                    // no frame) for the whole timeout is gone.
-                    if last_heard.elapsed() > app.config.ping_timeout() {
+                _ = &mut liveness => {
+                    if last_heard.elapsed() >= ping_timeout {
                         tracing::info!("peer stopped answering pings; closing");
                         closer.close(CloseReason::Unresponsive);
                         break;
                     }
+                    liveness.as_mut().reset(last_heard + ping_timeout);
                 }
                 incoming = stream.next() => {
                     last_heard = tokio::time::Instant::now();
@@ -266,15 +281,19 @@ async fn write_loop(
     mut queue: mpsc::Receiver<Bytes>,
     closer: Closer,
     ping_interval: Duration,
+    peer: PeerId,
 ) {
     let mut ping =
         tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut broken = false;
+    // Made once: a fresh `closed()` per round would take the token's lock per frame.
+    let closed = closer.closed();
+    tokio::pin!(closed);
     loop {
         let first = tokio::select! {
             biased;
-            _ = closer.closed() => break,
+            _ = &mut closed => break,
             frame = queue.recv() => match frame {
                 Some(frame) => WsMessage::Binary(frame),
                 None => break,
@@ -296,9 +315,9 @@ async fn write_loop(
             biased;
             // Closing while a write is stuck on a full socket: give it a bounded time to finish,
             // so the close frame that follows lands on a frame boundary.
-            _ = closer.closed() => {
+            _ = &mut closed => {
                 if tokio::time::timeout(CLOSE_TIMEOUT, &mut write).await.is_err() {
-                    tracing::debug!("write did not finish; dropping the connection");
+                    tracing::debug!(conn = %peer, "write did not finish; dropping the connection");
                     return;
                 }
                 break;
@@ -306,7 +325,7 @@ async fn write_loop(
             result = &mut write => result,
         };
         if let Err(err) = result {
-            tracing::debug!(error = %err, "write failed");
+            tracing::debug!(conn = %peer, error = %err, "write failed");
             broken = true;
             break;
         }
