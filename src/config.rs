@@ -28,6 +28,12 @@ pub struct Config {
     #[arg(long, env = "TANDEM_MAX_DOC_BYTES", default_value_t = Config::DEFAULT_MAX_DOC_BYTES)]
     pub max_doc_bytes: usize,
 
+    /// Read buffer of each WebSocket, in bytes: allocated up front for every connection (so it
+    /// dominates the memory of idle ones) and the most read per syscall. Larger frames still
+    /// arrive whole, in more reads.
+    #[arg(long, env = "TANDEM_WS_READ_BUFFER_BYTES", default_value_t = Config::DEFAULT_WS_READ_BUFFER_BYTES)]
+    pub ws_read_buffer_bytes: usize,
+
     /// Awareness client ids one connection may keep alive (a browser tab uses one). More closes
     /// the connection with 1008.
     #[arg(long, env = "TANDEM_MAX_AWARENESS_PER_CONNECTION", default_value_t = Config::DEFAULT_MAX_AWARENESS_PER_CONNECTION)]
@@ -105,6 +111,7 @@ impl Config {
     pub const DEFAULT_MAX_DOC_BYTES: usize = 64 * 1024 * 1024;
     pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
     pub const DEFAULT_MAX_AWARENESS_PER_CONNECTION: usize = 64;
+    pub const DEFAULT_WS_READ_BUFFER_BYTES: usize = 2048;
     pub const DEFAULT_LAG_TIMEOUT_MS: u64 = 2_000;
     pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 5;
     pub const DEFAULT_COMPACT_AFTER_UPDATES: usize = 1000;
@@ -156,6 +163,7 @@ impl Default for Config {
             max_doc_bytes: Config::DEFAULT_MAX_DOC_BYTES,
             outbound_queue: Config::DEFAULT_OUTBOUND_QUEUE,
             max_awareness_per_connection: Config::DEFAULT_MAX_AWARENESS_PER_CONNECTION,
+            ws_read_buffer_bytes: Config::DEFAULT_WS_READ_BUFFER_BYTES,
             lag_timeout_ms: Config::DEFAULT_LAG_TIMEOUT_MS,
             flush_interval_ms: Config::DEFAULT_FLUSH_INTERVAL_MS,
             compact_after_updates: Config::DEFAULT_COMPACT_AFTER_UPDATES,

@@ -40,10 +40,6 @@ const WRITE_BATCH_FRAMES: usize = 64;
 /// answer. A client that does nothing meanwhile is cut off.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// tungstenite's read buffer is allocated up front for every connection; 128 KiB by default.
-/// Frames larger than this still arrive whole, the buffer just grows for them.
-const READ_BUFFER_BYTES: usize = 8 * 1024;
-
 /// The upgrade handler. The document name is checked before the upgrade, so a bad one gets a
 /// JSON 400 instead of a socket.
 pub async fn upgrade(
@@ -88,7 +84,7 @@ pub async fn upgrade(
     upgrade
         .max_message_size(max)
         .max_frame_size(max)
-        .read_buffer_size(READ_BUFFER_BYTES)
+        .read_buffer_size(app.config.ws_read_buffer_bytes)
         .on_upgrade(move |socket| {
             let conn = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
             let span = tracing::info_span!("conn", conn, doc = %name, user = %principal.user);
