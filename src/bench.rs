@@ -120,53 +120,46 @@ pub struct ConnectReport {
 /// The scenario could not run at all (bad arguments, unreadable server memory).
 pub async fn run(scenario: Scenario) -> Result<(), String> {
     match scenario {
+        Scenario::Connect(args) => {
+            let json = args.json;
+            let report = connect(args).await?;
+            emit(json, &report, print_connect)?;
+            match report.failed {
+                0 => Ok(()),
+                failed => Err(format!("{failed} connections failed")),
+            }
+        }
         Scenario::Fanout(args) => {
             let json = args.json;
             let report = fanout(args).await?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
-                );
-            } else {
-                print_fanout(&report);
+            emit(json, &report, print_fanout)?;
+            match report.lost {
+                0 => Ok(()),
+                lost => Err(format!("LOST {lost} updates")),
             }
-            if report.lost > 0 {
-                return Err(format!("LOST {} updates", report.lost));
-            }
-            Ok(())
         }
         Scenario::Trace(args) => {
             let json = args.json;
             let report = trace(args).await?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
-                );
+            emit(json, &report, print_trace)?;
+            if report.matches_end_content {
+                Ok(())
             } else {
-                print_trace(&report);
+                Err("the observer did not end with the trace's final text".into())
             }
-            if !report.matches_end_content {
-                return Err("the observer did not end with the trace's final text".into());
-            }
-            Ok(())
-        }
-        Scenario::Connect(args) => {
-            let json = args.json;
-            let report = connect(args).await?;
-            if json {
-                let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-                println!("{text}");
-            } else {
-                print_connect(&report);
-            }
-            if report.failed > 0 {
-                return Err(format!("{} connections failed", report.failed));
-            }
-            Ok(())
         }
     }
+}
+
+/// Prints a report as JSON or as the scenario's table.
+fn emit<R: Serialize>(json: bool, report: &R, table: fn(&R)) -> Result<(), String> {
+    if json {
+        let text = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
+        println!("{text}");
+    } else {
+        table(report);
+    }
+    Ok(())
 }
 
 /// The `connect` scenario.

@@ -5,11 +5,9 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{spawn_app_with, wait_text, TestApp, TIMEOUT};
+use common::{spawn_app_with, text_of_update, text_update, wait_text, TestApp, TIMEOUT};
 use tandem::auth::{mint, now_secs, Claims, DocPermission, Role, Secret};
 use tandem_sync::Client;
-use yrs::updates::decoder::Decode;
-use yrs::{Doc, GetString, Text, Transact, Update};
 
 const SECRET: &str = "auth-test-secret";
 
@@ -114,14 +112,6 @@ fn read_only_token() -> String {
     })
 }
 
-fn text_update(client: u64, text: &str) -> Vec<u8> {
-    let doc = Doc::with_client_id(client);
-    let t = doc.get_or_insert_text("t");
-    let mut txn = doc.transact_mut();
-    t.insert(&mut txn, 0, text);
-    txn.encode_update_v1()
-}
-
 async fn stored_text(app: &TestApp, doc: &str) -> String {
     let bytes = reqwest::Client::new()
         .get(app.http_url(&format!("/api/v1/docs/{doc}")))
@@ -132,13 +122,7 @@ async fn stored_text(app: &TestApp, doc: &str) -> String {
         .bytes()
         .await
         .unwrap();
-    let doc = Doc::new();
-    let t = doc.get_or_insert_text("t");
-    doc.transact_mut()
-        .apply_update(Update::decode_v1(&bytes).unwrap())
-        .unwrap();
-    let txn = doc.transact();
-    t.get_string(&txn)
+    text_of_update(&bytes)
 }
 
 async fn assert_json_refusal(response: reqwest::Response, status: u16, code: &str, case: &str) {

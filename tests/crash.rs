@@ -9,10 +9,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::TIMEOUT;
+use common::{text_of_update, TIMEOUT};
 use tandem_sync::client::{Client, ClientOptions};
-use yrs::updates::decoder::Decode;
-use yrs::{Doc, GetString, ReadTxn, Text, Transact, Update};
+use yrs::{Doc, ReadTxn, Text, Transact};
 
 /// A `tandem` process.
 struct Server {
@@ -75,13 +74,7 @@ impl Server {
             .bytes()
             .await
             .expect("body");
-        let doc = Doc::new();
-        let text = doc.get_or_insert_text("t");
-        doc.transact_mut()
-            .apply_update(Update::decode_v1(&bytes).expect("decodable state"))
-            .expect("applies");
-        let txn = doc.transact();
-        text.get_string(&txn)
+        text_of_update(&bytes)
     }
 
     async fn post(&self, http: &reqwest::Client, doc: &str, update: Vec<u8>) -> bool {

@@ -3,28 +3,9 @@
 mod common;
 
 use base64::Engine;
-use common::{spawn_app, spawn_app_with, wait_text};
-use yrs::updates::decoder::Decode;
+use common::{spawn_app, spawn_app_with, text_of_update, text_update, wait_text};
 use yrs::updates::encoder::Encode;
-use yrs::{Doc, GetString, ReadTxn, Text, Transact, Update};
-
-fn text_update(client: u64, text: &str) -> Vec<u8> {
-    let doc = Doc::with_client_id(client);
-    let t = doc.get_or_insert_text("t");
-    let mut txn = doc.transact_mut();
-    t.insert(&mut txn, 0, text);
-    txn.encode_update_v1()
-}
-
-fn text_of_update(update: &[u8]) -> String {
-    let doc = Doc::new();
-    let t = doc.get_or_insert_text("t");
-    doc.transact_mut()
-        .apply_update(Update::decode_v1(update).unwrap())
-        .unwrap();
-    let txn = doc.transact();
-    t.get_string(&txn)
-}
+use yrs::{ReadTxn, Transact};
 
 async fn json_error(response: reqwest::Response, status: u16, code: &str) {
     assert_eq!(response.status().as_u16(), status);
@@ -133,100 +114,62 @@ async fn bad_requests_get_json_errors() {
     let http = reqwest::Client::new();
 
     let long = "x".repeat(513);
-    json_error(
-        http.get(app.http_url(&format!("/api/v1/docs/{long}")))
-            .send()
-            .await
-            .unwrap(),
-        400,
-        "bad_document_name",
-    )
-    .await;
-    json_error(
-        http.get(app.http_url("/api/v1/docs/a%01b"))
-            .send()
-            .await
-            .unwrap(),
-        400,
-        "bad_document_name",
-    )
-    .await;
-    json_error(
-        http.get(app.http_url("/api/v1/docs/d?sv=***"))
-            .send()
-            .await
-            .unwrap(),
-        400,
-        "bad_state_vector",
-    )
-    .await;
-    json_error(
-        http.get(app.http_url("/api/v1/docs/d?sv=_____w"))
-            .send()
-            .await
-            .unwrap(),
-        400,
-        "bad_state_vector",
-    )
-    .await;
-    json_error(
-        http.post(app.http_url("/api/v1/docs/d/update"))
-            .send()
-            .await
-            .unwrap(),
-        400,
-        "bad_update",
-    )
-    .await;
-    json_error(
-        http.post(app.http_url("/api/v1/docs/d/update"))
-            .body(vec![0xff, 0xff, 0xff, 0x7f])
-            .send()
-            .await
-            .unwrap(),
-        400,
-        "bad_update",
-    )
-    .await;
-    json_error(
-        http.post(app.http_url("/api/v1/docs/d/update"))
-            .body(vec![0u8; 4096])
-            .send()
-            .await
-            .unwrap(),
-        413,
-        "too_large",
-    )
-    .await;
-    json_error(
-        http.post(app.http_url("/api/v1/docs/d"))
-            .send()
-            .await
-            .unwrap(),
-        404,
-        "not_found",
-    )
-    .await;
-    json_error(
-        http.get(app.http_url("/nope")).send().await.unwrap(),
-        404,
-        "not_found",
-    )
-    .await;
-    // WebSocket endpoint: a bad name is refused before the upgrade, and a plain GET is told to
-    // upgrade.
-    json_error(
-        http.get(app.http_url("/ws/a%00b")).send().await.unwrap(),
-        400,
-        "bad_document_name",
-    )
-    .await;
-    json_error(
-        http.get(app.http_url("/ws/fine")).send().await.unwrap(),
-        426,
-        "websocket_required",
-    )
-    .await;
+    let cases = [
+        (
+            http.get(app.http_url(&format!("/api/v1/docs/{long}"))),
+            400,
+            "bad_document_name",
+        ),
+        (
+            http.get(app.http_url("/api/v1/docs/a%01b")),
+            400,
+            "bad_document_name",
+        ),
+        (
+            http.get(app.http_url("/api/v1/docs/d?sv=***")),
+            400,
+            "bad_state_vector",
+        ),
+        (
+            http.get(app.http_url("/api/v1/docs/d?sv=_____w")),
+            400,
+            "bad_state_vector",
+        ),
+        (
+            http.post(app.http_url("/api/v1/docs/d/update")),
+            400,
+            "bad_update",
+        ),
+        (
+            http.post(app.http_url("/api/v1/docs/d/update"))
+                .body(vec![0xff, 0xff, 0xff, 0x7f]),
+            400,
+            "bad_update",
+        ),
+        (
+            http.post(app.http_url("/api/v1/docs/d/update"))
+                .body(vec![0u8; 4096]),
+            413,
+            "too_large",
+        ),
+        (http.post(app.http_url("/api/v1/docs/d")), 404, "not_found"),
+        (http.get(app.http_url("/nope")), 404, "not_found"),
+        // WebSocket endpoint: a bad name is refused before the upgrade, and a plain GET is
+        // told to upgrade.
+        (
+            http.get(app.http_url("/ws/a%00b")),
+            400,
+            "bad_document_name",
+        ),
+        (
+            http.get(app.http_url("/ws/fine")),
+            426,
+            "websocket_required",
+        ),
+    ];
+    for (request, status, code) in cases {
+        json_error(request.send().await.unwrap(), status, code).await;
+    }
 
     // Nothing was written by any of it.
     let state = http

@@ -10,10 +10,10 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{spawn_app, TIMEOUT};
+use common::{spawn_app, text_of_update, TIMEOUT};
 use tandem_sync::{AuthMessage, AwarenessUpdate, Message, SyncMessage};
 use yrs::updates::decoder::Decode;
-use yrs::{GetString, StateVector, Text, Transact, Update, WriteTxn};
+use yrs::{StateVector, Text, WriteTxn};
 
 /// A Node script may take this long before the test fails.
 const NODE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -78,16 +78,6 @@ fn bytes_of(vector: &serde_json::Value) -> Bytes {
         .into()
 }
 
-fn text_of(update: &[u8]) -> String {
-    let doc = yrs::Doc::new();
-    let text = doc.get_or_insert_text("t");
-    doc.transact_mut()
-        .apply_update(Update::decode_v1(update).unwrap())
-        .unwrap();
-    let txn = doc.transact();
-    text.get_string(&txn)
-}
-
 #[tokio::test]
 async fn codec_reads_and_writes_what_y_protocols_writes() {
     let out = node("vectors.mjs", &[]).await;
@@ -111,7 +101,7 @@ async fn codec_reads_and_writes_what_y_protocols_writes() {
             }
             ("step2_hello", Message::Sync(SyncMessage::Step2(update)))
             | ("update_hello", Message::Sync(SyncMessage::Update(update))) => {
-                assert_eq!(text_of(update), vector["text"].as_str().unwrap());
+                assert_eq!(text_of_update(update), vector["text"].as_str().unwrap());
             }
             ("awareness_big_id" | "awareness_removed_max_id", Message::Awareness(payload)) => {
                 let update = AwarenessUpdate::decode(payload).unwrap();

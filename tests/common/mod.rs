@@ -8,6 +8,8 @@ use tandem::Config;
 use tandem_sync::client::{Client, ClientOptions};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, GetString, Text, Transact, Update};
 
 /// How long a test waits for anything before failing.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -116,4 +118,24 @@ pub async fn wait_text(client: &Client, name: &str, expected: &str) {
         "text {name:?} is {:?}, expected {expected:?}",
         client.text(name)
     );
+}
+
+/// A v1 update inserting `text` at the start of root text `t`, by yrs client `client`.
+pub fn text_update(client: u64, text: &str) -> Vec<u8> {
+    let doc = Doc::with_client_id(client);
+    let t = doc.get_or_insert_text("t");
+    let mut txn = doc.transact_mut();
+    t.insert(&mut txn, 0, text);
+    txn.encode_update_v1()
+}
+
+/// The root text `t` of the document a v1 update (e.g. a whole state) describes.
+pub fn text_of_update(update: &[u8]) -> String {
+    let doc = Doc::new();
+    let t = doc.get_or_insert_text("t");
+    doc.transact_mut()
+        .apply_update(Update::decode_v1(update).expect("a decodable update"))
+        .expect("an applicable update");
+    let txn = doc.transact();
+    t.get_string(&txn)
 }
