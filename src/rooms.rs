@@ -49,14 +49,15 @@ impl Overflow {
             .push((link.peer, link.outbound.clone(), link.closer.clone(), frame));
     }
 
-    /// Waits (up to `timeout` per peer) for each deferred frame to be queued; closes the peers
+    /// Waits, `timeout` at most in all, for each deferred frame to be queued; closes the peers
     /// that stayed full. Frames of one peer keep their order.
     pub async fn deliver(self, timeout: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
         for (peer, outbound, closer, frame) in self.pending {
             if closer.is_closed() {
                 continue;
             }
-            match tokio::time::timeout(timeout, outbound.send(frame)).await {
+            match tokio::time::timeout_at(deadline, outbound.send(frame)).await {
                 Ok(_) => {}
                 Err(_) => {
                     tracing::info!(conn = %peer, ?timeout, "outbound queue stayed full, closing");
@@ -68,6 +69,10 @@ impl Overflow {
 
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
+    }
+
+    fn holds(&self, peer: PeerId) -> bool {
+        self.pending.iter().any(|(p, ..)| *p == peer)
     }
 }
 
@@ -569,6 +574,11 @@ fn deliver(link: &PeerLink, frame: Bytes, overflow: &mut Overflow) {
     if link.closer.is_closed() {
         return;
     }
+    // Once one frame for this peer waits, the ones after it wait too, to keep their order.
+    if overflow.holds(link.peer) {
+        overflow.push(link, frame);
+        return;
+    }
     if let Err(mpsc::error::TrySendError::Full(frame)) = link.outbound.try_send(frame) {
         overflow.push(link, frame);
     }
@@ -580,4 +590,46 @@ fn close_lagging(link: &PeerLink) {
         tracing::info!(conn = %link.peer, "outbound queue full, closing");
     }
     link.closer.close(CloseReason::Lagging);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn deferred_frames_keep_their_order_and_a_stuck_peer_is_closed() {
+        let (outbound, mut queue) = mpsc::channel(1);
+        let link = PeerLink {
+            peer: PeerId(1),
+            outbound,
+            closer: Closer::new(),
+        };
+        let mut overflow = Overflow::default();
+        for n in 0..4u8 {
+            deliver(&link, Bytes::from(vec![n]), &mut overflow);
+        }
+        // The first fit; the rest wait, in order, even once room frees up.
+        assert_eq!(overflow.pending.len(), 3);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(frame) = queue.recv().await {
+                got.push(frame[0]);
+                if got.len() == 4 {
+                    break;
+                }
+            }
+            (got, queue)
+        });
+        overflow.deliver(std::time::Duration::from_secs(1)).await;
+        let (got, _queue) = reader.await.unwrap();
+        assert_eq!(got, vec![0, 1, 2, 3]);
+        assert!(!link.closer.is_closed());
+
+        // Nobody reads now: after the lag timeout the peer is closed, nothing is dropped silently.
+        let mut overflow = Overflow::default();
+        deliver(&link, Bytes::from_static(b"a"), &mut overflow);
+        deliver(&link, Bytes::from_static(b"b"), &mut overflow);
+        overflow.deliver(std::time::Duration::from_secs(1)).await;
+        assert_eq!(link.closer.reason(), Some(&CloseReason::Lagging));
+    }
 }
