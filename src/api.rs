@@ -1,7 +1,7 @@
 //! The HTTP API: documents (`/api/v1/docs/...`) and health.
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -76,7 +76,7 @@ pub async fn post_update(
     State(app): State<AppState>,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let raw = match path {
         Ok(Path(raw)) => raw,
@@ -96,18 +96,23 @@ pub async fn post_update(
     if access != Access::ReadWrite {
         return Err(AuthError::ReadOnly.refuse("http_doc_write", Some(&name)));
     }
-    let update = body.map_err(|e| {
-        let status = e.status();
-        ApiError::new(
-            status,
-            if status == StatusCode::PAYLOAD_TOO_LARGE {
-                "too_large"
+    // The body is read only now, after the token checked out: an unauthenticated client cannot
+    // make the server buffer a large upload.
+    let update = axum::body::to_bytes(body, app.config.max_frame_bytes)
+        .await
+        .map_err(|e| {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!("the body is over {} bytes", app.config.max_frame_bytes),
+                )
             } else {
-                "bad_body"
-            },
-            e.body_text(),
-        )
-    })?;
+                ApiError::bad_request("bad_body", "the body could not be read")
+            }
+        })?;
     if update.is_empty() {
         return Err(ApiError::bad_request(
             "bad_update",

@@ -130,9 +130,10 @@ impl Principal {
         }
     }
 
-    /// How long until the token expires; `None` when it never does (open mode).
+    /// How long until the token expires; `None` when it never does (open mode, or an `exp` so
+    /// far away that it does not fit the clock).
     pub fn expires_in(&self) -> Option<Duration> {
-        let exp = UNIX_EPOCH + Duration::from_secs(self.expires_at?);
+        let exp = UNIX_EPOCH.checked_add(Duration::from_secs(self.expires_at?))?;
         Some(
             exp.duration_since(SystemTime::now())
                 .unwrap_or(Duration::ZERO),
@@ -232,6 +233,7 @@ pub struct Auth {
     /// One decoding key per accepted algorithm; empty in open mode.
     keys: Vec<(Algorithm, DecodingKey)>,
     leeway_secs: u64,
+    audience: Option<String>,
     realtime_plans: Vec<String>,
 }
 
@@ -241,6 +243,8 @@ pub struct AuthSettings<'a> {
     pub public_key: Option<&'a std::path::Path>,
     pub realtime_plans: &'a [String],
     pub leeway_secs: u64,
+    /// When set, tokens must carry this `aud`.
+    pub audience: Option<&'a str>,
 }
 
 impl Auth {
@@ -273,6 +277,7 @@ impl Auth {
         Ok(Auth {
             keys,
             leeway_secs: settings.leeway_secs,
+            audience: settings.audience.map(str::to_owned),
             realtime_plans: settings.realtime_plans.to_vec(),
         })
     }
@@ -306,11 +311,19 @@ impl Auth {
         let mut validation = Validation::new(*algorithm);
         validation.leeway = self.leeway_secs;
         validation.set_required_spec_claims(&["exp"]);
+        match &self.audience {
+            Some(audience) => validation.set_audience(&[audience]),
+            // Tokens from identity providers often carry an `aud`; without a configured
+            // audience it is not checked.
+            None => validation.validate_aud = false,
+        }
         let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::InvalidSignature => AuthError::InvalidToken("bad signature".into()),
+                ErrorKind::InvalidAudience => AuthError::InvalidToken("wrong audience".into()),
+                ErrorKind::ImmatureSignature => AuthError::InvalidToken("not valid yet".into()),
                 ErrorKind::Json(_) | ErrorKind::MissingRequiredClaim(_) => {
                     AuthError::InvalidToken("missing or malformed claims".into())
                 }
@@ -318,6 +331,11 @@ impl Auth {
             }
         })?;
         let claims = data.claims;
+        if claims.workspace.is_empty() {
+            return Err(AuthError::InvalidToken(
+                "the workspace claim is empty".into(),
+            ));
+        }
         Ok(Principal {
             user: claims.sub,
             name: claims.name,
@@ -363,9 +381,7 @@ impl Auth {
         if doc.workspace() != workspace {
             return Err(AuthError::WrongWorkspace);
         }
-        if principal.role != Role::Member {
-            return Ok(Access::ReadWrite);
-        }
+        // `docs` narrows any role; without it the whole workspace is read-write.
         let Some(patterns) = &principal.docs else {
             return Ok(Access::ReadWrite);
         };
@@ -461,6 +477,7 @@ mod tests {
             public_key: None,
             realtime_plans: &plans,
             leeway_secs: 0,
+            audience: None,
         })
         .unwrap();
         (auth, secret)
@@ -598,6 +615,50 @@ mod tests {
             auth.doc_access(&principal, &doc("acme/reports/1")),
             Err(AuthError::DocumentForbidden)
         );
+    }
+
+    #[test]
+    fn aud_is_ignored_unless_configured_docs_narrow_every_role_and_workspace_is_required() {
+        let (auth, secret) = auth();
+        let encode = |claims: serde_json::Value| {
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(secret.expose().as_bytes()),
+            )
+            .unwrap()
+        };
+        let exp = now_secs() + 60;
+        let with_aud = encode(serde_json::json!({
+            "sub": "1", "workspace": "acme", "plan": "scale", "exp": exp, "aud": "some-idp"
+        }));
+        assert!(auth.authenticate(Some(&with_aud)).is_ok());
+        let empty_workspace = encode(serde_json::json!({
+            "sub": "1", "workspace": "", "plan": "scale", "exp": exp
+        }));
+        assert!(matches!(
+            auth.authenticate(Some(&empty_workspace)),
+            Err(AuthError::InvalidToken(_))
+        ));
+        let scoped_admin = encode(serde_json::json!({
+            "sub": "1", "workspace": "acme", "plan": "scale", "exp": exp, "role": "admin",
+            "docs": {"acme/reports/*": "read"}
+        }));
+        let admin = auth.authenticate(Some(&scoped_admin)).unwrap();
+        assert_eq!(
+            auth.doc_access(&admin, &doc("acme/reports/1")),
+            Ok(Access::ReadOnly)
+        );
+        assert_eq!(
+            auth.doc_access(&admin, &doc("acme/queries/1")),
+            Err(AuthError::DocumentForbidden)
+        );
+        // An `exp` beyond the clock's range never expires rather than panicking.
+        let far = Principal {
+            expires_at: Some(u64::MAX),
+            ..admin
+        };
+        assert_eq!(far.expires_in(), None);
     }
 
     #[test]

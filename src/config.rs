@@ -88,6 +88,10 @@ pub struct Config {
     #[arg(long, env = "TANDEM_AUTH_LEEWAY_SECS", default_value_t = 0)]
     pub auth_leeway_secs: u64,
 
+    /// When set, tokens must carry this audience (`aud`); otherwise `aud` is not checked.
+    #[arg(long, env = "TANDEM_AUTH_AUDIENCE")]
+    pub auth_audience: Option<String>,
+
     /// Plans whose tokens may use real-time features (comma-separated).
     #[arg(
         long,
@@ -175,6 +179,7 @@ impl Default for Config {
             auth_secret: None,
             auth_public_key: None,
             auth_leeway_secs: 0,
+            auth_audience: None,
             realtime_plans: vec!["scale".to_string()],
             insecure_no_auth: false,
         }

@@ -21,7 +21,6 @@ mod ws;
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use axum::Router;
@@ -99,6 +98,7 @@ pub async fn serve_with_store(
         public_key: config.auth_public_key.as_deref(),
         realtime_plans: &config.realtime_plans,
         leeway_secs: config.auth_leeway_secs,
+        audience: config.auth_audience.as_deref(),
     })?);
     let addr = listener.local_addr()?;
     if auth.is_open() {
@@ -196,15 +196,12 @@ fn validate(config: &Config) -> Result<(), ServeError> {
 
 /// The routes.
 pub fn router(state: AppState) -> Router {
-    let max_body = state.config.max_frame_bytes;
     Router::new()
         .route("/ws/{*doc}", get(ws::upgrade))
         .route("/healthz", get(api::healthz))
         .route(
             "/api/v1/docs/{*doc}",
-            get(api::get_doc)
-                .post(api::post_update)
-                .layer(DefaultBodyLimit::max(max_body)),
+            get(api::get_doc).post(api::post_update),
         )
         .fallback(api::not_found)
         .with_state(state)

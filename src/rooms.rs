@@ -40,30 +40,31 @@ pub struct PeerLink {
 /// closing a healthy client that was momentarily behind.
 #[derive(Default)]
 pub struct Overflow {
-    pending: Vec<(PeerId, mpsc::Sender<Bytes>, Closer, Bytes)>,
+    pending: std::collections::VecDeque<(PeerId, mpsc::Sender<Bytes>, Closer, Bytes)>,
 }
 
 impl Overflow {
     fn push(&mut self, link: &PeerLink, frame: Bytes) {
         self.pending
-            .push((link.peer, link.outbound.clone(), link.closer.clone(), frame));
+            .push_back((link.peer, link.outbound.clone(), link.closer.clone(), frame));
     }
 
     /// Waits, `timeout` at most in all, for each deferred frame to be queued; closes the peers
     /// that stayed full. Frames of one peer keep their order.
-    pub async fn deliver(self, timeout: std::time::Duration) {
+    pub async fn deliver(mut self, timeout: std::time::Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
-        for (peer, outbound, closer, frame) in self.pending {
-            if closer.is_closed() {
-                continue;
+        // Each frame leaves `pending` only once it is queued, so that if this future is dropped
+        // half-way (an HTTP client that hung up), `Drop` still sees what was not delivered.
+        while let Some((peer, outbound, closer, frame)) = self.pending.front().cloned() {
+            if !closer.is_closed()
+                && tokio::time::timeout_at(deadline, outbound.send(frame))
+                    .await
+                    .is_err()
+            {
+                tracing::info!(conn = %peer, ?timeout, "outbound queue stayed full, closing");
+                closer.close(CloseReason::Lagging);
             }
-            match tokio::time::timeout_at(deadline, outbound.send(frame)).await {
-                Ok(_) => {}
-                Err(_) => {
-                    tracing::info!(conn = %peer, ?timeout, "outbound queue stayed full, closing");
-                    closer.close(CloseReason::Lagging);
-                }
-            }
+            self.pending.pop_front();
         }
     }
 
@@ -73,6 +74,16 @@ impl Overflow {
 
     fn holds(&self, peer: PeerId) -> bool {
         self.pending.iter().any(|(p, ..)| *p == peer)
+    }
+}
+
+impl Drop for Overflow {
+    /// Frames that were never delivered leave a gap in their peers' documents: those peers are
+    /// closed and resync on reconnect.
+    fn drop(&mut self) {
+        for (_, _, closer, _) in &self.pending {
+            closer.close(CloseReason::Lagging);
+        }
     }
 }
 
@@ -280,13 +291,15 @@ impl Rooms {
             return;
         }
         if let Some(removal) = state.room.leave(peer) {
-            // Leaving cannot wait: a peer with no room for this is lagging.
+            let mut overflow = Overflow::default();
             for link in state.peers.values() {
-                if let Err(mpsc::error::TrySendError::Full(_)) =
-                    link.outbound.try_send(removal.clone())
-                {
-                    close_lagging(link);
-                }
+                deliver(link, removal.clone(), &mut overflow);
+            }
+            // Leaving cannot wait (it runs when a connection is torn down): full queues get the
+            // removal from a task of its own, with the same lag timeout as everyone else.
+            if !overflow.is_empty() {
+                let timeout = self.config.lag_timeout();
+                self.tasks.spawn(overflow.deliver(timeout));
             }
         }
         if state.peers.is_empty() && !state.closed {
@@ -582,14 +595,6 @@ fn deliver(link: &PeerLink, frame: Bytes, overflow: &mut Overflow) {
     if let Err(mpsc::error::TrySendError::Full(frame)) = link.outbound.try_send(frame) {
         overflow.push(link, frame);
     }
-}
-
-/// Closes a peer that fell too far behind: it resyncs on reconnect.
-fn close_lagging(link: &PeerLink) {
-    if !link.closer.is_closed() {
-        tracing::info!(conn = %link.peer, "outbound queue full, closing");
-    }
-    link.closer.close(CloseReason::Lagging);
 }
 
 #[cfg(test)]

@@ -184,6 +184,8 @@ async fn run(app: AppState, socket: WebSocket, session: Session) {
         tokio::pin!(liveness);
         loop {
             tokio::select! {
+                // Closing and expiry come first: no frame is applied once either has happened.
+                biased;
                 _ = &mut closed => break,
                 _ = &mut expiry => {
                     tracing::info!("token expired; closing with 4401");
@@ -211,6 +213,8 @@ async fn run(app: AppState, socket: WebSocket, session: Session) {
                             if !overflow.is_empty() {
                                 // Backpressure: this sender waits while a slow peer catches up.
                                 overflow.deliver(app.config.lag_timeout()).await;
+                                // The wait was ours, not the peer's silence.
+                                last_heard = tokio::time::Instant::now();
                             }
                             if let Err(err) = received {
                                 let reason = close_reason(&err);

@@ -42,10 +42,13 @@ struct Inner {
     db: sled::Db,
     log: sled::Tree,
     snapshots: sled::Tree,
-    /// Serialises compactions with each other (so "never move a snapshot backwards" is a real
-    /// check) and with loads (so a load sees a snapshot and the log it goes with).
-    compaction: Mutex<()>,
+    /// Serialise compactions of a document with each other (so "never move a snapshot
+    /// backwards" is a real check) and with its loads (so a load sees a snapshot and the log it
+    /// goes with). Striped by name: documents on different stripes never wait for each other.
+    compaction: [Mutex<()>; LOCK_STRIPES],
 }
+
+const LOCK_STRIPES: usize = 64;
 
 impl SledStore {
     /// Opens (or creates) the database in `dir`.
@@ -66,7 +69,7 @@ impl SledStore {
                 db,
                 log,
                 snapshots,
-                compaction: Mutex::new(()),
+                compaction: std::array::from_fn(|_| Mutex::new(())),
             }),
         })
     }
@@ -92,9 +95,13 @@ impl SledStore {
 }
 
 impl Inner {
-    fn lock_compaction(&self) -> std::sync::MutexGuard<'_, ()> {
+    fn lock_compaction(&self, doc: &str) -> std::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        doc.hash(&mut hasher);
+        let stripe = (hasher.finish() % LOCK_STRIPES as u64) as usize;
         // The guard protects no data, only ordering; a panic elsewhere changes nothing.
-        self.compaction
+        self.compaction[stripe]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -110,6 +117,10 @@ impl Inner {
         let len = u64::from_be_bytes(header[8..16].try_into().expect("8 bytes"));
         let chunks = u32::from_be_bytes(header[16..20].try_into().expect("4 bytes"));
         let len = usize::try_from(len).map_err(|_| corrupt(doc, "snapshot length"))?;
+        // The length sizes an allocation: never trust more than the chunks can hold.
+        if len > chunks as usize * SNAPSHOT_CHUNK_BYTES {
+            return Err(corrupt(doc, "snapshot length"));
+        }
         Ok(Some((Seq(upto), len, chunks)))
     }
 
@@ -208,7 +219,7 @@ impl DocStore for SledStore {
         self.blocking(move |inner| {
             // Snapshot and log are separate reads; a compaction committing between them would
             // pair an old snapshot with an already-trimmed log, so loads take its lock.
-            let _guard = inner.lock_compaction();
+            let _guard = inner.lock_compaction(&doc);
             let snapshot = inner.read_snapshot(&doc)?;
             let covered = snapshot.as_ref().map_or(Seq(0), |s| s.upto);
             let mut log = Vec::new();
@@ -233,7 +244,7 @@ impl DocStore for SledStore {
     ) -> Result<Compaction, StoreError> {
         let doc = doc.to_owned();
         self.blocking(move |inner| {
-            let _guard = inner.lock_compaction();
+            let _guard = inner.lock_compaction(&doc);
             if inner
                 .read_header(&doc)?
                 .is_some_and(|(stored, _, _)| stored >= upto)
@@ -275,18 +286,21 @@ impl DocStore for SledStore {
     async fn delete(&self, doc: &str) -> Result<bool, StoreError> {
         let doc = doc.to_owned();
         self.blocking(move |inner| {
-            let _guard = inner.lock_compaction();
-            let mut found = inner.snapshots.contains_key(doc.as_bytes())?;
+            let _guard = inner.lock_compaction(&doc);
+            // Newest log entries first, then the snapshot: a crash part-way leaves an older
+            // state of the document (a prefix of its history), never one with a gap.
+            let mut found = false;
+            for key in inner.log.scan_prefix(name_prefix(&doc)).keys().rev() {
+                inner.log.remove(key?)?;
+                found = true;
+            }
+            found |= inner.snapshots.contains_key(doc.as_bytes())?;
             let mut batch = sled::Batch::default();
             batch.remove(doc.as_bytes());
             for key in inner.chunk_keys_from(&doc, 0)? {
                 batch.remove(key);
             }
             inner.snapshots.apply_batch(batch)?;
-            for key in inner.log.scan_prefix(name_prefix(&doc)).keys() {
-                inner.log.remove(key?)?;
-                found = true;
-            }
             Ok(found)
         })
         .await
