@@ -1,0 +1,63 @@
+//! Storage: appending updates to the sled log, the group-commit flush, and compaction.
+//!
+//! Run: `cargo bench --bench storage`
+
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use tandem_storage::{DocStore, SledStore};
+
+/// A typical keystroke update is a few dozen bytes.
+const UPDATE: [u8; 32] = [7; 32];
+
+fn storage(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SledStore::open(dir.path()).expect("sled");
+    let mut group = c.benchmark_group("storage");
+    group.measurement_time(Duration::from_secs(10));
+
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("append", |b| {
+        b.iter(|| store.append("bench/doc", &UPDATE).expect("append"))
+    });
+
+    // A group commit after 1, 10 and 100 appends: what one flush costs, and how it amortises.
+    for appends in [1u64, 10, 100] {
+        group.throughput(Throughput::Elements(appends));
+        group.bench_function(format!("append_then_flush/{appends}"), |b| {
+            b.iter(|| {
+                for _ in 0..appends {
+                    store.append("bench/flush", &UPDATE).expect("append");
+                }
+                runtime.block_on(store.flush()).expect("flush");
+            })
+        });
+    }
+
+    // Compacting 1,000 logged updates under a 200 KB snapshot (about the automerge-paper doc).
+    let snapshot = vec![3u8; 200 * 1024];
+    group.throughput(Throughput::Elements(1000));
+    group.sample_size(20);
+    group.bench_function("compact/1000_updates_200KB", |b| {
+        b.iter_batched(
+            || {
+                let mut last = None;
+                for _ in 0..1000 {
+                    last = Some(store.append("bench/compact", &UPDATE).expect("append"));
+                }
+                last.expect("appended")
+            },
+            |upto| {
+                runtime
+                    .block_on(store.compact("bench/compact", snapshot.clone(), upto))
+                    .expect("compact")
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, storage);
+criterion_main!(benches);
