@@ -2,7 +2,10 @@
 //! and by the room that may find its queue full, and [`CloseReason`], which maps each reason to
 //! its WebSocket close code.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
@@ -83,6 +86,8 @@ pub struct Closer {
 struct CloserInner {
     token: CancellationToken,
     reason: OnceLock<CloseReason>,
+    /// Since when, and how long in all, senders have waited on this connection's full queue.
+    stall: Mutex<Option<(Instant, Duration)>>,
 }
 
 impl CloserInner {
@@ -109,6 +114,21 @@ impl Closer {
         self.inner.token.cancelled().await;
     }
 
+    /// Records that senders waited `waited` for room in this connection's queue. True when,
+    /// within a window of ten times `budget`, they have waited more than `budget` in all: a
+    /// client that keeps holding its room back, even if it never stalls for `budget` at once.
+    pub fn note_stall(&self, waited: Duration, budget: Duration) -> bool {
+        let now = Instant::now();
+        let mut stall = self.inner.stall.lock().unwrap_or_else(|e| e.into_inner());
+        let (since, spent) = match *stall {
+            Some((since, spent)) if now.duration_since(since) <= budget * 10 => (since, spent),
+            _ => (now, Duration::ZERO),
+        };
+        let spent = spent + waited;
+        *stall = Some((since, spent));
+        spent > budget
+    }
+
     /// The reason, once closed.
     pub fn reason(&self) -> Option<&CloseReason> {
         self.inner.reason.get()
@@ -122,6 +142,16 @@ impl Closer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn stalls_add_up_within_a_window_and_are_forgotten_after_it() {
+        let closer = Closer::new();
+        let budget = Duration::from_secs(2);
+        assert!(!closer.note_stall(Duration::from_millis(1500), budget));
+        assert!(closer.note_stall(Duration::from_millis(600), budget));
+        tokio::time::advance(budget * 11).await;
+        assert!(!closer.note_stall(Duration::from_millis(1500), budget));
+    }
 
     #[test]
     fn first_reason_wins_and_text_fits_a_close_frame() {

@@ -56,13 +56,19 @@ impl Overflow {
         // Each frame leaves `pending` only once it is queued, so that if this future is dropped
         // half-way (an HTTP client that hung up), `Drop` still sees what was not delivered.
         while let Some((peer, outbound, closer, frame)) = self.pending.front().cloned() {
-            if !closer.is_closed()
-                && tokio::time::timeout_at(deadline, outbound.send(frame))
-                    .await
-                    .is_err()
-            {
-                tracing::info!(conn = %peer, ?timeout, "outbound queue stayed full, closing");
-                closer.close(CloseReason::Lagging);
+            if !closer.is_closed() {
+                let started = tokio::time::Instant::now();
+                match tokio::time::timeout_at(deadline, outbound.send(frame)).await {
+                    Err(_) => {
+                        tracing::info!(conn = %peer, ?timeout, "outbound queue stayed full, closing");
+                        closer.close(CloseReason::Lagging);
+                    }
+                    Ok(_) if closer.note_stall(started.elapsed(), timeout) => {
+                        tracing::info!(conn = %peer, "client keeps holding its room back, closing");
+                        closer.close(CloseReason::Lagging);
+                    }
+                    Ok(_) => {}
+                }
             }
             self.pending.pop_front();
         }
