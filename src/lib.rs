@@ -176,20 +176,40 @@ pub async fn serve_with_store(
 
 fn validate(config: &Config) -> Result<(), ServeError> {
     let positive = [
-        ("max-frame-bytes", config.max_frame_bytes),
-        ("max-doc-bytes", config.max_doc_bytes),
-        ("outbound-queue", config.outbound_queue),
+        ("max-frame-bytes", config.max_frame_bytes as u64),
+        ("max-doc-bytes", config.max_doc_bytes as u64),
+        ("outbound-queue", config.outbound_queue as u64),
         (
             "max-awareness-per-connection",
-            config.max_awareness_per_connection,
+            config.max_awareness_per_connection as u64,
         ),
-        ("compact-after-updates", config.compact_after_updates),
-        ("compact-after-bytes", config.compact_after_bytes),
+        ("ws-read-buffer-bytes", config.ws_read_buffer_bytes as u64),
+        ("compact-after-updates", config.compact_after_updates as u64),
+        ("compact-after-bytes", config.compact_after_bytes as u64),
+        ("ping-interval-ms", config.ping_interval_ms),
     ];
     for (name, value) in positive {
         if value == 0 {
             return Err(ServeError::Config(format!("--{name} must be at least 1")));
         }
+    }
+    // A client only answers pings it receives: with a timeout shorter than the interval, a
+    // quiet but healthy connection would be closed between two pings.
+    if config.ping_timeout_ms <= config.ping_interval_ms {
+        return Err(ServeError::Config(
+            "--ping-timeout-ms must be longer than --ping-interval-ms".into(),
+        ));
+    }
+    // jsonwebtoken subtracts the leeway from the current time; a day is already generous.
+    if config.auth_leeway_secs > 86_400 {
+        return Err(ServeError::Config(
+            "--auth-leeway-secs must be at most 86400".into(),
+        ));
+    }
+    if config.realtime_plans.iter().all(|p| p.trim().is_empty()) {
+        return Err(ServeError::Config(
+            "--realtime-plans must name at least one plan".into(),
+        ));
     }
     Ok(())
 }
@@ -205,4 +225,51 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(api::not_found)
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configuration_mistakes_are_refused_with_the_flag_named() {
+        assert!(validate(&Config::default()).is_ok());
+        let cases = [
+            (
+                Config {
+                    outbound_queue: 0,
+                    ..Config::default()
+                },
+                "--outbound-queue",
+            ),
+            (
+                Config {
+                    ping_interval_ms: 5_000,
+                    ping_timeout_ms: 5_000,
+                    ..Config::default()
+                },
+                "--ping-timeout-ms",
+            ),
+            (
+                Config {
+                    auth_leeway_secs: 86_401,
+                    ..Config::default()
+                },
+                "--auth-leeway-secs",
+            ),
+            (
+                Config {
+                    realtime_plans: vec![String::new()],
+                    ..Config::default()
+                },
+                "--realtime-plans",
+            ),
+        ];
+        for (config, flag) in cases {
+            match validate(&config) {
+                Err(ServeError::Config(message)) => assert!(message.contains(flag), "{message}"),
+                other => panic!("{flag}: expected a configuration error, got {other:?}"),
+            }
+        }
+    }
 }
