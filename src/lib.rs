@@ -24,7 +24,7 @@ use std::sync::Arc;
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use axum::Router;
-use tandem_storage::{DocStore, SledStore, StoreError};
+use tandem_storage::{DocStore, SledOptions, SledStore, StoreError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -34,6 +34,7 @@ pub use docname::{DocName, DocNameError};
 
 use auth::{Auth, AuthConfigError, AuthSettings};
 use durability::Durability;
+use peer::CloseReason;
 use rooms::Rooms;
 
 /// What every handler shares.
@@ -75,10 +76,14 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let store = SledStore::open(&config.data_dir).map_err(|source| ServeError::Storage {
-        dir: config.data_dir.clone(),
-        source,
-    })?;
+    let options = SledOptions {
+        checkpoint_bytes: config.journal_checkpoint_bytes,
+    };
+    let store =
+        SledStore::open_with(&config.data_dir, options).map_err(|source| ServeError::Storage {
+            dir: config.data_dir.clone(),
+            source,
+        })?;
     serve_with_store(listener, config, Arc::new(store), shutdown).await
 }
 
@@ -141,6 +146,7 @@ pub async fn serve_with_store(
 
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "tandem listening");
     let cancel = token.clone();
+    let closing = Arc::clone(&rooms);
     // Small frames must leave at once: without TCP_NODELAY, Nagle's algorithm holds them back
     // until the previous one is acknowledged, and delayed acks turn that into tens of ms.
     let listener = listener.tap_io(|tcp| {
@@ -152,11 +158,13 @@ pub async fn serve_with_store(
         .with_graceful_shutdown(async move {
             shutdown.await;
             cancel.cancel();
+            closing.close_all_peers(&CloseReason::ShuttingDown);
         })
         .await?;
 
     tracing::info!("shutting down: closing connections");
     token.cancel();
+    rooms.close_all_peers(&CloseReason::ShuttingDown);
     tasks.close();
     if tokio::time::timeout(config.shutdown_timeout(), tasks.wait())
         .await

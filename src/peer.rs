@@ -2,12 +2,14 @@
 //! and by the room that may find its queue full, and [`CloseReason`], which maps each reason to
 //! its WebSocket close code.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use tokio::time::Instant;
-
-use tokio_util::sync::CancellationToken;
 
 /// Why a connection is closed by the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +79,10 @@ impl CloseReason {
 }
 
 /// A one-shot close signal with the reason that fired it first.
+///
+/// Both halves of a connection wait on it in every round of their loops, so waiting is cheap:
+/// one atomic load, and a waker stored in the half's own slot (no lock, unlike
+/// `CancellationToken`, whose every poll takes a mutex).
 #[derive(Clone, Default)]
 pub struct Closer {
     inner: Arc<CloserInner>,
@@ -84,18 +90,18 @@ pub struct Closer {
 
 #[derive(Default)]
 struct CloserInner {
-    token: CancellationToken,
     reason: OnceLock<CloseReason>,
+    /// The waiting reader's and writer's wakers, by [`Side`].
+    wakers: [AtomicWaker; 2],
     /// Since when, and how long in all, senders have waited on this connection's full queue.
     stall: Mutex<Option<(Instant, Duration)>>,
 }
 
-impl CloserInner {
-    /// Set once a reason is recorded. Checking it is one atomic load, unlike
-    /// `CancellationToken::is_cancelled`, which takes a lock: this is asked per frame per peer.
-    fn closed(&self) -> bool {
-        self.reason.get().is_some()
-    }
+/// Which half of a connection waits for it to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Reader = 0,
+    Writer = 1,
 }
 
 impl Closer {
@@ -106,12 +112,17 @@ impl Closer {
     /// Asks the connection to close; the first reason wins.
     pub fn close(&self, reason: CloseReason) {
         let _ = self.inner.reason.set(reason);
-        self.inner.token.cancel();
+        for waker in &self.inner.wakers {
+            waker.wake();
+        }
     }
 
-    /// Resolves once `close` was called.
-    pub async fn closed(&self) {
-        self.inner.token.cancelled().await;
+    /// Resolves once `close` was called. One waiter per side at a time.
+    pub fn closed(&self, side: Side) -> Closed<'_> {
+        Closed {
+            inner: &self.inner,
+            side,
+        }
     }
 
     /// Records that senders waited `waited` for room in this connection's queue. True when,
@@ -135,7 +146,30 @@ impl Closer {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.inner.closed()
+        self.inner.reason.get().is_some()
+    }
+}
+
+/// The future of [`Closer::closed`].
+pub struct Closed<'a> {
+    inner: &'a CloserInner,
+    side: Side,
+}
+
+impl Future for Closed<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.inner.reason.get().is_some() {
+            return Poll::Ready(());
+        }
+        self.inner.wakers[self.side as usize].register(cx.waker());
+        // A close between the check and the registration woke nobody: look again.
+        if self.inner.reason.get().is_some() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 }
 
@@ -162,5 +196,24 @@ mod tests {
         assert_eq!(reason.code(), 1002);
         assert!(reason.text().len() <= MAX_REASON_BYTES);
         assert!(closer.is_closed());
+    }
+
+    #[tokio::test]
+    async fn both_sides_wake_on_close() {
+        let closer = Closer::new();
+        let reader = tokio::spawn({
+            let closer = closer.clone();
+            async move { closer.closed(Side::Reader).await }
+        });
+        let writer = tokio::spawn({
+            let closer = closer.clone();
+            async move { closer.closed(Side::Writer).await }
+        });
+        tokio::task::yield_now().await;
+        closer.close(CloseReason::ShuttingDown);
+        reader.await.unwrap();
+        writer.await.unwrap();
+        // Already closed: resolves at once.
+        closer.closed(Side::Reader).await;
     }
 }

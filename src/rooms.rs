@@ -550,6 +550,19 @@ impl Rooms {
         }
     }
 
+    /// Tells every connected peer to close with `reason`. Connections joining later check the
+    /// shutdown token themselves once they are in their room.
+    pub fn close_all_peers(&self, reason: &CloseReason) {
+        let handles: Vec<_> = self.map.iter().map(|e| Arc::clone(e.value())).collect();
+        for handle in handles {
+            if handle.state.get().is_some() {
+                for link in handle.lock().peers.values() {
+                    link.closer.close(reason.clone());
+                }
+            }
+        }
+    }
+
     /// Drops a poisoned room: closes its peers (they reconnect and resync against a fresh load
     /// from storage) and removes it from the registry.
     fn discard(&self, handle: &Arc<RoomHandle>) {

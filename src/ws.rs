@@ -25,7 +25,7 @@ use tracing::Instrument;
 use crate::auth::Principal;
 use crate::docname::DocName;
 use crate::error::ApiError;
-use crate::peer::{CloseReason, Closer};
+use crate::peer::{CloseReason, Closer, Side};
 use crate::rooms::{Overflow, PeerLink, RoomOpError};
 use crate::AppState;
 
@@ -34,6 +34,10 @@ static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
 /// How many queued frames the writer sends before flushing the socket: one write for a burst.
 const WRITE_BATCH_FRAMES: usize = 64;
+
+/// Queued by the reader when a ping is due; the writer sends a WebSocket ping for it. Rooms
+/// never queue an empty frame (every message has at least its type), so it cannot be mistaken.
+const PING: Bytes = Bytes::new();
 
 /// How long closing may take: the writer finishing its last frame and sending the close frame
 /// (a lagging client must drain its socket to see it), and the reader waiting for the client's
@@ -126,14 +130,9 @@ async fn run(app: AppState, socket: WebSocket, session: Session) {
     let closer = Closer::new();
     // No span on the writer: entering one on every poll is measurable on the fan-out path, and
     // its only log line names the connection itself.
-    let writer = tokio::spawn(write_loop(
-        sink,
-        queue,
-        closer.clone(),
-        app.config.ping_interval(),
-        peer,
-    ));
+    let writer = tokio::spawn(write_loop(sink, queue, closer.clone(), peer));
 
+    let pinger = outbound.clone();
     let link = PeerLink {
         peer,
         outbound,
@@ -150,6 +149,10 @@ async fn run(app: AppState, socket: WebSocket, session: Session) {
             None
         }
     };
+    // Shutdown closes the peers it finds in rooms; one that joined after that sees the token.
+    if app.shutdown.is_cancelled() {
+        closer.close(CloseReason::ShuttingDown);
+    }
     tracing::debug!("connected");
 
     // The connection lives no longer than its token.
@@ -160,12 +163,9 @@ async fn run(app: AppState, socket: WebSocket, session: Session) {
         }
     };
     tokio::pin!(expiry);
-    // Futures made once and polled in every round: making them anew per frame costs a lock on
-    // the shared shutdown token each time.
-    let closed = closer.closed();
+    // Made once and polled in every round.
+    let closed = closer.closed(Side::Reader);
     tokio::pin!(closed);
-    let shutdown = app.shutdown.cancelled();
-    tokio::pin!(shutdown);
 
     if let Some(handle) = handle {
         // Leaves the room however this block ends, a panic included: a peer left behind would
@@ -175,12 +175,15 @@ async fn run(app: AppState, socket: WebSocket, session: Session) {
             handle: &handle,
             peer,
         };
-        // The writer pings every interval. The peer is declared gone when nothing at all (no
-        // pong, no frame) came for the whole timeout; the deadline is re-armed only when it
-        // fires, so a busy connection pays one timestamp per frame, no timer work.
+        // Every ping interval, a ping is queued for the writer; the peer is declared gone once
+        // whole intervals adding up to the ping timeout passed without anything at all (no
+        // pong, no frame) coming from it. A busy connection pays one store per frame and one
+        // timer tick per interval.
+        let ping_interval = app.config.ping_interval();
         let ping_timeout = app.config.ping_timeout();
-        let mut last_heard = tokio::time::Instant::now();
-        let liveness = tokio::time::sleep(ping_timeout);
+        let mut heard = true;
+        let mut silent = Duration::ZERO;
+        let liveness = tokio::time::sleep(ping_interval);
         tokio::pin!(liveness);
         loop {
             tokio::select! {
@@ -192,20 +195,20 @@ async fn run(app: AppState, socket: WebSocket, session: Session) {
                     closer.close(CloseReason::TokenExpired);
                     break;
                 }
-                _ = &mut shutdown => {
-                    closer.close(CloseReason::ShuttingDown);
-                    break;
-                }
                 _ = &mut liveness => {
-                    if last_heard.elapsed() >= ping_timeout {
+                    silent = if heard { Duration::ZERO } else { silent + ping_interval };
+                    heard = false;
+                    if silent >= ping_timeout {
                         tracing::info!("peer stopped answering pings; closing");
                         closer.close(CloseReason::Unresponsive);
                         break;
                     }
-                    liveness.as_mut().reset(last_heard + ping_timeout);
+                    // A full queue means the writer is busy anyway; that traffic is the probe.
+                    let _ = pinger.try_send(PING);
+                    liveness.as_mut().reset(tokio::time::Instant::now() + ping_interval);
                 }
                 incoming = stream.next() => {
-                    last_heard = tokio::time::Instant::now();
+                    heard = true;
                     match incoming {
                         Some(Ok(WsMessage::Binary(frame))) => {
                             let mut overflow = Overflow::default();
@@ -213,8 +216,6 @@ async fn run(app: AppState, socket: WebSocket, session: Session) {
                             if !overflow.is_empty() {
                                 // Backpressure: this sender waits while a slow peer catches up.
                                 overflow.deliver(app.config.lag_timeout()).await;
-                                // The wait was ours, not the peer's silence.
-                                last_heard = tokio::time::Instant::now();
                             }
                             if let Err(err) = received {
                                 let reason = close_reason(&err);
@@ -245,9 +246,11 @@ async fn run(app: AppState, socket: WebSocket, session: Session) {
         }
     }
 
-    // Leaving the room dropped the last sender of the queue, so the writer ends by itself once
-    // the queue is drained. Meanwhile the reader waits for the client's close answer, so that
-    // unread input does not turn our close frame into a connection reset.
+    // Leaving the room dropped the room's sender of the queue, and this is the last one, so the
+    // writer ends by itself once the queue is drained.
+    // Meanwhile the reader waits for the client's close answer, so that unread input does not
+    // turn our close frame into a connection reset.
+    drop(pinger);
     let abort = writer.abort_handle();
     let drain = async {
         if closer.is_closed() {
@@ -274,37 +277,31 @@ impl Drop for Membership<'_> {
     }
 }
 
-/// Sends queued frames, batching whatever is ready into one socket flush, and a ping every
-/// `ping_interval`, until closed.
+/// Sends queued frames (and the pings the reader queues), batching whatever is ready into one
+/// socket flush, until closed.
 async fn write_loop(
     mut sink: SplitSink<WebSocket, WsMessage>,
     mut queue: mpsc::Receiver<Bytes>,
     closer: Closer,
-    ping_interval: Duration,
     peer: PeerId,
 ) {
-    let mut ping =
-        tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut broken = false;
-    // Made once: a fresh `closed()` per round would take the token's lock per frame.
-    let closed = closer.closed();
+    let closed = closer.closed(Side::Writer);
     tokio::pin!(closed);
     loop {
         let first = tokio::select! {
             biased;
             _ = &mut closed => break,
             frame = queue.recv() => match frame {
-                Some(frame) => WsMessage::Binary(frame),
+                Some(frame) => frame,
                 None => break,
             },
-            _ = ping.tick() => WsMessage::Ping(Bytes::new()),
         };
         let write = async {
-            sink.feed(first).await?;
+            sink.feed(outgoing(first)).await?;
             for _ in 1..WRITE_BATCH_FRAMES {
                 match queue.try_recv() {
-                    Ok(frame) => sink.feed(WsMessage::Binary(frame)).await?,
+                    Ok(frame) => sink.feed(outgoing(frame)).await?,
                     Err(_) => break,
                 }
             }
@@ -343,6 +340,15 @@ async fn write_loop(
         sink.close().await
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, finish).await;
+}
+
+/// The WebSocket message for a queued frame.
+fn outgoing(frame: Bytes) -> WsMessage {
+    if frame.is_empty() {
+        WsMessage::Ping(PING)
+    } else {
+        WsMessage::Binary(frame)
+    }
 }
 
 /// After the server sent its close frame, reads until the client answers (or the timeout), so

@@ -5,11 +5,12 @@
 //! PostgreSQL backend will sit behind the same trait. Nothing here knows yrs: updates and
 //! snapshots are opaque bytes.
 
+mod journal;
 mod memory;
 mod sled_store;
 
 pub use memory::MemoryStore;
-pub use sled_store::SledStore;
+pub use sled_store::{SledOptions, SledStore};
 
 use async_trait::async_trait;
 
@@ -22,6 +23,10 @@ pub enum StoreError {
     Corrupt { doc: String, what: &'static str },
     #[error("storage task failed: {0}")]
     Task(String),
+    #[error("journal file failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("an update of {bytes} bytes for document {doc:?} is too large to log")]
+    TooLarge { doc: String, bytes: usize },
 }
 
 /// A document as stored: the latest snapshot and the log appended after it.

@@ -13,17 +13,25 @@
 //! made every append rewrite a blob (thousands of files, gigabytes written for one document).
 //! Small chunks in their own tree keep every leaf small, and appends never touch snapshots.
 //!
+//! Appends do not go to sled one by one: sled's per-key work (its page cache, its IO threads)
+//! cost more than everything else an update does on the fan-out path. They go to the
+//! [`journal`](crate::journal) instead, a buffer in memory that each group commit writes to one
+//! file with one `pwrite` and one `fdatasync`. A checkpoint moves the journaled records into
+//! the `log` tree in one batch and empties the journal: when it holds
+//! [`SledOptions::checkpoint_bytes`], and before every load, compaction, delete and list, so
+//! those read sled alone. Opening the store replays a journal a crash left behind.
+//!
 //! A compaction writes the new snapshot's chunks and header in one atomic batch; the header's
 //! `upto` makes loads skip the log entries it covers, which are then removed as garbage, one by
-//! one, so no long batch holds up the appends of other rooms. Appends go to sled's in-memory log,
-//! which does not block, so they are called inline; flush, load and compact run on tokio's
-//! blocking pool.
+//! one, so no long batch holds up the appends of other rooms. Flush, load and compact run on
+//! tokio's blocking pool.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
+use crate::journal::{self, JournalFile};
 use crate::{Compaction, DocStore, Seq, Snapshot, StoreError, StoredDoc};
 
 /// Largest piece of a snapshot stored under one key: 16 of them stay well below sled's blob
@@ -38,8 +46,29 @@ pub struct SledStore {
     inner: Arc<Inner>,
 }
 
+/// How the store is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SledOptions {
+    /// Journaled bytes that make a flush move them into sled (a checkpoint). Bounds the memory
+    /// the journal holds and the time a replay takes after a crash.
+    pub checkpoint_bytes: usize,
+}
+
+impl Default for SledOptions {
+    fn default() -> Self {
+        SledOptions {
+            checkpoint_bytes: 4 << 20,
+        }
+    }
+}
+
 struct Inner {
     db: sled::Db,
+    /// Records appended since the last flush, in the journal's format.
+    pending: Mutex<Vec<u8>>,
+    /// The journal; its lock also serialises flushes and checkpoints.
+    journal: Mutex<Journal>,
+    options: SledOptions,
     log: sled::Tree,
     snapshots: sled::Tree,
     /// Serialise compactions of a document with each other (so "never move a snapshot
@@ -50,27 +79,65 @@ struct Inner {
 
 const LOCK_STRIPES: usize = 64;
 
+/// The journal file and a spare buffer, swapped with `pending` at each flush so neither is
+/// allocated anew.
+struct Journal {
+    file: JournalFile,
+    spare: Vec<u8>,
+}
+
+/// The journal's file name inside the database directory.
+const JOURNAL_FILE: &str = "tandem.journal";
+
 impl SledStore {
-    /// Opens (or creates) the database in `dir`.
+    /// Opens (or creates) the database in `dir` with the default options.
     ///
     /// # Errors
-    /// The directory cannot be created or is locked by another process.
+    /// The directory cannot be created or is locked by another process, or the journal cannot
+    /// be replayed.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        SledStore::open_with(dir, SledOptions::default())
+    }
+
+    /// Opens (or creates) the database in `dir`, replaying the journal a crash left behind.
+    ///
+    /// # Errors
+    /// As [`SledStore::open`].
+    pub fn open_with(dir: &Path, options: SledOptions) -> Result<SledStore, StoreError> {
         let db = sled::Config::new()
             .path(dir)
-            // The server's group commit flushes every few milliseconds; sled's own timer is
-            // only a safety net for embedders that never call `flush`.
+            // Sled is written at checkpoints, which flush it themselves; its own timer only
+            // catches what else it keeps (its id counter).
             .flush_every_ms(Some(1000))
             .open()?;
         let log = db.open_tree("log")?;
         let snapshots = db.open_tree("snapshots")?;
-        Ok(SledStore {
-            inner: Arc::new(Inner {
-                db,
-                log,
-                snapshots,
-                compaction: std::array::from_fn(|_| Mutex::new(())),
+        let (file, torn) = JournalFile::open(&dir.join(JOURNAL_FILE))?;
+        if torn.bytes > 0 {
+            tracing::warn!(
+                bytes = torn.bytes,
+                "the journal ended in a torn record (a crash during a write); it was never acknowledged and is dropped"
+            );
+        }
+        let inner = Inner {
+            db,
+            pending: Mutex::new(Vec::new()),
+            journal: Mutex::new(Journal {
+                file,
+                spare: Vec::new(),
             }),
+            options,
+            log,
+            snapshots,
+            compaction: std::array::from_fn(|_| Mutex::new(())),
+        };
+        let replayed = journal::records(inner.lock_journal().file.unapplied()).count();
+        inner.checkpoint()?;
+        if replayed > 0 {
+            tracing::info!(records = replayed, "replayed the journal into the log");
+        }
+        Ok(SledStore {
+            inner: Arc::new(inner),
         })
     }
 
@@ -95,6 +162,62 @@ impl SledStore {
 }
 
 impl Inner {
+    fn lock_journal(&self) -> std::sync::MutexGuard<'_, Journal> {
+        // Every change under this lock leaves the journal whole (a failed write is cut back),
+        // so a panic elsewhere does not make it unusable.
+        self.journal
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Writes the appended records to the journal, durably: the group commit.
+    fn write_pending(&self, journal: &mut Journal) -> Result<(), StoreError> {
+        let Journal { file, spare } = journal;
+        std::mem::swap(&mut *self.lock_pending(), spare);
+        if let Err(err) = file.write(spare) {
+            // Nothing is lost: the records go back in front of those appended meanwhile, and
+            // the next flush tries again.
+            let mut pending = self.lock_pending();
+            spare.extend_from_slice(&pending);
+            std::mem::swap(&mut *pending, spare);
+            spare.clear();
+            return Err(err.into());
+        }
+        spare.clear();
+        Ok(())
+    }
+
+    /// Makes every appended record durable and moves the journal into sled's log.
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        let mut journal = self.lock_journal();
+        self.write_pending(&mut journal)?;
+        let records = journal.file.unapplied();
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for record in journal::records(records) {
+            // A snapshot may already cover a replayed record (a crash between a compaction
+            // and the journal's truncation): it would only be garbage.
+            let covered = self
+                .read_header(record.doc)?
+                .is_some_and(|(upto, _, _)| upto >= record.seq);
+            if !covered {
+                batch.insert(log_key(record.doc, record.seq), record.update);
+            }
+        }
+        self.log.apply_batch(batch)?;
+        self.db.flush()?;
+        journal.file.clear()?;
+        Ok(())
+    }
+
     fn lock_compaction(&self, doc: &str) -> std::sync::MutexGuard<'_, ()> {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -200,15 +323,28 @@ fn corrupt(doc: &str, what: &'static str) -> StoreError {
 #[async_trait]
 impl DocStore for SledStore {
     fn append(&self, doc: &str, update: &[u8]) -> Result<Seq, StoreError> {
-        // Seq(0) means "nothing"; sled's ids start at 0.
+        if !journal::fits(doc, update) {
+            return Err(StoreError::TooLarge {
+                doc: doc.to_owned(),
+                bytes: update.len(),
+            });
+        }
+        let mut pending = self.inner.lock_pending();
+        // Seq(0) means "nothing"; sled's ids start at 0. Taken under the lock, so the journal
+        // holds records in sequence order.
         let seq = Seq(self.inner.db.generate_id()? + 1);
-        self.inner.log.insert(log_key(doc, seq), update)?;
+        journal::encode(&mut pending, doc, seq, update);
         Ok(seq)
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
         self.blocking(|inner| {
-            inner.db.flush()?;
+            let mut journal = inner.lock_journal();
+            inner.write_pending(&mut journal)?;
+            if journal.file.unapplied_bytes() >= inner.options.checkpoint_bytes {
+                drop(journal);
+                inner.checkpoint()?;
+            }
             Ok(())
         })
         .await
@@ -217,6 +353,7 @@ impl DocStore for SledStore {
     async fn load(&self, doc: &str) -> Result<StoredDoc, StoreError> {
         let doc = doc.to_owned();
         self.blocking(move |inner| {
+            inner.checkpoint()?;
             // Snapshot and log are separate reads; a compaction committing between them would
             // pair an old snapshot with an already-trimmed log, so loads take its lock.
             let _guard = inner.lock_compaction(&doc);
@@ -244,6 +381,8 @@ impl DocStore for SledStore {
     ) -> Result<Compaction, StoreError> {
         let doc = doc.to_owned();
         self.blocking(move |inner| {
+            // The covered updates must be in the log to be removed from it.
+            inner.checkpoint()?;
             let _guard = inner.lock_compaction(&doc);
             if inner
                 .read_header(&doc)?
@@ -286,6 +425,8 @@ impl DocStore for SledStore {
     async fn delete(&self, doc: &str) -> Result<bool, StoreError> {
         let doc = doc.to_owned();
         self.blocking(move |inner| {
+            // A journal replayed later must not bring the document back.
+            inner.checkpoint()?;
             let _guard = inner.lock_compaction(&doc);
             // Newest log entries first, then the snapshot: a crash part-way leaves an older
             // state of the document (a prefix of its history), never one with a gap.
@@ -308,6 +449,7 @@ impl DocStore for SledStore {
 
     async fn list(&self) -> Result<Vec<String>, StoreError> {
         self.blocking(|inner| {
+            inner.checkpoint()?;
             let mut names = std::collections::BTreeSet::new();
             let name_of = |key: &[u8]| -> Result<String, StoreError> {
                 let end = key.iter().position(|&b| b == 0).unwrap_or(key.len());
@@ -361,6 +503,84 @@ mod tests {
         assert!(store.delete("doc").await.unwrap());
         assert!(store.inner.snapshots.is_empty());
         assert!(store.inner.log.is_empty());
+    }
+
+    #[tokio::test]
+    async fn appends_live_in_the_journal_until_a_checkpoint_moves_them_to_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join(JOURNAL_FILE);
+        let store = SledStore::open_with(
+            dir.path(),
+            SledOptions {
+                checkpoint_bytes: 200,
+            },
+        )
+        .unwrap();
+        store.append("doc", b"first").unwrap();
+        store.flush().await.unwrap();
+        assert!(std::fs::metadata(&journal).unwrap().len() > 0);
+        assert!(store.inner.log.is_empty());
+
+        // Past the threshold, a flush checkpoints.
+        for _ in 0..10 {
+            store.append("doc", &[7; 20]).unwrap();
+        }
+        store.flush().await.unwrap();
+        assert_eq!(std::fs::metadata(&journal).unwrap().len(), 0);
+        assert_eq!(store.inner.log.len(), 11);
+
+        // A load checkpoints first, so it sees what was only appended.
+        store.append("doc", b"last").unwrap();
+        let doc = store.load("doc").await.unwrap();
+        assert_eq!(doc.log.len(), 12);
+        assert_eq!(doc.log.last().unwrap().1, b"last".to_vec());
+    }
+
+    #[tokio::test]
+    async fn a_torn_journal_tail_is_dropped_and_the_records_before_it_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let seq = {
+            let store = SledStore::open(dir.path()).unwrap();
+            let seq = store.append("doc", b"kept").unwrap();
+            store.flush().await.unwrap();
+            seq
+        };
+        // A crash in the middle of the next write.
+        let mut torn = Vec::new();
+        journal::encode(&mut torn, "doc", Seq(seq.0 + 1), b"never acknowledged");
+        torn.truncate(torn.len() - 3);
+        let path = dir.path().join(JOURNAL_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(&torn);
+        std::fs::write(&path, bytes).unwrap();
+
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.load("doc").await.unwrap().log,
+            vec![(seq, b"kept".to_vec())]
+        );
+    }
+
+    #[tokio::test]
+    async fn deleted_and_compacted_records_do_not_come_back_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kept, tail) = {
+            let store = SledStore::open(dir.path()).unwrap();
+            store.append("gone", b"x").unwrap();
+            let kept = store.append("kept", b"covered").unwrap();
+            store.flush().await.unwrap();
+            assert!(store.delete("gone").await.unwrap());
+            store.compact("kept", b"SNAP".to_vec(), kept).await.unwrap();
+            let tail = store.append("kept", b"tail").unwrap();
+            store.flush().await.unwrap();
+            (kept, tail)
+        };
+        let store = SledStore::open(dir.path()).unwrap();
+        assert!(store.load("gone").await.unwrap().is_empty());
+        let doc = store.load("kept").await.unwrap();
+        assert_eq!(doc.snapshot.unwrap().upto, kept);
+        assert_eq!(doc.log, vec![(tail, b"tail".to_vec())]);
+        assert_eq!(store.list().await.unwrap(), vec!["kept".to_string()]);
     }
 
     #[tokio::test]
