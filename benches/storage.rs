@@ -1,4 +1,5 @@
-//! Storage: appending updates to the sled log, the group-commit flush, and compaction.
+//! Storage: appending updates to the log (the journal in front of sled), the group-commit flush,
+//! and compaction.
 //!
 //! Run: `cargo bench --bench storage`
 

@@ -13,8 +13,8 @@ pub mod config;
 pub mod docname;
 pub mod durability;
 mod error;
-mod peer;
-mod rooms;
+pub mod peer;
+pub mod rooms;
 pub mod trace;
 mod ws;
 
