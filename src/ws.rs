@@ -7,6 +7,7 @@
 //! the client's answer so the close code is not lost to a reset.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -26,7 +27,7 @@ use crate::auth::Principal;
 use crate::docname::DocName;
 use crate::error::ApiError;
 use crate::peer::{CloseReason, Closer, Side};
-use crate::rooms::{Overflow, PeerLink, RoomOpError};
+use crate::rooms::{Overflow, PeerLink, RoomHandle, RoomOpError};
 use crate::AppState;
 
 /// Connection ids, unique for the life of the process.
@@ -93,13 +94,16 @@ pub async fn upgrade(
             let conn = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
             let span = tracing::info_span!("conn", conn, doc = %name, user = %principal.user);
             let tasks = app.tasks.clone();
-            let session = Session {
+            let session = Box::new(Session {
                 name,
                 peer: PeerId(conn),
                 access,
                 principal,
-            };
-            tasks.track_future(run(app, socket, session).instrument(span))
+            });
+            // Split here: a WebSocket held by value as an argument of `run` would stay in the
+            // connection task's state for its whole life, even once moved out.
+            let (sink, stream) = socket.split();
+            tasks.track_future(run(app, sink, stream, session).instrument(span))
         })
 }
 
@@ -118,20 +122,88 @@ struct Session {
 }
 
 /// Serves one connection until it closes.
-async fn run(app: AppState, socket: WebSocket, session: Session) {
+///
+/// Idle connections are most of a server's connections, so this task's state is kept small:
+/// joining and closing, awaited once each, run as boxed futures of their own (held inline, the
+/// largest would size the task for its whole life), and the loop in between holds only what it
+/// uses.
+async fn run(
+    app: AppState,
+    sink: SplitSink<WebSocket, WsMessage>,
+    mut stream: SplitStream<WebSocket>,
+    session: Box<Session>,
+) {
+    let (conn, writer) = Box::pin(connect(&app, sink, session)).await;
+    if let Some(conn) = conn {
+        // Leaves the room however the loop ends, a panic included: a peer left behind would
+        // keep the room loaded and its awareness alive.
+        let _membership = Membership {
+            rooms: &app.rooms,
+            handle: &conn.handle,
+            peer: conn.peer,
+        };
+        serve(&app, &conn, &mut stream).await;
+    }
+    // Leaving the room dropped the room's sender of the queue and `conn` the last one, so the
+    // writer ends by itself once the queue is drained. Meanwhile the reader waits for the
+    // client's close answer, so that unread input does not turn our close frame into a
+    // connection reset.
+    Box::pin(async {
+        let abort = writer.task.abort_handle();
+        let drain = async {
+            if writer.closer.is_closed() {
+                drain_until_closed(&mut stream).await;
+            }
+        };
+        let (_, finished) =
+            tokio::join!(drain, tokio::time::timeout(CLOSE_TIMEOUT * 2, writer.task));
+        if finished.is_err() {
+            abort.abort();
+        }
+    })
+    .await;
+    tracing::debug!("disconnected");
+}
+
+/// A connection that joined its room.
+struct Connected {
+    handle: Arc<RoomHandle>,
+    peer: PeerId,
+    access: Access,
+    closer: Closer,
+    /// A sender of the connection's own queue, for pings.
+    pinger: mpsc::Sender<Bytes>,
+    /// When the token expires.
+    expires_at: Option<tokio::time::Instant>,
+}
+
+/// The writer task and the closer it obeys.
+struct Writer {
+    task: tokio::task::JoinHandle<()>,
+    closer: Closer,
+}
+
+/// Starts the writer and joins the room; `None` when the room could not be loaded (the writer
+/// then closes the connection with 1011).
+async fn connect(
+    app: &AppState,
+    sink: SplitSink<WebSocket, WsMessage>,
+    session: Box<Session>,
+) -> (Option<Connected>, Writer) {
     let Session {
         name,
         peer,
         access,
         principal,
-    } = session;
-    let (sink, mut stream) = socket.split();
+    } = *session;
     let (outbound, queue) = mpsc::channel(app.config.outbound_queue);
     let closer = Closer::new();
     // No span on the writer: entering one on every poll is measurable on the fan-out path, and
     // its only log line names the connection itself.
-    let writer = tokio::spawn(write_loop(sink, queue, closer.clone(), peer));
-
+    let writer = Writer {
+        task: tokio::spawn(write_loop(sink, queue, closer.clone(), peer)),
+        closer: closer.clone(),
+    };
     let pinger = outbound.clone();
     let link = PeerLink {
         peer,
@@ -142,11 +214,11 @@ async fn run(app: AppState, socket: WebSocket, session: Session) {
     let joined = app.rooms.join(&name, peer, link, &mut overflow).await;
     overflow.deliver(app.config.lag_timeout()).await;
     let handle = match joined {
-        Ok(handle) => Some(handle),
+        Ok(handle) => handle,
         Err(err) => {
             tracing::error!(error = %err, "could not load the document");
             closer.close(CloseReason::Storage);
-            None
+            return (None, writer);
         }
     };
     // Shutdown closes the peers it finds in rooms; one that joined after that sees the token.
@@ -154,48 +226,58 @@ async fn run(app: AppState, socket: WebSocket, session: Session) {
         closer.close(CloseReason::ShuttingDown);
     }
     tracing::debug!("connected");
-
-    // The connection lives no longer than its token.
-    let expiry = async {
-        match principal.expires_in() {
-            Some(left) => tokio::time::sleep(left).await,
-            None => std::future::pending().await,
-        }
+    let expires_at = principal
+        .expires_in()
+        .map(|left| tokio::time::Instant::now() + left);
+    let conn = Connected {
+        handle,
+        peer,
+        access,
+        closer,
+        pinger,
+        expires_at,
     };
-    tokio::pin!(expiry);
-    // Made once and polled in every round.
+    (Some(conn), writer)
+}
+
+/// Reads frames and applies them to the room until the connection closes.
+async fn serve(app: &AppState, conn: &Connected, stream: &mut SplitStream<WebSocket>) {
+    let Connected {
+        handle,
+        peer,
+        access,
+        closer,
+        pinger,
+        expires_at,
+    } = conn;
     let closed = closer.closed(Side::Reader);
     tokio::pin!(closed);
-
-    if let Some(handle) = handle {
-        // Leaves the room however this block ends, a panic included: a peer left behind would
-        // keep the room loaded and its awareness alive.
-        let _membership = Membership {
-            rooms: &app.rooms,
-            handle: &handle,
-            peer,
-        };
-        // Every ping interval, a ping is queued for the writer; the peer is declared gone once
-        // whole intervals adding up to the ping timeout passed without anything at all (no
-        // pong, no frame) coming from it. A busy connection pays one store per frame and one
-        // timer tick per interval.
-        let ping_interval = app.config.ping_interval();
-        let ping_timeout = app.config.ping_timeout();
-        let mut heard = true;
-        let mut silent = Duration::ZERO;
-        let liveness = tokio::time::sleep(ping_interval);
-        tokio::pin!(liveness);
-        loop {
-            tokio::select! {
-                // Closing and expiry come first: no frame is applied once either has happened.
-                biased;
-                _ = &mut closed => break,
-                _ = &mut expiry => {
+    // One timer per connection, for pings and for the token's expiry (the connection lives no
+    // longer than its token). Every ping interval, a ping is queued for the writer; the peer is
+    // declared gone once whole intervals adding up to the ping timeout passed without anything
+    // at all (no pong, no frame) coming from it. A busy connection pays one store per frame and
+    // one timer tick per interval.
+    let ping_interval = app.config.ping_interval();
+    let ping_timeout = app.config.ping_timeout();
+    let mut next_ping = tokio::time::Instant::now() + ping_interval;
+    let next_tick = |next_ping| expires_at.map_or(next_ping, |at| at.min(next_ping));
+    let mut heard = true;
+    let mut silent = Duration::ZERO;
+    let timer = tokio::time::sleep_until(next_tick(next_ping));
+    tokio::pin!(timer);
+    loop {
+        tokio::select! {
+            // Closing and expiry come first: no frame is applied once either has happened.
+            biased;
+            _ = &mut closed => break,
+            _ = &mut timer => {
+                let now = tokio::time::Instant::now();
+                if expires_at.is_some_and(|at| now >= at) {
                     tracing::info!("token expired; closing with 4401");
                     closer.close(CloseReason::TokenExpired);
                     break;
                 }
-                _ = &mut liveness => {
+                if now >= next_ping {
                     silent = if heard { Duration::ZERO } else { silent + ping_interval };
                     heard = false;
                     if silent >= ping_timeout {
@@ -205,69 +287,53 @@ async fn run(app: AppState, socket: WebSocket, session: Session) {
                     }
                     // A full queue means the writer is busy anyway; that traffic is the probe.
                     let _ = pinger.try_send(PING);
-                    liveness.as_mut().reset(tokio::time::Instant::now() + ping_interval);
+                    next_ping = now + ping_interval;
                 }
-                incoming = stream.next() => {
-                    heard = true;
-                    match incoming {
-                        Some(Ok(WsMessage::Binary(frame))) => {
-                            let mut overflow = Overflow::default();
-                            let received = app.rooms.receive(&handle, peer, frame, access, &mut overflow);
-                            if !overflow.is_empty() {
-                                // Backpressure: this sender waits while a slow peer catches up.
-                                overflow.deliver(app.config.lag_timeout()).await;
-                            }
-                            if let Err(err) = received {
-                                let reason = close_reason(&err);
-                                tracing::info!(error = %err, code = reason.code(), "closing connection");
-                                closer.close(reason);
-                                break;
-                            }
+                timer.as_mut().reset(next_tick(next_ping));
+            }
+            incoming = stream.next() => {
+                heard = true;
+                match incoming {
+                    Some(Ok(WsMessage::Binary(frame))) => {
+                        let mut overflow = Overflow::default();
+                        let received = app.rooms.receive(handle, *peer, frame, *access, &mut overflow);
+                        if !overflow.is_empty() {
+                            // Backpressure: this sender waits while a slow peer catches up.
+                            Box::pin(overflow.deliver(app.config.lag_timeout())).await;
                         }
-                        Some(Ok(WsMessage::Text(_))) => {
-                            closer.close(CloseReason::Unsupported(
-                                "text frames are not part of the y-websocket protocol".into(),
-                            ));
+                        if let Err(err) = received {
+                            let reason = close_reason(&err);
+                            tracing::info!(error = %err, code = reason.code(), "closing connection");
+                            closer.close(reason);
                             break;
                         }
-                        Some(Ok(WsMessage::Close(_))) | None => break,
-                        // tungstenite answers pings itself; pongs only prove liveness.
-                        Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
-                        Some(Err(err)) => {
-                            if let Some(reason) = read_error_reason(err) {
-                                tracing::info!(code = reason.code(), reason = %reason.text(), "closing connection");
-                                closer.close(reason);
-                            }
-                            break;
+                    }
+                    Some(Ok(WsMessage::Text(_))) => {
+                        closer.close(CloseReason::Unsupported(
+                            "text frames are not part of the y-websocket protocol".into(),
+                        ));
+                        break;
+                    }
+                    Some(Ok(WsMessage::Close(_))) | None => break,
+                    // tungstenite answers pings itself; pongs only prove liveness.
+                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
+                    Some(Err(err)) => {
+                        if let Some(reason) = read_error_reason(err) {
+                            tracing::info!(code = reason.code(), reason = %reason.text(), "closing connection");
+                            closer.close(reason);
                         }
+                        break;
                     }
                 }
             }
         }
     }
-
-    // Leaving the room dropped the room's sender of the queue, and this is the last one, so the
-    // writer ends by itself once the queue is drained.
-    // Meanwhile the reader waits for the client's close answer, so that unread input does not
-    // turn our close frame into a connection reset.
-    drop(pinger);
-    let abort = writer.abort_handle();
-    let drain = async {
-        if closer.is_closed() {
-            drain_until_closed(&mut stream).await;
-        }
-    };
-    let (_, finished) = tokio::join!(drain, tokio::time::timeout(CLOSE_TIMEOUT * 2, writer));
-    if finished.is_err() {
-        abort.abort();
-    }
-    tracing::debug!("disconnected");
 }
 
 /// Leaves the room when dropped.
 struct Membership<'a> {
-    rooms: &'a std::sync::Arc<crate::rooms::Rooms>,
-    handle: &'a std::sync::Arc<crate::rooms::RoomHandle>,
+    rooms: &'a Arc<crate::rooms::Rooms>,
+    handle: &'a Arc<RoomHandle>,
     peer: PeerId,
 }
 
