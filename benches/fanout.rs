@@ -17,7 +17,7 @@ use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tandem::durability::Durability;
 use tandem::peer::Closer;
-use tandem::rooms::{Overflow, PeerLink, RoomHandle, Rooms};
+use tandem::rooms::{Overflow, PeerLink, QueuedFrame, RoomHandle, Rooms};
 use tandem::trace::Trace;
 use tandem::{Config, DocName};
 use tandem_crdt::{Access, PeerId};
@@ -49,7 +49,7 @@ struct Fixture {
 /// One room with its writer and subscribers joined, their queues ready to drain.
 struct Room {
     handle: Arc<RoomHandle>,
-    queues: Vec<mpsc::Receiver<Bytes>>,
+    queues: Vec<mpsc::Receiver<QueuedFrame>>,
 }
 
 impl Fixture {

@@ -27,10 +27,15 @@ use crate::docname::DocName;
 use crate::durability::{Durability, Ticket};
 use crate::peer::{CloseReason, Closer};
 
+/// A frame queued for a connection, shared by every peer a broadcast goes to. A pointer rather
+/// than the `Bytes` itself: every connection's queue allocates its first block of 32 slots up
+/// front, and at 8 bytes a slot instead of 32 that block is 0.8 KiB smaller per connection.
+pub type QueuedFrame = Arc<Bytes>;
+
 /// A connection's handle as the room sees it: its outbound queue and its closer.
 pub struct PeerLink {
     pub peer: PeerId,
-    pub outbound: mpsc::Sender<Bytes>,
+    pub outbound: mpsc::Sender<QueuedFrame>,
     pub closer: Closer,
 }
 
@@ -40,11 +45,11 @@ pub struct PeerLink {
 /// closing a healthy client that was momentarily behind.
 #[derive(Default)]
 pub struct Overflow {
-    pending: std::collections::VecDeque<(PeerId, mpsc::Sender<Bytes>, Closer, Bytes)>,
+    pending: std::collections::VecDeque<(PeerId, mpsc::Sender<QueuedFrame>, Closer, QueuedFrame)>,
 }
 
 impl Overflow {
-    fn push(&mut self, link: &PeerLink, frame: Bytes) {
+    fn push(&mut self, link: &PeerLink, frame: QueuedFrame) {
         self.pending
             .push_back((link.peer, link.outbound.clone(), link.closer.clone(), frame));
     }
@@ -247,7 +252,7 @@ impl Rooms {
                 .take()
                 .expect("with_state runs its closure once per success");
             for frame in state.room.join(peer) {
-                deliver(&link, frame, overflow);
+                deliver(&link, Arc::new(frame), overflow);
             }
             state.peers.insert(peer, link);
             Arc::clone(handle)
@@ -297,9 +302,10 @@ impl Rooms {
             return;
         }
         if let Some(removal) = state.room.leave(peer) {
+            let removal = Arc::new(removal);
             let mut overflow = Overflow::default();
             for link in state.peers.values() {
-                deliver(link, removal.clone(), &mut overflow);
+                deliver(link, Arc::clone(&removal), &mut overflow);
             }
             // Leaving cannot wait (it runs when a connection is torn down): full queues get the
             // removal from a task of its own, with the same lag timeout as everyone else.
@@ -398,13 +404,14 @@ impl Rooms {
         }
         if let Some(sender) = from.and_then(|p| state.peers.get(&p)) {
             for frame in outbox.reply {
-                deliver(sender, frame, overflow);
+                deliver(sender, Arc::new(frame), overflow);
             }
         }
         for frame in outbox.broadcast {
+            let frame = Arc::new(frame);
             for (id, link) in &state.peers {
                 if Some(*id) != from {
-                    deliver(link, frame.clone(), overflow);
+                    deliver(link, Arc::clone(&frame), overflow);
                 }
             }
         }
@@ -602,7 +609,7 @@ impl RoomHandle {
 
 /// Queues `frame` for a peer; when its queue is full the frame waits in `overflow` for the
 /// caller to deliver outside the lock. Never dropped: a gap would stall the client's document.
-fn deliver(link: &PeerLink, frame: Bytes, overflow: &mut Overflow) {
+fn deliver(link: &PeerLink, frame: QueuedFrame, overflow: &mut Overflow) {
     if link.closer.is_closed() {
         return;
     }
@@ -630,7 +637,7 @@ mod tests {
         };
         let mut overflow = Overflow::default();
         for n in 0..4u8 {
-            deliver(&link, Bytes::from(vec![n]), &mut overflow);
+            deliver(&link, Arc::new(Bytes::from(vec![n])), &mut overflow);
         }
         // The first fit; the rest wait, in order, even once room frees up.
         assert_eq!(overflow.pending.len(), 3);
@@ -651,8 +658,8 @@ mod tests {
 
         // Nobody reads now: after the lag timeout the peer is closed, nothing is dropped silently.
         let mut overflow = Overflow::default();
-        deliver(&link, Bytes::from_static(b"a"), &mut overflow);
-        deliver(&link, Bytes::from_static(b"b"), &mut overflow);
+        deliver(&link, Arc::new(Bytes::from_static(b"a")), &mut overflow);
+        deliver(&link, Arc::new(Bytes::from_static(b"b")), &mut overflow);
         overflow.deliver(std::time::Duration::from_secs(1)).await;
         assert_eq!(link.closer.reason(), Some(&CloseReason::Lagging));
     }

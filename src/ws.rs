@@ -27,7 +27,7 @@ use crate::auth::Principal;
 use crate::docname::DocName;
 use crate::error::ApiError;
 use crate::peer::{CloseReason, Closer, Side};
-use crate::rooms::{Overflow, PeerLink, RoomHandle, RoomOpError};
+use crate::rooms::{Overflow, PeerLink, QueuedFrame, RoomHandle, RoomOpError};
 use crate::AppState;
 
 /// Connection ids, unique for the life of the process.
@@ -36,9 +36,12 @@ static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 /// How many queued frames the writer sends before flushing the socket: one write for a burst.
 const WRITE_BATCH_FRAMES: usize = 64;
 
-/// Queued by the reader when a ping is due; the writer sends a WebSocket ping for it. Rooms
-/// never queue an empty frame (every message has at least its type), so it cannot be mistaken.
-const PING: Bytes = Bytes::new();
+/// Queued by the reader when a ping is due (an empty frame); the writer sends a WebSocket ping
+/// for it. Rooms never queue an empty frame (every message has at least its type), so it
+/// cannot be mistaken.
+fn ping() -> QueuedFrame {
+    Arc::new(Bytes::new())
+}
 
 /// How long closing may take: the writer finishing its last frame and sending the close frame
 /// (a lagging client must drain its socket to see it), and the reader waiting for the client's
@@ -172,7 +175,7 @@ struct Connected {
     access: Access,
     closer: Closer,
     /// A sender of the connection's own queue, for pings.
-    pinger: mpsc::Sender<Bytes>,
+    pinger: mpsc::Sender<QueuedFrame>,
     /// When the token expires.
     expires_at: Option<tokio::time::Instant>,
 }
@@ -286,7 +289,7 @@ async fn serve(app: &AppState, conn: &Connected, stream: &mut SplitStream<WebSoc
                         break;
                     }
                     // A full queue means the writer is busy anyway; that traffic is the probe.
-                    let _ = pinger.try_send(PING);
+                    let _ = pinger.try_send(ping());
                     next_ping = now + ping_interval;
                 }
                 timer.as_mut().reset(next_tick(next_ping));
@@ -347,7 +350,7 @@ impl Drop for Membership<'_> {
 /// socket flush, until closed.
 async fn write_loop(
     mut sink: SplitSink<WebSocket, WsMessage>,
-    mut queue: mpsc::Receiver<Bytes>,
+    mut queue: mpsc::Receiver<QueuedFrame>,
     closer: Closer,
     peer: PeerId,
 ) {
@@ -409,11 +412,12 @@ async fn write_loop(
 }
 
 /// The WebSocket message for a queued frame.
-fn outgoing(frame: Bytes) -> WsMessage {
+fn outgoing(frame: QueuedFrame) -> WsMessage {
     if frame.is_empty() {
-        WsMessage::Ping(PING)
+        WsMessage::Ping(Bytes::new())
     } else {
-        WsMessage::Binary(frame)
+        // The last peer to send a broadcast takes its bytes; the others share them.
+        WsMessage::Binary(Arc::unwrap_or_clone(frame))
     }
 }
 

@@ -14,6 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
@@ -24,6 +25,9 @@ use crate::message::{self, AuthMessage, Message, MessageReader, SyncMessage};
 
 /// The transaction origin of updates that came from the server, so they are not sent back.
 const REMOTE_ORIGIN: &str = "tandem-sync:remote";
+
+/// The most the client reads per system call; larger frames still arrive whole.
+const CLIENT_READ_BUFFER_BYTES: usize = 16 * 1024;
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +110,11 @@ impl Client {
     /// # Errors
     /// As [`Client::connect`].
     pub async fn connect_doc(url: &str, doc: Doc) -> Result<Client, ClientError> {
-        let (socket, _) = tokio_tungstenite::connect_async(url).await?;
+        // tungstenite zeroes its whole read buffer before every read; its 128 KiB default made
+        // a stream of small frames cost a 128 KiB memset each.
+        let config = WebSocketConfig::default().read_buffer_size(CLIENT_READ_BUFFER_BYTES);
+        let (socket, _) =
+            tokio_tungstenite::connect_async_with_config(url, Some(config), false).await?;
         let shared = Arc::new(Mutex::new(Shared::default()));
         let (changed_tx, changed) = watch::channel(0u64);
         let (commands, command_rx) = mpsc::unbounded_channel();
