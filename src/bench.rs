@@ -142,10 +142,12 @@ pub async fn run(scenario: Scenario) -> Result<(), String> {
             let json = args.json;
             let report = trace(args).await?;
             emit(json, &report, print_trace)?;
-            if report.matches_end_content {
-                Ok(())
-            } else {
-                Err("the observer did not end with the trace's final text".into())
+            match (&report.matches_end_content, &report.observer_ended) {
+                (true, _) => Ok(()),
+                (false, Some(how)) => Err(format!(
+                    "the observer did not end with the trace's final text: its connection {how}"
+                )),
+                (false, None) => Err("the observer did not end with the trace's final text".into()),
             }
         }
     }
@@ -671,6 +673,8 @@ pub struct TraceReport {
     pub elapsed_secs: f64,
     pub edits_per_sec: f64,
     pub matches_end_content: bool,
+    /// How the observer's connection ended, when it ended before the final text arrived.
+    pub observer_ended: Option<String>,
 }
 
 /// The `trace` scenario.
@@ -730,7 +734,7 @@ pub async fn trace(args: TraceArgs) -> Result<TraceReport, String> {
         }
         sink.flush().await.map_err(|e| e.to_string())?;
     }
-    let matches = match tokio::time::timeout(timeout, observe).await {
+    let (matches, observer_ended) = match tokio::time::timeout(timeout, observe).await {
         Ok(Ok(result)) => result,
         Ok(Err(e)) => return Err(e.to_string()),
         Err(_) => return Err(format!("the observer did not catch up within {timeout:?}")),
@@ -747,12 +751,13 @@ pub async fn trace(args: TraceArgs) -> Result<TraceReport, String> {
         elapsed_secs: elapsed.as_secs_f64(),
         edits_per_sec: trace.edit_count() as f64 / elapsed.as_secs_f64(),
         matches_end_content: matches,
+        observer_ended,
     })
 }
 
 /// Applies every update that arrives until the text is exactly `end_content` (true), or the
-/// connection ends first (false). The caller bounds it with a timeout.
-async fn observe_until(mut stream: ProbeStream, end_content: String) -> bool {
+/// connection ends first (false, with how it ended). The caller bounds it with a timeout.
+async fn observe_until(mut stream: ProbeStream, end_content: String) -> (bool, Option<String>) {
     // The socket is read by its own task into an unbounded queue, as a browser buffers what it
     // receives: the observer never makes the server wait, however fast the writer goes.
     let (frames, mut queue) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
@@ -762,6 +767,7 @@ async fn observe_until(mut stream: ProbeStream, end_content: String) -> bool {
                 break;
             }
         }
+        stream.ended().map(str::to_owned)
     });
     let doc = Doc::new();
     let text = doc.get_or_insert_text("t");
@@ -785,8 +791,12 @@ async fn observe_until(mut stream: ProbeStream, end_content: String) -> bool {
             break;
         }
     }
-    reader.abort();
-    matched
+    if matched {
+        reader.abort();
+        return (true, None);
+    }
+    // The queue ran dry: the reader has finished and says how the connection ended.
+    (false, reader.await.ok().flatten())
 }
 
 fn print_trace(r: &TraceReport) {
@@ -806,6 +816,9 @@ fn print_trace(r: &TraceReport) {
             "DIFFERS"
         }
     );
+    if let Some(how) = &r.observer_ended {
+        println!("observer              {how}");
+    }
 }
 
 /// CPU time (user + system) a process has used, in seconds, from `/proc/{pid}/stat`.

@@ -76,14 +76,29 @@ run() {
   stop_server
 }
 
+# Runs the saturation scenario at one rate; succeeds when that rate is past saturation.
+saturate() {
+  run "$1" "saturate-$2" fanout --rooms 100 --clients 10 --writers 1 --rate "$2" --duration "$DURATION" --drain 10 --server-pid-from-env
+  python3 benches/compare/summarize.py --saturated "$OUT/$1-saturate-$2.json"
+}
+
 for server in $SERVERS; do
   run "$server" fanout-1x50 fanout --rooms 1 --clients 50 --writers 1 --rate 50 --duration "$DURATION" --server-pid-from-env
   run "$server" fanout-100x10 fanout --rooms 100 --clients 10 --writers 1 --rate 10 --duration "$DURATION" --server-pid-from-env
-  # Saturation: raise the rate until p99 passes 50 ms (or updates are lost).
+  # Saturation: double the rate until p99 passes 50 ms (or updates are lost), then bisect
+  # between the last rate that held and the first that did not.
+  good=0 bad=0
   for rate in 20 40 80 160 320 640 1280; do
-    run "$server" "saturate-$rate" fanout --rooms 100 --clients 10 --writers 1 --rate "$rate" --duration "$DURATION" --drain 10 --server-pid-from-env
-    if python3 benches/compare/summarize.py --saturated "$OUT/$server-saturate-$rate.json"; then break; fi
+    if saturate "$server" "$rate"; then bad=$rate; break; fi
+    good=$rate
   done
+  if [ "$bad" -gt 0 ]; then
+    for _ in 1 2 3; do
+      rate=$(( (good + bad) / 2 ))
+      if [ "$rate" -le "$good" ]; then break; fi
+      if saturate "$server" "$rate"; then bad=$rate; else good=$rate; fi
+    done
+  fi
   run "$server" connect connect --clients 10000 --rooms 1000 --concurrency 64 --server-pid-from-env
   run "$server" trace-1 trace --batch 1
   run "$server" trace-100 trace --batch 100

@@ -59,8 +59,6 @@ def main():
                 ok.append(run["delivered_per_sec"])
         best[s] = max(ok) if ok else None
     rows.append(["saturation (100x10): delivered/s with p99 <= 50 ms, no loss"] + [fmt(best[s], ".0f") for s in servers])
-    for s in servers:
-        pass
     connect = {s: load(os.path.join(out, f"{s}-connect.json")) for s in servers}
     rows.append(["10,000 idle connections / 1,000 rooms: server RSS per connection (KiB)"] + [
         fmt(c and c.get("server_rss_per_connection_bytes") and c["server_rss_per_connection_bytes"] / 1024, ".1f") for c in connect.values()])
@@ -73,7 +71,11 @@ def main():
             if run is None:
                 cells.append("n/a")
             else:
-                cells.append(f"{run['edits_per_sec']:.0f}" + ("" if run["matches_end_content"] else " (WRONG TEXT)"))
+                cell = f"{run['edits_per_sec']:.0f}"
+                if not run["matches_end_content"]:
+                    ended = run.get("observer_ended")
+                    cell = f"failed ({ended})" if ended else cell + " (WRONG TEXT)"
+                cells.append(cell)
         rows.append([label] + cells)
     print("| scenario | " + " | ".join(servers) + " |")
     print("| --- | " + " | ".join("---" for _ in servers) + " |")

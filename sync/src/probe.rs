@@ -144,7 +144,11 @@ impl Probe {
                 sink,
                 prefix: self.prefix,
             },
-            ProbeStream { stream, prefix_len },
+            ProbeStream {
+                stream,
+                prefix_len,
+                ended: None,
+            },
         )
     }
 }
@@ -209,21 +213,49 @@ impl ProbeSink {
 pub struct ProbeStream {
     stream: SplitStream<Socket>,
     prefix_len: usize,
+    ended: Option<String>,
 }
 
 impl ProbeStream {
-    /// The next binary frame, without its framing prefix; `None` once the connection ended.
+    /// The next binary frame, without its framing prefix; `None` once the connection ended
+    /// ([`ProbeStream::ended`] says how).
     pub async fn next_message(&mut self) -> Option<Bytes> {
         loop {
-            match self.stream.next().await? {
+            let message = match self.stream.next().await {
+                Some(message) => message,
+                None => {
+                    self.ended.get_or_insert_with(|| "connection ended".into());
+                    return None;
+                }
+            };
+            match message {
                 Ok(WsMessage::Binary(frame)) => {
                     if frame.len() >= self.prefix_len {
                         return Some(frame.slice(self.prefix_len..));
                     }
                 }
-                Ok(WsMessage::Close(_)) | Err(_) => return None,
+                Ok(WsMessage::Close(frame)) => {
+                    self.ended = Some(match frame {
+                        Some(frame) => format!(
+                            "closed by the server with {} {:?}",
+                            u16::from(frame.code),
+                            frame.reason.as_str()
+                        ),
+                        None => "closed by the server".into(),
+                    });
+                    return None;
+                }
+                Err(err) => {
+                    self.ended = Some(format!("connection failed: {err}"));
+                    return None;
+                }
                 Ok(_) => {}
             }
         }
+    }
+
+    /// How the connection ended, once [`ProbeStream::next_message`] returned `None`.
+    pub fn ended(&self) -> Option<&str> {
+        self.ended.as_deref()
     }
 }
