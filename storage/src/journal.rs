@@ -96,10 +96,11 @@ impl JournalFile {
     /// journal that came back after a crash would replay records of documents deleted since.
     pub(crate) fn clear(&mut self) -> io::Result<()> {
         self.file.set_len(0)?;
-        self.file.sync_all()?;
+        // Emptied in memory at once, even if the sync fails: the next write must land at the
+        // start of the (now empty) file, not past a hole that replay would stop at.
         self.len = 0;
         self.unapplied.clear();
-        Ok(())
+        self.file.sync_all()
     }
 }
 

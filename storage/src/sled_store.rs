@@ -18,8 +18,9 @@
 //! [`journal`](crate::journal) instead, a buffer in memory that each group commit writes to one
 //! file with one `pwrite` and one `fdatasync`. A checkpoint moves the journaled records into
 //! the `log` tree in one batch and empties the journal: when it holds
-//! [`SledOptions::checkpoint_bytes`], and before every load, compaction, delete and list, so
-//! those read sled alone. Opening the store replays a journal a crash left behind.
+//! [`SledOptions::checkpoint_bytes`], and before every compaction, delete and list, so those
+//! see the whole log in sled. A load reads the journal's records of its document beside sled's.
+//! Opening the store replays a journal a crash left behind.
 //!
 //! A compaction writes the new snapshot's chunks and header in one atomic batch; the header's
 //! `upto` makes loads skip the log entries it covers, which are then removed as garbage, one by
@@ -64,8 +65,9 @@ impl Default for SledOptions {
 
 struct Inner {
     db: sled::Db,
-    /// Records appended since the last flush, in the journal's format.
-    pending: Mutex<Vec<u8>>,
+    /// Records appended since the last flush, and the sequence numbers they take.
+    pending: Mutex<Pending>,
+    meta: sled::Tree,
     /// The journal; its lock also serialises flushes and checkpoints.
     journal: Mutex<Journal>,
     options: SledOptions,
@@ -88,6 +90,27 @@ struct Journal {
 
 /// The journal's file name inside the database directory.
 const JOURNAL_FILE: &str = "tandem.journal";
+
+/// Appended records waiting for the next flush, and the sequence counter. Sequence numbers are
+/// handed out from a range whose end (the ceiling) is persisted before any number in it is
+/// used, so none is reused after a crash. Not sled's `generate_id`: it takes sled's global
+/// lock, which a checkpoint's batch holds for milliseconds, and appends run on the fan-out path.
+struct Pending {
+    records: Vec<u8>,
+    next_seq: u64,
+    ceiling: u64,
+}
+
+/// How many sequence numbers one persisted ceiling covers: one sled write and flush per this
+/// many appends.
+const SEQ_RESERVE: u64 = 1 << 20;
+
+/// The `meta` tree's key of the sequence ceiling.
+const SEQ_CEILING_KEY: &[u8] = b"seq_ceiling";
+
+/// Journaled records moved into sled per batch at a checkpoint: small batches keep sled's
+/// lock and the CPU free for others in between.
+const CHECKPOINT_BATCH_RECORDS: usize = 2048;
 
 impl SledStore {
     /// Opens (or creates) the database in `dir` with the default options.
@@ -112,6 +135,22 @@ impl SledStore {
             .open()?;
         let log = db.open_tree("log")?;
         let snapshots = db.open_tree("snapshots")?;
+        let meta = db.open_tree("meta")?;
+        // Past every number handed out before: those under the persisted ceiling, and those an
+        // earlier version took from sled's own counter.
+        let stored = match meta.get(SEQ_CEILING_KEY)? {
+            Some(bytes) => u64::from_be_bytes(
+                bytes
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| corrupt("(meta)", "sequence ceiling"))?,
+            ),
+            None => 0,
+        };
+        let next_seq = stored.max(db.generate_id()? + 1);
+        let ceiling = next_seq + SEQ_RESERVE;
+        meta.insert(SEQ_CEILING_KEY, &ceiling.to_be_bytes())?;
+        db.flush()?;
         let (file, torn) = JournalFile::open(&dir.join(JOURNAL_FILE))?;
         if torn.bytes > 0 {
             tracing::warn!(
@@ -121,7 +160,12 @@ impl SledStore {
         }
         let inner = Inner {
             db,
-            pending: Mutex::new(Vec::new()),
+            pending: Mutex::new(Pending {
+                records: Vec::new(),
+                next_seq,
+                ceiling,
+            }),
+            meta,
             journal: Mutex::new(Journal {
                 file,
                 spare: Vec::new(),
@@ -170,7 +214,7 @@ impl Inner {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.pending
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -179,18 +223,29 @@ impl Inner {
     /// Writes the appended records to the journal, durably: the group commit.
     fn write_pending(&self, journal: &mut Journal) -> Result<(), StoreError> {
         let Journal { file, spare } = journal;
-        std::mem::swap(&mut *self.lock_pending(), spare);
+        std::mem::swap(&mut self.lock_pending().records, spare);
         if let Err(err) = file.write(spare) {
             // Nothing is lost: the records go back in front of those appended meanwhile, and
             // the next flush tries again.
             let mut pending = self.lock_pending();
-            spare.extend_from_slice(&pending);
-            std::mem::swap(&mut *pending, spare);
+            spare.extend_from_slice(&pending.records);
+            std::mem::swap(&mut pending.records, spare);
             spare.clear();
             return Err(err.into());
         }
         spare.clear();
         Ok(())
+    }
+
+    /// The records of `doc` that are appended or journaled but not yet in sled's log.
+    fn journaled(&self, doc: &str) -> Vec<(Seq, Vec<u8>)> {
+        let journal = self.lock_journal();
+        let pending = self.lock_pending();
+        journal::records(journal.file.unapplied())
+            .chain(journal::records(&pending.records))
+            .filter(|record| record.doc == doc)
+            .map(|record| (record.seq, record.update.to_vec()))
+            .collect()
     }
 
     /// Makes every appended record durable and moves the journal into sled's log.
@@ -201,7 +256,10 @@ impl Inner {
         if records.is_empty() {
             return Ok(());
         }
+        // Several small batches rather than one: a crash part-way leaves the journal whole,
+        // and replaying records already in the log writes the same keys again.
         let mut batch = sled::Batch::default();
+        let mut batched = 0;
         for record in journal::records(records) {
             // A snapshot may already cover a replayed record (a crash between a compaction
             // and the journal's truncation): it would only be garbage.
@@ -210,6 +268,13 @@ impl Inner {
                 .is_some_and(|(upto, _, _)| upto >= record.seq);
             if !covered {
                 batch.insert(log_key(record.doc, record.seq), record.update);
+                batched += 1;
+            }
+            if batched == CHECKPOINT_BATCH_RECORDS {
+                self.log.apply_batch(std::mem::take(&mut batch))?;
+                batched = 0;
+                // On a loaded core, let the fan-out threads run between batches.
+                std::thread::yield_now();
             }
         }
         self.log.apply_batch(batch)?;
@@ -330,10 +395,19 @@ impl DocStore for SledStore {
             });
         }
         let mut pending = self.inner.lock_pending();
-        // Seq(0) means "nothing"; sled's ids start at 0. Taken under the lock, so the journal
-        // holds records in sequence order.
-        let seq = Seq(self.inner.db.generate_id()? + 1);
-        journal::encode(&mut pending, doc, seq, update);
+        // Taken under the lock, so the journal holds records in sequence order.
+        if pending.next_seq >= pending.ceiling {
+            // Once per `SEQ_RESERVE` appends: persist the next range before using it.
+            let ceiling = pending.next_seq + SEQ_RESERVE;
+            self.inner
+                .meta
+                .insert(SEQ_CEILING_KEY, &ceiling.to_be_bytes())?;
+            self.inner.db.flush()?;
+            pending.ceiling = ceiling;
+        }
+        let seq = Seq(pending.next_seq);
+        pending.next_seq += 1;
+        journal::encode(&mut pending.records, doc, seq, update);
         Ok(seq)
     }
 
@@ -353,21 +427,24 @@ impl DocStore for SledStore {
     async fn load(&self, doc: &str) -> Result<StoredDoc, StoreError> {
         let doc = doc.to_owned();
         self.blocking(move |inner| {
-            inner.checkpoint()?;
+            // The journal first, then sled: a checkpoint in between moves records from the one
+            // to the other, so they are seen twice (and kept once), never missed. No checkpoint
+            // here: cold loads come in storms when many clients connect, and each would pay a
+            // sled flush and a journal sync.
+            let journaled = inner.journaled(&doc);
             // Snapshot and log are separate reads; a compaction committing between them would
             // pair an old snapshot with an already-trimmed log, so loads take its lock.
             let _guard = inner.lock_compaction(&doc);
             let snapshot = inner.read_snapshot(&doc)?;
             let covered = snapshot.as_ref().map_or(Seq(0), |s| s.upto);
-            let mut log = Vec::new();
+            let mut log = std::collections::BTreeMap::new();
             for entry in inner.log.scan_prefix(name_prefix(&doc)) {
                 let (key, value) = entry?;
-                let seq = seq_of(&doc, &key)?;
-                // Entries a snapshot covers may outlive a crash until the next compaction.
-                if seq > covered {
-                    log.push((seq, value.to_vec()));
-                }
+                log.insert(seq_of(&doc, &key)?, value.to_vec());
             }
+            log.extend(journaled);
+            // Entries a snapshot covers may outlive a crash until the next compaction.
+            let log = log.into_iter().filter(|(seq, _)| *seq > covered).collect();
             Ok(StoredDoc { snapshot, log })
         })
         .await
@@ -529,11 +606,16 @@ mod tests {
         assert_eq!(std::fs::metadata(&journal).unwrap().len(), 0);
         assert_eq!(store.inner.log.len(), 11);
 
-        // A load checkpoints first, so it sees what was only appended.
-        store.append("doc", b"last").unwrap();
+        // A load sees what is only journaled, or only appended, without a checkpoint.
+        store.append("doc", b"journaled").unwrap();
+        store.flush().await.unwrap();
+        store.append("doc", b"appended").unwrap();
         let doc = store.load("doc").await.unwrap();
-        assert_eq!(doc.log.len(), 12);
-        assert_eq!(doc.log.last().unwrap().1, b"last".to_vec());
+        assert_eq!(doc.log.len(), 13);
+        assert_eq!(doc.log[11].1, b"journaled".to_vec());
+        assert_eq!(doc.log[12].1, b"appended".to_vec());
+        assert!(doc.log.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(store.inner.log.len(), 11);
     }
 
     #[tokio::test]
@@ -581,6 +663,25 @@ mod tests {
         assert_eq!(doc.snapshot.unwrap().upto, kept);
         assert_eq!(doc.log, vec![(tail, b"tail".to_vec())]);
         assert_eq!(store.list().await.unwrap(), vec!["kept".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn sequence_numbers_are_never_reused_across_reserved_ranges_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let store = SledStore::open(dir.path()).unwrap();
+            {
+                // A range that runs out after two appends, to cross a reservation.
+                let mut pending = store.inner.lock_pending();
+                pending.ceiling = pending.next_seq + 2;
+            }
+            for _ in 0..5 {
+                seen.push(store.append("doc", b"u").unwrap());
+            }
+            // Not flushed: a crash loses the records, but their numbers stay used.
+        }
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
     }
 
     #[tokio::test]
