@@ -188,6 +188,14 @@ fn validate(config: &Config) -> Result<(), ServeError> {
         ("max-doc-bytes", config.max_doc_bytes as u64),
         ("outbound-queue", config.outbound_queue as u64),
         (
+            "compaction-concurrency",
+            config.compaction_concurrency as u64,
+        ),
+        (
+            "journal-checkpoint-bytes",
+            config.journal_checkpoint_bytes as u64,
+        ),
+        (
             "max-awareness-per-connection",
             config.max_awareness_per_connection as u64,
         ),

@@ -110,6 +110,8 @@ pub enum RoomOpError {
 /// All loaded rooms.
 pub struct Rooms {
     map: DashMap<DocName, Arc<RoomHandle>>,
+    /// Bounds how many compactions run at once (`--compaction-concurrency`).
+    compactions: tokio::sync::Semaphore,
     store: Arc<dyn DocStore>,
     durability: Arc<Durability>,
     config: Arc<Config>,
@@ -151,6 +153,7 @@ impl Rooms {
     ) -> Rooms {
         Rooms {
             map: DashMap::new(),
+            compactions: tokio::sync::Semaphore::new(config.compaction_concurrency),
             store,
             durability,
             config,
@@ -440,6 +443,10 @@ impl Rooms {
     }
 
     async fn compact_now(&self, handle: &RoomHandle) -> Result<(), StoreError> {
+        // Compactions run on the blocking pool, which has threads to spare: a hundred rooms
+        // crossing their threshold together would take a hundred of them, and the core away
+        // from the connections. A closed semaphore never happens (it is never closed).
+        let _permit = self.compactions.acquire().await;
         let (snapshot, upto, updates, bytes) = {
             let mut state = handle.lock();
             // A poisoned document may be half-changed: its log is the truth, never a snapshot.

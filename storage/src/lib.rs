@@ -72,7 +72,8 @@ pub struct Seq(pub u64);
 /// What a compaction did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compaction {
-    /// The snapshot was written and this many log entries removed.
+    /// The snapshot was written; this many log entries it covers were removed (or, still in a
+    /// write-ahead journal, will be dropped instead of stored).
     Done { removed: usize },
     /// A snapshot covering as much or more was already stored; nothing changed.
     Stale,

@@ -17,16 +17,18 @@
 //! cost more than everything else an update does on the fan-out path. They go to the
 //! [`journal`](crate::journal) instead, a buffer in memory that each group commit writes to one
 //! file with one `pwrite` and one `fdatasync`. A checkpoint moves the journaled records into
-//! the `log` tree in one batch and empties the journal: when it holds
-//! [`SledOptions::checkpoint_bytes`], and before every compaction, delete and list, so those
-//! see the whole log in sled. A load reads the journal's records of its document beside sled's.
-//! Opening the store replays a journal a crash left behind.
+//! the `log` tree in batches and empties the journal: when it holds
+//! [`SledOptions::checkpoint_bytes`], and before every delete and list, so those see the whole
+//! log in sled. Records a snapshot covers by then are dropped instead of moved. A load reads the
+//! journal's records of its document beside sled's. Opening the store replays a journal a crash
+//! left behind.
 //!
 //! A compaction writes the new snapshot's chunks and header in one atomic batch; the header's
 //! `upto` makes loads skip the log entries it covers, which are then removed as garbage, one by
 //! one, so no long batch holds up the appends of other rooms. Flush, load and compact run on
 //! tokio's blocking pool.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -248,6 +250,16 @@ impl Inner {
             .collect()
     }
 
+    /// How many of `doc`'s records not yet in sled's log are in `(after, upto]`.
+    fn journaled_between(&self, doc: &str, after: Seq, upto: Seq) -> usize {
+        let journal = self.lock_journal();
+        let pending = self.lock_pending();
+        journal::records(journal.file.unapplied())
+            .chain(journal::records(&pending.records))
+            .filter(|record| record.doc == doc && record.seq > after && record.seq <= upto)
+            .count()
+    }
+
     /// Makes every appended record durable and moves the journal into sled's log.
     fn checkpoint(&self) -> Result<(), StoreError> {
         let mut journal = self.lock_journal();
@@ -260,13 +272,23 @@ impl Inner {
         // and replaying records already in the log writes the same keys again.
         let mut batch = sled::Batch::default();
         let mut batched = 0;
+        // Each document's snapshot, read once per checkpoint.
+        let mut snapshot_upto: HashMap<&str, Seq> = HashMap::new();
         for record in journal::records(records) {
-            // A snapshot may already cover a replayed record (a crash between a compaction
-            // and the journal's truncation): it would only be garbage.
-            let covered = self
-                .read_header(record.doc)?
-                .is_some_and(|(upto, _, _)| upto >= record.seq);
-            if !covered {
+            // Records a snapshot already covers are not written at all: compactions happen
+            // between checkpoints without forcing one, so most of a busy document's records
+            // are covered by the time they would move, and sled would only delete them again.
+            let upto = match snapshot_upto.get(record.doc) {
+                Some(upto) => *upto,
+                None => {
+                    let upto = self
+                        .read_header(record.doc)?
+                        .map_or(Seq(0), |(upto, _, _)| upto);
+                    snapshot_upto.insert(record.doc, upto);
+                    upto
+                }
+            };
+            if record.seq > upto {
                 batch.insert(log_key(record.doc, record.seq), record.update);
                 batched += 1;
             }
@@ -458,13 +480,14 @@ impl DocStore for SledStore {
     ) -> Result<Compaction, StoreError> {
         let doc = doc.to_owned();
         self.blocking(move |inner| {
-            // The covered updates must be in the log to be removed from it.
-            inner.checkpoint()?;
+            // No checkpoint: covered updates still in the journal are skipped when it is moved
+            // into the log (and by loads); one that slips in anyway, read as uncovered just
+            // before this commits, is only garbage, skipped by loads and removed next time.
             let _guard = inner.lock_compaction(&doc);
-            if inner
+            let previous = inner
                 .read_header(&doc)?
-                .is_some_and(|(stored, _, _)| stored >= upto)
-            {
+                .map_or(Seq(0), |(stored, _, _)| stored);
+            if previous >= upto {
                 return Ok(Compaction::Stale);
             }
             let chunks: Vec<&[u8]> = snapshot.chunks(SNAPSHOT_CHUNK_BYTES).collect();
@@ -494,6 +517,8 @@ impl DocStore for SledStore {
                 inner.log.remove(key)?;
                 removed += 1;
             }
+            // Covered records still in the journal are dropped when it is moved into the log.
+            removed += inner.journaled_between(&doc, previous, upto);
             Ok(Compaction::Done { removed })
         })
         .await
@@ -616,6 +641,31 @@ mod tests {
         assert_eq!(doc.log[12].1, b"appended".to_vec());
         assert!(doc.log.windows(2).all(|w| w[0].0 < w[1].0));
         assert_eq!(store.inner.log.len(), 11);
+    }
+
+    #[tokio::test]
+    async fn records_a_snapshot_covers_are_dropped_at_the_checkpoint_instead_of_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store.append("doc", b"one").unwrap();
+        let two = store.append("doc", b"two").unwrap();
+        let three = store.append("doc", b"three").unwrap();
+        store.flush().await.unwrap();
+        assert_eq!(
+            store
+                .compact("doc", b"ONE+TWO".to_vec(), two)
+                .await
+                .unwrap(),
+            Compaction::Done { removed: 2 }
+        );
+        // `list` checkpoints: only the uncovered record reaches sled's log.
+        store.list().await.unwrap();
+        let keys: Vec<_> = store.inner.log.iter().keys().map(|k| k.unwrap()).collect();
+        assert_eq!(keys, vec![sled::IVec::from(log_key("doc", three))]);
+        assert_eq!(
+            store.load("doc").await.unwrap().log,
+            vec![(three, b"three".to_vec())]
+        );
     }
 
     #[tokio::test]
