@@ -26,6 +26,8 @@ pub(crate) struct JournalFile {
     len: u64,
     /// The records written and synced since the last checkpoint (the file's whole content).
     unapplied: Vec<u8>,
+    /// A truncation whose sync failed, to be synced before anything relies on it.
+    truncation_unsynced: bool,
 }
 
 impl JournalFile {
@@ -33,12 +35,20 @@ impl JournalFile {
     /// ones; a torn or corrupt tail is cut off the file, so that no later write can land in front
     /// of stale bytes.
     pub(crate) fn open(path: &Path) -> io::Result<(JournalFile, TornTail)> {
+        let existed = path.exists();
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(path)?;
+        if !existed {
+            // The new file's directory entry must be durable too, or a power loss can take
+            // the file, and the records synced into it, away.
+            if let Some(dir) = path.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+        }
         let size = file.metadata()?.len();
         let size = usize::try_from(size)
             .map_err(|_| io::Error::other("the journal is larger than memory can hold"))?;
@@ -57,6 +67,7 @@ impl JournalFile {
             file,
             len: valid as u64,
             unapplied: content,
+            truncation_unsynced: false,
         };
         Ok((journal, torn))
     }
@@ -67,6 +78,7 @@ impl JournalFile {
         if records.is_empty() {
             return Ok(());
         }
+        self.sync_truncation()?;
         let written = self
             .file
             .write_all_at(records, self.len)
@@ -100,7 +112,17 @@ impl JournalFile {
         // start of the (now empty) file, not past a hole that replay would stop at.
         self.len = 0;
         self.unapplied.clear();
-        self.file.sync_all()
+        self.truncation_unsynced = true;
+        self.sync_truncation()
+    }
+
+    /// Syncs a truncation whose sync failed before; nothing to do otherwise.
+    pub(crate) fn sync_truncation(&mut self) -> io::Result<()> {
+        if self.truncation_unsynced {
+            self.file.sync_all()?;
+            self.truncation_unsynced = false;
+        }
+        Ok(())
     }
 }
 

@@ -157,7 +157,7 @@ impl SledStore {
         if torn.bytes > 0 {
             tracing::warn!(
                 bytes = torn.bytes,
-                "the journal ended in a torn record (a crash during a write); it was never acknowledged and is dropped"
+                "the journal ends in bytes that are not a whole record: a write cut short by a crash (never acknowledged), or corruption; dropped from there on"
             );
         }
         let inner = Inner {
@@ -241,13 +241,20 @@ impl Inner {
 
     /// The records of `doc` that are appended or journaled but not yet in sled's log.
     fn journaled(&self, doc: &str) -> Vec<(Seq, Vec<u8>)> {
+        // The journal lock alone keeps records from moving out of `pending`; appends wait on
+        // the pending lock only while `pending` itself is read.
         let journal = self.lock_journal();
-        let pending = self.lock_pending();
-        journal::records(journal.file.unapplied())
-            .chain(journal::records(&pending.records))
+        let mut found: Vec<_> = journal::records(journal.file.unapplied())
             .filter(|record| record.doc == doc)
             .map(|record| (record.seq, record.update.to_vec()))
-            .collect()
+            .collect();
+        let pending = self.lock_pending();
+        found.extend(
+            journal::records(&pending.records)
+                .filter(|record| record.doc == doc)
+                .map(|record| (record.seq, record.update.to_vec())),
+        );
+        found
     }
 
     /// How many of `doc`'s records not yet in sled's log are in `(after, upto]`.
@@ -264,6 +271,9 @@ impl Inner {
     fn checkpoint(&self) -> Result<(), StoreError> {
         let mut journal = self.lock_journal();
         self.write_pending(&mut journal)?;
+        // An earlier truncation whose sync failed is made durable first: until it is, a crash
+        // could bring back records of documents deleted since.
+        journal.file.sync_truncation()?;
         let records = journal.file.unapplied();
         if records.is_empty() {
             return Ok(());
@@ -281,8 +291,12 @@ impl Inner {
             let upto = match snapshot_upto.get(record.doc) {
                 Some(upto) => *upto,
                 None => {
+                    // A header that cannot be read covers nothing: the record is kept, and the
+                    // journal keeps moving (the load of that document reports the corruption).
                     let upto = self
-                        .read_header(record.doc)?
+                        .read_header(record.doc)
+                        .ok()
+                        .flatten()
                         .map_or(Seq(0), |(upto, _, _)| upto);
                     snapshot_upto.insert(record.doc, upto);
                     upto
@@ -439,7 +453,11 @@ impl DocStore for SledStore {
             inner.write_pending(&mut journal)?;
             if journal.file.unapplied_bytes() >= inner.options.checkpoint_bytes {
                 drop(journal);
-                inner.checkpoint()?;
+                // The records are durable in the journal already: a failed checkpoint is
+                // retried at the next threshold, it does not fail the group commit.
+                if let Err(err) = inner.checkpoint() {
+                    tracing::error!(error = %err, "moving the journal into the log failed; retrying later");
+                }
             }
             Ok(())
         })
@@ -449,14 +467,15 @@ impl DocStore for SledStore {
     async fn load(&self, doc: &str) -> Result<StoredDoc, StoreError> {
         let doc = doc.to_owned();
         self.blocking(move |inner| {
+            // Snapshot and log are separate reads; a compaction or delete committing between
+            // them would pair an old snapshot with an already-trimmed log, so loads take their
+            // lock, before reading anything.
+            let _guard = inner.lock_compaction(&doc);
             // The journal first, then sled: a checkpoint in between moves records from the one
             // to the other, so they are seen twice (and kept once), never missed. No checkpoint
             // here: cold loads come in storms when many clients connect, and each would pay a
             // sled flush and a journal sync.
             let journaled = inner.journaled(&doc);
-            // Snapshot and log are separate reads; a compaction committing between them would
-            // pair an old snapshot with an already-trimmed log, so loads take its lock.
-            let _guard = inner.lock_compaction(&doc);
             let snapshot = inner.read_snapshot(&doc)?;
             let covered = snapshot.as_ref().map_or(Seq(0), |s| s.upto);
             let mut log = std::collections::BTreeMap::new();
@@ -527,9 +546,9 @@ impl DocStore for SledStore {
     async fn delete(&self, doc: &str) -> Result<bool, StoreError> {
         let doc = doc.to_owned();
         self.blocking(move |inner| {
+            let _guard = inner.lock_compaction(&doc);
             // A journal replayed later must not bring the document back.
             inner.checkpoint()?;
-            let _guard = inner.lock_compaction(&doc);
             // Newest log entries first, then the snapshot: a crash part-way leaves an older
             // state of the document (a prefix of its history), never one with a gap.
             let mut found = false;
@@ -544,6 +563,8 @@ impl DocStore for SledStore {
                 batch.remove(key);
             }
             inner.snapshots.apply_batch(batch)?;
+            // Durable before it is acknowledged.
+            inner.db.flush()?;
             Ok(found)
         })
         .await
