@@ -1,14 +1,17 @@
 //! `tandem-storage`: document persistence over bytes.
 //!
-//! [`DocStore`] is the seam: an append-only update log per document plus a compacted snapshot.
+//! [`DocStore`] is the seam: an append-only update log per document plus a compacted snapshot;
+//! [`EventStore`] the dashboard's per-workspace event log beside it.
 //! [`SledStore`] is the default backend, [`MemoryStore`] a volatile one for tests and benches; a
 //! PostgreSQL backend will sit behind the same trait. Nothing here knows yrs: updates and
 //! snapshots are opaque bytes.
 
+mod events;
 mod journal;
 mod memory;
 mod sled_store;
 
+pub use events::{EventStore, MemoryEventStore, Retention, Since, SledEventStore, StoredEvent};
 pub use memory::MemoryStore;
 pub use sled_store::{SledOptions, SledStore};
 

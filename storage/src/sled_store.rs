@@ -187,6 +187,14 @@ impl SledStore {
         })
     }
 
+    /// The dashboard's event log, in the same database.
+    ///
+    /// # Errors
+    /// Its trees cannot be opened.
+    pub fn events(&self) -> Result<crate::SledEventStore, StoreError> {
+        crate::SledEventStore::open(self.inner.db.clone())
+    }
+
     /// Bytes the database takes on disk.
     ///
     /// # Errors

@@ -1,0 +1,544 @@
+//! The event log of the dashboard layer: per workspace, events with monotonic ids.
+//!
+//! [`EventStore`] is the seam beside [`crate::DocStore`]; [`SledEventStore`] keeps events in the
+//! document database (tree `events`: workspace + `0x00` + id, 8 bytes big-endian → time in
+//! milliseconds, 8 bytes big-endian, then the event's JSON), [`MemoryEventStore`] in memory.
+//! Events are opaque bytes here: what a type must carry is the server's business.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+
+use crate::StoreError;
+
+/// One stored event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// Monotonic within the workspace, starting at 1.
+    pub id: u64,
+    /// When it was accepted, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The event's JSON.
+    pub body: Vec<u8>,
+}
+
+/// What a workspace's log holds after a given id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Since {
+    /// Every retained event after it, oldest first (at most the limit asked for).
+    Events(Vec<StoredEvent>),
+    /// Events after it were already dropped by retention: the reader must start over. `oldest`
+    /// is the oldest id still kept (0 when none is).
+    Resync { oldest: u64 },
+}
+
+/// How much of each workspace's log is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Newest events kept per workspace.
+    pub max_events: usize,
+    /// Events older than this many milliseconds are dropped.
+    pub max_age_ms: u64,
+}
+
+/// Event persistence. Object-safe, so the server holds an `Arc<dyn EventStore>`.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends `body` to `workspace`'s log and returns its id. Durable once a later
+    /// [`EventStore::flush`] returns.
+    ///
+    /// # Errors
+    /// The backend refused the write.
+    fn append(&self, workspace: &str, at_ms: u64, body: &[u8]) -> Result<u64, StoreError>;
+
+    /// Makes every appended event durable.
+    ///
+    /// # Errors
+    /// The backend could not write or sync.
+    async fn flush(&self) -> Result<(), StoreError>;
+
+    /// The events of `workspace` after `after` (0: from the start), at most `limit`.
+    ///
+    /// # Errors
+    /// The backend failed or a record is corrupt.
+    async fn since(&self, workspace: &str, after: u64, limit: usize) -> Result<Since, StoreError>;
+
+    /// The newest `limit` events of `workspace`, oldest first.
+    ///
+    /// # Errors
+    /// The backend failed or a record is corrupt.
+    async fn latest(&self, workspace: &str, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// Drops what `retention` no longer keeps, as of `now_ms`; returns how many events went.
+    ///
+    /// # Errors
+    /// The backend failed.
+    async fn trim(&self, retention: Retention, now_ms: u64) -> Result<usize, StoreError>;
+}
+
+/// Whether a reader that saw everything up to `after` missed events that are gone: the oldest
+/// kept event is not the one right after it, and something was ever dropped (`floor` > 0 is
+/// the highest id retention removed).
+fn missed(after: u64, floor: u64) -> bool {
+    after < floor
+}
+
+/// Events in the document database.
+#[derive(Clone)]
+pub struct SledEventStore {
+    inner: Arc<SledEvents>,
+}
+
+struct SledEvents {
+    db: sled::Db,
+    events: sled::Tree,
+    /// Per workspace: the last id handed out, found on first use.
+    last_ids: Mutex<HashMap<String, u64>>,
+    /// Per workspace: the highest id retention has dropped (kept in tree `events_floor`).
+    floors: sled::Tree,
+}
+
+impl SledEventStore {
+    pub(crate) fn open(db: sled::Db) -> Result<SledEventStore, StoreError> {
+        let events = db.open_tree("events")?;
+        let floors = db.open_tree("events_floor")?;
+        Ok(SledEventStore {
+            inner: Arc::new(SledEvents {
+                db,
+                events,
+                last_ids: Mutex::new(HashMap::new()),
+                floors,
+            }),
+        })
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&SledEvents) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
+
+fn prefix(workspace: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(workspace.len() + 9);
+    key.extend_from_slice(workspace.as_bytes());
+    key.push(0);
+    key
+}
+
+fn event_key(workspace: &str, id: u64) -> Vec<u8> {
+    let mut key = prefix(workspace);
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+fn corrupt(workspace: &str, what: &'static str) -> StoreError {
+    StoreError::Corrupt {
+        doc: workspace.to_owned(),
+        what,
+    }
+}
+
+fn decode(workspace: &str, key: &[u8], value: &[u8]) -> Result<StoredEvent, StoreError> {
+    let id = key
+        .len()
+        .checked_sub(8)
+        .and_then(|at| key[at..].try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| corrupt(workspace, "event key"))?;
+    let at_ms = value
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| corrupt(workspace, "event record"))?;
+    Ok(StoredEvent {
+        id,
+        at_ms,
+        body: value[8..].to_vec(),
+    })
+}
+
+impl SledEvents {
+    fn floor(&self, workspace: &str) -> Result<u64, StoreError> {
+        match self.floors.get(workspace.as_bytes())? {
+            Some(bytes) => bytes
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| corrupt(workspace, "event floor")),
+            None => Ok(0),
+        }
+    }
+
+    fn last_id(&self, workspace: &str) -> Result<u64, StoreError> {
+        let newest = match self
+            .events
+            .scan_prefix(prefix(workspace))
+            .keys()
+            .next_back()
+        {
+            Some(key) => decode(workspace, &key?, &[0; 8])?.id,
+            None => 0,
+        };
+        // A trimmed-empty log still never reuses an id.
+        Ok(newest.max(self.floor(workspace)?))
+    }
+}
+
+#[async_trait]
+impl EventStore for SledEventStore {
+    fn append(&self, workspace: &str, at_ms: u64, body: &[u8]) -> Result<u64, StoreError> {
+        let mut last_ids = self
+            .inner
+            .last_ids
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let last = match last_ids.get(workspace) {
+            Some(last) => *last,
+            None => self.inner.last_id(workspace)?,
+        };
+        let id = last + 1;
+        let mut value = Vec::with_capacity(8 + body.len());
+        value.extend_from_slice(&at_ms.to_be_bytes());
+        value.extend_from_slice(body);
+        self.inner.events.insert(event_key(workspace, id), value)?;
+        last_ids.insert(workspace.to_owned(), id);
+        Ok(id)
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.blocking(|inner| {
+            inner.db.flush()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn since(&self, workspace: &str, after: u64, limit: usize) -> Result<Since, StoreError> {
+        let workspace = workspace.to_owned();
+        self.blocking(move |inner| {
+            let floor = inner.floor(&workspace)?;
+            if missed(after, floor) {
+                let oldest = match inner.events.scan_prefix(prefix(&workspace)).keys().next() {
+                    Some(key) => decode(&workspace, &key?, &[0; 8])?.id,
+                    None => 0,
+                };
+                return Ok(Since::Resync { oldest });
+            }
+            let start = event_key(&workspace, after.saturating_add(1));
+            let end = event_key(&workspace, u64::MAX);
+            let mut events = Vec::new();
+            for entry in inner.events.range(start..=end).take(limit) {
+                let (key, value) = entry?;
+                events.push(decode(&workspace, &key, &value)?);
+            }
+            Ok(Since::Events(events))
+        })
+        .await
+    }
+
+    async fn latest(&self, workspace: &str, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        let workspace = workspace.to_owned();
+        self.blocking(move |inner| {
+            let mut events = Vec::new();
+            for entry in inner
+                .events
+                .scan_prefix(prefix(&workspace))
+                .rev()
+                .take(limit)
+            {
+                let (key, value) = entry?;
+                events.push(decode(&workspace, &key, &value)?);
+            }
+            events.reverse();
+            Ok(events)
+        })
+        .await
+    }
+
+    async fn trim(&self, retention: Retention, now_ms: u64) -> Result<usize, StoreError> {
+        self.blocking(move |inner| {
+            // Workspaces are the key prefixes; walk them one by one.
+            let mut removed = 0;
+            let mut next: Option<Vec<u8>> = Some(Vec::new());
+            while let Some(from) = next.take() {
+                let Some(first) = inner.events.range(from..).keys().next() else {
+                    break;
+                };
+                let first = first?;
+                let end = first.iter().position(|&b| b == 0).unwrap_or(first.len());
+                let workspace = std::str::from_utf8(&first[..end])
+                    .map_err(|_| corrupt("?", "event key"))?
+                    .to_owned();
+                let ws_prefix = prefix(&workspace);
+                let count = inner.events.scan_prefix(&ws_prefix).keys().count();
+                let mut excess = count.saturating_sub(retention.max_events);
+                let mut floor = inner.floor(&workspace)?;
+                for entry in inner.events.scan_prefix(&ws_prefix) {
+                    let (key, value) = entry?;
+                    let event = decode(&workspace, &key, &value)?;
+                    let too_old = now_ms.saturating_sub(event.at_ms) > retention.max_age_ms;
+                    if excess == 0 && !too_old {
+                        break;
+                    }
+                    // The floor first: a crash between the two leaves an event that readers
+                    // are told to resync past, never a gap they are not told about.
+                    floor = floor.max(event.id);
+                    inner
+                        .floors
+                        .insert(workspace.as_bytes(), &floor.to_be_bytes())?;
+                    inner.events.remove(key)?;
+                    excess = excess.saturating_sub(1);
+                    removed += 1;
+                }
+                let mut after = ws_prefix;
+                if let Some(last) = after.last_mut() {
+                    *last = 1;
+                }
+                next = Some(after);
+            }
+            Ok(removed)
+        })
+        .await
+    }
+}
+
+/// Events in memory, for tests and benches.
+#[derive(Default, Clone)]
+pub struct MemoryEventStore {
+    inner: Arc<Mutex<HashMap<String, MemoryLog>>>,
+}
+
+#[derive(Default)]
+struct MemoryLog {
+    events: BTreeMap<u64, (u64, Vec<u8>)>,
+    last_id: u64,
+    floor: u64,
+}
+
+impl MemoryEventStore {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, MemoryLog>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[async_trait]
+impl EventStore for MemoryEventStore {
+    fn append(&self, workspace: &str, at_ms: u64, body: &[u8]) -> Result<u64, StoreError> {
+        let mut logs = self.lock();
+        let log = logs.entry(workspace.to_owned()).or_default();
+        log.last_id += 1;
+        log.events.insert(log.last_id, (at_ms, body.to_vec()));
+        Ok(log.last_id)
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn since(&self, workspace: &str, after: u64, limit: usize) -> Result<Since, StoreError> {
+        let logs = self.lock();
+        let Some(log) = logs.get(workspace) else {
+            return Ok(Since::Events(Vec::new()));
+        };
+        if missed(after, log.floor) {
+            let oldest = log.events.keys().next().copied().unwrap_or(0);
+            return Ok(Since::Resync { oldest });
+        }
+        Ok(Since::Events(
+            log.events
+                .range(after.saturating_add(1)..)
+                .take(limit)
+                .map(|(id, (at_ms, body))| StoredEvent {
+                    id: *id,
+                    at_ms: *at_ms,
+                    body: body.clone(),
+                })
+                .collect(),
+        ))
+    }
+
+    async fn latest(&self, workspace: &str, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        let logs = self.lock();
+        let Some(log) = logs.get(workspace) else {
+            return Ok(Vec::new());
+        };
+        let mut events: Vec<_> = log
+            .events
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|(id, (at_ms, body))| StoredEvent {
+                id: *id,
+                at_ms: *at_ms,
+                body: body.clone(),
+            })
+            .collect();
+        events.reverse();
+        Ok(events)
+    }
+
+    async fn trim(&self, retention: Retention, now_ms: u64) -> Result<usize, StoreError> {
+        let mut logs = self.lock();
+        let mut removed = 0;
+        for log in logs.values_mut() {
+            let mut excess = log.events.len().saturating_sub(retention.max_events);
+            while let Some((&id, (at_ms, _))) = log.events.iter().next() {
+                let too_old = now_ms.saturating_sub(*at_ms) > retention.max_age_ms;
+                if excess == 0 && !too_old {
+                    break;
+                }
+                log.events.remove(&id);
+                log.floor = log.floor.max(id);
+                excess = excess.saturating_sub(1);
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod contract {
+    //! The same behaviour, checked against every backend.
+
+    use super::*;
+
+    fn ids(since: Since) -> Vec<u64> {
+        match since {
+            Since::Events(events) => events.into_iter().map(|e| e.id).collect(),
+            Since::Resync { oldest } => panic!("unexpected resync (oldest {oldest})"),
+        }
+    }
+
+    pub async fn append_since_latest_trim(store: &dyn EventStore) {
+        assert_eq!(
+            ids(store.since("acme", 0, 10).await.unwrap()),
+            Vec::<u64>::new()
+        );
+        for n in 1..=5u64 {
+            assert_eq!(
+                store
+                    .append("acme", n * 1000, format!("{{\"n\":{n}}}").as_bytes())
+                    .unwrap(),
+                n
+            );
+        }
+        // Ids are per workspace; workspaces whose names share a prefix stay apart.
+        assert_eq!(store.append("acme2", 1000, b"{}").unwrap(), 1);
+        store.flush().await.unwrap();
+
+        assert_eq!(
+            ids(store.since("acme", 0, 10).await.unwrap()),
+            vec![1, 2, 3, 4, 5]
+        );
+        assert_eq!(ids(store.since("acme", 3, 10).await.unwrap()), vec![4, 5]);
+        assert_eq!(ids(store.since("acme", 1, 2).await.unwrap()), vec![2, 3]);
+        assert_eq!(
+            ids(store.since("acme", 5, 10).await.unwrap()),
+            Vec::<u64>::new()
+        );
+        let latest = store.latest("acme", 2).await.unwrap();
+        assert_eq!(latest.iter().map(|e| e.id).collect::<Vec<_>>(), vec![4, 5]);
+        assert_eq!(latest[1].body, b"{\"n\":5}".to_vec());
+        assert_eq!(latest[1].at_ms, 5000);
+
+        // Count: keep 3 newest. Age: at 10_000 with 6_500 ms, events at <= 3_500 go.
+        let removed = store
+            .trim(
+                Retention {
+                    max_events: 3,
+                    max_age_ms: u64::MAX,
+                },
+                10_000,
+            )
+            .await
+            .unwrap();
+        assert_eq!(removed, 2);
+        assert_eq!(
+            ids(store.since("acme", 2, 10).await.unwrap()),
+            vec![3, 4, 5]
+        );
+        assert_eq!(
+            store.since("acme", 1, 10).await.unwrap(),
+            Since::Resync { oldest: 3 }
+        );
+        assert_eq!(
+            store.since("acme", 0, 10).await.unwrap(),
+            Since::Resync { oldest: 3 }
+        );
+        let removed = store
+            .trim(
+                Retention {
+                    max_events: 100,
+                    max_age_ms: 6_500,
+                },
+                10_000,
+            )
+            .await
+            .unwrap();
+        // acme's event 3 (at 3,000) and acme2's only event (at 1,000).
+        assert_eq!(removed, 2);
+        assert_eq!(ids(store.since("acme", 3, 10).await.unwrap()), vec![4, 5]);
+        assert_eq!(
+            store.since("acme2", 0, 10).await.unwrap(),
+            Since::Resync { oldest: 0 }
+        );
+        assert_eq!(
+            ids(store.since("acme2", 1, 10).await.unwrap()),
+            Vec::<u64>::new()
+        );
+
+        // Ids never go back, even once everything was trimmed.
+        store
+            .trim(
+                Retention {
+                    max_events: 0,
+                    max_age_ms: u64::MAX,
+                },
+                10_000,
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.append("acme", 11_000, b"{}").unwrap(), 6);
+        assert_eq!(ids(store.since("acme", 5, 10).await.unwrap()), vec![6]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_contract() {
+        contract::append_since_latest_trim(&MemoryEventStore::default()).await;
+    }
+
+    #[tokio::test]
+    async fn sled_contract_and_ids_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = crate::SledStore::open(dir.path())
+                .unwrap()
+                .events()
+                .unwrap();
+            contract::append_since_latest_trim(&store).await;
+            store.flush().await.unwrap();
+        }
+        let store = crate::SledStore::open(dir.path())
+            .unwrap()
+            .events()
+            .unwrap();
+        assert_eq!(store.append("acme", 12_000, b"{}").unwrap(), 7);
+        assert_eq!(store.append("acme2", 12_000, b"{}").unwrap(), 2);
+        assert_eq!(store.latest("acme", 10).await.unwrap().len(), 2);
+    }
+}
