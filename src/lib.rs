@@ -13,6 +13,7 @@ pub mod config;
 pub mod docname;
 pub mod durability;
 mod error;
+pub mod events;
 pub mod peer;
 pub mod rooms;
 pub mod trace;

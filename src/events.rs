@@ -1,0 +1,386 @@
+//! The dashboard's event catalogue: every event type a backend may publish, the channel it goes
+//! to and the fields it must carry, with the field names of MISSION.md.
+//!
+//! [`validate`] turns a published JSON object into an [`Event`] or says exactly what is wrong,
+//! for the 422 answer. Fields beyond the required ones are kept as they are; `id` and
+//! `timestamp` are the server's and are set when the event is accepted.
+
+use serde_json::{Map, Value};
+
+/// A channel a dashboard client subscribes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    Presence,
+    Queries,
+    Agents,
+    Approvals,
+    ChatSessions,
+    Notifications,
+    Activity,
+    System,
+    Workflows,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 9] = [
+        Channel::Presence,
+        Channel::Queries,
+        Channel::Agents,
+        Channel::Approvals,
+        Channel::ChatSessions,
+        Channel::Notifications,
+        Channel::Activity,
+        Channel::System,
+        Channel::Workflows,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Channel::Presence => "presence",
+            Channel::Queries => "queries",
+            Channel::Agents => "agents",
+            Channel::Approvals => "approvals",
+            Channel::ChatSessions => "chat_sessions",
+            Channel::Notifications => "notifications",
+            Channel::Activity => "activity",
+            Channel::System => "system",
+            Channel::Workflows => "workflows",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Channel> {
+        Channel::ALL.into_iter().find(|c| c.name() == name)
+    }
+}
+
+/// What a required field must hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// An identifier: a number or a non-empty string (backends use both).
+    Id,
+    /// A non-empty string.
+    Text,
+    /// An integer, zero or more.
+    Count,
+    /// A number, zero or more (seconds, say).
+    Duration,
+    Bool,
+    /// One of a fixed set of strings.
+    OneOf(&'static [&'static str]),
+}
+
+impl Kind {
+    fn accepts(self, value: &Value) -> bool {
+        match self {
+            Kind::Id => {
+                value.is_u64() || value.is_i64() || value.as_str().is_some_and(|s| !s.is_empty())
+            }
+            Kind::Text => value.as_str().is_some_and(|s| !s.is_empty()),
+            Kind::Count => value.is_u64(),
+            Kind::Duration => value.as_f64().is_some_and(|n| n >= 0.0),
+            Kind::Bool => value.is_boolean(),
+            Kind::OneOf(allowed) => value.as_str().is_some_and(|s| allowed.contains(&s)),
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Kind::Id => "an id (a number or a non-empty string)".into(),
+            Kind::Text => "a non-empty string".into(),
+            Kind::Count => "a non-negative integer".into(),
+            Kind::Duration => "a non-negative number".into(),
+            Kind::Bool => "true or false".into(),
+            Kind::OneOf(allowed) => format!("one of {}", allowed.join(", ")),
+        }
+    }
+}
+
+const SEVERITIES: &[&str] = &["info", "warning", "error", "critical"];
+
+/// One publishable event type.
+struct EventType {
+    name: &'static str,
+    channel: Channel,
+    required: &'static [(&'static str, Kind)],
+}
+
+/// Every type a backend may publish (`presence_update` and the lock, badge and editing events
+/// are the server's own).
+const TYPES: &[EventType] = &[
+    EventType {
+        name: "query_started",
+        channel: Channel::Queries,
+        required: &[("query_id", Kind::Id), ("started_by", Kind::Id)],
+    },
+    EventType {
+        name: "query_completed",
+        channel: Channel::Queries,
+        required: &[
+            ("query_id", Kind::Id),
+            ("result_count", Kind::Count),
+            ("execution_time", Kind::Duration),
+        ],
+    },
+    EventType {
+        name: "query_failed",
+        channel: Channel::Queries,
+        required: &[("query_id", Kind::Id), ("error", Kind::Text)],
+    },
+    EventType {
+        name: "agent_executed",
+        channel: Channel::Agents,
+        required: &[
+            ("agent_id", Kind::Id),
+            ("status", Kind::Text),
+            ("insights_found", Kind::Count),
+            ("needs_approval", Kind::Bool),
+        ],
+    },
+    EventType {
+        name: "approval_request",
+        channel: Channel::Approvals,
+        required: &[("approval_id", Kind::Id), ("title", Kind::Text)],
+    },
+    EventType {
+        name: "new_chat_message",
+        channel: Channel::ChatSessions,
+        required: &[
+            ("session_id", Kind::Id),
+            ("message", Kind::Text),
+            ("sender", Kind::Text),
+        ],
+    },
+    EventType {
+        name: "new_chat_session",
+        channel: Channel::ChatSessions,
+        required: &[("session_id", Kind::Id)],
+    },
+    EventType {
+        name: "system_alert",
+        channel: Channel::System,
+        required: &[
+            ("message", Kind::Text),
+            ("severity", Kind::OneOf(SEVERITIES)),
+        ],
+    },
+    EventType {
+        name: "workflow_triggered",
+        channel: Channel::Workflows,
+        required: &[("workflow_id", Kind::Id)],
+    },
+    EventType {
+        name: "query_executed",
+        channel: Channel::Activity,
+        required: &[("user_id", Kind::Id), ("query_id", Kind::Id)],
+    },
+    EventType {
+        name: "template_created",
+        channel: Channel::Activity,
+        required: &[("user_id", Kind::Id), ("template_id", Kind::Id)],
+    },
+    EventType {
+        name: "agent_triggered",
+        channel: Channel::Activity,
+        required: &[("user_id", Kind::Id), ("agent_id", Kind::Id)],
+    },
+    EventType {
+        name: "file_uploaded",
+        channel: Channel::Activity,
+        required: &[("user_id", Kind::Id), ("file_name", Kind::Text)],
+    },
+];
+
+/// Fields the server sets on every accepted event; a publisher may not.
+const SERVER_FIELDS: &[&str] = &["id", "timestamp"];
+
+/// A published event that passed validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub kind: &'static str,
+    pub channel: Channel,
+    /// The users it is addressed to; empty for everyone subscribed to the channel.
+    pub user_ids: Vec<String>,
+    /// The event object as published.
+    pub fields: Map<String, Value>,
+}
+
+/// Why a published event was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    #[error("an event is a JSON object")]
+    NotAnObject,
+    #[error("an event needs a string `type`")]
+    MissingType,
+    #[error("unknown event type {0:?}; known types: {1}")]
+    UnknownType(String, String),
+    #[error("{kind} needs `{field}`: {expected}")]
+    MissingField {
+        kind: &'static str,
+        field: &'static str,
+        expected: String,
+    },
+    #[error("`{0}` is set by the server")]
+    ServerField(&'static str),
+    #[error("`user_ids` must be a non-empty list of ids")]
+    BadUserIds,
+}
+
+/// The names of every publishable type.
+pub fn type_names() -> Vec<&'static str> {
+    TYPES.iter().map(|t| t.name).collect()
+}
+
+/// Checks a published event against its type.
+///
+/// # Errors
+/// What is wrong with it, in words a backend developer can act on.
+pub fn validate(value: Value) -> Result<Event, EventError> {
+    let Value::Object(fields) = value else {
+        return Err(EventError::NotAnObject);
+    };
+    let kind = fields
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or(EventError::MissingType)?;
+    let spec = TYPES
+        .iter()
+        .find(|t| t.name == kind)
+        .ok_or_else(|| EventError::UnknownType(kind.to_owned(), type_names().join(", ")))?;
+    for field in SERVER_FIELDS {
+        if fields.contains_key(*field) {
+            return Err(EventError::ServerField(field));
+        }
+    }
+    for (field, expected) in spec.required {
+        if !fields.get(*field).is_some_and(|v| expected.accepts(v)) {
+            return Err(EventError::MissingField {
+                kind: spec.name,
+                field,
+                expected: expected.describe(),
+            });
+        }
+    }
+    let user_ids = match fields.get("user_ids") {
+        None => Vec::new(),
+        Some(Value::Array(ids)) if !ids.is_empty() => ids
+            .iter()
+            .map(|id| match id {
+                Value::String(s) if !s.is_empty() => Ok(s.clone()),
+                Value::Number(n) if n.is_u64() || n.is_i64() => Ok(n.to_string()),
+                _ => Err(EventError::BadUserIds),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(EventError::BadUserIds),
+    };
+    Ok(Event {
+        kind: spec.name,
+        channel: spec.channel,
+        user_ids,
+        fields,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_mission_example_is_accepted_on_its_channel() {
+        let cases = [
+            (
+                json!({"type":"query_started","query_id":456,"started_by":123}),
+                Channel::Queries,
+            ),
+            (
+                json!({"type":"query_completed","query_id":456,"result_count":100,"execution_time":2.5}),
+                Channel::Queries,
+            ),
+            (
+                json!({"type":"agent_executed","agent_id":789,"status":"completed","insights_found":3,"needs_approval":false}),
+                Channel::Agents,
+            ),
+            (
+                json!({"type":"new_chat_message","session_id":999,"message":"Hello, I need help","sender":"visitor"}),
+                Channel::ChatSessions,
+            ),
+            (
+                json!({"type":"new_chat_session","session_id":1000,"visitor_location":"New York, US"}),
+                Channel::ChatSessions,
+            ),
+            (
+                json!({"type":"system_alert","message":"disk almost full","severity":"warning"}),
+                Channel::System,
+            ),
+            (
+                json!({"type":"workflow_triggered","workflow_id":"wf-1"}),
+                Channel::Workflows,
+            ),
+            (
+                json!({"type":"approval_request","approval_id":5,"title":"Send report"}),
+                Channel::Approvals,
+            ),
+            (
+                json!({"type":"query_failed","query_id":456,"error":"timeout"}),
+                Channel::Queries,
+            ),
+            (
+                json!({"type":"file_uploaded","user_id":123,"file_name":"q3.csv"}),
+                Channel::Activity,
+            ),
+        ];
+        for (value, channel) in cases {
+            let event = validate(value.clone()).unwrap_or_else(|e| panic!("{value}: {e}"));
+            assert_eq!(event.channel, channel, "{value}");
+            // Kept exactly as published.
+            assert_eq!(Value::Object(event.fields), value);
+        }
+    }
+
+    #[test]
+    fn each_refusal_says_what_is_wrong() {
+        let refused = |value: Value| validate(value).unwrap_err().to_string();
+        assert_eq!(refused(json!([1])), "an event is a JSON object");
+        assert_eq!(
+            refused(json!({"query_id":1})),
+            "an event needs a string `type`"
+        );
+        assert!(refused(json!({"type":"query_exploded"}))
+            .starts_with("unknown event type \"query_exploded\"; known types: query_started"));
+        assert_eq!(
+            refused(
+                json!({"type":"query_completed","query_id":1,"result_count":-1,"execution_time":2})
+            ),
+            "query_completed needs `result_count`: a non-negative integer"
+        );
+        assert_eq!(
+            refused(json!({"type":"system_alert","message":"x","severity":"meh"})),
+            "system_alert needs `severity`: one of info, warning, error, critical"
+        );
+        assert_eq!(
+            refused(json!({"type":"workflow_triggered","workflow_id":"wf","id":3})),
+            "`id` is set by the server"
+        );
+        assert_eq!(
+            refused(json!({"type":"workflow_triggered","workflow_id":"wf","user_ids":[]})),
+            "`user_ids` must be a non-empty list of ids"
+        );
+    }
+
+    #[test]
+    fn user_ids_become_strings_whatever_their_json_type() {
+        let event =
+            validate(json!({"type":"workflow_triggered","workflow_id":1,"user_ids":[123,"u-7"]}))
+                .unwrap();
+        assert_eq!(event.user_ids, vec!["123".to_string(), "u-7".to_string()]);
+    }
+
+    #[test]
+    fn channels_round_trip_by_name() {
+        for channel in Channel::ALL {
+            assert_eq!(Channel::parse(channel.name()), Some(channel));
+        }
+        assert_eq!(Channel::parse("everything"), None);
+    }
+}
