@@ -526,15 +526,13 @@ mod tests {
     async fn sled_contract_and_ids_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = crate::SledStore::open(dir.path())
-                .unwrap()
+            let store = crate::sled_store::tests::reopen(dir.path())
                 .events()
                 .unwrap();
             contract::append_since_latest_trim(&store).await;
             store.flush().await.unwrap();
         }
-        let store = crate::SledStore::open(dir.path())
-            .unwrap()
+        let store = crate::sled_store::tests::reopen(dir.path())
             .events()
             .unwrap();
         assert_eq!(store.append("acme", 12_000, b"{}").unwrap(), 7);

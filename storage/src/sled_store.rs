@@ -591,20 +591,37 @@ impl DocStore for SledStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Opens the store in `dir`, waiting briefly for a previous handle's lock to go: sled's IO
+    /// threads can hold the database a moment after the last handle is dropped.
+    pub(crate) fn reopen(dir: &Path) -> SledStore {
+        for _ in 0..100 {
+            match SledStore::open(dir) {
+                Ok(store) => return store,
+                Err(StoreError::Backend(sled::Error::Io(e)))
+                    if e.to_string().contains("could not acquire lock") =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("the database in {} stayed locked", dir.display());
+    }
 
     #[tokio::test]
     async fn contract() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         crate::contract::append_load_compact(&store).await;
     }
 
     #[tokio::test]
     async fn big_snapshots_are_chunked_and_shrinking_ones_leave_no_stale_chunks() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         let big: Vec<u8> = (0..SNAPSHOT_CHUNK_BYTES * 5 + 17)
             .map(|i| i as u8)
             .collect();
@@ -665,7 +682,7 @@ mod tests {
     #[tokio::test]
     async fn records_a_snapshot_covers_are_dropped_at_the_checkpoint_instead_of_moved() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         store.append("doc", b"one").unwrap();
         let two = store.append("doc", b"two").unwrap();
         let three = store.append("doc", b"three").unwrap();
@@ -691,7 +708,7 @@ mod tests {
     async fn a_torn_journal_tail_is_dropped_and_the_records_before_it_kept() {
         let dir = tempfile::tempdir().unwrap();
         let seq = {
-            let store = SledStore::open(dir.path()).unwrap();
+            let store = reopen(dir.path());
             let seq = store.append("doc", b"kept").unwrap();
             store.flush().await.unwrap();
             seq
@@ -705,7 +722,7 @@ mod tests {
         bytes.extend_from_slice(&torn);
         std::fs::write(&path, bytes).unwrap();
 
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         assert_eq!(
             store.load("doc").await.unwrap().log,
             vec![(seq, b"kept".to_vec())]
@@ -716,7 +733,7 @@ mod tests {
     async fn deleted_and_compacted_records_do_not_come_back_after_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let (kept, tail) = {
-            let store = SledStore::open(dir.path()).unwrap();
+            let store = reopen(dir.path());
             store.append("gone", b"x").unwrap();
             let kept = store.append("kept", b"covered").unwrap();
             store.flush().await.unwrap();
@@ -726,7 +743,7 @@ mod tests {
             store.flush().await.unwrap();
             (kept, tail)
         };
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         assert!(store.load("gone").await.unwrap().is_empty());
         let doc = store.load("kept").await.unwrap();
         assert_eq!(doc.snapshot.unwrap().upto, kept);
@@ -739,7 +756,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut seen = Vec::new();
         for _ in 0..2 {
-            let store = SledStore::open(dir.path()).unwrap();
+            let store = reopen(dir.path());
             {
                 // A range that runs out after two appends, to cross a reservation.
                 let mut pending = store.inner.lock_pending();
@@ -757,12 +774,12 @@ mod tests {
     async fn flushed_appends_survive_reopen_and_seqs_keep_growing() {
         let dir = tempfile::tempdir().unwrap();
         let before = {
-            let store = SledStore::open(dir.path()).unwrap();
+            let store = reopen(dir.path());
             let seq = store.append("doc", b"u1").unwrap();
             store.flush().await.unwrap();
             seq
         };
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         let doc = store.load("doc").await.unwrap();
         assert_eq!(doc.log, vec![(before, b"u1".to_vec())]);
         assert!(store.append("doc", b"u2").unwrap() > before);
