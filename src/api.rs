@@ -1,4 +1,4 @@
-//! The HTTP API: documents (`/api/v1/docs/...`) and health.
+//! The HTTP API: documents (`/api/v1/docs/...`), events (`/api/v1/events`) and health.
 
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -12,7 +12,7 @@ use base64::Engine;
 use serde::Deserialize;
 use tandem_crdt::{Access, RoomError};
 
-use crate::auth::AuthError;
+use crate::auth::{AuthError, Role};
 
 use crate::docname::DocName;
 use crate::durability::DurabilityError;
@@ -191,4 +191,91 @@ fn room_error(err: RoomOpError) -> ApiError {
         RoomOpError::Room(e) => ApiError::bad_request("bad_update", e.to_string()),
         RoomOpError::Store(e) => ApiError::storage(&e),
     }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PublishParams {
+    /// The workspace, for a server running without authentication (tokens carry their own).
+    workspace: Option<String>,
+}
+
+/// `POST /api/v1/events`: a backend publishes an event to its workspace. The event is checked
+/// against its type (422 with what is wrong), given the workspace's next id and a timestamp,
+/// and stored durably before the answer `201 {"id": N}`.
+pub async fn publish_event(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    params: Result<Query<PublishParams>, QueryRejection>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    const ROUTE: &str = "http_events_publish";
+    let principal = app
+        .auth
+        .authenticate(bearer(&headers)?)
+        .map_err(|e| e.refuse(ROUTE, None))?;
+    let Query(params) = params.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let workspace = match (&principal.workspace, params.workspace) {
+        (Some(own), None) => own.clone(),
+        (Some(own), Some(asked)) if *own == asked => asked,
+        (Some(_), Some(_)) => return Err(AuthError::WrongWorkspace.refuse(ROUTE, None)),
+        (None, Some(asked)) if valid_workspace(&asked) => asked,
+        (None, _) => {
+            return Err(ApiError::bad_request(
+                "bad_workspace",
+                "without authentication, name the workspace: ?workspace=<name>",
+            ))
+        }
+    };
+    // Open mode stands for every role; otherwise only backends publish.
+    if !app.auth.is_open() && principal.role != Role::Service {
+        return Err(AuthError::RoleRequired(Role::Service).refuse(ROUTE, None));
+    }
+    let limit = app.config.max_event_bytes;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("an event is at most {limit} bytes"),
+            )
+        } else {
+            ApiError::bad_request("bad_body", "the body could not be read")
+        }
+    })?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request("bad_json", format!("the body is not JSON: {e}")))?;
+    let mut event = crate::events::validate(value).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_event",
+            e.to_string(),
+        )
+    })?;
+    let now = time::OffsetDateTime::now_utc();
+    let at_ms = u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    let timestamp = now
+        .format(&time::format_description::well_known::Rfc3339)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "clock", e.to_string()))?;
+    event
+        .fields
+        .insert("timestamp".into(), serde_json::Value::String(timestamp));
+    let stored = serde_json::to_vec(&event.fields)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "encode", e.to_string()))?;
+    let id = app
+        .events
+        .append(&workspace, at_ms, &stored)
+        .map_err(|e| ApiError::storage(&e))?;
+    app.events.flush().await.map_err(|e| {
+        tracing::error!(%workspace, id, error = %e, "event stored but not flushed");
+        ApiError::storage(&e)
+    })?;
+    tracing::debug!(%workspace, id, kind = event.kind, "event published");
+    Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response())
+}
+
+/// A workspace name as the first segment of a document name may be.
+fn valid_workspace(name: &str) -> bool {
+    !name.contains('/') && DocName::parse(name).is_ok()
 }

@@ -62,6 +62,10 @@ pub struct Config {
     #[arg(long, env = "TANDEM_COMPACT_AFTER_BYTES", default_value_t = Config::DEFAULT_COMPACT_AFTER_BYTES)]
     pub compact_after_bytes: usize,
 
+    /// The largest event a backend may publish, in bytes.
+    #[arg(long, env = "TANDEM_MAX_EVENT_BYTES", default_value_t = Config::DEFAULT_MAX_EVENT_BYTES)]
+    pub max_event_bytes: usize,
+
     /// How many documents may be compacted at once.
     #[arg(long, env = "TANDEM_COMPACTION_CONCURRENCY", default_value_t = Config::DEFAULT_COMPACTION_CONCURRENCY)]
     pub compaction_concurrency: usize,
@@ -130,6 +134,7 @@ impl Config {
     pub const DEFAULT_COMPACT_AFTER_BYTES: usize = 1024 * 1024;
     pub const DEFAULT_JOURNAL_CHECKPOINT_BYTES: usize = 4 * 1024 * 1024;
     pub const DEFAULT_COMPACTION_CONCURRENCY: usize = 1;
+    pub const DEFAULT_MAX_EVENT_BYTES: usize = 64 * 1024;
     pub const DEFAULT_ROOM_GRACE_MS: u64 = 10_000;
     pub const DEFAULT_PING_INTERVAL_MS: u64 = 15_000;
     pub const DEFAULT_PING_TIMEOUT_MS: u64 = 45_000;
@@ -184,6 +189,7 @@ impl Default for Config {
             compact_after_bytes: Config::DEFAULT_COMPACT_AFTER_BYTES,
             journal_checkpoint_bytes: Config::DEFAULT_JOURNAL_CHECKPOINT_BYTES,
             compaction_concurrency: Config::DEFAULT_COMPACTION_CONCURRENCY,
+            max_event_bytes: Config::DEFAULT_MAX_EVENT_BYTES,
             room_grace_ms: Config::DEFAULT_ROOM_GRACE_MS,
             ping_interval_ms: Config::DEFAULT_PING_INTERVAL_MS,
             ping_timeout_ms: Config::DEFAULT_PING_TIMEOUT_MS,

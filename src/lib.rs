@@ -22,10 +22,10 @@ mod ws;
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::Router;
-use tandem_storage::{DocStore, SledOptions, SledStore, StoreError};
+use tandem_storage::{DocStore, EventStore, SledOptions, SledStore, StoreError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -45,6 +45,8 @@ pub struct AppState {
     auth: Arc<Auth>,
     rooms: Arc<Rooms>,
     durability: Arc<Durability>,
+    /// The dashboard's event log.
+    events: Arc<dyn EventStore>,
     /// Connection tasks, awaited at shutdown.
     tasks: TaskTracker,
     /// Cancelled when shutdown starts.
@@ -85,17 +87,29 @@ pub async fn serve(
             dir: config.data_dir.clone(),
             source,
         })?;
-    serve_with_store(listener, config, Arc::new(store), shutdown).await
+    let events = store.events().map_err(|source| ServeError::Storage {
+        dir: config.data_dir.clone(),
+        source,
+    })?;
+    serve_with_stores(
+        listener,
+        config,
+        Arc::new(store),
+        Arc::new(events),
+        shutdown,
+    )
+    .await
 }
 
-/// [`serve`] with any [`DocStore`].
+/// [`serve`] with any [`DocStore`] and [`EventStore`].
 ///
 /// # Errors
 /// The configuration is invalid or the listener fails.
-pub async fn serve_with_store(
+pub async fn serve_with_stores(
     listener: TcpListener,
     config: Config,
     store: Arc<dyn DocStore>,
+    events: Arc<dyn EventStore>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     validate(&config)?;
@@ -141,6 +155,7 @@ pub async fn serve_with_store(
         auth,
         rooms: Arc::clone(&rooms),
         durability: Arc::clone(&durability),
+        events,
         tasks: tasks.clone(),
         shutdown: token.clone(),
     };
@@ -192,6 +207,7 @@ fn validate(config: &Config) -> Result<(), ServeError> {
             "compaction-concurrency",
             config.compaction_concurrency as u64,
         ),
+        ("max-event-bytes", config.max_event_bytes as u64),
         (
             "journal-checkpoint-bytes",
             config.journal_checkpoint_bytes as u64,
@@ -240,6 +256,7 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/docs/{*doc}",
             get(api::get_doc).post(api::post_update),
         )
+        .route("/api/v1/events", post(api::publish_event))
         .fallback(api::not_found)
         .with_state(state)
 }

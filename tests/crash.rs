@@ -244,3 +244,34 @@ async fn sigkill_while_compactions_run_loses_nothing() {
     let server = Server::start(dir.path(), &args);
     assert_prefix_with_at_least(&server.text("compacting").await, acked, writer.next);
 }
+
+#[tokio::test]
+async fn published_events_acknowledged_before_sigkill_keep_their_ids() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let http = reqwest::Client::new();
+    let publish = |server: &Server| {
+        http.post(format!(
+            "http://{}/api/v1/events?workspace=acme",
+            server.addr
+        ))
+        .json(&serde_json::json!({"type":"workflow_triggered","workflow_id":"wf-1"}))
+        .send()
+    };
+    let server = Server::start(dir.path(), &[]);
+    for expected in 1..=3 {
+        let response = publish(&server).await.expect("publish");
+        assert_eq!(response.status(), 201);
+        let body: serde_json::Value = response.json().await.expect("json");
+        assert_eq!(body["id"], expected);
+    }
+    server.kill();
+    // Had any acknowledged event been lost, its id would be handed out again.
+    let server = Server::start(dir.path(), &[]);
+    let body: serde_json::Value = publish(&server)
+        .await
+        .expect("publish")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(body["id"], 4);
+}
