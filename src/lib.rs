@@ -10,6 +10,7 @@ mod api;
 pub mod auth;
 pub mod bench;
 pub mod config;
+pub mod dashboard;
 pub mod docname;
 pub mod durability;
 mod error;
