@@ -98,21 +98,7 @@ pub async fn post_update(
     }
     // The body is read only now, after the token checked out: an unauthenticated client cannot
     // make the server buffer a large upload.
-    let update = axum::body::to_bytes(body, app.config.max_frame_bytes)
-        .await
-        .map_err(|e| {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if too_large {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_large",
-                    format!("the body is over {} bytes", app.config.max_frame_bytes),
-                )
-            } else {
-                ApiError::bad_request("bad_body", "the body could not be read")
-            }
-        })?;
+    let update = read_body(body, app.config.max_frame_bytes).await?;
     if update.is_empty() {
         return Err(ApiError::bad_request(
             "bad_update",
@@ -230,20 +216,7 @@ pub async fn publish_event(
     if !app.auth.is_open() && principal.role != Role::Service {
         return Err(AuthError::RoleRequired(Role::Service).refuse(ROUTE, None));
     }
-    let limit = app.config.max_event_bytes;
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if too_large {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("an event is at most {limit} bytes"),
-            )
-        } else {
-            ApiError::bad_request("bad_body", "the body could not be read")
-        }
-    })?;
+    let bytes = read_body(body, app.config.max_event_bytes).await?;
     let value: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request("bad_json", format!("the body is not JSON: {e}")))?;
     let mut event = crate::events::validate(value).map_err(|e| {
@@ -273,6 +246,24 @@ pub async fn publish_event(
     })?;
     tracing::debug!(%workspace, id, kind = event.kind, "event published");
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response())
+}
+
+/// Reads a request body of at most `limit` bytes: 413 `too_large` past it. Called only once the
+/// token checked out, so an unauthenticated client cannot make the server buffer an upload.
+async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the body is over {limit} bytes"),
+            )
+        } else {
+            ApiError::bad_request("bad_body", "the body could not be read")
+        }
+    })
 }
 
 /// A workspace name as the first segment of a document name may be.

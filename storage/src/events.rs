@@ -77,9 +77,8 @@ pub trait EventStore: Send + Sync + 'static {
     async fn trim(&self, retention: Retention, now_ms: u64) -> Result<usize, StoreError>;
 }
 
-/// Whether a reader that saw everything up to `after` missed events that are gone: the oldest
-/// kept event is not the one right after it, and something was ever dropped (`floor` > 0 is
-/// the highest id retention removed).
+/// Whether a reader that saw everything up to `after` missed events retention dropped: `floor`
+/// is the highest id it removed (0: none).
 fn missed(after: u64, floor: u64) -> bool {
     after < floor
 }
@@ -145,13 +144,16 @@ fn corrupt(workspace: &str, what: &'static str) -> StoreError {
     }
 }
 
-fn decode(workspace: &str, key: &[u8], value: &[u8]) -> Result<StoredEvent, StoreError> {
-    let id = key
-        .len()
+fn key_id(workspace: &str, key: &[u8]) -> Result<u64, StoreError> {
+    key.len()
         .checked_sub(8)
         .and_then(|at| key[at..].try_into().ok())
         .map(u64::from_be_bytes)
-        .ok_or_else(|| corrupt(workspace, "event key"))?;
+        .ok_or_else(|| corrupt(workspace, "event key"))
+}
+
+fn decode(workspace: &str, key: &[u8], value: &[u8]) -> Result<StoredEvent, StoreError> {
+    let id = key_id(workspace, key)?;
     let at_ms = value
         .get(..8)
         .and_then(|b| b.try_into().ok())
@@ -183,7 +185,7 @@ impl SledEvents {
             .keys()
             .next_back()
         {
-            Some(key) => decode(workspace, &key?, &[0; 8])?.id,
+            Some(key) => key_id(workspace, &key?)?,
             None => 0,
         };
         // A trimmed-empty log still never reuses an id.
@@ -226,7 +228,7 @@ impl EventStore for SledEventStore {
             let floor = inner.floor(&workspace)?;
             if missed(after, floor) {
                 let oldest = match inner.events.scan_prefix(prefix(&workspace)).keys().next() {
-                    Some(key) => decode(&workspace, &key?, &[0; 8])?.id,
+                    Some(key) => key_id(&workspace, &key?)?,
                     None => 0,
                 };
                 return Ok(Since::Resync { oldest });
@@ -279,7 +281,7 @@ impl EventStore for SledEventStore {
                 let ws_prefix = prefix(&workspace);
                 let count = inner.events.scan_prefix(&ws_prefix).keys().count();
                 let mut excess = count.saturating_sub(retention.max_events);
-                let mut floor = inner.floor(&workspace)?;
+                let mut doomed = Vec::new();
                 for entry in inner.events.scan_prefix(&ws_prefix) {
                     let (key, value) = entry?;
                     let event = decode(&workspace, &key, &value)?;
@@ -287,15 +289,20 @@ impl EventStore for SledEventStore {
                     if excess == 0 && !too_old {
                         break;
                     }
-                    // The floor first: a crash between the two leaves an event that readers
+                    doomed.push((event.id, key));
+                    excess = excess.saturating_sub(1);
+                }
+                if let Some((newest, _)) = doomed.last() {
+                    // The floor first: a crash before the removals leaves events that readers
                     // are told to resync past, never a gap they are not told about.
-                    floor = floor.max(event.id);
+                    let floor = inner.floor(&workspace)?.max(*newest);
                     inner
                         .floors
                         .insert(workspace.as_bytes(), &floor.to_be_bytes())?;
-                    inner.events.remove(key)?;
-                    excess = excess.saturating_sub(1);
-                    removed += 1;
+                    removed += doomed.len();
+                    for (_, key) in doomed {
+                        inner.events.remove(key)?;
+                    }
                 }
                 let mut after = ws_prefix;
                 if let Some(last) = after.last_mut() {
@@ -330,6 +337,16 @@ impl MemoryEventStore {
     }
 }
 
+impl MemoryLog {
+    fn event(id: u64, (at_ms, body): &(u64, Vec<u8>)) -> StoredEvent {
+        StoredEvent {
+            id,
+            at_ms: *at_ms,
+            body: body.clone(),
+        }
+    }
+}
+
 #[async_trait]
 impl EventStore for MemoryEventStore {
     fn append(&self, workspace: &str, at_ms: u64, body: &[u8]) -> Result<u64, StoreError> {
@@ -357,11 +374,7 @@ impl EventStore for MemoryEventStore {
             log.events
                 .range(after.saturating_add(1)..)
                 .take(limit)
-                .map(|(id, (at_ms, body))| StoredEvent {
-                    id: *id,
-                    at_ms: *at_ms,
-                    body: body.clone(),
-                })
+                .map(|(id, event)| MemoryLog::event(*id, event))
                 .collect(),
         ))
     }
@@ -376,11 +389,7 @@ impl EventStore for MemoryEventStore {
             .iter()
             .rev()
             .take(limit)
-            .map(|(id, (at_ms, body))| StoredEvent {
-                id: *id,
-                at_ms: *at_ms,
-                body: body.clone(),
-            })
+            .map(|(id, event)| MemoryLog::event(*id, event))
             .collect();
         events.reverse();
         Ok(events)
