@@ -1,4 +1,5 @@
-//! The HTTP API: documents (`/api/v1/docs/...`), events (`/api/v1/events`) and health.
+//! The HTTP API: documents (`/api/v1/docs/...`), the dashboard's events, presence, activity,
+//! preferences and chat badges (`/api/v1/...`), and health.
 
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -13,6 +14,10 @@ use serde::Deserialize;
 use tandem_crdt::{Access, RoomError};
 
 use crate::auth::{AuthError, Role};
+use crate::dashboard::hub::PublishError;
+use crate::dashboard::presence::Source;
+use crate::dashboard::{protocol, ChannelSet, PresenceUpdate};
+use crate::events::Channel;
 
 use crate::docname::DocName;
 use crate::durability::DurabilityError;
@@ -179,73 +184,435 @@ fn room_error(err: RoomOpError) -> ApiError {
     }
 }
 
-#[derive(Debug, Deserialize)]
-pub struct PublishParams {
-    /// The workspace, for a server running without authentication (tokens carry their own).
-    workspace: Option<String>,
+/// Who a dashboard request speaks for, from its token (or, on a server running without
+/// authentication, from `?workspace=`, `?user=` and `?name=`).
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub workspace: String,
+    pub user: String,
+    pub name: Option<String>,
+    pub role: Role,
+    pub expires_in: Option<std::time::Duration>,
+}
+
+/// The query parameters that name who is asking.
+#[derive(Debug, Default, Deserialize)]
+pub struct IdentityParams {
+    /// The token, for WebSocket URLs (browsers cannot set headers).
+    pub token: Option<String>,
+    /// The workspace; a token's own workspace when it has one.
+    pub workspace: Option<String>,
+    /// Without authentication only: who to act as.
+    pub user: Option<String>,
+    /// Without authentication only: the display name.
+    pub name: Option<String>,
+}
+
+/// The workspace a server without authentication uses when none is named.
+const OPEN_WORKSPACE: &str = "default";
+
+/// The longest user id accepted.
+const MAX_USER_BYTES: usize = 256;
+
+/// Checks the token of a dashboard request and says who it speaks for. `realtime` requests
+/// need a plan of `--realtime-plans`.
+///
+/// # Errors
+/// The token's refusal, a workspace other than the token's, or a malformed name.
+pub(crate) fn identity(
+    app: &AppState,
+    token: Option<&str>,
+    params: &IdentityParams,
+    route: &'static str,
+    realtime: bool,
+) -> Result<Identity, ApiError> {
+    let principal = app
+        .auth
+        .authenticate(token)
+        .map_err(|e| e.refuse(route, None))?;
+    if realtime {
+        app.auth
+            .check_plan(&principal)
+            .map_err(|e| e.refuse(route, None))?;
+    }
+    let workspace = match (&principal.workspace, &params.workspace) {
+        (Some(own), None) => own.clone(),
+        (Some(own), Some(asked)) if own == asked => own.clone(),
+        (Some(_), Some(_)) => return Err(AuthError::WrongWorkspace.refuse(route, None)),
+        (None, Some(asked)) if valid_workspace(asked) => asked.clone(),
+        (None, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "bad_workspace",
+                "a workspace name is one segment of a document name (no `/`)",
+            ))
+        }
+        (None, None) => OPEN_WORKSPACE.to_owned(),
+    };
+    let open = app.auth.is_open();
+    let expires_in = principal.expires_in();
+    let user = match (&params.user, open) {
+        (Some(user), true) => user.clone(),
+        _ => principal.user,
+    };
+    if user.is_empty() || user.len() > MAX_USER_BYTES {
+        return Err(ApiError::bad_request(
+            "bad_user",
+            format!("a user id is 1 to {MAX_USER_BYTES} bytes"),
+        ));
+    }
+    let name = match (principal.name, open) {
+        (Some(name), _) => Some(name),
+        (None, true) => params.name.clone(),
+        (None, false) => None,
+    };
+    Ok(Identity {
+        workspace,
+        user,
+        name,
+        role: principal.role,
+        expires_in,
+    })
+}
+
+/// [`identity`] for an HTTP request: the token from `Authorization: Bearer`.
+fn http_identity(
+    app: &AppState,
+    headers: &HeaderMap,
+    params: Result<Query<IdentityParams>, QueryRejection>,
+    route: &'static str,
+    realtime: bool,
+) -> Result<Identity, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let token = bearer(headers)?.or(params.token.as_deref());
+    identity(app, token, &params, route, realtime)
+}
+
+fn publish_error(workspace: &str, err: PublishError) -> ApiError {
+    match err {
+        PublishError::Store(e) => ApiError::storage(&e),
+        PublishError::NotDurable(e) => {
+            tracing::error!(%workspace, error = %e, "event logged but not flushed");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                "the event could not be made durable in time; it may still be delivered",
+            )
+        }
+    }
 }
 
 /// `POST /api/v1/events`: a backend publishes an event to its workspace. The event is checked
 /// against its type (422 with what is wrong), given the workspace's next id and a timestamp,
-/// and stored durably before the answer `201 {"id": N}`.
+/// stored durably, answered `201 {"id": N}`, and sent to its subscribers. Past the publishing
+/// rate of the workspace or of the publisher: 429 with `Retry-After`.
 pub async fn publish_event(
     State(app): State<AppState>,
     headers: HeaderMap,
-    params: Result<Query<PublishParams>, QueryRejection>,
+    params: Result<Query<IdentityParams>, QueryRejection>,
     body: Body,
 ) -> Result<Response, ApiError> {
     const ROUTE: &str = "http_events_publish";
-    let principal = app
-        .auth
-        .authenticate(bearer(&headers)?)
-        .map_err(|e| e.refuse(ROUTE, None))?;
-    let Query(params) = params.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
-    let workspace = match (&principal.workspace, params.workspace) {
-        (Some(own), None) => own.clone(),
-        (Some(own), Some(asked)) if *own == asked => asked,
-        (Some(_), Some(_)) => return Err(AuthError::WrongWorkspace.refuse(ROUTE, None)),
-        (None, Some(asked)) if valid_workspace(&asked) => asked,
-        (None, _) => {
-            return Err(ApiError::bad_request(
-                "bad_workspace",
-                "without authentication, name the workspace: ?workspace=<name>",
-            ))
-        }
-    };
+    let who = http_identity(&app, &headers, params, ROUTE, false)?;
     // Open mode stands for every role; otherwise only backends publish.
-    if !app.auth.is_open() && principal.role != Role::Service {
+    if !app.auth.is_open() && who.role != Role::Service {
         return Err(AuthError::RoleRequired(Role::Service).refuse(ROUTE, None));
+    }
+    if let Err(wait) = app.hub.admit(&who.workspace, &who.user) {
+        let secs = wait.as_secs_f64().ceil().max(1.0);
+        tracing::debug!(workspace = %who.workspace, user = %who.user, "publishing rate exceeded");
+        let mut response = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many events; retry in {secs} s"),
+        )
+        .with_detail("retry_after_ms", serde_json::json!(wait.as_millis()))
+        .into_response();
+        if let Ok(value) = header::HeaderValue::from_str(&format!("{secs}")) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return Ok(response);
     }
     let bytes = read_body(body, app.config.max_event_bytes).await?;
     let value: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request("bad_json", format!("the body is not JSON: {e}")))?;
-    let mut event = crate::events::validate(value).map_err(|e| {
+    let event = crate::events::validate(value).map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_event",
             e.to_string(),
         )
     })?;
-    let now = time::OffsetDateTime::now_utc();
-    let at_ms = u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
-    let timestamp = now
-        .format(&time::format_description::well_known::Rfc3339)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "clock", e.to_string()))?;
-    event
-        .fields
-        .insert("timestamp".into(), serde_json::Value::String(timestamp));
-    let stored = serde_json::to_vec(&event.fields)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "encode", e.to_string()))?;
+    let kind = event.kind;
     let id = app
-        .events
-        .append(&workspace, at_ms, &stored)
-        .map_err(|e| ApiError::storage(&e))?;
-    app.events.flush().await.map_err(|e| {
-        tracing::error!(%workspace, id, error = %e, "event stored but not flushed");
-        ApiError::storage(&e)
-    })?;
-    tracing::debug!(%workspace, id, kind = event.kind, "event published");
+        .hub
+        .publish(&who.workspace, event)
+        .await
+        .map_err(|e| publish_error(&who.workspace, e))?;
+    tracing::debug!(workspace = %who.workspace, id, kind, "event published");
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PollParams {
+    /// Comma-separated channels; all of them when absent.
+    channels: Option<String>,
+    since: Option<u64>,
+    /// Seconds to wait for an event.
+    timeout: Option<f64>,
+}
+
+/// `GET /api/v1/events?channels=…&since=…&timeout=30`: long-poll. Answers at once with the
+/// events after `since` that the caller sees through `channels`, or waits up to `timeout`
+/// seconds for the first; `{"events":[...],"last_id":N}` (pass `last_id` as the next
+/// `since`), with `"resync_required":true` and `oldest` when `since` is older than what is kept.
+pub async fn poll_events(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ids: Result<Query<IdentityParams>, QueryRejection>,
+    params: Result<Query<PollParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let who = http_identity(&app, &headers, ids, "http_events_poll", true)?;
+    let Query(params) = params.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let channels = match &params.channels {
+        None => ChannelSet::all(),
+        Some(list) => {
+            let mut channels = Vec::new();
+            for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                channels.push(Channel::parse(name).ok_or_else(|| {
+                    ApiError::bad_request("unknown_channel", format!("unknown channel {name:?}"))
+                })?);
+            }
+            ChannelSet::of(&channels)
+        }
+    };
+    let max = app.config.long_poll_max_secs as f64;
+    let timeout = params.timeout.unwrap_or(30.0);
+    if !(0.0..=max).contains(&timeout) {
+        return Err(ApiError::bad_request(
+            "bad_timeout",
+            format!("timeout is 0 to {max} seconds"),
+        ));
+    }
+    let page = app
+        .hub
+        .poll(
+            &who.workspace,
+            &who.user,
+            channels,
+            params.since,
+            std::time::Duration::from_secs_f64(timeout),
+        )
+        .await
+        .map_err(|e| ApiError::storage(&e))?;
+    let mut body = String::from(r#"{"events":["#);
+    for (i, frame) in page.frames.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(frame.as_str());
+    }
+    body.push_str(&format!(r#"],"last_id":{}"#, page.last_id));
+    if let Some(oldest) = page.resync_from {
+        body.push_str(&format!(r#","resync_required":true,"oldest":{oldest}"#));
+    }
+    body.push('}');
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct WhoParams {
+    #[serde(default)]
+    include_offline: bool,
+}
+
+/// `GET /api/v1/presence`: who is online (and idle); with `?include_offline=true` everyone
+/// known, the offline ones with `last_seen`.
+pub async fn get_presence(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ids: Result<Query<IdentityParams>, QueryRejection>,
+    params: Result<Query<WhoParams>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let who = http_identity(&app, &headers, ids, "http_presence", true)?;
+    let Query(params) = params.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let users = app
+        .hub
+        .who(&who.workspace, params.include_offline)
+        .await
+        .map_err(|e| ApiError::storage(&e))?;
+    Ok(Json(serde_json::json!({ "users": users })))
+}
+
+/// `POST /api/v1/presence`: a polling client's presence (the fields of the `presence` action;
+/// `{}` just keeps it alive). It lasts `--presence-poll-ttl-ms` unless renewed.
+pub async fn post_presence(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ids: Result<Query<IdentityParams>, QueryRejection>,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let who = http_identity(&app, &headers, ids, "http_presence", true)?;
+    let fields = json_object(read_body(body, app.config.max_dashboard_frame_bytes).await?)?;
+    let update = if fields.is_empty() {
+        PresenceUpdate::default()
+    } else {
+        protocol::presence(&fields)
+            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.code, e.message))?
+    };
+    let ws = app
+        .hub
+        .workspace(&who.workspace)
+        .await
+        .map_err(|e| ApiError::storage(&e))?;
+    app.hub
+        .presence(&ws, &who.user, Source::Poller, &update, true);
+    Ok(Json(serde_json::json!({
+        "ok": true,
+        "expires_in_ms": app.config.presence_poll_ttl_ms,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ActivityParams {
+    limit: Option<usize>,
+}
+
+/// The most activity events one request returns.
+const MAX_ACTIVITY: usize = 500;
+
+/// `GET /api/v1/activity?limit=N`: the latest activity events (50 by default), oldest first.
+pub async fn get_activity(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ids: Result<Query<IdentityParams>, QueryRejection>,
+    params: Result<Query<ActivityParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let who = http_identity(&app, &headers, ids, "http_activity", true)?;
+    let Query(params) = params.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=MAX_ACTIVITY).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "bad_limit",
+            format!("limit is 1 to {MAX_ACTIVITY}"),
+        ));
+    }
+    let frames = app
+        .hub
+        .activity(&who.workspace, &who.user, limit)
+        .await
+        .map_err(|e| ApiError::storage(&e))?;
+    let list: Vec<&str> = frames.iter().map(|f| f.as_str()).collect();
+    let body = format!(r#"{{"events":[{}]}}"#, list.join(","));
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// `GET /api/v1/preferences`: which event types are pushed to the caller in real time.
+pub async fn get_preferences(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ids: Result<Query<IdentityParams>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let who = http_identity(&app, &headers, ids, "http_preferences", true)?;
+    app.hub
+        .preferences(&who.workspace, &who.user)
+        .await
+        .map(Json)
+        .map_err(|e| ApiError::storage(&e))
+}
+
+/// `PUT /api/v1/preferences` with `{"realtime":{"agent_executed":false,...}}`: changes the
+/// types named and answers with all of them once stored.
+pub async fn put_preferences(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ids: Result<Query<IdentityParams>, QueryRejection>,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let who = http_identity(&app, &headers, ids, "http_preferences", true)?;
+    let fields = json_object(read_body(body, app.config.max_dashboard_frame_bytes).await?)?;
+    let Some(serde_json::Value::Object(realtime)) = fields.get("realtime") else {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_preferences",
+            r#"the body is {"realtime":{"<event type>":true|false,...}}"#,
+        ));
+    };
+    match app
+        .hub
+        .set_preferences(&who.workspace, &who.user, realtime)
+        .await
+    {
+        Ok(value) => Ok(Json(value)),
+        Err(Ok(message)) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_preferences",
+            message,
+        )),
+        Err(Err(err)) => Err(publish_error(&who.workspace, err)),
+    }
+}
+
+/// `GET /api/v1/badges`: the caller's unread chat messages per session.
+pub async fn get_badges(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ids: Result<Query<IdentityParams>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let who = http_identity(&app, &headers, ids, "http_badges", true)?;
+    let ws = app
+        .hub
+        .workspace(&who.workspace)
+        .await
+        .map_err(|e| ApiError::storage(&e))?;
+    Ok(Json(app.hub.badges(&ws, &who.user)))
+}
+
+/// `POST /api/v1/badges/read` with `{"session_id":999}`: the `mark_read` action over HTTP.
+pub async fn post_badges_read(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ids: Result<Query<IdentityParams>, QueryRejection>,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let who = http_identity(&app, &headers, ids, "http_badges", true)?;
+    let fields = json_object(read_body(body, app.config.max_dashboard_frame_bytes).await?)?;
+    let session = fields
+        .get("session_id")
+        .and_then(crate::events::id_text)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "missing_field",
+                "`session_id` is required: a number or a non-empty string",
+            )
+        })?;
+    let ws = app
+        .hub
+        .workspace(&who.workspace)
+        .await
+        .map_err(|e| ApiError::storage(&e))?;
+    app.hub.mark_read(&ws, &who.user, &session);
+    Ok(Json(app.hub.badges(&ws, &who.user)))
+}
+
+/// A body that must be a JSON object (an empty body is an empty object).
+fn json_object(
+    bytes: bytes::Bytes,
+) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Map::new());
+    }
+    match serde_json::from_slice(&bytes) {
+        Ok(serde_json::Value::Object(fields)) => Ok(fields),
+        Ok(_) => Err(ApiError::bad_request(
+            "bad_json",
+            "the body must be a JSON object",
+        )),
+        Err(e) => Err(ApiError::bad_request(
+            "bad_json",
+            format!("the body is not JSON: {e}"),
+        )),
+    }
 }
 
 /// Reads a request body of at most `limit` bytes: 413 `too_large` past it. Called only once the

@@ -66,6 +66,61 @@ pub struct Config {
     #[arg(long, env = "TANDEM_MAX_EVENT_BYTES", default_value_t = Config::DEFAULT_MAX_EVENT_BYTES)]
     pub max_event_bytes: usize,
 
+    /// Largest dashboard (`/ws`) frame, and `POST /api/v1/presence` or preferences body, in
+    /// bytes: a larger frame gets an error frame (`too_large`).
+    #[arg(long, env = "TANDEM_MAX_DASHBOARD_FRAME_BYTES", default_value_t = Config::DEFAULT_MAX_DASHBOARD_FRAME_BYTES)]
+    pub max_dashboard_frame_bytes: usize,
+
+    /// Bad frames a dashboard client may send within a minute before it is closed with 1008.
+    #[arg(long, env = "TANDEM_MAX_BAD_FRAMES", default_value_t = Config::DEFAULT_MAX_BAD_FRAMES)]
+    pub max_bad_frames: u32,
+
+    /// Events that become ready within this many milliseconds of the last one sent to a
+    /// dashboard connection go out together as one `batch` frame (0: only those already
+    /// queued).
+    #[arg(long, env = "TANDEM_DASHBOARD_BATCH_MS", default_value_t = Config::DEFAULT_DASHBOARD_BATCH_MS)]
+    pub dashboard_batch_ms: u64,
+
+    /// Events kept per workspace for replay (`since`) and long-polling.
+    #[arg(long, env = "TANDEM_EVENT_RETENTION_COUNT", default_value_t = Config::DEFAULT_EVENT_RETENTION_COUNT)]
+    pub event_retention_count: usize,
+
+    /// Events older than this many seconds are dropped.
+    #[arg(long, env = "TANDEM_EVENT_RETENTION_SECS", default_value_t = Config::DEFAULT_EVENT_RETENTION_SECS)]
+    pub event_retention_secs: u64,
+
+    /// How often retention trims the event log, in milliseconds.
+    #[arg(long, env = "TANDEM_EVENT_TRIM_INTERVAL_MS", default_value_t = Config::DEFAULT_EVENT_TRIM_INTERVAL_MS)]
+    pub event_trim_interval_ms: u64,
+
+    /// Events per second one workspace may publish; more get 429 with Retry-After.
+    #[arg(long, env = "TANDEM_PUBLISH_RATE_WORKSPACE", default_value_t = Config::DEFAULT_PUBLISH_RATE_WORKSPACE)]
+    pub publish_rate_workspace: u32,
+
+    /// Events per second one publisher (token subject) may publish.
+    #[arg(long, env = "TANDEM_PUBLISH_RATE_USER", default_value_t = Config::DEFAULT_PUBLISH_RATE_USER)]
+    pub publish_rate_user: u32,
+
+    /// How long an advisory lock lasts without renewal, in milliseconds.
+    #[arg(long, env = "TANDEM_LOCK_TTL_MS", default_value_t = Config::DEFAULT_LOCK_TTL_MS)]
+    pub lock_ttl_ms: u64,
+
+    /// A user without activity for this many milliseconds is idle.
+    #[arg(long, env = "TANDEM_PRESENCE_IDLE_MS", default_value_t = Config::DEFAULT_PRESENCE_IDLE_MS)]
+    pub presence_idle_ms: u64,
+
+    /// A user's page changes are published at most this often, in milliseconds.
+    #[arg(long, env = "TANDEM_PRESENCE_DEBOUNCE_MS", default_value_t = Config::DEFAULT_PRESENCE_DEBOUNCE_MS)]
+    pub presence_debounce_ms: u64,
+
+    /// An HTTP poller's presence lasts this long without renewal, in milliseconds.
+    #[arg(long, env = "TANDEM_PRESENCE_POLL_TTL_MS", default_value_t = Config::DEFAULT_PRESENCE_POLL_TTL_MS)]
+    pub presence_poll_ttl_ms: u64,
+
+    /// The longest `timeout` a long-poll may ask for, in seconds.
+    #[arg(long, env = "TANDEM_LONG_POLL_MAX_SECS", default_value_t = Config::DEFAULT_LONG_POLL_MAX_SECS)]
+    pub long_poll_max_secs: u64,
+
     /// How many documents may be compacted at once.
     #[arg(long, env = "TANDEM_COMPACTION_CONCURRENCY", default_value_t = Config::DEFAULT_COMPACTION_CONCURRENCY)]
     pub compaction_concurrency: usize,
@@ -136,6 +191,19 @@ impl Config {
     pub const DEFAULT_COMPACTION_CONCURRENCY: usize = 1;
     pub const DEFAULT_MAX_EVENT_BYTES: usize = 64 * 1024;
     pub const DEFAULT_ROOM_GRACE_MS: u64 = 10_000;
+    pub const DEFAULT_MAX_DASHBOARD_FRAME_BYTES: usize = 16 * 1024;
+    pub const DEFAULT_MAX_BAD_FRAMES: u32 = 20;
+    pub const DEFAULT_DASHBOARD_BATCH_MS: u64 = 10;
+    pub const DEFAULT_EVENT_RETENTION_COUNT: usize = 10_000;
+    pub const DEFAULT_EVENT_RETENTION_SECS: u64 = 7 * 24 * 3600;
+    pub const DEFAULT_EVENT_TRIM_INTERVAL_MS: u64 = 60_000;
+    pub const DEFAULT_PUBLISH_RATE_WORKSPACE: u32 = 1_000;
+    pub const DEFAULT_PUBLISH_RATE_USER: u32 = 500;
+    pub const DEFAULT_LOCK_TTL_MS: u64 = 30_000;
+    pub const DEFAULT_PRESENCE_IDLE_MS: u64 = 5 * 60 * 1000;
+    pub const DEFAULT_PRESENCE_DEBOUNCE_MS: u64 = 10_000;
+    pub const DEFAULT_PRESENCE_POLL_TTL_MS: u64 = 90_000;
+    pub const DEFAULT_LONG_POLL_MAX_SECS: u64 = 60;
     pub const DEFAULT_PING_INTERVAL_MS: u64 = 15_000;
     pub const DEFAULT_PING_TIMEOUT_MS: u64 = 45_000;
     pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 5_000;
@@ -168,6 +236,30 @@ impl Config {
         Duration::from_millis(self.room_grace_ms)
     }
 
+    pub(crate) fn dashboard_batch(&self) -> Duration {
+        Duration::from_millis(self.dashboard_batch_ms)
+    }
+
+    /// The hub's settings.
+    pub(crate) fn hub_settings(&self) -> crate::dashboard::HubSettings {
+        crate::dashboard::HubSettings {
+            lag_timeout: self.lag_timeout(),
+            durability_timeout: Duration::from_secs(10),
+            lock_ttl: Duration::from_millis(self.lock_ttl_ms),
+            retention: tandem_storage::Retention {
+                max_events: self.event_retention_count,
+                max_age_ms: self.event_retention_secs.saturating_mul(1000),
+            },
+            presence: crate::dashboard::presence::PresenceSettings {
+                idle_after: Duration::from_millis(self.presence_idle_ms),
+                debounce: Duration::from_millis(self.presence_debounce_ms),
+                poll_ttl: Duration::from_millis(self.presence_poll_ttl_ms),
+            },
+            publish_rate_workspace: self.publish_rate_workspace,
+            publish_rate_user: self.publish_rate_user,
+        }
+    }
+
     pub(crate) fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
     }
@@ -191,6 +283,19 @@ impl Default for Config {
             compaction_concurrency: Config::DEFAULT_COMPACTION_CONCURRENCY,
             max_event_bytes: Config::DEFAULT_MAX_EVENT_BYTES,
             room_grace_ms: Config::DEFAULT_ROOM_GRACE_MS,
+            max_dashboard_frame_bytes: Config::DEFAULT_MAX_DASHBOARD_FRAME_BYTES,
+            max_bad_frames: Config::DEFAULT_MAX_BAD_FRAMES,
+            dashboard_batch_ms: Config::DEFAULT_DASHBOARD_BATCH_MS,
+            event_retention_count: Config::DEFAULT_EVENT_RETENTION_COUNT,
+            event_retention_secs: Config::DEFAULT_EVENT_RETENTION_SECS,
+            event_trim_interval_ms: Config::DEFAULT_EVENT_TRIM_INTERVAL_MS,
+            publish_rate_workspace: Config::DEFAULT_PUBLISH_RATE_WORKSPACE,
+            publish_rate_user: Config::DEFAULT_PUBLISH_RATE_USER,
+            lock_ttl_ms: Config::DEFAULT_LOCK_TTL_MS,
+            presence_idle_ms: Config::DEFAULT_PRESENCE_IDLE_MS,
+            presence_debounce_ms: Config::DEFAULT_PRESENCE_DEBOUNCE_MS,
+            presence_poll_ttl_ms: Config::DEFAULT_PRESENCE_POLL_TTL_MS,
+            long_poll_max_secs: Config::DEFAULT_LONG_POLL_MAX_SECS,
             ping_interval_ms: Config::DEFAULT_PING_INTERVAL_MS,
             ping_timeout_ms: Config::DEFAULT_PING_TIMEOUT_MS,
             shutdown_timeout_ms: Config::DEFAULT_SHUTDOWN_TIMEOUT_MS,

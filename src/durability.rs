@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tandem_storage::{DocStore, StoreError};
+use futures_util::future::BoxFuture;
+use tandem_storage::{DocStore, EventStore, StoreError};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -36,16 +37,42 @@ pub enum DurabilityError {
     Stopped,
 }
 
+/// Something whose appends a group commit makes durable: the document log or the event log.
+pub trait Flush: Send + Sync + 'static {
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+impl Flush for dyn DocStore {
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        DocStore::flush(self)
+    }
+}
+
+impl Flush for dyn EventStore {
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        EventStore::flush(self)
+    }
+}
+
 /// The group-commit state shared by writers and the flusher.
 pub struct Durability {
+    /// What is flushed, for the log.
+    what: &'static str,
     appended: AtomicU64,
     wake: Notify,
     flushed: watch::Sender<Flushed>,
 }
 
 impl Durability {
+    /// The group commit of the update log.
     pub fn new() -> Arc<Durability> {
+        Durability::named("update log")
+    }
+
+    /// The group commit of `what`.
+    pub fn named(what: &'static str) -> Arc<Durability> {
         Arc::new(Durability {
+            what,
             appended: AtomicU64::new(0),
             wake: Notify::new(),
             flushed: watch::Sender::new(Flushed::default()),
@@ -82,6 +109,11 @@ impl Durability {
         }
     }
 
+    /// A ticket for everything durable so far.
+    pub fn durable(&self) -> Ticket {
+        Ticket(self.flushed.borrow().durable)
+    }
+
     /// Whether the last flush failed.
     pub fn is_failing(&self) -> bool {
         self.flushed.borrow().failures > 0
@@ -91,7 +123,7 @@ impl Durability {
     ///
     /// # Errors
     /// The store could not flush.
-    pub async fn flush_now(&self, store: &dyn DocStore) -> Result<(), StoreError> {
+    pub async fn flush_now<S: Flush + ?Sized>(&self, store: &S) -> Result<(), StoreError> {
         let target = self.appended.load(Ordering::Acquire);
         let started = tokio::time::Instant::now();
         let result = store.flush().await;
@@ -101,11 +133,11 @@ impl Durability {
                     f.durable = f.durable.max(target);
                     f.failures = 0;
                 });
-                tracing::trace!(target, elapsed = ?started.elapsed(), "log flushed");
+                tracing::trace!(log = self.what, target, elapsed = ?started.elapsed(), "log flushed");
             }
             Err(err) => {
                 self.flushed.send_modify(|f| f.failures += 1);
-                tracing::error!(error = %err, "flushing the update log failed; retrying");
+                tracing::error!(log = self.what, error = %err, "flushing failed; retrying");
             }
         }
         result
@@ -113,9 +145,9 @@ impl Durability {
 
     /// Runs the flusher until `stop` is cancelled: waits for appends, flushes them together, then
     /// lets `interval` pass so the next flush gathers everything that arrived meanwhile.
-    pub fn spawn_flusher(
+    pub fn spawn_flusher<S: Flush + ?Sized>(
         self: &Arc<Self>,
-        store: Arc<dyn DocStore>,
+        store: Arc<S>,
         interval: Duration,
         stop: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {

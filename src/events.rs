@@ -191,6 +191,33 @@ const TYPES: &[EventType] = &[
     },
 ];
 
+/// The server's own event types and their channels: presence, "who is editing" and locks.
+const SERVER_TYPES: &[(&str, Channel)] = &[
+    ("presence_update", Channel::Presence),
+    ("editing", Channel::Presence),
+    ("lock_acquired", Channel::Presence),
+    ("lock_released", Channel::Presence),
+];
+
+/// Every event type a client may receive, published ones first, with its channel. A type's
+/// position is its bit in a user's notification preferences.
+pub fn all_types() -> impl Iterator<Item = (&'static str, Channel)> {
+    TYPES
+        .iter()
+        .map(|t| (t.name, t.channel))
+        .chain(SERVER_TYPES.iter().copied())
+}
+
+/// The position of `name` in [`all_types`].
+pub fn type_index(name: &str) -> Option<usize> {
+    all_types().position(|(n, _)| n == name)
+}
+
+/// The channel of the event type `name`.
+pub fn channel_of(name: &str) -> Option<Channel> {
+    all_types().find(|(n, _)| *n == name).map(|(_, c)| c)
+}
+
 /// Fields the server sets on every accepted event; a publisher may not.
 const SERVER_FIELDS: &[&str] = &["id", "timestamp"];
 
@@ -203,6 +230,28 @@ pub struct Event {
     pub user_ids: Vec<String>,
     /// The event object as published.
     pub fields: Map<String, Value>,
+}
+
+impl Event {
+    /// One of the server's own events (`presence_update`, `editing`, `lock_acquired`,
+    /// `lock_released`), for everyone subscribed to its channel.
+    ///
+    /// # Panics
+    /// `kind` is not a server type: a bug in the caller.
+    pub fn server(kind: &'static str, mut fields: Map<String, Value>) -> Event {
+        let channel = SERVER_TYPES
+            .iter()
+            .find(|(name, _)| *name == kind)
+            .map(|(_, channel)| *channel)
+            .expect("a server event type");
+        fields.insert("type".into(), Value::String(kind.into()));
+        Event {
+            kind,
+            channel,
+            user_ids: Vec::new(),
+            fields,
+        }
+    }
 }
 
 /// Why a published event was refused.
@@ -224,6 +273,15 @@ pub enum EventError {
     ServerField(&'static str),
     #[error("`user_ids` must be a non-empty list of ids")]
     BadUserIds,
+}
+
+/// An id as text: a JSON integer or a non-empty string (backends use both).
+pub fn id_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) if n.is_u64() || n.is_i64() => Some(n.to_string()),
+        _ => None,
+    }
 }
 
 /// The names of every publishable type.
@@ -265,11 +323,7 @@ pub fn validate(value: Value) -> Result<Event, EventError> {
         None => Vec::new(),
         Some(Value::Array(ids)) if !ids.is_empty() => ids
             .iter()
-            .map(|id| match id {
-                Value::String(s) if !s.is_empty() => Ok(s.clone()),
-                Value::Number(n) if n.is_u64() || n.is_i64() => Ok(n.to_string()),
-                _ => Err(EventError::BadUserIds),
-            })
+            .map(|id| id_text(id).ok_or(EventError::BadUserIds))
             .collect::<Result<_, _>>()?,
         Some(_) => return Err(EventError::BadUserIds),
     };
@@ -374,6 +428,18 @@ mod tests {
             validate(json!({"type":"workflow_triggered","workflow_id":1,"user_ids":[123,"u-7"]}))
                 .unwrap();
         assert_eq!(event.user_ids, vec!["123".to_string(), "u-7".to_string()]);
+    }
+
+    #[test]
+    fn every_type_has_one_index_and_fits_a_preference_mask() {
+        let names: Vec<_> = all_types().map(|(name, _)| name).collect();
+        assert!(names.len() <= 32, "preferences are a u32 mask");
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(type_index(name), Some(i));
+        }
+        assert_eq!(channel_of("lock_acquired"), Some(Channel::Presence));
+        assert_eq!(channel_of("query_failed"), Some(Channel::Queries));
+        assert_eq!(type_index("nope"), None);
     }
 
     #[test]

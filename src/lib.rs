@@ -35,6 +35,7 @@ pub use config::Config;
 pub use docname::{DocName, DocNameError};
 
 use auth::{Auth, AuthConfigError, AuthSettings};
+use dashboard::Hub;
 use durability::Durability;
 use peer::CloseReason;
 use rooms::Rooms;
@@ -46,8 +47,8 @@ pub struct AppState {
     auth: Arc<Auth>,
     rooms: Arc<Rooms>,
     durability: Arc<Durability>,
-    /// The dashboard's event log.
-    events: Arc<dyn EventStore>,
+    /// The dashboard: events, subscriptions, presence, badges, locks.
+    hub: Arc<Hub>,
     /// Connection tasks, awaited at shutdown.
     tasks: TaskTracker,
     /// Cancelled when shutdown starts.
@@ -144,6 +145,23 @@ pub async fn serve_with_stores(
         config.flush_interval(),
         stop_flusher.clone(),
     );
+    // The event log has a group commit of its own: publishers wait for it, not for documents.
+    let event_durability = Durability::named("event log");
+    let event_flusher = event_durability.spawn_flusher(
+        Arc::clone(&events),
+        config.flush_interval(),
+        stop_flusher.clone(),
+    );
+    let hub = Arc::new(Hub::new(
+        Arc::clone(&events),
+        Arc::clone(&event_durability),
+        config.hub_settings(),
+    ));
+    let maintenance = spawn_maintenance(
+        Arc::clone(&hub),
+        std::time::Duration::from_millis(config.event_trim_interval_ms),
+        stop_flusher.clone(),
+    );
     let rooms = Arc::new(Rooms::new(
         Arc::clone(&store),
         Arc::clone(&durability),
@@ -156,7 +174,7 @@ pub async fn serve_with_stores(
         auth,
         rooms: Arc::clone(&rooms),
         durability: Arc::clone(&durability),
-        events,
+        hub,
         tasks: tasks.clone(),
         shutdown: token.clone(),
     };
@@ -192,11 +210,48 @@ pub async fn serve_with_stores(
     rooms.unload_all().await;
     stop_flusher.cancel();
     let _ = flusher.await;
+    let _ = event_flusher.await;
+    let _ = maintenance.await;
     if let Err(err) = durability.flush_now(store.as_ref()).await {
         tracing::error!(error = %err, "final flush failed");
     }
+    if let Err(err) = event_durability.flush_now(events.as_ref()).await {
+        tracing::error!(error = %err, "final flush of the event log failed");
+    }
     tracing::info!("shut down");
     Ok(())
+}
+
+/// How often the hub expires locks and presence and publishes debounced presence.
+const HUB_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The hub's timers: its tick every second (or every trim interval, when shorter) and
+/// retention every `trim_every`.
+fn spawn_maintenance(
+    hub: Arc<Hub>,
+    trim_every: std::time::Duration,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HUB_TICK.min(trim_every));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_trim = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            hub.tick();
+            if tokio::time::Instant::now() >= next_trim {
+                next_trim = tokio::time::Instant::now() + trim_every;
+                match hub.trim().await {
+                    Ok(0) => {}
+                    Ok(removed) => tracing::info!(removed, "retention trimmed the event log"),
+                    Err(err) => tracing::error!(error = %err, "retention failed"),
+                }
+            }
+        }
+    })
 }
 
 fn validate(config: &Config) -> Result<(), ServeError> {
@@ -209,6 +264,20 @@ fn validate(config: &Config) -> Result<(), ServeError> {
             config.compaction_concurrency as u64,
         ),
         ("max-event-bytes", config.max_event_bytes as u64),
+        (
+            "max-dashboard-frame-bytes",
+            config.max_dashboard_frame_bytes as u64,
+        ),
+        ("lock-ttl-ms", config.lock_ttl_ms),
+        ("presence-idle-ms", config.presence_idle_ms),
+        ("presence-poll-ttl-ms", config.presence_poll_ttl_ms),
+        (
+            "publish-rate-workspace",
+            u64::from(config.publish_rate_workspace),
+        ),
+        ("publish-rate-user", u64::from(config.publish_rate_user)),
+        ("event-retention-secs", config.event_retention_secs),
+        ("event-trim-interval-ms", config.event_trim_interval_ms),
         (
             "journal-checkpoint-bytes",
             config.journal_checkpoint_bytes as u64,
@@ -257,7 +326,22 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/docs/{*doc}",
             get(api::get_doc).post(api::post_update),
         )
-        .route("/api/v1/events", post(api::publish_event))
+        .route("/ws", get(dashboard::session::upgrade))
+        .route(
+            "/api/v1/events",
+            post(api::publish_event).get(api::poll_events),
+        )
+        .route(
+            "/api/v1/presence",
+            get(api::get_presence).post(api::post_presence),
+        )
+        .route("/api/v1/activity", get(api::get_activity))
+        .route(
+            "/api/v1/preferences",
+            get(api::get_preferences).put(api::put_preferences),
+        )
+        .route("/api/v1/badges", get(api::get_badges))
+        .route("/api/v1/badges/read", post(api::post_badges_read))
         .fallback(api::not_found)
         .with_state(state)
 }

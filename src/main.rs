@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server (what `tandem` with no subcommand does).
-    Serve(Config),
+    Serve(Box<Config>),
     /// Mint a token signed with the server's secret, for development and scripts.
     Token(TokenArgs),
     /// Measure a y-websocket server (Tandem or another) under load.
@@ -79,7 +79,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
-        Some(Command::Serve(config)) => runtime.block_on(run(config)),
+        Some(Command::Serve(config)) => runtime.block_on(run(*config)),
         None => runtime.block_on(run(cli.serve)),
         Some(Command::Token(args)) => {
             println!("{}", mint_token(args)?);

@@ -26,12 +26,17 @@ use tracing::Instrument;
 use crate::auth::Principal;
 use crate::docname::DocName;
 use crate::error::ApiError;
-use crate::peer::{CloseReason, Closer, Side};
+use crate::peer::{CloseReason, Closer, Liveness, Side, Tick};
 use crate::rooms::{Overflow, PeerLink, QueuedFrame, RoomHandle, RoomOpError};
 use crate::AppState;
 
 /// Connection ids, unique for the life of the process.
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A new connection id, unique among document and dashboard connections.
+pub(crate) fn next_conn_id() -> u64 {
+    NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed)
+}
 
 /// How many queued frames the writer sends before flushing the socket: one write for a burst.
 const WRITE_BATCH_FRAMES: usize = 64;
@@ -46,7 +51,7 @@ fn ping() -> QueuedFrame {
 /// How long closing may take: the writer finishing its last frame and sending the close frame
 /// (a lagging client must drain its socket to see it), and the reader waiting for the client's
 /// answer. A client that does nothing meanwhile is cut off.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The upgrade handler. The document name is checked before the upgrade, so a bad one gets a
 /// JSON 400 instead of a socket.
@@ -94,7 +99,7 @@ pub async fn upgrade(
         .max_frame_size(max)
         .read_buffer_size(app.config.ws_read_buffer_bytes)
         .on_upgrade(move |socket| {
-            let conn = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
+            let conn = next_conn_id();
             let span = tracing::info_span!("conn", conn, doc = %name, user = %principal.user);
             let tasks = app.tasks.clone();
             let session = Box::new(Session {
@@ -176,8 +181,8 @@ struct Connected {
     closer: Closer,
     /// A sender of the connection's own queue, for pings.
     pinger: mpsc::Sender<QueuedFrame>,
-    /// When the token expires.
-    expires_at: Option<tokio::time::Instant>,
+    /// How long the token has left.
+    expires_in: Option<Duration>,
 }
 
 /// The writer task and the closer it obeys.
@@ -229,16 +234,14 @@ async fn connect(
         closer.close(CloseReason::ShuttingDown);
     }
     tracing::debug!("connected");
-    let expires_at = principal
-        .expires_in()
-        .map(|left| tokio::time::Instant::now() + left);
+    let expires_in = principal.expires_in();
     let conn = Connected {
         handle,
         peer,
         access,
         closer,
         pinger,
-        expires_at,
+        expires_in,
     };
     (Some(conn), writer)
 }
@@ -251,22 +254,16 @@ async fn serve(app: &AppState, conn: &Connected, stream: &mut SplitStream<WebSoc
         access,
         closer,
         pinger,
-        expires_at,
+        expires_in,
     } = conn;
     let closed = closer.closed(Side::Reader);
     tokio::pin!(closed);
-    // One timer per connection, for pings and for the token's expiry (the connection lives no
-    // longer than its token). Every ping interval, a ping is queued for the writer; the peer is
-    // declared gone once whole intervals adding up to the ping timeout passed without anything
-    // at all (no pong, no frame) coming from it. A busy connection pays one store per frame and
-    // one timer tick per interval.
-    let ping_interval = app.config.ping_interval();
-    let ping_timeout = app.config.ping_timeout();
-    let mut next_ping = tokio::time::Instant::now() + ping_interval;
-    let next_tick = |next_ping| expires_at.map_or(next_ping, |at| at.min(next_ping));
-    let mut heard = true;
-    let mut silent = Duration::ZERO;
-    let timer = tokio::time::sleep_until(next_tick(next_ping));
+    let mut liveness = Liveness::new(
+        app.config.ping_interval(),
+        app.config.ping_timeout(),
+        *expires_in,
+    );
+    let timer = tokio::time::sleep_until(liveness.deadline());
     tokio::pin!(timer);
     loop {
         tokio::select! {
@@ -274,28 +271,27 @@ async fn serve(app: &AppState, conn: &Connected, stream: &mut SplitStream<WebSoc
             biased;
             _ = &mut closed => break,
             _ = &mut timer => {
-                let now = tokio::time::Instant::now();
-                if expires_at.is_some_and(|at| now >= at) {
-                    tracing::info!("token expired; closing with 4401");
-                    closer.close(CloseReason::TokenExpired);
-                    break;
-                }
-                if now >= next_ping {
-                    silent = if heard { Duration::ZERO } else { silent + ping_interval };
-                    heard = false;
-                    if silent >= ping_timeout {
+                match liveness.tick(tokio::time::Instant::now()) {
+                    Tick::Nothing => {}
+                    Tick::Ping => {
+                        // A full queue means the writer is busy anyway; that traffic is the probe.
+                        let _ = pinger.try_send(ping());
+                    }
+                    Tick::Expired => {
+                        tracing::info!("token expired; closing with 4401");
+                        closer.close(CloseReason::TokenExpired);
+                        break;
+                    }
+                    Tick::Unresponsive => {
                         tracing::info!("peer stopped answering pings; closing");
                         closer.close(CloseReason::Unresponsive);
                         break;
                     }
-                    // A full queue means the writer is busy anyway; that traffic is the probe.
-                    let _ = pinger.try_send(ping());
-                    next_ping = now + ping_interval;
                 }
-                timer.as_mut().reset(next_tick(next_ping));
+                timer.as_mut().reset(liveness.deadline());
             }
             incoming = stream.next() => {
-                heard = true;
+                liveness.heard();
                 match incoming {
                     Some(Ok(WsMessage::Binary(frame))) => {
                         let mut overflow = Overflow::default();
@@ -396,6 +392,16 @@ async fn write_loop(
             break;
         }
     }
+    finish(sink, &closer, broken).await;
+}
+
+/// Sends the close frame with the closer's reason (unless the socket broke) and completes the
+/// close handshake, within [`CLOSE_TIMEOUT`].
+pub(crate) async fn finish(
+    mut sink: SplitSink<WebSocket, WsMessage>,
+    closer: &Closer,
+    broken: bool,
+) {
     let finish = async {
         if let (Some(reason), false) = (closer.reason(), broken) {
             let frame = CloseFrame {
@@ -423,7 +429,7 @@ fn outgoing(frame: QueuedFrame) -> WsMessage {
 
 /// After the server sent its close frame, reads until the client answers (or the timeout), so
 /// the client's unread data does not turn our close into a connection reset.
-async fn drain_until_closed(stream: &mut SplitStream<WebSocket>) {
+pub(crate) async fn drain_until_closed(stream: &mut SplitStream<WebSocket>) {
     let drain = async {
         while let Some(Ok(message)) = stream.next().await {
             if matches!(message, WsMessage::Close(_)) {
@@ -463,7 +469,7 @@ fn close_reason(err: &RoomOpError) -> CloseReason {
 }
 
 /// The close reason for a failed read, or `None` when the connection simply broke.
-fn read_error_reason(err: axum::Error) -> Option<CloseReason> {
+pub(crate) fn read_error_reason(err: axum::Error) -> Option<CloseReason> {
     use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
     let inner = err.into_inner();
     match inner.downcast_ref::<WsError>() {

@@ -274,4 +274,9 @@ async fn published_events_acknowledged_before_sigkill_keep_their_ids() {
         .await
         .expect("json");
     assert_eq!(body["id"], 4);
+    // And a dashboard client that replays from the start gets every acknowledged event.
+    let mut dash = common::Dash::connect(&format!("ws://{}/ws?workspace=acme", server.addr)).await;
+    let replayed = dash.subscribe(&["workflows"], Some(0)).await;
+    let ids: Vec<_> = replayed.iter().map(|e| e["id"].as_u64()).collect();
+    assert_eq!(ids, [Some(1), Some(2), Some(3), Some(4)]);
 }

@@ -64,11 +64,44 @@ pub trait EventStore: Send + Sync + 'static {
     /// The backend failed or a record is corrupt.
     async fn since(&self, workspace: &str, after: u64, limit: usize) -> Result<Since, StoreError>;
 
+    /// The newest `limit` events of `workspace` with ids below `before`, oldest first.
+    ///
+    /// # Errors
+    /// The backend failed or a record is corrupt.
+    async fn before(
+        &self,
+        workspace: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+
     /// The newest `limit` events of `workspace`, oldest first.
     ///
     /// # Errors
     /// The backend failed or a record is corrupt.
-    async fn latest(&self, workspace: &str, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;
+    async fn latest(&self, workspace: &str, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        self.before(workspace, u64::MAX, limit).await
+    }
+
+    /// The id of `workspace`'s newest event, 0 when it has none (retention does not lower it).
+    ///
+    /// # Errors
+    /// The backend failed or a record is corrupt.
+    fn last_id(&self, workspace: &str) -> Result<u64, StoreError>;
+
+    /// Sets (or with `None` removes) `key` in `scope`, a small key-value space for the
+    /// dashboard's per-user state (chat badges, preferences, last seen). Durable with the next
+    /// [`EventStore::flush`].
+    ///
+    /// # Errors
+    /// The backend refused the write.
+    fn put_state(&self, scope: &str, key: &str, value: Option<&[u8]>) -> Result<(), StoreError>;
+
+    /// Every key of `scope` with its value, in key order.
+    ///
+    /// # Errors
+    /// The backend failed or a record is corrupt.
+    async fn state(&self, scope: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 
     /// Drops what `retention` no longer keeps, as of `now_ms`; returns how many events went.
     ///
@@ -96,18 +129,22 @@ struct SledEvents {
     last_ids: Mutex<HashMap<String, u64>>,
     /// Per workspace: the highest id retention has dropped (kept in tree `events_floor`).
     floors: sled::Tree,
+    /// [`EventStore::put_state`]'s scopes: scope + `0x00` + key → value.
+    state: sled::Tree,
 }
 
 impl SledEventStore {
     pub(crate) fn open(db: sled::Db) -> Result<SledEventStore, StoreError> {
         let events = db.open_tree("events")?;
         let floors = db.open_tree("events_floor")?;
+        let state = db.open_tree("dashboard_state")?;
         Ok(SledEventStore {
             inner: Arc::new(SledEvents {
                 db,
                 events,
                 last_ids: Mutex::new(HashMap::new()),
                 floors,
+                state,
             }),
         })
     }
@@ -193,14 +230,19 @@ impl SledEvents {
     }
 }
 
+impl SledEventStore {
+    fn last_ids(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.inner
+            .last_ids
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 #[async_trait]
 impl EventStore for SledEventStore {
     fn append(&self, workspace: &str, at_ms: u64, body: &[u8]) -> Result<u64, StoreError> {
-        let mut last_ids = self
-            .inner
-            .last_ids
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut last_ids = self.last_ids();
         let last = match last_ids.get(workspace) {
             Some(last) => *last,
             None => self.inner.last_id(workspace)?,
@@ -245,21 +287,59 @@ impl EventStore for SledEventStore {
         .await
     }
 
-    async fn latest(&self, workspace: &str, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+    async fn before(
+        &self,
+        workspace: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         let workspace = workspace.to_owned();
         self.blocking(move |inner| {
             let mut events = Vec::new();
-            for entry in inner
-                .events
-                .scan_prefix(prefix(&workspace))
-                .rev()
-                .take(limit)
-            {
+            let range = event_key(&workspace, 0)..event_key(&workspace, before);
+            for entry in inner.events.range(range).rev().take(limit) {
                 let (key, value) = entry?;
                 events.push(decode(&workspace, &key, &value)?);
             }
             events.reverse();
             Ok(events)
+        })
+        .await
+    }
+
+    fn last_id(&self, workspace: &str) -> Result<u64, StoreError> {
+        let mut last_ids = self.last_ids();
+        if let Some(last) = last_ids.get(workspace) {
+            return Ok(*last);
+        }
+        let last = self.inner.last_id(workspace)?;
+        last_ids.insert(workspace.to_owned(), last);
+        Ok(last)
+    }
+
+    fn put_state(&self, scope: &str, key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
+        let mut full = prefix(scope);
+        full.extend_from_slice(key.as_bytes());
+        match value {
+            Some(value) => self.inner.state.insert(full, value)?,
+            None => self.inner.state.remove(full)?,
+        };
+        Ok(())
+    }
+
+    async fn state(&self, scope: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let scope = scope.to_owned();
+        self.blocking(move |inner| {
+            let at = scope.len() + 1;
+            let mut entries = Vec::new();
+            for entry in inner.state.scan_prefix(prefix(&scope)) {
+                let (key, value) = entry?;
+                let key = std::str::from_utf8(&key[at..])
+                    .map_err(|_| corrupt(&scope, "state key"))?
+                    .to_owned();
+                entries.push((key, value.to_vec()));
+            }
+            Ok(entries)
         })
         .await
     }
@@ -320,7 +400,11 @@ impl EventStore for SledEventStore {
 #[derive(Default, Clone)]
 pub struct MemoryEventStore {
     inner: Arc<Mutex<HashMap<String, MemoryLog>>>,
+    state: Arc<Mutex<MemoryState>>,
 }
+
+/// (scope, key) → value.
+type MemoryState = BTreeMap<(String, String), Vec<u8>>;
 
 #[derive(Default)]
 struct MemoryLog {
@@ -379,20 +463,48 @@ impl EventStore for MemoryEventStore {
         ))
     }
 
-    async fn latest(&self, workspace: &str, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+    async fn before(
+        &self,
+        workspace: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         let logs = self.lock();
         let Some(log) = logs.get(workspace) else {
             return Ok(Vec::new());
         };
         let mut events: Vec<_> = log
             .events
-            .iter()
+            .range(..before)
             .rev()
             .take(limit)
             .map(|(id, event)| MemoryLog::event(*id, event))
             .collect();
         events.reverse();
         Ok(events)
+    }
+
+    fn last_id(&self, workspace: &str) -> Result<u64, StoreError> {
+        Ok(self.lock().get(workspace).map_or(0, |log| log.last_id))
+    }
+
+    fn put_state(&self, scope: &str, key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (scope.to_owned(), key.to_owned());
+        match value {
+            Some(value) => state.insert(key, value.to_vec()),
+            None => state.remove(&key),
+        };
+        Ok(())
+    }
+
+    async fn state(&self, scope: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(state
+            .iter()
+            .filter(|((s, _), _)| s == scope)
+            .map(|((_, key), value)| (key.clone(), value.clone()))
+            .collect())
     }
 
     async fn trim(&self, retention: Retention, now_ms: u64) -> Result<usize, StoreError> {
@@ -459,6 +571,10 @@ pub(crate) mod contract {
         assert_eq!(latest.iter().map(|e| e.id).collect::<Vec<_>>(), vec![4, 5]);
         assert_eq!(latest[1].body, b"{\"n\":5}".to_vec());
         assert_eq!(latest[1].at_ms, 5000);
+        let before = store.before("acme", 4, 2).await.unwrap();
+        assert_eq!(before.iter().map(|e| e.id).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(store.last_id("acme").unwrap(), 5);
+        assert_eq!(store.last_id("nobody").unwrap(), 0);
 
         // Count: keep 3 newest. Age: at 10_000 with 6_500 ms, events at <= 3_500 go.
         let removed = store
@@ -517,8 +633,23 @@ pub(crate) mod contract {
             )
             .await
             .unwrap();
+        assert_eq!(store.last_id("acme").unwrap(), 5);
         assert_eq!(store.append("acme", 11_000, b"{}").unwrap(), 6);
         assert_eq!(ids(store.since("acme", 5, 10).await.unwrap()), vec![6]);
+    }
+
+    pub async fn state_scopes_are_apart(store: &dyn EventStore) {
+        store.put_state("badges/acme", "u1", Some(b"1")).unwrap();
+        store.put_state("badges/acme", "u2", Some(b"2")).unwrap();
+        store.put_state("badges/acme2", "u1", Some(b"3")).unwrap();
+        store.put_state("badges/acme", "u2", None).unwrap();
+        store.flush().await.unwrap();
+        assert_eq!(
+            store.state("badges/acme").await.unwrap(),
+            vec![("u1".to_string(), b"1".to_vec())]
+        );
+        assert_eq!(store.state("badges/acme2").await.unwrap().len(), 1);
+        assert!(store.state("badges").await.unwrap().is_empty());
     }
 }
 
@@ -529,6 +660,7 @@ mod tests {
     #[tokio::test]
     async fn memory_contract() {
         contract::append_since_latest_trim(&MemoryEventStore::default()).await;
+        contract::state_scopes_are_apart(&MemoryEventStore::default()).await;
     }
 
     #[tokio::test]
@@ -539,6 +671,7 @@ mod tests {
                 .events()
                 .unwrap();
             contract::append_since_latest_trim(&store).await;
+            contract::state_scopes_are_apart(&store).await;
             store.flush().await.unwrap();
         }
         let store = crate::sled_store::tests::reopen(dir.path())
@@ -547,5 +680,6 @@ mod tests {
         assert_eq!(store.append("acme", 12_000, b"{}").unwrap(), 7);
         assert_eq!(store.append("acme2", 12_000, b"{}").unwrap(), 2);
         assert_eq!(store.latest("acme", 10).await.unwrap().len(), 2);
+        assert_eq!(store.state("badges/acme").await.unwrap().len(), 1);
     }
 }

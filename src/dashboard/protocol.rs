@@ -79,7 +79,7 @@ pub struct ProtocolError {
 }
 
 impl ProtocolError {
-    fn new(code: &'static str, message: impl Into<String>) -> ProtocolError {
+    pub fn new(code: &'static str, message: impl Into<String>) -> ProtocolError {
         ProtocolError {
             code,
             message: message.into(),
@@ -211,7 +211,11 @@ fn resource(fields: &Map<String, Value>) -> Result<String, ProtocolError> {
     }
 }
 
-fn presence(fields: &Map<String, Value>) -> Result<PresenceUpdate, ProtocolError> {
+/// The fields of a presence frame (or of `POST /api/v1/presence`'s body).
+///
+/// # Errors
+/// A field of the wrong type or too long, or none at all.
+pub fn presence(fields: &Map<String, Value>) -> Result<PresenceUpdate, ProtocolError> {
     let text = |field: &str| -> Result<Option<String>, ProtocolError> {
         match fields.get(field) {
             None | Some(Value::Null) => Ok(None),

@@ -1,0 +1,375 @@
+//! One user's presence, aggregated across everything that speaks for them: dashboard
+//! connections, Yjs clients in the workspace's presence room, and HTTP pollers.
+//!
+//! Pure logic over explicit instants, so the idle and debounce rules are tested without
+//! waiting. The hub decides when to look ([`UserPresence::due`]) and publishes what it returns.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+use tokio::time::Instant;
+
+use super::protocol::{PresenceStatus, PresenceUpdate};
+
+/// The presence rules.
+#[derive(Debug, Clone, Copy)]
+pub struct PresenceSettings {
+    /// Without activity for this long, a user is idle.
+    pub idle_after: Duration,
+    /// Page and workspace changes go out at most this often; status changes at once.
+    pub debounce: Duration,
+    /// An HTTP poller that has not renewed its presence for this long is gone.
+    pub poll_ttl: Duration,
+}
+
+/// What speaks for a user.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// A dashboard connection on `/ws`.
+    Dashboard(u64),
+    /// An awareness client id announced by a document connection in the presence room.
+    Awareness { conn: u64, client: u64 },
+    /// The user's HTTP poller (`POST /api/v1/presence`).
+    Poller,
+}
+
+/// The latest word of one source.
+#[derive(Debug, Clone)]
+struct Seen {
+    /// What the source said; `Online` until it says otherwise.
+    status: PresenceStatus,
+    fields: PresenceUpdate,
+    last_active: Instant,
+    /// Pollers only: gone after this.
+    expires: Option<Instant>,
+}
+
+/// The presence fields events and the API carry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub status: PresenceStatus,
+    pub workspace: Option<String>,
+    pub current_page: Option<String>,
+    pub name: Option<String>,
+    pub avatar: Option<String>,
+    pub color: Option<String>,
+    pub last_active: Option<OffsetDateTime>,
+    pub last_seen: Option<OffsetDateTime>,
+}
+
+impl Snapshot {
+    /// The object's fields (without `type`), with `user_id` first.
+    pub fn fields(&self, user: &str) -> Map<String, Value> {
+        let mut fields = Map::new();
+        fields.insert("user_id".into(), super::user_id_value(user));
+        fields.insert(
+            "status".into(),
+            serde_json::to_value(self.status).unwrap_or(Value::Null),
+        );
+        let texts = [
+            ("workspace", &self.workspace),
+            ("current_page", &self.current_page),
+            ("name", &self.name),
+            ("avatar", &self.avatar),
+            ("color", &self.color),
+        ];
+        for (key, value) in texts {
+            if let Some(value) = value {
+                fields.insert(key.into(), Value::String(value.clone()));
+            }
+        }
+        let times = [
+            ("last_active", self.last_active),
+            ("last_seen", self.last_seen),
+        ];
+        for (key, at) in times {
+            if let Some(at) = at.and_then(rfc3339) {
+                fields.insert(key.into(), Value::String(at));
+            }
+        }
+        fields
+    }
+}
+
+/// A time as MISSION.md writes it: `2024-01-10T15:30:00Z`.
+pub fn rfc3339(at: OffsetDateTime) -> Option<String> {
+    at.replace_nanosecond(0)
+        .ok()?
+        .format(&time::format_description::well_known::Rfc3339)
+        .ok()
+}
+
+/// What was last published for a user.
+#[derive(Debug, Clone, PartialEq)]
+struct Emitted {
+    status: PresenceStatus,
+    workspace: Option<String>,
+    current_page: Option<String>,
+    at: Instant,
+}
+
+/// One user's presence.
+#[derive(Debug, Default)]
+pub struct UserPresence {
+    sources: HashMap<Source, Seen>,
+    /// Wall time of the latest activity, for `last_active`.
+    last_active_wall: Option<OffsetDateTime>,
+    /// When the last source went (persisted by the hub).
+    pub last_seen: Option<OffsetDateTime>,
+    emitted: Option<Emitted>,
+}
+
+impl UserPresence {
+    /// A user known from an earlier run: offline since `last_seen`.
+    pub fn offline_since(last_seen: Option<OffsetDateTime>) -> UserPresence {
+        UserPresence {
+            last_seen,
+            ..UserPresence::default()
+        }
+    }
+
+    /// Records what `source` says. `active` is whether it counts as activity (a renewal that
+    /// changes nothing does not). A source that says `offline` is removed.
+    pub fn update(&mut self, source: Source, update: &PresenceUpdate, active: bool, now: Instant) {
+        if update.status == Some(PresenceStatus::Offline) {
+            self.remove(&source);
+            return;
+        }
+        let seen = self.sources.entry(source).or_insert_with(|| Seen {
+            status: PresenceStatus::Online,
+            fields: PresenceUpdate::default(),
+            last_active: now,
+            expires: None,
+        });
+        if let Some(status) = update.status {
+            seen.status = status;
+        }
+        let fields = [
+            (&mut seen.fields.workspace, &update.workspace),
+            (&mut seen.fields.current_page, &update.current_page),
+            (&mut seen.fields.name, &update.name),
+            (&mut seen.fields.avatar, &update.avatar),
+            (&mut seen.fields.color, &update.color),
+        ];
+        for (slot, value) in fields {
+            if value.is_some() {
+                slot.clone_from(value);
+            }
+        }
+        if active && seen.status == PresenceStatus::Online {
+            seen.last_active = now;
+            self.last_active_wall = Some(OffsetDateTime::now_utc());
+        }
+    }
+
+    /// Notes activity from `source` (any frame but a ping) without changing what it said.
+    pub fn touch(&mut self, source: &Source, now: Instant) {
+        if let Some(seen) = self.sources.get_mut(source) {
+            if seen.status == PresenceStatus::Online {
+                seen.last_active = now;
+                self.last_active_wall = Some(OffsetDateTime::now_utc());
+            }
+        }
+    }
+
+    /// Keeps a poller alive until `until`.
+    pub fn expire_at(&mut self, source: &Source, until: Instant) {
+        if let Some(seen) = self.sources.get_mut(source) {
+            seen.expires = Some(until);
+        }
+    }
+
+    /// Forgets `source`; the last one going makes the user offline.
+    pub fn remove(&mut self, source: &Source) {
+        if self.sources.remove(source).is_some() && self.sources.is_empty() {
+            self.last_seen = Some(OffsetDateTime::now_utc());
+        }
+    }
+
+    /// Drops pollers that stopped renewing.
+    pub fn expire(&mut self, now: Instant) {
+        let expired: Vec<_> = self
+            .sources
+            .iter()
+            .filter(|(_, seen)| seen.expires.is_some_and(|at| at <= now))
+            .map(|(source, _)| source.clone())
+            .collect();
+        for source in expired {
+            self.remove(&source);
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        !self.sources.is_empty()
+    }
+
+    /// The user's presence now: online when any source is online and active within the idle
+    /// timeout, idle when connected otherwise, offline when nothing speaks for them. The text
+    /// fields come from the most recently active source that has them.
+    pub fn current(&self, now: Instant, settings: &PresenceSettings) -> Snapshot {
+        let mut sources: Vec<&Seen> = self.sources.values().collect();
+        sources.sort_by_key(|seen| std::cmp::Reverse(seen.last_active));
+        let online = sources.iter().any(|seen| {
+            seen.status == PresenceStatus::Online
+                && now.duration_since(seen.last_active) < settings.idle_after
+        });
+        let status = match (sources.is_empty(), online) {
+            (true, _) => PresenceStatus::Offline,
+            (false, true) => PresenceStatus::Online,
+            (false, false) => PresenceStatus::Idle,
+        };
+        let pick = |get: fn(&PresenceUpdate) -> &Option<String>| {
+            sources.iter().find_map(|seen| get(&seen.fields).clone())
+        };
+        Snapshot {
+            status,
+            workspace: pick(|f| &f.workspace),
+            current_page: pick(|f| &f.current_page),
+            name: pick(|f| &f.name),
+            avatar: pick(|f| &f.avatar),
+            color: pick(|f| &f.color),
+            last_active: self.last_active_wall,
+            last_seen: (status == PresenceStatus::Offline)
+                .then_some(self.last_seen)
+                .flatten(),
+        }
+    }
+
+    /// What to publish now, if anything: a status change at once; a page or workspace change
+    /// once `debounce` has passed since the last publication (the hub looks again on its
+    /// tick, so the latest page goes out at the end of the window).
+    pub fn due(&mut self, now: Instant, settings: &PresenceSettings) -> Option<Snapshot> {
+        let current = self.current(now, settings);
+        let publish = match &self.emitted {
+            // Someone never seen online stays silent until they appear.
+            None => current.status != PresenceStatus::Offline,
+            Some(last) if last.status != current.status => true,
+            Some(last) => {
+                (last.workspace != current.workspace || last.current_page != current.current_page)
+                    && current.status != PresenceStatus::Offline
+                    && now.duration_since(last.at) >= settings.debounce
+            }
+        };
+        if !publish {
+            return None;
+        }
+        self.emitted = Some(Emitted {
+            status: current.status,
+            workspace: current.workspace.clone(),
+            current_page: current.current_page.clone(),
+            at: now,
+        });
+        Some(current)
+    }
+
+    /// Whether [`UserPresence::due`] may have something to say later without any new input: a
+    /// debounced page change, or an online user who will turn idle.
+    pub fn may_change(&self) -> bool {
+        self.is_connected()
+            || self
+                .emitted
+                .as_ref()
+                .is_some_and(|e| e.status != PresenceStatus::Offline)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SETTINGS: PresenceSettings = PresenceSettings {
+        idle_after: Duration::from_secs(300),
+        debounce: Duration::from_secs(10),
+        poll_ttl: Duration::from_secs(90),
+    };
+
+    fn page(page: &str) -> PresenceUpdate {
+        PresenceUpdate {
+            current_page: Some(page.into()),
+            workspace: Some("queries".into()),
+            ..PresenceUpdate::default()
+        }
+    }
+
+    #[test]
+    fn online_then_idle_then_offline_with_last_seen() {
+        let t0 = Instant::now();
+        let mut user = UserPresence::default();
+        assert_eq!(user.due(t0, &SETTINGS), None, "never seen: nothing to say");
+        user.update(Source::Dashboard(1), &page("/queries/456"), true, t0);
+        let first = user.due(t0, &SETTINGS).unwrap();
+        assert_eq!(first.status, PresenceStatus::Online);
+        assert_eq!(first.current_page.as_deref(), Some("/queries/456"));
+        assert_eq!(user.due(t0, &SETTINGS), None, "nothing changed");
+
+        let later = t0 + SETTINGS.idle_after;
+        assert_eq!(
+            user.due(later, &SETTINGS).unwrap().status,
+            PresenceStatus::Idle
+        );
+        user.touch(&Source::Dashboard(1), later);
+        assert_eq!(
+            user.due(later, &SETTINGS).unwrap().status,
+            PresenceStatus::Online
+        );
+
+        user.remove(&Source::Dashboard(1));
+        let gone = user.due(later, &SETTINGS).unwrap();
+        assert_eq!(gone.status, PresenceStatus::Offline);
+        assert!(gone.last_seen.is_some());
+        let fields = gone.fields("123");
+        assert_eq!(fields["user_id"], serde_json::json!(123));
+        assert_eq!(fields["status"], "offline");
+        assert!(fields["last_seen"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn page_changes_are_debounced_and_status_changes_are_not() {
+        let t0 = Instant::now();
+        let mut user = UserPresence::default();
+        user.update(Source::Dashboard(1), &page("/a"), true, t0);
+        assert!(user.due(t0, &SETTINGS).is_some());
+        let t1 = t0 + Duration::from_secs(2);
+        user.update(Source::Dashboard(1), &page("/b"), true, t1);
+        assert_eq!(user.due(t1, &SETTINGS), None, "within the window");
+        let t2 = t0 + Duration::from_secs(3);
+        user.update(Source::Dashboard(1), &page("/c"), true, t2);
+        let end = t0 + SETTINGS.debounce;
+        assert_eq!(
+            user.due(end, &SETTINGS).unwrap().current_page.as_deref(),
+            Some("/c"),
+            "the latest page at the end of the window"
+        );
+        let idle = PresenceUpdate {
+            status: Some(PresenceStatus::Idle),
+            ..PresenceUpdate::default()
+        };
+        user.update(Source::Dashboard(1), &idle, true, end);
+        assert_eq!(
+            user.due(end, &SETTINGS).unwrap().status,
+            PresenceStatus::Idle
+        );
+    }
+
+    #[test]
+    fn a_user_is_online_while_any_source_is() {
+        let t0 = Instant::now();
+        let mut user = UserPresence::default();
+        let idle = PresenceUpdate {
+            status: Some(PresenceStatus::Idle),
+            ..PresenceUpdate::default()
+        };
+        user.update(Source::Dashboard(1), &idle, true, t0);
+        assert_eq!(user.current(t0, &SETTINGS).status, PresenceStatus::Idle);
+        user.update(Source::Poller, &page("/x"), true, t0);
+        user.expire_at(&Source::Poller, t0 + SETTINGS.poll_ttl);
+        assert_eq!(user.current(t0, &SETTINGS).status, PresenceStatus::Online);
+        user.expire(t0 + SETTINGS.poll_ttl);
+        assert_eq!(user.current(t0, &SETTINGS).status, PresenceStatus::Idle);
+        user.remove(&Source::Dashboard(1));
+        assert_eq!(user.current(t0, &SETTINGS).status, PresenceStatus::Offline);
+        assert!(!user.is_connected());
+    }
+}

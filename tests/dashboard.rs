@@ -1,0 +1,834 @@
+//! The dashboard end to end: events published over HTTP reach `/ws` subscribers of their
+//! channel (and nobody else), replay with `since`, error frames, locks, chat badges, presence,
+//! long-polling, activity, preferences and publishing limits.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{spawn_app_with, Dash, TestApp, TIMEOUT};
+use serde_json::{json, Value};
+use tandem::auth::{mint, now_secs, Claims, Role, Secret};
+use tandem::Config;
+
+const SECRET: &str = "dashboard-test-secret";
+
+fn secret() -> Secret {
+    SECRET.parse().unwrap()
+}
+
+fn secured(config: &mut Config) {
+    config.auth_secret = Some(secret());
+}
+
+fn token(workspace: &str, sub: &str, role: Role) -> String {
+    let claims = Claims {
+        sub: sub.into(),
+        name: Some(format!("User {sub}")),
+        workspace: workspace.into(),
+        plan: Some("scale".into()),
+        role,
+        docs: None,
+        exp: now_secs() + 600,
+    };
+    mint(&secret(), &claims).unwrap()
+}
+
+fn member(workspace: &str, sub: &str) -> String {
+    format!("token={}", token(workspace, sub, Role::Member))
+}
+
+async fn publish(app: &TestApp, workspace: &str, event: Value) -> u64 {
+    let (status, body) = publish_raw(app, workspace, &event).await;
+    assert_eq!(status, 201, "{body}");
+    body["id"].as_u64().expect("an id")
+}
+
+async fn publish_raw(app: &TestApp, workspace: &str, event: &Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(app.http_url("/api/v1/events"))
+        .bearer_auth(token(workspace, "backend", Role::Service))
+        .json(event)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+async fn get(app: &TestApp, path: &str, bearer: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .get(app.http_url(path))
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+/// One example of every type a backend publishes, with its channel.
+fn every_type() -> Vec<(Value, &'static str)> {
+    vec![
+        (
+            json!({"type":"query_started","query_id":456,"started_by":123}),
+            "queries",
+        ),
+        (
+            json!({"type":"query_completed","query_id":456,"result_count":100,"execution_time":2.5}),
+            "queries",
+        ),
+        (
+            json!({"type":"query_failed","query_id":457,"error":"timeout"}),
+            "queries",
+        ),
+        (
+            json!({"type":"agent_executed","agent_id":789,"status":"completed","insights_found":3,"needs_approval":false}),
+            "agents",
+        ),
+        (
+            json!({"type":"approval_request","approval_id":5,"title":"Send the report"}),
+            "approvals",
+        ),
+        (
+            json!({"type":"new_chat_message","session_id":999,"message":"Hello, I need help","sender":"visitor"}),
+            "chat_sessions",
+        ),
+        (
+            json!({"type":"new_chat_session","session_id":1000,"visitor_location":"New York, US"}),
+            "chat_sessions",
+        ),
+        (
+            json!({"type":"system_alert","message":"disk almost full","severity":"warning"}),
+            "system",
+        ),
+        (
+            json!({"type":"workflow_triggered","workflow_id":"wf-1"}),
+            "workflows",
+        ),
+        (
+            json!({"type":"query_executed","user_id":123,"query_id":456}),
+            "activity",
+        ),
+        (
+            json!({"type":"template_created","user_id":123,"template_id":7}),
+            "activity",
+        ),
+        (
+            json!({"type":"agent_triggered","user_id":123,"agent_id":789}),
+            "activity",
+        ),
+        (
+            json!({"type":"file_uploaded","user_id":123,"file_name":"q3.csv"}),
+            "activity",
+        ),
+    ]
+}
+
+/// The event objects of a list of frames, without the server's replies.
+fn events_only(frames: Vec<Value>) -> Vec<Value> {
+    frames.into_iter().filter(|f| f["id"].is_u64()).collect()
+}
+
+/// `event` as delivered, without its `id` and `timestamp`.
+fn published_fields(delivered: &Value) -> Value {
+    let mut fields = delivered.clone();
+    let object = fields.as_object_mut().unwrap();
+    assert!(object.remove("id").unwrap().is_u64());
+    let timestamp = object.remove("timestamp").unwrap();
+    assert!(timestamp.as_str().unwrap().ends_with('Z'), "{timestamp}");
+    fields
+}
+
+#[tokio::test]
+async fn every_event_type_reaches_the_subscribers_of_its_channel_and_nobody_else() {
+    let app = spawn_app_with(secured).await;
+    let mut by_channel = Vec::new();
+    for channel in [
+        "queries",
+        "agents",
+        "approvals",
+        "chat_sessions",
+        "system",
+        "workflows",
+        "activity",
+    ] {
+        let mut dash = app.dash(&member("acme", "7")).await;
+        dash.subscribe(&[channel], None).await;
+        by_channel.push((channel, dash));
+    }
+    let mut elsewhere = app.dash(&member("globex", "7")).await;
+    let all = [
+        "presence",
+        "queries",
+        "agents",
+        "approvals",
+        "chat_sessions",
+        "notifications",
+        "activity",
+        "system",
+        "workflows",
+    ];
+    elsewhere.subscribe(&all, None).await;
+
+    let mut ids = Vec::new();
+    for (event, _) in every_type() {
+        ids.push(publish(&app, "acme", event).await);
+    }
+    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "{ids:?}");
+    // A last event every acme subscriber... of the system channel gets; the others are checked
+    // by count: events arrive in id order, so once the last one for a channel has arrived,
+    // any stray event would have arrived before it.
+    for (channel, dash) in &mut by_channel {
+        let expected: Vec<Value> = every_type()
+            .into_iter()
+            .filter(|(_, c)| c == channel)
+            .map(|(event, _)| event)
+            .collect();
+        let mut got = Vec::new();
+        while got.len() < expected.len() {
+            let frame = dash.next().await;
+            if frame["id"].is_u64() {
+                got.push(published_fields(&frame));
+            }
+        }
+        assert_eq!(got, expected, "channel {channel}");
+    }
+    // Another workspace sees nothing of acme's: its own event is the first it gets.
+    let own = publish(
+        &app,
+        "globex",
+        json!({"type":"workflow_triggered","workflow_id":"g"}),
+    )
+    .await;
+    let first = elsewhere.next_of("workflow_triggered").await;
+    assert_eq!(first["id"], own);
+    assert_eq!(first["workflow_id"], "g");
+    for (channel, dash) in &mut by_channel {
+        assert!(
+            dash.next_within(Duration::from_millis(200)).await.is_none(),
+            "channel {channel} got an event of another channel"
+        );
+    }
+}
+
+#[tokio::test]
+async fn events_for_users_reach_only_them_as_notifications() {
+    let app = spawn_app_with(secured).await;
+    let mut ada = app.dash(&member("acme", "ada")).await;
+    ada.subscribe(&["notifications"], None).await;
+    let mut bob = app.dash(&member("acme", "bob")).await;
+    bob.subscribe(&["notifications", "approvals"], None).await;
+
+    let for_ada = publish(
+        &app,
+        "acme",
+        json!({"type":"approval_request","approval_id":1,"title":"Ship it","user_ids":["ada"]}),
+    )
+    .await;
+    let for_everyone = publish(
+        &app,
+        "acme",
+        json!({"type":"approval_request","approval_id":2,"title":"All"}),
+    )
+    .await;
+    let got = ada.next().await;
+    assert_eq!(
+        (got["id"].as_u64(), &got["approval_id"]),
+        (Some(for_ada), &json!(1))
+    );
+    // Bob is not addressed by the first, and subscribed to approvals for the second.
+    let got = bob.next().await;
+    assert_eq!(got["id"].as_u64(), Some(for_everyone));
+    // Ada is not subscribed to approvals: the broadcast is not a notification.
+    assert!(ada.next_within(Duration::from_millis(200)).await.is_none());
+}
+
+#[tokio::test]
+async fn a_client_that_comes_back_with_since_misses_nothing() {
+    let app = spawn_app_with(secured).await;
+    let alert =
+        |n: u64| json!({"type":"system_alert","message":format!("alert {n}"),"severity":"info"});
+    let mut dash = app.dash(&member("acme", "7")).await;
+    dash.subscribe(&["system"], None).await;
+    publish(&app, "acme", alert(1)).await;
+    let seen = dash.next().await;
+    let last = seen["id"].as_u64().unwrap();
+    dash.close().await;
+
+    // Missed while away, including events of a channel it does not follow.
+    let mut missed = Vec::new();
+    for n in 2..=6 {
+        missed.push(publish(&app, "acme", alert(n)).await);
+        publish(
+            &app,
+            "acme",
+            json!({"type":"workflow_triggered","workflow_id":n}),
+        )
+        .await;
+    }
+    let mut dash = app.dash(&member("acme", "7")).await;
+    let replayed = events_only(dash.subscribe(&["system"], Some(last)).await);
+    let ids: Vec<u64> = replayed.iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, missed);
+    assert_eq!(replayed[4]["message"], "alert 6");
+    // And live from there, without a gap or a repeat.
+    let live = publish(&app, "acme", alert(7)).await;
+    assert_eq!(dash.next().await["id"].as_u64(), Some(live));
+}
+
+#[tokio::test]
+async fn a_since_older_than_retention_is_told_to_resync() {
+    let app = spawn_app_with(|c| {
+        secured(c);
+        c.event_retention_count = 2;
+        c.event_trim_interval_ms = 50;
+    })
+    .await;
+    for n in 0..5 {
+        publish(
+            &app,
+            "acme",
+            json!({"type":"workflow_triggered","workflow_id":n}),
+        )
+        .await;
+    }
+    // Retention runs on its own timer; poll until it has trimmed.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let mut dash = app.dash(&member("acme", "7")).await;
+        let replayed = dash.subscribe(&["workflows"], Some(1)).await;
+        if let Some(resync) = replayed.iter().find(|f| f["type"] == "resync_required") {
+            // Presence updates of these very connections share the log, so the ids run on.
+            assert_eq!(resync["since"], 1);
+            let (oldest, latest) = (
+                resync["oldest"].as_u64().unwrap(),
+                resync["latest"].as_u64().unwrap(),
+            );
+            assert!(oldest > 2 && oldest <= latest, "{resync}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retention never trimmed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn each_bad_frame_gets_its_error_and_too_many_close_the_connection() {
+    let app = spawn_app_with(|c| {
+        c.max_bad_frames = 9;
+        c.max_dashboard_frame_bytes = 1024;
+    })
+    .await;
+    let mut dash = app.dash("user=ada").await;
+    dash.send(json!({"action":"ping"})).await;
+    assert_eq!(dash.next().await, json!({"type":"pong"}));
+    let cases = [
+        ("{nope".to_string(), "invalid_json"),
+        ("[1]".to_string(), "not_an_object"),
+        (r#"{"channels":["system"]}"#.to_string(), "missing_field"),
+        (r#"{"action":"dance"}"#.to_string(), "unknown_action"),
+        (
+            r#"{"action":"subscribe","channels":["weather"]}"#.to_string(),
+            "unknown_channel",
+        ),
+        (
+            r#"{"action":"subscribe","channels":"system"}"#.to_string(),
+            "bad_field",
+        ),
+        (r#"{"action":"mark_read"}"#.to_string(), "missing_field"),
+        (
+            format!(r#"{{"action":"ping","pad":"{}"}}"#, "x".repeat(2000)),
+            "too_large",
+        ),
+    ];
+    for (frame, code) in &cases {
+        dash.send_text(frame).await;
+        let error = dash.next().await;
+        assert_eq!(error["type"], "error", "{frame}");
+        assert_eq!(error["code"], *code, "{frame}: {error}");
+        assert!(!error["message"].as_str().unwrap().is_empty());
+    }
+    // Still open and served.
+    dash.send(json!({"action":"ping"})).await;
+    assert_eq!(dash.next().await, json!({"type":"pong"}));
+    // The ninth bad frame is answered; the tenth is one too many.
+    dash.send_text("{nope").await;
+    assert_eq!(dash.next().await["code"], "invalid_json");
+    dash.send_text("{nope").await;
+    let (code, reason) = dash.closed().await;
+    assert_eq!(code, 1008);
+    assert!(reason.contains("bad frames"), "{reason}");
+    // Others are unaffected.
+    let mut other = app.dash("user=bob").await;
+    other.send(json!({"action":"ping"})).await;
+    assert_eq!(other.next().await, json!({"type":"pong"}));
+}
+
+#[tokio::test]
+async fn the_dashboard_refuses_bad_tokens_before_upgrading() {
+    let app = spawn_app_with(secured).await;
+    let refused = |query: String| {
+        let url = app.dash_url(&query);
+        async move {
+            match tokio_tungstenite::connect_async(url).await {
+                Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                    response.status().as_u16()
+                }
+                other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+            }
+        }
+    };
+    assert_eq!(refused(String::new()).await, 401);
+    assert_eq!(refused("token=nonsense".into()).await, 401);
+    let free = Claims {
+        plan: Some("free".into()),
+        ..Claims {
+            sub: "7".into(),
+            name: None,
+            workspace: "acme".into(),
+            plan: None,
+            role: Role::Member,
+            docs: None,
+            exp: now_secs() + 600,
+        }
+    };
+    assert_eq!(
+        refused(format!("token={}", mint(&secret(), &free).unwrap())).await,
+        403
+    );
+    assert_eq!(
+        refused(format!("{}&workspace=globex", member("acme", "7"))).await,
+        403
+    );
+}
+
+#[tokio::test]
+async fn locks_are_granted_denied_released_and_expire() {
+    let app = spawn_app_with(|c| {
+        secured(c);
+        c.lock_ttl_ms = 1_500;
+    })
+    .await;
+    let resource = "acme/queries/456#title";
+    let mut ada = app.dash(&member("acme", "1")).await;
+    let mut bob = app.dash(&member("acme", "2")).await;
+    bob.subscribe(&["presence"], None).await;
+
+    ada.send(json!({"action":"lock","resource":resource})).await;
+    let granted = ada.next_of("lock_acquired").await;
+    assert_eq!(granted["resource"], resource);
+    assert_eq!(granted["user_id"], 1);
+    assert_eq!(granted["renewed"], false);
+    let broadcast = bob.next_of("lock_acquired").await;
+    assert_eq!(
+        (broadcast["user_id"].clone(), broadcast["id"].is_u64()),
+        (json!(1), true)
+    );
+
+    bob.send(json!({"action":"lock","resource":resource})).await;
+    let denied = bob.next_of("lock_denied").await;
+    assert_eq!(denied["holder"], json!({"user_id": 1, "name": "User 1"}));
+    bob.send(json!({"action":"unlock","resource":resource}))
+        .await;
+    assert_eq!(bob.next_of("error").await["code"], "not_holder");
+
+    // Renewing is the holder sending lock again.
+    ada.send(json!({"action":"lock","resource":resource})).await;
+    assert_eq!(ada.next_of("lock_acquired").await["renewed"], true);
+
+    // Released when the holder disconnects.
+    ada.close().await;
+    let released = bob.next_of("lock_released").await;
+    assert_eq!(
+        (released["resource"].as_str(), released["reason"].as_str()),
+        (Some(resource), Some("disconnect"))
+    );
+    bob.send(json!({"action":"lock","resource":resource})).await;
+    assert_eq!(bob.next_of("lock_acquired").await["user_id"], 2);
+    bob.send(json!({"action":"unlock","resource":resource}))
+        .await;
+    assert_eq!(bob.next_of("lock_released").await["reason"], "unlock");
+
+    // And when nobody renews it.
+    let mut carol = app.dash(&member("acme", "3")).await;
+    carol
+        .send(json!({"action":"lock","resource":"acme/queries/9"}))
+        .await;
+    carol.next_of("lock_acquired").await;
+    let expired = carol.next_of("lock_released").await;
+    assert_eq!(expired["reason"], "expired");
+    let broadcast = loop {
+        let frame = bob.next_of("lock_released").await;
+        if frame["resource"] == "acme/queries/9" {
+            break frame;
+        }
+    };
+    assert_eq!(broadcast["reason"], "expired");
+}
+
+#[tokio::test]
+async fn chat_badges_rise_clear_and_survive_a_restart() {
+    let app = spawn_app_with(secured).await;
+    let mut ada = app.dash(&member("acme", "ada")).await;
+    let initial = ada.subscribe(&["chat_sessions"], None).await;
+    assert_eq!(
+        initial,
+        vec![json!({"type":"chat_badges","unread":{},"total":0})]
+    );
+    let mut bob = app.dash(&member("acme", "bob")).await;
+    bob.subscribe(&["chat_sessions"], None).await;
+
+    let message = |session: u64, sender: &str| json!({"type":"new_chat_message","session_id":session,"message":"hi","sender":sender});
+    publish(&app, "acme", message(999, "visitor")).await;
+    publish(&app, "acme", message(999, "visitor")).await;
+    // Bob sent this one: it raises Ada's count only.
+    publish(&app, "acme", message(1000, "bob")).await;
+    let mut last = json!(null);
+    for _ in 0..3 {
+        last = ada.next_of("chat_badges").await;
+    }
+    assert_eq!(
+        last,
+        json!({"type":"chat_badges","unread":{"999":2,"1000":1},"total":3})
+    );
+    let mut bobs = json!(null);
+    for _ in 0..2 {
+        bobs = bob.next_of("chat_badges").await;
+    }
+    assert_eq!(bobs["unread"], json!({"999":2}));
+
+    ada.send(json!({"action":"mark_read","session_id":999}))
+        .await;
+    assert_eq!(
+        ada.next_of("chat_badges").await,
+        json!({"type":"chat_badges","unread":{"1000":1},"total":1})
+    );
+    ada.close().await;
+    bob.close().await;
+
+    let mut config = Config::with_data_dir(app.dir.path());
+    secured(&mut config);
+    let app = app.restart_with(config).await;
+    let (status, badges) = get(&app, "/api/v1/badges", &token("acme", "ada", Role::Member)).await;
+    assert_eq!(status, 200);
+    assert_eq!(badges["unread"], json!({"1000":1}));
+    let (_, badges) = get(&app, "/api/v1/badges", &token("acme", "bob", Role::Member)).await;
+    assert_eq!(badges["total"], 2);
+}
+
+#[tokio::test]
+async fn presence_goes_online_idle_offline_and_remembers_last_seen() {
+    let app = spawn_app_with(|c| {
+        secured(c);
+        c.presence_idle_ms = 400;
+        c.presence_debounce_ms = 60_000;
+    })
+    .await;
+    let mut watcher = app.dash(&member("acme", "1")).await;
+    watcher.subscribe(&["presence"], None).await;
+
+    let mut ada = app.dash(&member("acme", "123")).await;
+    let online = loop {
+        let update = watcher.next_of("presence_update").await;
+        if update["user_id"] == 123 {
+            break update;
+        }
+    };
+    assert_eq!(online["status"], "online");
+    assert_eq!(online["name"], "User 123");
+    ada.send(json!({"action":"presence","status":"online","workspace":"queries","current_page":"/queries/456"}))
+        .await;
+
+    let idle = loop {
+        let update = watcher.next_of("presence_update").await;
+        if update["user_id"] == 123 && update["status"] == "idle" {
+            break update;
+        }
+    };
+    // The page change rode along with the next status change, within the debounce window.
+    assert_eq!(idle["current_page"], "/queries/456");
+    assert_eq!(idle["workspace"], "queries");
+
+    let bearer = token("acme", "1", Role::Member);
+    let (_, listed) = get(&app, "/api/v1/presence", &bearer).await;
+    let users = listed["users"].as_array().unwrap();
+    assert!(
+        users
+            .iter()
+            .any(|u| u["user_id"] == 123 && u["status"] == "idle"),
+        "{listed}"
+    );
+
+    ada.close().await;
+    let offline = loop {
+        let update = watcher.next_of("presence_update").await;
+        if update["user_id"] == 123 && update["status"] == "offline" {
+            break update;
+        }
+    };
+    let last_seen = offline["last_seen"].as_str().unwrap().to_owned();
+    assert!(last_seen.ends_with('Z'), "{last_seen}");
+    let (_, listed) = get(&app, "/api/v1/presence", &bearer).await;
+    assert!(!listed["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|u| u["user_id"] == 123));
+    watcher.close().await;
+
+    let mut config = Config::with_data_dir(app.dir.path());
+    secured(&mut config);
+    let app = app.restart_with(config).await;
+    let (_, listed) = get(&app, "/api/v1/presence?include_offline=true", &bearer).await;
+    let ada = listed["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["user_id"] == 123)
+        .cloned()
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert_eq!(ada["status"], "offline");
+    assert_eq!(ada["last_seen"], last_seen.as_str());
+}
+
+#[tokio::test]
+async fn long_polls_return_events_at_once_or_when_they_come_and_time_out_empty() {
+    let app = spawn_app_with(secured).await;
+    let bearer = token("acme", "7", Role::Member);
+    let first = publish(
+        &app,
+        "acme",
+        json!({"type":"workflow_triggered","workflow_id":1}),
+    )
+    .await;
+    publish(
+        &app,
+        "acme",
+        json!({"type":"system_alert","message":"m","severity":"info"}),
+    )
+    .await;
+
+    let (status, page) = get(
+        &app,
+        "/api/v1/events?channels=workflows&since=0&timeout=5",
+        &bearer,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let events = page["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["id"].as_u64(), Some(first));
+    let last = page["last_id"].as_u64().unwrap();
+
+    // Nothing new on the channel: an empty answer after the timeout.
+    let started = tokio::time::Instant::now();
+    let (status, page) = get(
+        &app,
+        &format!("/api/v1/events?channels=workflows&since={last}&timeout=0.3"),
+        &bearer,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(page["events"], json!([]));
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    // A waiting poll returns when an event comes.
+    let url = format!(
+        "/api/v1/events?channels=workflows&since={}&timeout=10",
+        page["last_id"]
+    );
+    let waiting = {
+        let app_url = app.http_url(&url);
+        let bearer = bearer.clone();
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .get(app_url)
+                .bearer_auth(bearer)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let later = publish(
+        &app,
+        "acme",
+        json!({"type":"workflow_triggered","workflow_id":2}),
+    )
+    .await;
+    let page = tokio::time::timeout(TIMEOUT, waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(page["events"][0]["id"].as_u64(), Some(later));
+
+    let (status, body) = get(&app, "/api/v1/events?channels=weather", &bearer).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("unknown_channel"))
+    );
+    let (status, _) = get(&app, "/api/v1/events?timeout=600", &bearer).await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn the_activity_feed_lists_the_latest_activity() {
+    let app = spawn_app_with(secured).await;
+    for n in 0..5 {
+        publish(
+            &app,
+            "acme",
+            json!({"type":"file_uploaded","user_id":1,"file_name":format!("f{n}.csv")}),
+        )
+        .await;
+        publish(
+            &app,
+            "acme",
+            json!({"type":"workflow_triggered","workflow_id":n}),
+        )
+        .await;
+    }
+    let (status, body) = get(
+        &app,
+        "/api/v1/activity?limit=3",
+        &token("acme", "7", Role::Member),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["file_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["f2.csv", "f3.csv", "f4.csv"]);
+}
+
+#[tokio::test]
+async fn muted_event_types_are_not_pushed() {
+    let app = spawn_app_with(secured).await;
+    let bearer = token("acme", "7", Role::Member);
+    let response = reqwest::Client::new()
+        .put(app.http_url("/api/v1/preferences"))
+        .bearer_auth(&bearer)
+        .json(&json!({"realtime":{"query_started":false}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let prefs: Value = response.json().await.unwrap();
+    assert_eq!(prefs["realtime"]["query_started"], false);
+    assert_eq!(prefs["realtime"]["query_completed"], true);
+
+    let mut dash = app.dash(&format!("token={bearer}")).await;
+    dash.subscribe(&["queries"], None).await;
+    publish(
+        &app,
+        "acme",
+        json!({"type":"query_started","query_id":1,"started_by":7}),
+    )
+    .await;
+    let completed = publish(
+        &app,
+        "acme",
+        json!({"type":"query_completed","query_id":1,"result_count":1,"execution_time":0.1}),
+    )
+    .await;
+    assert_eq!(dash.next().await["id"].as_u64(), Some(completed));
+
+    let response = reqwest::Client::new()
+        .put(app.http_url("/api/v1/preferences"))
+        .bearer_auth(&bearer)
+        .json(&json!({"realtime":{"query_exploded":false}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
+}
+
+#[tokio::test]
+async fn publishing_past_the_rate_gets_429_with_retry_after() {
+    let app = spawn_app_with(|c| {
+        secured(c);
+        c.publish_rate_user = 3;
+    })
+    .await;
+    let event = json!({"type":"workflow_triggered","workflow_id":1});
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..6 {
+        let response = reqwest::Client::new()
+            .post(app.http_url("/api/v1/events"))
+            .bearer_auth(token("acme", "backend", Role::Service))
+            .json(&event)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+        if response.status() == 429 {
+            retry_after = response.headers().get("retry-after").cloned();
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["error"], "rate_limited");
+        }
+    }
+    assert_eq!(&statuses[..3], &[201, 201, 201]);
+    assert!(statuses[3..].contains(&429), "{statuses:?}");
+    let retry_after: u64 = retry_after.unwrap().to_str().unwrap().parse().unwrap();
+    assert!(retry_after >= 1);
+}
+
+#[tokio::test]
+async fn rapid_events_are_coalesced_into_batch_frames() {
+    let app = spawn_app_with(|c| {
+        secured(c);
+        c.dashboard_batch_ms = 300;
+    })
+    .await;
+    let mut dash = app.dash(&member("acme", "7")).await;
+    dash.subscribe(&["workflows"], None).await;
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        ids.push(
+            publish(
+                &app,
+                "acme",
+                json!({"type":"workflow_triggered","workflow_id":n}),
+            )
+            .await,
+        );
+    }
+    let mut got = Vec::new();
+    while got.len() < ids.len() {
+        got.push(dash.next().await["id"].as_u64().unwrap());
+    }
+    assert_eq!(got, ids);
+    assert!(
+        dash.frames.iter().any(|f| f["type"] == "batch"),
+        "no batch frame among {:?}",
+        dash.frames
+    );
+}
+
+#[tokio::test]
+async fn a_dashboard_client_without_a_token_works_on_an_open_server() {
+    let app = spawn_app_with(|_| {}).await;
+    let mut dash = Dash::connect(&format!("ws://{}/ws", app.addr)).await;
+    dash.subscribe(&["queries"], None).await;
+    let response = reqwest::Client::new()
+        .post(app.http_url("/api/v1/events"))
+        .json(&json!({"type":"query_started","query_id":456,"started_by":123}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let event = dash.next().await;
+    assert_eq!(event["type"], "query_started");
+    assert_eq!(event["query_id"], 456);
+}
