@@ -93,6 +93,7 @@ impl Fixture {
             let (outbound, queue) = mpsc::channel(1024);
             let link = PeerLink {
                 peer: PeerId(peer),
+                user: Arc::from("bench"),
                 outbound,
                 closer: Closer::new(),
             };

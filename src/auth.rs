@@ -19,7 +19,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Deserializer, Serialize};
 use tandem_crdt::Access;
 
-use crate::docname::DocName;
+use crate::docname::{DocName, RoomKind};
 use crate::error::ApiError;
 
 /// A secret that never shows in logs or `Debug` output.
@@ -374,12 +374,25 @@ impl Auth {
     ///
     /// # Errors
     /// The document is in another workspace, or outside the token's `docs` patterns.
+    ///
+    /// The dashboard's rooms are the server's: the workspace's presence room is open to all of
+    /// its users and an inbox only to its user, both read-only for documents (awareness is what
+    /// they are for).
     pub fn doc_access(&self, principal: &Principal, doc: &DocName) -> Result<Access, AuthError> {
         let Some(workspace) = &principal.workspace else {
-            return Ok(Access::ReadWrite);
+            return Ok(match doc.kind() {
+                RoomKind::Document => Access::ReadWrite,
+                RoomKind::Presence | RoomKind::Inbox { .. } => Access::ReadOnly,
+            });
         };
         if doc.workspace() != workspace {
             return Err(AuthError::WrongWorkspace);
+        }
+        match doc.kind() {
+            RoomKind::Document => {}
+            RoomKind::Presence => return Ok(Access::ReadOnly),
+            RoomKind::Inbox { user } if user == principal.user => return Ok(Access::ReadOnly),
+            RoomKind::Inbox { .. } => return Err(AuthError::DocumentForbidden),
         }
         // `docs` narrows any role; without it the whole workspace is read-write.
         let Some(patterns) = &principal.docs else {

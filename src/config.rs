@@ -117,6 +117,11 @@ pub struct Config {
     #[arg(long, env = "TANDEM_PRESENCE_POLL_TTL_MS", default_value_t = Config::DEFAULT_PRESENCE_POLL_TTL_MS)]
     pub presence_poll_ttl_ms: u64,
 
+    /// A document's user counts as actively editing while their awareness there (cursor,
+    /// selection) changed within this many milliseconds.
+    #[arg(long, env = "TANDEM_EDITING_IDLE_MS", default_value_t = Config::DEFAULT_EDITING_IDLE_MS)]
+    pub editing_idle_ms: u64,
+
     /// The longest `timeout` a long-poll may ask for, in seconds.
     #[arg(long, env = "TANDEM_LONG_POLL_MAX_SECS", default_value_t = Config::DEFAULT_LONG_POLL_MAX_SECS)]
     pub long_poll_max_secs: u64,
@@ -204,6 +209,7 @@ impl Config {
     pub const DEFAULT_PRESENCE_DEBOUNCE_MS: u64 = 10_000;
     pub const DEFAULT_PRESENCE_POLL_TTL_MS: u64 = 90_000;
     pub const DEFAULT_LONG_POLL_MAX_SECS: u64 = 60;
+    pub const DEFAULT_EDITING_IDLE_MS: u64 = 60_000;
     pub const DEFAULT_PING_INTERVAL_MS: u64 = 15_000;
     pub const DEFAULT_PING_TIMEOUT_MS: u64 = 45_000;
     pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 5_000;
@@ -257,6 +263,7 @@ impl Config {
             },
             publish_rate_workspace: self.publish_rate_workspace,
             publish_rate_user: self.publish_rate_user,
+            editing_idle: Duration::from_millis(self.editing_idle_ms),
         }
     }
 
@@ -296,6 +303,7 @@ impl Default for Config {
             presence_debounce_ms: Config::DEFAULT_PRESENCE_DEBOUNCE_MS,
             presence_poll_ttl_ms: Config::DEFAULT_PRESENCE_POLL_TTL_MS,
             long_poll_max_secs: Config::DEFAULT_LONG_POLL_MAX_SECS,
+            editing_idle_ms: Config::DEFAULT_EDITING_IDLE_MS,
             ping_interval_ms: Config::DEFAULT_PING_INTERVAL_MS,
             ping_timeout_ms: Config::DEFAULT_PING_TIMEOUT_MS,
             shutdown_timeout_ms: Config::DEFAULT_SHUTDOWN_TIMEOUT_MS,

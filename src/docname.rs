@@ -10,6 +10,23 @@ pub const MAX_DOC_NAME_BYTES: usize = 512;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DocName(String);
 
+/// The second segment of a workspace's presence room.
+pub const PRESENCE_SEGMENT: &str = "__presence__";
+
+/// The second segment of the users' inbox rooms.
+pub const INBOX_SEGMENT: &str = "__inbox__";
+
+/// What a document is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomKind<'a> {
+    /// A document of the product (a query, say).
+    Document,
+    /// `{workspace}/__presence__`.
+    Presence,
+    /// `{workspace}/__inbox__/{user}`.
+    Inbox { user: &'a str },
+}
+
 /// Why a name was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DocNameError {
@@ -39,6 +56,45 @@ impl DocName {
         Ok(DocName(name.to_owned()))
     }
 
+    /// The presence room of `workspace`: every user's presence as awareness states.
+    ///
+    /// # Errors
+    /// The workspace name makes no valid document name.
+    pub fn presence(workspace: &str) -> Result<DocName, DocNameError> {
+        DocName::parse(&format!("{workspace}/{PRESENCE_SEGMENT}"))
+    }
+
+    /// The inbox room of `user` in `workspace`: the server's awareness state there carries the
+    /// user's latest notifications and chat badges.
+    ///
+    /// # Errors
+    /// The names make no valid document name.
+    pub fn inbox(workspace: &str, user: &str) -> Result<DocName, DocNameError> {
+        DocName::parse(&format!("{workspace}/{INBOX_SEGMENT}/{user}"))
+    }
+
+    /// What kind of room this document is.
+    pub fn kind(&self) -> RoomKind<'_> {
+        let rest = self.0.split_once('/').map_or("", |(_, rest)| rest);
+        if rest == PRESENCE_SEGMENT {
+            return RoomKind::Presence;
+        }
+        match rest
+            .strip_prefix(INBOX_SEGMENT)
+            .and_then(|r| r.strip_prefix('/'))
+        {
+            Some(user) if !user.is_empty() => RoomKind::Inbox { user },
+            _ => RoomKind::Document,
+        }
+    }
+
+    /// The query id of a query document, `{workspace}/queries/{id}`.
+    pub fn query_id(&self) -> Option<&str> {
+        let (_, rest) = self.0.split_once('/')?;
+        rest.strip_prefix("queries/")
+            .filter(|id| !id.is_empty() && !id.contains('/'))
+    }
+
     /// The name as a string.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -59,6 +115,27 @@ impl fmt::Display for DocName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn special_rooms_are_recognised() {
+        let kind = |name: &str| format!("{:?}", DocName::parse(name).unwrap().kind());
+        assert_eq!(kind("acme/__presence__"), "Presence");
+        assert_eq!(kind("acme/__inbox__/u-7"), r#"Inbox { user: "u-7" }"#);
+        assert_eq!(kind("acme/__inbox__/"), "Document");
+        assert_eq!(kind("acme/queries/456"), "Document");
+        assert_eq!(kind("__presence__"), "Document");
+        let query = DocName::parse("acme/queries/456").unwrap();
+        assert_eq!(query.query_id(), Some("456"));
+        assert_eq!(DocName::parse("acme/queries/4/5").unwrap().query_id(), None);
+        assert_eq!(
+            DocName::presence("acme").unwrap().as_str(),
+            "acme/__presence__"
+        );
+        assert_eq!(
+            DocName::inbox("acme", "7").unwrap().kind(),
+            RoomKind::Inbox { user: "7" }
+        );
+    }
 
     #[test]
     fn accepts_paths_and_unicode_and_refuses_the_rest() {

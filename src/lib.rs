@@ -169,6 +169,8 @@ pub async fn serve_with_stores(
         tasks.clone(),
         token.clone(),
     ));
+    hub.attach_rooms(&rooms);
+    rooms.observe_with(Arc::new(dashboard::hub::Observer(Arc::clone(&hub))));
     let state = AppState {
         config: Arc::clone(&config),
         auth,

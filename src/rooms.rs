@@ -10,12 +10,12 @@
 //! per-connection queues: no socket is written under the lock.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use tandem_crdt::{Access, Outbox, PeerId, Room, RoomError, RoomLimits};
+use tandem_crdt::{Access, Any, AwarenessChange, Outbox, PeerId, Room, RoomError, RoomLimits};
 use tandem_storage::{Compaction, DocStore, Seq, StoreError};
 use tokio::sync::{mpsc, OnceCell};
 use tokio_util::sync::CancellationToken;
@@ -35,6 +35,8 @@ pub type QueuedFrame = Arc<Bytes>;
 /// A connection's handle as the room sees it: its outbound queue and its closer.
 pub struct PeerLink {
     pub peer: PeerId,
+    /// The user it speaks for (the token's subject).
+    pub user: Arc<str>,
     pub outbound: mpsc::Sender<QueuedFrame>,
     pub closer: Closer,
 }
@@ -107,6 +109,14 @@ pub enum RoomOpError {
     Store(#[from] StoreError),
 }
 
+/// Told what happens in rooms' awareness: the dashboard derives presence and "who is editing"
+/// from it. Called outside any room's lock.
+pub trait RoomObserver: Send + Sync + 'static {
+    /// `user`'s connection `peer` changed awareness clients of `doc` (a `None` state: removed,
+    /// which is also what a departing connection's clients get).
+    fn awareness(&self, doc: &DocName, peer: PeerId, user: &str, changes: Vec<AwarenessChange>);
+}
+
 /// All loaded rooms.
 pub struct Rooms {
     map: DashMap<DocName, Arc<RoomHandle>>,
@@ -117,6 +127,10 @@ pub struct Rooms {
     config: Arc<Config>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    observer: OnceLock<Arc<dyn RoomObserver>>,
+    /// Awareness states the server keeps in rooms (presence mirrors, inboxes), by document and
+    /// client id: set in the room when it is loaded, and again whenever it loads later.
+    server_awareness: DashMap<DocName, HashMap<u64, Arc<str>>>,
 }
 
 /// One document's room. Its state is loaded once, on first use.
@@ -159,7 +173,90 @@ impl Rooms {
             config,
             tasks,
             shutdown,
+            observer: OnceLock::new(),
+            server_awareness: DashMap::new(),
         }
+    }
+
+    /// Reports every room's awareness changes to `observer` from now on (set once, before any
+    /// room is loaded).
+    pub fn observe_with(&self, observer: Arc<dyn RoomObserver>) {
+        let _ = self.observer.set(observer);
+    }
+
+    /// Sets (or with `None` removes) an awareness state the server keeps in `name` under
+    /// `client`. A loaded room gets it at once and its peers are told; an unloaded one gets it
+    /// when it loads, so nobody loads a room just for this.
+    pub fn set_server_awareness(&self, name: &DocName, client: u64, state: Option<Arc<str>>) {
+        match &state {
+            Some(state) => {
+                self.server_awareness
+                    .entry(name.clone())
+                    .or_default()
+                    .insert(client, Arc::clone(state));
+            }
+            None => {
+                self.server_awareness.remove_if_mut(name, |_, states| {
+                    states.remove(&client);
+                    states.is_empty()
+                });
+            }
+        }
+        let handle = self.map.get(name).map(|e| Arc::clone(e.value()));
+        let Some(handle) = handle.filter(|h| h.state.get().is_some()) else {
+            return;
+        };
+        let mut state_guard = handle.lock();
+        if state_guard.closed {
+            return;
+        }
+        if let Some(frame) = state_guard.room.set_own_awareness(client, state) {
+            let frame = Arc::new(frame);
+            let mut overflow = Overflow::default();
+            for link in state_guard.peers.values() {
+                deliver(link, Arc::clone(&frame), &mut overflow);
+            }
+            if !overflow.is_empty() {
+                self.tasks
+                    .spawn(overflow.deliver(self.config.lag_timeout()));
+            }
+        }
+    }
+
+    /// Sets `entries` in the root map `map` of `name` as the server's own edit: persisted and
+    /// sent to the document's clients like any update.
+    ///
+    /// # Errors
+    /// The room could not be loaded, is poisoned, or the store failed.
+    pub async fn edit_map(
+        self: &Arc<Self>,
+        name: &DocName,
+        map: &str,
+        entries: Vec<(String, Any)>,
+    ) -> Result<(), RoomOpError> {
+        let mut entries = Some(entries);
+        let (result, idle, overflow) = self
+            .with_state(name, |handle, state| {
+                let mut overflow = Overflow::default();
+                let entries = entries.take().unwrap_or_default();
+                let result = match state.room.set_map(map, entries) {
+                    Ok(outbox) => self
+                        .deliver_outbox(handle, state, None, outbox, &mut overflow)
+                        .map(|_| ()),
+                    Err(err) => Err(err.into()),
+                };
+                let idle = state
+                    .peers
+                    .is_empty()
+                    .then(|| (Arc::clone(handle), state.activity));
+                (result, idle, overflow)
+            })
+            .await?;
+        overflow.deliver(self.config.lag_timeout()).await;
+        if let Some((handle, activity)) = idle {
+            self.schedule_unload(handle, activity);
+        }
+        result
     }
 
     /// The loaded room of `name`, loading it from storage if needed.
@@ -187,7 +284,15 @@ impl Rooms {
             let stored = self.store.load(name.as_str()).await?;
             let snapshot = stored.snapshot.as_ref().map(|s| s.bytes.as_slice());
             let log = stored.log.iter().map(|(_, u)| u.as_slice());
-            let room = Room::load(limits, snapshot, log)?;
+            let mut room = Room::load(limits, snapshot, log)?;
+            if self.observer.get().is_some() {
+                room.observe();
+            }
+            if let Some(states) = self.server_awareness.get(name) {
+                for (client, state) in states.iter() {
+                    room.set_own_awareness(*client, Some(Arc::clone(state)));
+                }
+            }
             tracing::debug!(
                 doc = %name,
                 bytes = stored.total_bytes(),
@@ -284,12 +389,20 @@ impl Rooms {
         state.activity += 1;
         let mut outbox = Outbox::default();
         let result = state.room.receive(peer, frame, access, &mut outbox);
+        let awareness = std::mem::take(&mut outbox.awareness);
         // What the frame's messages before a bad one changed is delivered all the same.
-        self.deliver_outbox(handle, &mut state, Some(peer), outbox, overflow)?;
+        let delivered = self.deliver_outbox(handle, &mut state, Some(peer), outbox, overflow);
+        let user = state.peers.get(&peer).map(|link| Arc::clone(&link.user));
+        drop(state);
+        if let (Some(observer), Some(user), false) =
+            (self.observer.get(), user, awareness.is_empty())
+        {
+            observer.awareness(&handle.name, peer, &user, awareness);
+        }
+        delivered?;
         match result {
             Ok(()) => Ok(()),
             Err(RoomError::Poisoned) => {
-                drop(state);
                 self.discard(handle);
                 Err(RoomError::Poisoned.into())
             }
@@ -301,10 +414,11 @@ impl Rooms {
     /// unload of a room left empty.
     pub fn leave(self: &Arc<Self>, handle: &Arc<RoomHandle>, peer: PeerId) {
         let mut state = handle.lock();
-        if state.peers.remove(&peer).is_none() {
+        let Some(link) = state.peers.remove(&peer) else {
             return;
-        }
-        if let Some(removal) = state.room.leave(peer) {
+        };
+        let (removal, gone) = state.room.depart(peer);
+        if let Some(removal) = removal {
             let removal = Arc::new(removal);
             let mut overflow = Overflow::default();
             for link in state.peers.values() {
@@ -317,9 +431,20 @@ impl Rooms {
                 self.tasks.spawn(overflow.deliver(timeout));
             }
         }
-        if state.peers.is_empty() && !state.closed {
-            let activity = state.activity;
-            drop(state);
+        let unload = (state.peers.is_empty() && !state.closed).then_some(state.activity);
+        drop(state);
+        if let (Some(observer), false) = (self.observer.get(), gone.is_empty()) {
+            let changes = gone
+                .into_iter()
+                .map(|client| AwarenessChange {
+                    client,
+                    state: None,
+                    changed: true,
+                })
+                .collect();
+            observer.awareness(&handle.name, peer, &link.user, changes);
+        }
+        if let Some(activity) = unload {
             self.schedule_unload(Arc::clone(handle), activity);
         }
     }
@@ -639,6 +764,7 @@ mod tests {
         let (outbound, mut queue) = mpsc::channel(1);
         let link = PeerLink {
             peer: PeerId(1),
+            user: Arc::from("u"),
             outbound,
             closer: Closer::new(),
         };

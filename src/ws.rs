@@ -215,6 +215,7 @@ async fn connect(
     let pinger = outbound.clone();
     let link = PeerLink {
         peer,
+        user: Arc::from(principal.user.as_str()),
         outbound,
         closer: closer.clone(),
     };

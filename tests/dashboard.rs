@@ -832,3 +832,217 @@ async fn a_dashboard_client_without_a_token_works_on_an_open_server() {
     assert_eq!(event["type"], "query_started");
     assert_eq!(event["query_id"], 456);
 }
+
+/// A synced document client with `token`.
+async fn yjs(app: &TestApp, doc: &str, token: &str) -> tandem_sync::client::Client {
+    let url = format!("{}?token={token}", app.ws_url(doc));
+    let client = tandem_sync::client::Client::connect(&url).await.unwrap();
+    client.synced(TIMEOUT).await.unwrap();
+    client
+}
+
+#[tokio::test]
+async fn presence_rides_awareness_both_ways() {
+    let app = spawn_app_with(secured).await;
+    let mut watcher = app.dash(&member("acme", "1")).await;
+    watcher.subscribe(&["presence"], None).await;
+
+    // A Yjs client's awareness in the presence room becomes a presence_update for its token's
+    // user, whatever user id the state claims.
+    let ada = yjs(
+        &app,
+        "acme/__presence__",
+        &token("acme", "123", Role::Member),
+    )
+    .await;
+    ada.set_awareness(r#"{"status":"online","workspace":"queries","current_page":"/queries/456","user_id":999,"user":{"name":"Ada","color":"orange"}}"#)
+        .unwrap();
+    let update = loop {
+        let update = watcher.next_of("presence_update").await;
+        if update["user_id"] == 123 {
+            break update;
+        }
+    };
+    assert_eq!(update["status"], "online");
+    assert_eq!(update["current_page"], "/queries/456");
+    assert_eq!(update["name"], "Ada");
+    assert_eq!(update["color"], "orange");
+
+    // A dashboard user appears to the Yjs client as an awareness state of the server's.
+    let mut bob = app.dash(&member("acme", "77")).await;
+    bob.send(json!({"action":"presence","status":"online","current_page":"/dashboards/1"}))
+        .await;
+    let mirrored = ada
+        .wait_for("bob's presence", TIMEOUT, |c| {
+            c.awareness()
+                .values()
+                .any(|s| s.contains(r#""user_id":77"#))
+        })
+        .await;
+    assert!(mirrored.is_ok(), "{:?}", ada.awareness());
+    let state: Value = ada
+        .awareness()
+        .values()
+        .map(|s| serde_json::from_str::<Value>(s).unwrap())
+        .find(|s| s["user_id"] == 77)
+        .unwrap();
+    assert_eq!(state["status"], "online");
+    assert_eq!(state["name"], "User 77");
+
+    // Leaving the presence room is going offline.
+    ada.close().await;
+    let gone = loop {
+        let update = watcher.next_of("presence_update").await;
+        if update["user_id"] == 123 {
+            break update;
+        }
+    };
+    assert_eq!(gone["status"], "offline");
+    // And a dashboard user who leaves disappears from the room.
+    let carol = yjs(&app, "acme/__presence__", &token("acme", "5", Role::Member)).await;
+    carol
+        .wait_for("bob mirrored", TIMEOUT, |c| {
+            c.awareness()
+                .values()
+                .any(|s| s.contains(r#""user_id":77"#))
+        })
+        .await
+        .unwrap();
+    bob.close().await;
+    carol
+        .wait_for("bob gone", TIMEOUT, |c| {
+            !c.awareness()
+                .values()
+                .any(|s| s.contains(r#""user_id":77"#))
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn who_is_editing_a_query_follows_its_awareness() {
+    let app = spawn_app_with(secured).await;
+    let mut watcher = app.dash(&member("acme", "1")).await;
+    watcher.subscribe(&["presence"], None).await;
+    let ada = yjs(
+        &app,
+        "acme/queries/456",
+        &token("acme", "123", Role::Member),
+    )
+    .await;
+    ada.set_awareness(r#"{"user":{"name":"Ada","color":"orange"},"cursor":{"anchor":1}}"#)
+        .unwrap();
+    let editing = watcher.next_of("editing").await;
+    assert_eq!(editing["document"], "acme/queries/456");
+    assert_eq!(editing["query_id"], 456);
+    assert_eq!(
+        editing["users"],
+        json!([{"user_id": 123, "name": "Ada", "active": true}])
+    );
+    ada.close().await;
+    let editing = watcher.next_of("editing").await;
+    assert_eq!(editing["users"], json!([]));
+}
+
+#[tokio::test]
+async fn query_events_write_the_status_map_every_editor_sees() {
+    let app = spawn_app_with(secured).await;
+    let editor = yjs(
+        &app,
+        "acme/queries/456",
+        &token("acme", "123", Role::Member),
+    )
+    .await;
+    let status = |client: &tandem_sync::client::Client, key: &str| -> Option<String> {
+        use yrs::{Map, Transact};
+        let map = client.doc().get_or_insert_map("status");
+        let txn = client.doc().transact();
+        map.get(&txn, key).map(|v| v.to_string(&txn))
+    };
+    publish(
+        &app,
+        "acme",
+        json!({"type":"query_started","query_id":456,"started_by":123}),
+    )
+    .await;
+    editor
+        .wait_for("running", TIMEOUT, |c| {
+            status(c, "status").as_deref() == Some("running")
+        })
+        .await
+        .unwrap();
+    let id = publish(
+        &app,
+        "acme",
+        json!({"type":"query_completed","query_id":456,"result_count":100,"execution_time":2.5}),
+    )
+    .await;
+    editor
+        .wait_for("completed", TIMEOUT, |c| {
+            status(c, "status").as_deref() == Some("completed")
+        })
+        .await
+        .unwrap();
+    assert_eq!(status(&editor, "result_count").as_deref(), Some("100"));
+    assert_eq!(status(&editor, "execution_time").as_deref(), Some("2.5"));
+    assert_eq!(status(&editor, "event_id"), Some(id.to_string()));
+    assert!(status(&editor, "finished_at").unwrap().ends_with('Z'));
+    // Over HTTP too: the status is part of the document.
+    let response = reqwest::Client::new()
+        .get(app.http_url("/api/v1/docs/acme/queries/456"))
+        .bearer_auth(token("acme", "9", Role::Member))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn a_users_inbox_room_carries_their_notifications_and_badges_as_awareness() {
+    let app = spawn_app_with(secured).await;
+    let ada_token = token("acme", "ada", Role::Member);
+    // Known users get chat badges: Ada has been on the dashboard once.
+    app.dash(&format!("token={ada_token}")).await.close().await;
+    let inbox = yjs(&app, "acme/__inbox__/ada", &ada_token).await;
+    publish(
+        &app,
+        "acme",
+        json!({"type":"approval_request","approval_id":5,"title":"Ship it","user_ids":["ada"]}),
+    )
+    .await;
+    publish(
+        &app,
+        "acme",
+        json!({"type":"new_chat_message","session_id":999,"message":"hi","sender":"visitor"}),
+    )
+    .await;
+    let state = |client: &tandem_sync::client::Client| -> Option<Value> {
+        client
+            .awareness()
+            .values()
+            .map(|s| serde_json::from_str::<Value>(s).unwrap())
+            .find(|s| s["user_id"] == "ada")
+    };
+    inbox
+        .wait_for("the inbox state", TIMEOUT, |c| {
+            state(c).is_some_and(|s| s["chat_badges"]["total"] == 1)
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{:?}", inbox.awareness()));
+    let state = state(&inbox).unwrap();
+    assert_eq!(state["notifications"][0]["title"], "Ship it");
+    assert_eq!(state["chat_badges"]["unread"], json!({"999": 1}));
+
+    // Only Ada's token opens Ada's inbox.
+    let url = format!(
+        "{}?token={}",
+        app.ws_url("acme/__inbox__/ada"),
+        token("acme", "bob", Role::Member)
+    );
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 403)
+        }
+        other => panic!("expected 403, got {:?}", other.map(|_| ())),
+    }
+}

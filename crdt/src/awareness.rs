@@ -29,6 +29,9 @@ pub struct Changes {
     pub updated: Vec<u64>,
     /// Clients that were removed.
     pub removed: Vec<u64>,
+    /// Of `updated`, those whose state is new or differs from the one before (a renewal that
+    /// repeats the same state is not here).
+    pub changed: Vec<u64>,
 }
 
 impl Changes {
@@ -63,10 +66,14 @@ impl Awareness {
             if !wins {
                 continue;
             }
-            let was_live = self
+            let before = self
                 .states
                 .get(&entry.client_id)
-                .is_some_and(|s| s.json.is_some());
+                .and_then(|s| s.json.clone());
+            let was_live = before.is_some();
+            if entry.state.is_some() && before != entry.state {
+                changes.changed.push(entry.client_id);
+            }
             self.states.insert(
                 entry.client_id,
                 State {
@@ -122,6 +129,26 @@ impl Awareness {
             })
             .collect();
         (!entries.is_empty()).then_some(AwarenessUpdate { entries })
+    }
+
+    /// Sets (or with `None` removes) a state the server itself owns, with the next clock.
+    /// Returns the update to broadcast, or `None` when nothing changed.
+    pub fn set_own(&mut self, client_id: u64, state: Option<Arc<str>>) -> Option<AwarenessUpdate> {
+        let known = self.states.get(&client_id);
+        if known.map(|s| &s.json) == Some(&state) || (known.is_none() && state.is_none()) {
+            return None;
+        }
+        let clock = known.map_or(0, |s| s.clock + 1);
+        let entry = AwarenessEntry {
+            client_id,
+            clock,
+            state,
+        };
+        let update = AwarenessUpdate {
+            entries: vec![entry],
+        };
+        self.apply(&update);
+        Some(update)
     }
 
     /// The live state of one client.
@@ -181,6 +208,31 @@ mod tests {
         assert_eq!(removal, update(2, 2, None));
         assert_eq!(awareness.live_count(), 0);
         assert!(awareness.full_update().is_none());
+    }
+
+    #[test]
+    fn renewals_are_updates_but_not_changes() {
+        let mut awareness = Awareness::default();
+        assert_eq!(awareness.apply(&update(1, 1, Some("{}"))).changed, vec![1]);
+        let renewal = awareness.apply(&update(1, 2, Some("{}")));
+        assert_eq!((renewal.updated, renewal.changed), (vec![1], vec![]));
+        assert_eq!(
+            awareness.apply(&update(1, 3, Some("{\"a\":1}"))).changed,
+            vec![1]
+        );
+    }
+
+    #[test]
+    fn the_server_sets_its_own_states_with_rising_clocks() {
+        let mut awareness = Awareness::default();
+        let first = awareness.set_own(7, Some("{\"a\":1}".into())).unwrap();
+        assert_eq!(first.entries[0].clock, 0);
+        assert!(awareness.set_own(7, Some("{\"a\":1}".into())).is_none());
+        let second = awareness.set_own(7, Some("{\"a\":2}".into())).unwrap();
+        assert_eq!(second.entries[0].clock, 1);
+        let gone = awareness.set_own(7, None).unwrap();
+        assert_eq!((gone.entries[0].clock, awareness.live_count()), (2, 0));
+        assert!(awareness.set_own(8, None).is_none());
     }
 
     #[test]

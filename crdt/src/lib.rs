@@ -6,4 +6,6 @@
 pub mod awareness;
 pub mod room;
 
-pub use room::{Access, Outbox, PeerId, Room, RoomError, RoomLimits};
+pub use yrs::Any;
+
+pub use room::{Access, AwarenessChange, Outbox, PeerId, Room, RoomError, RoomLimits};

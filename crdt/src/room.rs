@@ -6,13 +6,14 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tandem_sync::message::{self, MSG_SYNC_STATUS_HEARTBEAT};
 use tandem_sync::{AuthMessage, AwarenessUpdate, DecodeError, Message, MessageReader, SyncMessage};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{Doc, IdSet, Options, ReadTxn, StateVector, Transact, Update};
+use yrs::{Any, Doc, IdSet, Map, Options, Out, ReadTxn, StateVector, Transact, Update};
 
 use crate::awareness::{Awareness, Changes};
 
@@ -84,6 +85,18 @@ pub struct Outbox {
     pub reply: Vec<Bytes>,
     /// Frames for every other peer of the room, in order, one message each.
     pub broadcast: Vec<Bytes>,
+    /// What the input changed in awareness, when the room is observed ([`Room::observe`]).
+    pub awareness: Vec<AwarenessChange>,
+}
+
+/// One awareness client's new state, for whoever observes a room's awareness.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwarenessChange {
+    pub client: u64,
+    /// The state's JSON; `None` when the client was removed.
+    pub state: Option<Arc<str>>,
+    /// Whether the state differs from the one before (false for a renewal).
+    pub changed: bool,
 }
 
 impl Outbox {
@@ -104,6 +117,8 @@ pub struct Room {
     size_bytes: usize,
     /// Set when yrs panicked inside a transaction: its state can no longer be trusted.
     poisoned: bool,
+    /// Whether awareness changes are reported in [`Outbox::awareness`].
+    observed: bool,
 }
 
 /// The v1 encoding of an update with no structs and no deletions.
@@ -120,6 +135,7 @@ impl Room {
             limits,
             size_bytes: 0,
             poisoned: false,
+            observed: false,
         }
     }
 
@@ -169,9 +185,77 @@ impl Room {
 
     /// Forgets `peer` and returns the awareness removal its remaining peers must receive.
     pub fn leave(&mut self, peer: PeerId) -> Option<Bytes> {
-        let clients = self.peers.remove(&peer)?;
-        let removal = self.awareness.remove(clients)?;
-        Some(message::encode_awareness(&removal.encode()))
+        self.depart(peer).0
+    }
+
+    /// [`Room::leave`], also returning the awareness clients that went with the peer.
+    pub fn depart(&mut self, peer: PeerId) -> (Option<Bytes>, Vec<u64>) {
+        let Some(clients) = self.peers.remove(&peer) else {
+            return (None, Vec::new());
+        };
+        match self.awareness.remove(clients) {
+            Some(removal) => {
+                let gone = removal.entries.iter().map(|e| e.client_id).collect();
+                (Some(message::encode_awareness(&removal.encode())), gone)
+            }
+            None => (None, Vec::new()),
+        }
+    }
+
+    /// Reports awareness changes in [`Outbox::awareness`] from now on.
+    pub fn observe(&mut self) {
+        self.observed = true;
+    }
+
+    /// Sets (or with `None` removes) an awareness state the server owns under `client`, and
+    /// returns the frame for the room's peers when it changed.
+    pub fn set_own_awareness(&mut self, client: u64, state: Option<Arc<str>>) -> Option<Bytes> {
+        let update = self.awareness.set_own(client, state)?;
+        Some(message::encode_awareness(&update.encode()))
+    }
+
+    /// Sets `entries` in the root map `map` as one transaction of the server's own, and returns
+    /// the update to persist and broadcast (empty when nothing changed).
+    ///
+    /// # Errors
+    /// The room is poisoned, or the document would grow past its limit.
+    pub fn set_map(&mut self, map: &str, entries: Vec<(String, Any)>) -> Result<Outbox, RoomError> {
+        if self.poisoned {
+            return Err(RoomError::Poisoned);
+        }
+        let doc = &self.doc;
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            let root = doc.get_or_insert_map(map);
+            let mut txn = doc.transact_mut();
+            for (key, value) in entries {
+                let same = root.get(&txn, &key).is_some_and(|old| match old {
+                    Out::Any(old) => old == value,
+                    _ => false,
+                });
+                if !same {
+                    root.insert(&mut txn, key, value);
+                }
+            }
+            txn.encode_update_v1()
+        }));
+        let update = match result {
+            Ok(update) => update,
+            Err(_) => {
+                self.poisoned = true;
+                return Err(RoomError::Poisoned);
+            }
+        };
+        let mut outbox = Outbox::default();
+        if update.as_slice() == EMPTY_UPDATE {
+            return Ok(outbox);
+        }
+        // The server's edits are small and already applied: they count towards the size, which
+        // refuses the clients' next growth if it is past the limit.
+        self.size_bytes += update.len();
+        let update = Bytes::from(update);
+        outbox.broadcast.push(message::encode_update(&update));
+        outbox.persist.push(update);
+        Ok(outbox)
     }
 
     /// Applies one frame from `peer`, adding what must be delivered to `outbox`.
@@ -226,6 +310,9 @@ impl Room {
                         continue;
                     }
                     self.track_awareness(peer, &changes);
+                    if self.observed {
+                        self.report(&changes, outbox);
+                    }
                     let frame = if whole {
                         frame.clone()
                     } else {
@@ -273,6 +360,23 @@ impl Room {
         }
         if let Some(ids) = self.peers.get_mut(&peer) {
             ids.retain(|id| !changes.removed.contains(id));
+        }
+    }
+
+    fn report(&self, changes: &Changes, outbox: &mut Outbox) {
+        for &client in &changes.updated {
+            outbox.awareness.push(AwarenessChange {
+                client,
+                state: self.awareness.get(client).map(Arc::from),
+                changed: changes.changed.contains(&client),
+            });
+        }
+        for &client in &changes.removed {
+            outbox.awareness.push(AwarenessChange {
+                client,
+                state: None,
+                changed: true,
+            });
         }
     }
 
@@ -476,6 +580,73 @@ mod tests {
         // The same update again changes nothing and goes nowhere.
         let again = recv(&mut room, PeerId(1), frame, Access::ReadWrite).unwrap();
         assert!(again.is_empty());
+    }
+
+    #[test]
+    fn server_map_edits_reach_a_replica_once() {
+        let mut room = Room::new(RoomLimits::default());
+        let entries = || {
+            vec![
+                ("status".to_string(), Any::from("completed")),
+                ("result_count".to_string(), Any::from(100.0)),
+            ]
+        };
+        let outbox = room.set_map("status", entries()).unwrap();
+        assert_eq!((outbox.persist.len(), outbox.broadcast.len()), (1, 1));
+        assert!(
+            room.set_map("status", entries()).unwrap().is_empty(),
+            "unchanged"
+        );
+        let replica = Doc::new();
+        replica
+            .transact_mut()
+            .apply_update(Update::decode_v1(&outbox.persist[0]).unwrap())
+            .unwrap();
+        let map = replica.get_or_insert_map("status");
+        let txn = replica.transact();
+        assert_eq!(
+            map.get(&txn, "status"),
+            Some(Out::Any(Any::from("completed")))
+        );
+        assert_eq!(
+            map.get(&txn, "result_count"),
+            Some(Out::Any(Any::from(100.0)))
+        );
+    }
+
+    #[test]
+    fn an_observed_room_reports_awareness_changes_and_departures() {
+        let mut room = Room::new(RoomLimits::default());
+        room.observe();
+        room.join(PeerId(1));
+        let announce = |clock: u64, state: &str| {
+            let update = AwarenessUpdate {
+                entries: vec![AwarenessEntry {
+                    client_id: 5,
+                    clock,
+                    state: Some(state.into()),
+                }],
+            };
+            message::encode_awareness(&update.encode())
+        };
+        let outbox = recv(&mut room, PeerId(1), announce(1, "{}"), Access::ReadOnly).unwrap();
+        assert_eq!(
+            outbox.awareness,
+            vec![AwarenessChange {
+                client: 5,
+                state: Some("{}".into()),
+                changed: true
+            }]
+        );
+        let renewal = recv(&mut room, PeerId(1), announce(2, "{}"), Access::ReadOnly).unwrap();
+        assert!(!renewal.awareness[0].changed);
+        let (frame, gone) = room.depart(PeerId(1));
+        assert!(frame.is_some());
+        assert_eq!(gone, vec![5]);
+        assert!(room
+            .set_own_awareness(9, Some("{\"s\":1}".into()))
+            .is_some());
+        assert_eq!(room.awareness_count(), 1);
     }
 
     #[test]

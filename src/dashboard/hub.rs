@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
@@ -29,12 +29,15 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch, OnceCell};
 use tokio::time::Instant;
 
-use super::presence::{rfc3339, PresenceSettings, Snapshot, Source, UserPresence};
+use super::presence::{self, rfc3339, PresenceSettings, Snapshot, Source, UserPresence};
 use super::protocol::{PresenceStatus, PresenceUpdate, ProtocolError};
 use super::{user_id_value, ChannelSet};
+use crate::docname::{DocName, RoomKind};
 use crate::durability::{Durability, DurabilityError, Ticket};
 use crate::events::{self, Channel, Event};
 use crate::peer::{CloseReason, Closer};
+use crate::rooms::{RoomObserver, Rooms};
+use tandem_crdt::{AwarenessChange, PeerId};
 
 /// A frame for a dashboard connection's writer.
 #[derive(Debug, Clone)]
@@ -62,6 +65,23 @@ pub struct HubSettings {
     pub publish_rate_workspace: u32,
     /// Events per second one publisher (token subject) may publish.
     pub publish_rate_user: u32,
+    /// A document's user is "editing" while their awareness there changed this recently.
+    pub editing_idle: Duration,
+}
+
+/// Notifications kept in a user's inbox state.
+const INBOX_NOTIFICATIONS: usize = 20;
+
+/// The awareness client id of the server's state in every inbox room. Yjs clients pick 32-bit
+/// ids, so ids from 2^40 up never collide with theirs.
+const INBOX_CLIENT: u64 = 1 << 41;
+
+/// The awareness client id under which a user is mirrored into the presence room.
+fn mirror_client(user: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    user.hash(&mut hasher);
+    (1 << 40) | (hasher.finish() & ((1 << 40) - 1))
 }
 
 /// Events read from the log at a time.
@@ -87,6 +107,8 @@ pub struct Hub {
     settings: HubSettings,
     workspace_rate: DefaultKeyedRateLimiter<String>,
     user_rate: DefaultKeyedRateLimiter<(String, String)>,
+    /// The rooms, for the awareness states the hub keeps in them and reads from them.
+    rooms: OnceLock<Weak<Rooms>>,
 }
 
 /// One workspace's dashboard state.
@@ -106,6 +128,22 @@ struct State {
     released: u64,
     users: HashMap<String, User>,
     locks: HashMap<String, Lease>,
+    /// Who has which document open, from its awareness.
+    editing: HashMap<String, DocEditing>,
+}
+
+/// The awareness clients of one document and what was last published about them.
+#[derive(Default)]
+struct DocEditing {
+    clients: HashMap<(u64, u64), Editor>,
+    /// (user, active) as last published.
+    published: Vec<(String, bool)>,
+}
+
+struct Editor {
+    user: String,
+    name: Option<String>,
+    last_change: Instant,
 }
 
 /// A dashboard connection as the hub sees it.
@@ -160,6 +198,9 @@ struct UserRecord {
     /// When the user was last seen, in Unix milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     last_seen_ms: Option<i64>,
+    /// The latest events addressed to the user, oldest first, as sent.
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    notifications: VecDeque<String>,
 }
 
 /// An event that was appended and is waiting for its group commit.
@@ -314,7 +355,22 @@ impl Hub {
             durability,
             workspaces: DashMap::new(),
             settings,
+            rooms: OnceLock::new(),
         }
+    }
+
+    /// Lets the hub keep awareness states in `rooms` (presence mirrors, inboxes).
+    pub fn attach_rooms(&self, rooms: &Arc<Rooms>) {
+        let _ = self.rooms.set(Arc::downgrade(rooms));
+    }
+
+    fn rooms(&self) -> Option<Arc<Rooms>> {
+        self.rooms.get()?.upgrade()
+    }
+
+    /// The workspace `name` if it is loaded.
+    fn loaded(&self, name: &str) -> Option<Arc<Workspace>> {
+        self.workspaces.get(name)?.get().cloned()
     }
 
     pub fn settings(&self) -> &HubSettings {
@@ -466,6 +522,7 @@ impl Hub {
         let durable = self.durability.durable();
         let mut st = ws.lock();
         let mut last = None;
+        let mut inboxes = Vec::new();
         while st.pending.front().is_some_and(|p| p.ticket <= durable) {
             let Some(pending) = st.pending.pop_front() else {
                 break;
@@ -473,8 +530,29 @@ impl Hub {
             st.fan_out(&pending.event);
             for user in &pending.badge_users {
                 st.push_badges(user);
+                inboxes.push(user.clone());
+            }
+            for user in &pending.event.user_ids {
+                if let Some(entry) = st.users.get_mut(user) {
+                    if entry.muted & (1 << pending.event.type_index) != 0 {
+                        continue;
+                    }
+                    let kept = &mut entry.record.notifications;
+                    kept.push_back(pending.event.frame.as_str().to_owned());
+                    while kept.len() > INBOX_NOTIFICATIONS {
+                        kept.pop_front();
+                    }
+                    let record = entry.record.clone();
+                    self.save(ws, user, &record);
+                    inboxes.push(user.clone());
+                }
             }
             last = Some(pending.event.id);
+        }
+        inboxes.sort();
+        inboxes.dedup();
+        for user in inboxes {
+            self.sync_inbox(ws, &st, &user);
         }
         if let Some(id) = last {
             st.released = id;
@@ -827,6 +905,151 @@ impl Hub {
         self.save(ws, user, &record);
         self.durability.appended();
         st.push_badges(user);
+        self.sync_inbox(ws, &st, user);
+    }
+
+    /// Writes `user`'s inbox state (latest notifications, chat badges) into their inbox room.
+    fn sync_inbox(&self, ws: &Workspace, st: &State, user: &str) {
+        let (Some(rooms), Some(entry)) = (self.rooms(), st.users.get(user)) else {
+            return;
+        };
+        let Ok(name) = DocName::inbox(&ws.name, user) else {
+            return;
+        };
+        let notifications: Vec<Value> = entry
+            .record
+            .notifications
+            .iter()
+            .filter_map(|frame| serde_json::from_str(frame).ok())
+            .collect();
+        let mut badges = badges_value(Some(&entry.record.badges));
+        if let Some(fields) = badges.as_object_mut() {
+            fields.remove("type");
+        }
+        let state = serde_json::json!({
+            "user_id": user_id_value(user),
+            "notifications": notifications,
+            "chat_badges": badges,
+        });
+        rooms.set_server_awareness(&name, INBOX_CLIENT, Some(Arc::from(state.to_string())));
+    }
+
+    /// What a document's awareness said, from a room: presence in the presence room, "who is
+    /// editing" in any other document.
+    fn on_awareness(
+        self: &Arc<Self>,
+        ws: &Arc<Workspace>,
+        doc: &DocName,
+        peer: PeerId,
+        user: &str,
+        changes: Vec<AwarenessChange>,
+    ) {
+        match doc.kind() {
+            RoomKind::Presence => {
+                for change in changes {
+                    let source = Source::Awareness {
+                        conn: peer.0,
+                        client: change.client,
+                    };
+                    let update = change.state.as_deref().map(presence::from_awareness);
+                    match update {
+                        Some(update) if update.status != Some(PresenceStatus::Offline) => {
+                            self.presence(ws, user, source, &update, change.changed);
+                        }
+                        _ => self.presence_gone(ws, user, &source),
+                    }
+                }
+            }
+            RoomKind::Inbox { .. } => {}
+            RoomKind::Document => {
+                let now = Instant::now();
+                let mut st = ws.lock();
+                let entry = st.editing.entry(doc.as_str().to_owned()).or_default();
+                for change in changes {
+                    let key = (peer.0, change.client);
+                    let Some(state) = change.state else {
+                        entry.clients.remove(&key);
+                        continue;
+                    };
+                    let name = presence::from_awareness(&state).name;
+                    let editor = entry.clients.entry(key).or_insert_with(|| Editor {
+                        user: user.to_owned(),
+                        name: None,
+                        last_change: now,
+                    });
+                    if change.changed {
+                        editor.last_change = now;
+                    }
+                    if name.is_some() {
+                        editor.name = name;
+                    }
+                }
+                let ticket = self.editing_due(ws, &mut st, doc.as_str(), now);
+                drop(st);
+                self.settle_later(ws, ticket);
+            }
+        }
+    }
+
+    /// Publishes who is in `doc` and active there, when that changed: `{"type":"editing",
+    /// "document":..., "query_id":..., "users":[{"user_id":..,"name":..,"active":..}]}`.
+    fn editing_due(
+        &self,
+        ws: &Workspace,
+        st: &mut State,
+        doc: &str,
+        now: Instant,
+    ) -> Option<Ticket> {
+        let idle = self.settings.editing_idle;
+        let entry = st.editing.get_mut(doc)?;
+        let mut users: BTreeMap<&str, (Option<&str>, bool)> = BTreeMap::new();
+        for editor in entry.clients.values() {
+            let active = now.duration_since(editor.last_change) < idle;
+            let seen = users.entry(&editor.user).or_insert((None, false));
+            seen.0 = seen.0.or(editor.name.as_deref());
+            seen.1 |= active;
+        }
+        let summary: Vec<(String, bool)> = users
+            .iter()
+            .map(|(user, (_, active))| ((*user).to_owned(), *active))
+            .collect();
+        if summary == entry.published {
+            if entry.clients.is_empty() {
+                st.editing.remove(doc);
+            }
+            return None;
+        }
+        let list: Vec<Value> = users
+            .iter()
+            .map(|(user, (name, active))| {
+                let mut fields = Map::new();
+                fields.insert("user_id".into(), user_id_value(user));
+                if let Some(name) = name {
+                    fields.insert("name".into(), Value::String((*name).to_owned()));
+                }
+                fields.insert("active".into(), Value::Bool(*active));
+                Value::Object(fields)
+            })
+            .collect();
+        let mut fields = Map::new();
+        fields.insert("document".into(), Value::String(doc.to_owned()));
+        if let Some(id) = DocName::parse(doc)
+            .ok()
+            .as_ref()
+            .and_then(DocName::query_id)
+        {
+            let id = id
+                .parse::<u64>()
+                .map_or_else(|_| Value::String(id.to_owned()), Value::from);
+            fields.insert("query_id".into(), id);
+        }
+        fields.insert("users".into(), Value::Array(list));
+        let gone = entry.clients.is_empty();
+        entry.published = summary;
+        if gone {
+            st.editing.remove(doc);
+        }
+        self.emit(ws, st, Event::server("editing", fields))
     }
 
     /// A user's chat badges as pushed: `{"type":"chat_badges","unread":{...},"total":N}`.
@@ -1010,7 +1233,21 @@ impl Hub {
     fn presence_due(&self, ws: &Workspace, st: &mut State, user: &str) -> Option<Ticket> {
         let settings = self.settings.presence;
         let entry = st.users.get_mut(user)?;
-        let snapshot: Snapshot = entry.presence.due(Instant::now(), &settings)?;
+        let direct = entry.presence.has_direct_source();
+        let Some(snapshot) = entry.presence.due(Instant::now(), &settings) else {
+            if !direct {
+                self.mirror(ws, user, None);
+            }
+            return None;
+        };
+        let mirrored = (direct && snapshot.status != PresenceStatus::Offline).then(|| {
+            let mut fields = snapshot.fields(user);
+            fields.insert("source".into(), Value::String("tandem".into()));
+            Value::Object(fields).to_string()
+        });
+        self.mirror(ws, user, mirrored);
+        let entry = st.users.get_mut(user)?;
+        let snapshot: Snapshot = snapshot;
         if snapshot.status == PresenceStatus::Offline {
             if let Some(seen) = snapshot.last_seen {
                 entry.record.last_seen_ms =
@@ -1024,6 +1261,16 @@ impl Hub {
             st,
             Event::server("presence_update", snapshot.fields(user)),
         )
+    }
+
+    /// Keeps (or removes) `user`'s mirror in the workspace's presence room, so Yjs clients see
+    /// dashboard users through the awareness API. Called with the workspace locked; the room's
+    /// lock is taken inside (workspace, then room: the order everywhere).
+    fn mirror(&self, ws: &Workspace, user: &str, state: Option<String>) {
+        let (Some(rooms), Ok(name)) = (self.rooms(), DocName::presence(&ws.name)) else {
+            return;
+        };
+        rooms.set_server_awareness(&name, mirror_client(user), state.map(Arc::from));
     }
 
     /// The workspace's users with their presence: online and idle ones, and with
@@ -1167,6 +1414,10 @@ impl Hub {
             for user in users {
                 ticket = self.presence_due(&ws, &mut st, &user).or(ticket);
             }
+            let docs: Vec<String> = st.editing.keys().cloned().collect();
+            for doc in docs {
+                ticket = self.editing_due(&ws, &mut st, &doc, now).or(ticket);
+            }
             drop(st);
             self.settle_later(&ws, ticket);
         }
@@ -1181,6 +1432,29 @@ impl Hub {
     pub async fn trim(&self) -> Result<usize, StoreError> {
         let (now_ms, _) = now_wall();
         self.store.trim(self.settings.retention, now_ms).await
+    }
+}
+
+/// The hub as the rooms' awareness observer.
+pub struct Observer(pub Arc<Hub>);
+
+impl RoomObserver for Observer {
+    fn awareness(&self, doc: &DocName, peer: PeerId, user: &str, changes: Vec<AwarenessChange>) {
+        let hub = &self.0;
+        if let Some(ws) = hub.loaded(doc.workspace()) {
+            hub.on_awareness(&ws, doc, peer, user, changes);
+            return;
+        }
+        // The first word from a workspace nobody used yet: load it first.
+        let (hub, doc, user) = (Arc::clone(hub), doc.clone(), user.to_owned());
+        tokio::spawn(async move {
+            match hub.workspace(doc.workspace()).await {
+                Ok(ws) => hub.on_awareness(&ws, &doc, peer, &user, changes),
+                Err(err) => {
+                    tracing::error!(doc = %doc, error = %err, "cannot load the workspace for awareness")
+                }
+            }
+        });
     }
 }
 

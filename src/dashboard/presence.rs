@@ -93,6 +93,35 @@ impl Snapshot {
     }
 }
 
+/// The presence fields of an awareness state: at its top level (`status`, `workspace`,
+/// `current_page`, `name`, `avatar`, `color`), or under `user` as y-codemirror and most Yjs
+/// editors put the name and color.
+pub fn from_awareness(json: &str) -> PresenceUpdate {
+    let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(json) else {
+        return PresenceUpdate::default();
+    };
+    let nested = fields.get("user").and_then(Value::as_object);
+    let text = |key: &str| {
+        fields
+            .get(key)
+            .or_else(|| nested.and_then(|user| user.get(key)))
+            .and_then(Value::as_str)
+            .filter(|s| s.len() <= MAX_FIELD_BYTES)
+            .map(str::to_owned)
+    };
+    PresenceUpdate {
+        status: text("status").and_then(|s| PresenceStatus::parse(&s)),
+        workspace: text("workspace"),
+        current_page: text("current_page"),
+        name: text("name"),
+        avatar: text("avatar"),
+        color: text("color"),
+    }
+}
+
+/// The longest presence field taken from an awareness state.
+const MAX_FIELD_BYTES: usize = 1024;
+
 /// A time as MISSION.md writes it: `2024-01-10T15:30:00Z`.
 pub fn rfc3339(at: OffsetDateTime) -> Option<String> {
     at.replace_nanosecond(0)
@@ -199,6 +228,14 @@ impl UserPresence {
         for source in expired {
             self.remove(&source);
         }
+    }
+
+    /// Whether something other than awareness in the presence room speaks for the user (a
+    /// dashboard connection or a poller): then the server mirrors the user into that room.
+    pub fn has_direct_source(&self) -> bool {
+        self.sources
+            .keys()
+            .any(|source| !matches!(source, Source::Awareness { .. }))
     }
 
     pub fn is_connected(&self) -> bool {
@@ -351,6 +388,18 @@ mod tests {
             user.due(end, &SETTINGS).unwrap().status,
             PresenceStatus::Idle
         );
+    }
+
+    #[test]
+    fn awareness_states_give_presence_fields_top_level_or_under_user() {
+        let update = from_awareness(
+            r##"{"status":"idle","current_page":"/queries/1","user":{"name":"Ada","color":"#f00"},"cursor":{}}"##,
+        );
+        assert_eq!(update.status, Some(PresenceStatus::Idle));
+        assert_eq!(update.current_page.as_deref(), Some("/queries/1"));
+        assert_eq!(update.name.as_deref(), Some("Ada"));
+        assert_eq!(update.color.as_deref(), Some("#f00"));
+        assert_eq!(from_awareness("not json"), PresenceUpdate::default());
     }
 
     #[test]

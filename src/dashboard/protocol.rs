@@ -60,7 +60,7 @@ pub enum PresenceStatus {
 }
 
 impl PresenceStatus {
-    fn parse(s: &str) -> Option<PresenceStatus> {
+    pub fn parse(s: &str) -> Option<PresenceStatus> {
         match s {
             "online" => Some(PresenceStatus::Online),
             "idle" => Some(PresenceStatus::Idle),
