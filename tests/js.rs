@@ -197,3 +197,65 @@ async fn rust_and_js_clients_converge_in_one_room() {
         + "rust-final".len();
     assert_eq!(rust.text("t").len(), inserted);
 }
+
+#[tokio::test]
+async fn a_js_client_in_the_presence_room_and_a_dashboard_see_each_other() {
+    use tandem::auth::{mint, now_secs, Claims, Role, Secret};
+    let secret: Secret = "js-presence-secret".parse().unwrap();
+    let token = |sub: &str| {
+        let claims = Claims {
+            sub: sub.into(),
+            name: Some(format!("User {sub}")),
+            workspace: "acme".into(),
+            plan: Some("scale".into()),
+            role: Role::Member,
+            docs: None,
+            exp: now_secs() + 600,
+        };
+        mint(&secret, &claims).unwrap()
+    };
+    let app = common::spawn_app_with({
+        let secret = secret.clone();
+        move |c| c.auth_secret = Some(secret)
+    })
+    .await;
+    let mut watcher = app.dash(&format!("token={}", token("1"))).await;
+    watcher.subscribe(&["presence"], None).await;
+    let mut dashboard_user = app.dash(&format!("token={}", token("77"))).await;
+    dashboard_user
+        .send(serde_json::json!({"action":"presence","status":"online","current_page":"/dashboards/7"}))
+        .await;
+
+    let server_url = format!("ws://{}/ws", app.addr);
+    let grace = token("123");
+    let script = tokio::spawn(async move {
+        node(
+            "presence.mjs",
+            &[&server_url, "acme/__presence__", &grace, "77"],
+        )
+        .await
+    });
+    // The JS client's awareness state, as a presence_update of its token's user.
+    let online = loop {
+        let update = watcher.next_of("presence_update").await;
+        if update["user_id"] == 123 {
+            break update;
+        }
+    };
+    assert_eq!(online["status"], "online");
+    assert_eq!(online["name"], "Grace");
+    assert_eq!(online["current_page"], "/queries/42");
+    // The dashboard user, as an awareness state the JS client read.
+    let output = script.await.unwrap();
+    let seen: serde_json::Value = serde_json::from_str(output.trim()).unwrap();
+    assert_eq!(seen["seen"]["status"], "online");
+    assert_eq!(seen["seen"]["current_page"], "/dashboards/7");
+    // It left: offline.
+    let offline = loop {
+        let update = watcher.next_of("presence_update").await;
+        if update["user_id"] == 123 {
+            break update;
+        }
+    };
+    assert_eq!(offline["status"], "offline");
+}
