@@ -392,11 +392,17 @@ impl Rooms {
         let awareness = std::mem::take(&mut outbox.awareness);
         // What the frame's messages before a bad one changed is delivered all the same.
         let delivered = self.deliver_outbox(handle, &mut state, Some(peer), outbox, overflow);
-        let user = state.peers.get(&peer).map(|link| Arc::clone(&link.user));
+        // Awareness changes go to the observer once the room is unlocked; an update alone
+        // costs nothing here.
+        let observed = match (self.observer.get(), awareness.is_empty()) {
+            (Some(observer), false) => state
+                .peers
+                .get(&peer)
+                .map(|link| (observer, Arc::clone(&link.user), awareness)),
+            _ => None,
+        };
         drop(state);
-        if let (Some(observer), Some(user), false) =
-            (self.observer.get(), user, awareness.is_empty())
-        {
+        if let Some((observer, user, awareness)) = observed {
             observer.awareness(&handle.name, peer, &user, awareness);
         }
         delivered?;

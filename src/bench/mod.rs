@@ -9,6 +9,8 @@
 //!   reported (and fails the run).
 //! - `trace`: replays an editing trace from one client while another observes, until the
 //!   observer holds exactly the trace's final text.
+//! - `events` ([`events`]): dashboard subscribers on `/ws`, events published over HTTP;
+//!   publish→deliver latency and losses.
 //!
 //! Load comes from [`tandem_sync::probe::Probe`]s, which keep no document, so the bench costs
 //! little next to the server it measures.
@@ -31,6 +33,8 @@ use yrs::{Doc, GetString, Text, Transact, Update};
 
 use crate::trace::Trace;
 
+pub mod events;
+
 /// `tandem bench` scenarios.
 #[derive(Debug, clap::Subcommand)]
 pub enum Scenario {
@@ -40,6 +44,8 @@ pub enum Scenario {
     Fanout(FanoutArgs),
     /// Replay an editing trace through the server and time it.
     Trace(TraceArgs),
+    /// Dashboard subscribers on /ws; events published over HTTP at a fixed rate.
+    Events(events::EventsArgs),
 }
 
 /// The wire protocol of the server under test.
@@ -138,6 +144,15 @@ pub async fn run(scenario: Scenario) -> Result<(), String> {
                 lost => Err(format!("LOST {lost} updates")),
             }
         }
+        Scenario::Events(args) => {
+            let json = args.json;
+            let report = events::run(args).await?;
+            emit(json, &report, events::print)?;
+            match (report.lost, report.publish_errors) {
+                (0, 0) => Ok(()),
+                (lost, errors) => Err(format!("LOST {lost} deliveries, {errors} publish errors")),
+            }
+        }
         Scenario::Trace(args) => {
             let json = args.json;
             let report = trace(args).await?;
@@ -154,7 +169,7 @@ pub async fn run(scenario: Scenario) -> Result<(), String> {
 }
 
 /// Prints a report as JSON or as the scenario's table.
-fn emit<R: Serialize>(json: bool, report: &R, table: fn(&R)) -> Result<(), String> {
+pub(crate) fn emit<R: Serialize>(json: bool, report: &R, table: fn(&R)) -> Result<(), String> {
     if json {
         let text = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
         println!("{text}");
@@ -822,7 +837,7 @@ fn print_trace(r: &TraceReport) {
 }
 
 /// CPU time (user + system) a process has used, in seconds, from `/proc/{pid}/stat`.
-fn cpu_seconds(pid: u32) -> Result<f64, String> {
+pub(crate) fn cpu_seconds(pid: u32) -> Result<f64, String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|e| format!("cannot read the CPU time of process {pid}: {e}"))?;
     // Fields after the command name (which may hold spaces) start after the last ')'.
