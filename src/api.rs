@@ -518,6 +518,8 @@ pub async fn post_presence(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let who = http_identity(&app, &headers, ids, "http_presence", true)?;
     let fields = json_object(read_body(body, app.config.max_dashboard_frame_bytes).await?)?;
+    // `{}` keeps the poller present without counting as activity: it still goes idle.
+    let active = !fields.is_empty();
     let update = if fields.is_empty() {
         PresenceUpdate::default()
     } else {
@@ -530,7 +532,7 @@ pub async fn post_presence(
         .await
         .map_err(|e| ApiError::storage(&e))?;
     app.hub
-        .presence(&ws, &who.user, Source::Poller, &update, true);
+        .presence(&ws, &who.user, Source::Poller, &update, active);
     Ok(Json(serde_json::json!({
         "ok": true,
         "expires_in_ms": app.config.presence_poll_ttl_ms,

@@ -101,6 +101,15 @@ pub struct Config {
     #[arg(long, env = "TANDEM_PUBLISH_RATE_USER", default_value_t = Config::DEFAULT_PUBLISH_RATE_USER)]
     pub publish_rate_user: u32,
 
+    /// Locks one dashboard connection may hold at once.
+    #[arg(long, env = "TANDEM_MAX_LOCKS_PER_CONNECTION", default_value_t = Config::DEFAULT_MAX_LOCKS_PER_CONNECTION)]
+    pub max_locks_per_connection: usize,
+
+    /// Actions per second one dashboard connection may send (twice that in a burst); more get
+    /// a `rate_limited` error frame, which counts as a bad frame.
+    #[arg(long, env = "TANDEM_DASHBOARD_ACTIONS_PER_SEC", default_value_t = Config::DEFAULT_DASHBOARD_ACTIONS_PER_SEC)]
+    pub dashboard_actions_per_sec: u32,
+
     /// How long an advisory lock lasts without renewal, in milliseconds.
     #[arg(long, env = "TANDEM_LOCK_TTL_MS", default_value_t = Config::DEFAULT_LOCK_TTL_MS)]
     pub lock_ttl_ms: u64,
@@ -205,6 +214,8 @@ impl Config {
     pub const DEFAULT_PUBLISH_RATE_WORKSPACE: u32 = 1_000;
     pub const DEFAULT_PUBLISH_RATE_USER: u32 = 500;
     pub const DEFAULT_LOCK_TTL_MS: u64 = 30_000;
+    pub const DEFAULT_MAX_LOCKS_PER_CONNECTION: usize = 32;
+    pub const DEFAULT_DASHBOARD_ACTIONS_PER_SEC: u32 = 50;
     pub const DEFAULT_PRESENCE_IDLE_MS: u64 = 5 * 60 * 1000;
     pub const DEFAULT_PRESENCE_DEBOUNCE_MS: u64 = 10_000;
     pub const DEFAULT_PRESENCE_POLL_TTL_MS: u64 = 90_000;
@@ -264,6 +275,7 @@ impl Config {
             publish_rate_workspace: self.publish_rate_workspace,
             publish_rate_user: self.publish_rate_user,
             editing_idle: Duration::from_millis(self.editing_idle_ms),
+            max_locks_per_connection: self.max_locks_per_connection,
         }
     }
 
@@ -299,6 +311,8 @@ impl Default for Config {
             publish_rate_workspace: Config::DEFAULT_PUBLISH_RATE_WORKSPACE,
             publish_rate_user: Config::DEFAULT_PUBLISH_RATE_USER,
             lock_ttl_ms: Config::DEFAULT_LOCK_TTL_MS,
+            max_locks_per_connection: Config::DEFAULT_MAX_LOCKS_PER_CONNECTION,
+            dashboard_actions_per_sec: Config::DEFAULT_DASHBOARD_ACTIONS_PER_SEC,
             presence_idle_ms: Config::DEFAULT_PRESENCE_IDLE_MS,
             presence_debounce_ms: Config::DEFAULT_PRESENCE_DEBOUNCE_MS,
             presence_poll_ttl_ms: Config::DEFAULT_PRESENCE_POLL_TTL_MS,

@@ -157,11 +157,6 @@ pub async fn serve_with_stores(
         Arc::clone(&event_durability),
         config.hub_settings(),
     ));
-    let maintenance = spawn_maintenance(
-        Arc::clone(&hub),
-        std::time::Duration::from_millis(config.event_trim_interval_ms),
-        stop_flusher.clone(),
-    );
     let rooms = Arc::new(Rooms::new(
         Arc::clone(&store),
         Arc::clone(&durability),
@@ -170,13 +165,19 @@ pub async fn serve_with_stores(
         token.clone(),
     ));
     hub.attach_rooms(&rooms);
+    let maintenance = spawn_maintenance(
+        Arc::clone(&hub),
+        Arc::clone(&rooms),
+        std::time::Duration::from_millis(config.event_trim_interval_ms),
+        stop_flusher.clone(),
+    );
     rooms.observe_with(Arc::new(dashboard::hub::Observer(Arc::clone(&hub))));
     let state = AppState {
         config: Arc::clone(&config),
         auth,
         rooms: Arc::clone(&rooms),
         durability: Arc::clone(&durability),
-        hub,
+        hub: Arc::clone(&hub),
         tasks: tasks.clone(),
         shutdown: token.clone(),
     };
@@ -184,6 +185,7 @@ pub async fn serve_with_stores(
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "tandem listening");
     let cancel = token.clone();
     let closing = Arc::clone(&rooms);
+    let closing_hub = Arc::clone(&hub);
     // Small frames must leave at once: without TCP_NODELAY, Nagle's algorithm holds them back
     // until the previous one is acknowledged, and delayed acks turn that into tens of ms.
     let listener = listener.tap_io(|tcp| {
@@ -196,12 +198,14 @@ pub async fn serve_with_stores(
             shutdown.await;
             cancel.cancel();
             closing.close_all_peers(&CloseReason::ShuttingDown);
+            closing_hub.close_all(&CloseReason::ShuttingDown);
         })
         .await?;
 
     tracing::info!("shutting down: closing connections");
     token.cancel();
     rooms.close_all_peers(&CloseReason::ShuttingDown);
+    hub.close_all(&CloseReason::ShuttingDown);
     tasks.close();
     if tokio::time::timeout(config.shutdown_timeout(), tasks.wait())
         .await
@@ -227,10 +231,15 @@ pub async fn serve_with_stores(
 /// How often the hub expires locks and presence and publishes debounced presence.
 const HUB_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The hub's timers: its tick every second (or every trim interval, when shorter) and
-/// retention every `trim_every`.
+/// How often the server's own awareness states are renewed: clients drop a remote state that
+/// was not renewed for 30 s, and renew their own every 15 s.
+const AWARENESS_RENEWAL: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The timers: the hub's tick every second (or every trim interval, when shorter), retention
+/// every `trim_every`, the renewal of the server's awareness states.
 fn spawn_maintenance(
     hub: Arc<Hub>,
+    rooms: Arc<Rooms>,
     trim_every: std::time::Duration,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -238,12 +247,17 @@ fn spawn_maintenance(
         let mut tick = tokio::time::interval(HUB_TICK.min(trim_every));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_trim = tokio::time::Instant::now();
+        let mut next_renewal = tokio::time::Instant::now() + AWARENESS_RENEWAL;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
             hub.tick();
+            if tokio::time::Instant::now() >= next_renewal {
+                next_renewal = tokio::time::Instant::now() + AWARENESS_RENEWAL;
+                rooms.renew_server_awareness();
+            }
             if tokio::time::Instant::now() >= next_trim {
                 next_trim = tokio::time::Instant::now() + trim_every;
                 match hub.trim().await {
@@ -271,6 +285,14 @@ fn validate(config: &Config) -> Result<(), ServeError> {
             config.max_dashboard_frame_bytes as u64,
         ),
         ("lock-ttl-ms", config.lock_ttl_ms),
+        (
+            "max-locks-per-connection",
+            config.max_locks_per_connection as u64,
+        ),
+        (
+            "dashboard-actions-per-sec",
+            u64::from(config.dashboard_actions_per_sec),
+        ),
         ("presence-idle-ms", config.presence_idle_ms),
         ("presence-poll-ttl-ms", config.presence_poll_ttl_ms),
         (

@@ -113,7 +113,9 @@ pub enum RoomOpError {
 /// from it. Called outside any room's lock.
 pub trait RoomObserver: Send + Sync + 'static {
     /// `user`'s connection `peer` changed awareness clients of `doc` (a `None` state: removed,
-    /// which is also what a departing connection's clients get).
+    /// which is also what the clients of a departing connection, or of a discarded room, get).
+    /// A client id that moves to another connection (a reconnect) is reported again from
+    /// there: observers key clients by id within the document.
     fn awareness(&self, doc: &DocName, peer: PeerId, user: &str, changes: Vec<AwarenessChange>);
 }
 
@@ -210,7 +212,7 @@ impl Rooms {
         if state_guard.closed {
             return;
         }
-        if let Some(frame) = state_guard.room.set_own_awareness(client, state) {
+        if let Some(frame) = state_guard.room.set_own_awareness(client, state, now_ms()) {
             let frame = Arc::new(frame);
             let mut overflow = Overflow::default();
             for link in state_guard.peers.values() {
@@ -219,6 +221,48 @@ impl Rooms {
             if !overflow.is_empty() {
                 self.tasks
                     .spawn(overflow.deliver(self.config.lag_timeout()));
+            }
+        }
+    }
+
+    /// Puts the server's states for `name` into `room` (a no-op for those it already holds).
+    fn restore_server_awareness(&self, name: &DocName, room: &mut Room) {
+        if let Some(states) = self.server_awareness.get(name) {
+            let now = now_ms();
+            for (client, state) in states.iter() {
+                room.set_own_awareness(*client, Some(Arc::clone(state)), now);
+            }
+        }
+    }
+
+    /// Renews the server's awareness states in every loaded room: clients drop a remote state
+    /// that was not renewed for 30 s.
+    pub fn renew_server_awareness(&self) {
+        let names: Vec<DocName> = self
+            .server_awareness
+            .iter()
+            .map(|e| e.key().clone())
+            .collect();
+        let now = now_ms();
+        for name in names {
+            let handle = self.map.get(&name).map(|e| Arc::clone(e.value()));
+            let Some(handle) = handle.filter(|h| h.state.get().is_some()) else {
+                continue;
+            };
+            let mut state = handle.lock();
+            if state.closed {
+                continue;
+            }
+            if let Some(frame) = state.room.renew_own_awareness(now) {
+                let frame = Arc::new(frame);
+                let mut overflow = Overflow::default();
+                for link in state.peers.values() {
+                    deliver(link, Arc::clone(&frame), &mut overflow);
+                }
+                if !overflow.is_empty() {
+                    self.tasks
+                        .spawn(overflow.deliver(self.config.lag_timeout()));
+                }
             }
         }
     }
@@ -288,11 +332,7 @@ impl Rooms {
             if self.observer.get().is_some() {
                 room.observe();
             }
-            if let Some(states) = self.server_awareness.get(name) {
-                for (client, state) in states.iter() {
-                    room.set_own_awareness(*client, Some(Arc::clone(state)));
-                }
-            }
+            self.restore_server_awareness(name, &mut room);
             tracing::debug!(
                 doc = %name,
                 bytes = stored.total_bytes(),
@@ -359,6 +399,8 @@ impl Rooms {
             let link = link
                 .take()
                 .expect("with_state runs its closure once per success");
+            // A state set while the room was loading may have missed it: catch up first.
+            self.restore_server_awareness(name, &mut state.room);
             for frame in state.room.join(peer) {
                 deliver(&link, Arc::new(frame), overflow);
             }
@@ -716,8 +758,31 @@ impl Rooms {
         for link in state.peers.values() {
             link.closer.close(CloseReason::Reloading);
         }
+        // Whoever observes awareness hears that every client went.
+        let departed: Vec<(PeerId, Arc<str>, Vec<u64>)> = state
+            .room
+            .depart_all()
+            .into_iter()
+            .filter_map(|(peer, clients)| {
+                let user = state.peers.get(&peer).map(|l| Arc::clone(&l.user))?;
+                Some((peer, user, clients))
+            })
+            .collect();
         state.peers.clear();
         drop(state);
+        if let Some(observer) = self.observer.get() {
+            for (peer, user, clients) in departed {
+                let changes = clients
+                    .into_iter()
+                    .map(|client| AwarenessChange {
+                        client,
+                        state: None,
+                        changed: true,
+                    })
+                    .collect();
+                observer.awareness(&handle.name, peer, &user, changes);
+            }
+        }
         self.map
             .remove_if(&handle.name, |_, h| Arc::ptr_eq(h, handle));
         tracing::error!(doc = %handle.name, "room discarded after a yrs failure; it reloads from storage");
@@ -743,6 +808,14 @@ impl RoomHandle {
         // room's own `poisoned` flag decides whether the state is usable.
         state.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The time in milliseconds since the Unix epoch: the floor of the server's awareness clocks,
+/// so they keep rising across reloads and restarts.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Queues `frame` for a peer; when its queue is full the frame waits in `overflow` for the

@@ -219,6 +219,11 @@ async fn connect(
         outbound,
         closer: closer.clone(),
     };
+    // The dashboard hears about this document's awareness: its workspace must be loaded before
+    // the first awareness frame, so the hub sees them in order.
+    if let Err(err) = app.hub.workspace(name.workspace()).await {
+        tracing::warn!(error = %err, "could not load the workspace's dashboard state");
+    }
     let mut overflow = Overflow::default();
     let joined = app.rooms.join(&name, peer, link, &mut overflow).await;
     overflow.deliver(app.config.lag_timeout()).await;

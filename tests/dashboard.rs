@@ -549,7 +549,7 @@ async fn presence_goes_online_idle_offline_and_remembers_last_seen() {
             break update;
         }
     };
-    // The page change rode along with the next status change, within the debounce window.
+    // Every update carries where the user is.
     assert_eq!(idle["current_page"], "/queries/456");
     assert_eq!(idle["workspace"], "queries");
 
@@ -1045,4 +1045,188 @@ async fn a_users_inbox_room_carries_their_notifications_and_badges_as_awareness(
         }
         other => panic!("expected 403, got {:?}", other.map(|_| ())),
     }
+}
+
+#[tokio::test]
+async fn shutdown_closes_dashboard_connections_and_answers_long_polls() {
+    let app = spawn_app_with(|_| {}).await;
+    let mut dash = app.dash("user=ada").await;
+    dash.subscribe(&["system"], None).await;
+    let poll = tokio::spawn(
+        reqwest::Client::new()
+            .get(app.http_url("/api/v1/events?channels=system&timeout=50"))
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopping = tokio::spawn(app.stop());
+    assert_eq!(dash.closed().await.0, 1001);
+    drop(dash);
+    let answer = poll.await.unwrap().unwrap();
+    assert_eq!(answer.status(), 200);
+    let page: Value = answer.json().await.unwrap();
+    assert_eq!(page["events"], json!([]));
+    // The server stopped without waiting out the long-poll (the harness allows it 10 s).
+    stopping.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_polling_client_keeps_its_presence_alive_over_http() {
+    let app = spawn_app_with(|c| {
+        secured(c);
+        c.presence_poll_ttl_ms = 300;
+    })
+    .await;
+    let mut watcher = app.dash(&member("acme", "1")).await;
+    watcher.subscribe(&["presence"], None).await;
+    let bearer = token("acme", "42", Role::Member);
+    let response = reqwest::Client::new()
+        .post(app.http_url("/api/v1/presence"))
+        .bearer_auth(&bearer)
+        .json(&json!({"status":"online","current_page":"/queries/9"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let online = loop {
+        let update = watcher.next_of("presence_update").await;
+        if update["user_id"] == 42 {
+            break update;
+        }
+    };
+    assert_eq!(online["status"], "online");
+    assert_eq!(online["current_page"], "/queries/9");
+    let (_, listed) = get(&app, "/api/v1/presence", &bearer).await;
+    assert!(listed["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|u| u["user_id"] == 42));
+    // Not renewed: gone once its time is up.
+    let offline = loop {
+        let update = watcher.next_of("presence_update").await;
+        if update["user_id"] == 42 {
+            break update;
+        }
+    };
+    assert_eq!(offline["status"], "offline");
+
+    let response = reqwest::Client::new()
+        .post(app.http_url("/api/v1/presence"))
+        .bearer_auth(&bearer)
+        .json(&json!({"status":"asleep"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
+}
+
+#[tokio::test]
+async fn a_connection_holds_a_bounded_number_of_locks_and_sends_a_bounded_rate_of_actions() {
+    let app = spawn_app_with(|c| {
+        c.max_locks_per_connection = 2;
+        c.dashboard_actions_per_sec = 2;
+        c.max_bad_frames = 100;
+    })
+    .await;
+    let mut dash = app.dash("user=ada").await;
+    for resource in ["a", "b"] {
+        dash.send(json!({"action":"lock","resource":resource}))
+            .await;
+        assert_eq!(dash.next_of("lock_acquired").await["resource"], resource);
+    }
+    dash.send(json!({"action":"lock","resource":"c"})).await;
+    assert_eq!(dash.next().await["code"], "too_many_locks");
+    let mut limited = 0;
+    for _ in 0..10 {
+        dash.send(json!({"action":"ping"})).await;
+    }
+    for _ in 0..10 {
+        let frame = dash.next().await;
+        if frame["code"] == "rate_limited" {
+            limited += 1;
+        } else {
+            assert_eq!(frame["type"], "pong");
+        }
+    }
+    assert!(
+        limited > 0,
+        "ten pings at once went past a budget of 2/s (burst 4)"
+    );
+}
+
+#[tokio::test]
+async fn subscribing_with_since_replays_only_the_channels_it_adds() {
+    let app = spawn_app_with(secured).await;
+    let mut dash = app.dash(&member("acme", "7")).await;
+    dash.subscribe(&["system"], None).await;
+    let alert = publish(
+        &app,
+        "acme",
+        json!({"type":"system_alert","message":"m","severity":"info"}),
+    )
+    .await;
+    assert_eq!(dash.next().await["id"].as_u64(), Some(alert));
+    let flow = publish(
+        &app,
+        "acme",
+        json!({"type":"workflow_triggered","workflow_id":1}),
+    )
+    .await;
+    // `system` was live: its event is not sent again.
+    let replayed = events_only(dash.subscribe(&["system", "workflows"], Some(0)).await);
+    let ids: Vec<_> = replayed.iter().map(|e| e["id"].as_u64()).collect();
+    assert_eq!(ids, [Some(flow)]);
+}
+
+/// The next `presence_update` of user 123.
+async fn next_for_123(watcher: &mut Dash) -> Value {
+    loop {
+        let update = watcher.next_of("presence_update").await;
+        if update["user_id"] == 123 {
+            return update;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_yjs_client_that_reconnects_with_its_client_id_keeps_its_user_online() {
+    use tandem_sync::client::{Client, ClientOptions};
+    let app = spawn_app_with(secured).await;
+    let mut watcher = app.dash(&member("acme", "1")).await;
+    watcher.subscribe(&["presence"], None).await;
+    let url = format!(
+        "{}?token={}",
+        app.ws_url("acme/__presence__"),
+        token("acme", "123", Role::Member)
+    );
+    let connect = || async {
+        let options = ClientOptions {
+            client_id: Some(4242),
+        };
+        let client = Client::connect_with(&url, options).await.unwrap();
+        client.synced(TIMEOUT).await.unwrap();
+        client
+    };
+    let first = connect().await;
+    first
+        .set_awareness(r#"{"status":"online","current_page":"/a"}"#)
+        .unwrap();
+    assert_eq!(next_for_123(&mut watcher).await["status"], "online");
+    // The same client id from a new connection (the old one not yet gone), with a newer clock.
+    let second = connect().await;
+    second
+        .set_awareness(r#"{"status":"online","current_page":"/a"}"#)
+        .unwrap();
+    second
+        .set_awareness(r#"{"status":"idle","current_page":"/a"}"#)
+        .unwrap();
+    assert_eq!(next_for_123(&mut watcher).await["status"], "idle");
+    // The old connection going takes nothing with it.
+    first.close().await;
+    second
+        .set_awareness(r#"{"status":"online","current_page":"/a"}"#)
+        .unwrap();
+    assert_eq!(next_for_123(&mut watcher).await["status"], "online");
+    second.close().await;
+    assert_eq!(next_for_123(&mut watcher).await["status"], "offline");
 }

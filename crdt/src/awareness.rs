@@ -1,13 +1,20 @@
 //! The room's awareness states, with the merge rules of `y-protocols/awareness`.
 //!
-//! The server holds no awareness state of its own: it remembers what clients announced so that a
-//! late joiner can be told, and so that a closed connection's clients can be removed. yrs has an
+//! It remembers what clients announced so that a late joiner can be told and a closed
+//! connection's clients can be removed, and it holds the states the server sets itself (client
+//! ids from [`SERVER_CLIENT_BASE`] up, which clients may not use). yrs has an
 //! `Awareness` too, but it owns a `Doc` and keeps every removed client forever; this one keeps a
 //! bounded number of removal tombstones, which is what a long-lived room under reconnect storms
 //! needs.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+
+/// Awareness client ids from here up (the top 2^32 of the 53 bits JavaScript numbers hold
+/// exactly) belong to the server. Yjs clients pick random 32-bit ids and other clients random
+/// 53-bit ones, so a client lands here once in two million at worst; an entry that does is
+/// ignored.
+pub const SERVER_CLIENT_BASE: u64 = (1 << 53) - (1 << 32);
 
 use tandem_sync::{AwarenessEntry, AwarenessUpdate};
 
@@ -103,7 +110,7 @@ impl Awareness {
             if state.json.is_none() {
                 continue;
             }
-            state.clock += 1;
+            state.clock = state.clock.saturating_add(1);
             state.json = None;
             entries.push(AwarenessEntry {
                 client_id,
@@ -131,14 +138,23 @@ impl Awareness {
         (!entries.is_empty()).then_some(AwarenessUpdate { entries })
     }
 
-    /// Sets (or with `None` removes) a state the server itself owns, with the next clock.
+    /// Sets (or with `None` removes) a state the server itself owns, with the next clock, and at
+    /// least `min_clock`: the caller passes the time in milliseconds, so a state set again after
+    /// the room was reloaded (its clock forgotten) still wins over what clients remember.
     /// Returns the update to broadcast, or `None` when nothing changed.
-    pub fn set_own(&mut self, client_id: u64, state: Option<Arc<str>>) -> Option<AwarenessUpdate> {
+    pub fn set_own(
+        &mut self,
+        client_id: u64,
+        state: Option<Arc<str>>,
+        min_clock: u64,
+    ) -> Option<AwarenessUpdate> {
         let known = self.states.get(&client_id);
         if known.map(|s| &s.json) == Some(&state) || (known.is_none() && state.is_none()) {
             return None;
         }
-        let clock = known.map_or(0, |s| s.clock + 1);
+        let clock = known
+            .map_or(0, |s| s.clock.saturating_add(1))
+            .max(min_clock);
         let entry = AwarenessEntry {
             client_id,
             clock,
@@ -149,6 +165,25 @@ impl Awareness {
         };
         self.apply(&update);
         Some(update)
+    }
+
+    /// Renews every live state the server owns (clients drop a remote state that was not renewed
+    /// for 30 s): the update to broadcast, `None` when there is none.
+    pub fn renew_own(&mut self, min_clock: u64) -> Option<AwarenessUpdate> {
+        let mut entries = Vec::new();
+        for (&client_id, state) in &mut self.states {
+            let Some(json) = &state.json else { continue };
+            if client_id < SERVER_CLIENT_BASE {
+                continue;
+            }
+            state.clock = state.clock.saturating_add(1).max(min_clock);
+            entries.push(AwarenessEntry {
+                client_id,
+                clock: state.clock,
+                state: Some(Arc::clone(json)),
+            });
+        }
+        (!entries.is_empty()).then_some(AwarenessUpdate { entries })
     }
 
     /// The live state of one client.
@@ -225,14 +260,33 @@ mod tests {
     #[test]
     fn the_server_sets_its_own_states_with_rising_clocks() {
         let mut awareness = Awareness::default();
-        let first = awareness.set_own(7, Some("{\"a\":1}".into())).unwrap();
+        let own = SERVER_CLIENT_BASE + 7;
+        let first = awareness.set_own(own, Some("{\"a\":1}".into()), 0).unwrap();
         assert_eq!(first.entries[0].clock, 0);
-        assert!(awareness.set_own(7, Some("{\"a\":1}".into())).is_none());
-        let second = awareness.set_own(7, Some("{\"a\":2}".into())).unwrap();
+        assert!(awareness
+            .set_own(own, Some("{\"a\":1}".into()), 0)
+            .is_none());
+        let second = awareness.set_own(own, Some("{\"a\":2}".into()), 0).unwrap();
         assert_eq!(second.entries[0].clock, 1);
-        let gone = awareness.set_own(7, None).unwrap();
-        assert_eq!((gone.entries[0].clock, awareness.live_count()), (2, 0));
-        assert!(awareness.set_own(8, None).is_none());
+        let renewed = awareness.renew_own(0).unwrap();
+        assert_eq!(renewed.entries[0].clock, 2);
+        // After a reload the clock restarts from the time given, above what clients saw.
+        let mut reloaded = Awareness::default();
+        let again = reloaded.set_own(own, Some("{}".into()), 1_000).unwrap();
+        assert_eq!(again.entries[0].clock, 1_000);
+        let gone = awareness.set_own(own, None, 0).unwrap();
+        assert_eq!((gone.entries[0].clock, awareness.live_count()), (3, 0));
+        assert!(awareness.set_own(own + 1, None, 0).is_none());
+        assert!(awareness.renew_own(0).is_none());
+    }
+
+    #[test]
+    fn a_removal_at_the_highest_clock_does_not_overflow() {
+        let mut awareness = Awareness::default();
+        awareness.apply(&update(1, u64::MAX, Some("{}")));
+        let removal = awareness.remove([1]).unwrap();
+        assert_eq!(removal.entries[0].clock, u64::MAX);
+        assert_eq!(awareness.live_count(), 0);
     }
 
     #[test]

@@ -8,4 +8,5 @@ pub mod room;
 
 pub use yrs::Any;
 
+pub use awareness::SERVER_CLIENT_BASE;
 pub use room::{Access, AwarenessChange, Outbox, PeerId, Room, RoomError, RoomLimits};

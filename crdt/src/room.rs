@@ -15,7 +15,7 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Any, Doc, IdSet, Map, Options, Out, ReadTxn, StateVector, Transact, Update};
 
-use crate::awareness::{Awareness, Changes};
+use crate::awareness::{Awareness, Changes, SERVER_CLIENT_BASE};
 
 /// A connection's id within the server; the room only uses it to track awareness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -207,11 +207,35 @@ impl Room {
         self.observed = true;
     }
 
-    /// Sets (or with `None` removes) an awareness state the server owns under `client`, and
-    /// returns the frame for the room's peers when it changed.
-    pub fn set_own_awareness(&mut self, client: u64, state: Option<Arc<str>>) -> Option<Bytes> {
-        let update = self.awareness.set_own(client, state)?;
+    /// Sets (or with `None` removes) an awareness state the server owns under `client` (at
+    /// least [`SERVER_CLIENT_BASE`]), with a clock of at least `min_clock`, and returns the frame
+    /// for the room's peers when it changed.
+    pub fn set_own_awareness(
+        &mut self,
+        client: u64,
+        state: Option<Arc<str>>,
+        min_clock: u64,
+    ) -> Option<Bytes> {
+        debug_assert!(client >= SERVER_CLIENT_BASE);
+        let update = self.awareness.set_own(client, state, min_clock)?;
         Some(message::encode_awareness(&update.encode()))
+    }
+
+    /// Renews the server's own awareness states: the frame for the room's peers, if any.
+    pub fn renew_own_awareness(&mut self, min_clock: u64) -> Option<Bytes> {
+        let update = self.awareness.renew_own(min_clock)?;
+        Some(message::encode_awareness(&update.encode()))
+    }
+
+    /// Forgets every peer (the room is being discarded) and returns each one's awareness
+    /// clients.
+    pub fn depart_all(&mut self) -> Vec<(PeerId, Vec<u64>)> {
+        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        peers
+            .into_iter()
+            .map(|peer| (peer, self.depart(peer).1))
+            .filter(|(_, clients)| !clients.is_empty())
+            .collect()
     }
 
     /// Sets `entries` in the root map `map` as one transaction of the server's own, and returns
@@ -303,7 +327,15 @@ impl Room {
                     }
                 }
                 Message::Awareness(payload) => {
-                    let update = AwarenessUpdate::decode(&payload)?;
+                    let mut update = AwarenessUpdate::decode(&payload)?;
+                    // The server's own ids are not the clients' to set.
+                    let before = update.entries.len();
+                    update.entries.retain(|e| e.client_id < SERVER_CLIENT_BASE);
+                    let (whole, payload) = if update.entries.len() == before {
+                        (whole, payload)
+                    } else {
+                        (false, Bytes::from(update.encode()))
+                    };
                     self.check_awareness_limit(peer, &update)?;
                     let changes = self.awareness.apply(&update);
                     if changes.is_empty() {
@@ -643,9 +675,25 @@ mod tests {
         let (frame, gone) = room.depart(PeerId(1));
         assert!(frame.is_some());
         assert_eq!(gone, vec![5]);
+        let own = SERVER_CLIENT_BASE + 9;
         assert!(room
-            .set_own_awareness(9, Some("{\"s\":1}".into()))
+            .set_own_awareness(own, Some("{\"s\":1}".into()), 0)
             .is_some());
+        assert_eq!(room.awareness_count(), 1);
+        assert!(room.renew_own_awareness(0).is_some());
+
+        // A client may not write the server's ids.
+        room.join(PeerId(2));
+        let forged = AwarenessUpdate {
+            entries: vec![AwarenessEntry {
+                client_id: own,
+                clock: u64::MAX,
+                state: None,
+            }],
+        };
+        let frame = message::encode_awareness(&forged.encode());
+        let outbox = recv(&mut room, PeerId(2), frame, Access::ReadOnly).unwrap();
+        assert!(outbox.broadcast.is_empty());
         assert_eq!(room.awareness_count(), 1);
     }
 

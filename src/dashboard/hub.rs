@@ -9,9 +9,10 @@
 //! connection receives a workspace's events in id order, never one that a crash could still
 //! take back, and a reconnecting client's `since` is an exact resume point.
 //!
-//! A subscription with `since` replays from the log what came after it, up to the last
-//! released id it saw when it registered; events released meanwhile are held for it and
-//! follow the replay, so nothing is missed or sent twice.
+//! A subscription with `since` replays from the log what came after it on the channels it adds
+//! (those already live missed nothing), up to the last released id when it registered; events
+//! released meanwhile are held for it and follow the replay, so nothing is missed or sent
+//! twice.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::num::NonZeroU32;
@@ -28,6 +29,7 @@ use tandem_storage::{EventStore, Retention, Since, StoreError, StoredEvent};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch, OnceCell};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::presence::{self, rfc3339, PresenceSettings, Snapshot, Source, UserPresence};
 use super::protocol::{PresenceStatus, PresenceUpdate, ProtocolError};
@@ -37,7 +39,7 @@ use crate::durability::{Durability, DurabilityError, Ticket};
 use crate::events::{self, Channel, Event};
 use crate::peer::{CloseReason, Closer};
 use crate::rooms::{RoomObserver, Rooms};
-use tandem_crdt::{AwarenessChange, PeerId};
+use tandem_crdt::{AwarenessChange, PeerId, SERVER_CLIENT_BASE};
 
 /// A frame for a dashboard connection's writer.
 #[derive(Debug, Clone)]
@@ -67,25 +69,30 @@ pub struct HubSettings {
     pub publish_rate_user: u32,
     /// A document's user is "editing" while their awareness there changed this recently.
     pub editing_idle: Duration,
+    /// Locks one dashboard connection may hold at once.
+    pub max_locks_per_connection: usize,
 }
 
 /// Notifications kept in a user's inbox state.
 const INBOX_NOTIFICATIONS: usize = 20;
 
-/// The awareness client id of the server's state in every inbox room. Yjs clients pick 32-bit
-/// ids, so ids from 2^40 up never collide with theirs.
-const INBOX_CLIENT: u64 = 1 << 41;
+/// The awareness client id of the server's state in every inbox room: the last of the
+/// server's ids ([`SERVER_CLIENT_BASE`]), which clients may not use.
+const INBOX_CLIENT: u64 = SERVER_CLIENT_BASE + 0xffff_ffff;
 
 /// The awareness client id under which a user is mirrored into the presence room.
 fn mirror_client(user: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::hash::DefaultHasher::new();
     user.hash(&mut hasher);
-    (1 << 40) | (hasher.finish() & ((1 << 40) - 1))
+    SERVER_CLIENT_BASE + (hasher.finish() % 0xffff_ffff)
 }
 
 /// Events read from the log at a time.
 const PAGE: usize = 256;
+
+/// Pages of the log the activity feed reads back at most.
+const ACTIVITY_SCAN_PAGES: usize = 64;
 
 /// The most events one long-poll answer carries.
 const POLL_LIMIT: usize = 500;
@@ -109,6 +116,8 @@ pub struct Hub {
     user_rate: DefaultKeyedRateLimiter<(String, String)>,
     /// The rooms, for the awareness states the hub keeps in them and reads from them.
     rooms: OnceLock<Weak<Rooms>>,
+    /// Cancelled at shutdown: long-polls answer at once.
+    closing: CancellationToken,
 }
 
 /// One workspace's dashboard state.
@@ -130,12 +139,15 @@ struct State {
     locks: HashMap<String, Lease>,
     /// Who has which document open, from its awareness.
     editing: HashMap<String, DocEditing>,
+    /// The user each awareness client of the presence room speaks for.
+    presence_clients: HashMap<u64, String>,
 }
 
 /// The awareness clients of one document and what was last published about them.
 #[derive(Default)]
 struct DocEditing {
-    clients: HashMap<(u64, u64), Editor>,
+    /// By awareness client id: an id belongs to the connection that announced it last.
+    clients: HashMap<u64, Editor>,
     /// (user, active) as last published.
     published: Vec<(String, bool)>,
 }
@@ -356,6 +368,24 @@ impl Hub {
             workspaces: DashMap::new(),
             settings,
             rooms: OnceLock::new(),
+            closing: CancellationToken::new(),
+        }
+    }
+
+    /// Closes every dashboard connection with `reason` and answers every long-poll (shutdown).
+    /// Connections that register later are closed by their session, which checks the server's
+    /// shutdown token.
+    pub fn close_all(&self, reason: &CloseReason) {
+        self.closing.cancel();
+        let loaded: Vec<Arc<Workspace>> = self
+            .workspaces
+            .iter()
+            .filter_map(|entry| entry.value().get().cloned())
+            .collect();
+        for ws in loaded {
+            for c in ws.lock().conns.values() {
+                c.closer.close(reason.clone());
+            }
         }
     }
 
@@ -677,13 +707,17 @@ impl Hub {
         channels: ChannelSet,
         since: Option<u64>,
     ) -> Result<(), StoreError> {
-        let (user, muted, tx, closer, upto) = {
+        let (user, muted, tx, closer, upto, live, fresh, since) = {
             let mut st = ws.lock();
             let upto = st.released;
             let Some(c) = st.conns.get_mut(&conn) else {
                 return Ok(());
             };
+            let live = c.channels;
             c.channels = c.channels.union(channels);
+            // Only channels that were not live yet are replayed: the others missed nothing.
+            let fresh = channels.without(live);
+            let since = since.filter(|_| !fresh.is_empty());
             if since.is_some() {
                 c.held.get_or_insert_with(Vec::new);
             }
@@ -693,6 +727,9 @@ impl Hub {
                 c.tx.clone(),
                 c.closer.clone(),
                 upto,
+                live,
+                fresh,
+                since,
             );
             if channels.contains(Channel::ChatSessions) {
                 let user = picked.0.clone();
@@ -701,12 +738,19 @@ impl Hub {
             picked
         };
         let Some(since) = since else { return Ok(()) };
-        let viewer = Viewer {
+        let wanted = Viewer {
             user: &user,
-            channels,
+            channels: fresh,
             muted,
         };
-        let replayed = self.replay(ws, viewer, since, upto, &tx, &closer).await;
+        // An event addressed to the user already came through a live `notifications`.
+        let delivered = Viewer {
+            user: &user,
+            channels: live,
+            muted,
+        };
+        let wants = |event: &Delivered| wanted.sees(event) && !delivered.sees(event);
+        let replayed = self.replay(ws, &wants, since, upto, &tx, &closer).await;
         // The held events follow the replay, whatever happened to it.
         let mut st = ws.lock();
         if let Some(c) = st.conns.get_mut(&conn) {
@@ -720,7 +764,7 @@ impl Hub {
     async fn replay(
         &self,
         ws: &Workspace,
-        viewer: Viewer<'_>,
+        wants: &(dyn Fn(&Delivered) -> bool + Sync),
         since: u64,
         upto: u64,
         tx: &mpsc::Sender<Outgoing>,
@@ -728,7 +772,7 @@ impl Hub {
     ) -> Result<(), StoreError> {
         let mut cursor = since;
         while cursor < upto {
-            let page = self.read(&ws.name, viewer, cursor, upto, PAGE).await?;
+            let page = self.read(&ws.name, wants, cursor, upto, PAGE).await?;
             if let Some(oldest) = page.resync_from {
                 let frame = json_frame(serde_json::json!({
                     "type": "resync_required",
@@ -736,7 +780,13 @@ impl Hub {
                     "oldest": oldest,
                     "latest": upto,
                 }));
-                let _ = tx.try_send(Outgoing::Reply(frame));
+                if tx
+                    .send_timeout(Outgoing::Reply(frame), self.settings.lag_timeout)
+                    .await
+                    .is_err()
+                {
+                    closer.close(CloseReason::Lagging);
+                }
                 return Ok(());
             }
             for frame in page.frames {
@@ -757,11 +807,11 @@ impl Hub {
         Ok(())
     }
 
-    /// Up to `limit` events after `after` (and at most `upto`) that `viewer` sees.
+    /// Up to `limit` events after `after` (and at most `upto`) that `wants` picks.
     async fn read(
         &self,
         workspace: &str,
-        viewer: Viewer<'_>,
+        wants: &(dyn Fn(&Delivered) -> bool + Sync),
         after: u64,
         upto: u64,
         limit: usize,
@@ -787,7 +837,7 @@ impl Hub {
                 }
                 page.last_id = stored.id;
                 match Delivered::from_stored(&stored) {
-                    Some(event) if viewer.sees(&event) => page.frames.push(event.frame),
+                    Some(event) if wants(&event) => page.frames.push(event.frame),
                     Some(_) => {}
                     None => {
                         tracing::warn!(workspace, id = stored.id, "skipping an unreadable event")
@@ -840,21 +890,24 @@ impl Hub {
             let upto = *released.borrow_and_update();
             if upto > cursor {
                 let page = self
-                    .read(workspace, viewer, cursor, upto, POLL_LIMIT)
+                    .read(workspace, &|e| viewer.sees(e), cursor, upto, POLL_LIMIT)
                     .await?;
                 if page.resync_from.is_some() || !page.frames.is_empty() {
                     return Ok(page);
                 }
                 cursor = page.last_id.max(cursor);
             }
-            match tokio::time::timeout_at(deadline, released.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) | Err(_) => {
-                    return Ok(Page {
-                        last_id: cursor,
-                        ..Page::default()
-                    })
+            let changed = tokio::select! {
+                _ = self.closing.cancelled() => false,
+                changed = tokio::time::timeout_at(deadline, released.changed()) => {
+                    matches!(changed, Ok(Ok(())))
                 }
+            };
+            if !changed {
+                return Ok(Page {
+                    last_id: cursor,
+                    ..Page::default()
+                });
             }
         }
     }
@@ -876,7 +929,10 @@ impl Hub {
         };
         let mut found = Vec::new();
         let mut before = u64::MAX;
-        while found.len() < limit {
+        // Activity may be sparse in a busy log: look this far back at most.
+        let mut pages = ACTIVITY_SCAN_PAGES;
+        while found.len() < limit && pages > 0 {
+            pages -= 1;
             let events = self.store.before(workspace, before, PAGE).await?;
             let Some(oldest) = events.first() else { break };
             before = oldest.id;
@@ -946,11 +1002,29 @@ impl Hub {
     ) {
         match doc.kind() {
             RoomKind::Presence => {
+                let _ = peer;
                 for change in changes {
                     let source = Source::Awareness {
-                        conn: peer.0,
                         client: change.client,
                     };
+                    // A client id belongs to whoever announced it last (a reconnect may move it
+                    // to another connection, even of another token).
+                    let moved_from = {
+                        let mut st = ws.lock();
+                        match &change.state {
+                            Some(_) => st
+                                .presence_clients
+                                .insert(change.client, user.to_owned())
+                                .filter(|old| old != user),
+                            None => {
+                                st.presence_clients.remove(&change.client);
+                                None
+                            }
+                        }
+                    };
+                    if let Some(old) = moved_from {
+                        self.presence_gone(ws, &old, &source);
+                    }
                     let update = change.state.as_deref().map(presence::from_awareness);
                     match update {
                         Some(update) if update.status != Some(PresenceStatus::Offline) => {
@@ -966,7 +1040,7 @@ impl Hub {
                 let mut st = ws.lock();
                 let entry = st.editing.entry(doc.as_str().to_owned()).or_default();
                 for change in changes {
-                    let key = (peer.0, change.client);
+                    let key = change.client;
                     let Some(state) = change.state else {
                         entry.clients.remove(&key);
                         continue;
@@ -977,6 +1051,14 @@ impl Hub {
                         name: None,
                         last_change: now,
                     });
+                    if editor.user != user {
+                        // The id moved to another user's connection.
+                        *editor = Editor {
+                            user: user.to_owned(),
+                            name: None,
+                            last_change: now,
+                        };
+                    }
                     if change.changed {
                         editor.last_change = now;
                     }
@@ -1068,6 +1150,35 @@ impl Hub {
             };
         };
         let (user, name) = (c.user.clone(), c.name.clone());
+        let held = st.locks.values().filter(|l| l.conn == conn).count();
+        let renewal = st.locks.get(resource).is_some_and(|l| l.conn == conn);
+        if !renewal && held >= self.settings.max_locks_per_connection {
+            let error = ProtocolError::new(
+                "too_many_locks",
+                format!(
+                    "a connection may hold at most {} locks",
+                    self.settings.max_locks_per_connection
+                ),
+            );
+            return LockAnswer {
+                frame: error.frame().into(),
+            };
+        }
+        let mut ticket = None;
+        if let Some(lease) = st.locks.get(resource) {
+            if lease.conn != conn && lease.expires <= now {
+                // Expired but not yet swept: its holder hears it went before it changes hands.
+                let holder = lease.conn;
+                ticket = self.release_locks(ws, &mut st, |r, _| r == resource, "expired");
+                if let Some(c) = st.conns.get(&holder) {
+                    c.send(Outgoing::Reply(json_frame(serde_json::json!({
+                        "type": "lock_released",
+                        "resource": resource,
+                        "reason": "expired",
+                    }))));
+                }
+            }
+        }
         if let Some(lease) = st.locks.get(resource) {
             if lease.conn != conn && lease.expires > now {
                 let mut holder = Map::new();
@@ -1085,7 +1196,6 @@ impl Hub {
                 };
             }
         }
-        let renewal = st.locks.get(resource).is_some_and(|l| l.conn == conn);
         let expires_at =
             rfc3339(OffsetDateTime::now_utc() + self.settings.lock_ttl).unwrap_or_default();
         st.locks.insert(
@@ -1109,10 +1219,12 @@ impl Hub {
         answer.insert("type".into(), Value::String("lock_acquired".into()));
         answer.insert("renewed".into(), Value::Bool(renewal));
         if !renewal {
-            let ticket = self.emit(ws, &mut st, Event::server("lock_acquired", fields));
-            drop(st);
-            self.settle_later(ws, ticket);
+            ticket = self
+                .emit(ws, &mut st, Event::server("lock_acquired", fields))
+                .or(ticket);
         }
+        drop(st);
+        self.settle_later(ws, ticket);
         LockAnswer {
             frame: json_frame(Value::Object(answer)),
         }
@@ -1418,8 +1530,14 @@ impl Hub {
             for doc in docs {
                 ticket = self.editing_due(&ws, &mut st, &doc, now).or(ticket);
             }
+            let stuck = !st.pending.is_empty();
             drop(st);
             self.settle_later(&ws, ticket);
+            // A publication whose wait for its group commit timed out released nothing; what
+            // became durable since goes out now, even if nothing else is published.
+            if stuck {
+                self.release(&ws);
+            }
         }
         self.workspace_rate.retain_recent();
         self.user_rate.retain_recent();

@@ -29,8 +29,8 @@ pub struct PresenceSettings {
 pub enum Source {
     /// A dashboard connection on `/ws`.
     Dashboard(u64),
-    /// An awareness client id announced by a document connection in the presence room.
-    Awareness { conn: u64, client: u64 },
+    /// An awareness client id in the presence room (whichever connection announced it last).
+    Awareness { client: u64 },
     /// The user's HTTP poller (`POST /api/v1/presence`).
     Poller,
 }
@@ -274,9 +274,10 @@ impl UserPresence {
         }
     }
 
-    /// What to publish now, if anything: a status change at once; a page or workspace change
-    /// once `debounce` has passed since the last publication (the hub looks again on its
-    /// tick, so the latest page goes out at the end of the window).
+    /// What to publish now, if anything: a status change at once, and the first page or
+    /// workspace after coming online; a page or workspace change once `debounce` has passed
+    /// since the last publication (the hub looks again on its tick, so the latest page goes out
+    /// at the end of the window).
     pub fn due(&mut self, now: Instant, settings: &PresenceSettings) -> Option<Snapshot> {
         let current = self.current(now, settings);
         let publish = match &self.emitted {
@@ -284,9 +285,14 @@ impl UserPresence {
             None => current.status != PresenceStatus::Offline,
             Some(last) if last.status != current.status => true,
             Some(last) => {
-                (last.workspace != current.workspace || last.current_page != current.current_page)
+                let moved = last.workspace != current.workspace
+                    || last.current_page != current.current_page;
+                // Where someone is, said for the first time since they came online, is news
+                // rather than a change: it goes out at once.
+                let first = last.workspace.is_none() && last.current_page.is_none();
+                moved
                     && current.status != PresenceStatus::Offline
-                    && now.duration_since(last.at) >= settings.debounce
+                    && (first || now.duration_since(last.at) >= settings.debounce)
             }
         };
         if !publish {
@@ -400,6 +406,21 @@ mod tests {
         assert_eq!(update.name.as_deref(), Some("Ada"));
         assert_eq!(update.color.as_deref(), Some("#f00"));
         assert_eq!(from_awareness("not json"), PresenceUpdate::default());
+    }
+
+    #[test]
+    fn the_first_page_after_coming_online_is_not_held_back() {
+        let t0 = Instant::now();
+        let mut user = UserPresence::default();
+        user.update(Source::Dashboard(1), &PresenceUpdate::default(), true, t0);
+        assert!(user.due(t0, &SETTINGS).unwrap().current_page.is_none());
+        user.update(Source::Dashboard(1), &page("/a"), true, t0);
+        assert_eq!(
+            user.due(t0, &SETTINGS).unwrap().current_page.as_deref(),
+            Some("/a")
+        );
+        user.update(Source::Dashboard(1), &page("/b"), true, t0);
+        assert_eq!(user.due(t0, &SETTINGS), None, "a change: debounced");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! `error` frame and the connection stays open, until a client sends more than
 //! `--max-bad-frames` of them within a minute.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use governor::{Quota, RateLimiter};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -205,6 +207,9 @@ impl Session<'_> {
             count: 0,
             since: Instant::now(),
         };
+        let per_sec = NonZeroU32::new(config.dashboard_actions_per_sec).unwrap_or(NonZeroU32::MIN);
+        let burst = per_sec.saturating_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN));
+        let actions = RateLimiter::direct(Quota::per_second(per_sec).allow_burst(burst));
         loop {
             let incoming = tokio::select! {
                 biased;
@@ -244,6 +249,13 @@ impl Session<'_> {
                         })
                     } else {
                         match protocol::parse(&text) {
+                            Ok(_) if actions.check().is_err() => Some(ProtocolError::new(
+                                "rate_limited",
+                                format!(
+                                    "at most {} actions per second; this one was dropped",
+                                    config.dashboard_actions_per_sec
+                                ),
+                            )),
                             Ok(action) => {
                                 self.handle(action).await;
                                 None
