@@ -213,15 +213,38 @@ impl Rooms {
             return;
         }
         if let Some(frame) = state_guard.room.set_own_awareness(client, state, now_ms()) {
-            let frame = Arc::new(frame);
-            let mut overflow = Overflow::default();
-            for link in state_guard.peers.values() {
-                deliver(link, Arc::clone(&frame), &mut overflow);
-            }
-            if !overflow.is_empty() {
-                self.tasks
-                    .spawn(overflow.deliver(self.config.lag_timeout()));
-            }
+            self.broadcast_detached(&state_guard, frame);
+        }
+    }
+
+    /// Tells the observer that `user`'s connection `peer` took `clients` with it. Called with
+    /// the room unlocked.
+    fn report_gone(&self, doc: &DocName, peer: PeerId, user: &str, clients: Vec<u64>) {
+        let Some(observer) = self.observer.get().filter(|_| !clients.is_empty()) else {
+            return;
+        };
+        let changes = clients
+            .into_iter()
+            .map(|client| AwarenessChange {
+                client,
+                state: None,
+                changed: true,
+            })
+            .collect();
+        observer.awareness(doc, peer, user, changes);
+    }
+
+    /// Queues `frame` for every peer of a locked room, from a caller that cannot wait: full
+    /// queues get it from a task of its own, with the same lag timeout as everyone else.
+    fn broadcast_detached(&self, state: &RoomState, frame: Bytes) {
+        let frame = Arc::new(frame);
+        let mut overflow = Overflow::default();
+        for link in state.peers.values() {
+            deliver(link, Arc::clone(&frame), &mut overflow);
+        }
+        if !overflow.is_empty() {
+            self.tasks
+                .spawn(overflow.deliver(self.config.lag_timeout()));
         }
     }
 
@@ -254,15 +277,7 @@ impl Rooms {
                 continue;
             }
             if let Some(frame) = state.room.renew_own_awareness(now) {
-                let frame = Arc::new(frame);
-                let mut overflow = Overflow::default();
-                for link in state.peers.values() {
-                    deliver(link, Arc::clone(&frame), &mut overflow);
-                }
-                if !overflow.is_empty() {
-                    self.tasks
-                        .spawn(overflow.deliver(self.config.lag_timeout()));
-                }
+                self.broadcast_detached(&state, frame);
             }
         }
     }
@@ -279,14 +294,27 @@ impl Rooms {
         entries: Vec<(String, Any)>,
     ) -> Result<(), RoomOpError> {
         let mut entries = Some(entries);
+        self.change(name, |room| {
+            room.set_map(map, entries.take().unwrap_or_default())
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Makes a change that comes from no connection (the HTTP API, the server itself) to the
+    /// room of `name`: persists and broadcasts what `f` returns, schedules the unload of a room
+    /// nobody is in, and discards a room the change poisoned. Returns the change's ticket, if it
+    /// changed anything.
+    async fn change(
+        self: &Arc<Self>,
+        name: &DocName,
+        mut f: impl FnMut(&mut Room) -> Result<Outbox, RoomError>,
+    ) -> Result<Option<Ticket>, RoomOpError> {
         let (result, idle, overflow) = self
             .with_state(name, |handle, state| {
                 let mut overflow = Overflow::default();
-                let entries = entries.take().unwrap_or_default();
-                let result = match state.room.set_map(map, entries) {
-                    Ok(outbox) => self
-                        .deliver_outbox(handle, state, None, outbox, &mut overflow)
-                        .map(|_| ()),
+                let result = match f(&mut state.room) {
+                    Ok(outbox) => self.deliver_outbox(handle, state, None, outbox, &mut overflow),
                     Err(err) => Err(err.into()),
                 };
                 let idle = state
@@ -299,6 +327,9 @@ impl Rooms {
         overflow.deliver(self.config.lag_timeout()).await;
         if let Some((handle, activity)) = idle {
             self.schedule_unload(handle, activity);
+        }
+        if let Err(RoomOpError::Room(RoomError::Poisoned)) = &result {
+            self.discard_by_name(name);
         }
         result
     }
@@ -467,31 +498,11 @@ impl Rooms {
         };
         let (removal, gone) = state.room.depart(peer);
         if let Some(removal) = removal {
-            let removal = Arc::new(removal);
-            let mut overflow = Overflow::default();
-            for link in state.peers.values() {
-                deliver(link, Arc::clone(&removal), &mut overflow);
-            }
-            // Leaving cannot wait (it runs when a connection is torn down): full queues get the
-            // removal from a task of its own, with the same lag timeout as everyone else.
-            if !overflow.is_empty() {
-                let timeout = self.config.lag_timeout();
-                self.tasks.spawn(overflow.deliver(timeout));
-            }
+            self.broadcast_detached(&state, removal);
         }
         let unload = (state.peers.is_empty() && !state.closed).then_some(state.activity);
         drop(state);
-        if let (Some(observer), false) = (self.observer.get(), gone.is_empty()) {
-            let changes = gone
-                .into_iter()
-                .map(|client| AwarenessChange {
-                    client,
-                    state: None,
-                    changed: true,
-                })
-                .collect();
-            observer.awareness(&handle.name, peer, &link.user, changes);
-        }
+        self.report_gone(&handle.name, peer, &link.user, gone);
         if let Some(activity) = unload {
             self.schedule_unload(Arc::clone(handle), activity);
         }
@@ -509,28 +520,9 @@ impl Rooms {
         name: &DocName,
         update: Bytes,
     ) -> Result<(bool, Ticket), RoomOpError> {
-        let (result, idle, overflow) = self
-            .with_state(name, |handle, state| {
-                let mut overflow = Overflow::default();
-                let result = match state.room.apply_update(update.clone()) {
-                    Ok(outbox) => self.deliver_outbox(handle, state, None, outbox, &mut overflow),
-                    Err(err) => Err(err.into()),
-                };
-                let idle = state
-                    .peers
-                    .is_empty()
-                    .then(|| (Arc::clone(handle), state.activity));
-                (result, idle, overflow)
-            })
+        let ticket = self
+            .change(name, |room| room.apply_update(update.clone()))
             .await?;
-        overflow.deliver(self.config.lag_timeout()).await;
-        if let Some((handle, activity)) = idle {
-            self.schedule_unload(handle, activity);
-        }
-        if let Err(RoomOpError::Room(RoomError::Poisoned)) = &result {
-            self.discard_by_name(name);
-        }
-        let ticket = result?;
         Ok((
             ticket.is_some(),
             ticket.unwrap_or_else(|| self.durability.barrier()),
@@ -770,18 +762,8 @@ impl Rooms {
             .collect();
         state.peers.clear();
         drop(state);
-        if let Some(observer) = self.observer.get() {
-            for (peer, user, clients) in departed {
-                let changes = clients
-                    .into_iter()
-                    .map(|client| AwarenessChange {
-                        client,
-                        state: None,
-                        changed: true,
-                    })
-                    .collect();
-                observer.awareness(&handle.name, peer, &user, changes);
-            }
+        for (peer, user, clients) in departed {
+            self.report_gone(&handle.name, peer, &user, clients);
         }
         self.map
             .remove_if(&handle.name, |_, h| Arc::ptr_eq(h, handle));

@@ -74,17 +74,7 @@ pub async fn upgrade(
     };
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
-        Err(err) => {
-            return ApiError::new(
-                StatusCode::UPGRADE_REQUIRED,
-                "websocket_required",
-                format!(
-                    "this endpoint speaks the y-websocket protocol: {}",
-                    err.body_text()
-                ),
-            )
-            .into_response()
-        }
+        Err(err) => return websocket_required(&err, "the y-websocket protocol"),
     };
     let Ok(Query(params)) = params else {
         return ApiError::bad_request("bad_query", "the query string is malformed").into_response();
@@ -113,6 +103,16 @@ pub async fn upgrade(
             let (sink, stream) = socket.split();
             tasks.track_future(run(app, sink, stream, session).instrument(span))
         })
+}
+
+/// The answer to a plain HTTP request on a WebSocket endpoint: 426 with what it speaks.
+pub(crate) fn websocket_required(err: &WebSocketUpgradeRejection, speaks: &str) -> Response {
+    ApiError::new(
+        StatusCode::UPGRADE_REQUIRED,
+        "websocket_required",
+        format!("this endpoint speaks {speaks}: {}", err.body_text()),
+    )
+    .into_response()
 }
 
 /// The token of a WebSocket request: browsers cannot set headers, so it rides the URL.

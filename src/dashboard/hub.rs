@@ -1305,14 +1305,25 @@ impl Hub {
         update: &PresenceUpdate,
         active: bool,
     ) {
-        let mut st = ws.lock();
         let poll_ttl = self.settings.presence.poll_ttl;
-        let now = Instant::now();
+        self.with_presence(ws, user, |presence, now| {
+            presence.update(source.clone(), update, active, now);
+            if source == Source::Poller {
+                presence.expire_at(&source, now + poll_ttl);
+            }
+        });
+    }
+
+    /// Changes `user`'s presence with `f` and publishes what changed.
+    fn with_presence(
+        self: &Arc<Self>,
+        ws: &Arc<Workspace>,
+        user: &str,
+        f: impl FnOnce(&mut UserPresence, Instant),
+    ) {
+        let mut st = ws.lock();
         let entry = st.users.entry(user.to_owned()).or_default();
-        entry.presence.update(source.clone(), update, active, now);
-        if source == Source::Poller {
-            entry.presence.expire_at(&source, now + poll_ttl);
-        }
+        f(&mut entry.presence, Instant::now());
         let ticket = self.presence_due(ws, &mut st, user);
         drop(st);
         self.settle_later(ws, ticket);
@@ -1320,24 +1331,12 @@ impl Hub {
 
     /// Notes activity (any frame but a ping) from `source`.
     pub fn touch(self: &Arc<Self>, ws: &Arc<Workspace>, user: &str, source: &Source) {
-        let mut st = ws.lock();
-        if let Some(entry) = st.users.get_mut(user) {
-            entry.presence.touch(source, Instant::now());
-        }
-        let ticket = self.presence_due(ws, &mut st, user);
-        drop(st);
-        self.settle_later(ws, ticket);
+        self.with_presence(ws, user, |presence, now| presence.touch(source, now));
     }
 
     /// Forgets `source` (a Yjs client that left the presence room, say).
     pub fn presence_gone(self: &Arc<Self>, ws: &Arc<Workspace>, user: &str, source: &Source) {
-        let mut st = ws.lock();
-        if let Some(entry) = st.users.get_mut(user) {
-            entry.presence.remove(source);
-        }
-        let ticket = self.presence_due(ws, &mut st, user);
-        drop(st);
-        self.settle_later(ws, ticket);
+        self.with_presence(ws, user, |presence, _| presence.remove(source));
     }
 
     /// Publishes `user`'s presence if it changed enough; persists `last_seen` when they go

@@ -13,7 +13,6 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -29,7 +28,7 @@ use super::ChannelSet;
 use crate::api::{identity, Identity, IdentityParams};
 use crate::error::ApiError;
 use crate::peer::{CloseReason, Closer, Liveness, Side, Tick};
-use crate::ws::{drain_until_closed, finish, read_error_reason, CLOSE_TIMEOUT};
+use crate::ws::{drain_until_closed, finish, read_error_reason, websocket_required, CLOSE_TIMEOUT};
 use crate::AppState;
 
 /// Frames the writer sends per socket flush, and events per `batch` frame.
@@ -48,17 +47,7 @@ pub async fn upgrade(
     const ROUTE: &str = "ws_dashboard";
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
-        Err(err) => {
-            return ApiError::new(
-                StatusCode::UPGRADE_REQUIRED,
-                "websocket_required",
-                format!(
-                    "this endpoint speaks the dashboard protocol over WebSocket: {}",
-                    err.body_text()
-                ),
-            )
-            .into_response()
-        }
+        Err(err) => return websocket_required(&err, "the dashboard protocol over WebSocket"),
     };
     let Ok(Query(params)) = params else {
         return ApiError::bad_request("bad_query", "the query string is malformed").into_response();
