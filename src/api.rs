@@ -14,10 +14,12 @@ use serde::Deserialize;
 use tandem_crdt::{Access, Any, RoomError};
 
 use crate::auth::{AuthError, Role};
+use crate::connections::{NewConn, Remote};
 use crate::dashboard::hub::PublishError;
 use crate::dashboard::presence::Source;
 use crate::dashboard::{protocol, ChannelSet, PresenceUpdate};
 use crate::events::Channel;
+use crate::metrics::Kind;
 
 use crate::docname::DocName;
 use crate::durability::DurabilityError;
@@ -138,7 +140,7 @@ pub async fn not_found() -> ApiError {
 ///
 /// # Errors
 /// An `Authorization` header that is not a bearer token.
-fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
@@ -432,12 +434,25 @@ pub struct PollParams {
 /// `since`), with `"resync_required":true` and `oldest` when `since` is older than what is kept.
 pub async fn poll_events(
     State(app): State<AppState>,
+    Remote(remote): Remote,
     headers: HeaderMap,
     ids: Result<Query<IdentityParams>, QueryRejection>,
     params: Result<Query<PollParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let who = http_identity(&app, &headers, ids, "http_events_poll", true)?;
+    let who = http_identity(&app, &headers, ids, "http_events_poll", true).inspect_err(|e| {
+        crate::metrics::get().failed(crate::metrics::Failure::of(e));
+    })?;
     let Query(params) = params.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    // A long-poll is a connection while it waits.
+    let registration = app.connections.register(NewConn {
+        id: crate::ws::next_conn_id(),
+        kind: Kind::LongPoll,
+        user: who.user.clone(),
+        workspace: who.workspace.clone(),
+        target: "long_poll".into(),
+        remote,
+        closer: None,
+    });
     let channels = match &params.channels {
         None => ChannelSet::all(),
         Some(list) => {
@@ -470,17 +485,18 @@ pub async fn poll_events(
         .await
         .map_err(|e| ApiError::storage(&e))?;
     let mut body = String::from(r#"{"events":["#);
-    for (i, frame) in page.frames.iter().enumerate() {
+    for (i, event) in page.events.iter().enumerate() {
         if i > 0 {
             body.push(',');
         }
-        body.push_str(frame.as_str());
+        body.push_str(event.frame.as_str());
     }
     body.push_str(&format!(r#"],"last_id":{}"#, page.last_id));
     if let Some(oldest) = page.resync_from {
         body.push_str(&format!(r#","resync_required":true,"oldest":{oldest}"#));
     }
     body.push('}');
+    registration.info.sent(body.len());
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
@@ -684,7 +700,7 @@ fn json_object(
 
 /// Reads a request body of at most `limit` bytes: 413 `too_large` past it. Called only once the
 /// token checked out, so an unauthenticated client cannot make the server buffer an upload.
-async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let too_large = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());

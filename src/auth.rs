@@ -166,6 +166,14 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// The connection failure this refusal counts as.
+    pub fn failure(&self) -> crate::metrics::Failure {
+        match self {
+            AuthError::PlanRequired { .. } => crate::metrics::Failure::Plan,
+            _ => crate::metrics::Failure::Auth,
+        }
+    }
+
     /// A bounded label for counting refusals.
     pub fn reason(&self) -> &'static str {
         match self {

@@ -131,6 +131,15 @@ pub struct Config {
     #[arg(long, env = "TANDEM_EDITING_IDLE_MS", default_value_t = Config::DEFAULT_EDITING_IDLE_MS)]
     pub editing_idle_ms: u64,
 
+    /// A user back on the same document (or the dashboard) within this many milliseconds of
+    /// leaving counts as a reconnect.
+    #[arg(long, env = "TANDEM_RECONNECT_WINDOW_MS", default_value_t = Config::DEFAULT_RECONNECT_WINDOW_MS)]
+    pub reconnect_window_ms: u64,
+
+    /// Client error reports (`POST /api/v1/client-errors`) one user may send per minute.
+    #[arg(long, env = "TANDEM_CLIENT_ERRORS_PER_MINUTE", default_value_t = Config::DEFAULT_CLIENT_ERRORS_PER_MINUTE)]
+    pub client_errors_per_minute: u32,
+
     /// The longest `timeout` a long-poll may ask for, in seconds.
     #[arg(long, env = "TANDEM_LONG_POLL_MAX_SECS", default_value_t = Config::DEFAULT_LONG_POLL_MAX_SECS)]
     pub long_poll_max_secs: u64,
@@ -221,6 +230,8 @@ impl Config {
     pub const DEFAULT_PRESENCE_POLL_TTL_MS: u64 = 90_000;
     pub const DEFAULT_LONG_POLL_MAX_SECS: u64 = 60;
     pub const DEFAULT_EDITING_IDLE_MS: u64 = 60_000;
+    pub const DEFAULT_RECONNECT_WINDOW_MS: u64 = 30_000;
+    pub const DEFAULT_CLIENT_ERRORS_PER_MINUTE: u32 = 30;
     pub const DEFAULT_PING_INTERVAL_MS: u64 = 15_000;
     pub const DEFAULT_PING_TIMEOUT_MS: u64 = 45_000;
     pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 5_000;
@@ -251,6 +262,10 @@ impl Config {
 
     pub(crate) fn room_grace(&self) -> Duration {
         Duration::from_millis(self.room_grace_ms)
+    }
+
+    pub(crate) fn reconnect_window(&self) -> Duration {
+        Duration::from_millis(self.reconnect_window_ms)
     }
 
     pub(crate) fn dashboard_batch(&self) -> Duration {
@@ -318,6 +333,8 @@ impl Default for Config {
             presence_poll_ttl_ms: Config::DEFAULT_PRESENCE_POLL_TTL_MS,
             long_poll_max_secs: Config::DEFAULT_LONG_POLL_MAX_SECS,
             editing_idle_ms: Config::DEFAULT_EDITING_IDLE_MS,
+            reconnect_window_ms: Config::DEFAULT_RECONNECT_WINDOW_MS,
+            client_errors_per_minute: Config::DEFAULT_CLIENT_ERRORS_PER_MINUTE,
             ping_interval_ms: Config::DEFAULT_PING_INTERVAL_MS,
             ping_timeout_ms: Config::DEFAULT_PING_TIMEOUT_MS,
             shutdown_timeout_ms: Config::DEFAULT_SHUTDOWN_TIMEOUT_MS,

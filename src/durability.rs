@@ -58,6 +58,8 @@ impl Flush for dyn EventStore {
 pub struct Durability {
     /// What is flushed, for the log.
     what: &'static str,
+    /// How long its flushes take.
+    flush_time: metrics::Histogram,
     appended: AtomicU64,
     wake: Notify,
     flushed: watch::Sender<Flushed>,
@@ -66,13 +68,14 @@ pub struct Durability {
 impl Durability {
     /// The group commit of the update log.
     pub fn new() -> Arc<Durability> {
-        Durability::named("update log")
+        Durability::named("update log", crate::metrics::get().update_log_flush.clone())
     }
 
-    /// The group commit of `what`.
-    pub fn named(what: &'static str) -> Arc<Durability> {
+    /// The group commit of `what`, whose flush times go to `flush_time`.
+    pub fn named(what: &'static str, flush_time: metrics::Histogram) -> Arc<Durability> {
         Arc::new(Durability {
             what,
+            flush_time,
             appended: AtomicU64::new(0),
             wake: Notify::new(),
             flushed: watch::Sender::new(Flushed::default()),
@@ -127,6 +130,8 @@ impl Durability {
         let target = self.appended.load(Ordering::Acquire);
         let started = tokio::time::Instant::now();
         let result = store.flush().await;
+        self.flush_time
+            .record(crate::metrics::secs(started.elapsed()));
         match &result {
             Ok(()) => {
                 self.flushed.send_modify(|f| {

@@ -6,15 +6,18 @@
 //!
 //! One entry point: [`serve`] takes a bound listener, a [`Config`] and a shutdown future.
 
+mod admin;
 mod api;
 pub mod auth;
 pub mod bench;
 pub mod config;
+pub mod connections;
 pub mod dashboard;
 pub mod docname;
 pub mod durability;
 mod error;
 pub mod events;
+pub mod metrics;
 pub mod peer;
 pub mod rooms;
 pub mod trace;
@@ -23,7 +26,7 @@ mod ws;
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::serve::ListenerExt;
 use axum::Router;
 use tandem_storage::{DocStore, EventStore, SledOptions, SledStore, StoreError};
@@ -49,6 +52,10 @@ pub struct AppState {
     durability: Arc<Durability>,
     /// The dashboard: events, subscriptions, presence, badges, locks.
     hub: Arc<Hub>,
+    /// The open connections, for the admin API and the connection metrics.
+    connections: Arc<connections::Connections>,
+    /// How often each user may report client errors.
+    client_error_limit: Arc<admin::ClientErrorLimit>,
     /// Connection tasks, awaited at shutdown.
     tasks: TaskTracker,
     /// Cancelled when shutdown starts.
@@ -146,7 +153,7 @@ pub async fn serve_with_stores(
         stop_flusher.clone(),
     );
     // The event log has a group commit of its own: publishers wait for it, not for documents.
-    let event_durability = Durability::named("event log");
+    let event_durability = Durability::named("event log", metrics::get().event_log_flush.clone());
     let event_flusher = event_durability.spawn_flusher(
         Arc::clone(&events),
         config.flush_interval(),
@@ -165,9 +172,11 @@ pub async fn serve_with_stores(
         token.clone(),
     ));
     hub.attach_rooms(&rooms);
+    let connections = connections::Connections::new(config.reconnect_window());
     let maintenance = spawn_maintenance(
         Arc::clone(&hub),
         Arc::clone(&rooms),
+        Arc::clone(&connections),
         std::time::Duration::from_millis(config.event_trim_interval_ms),
         stop_flusher.clone(),
     );
@@ -178,6 +187,10 @@ pub async fn serve_with_stores(
         rooms: Arc::clone(&rooms),
         durability: Arc::clone(&durability),
         hub: Arc::clone(&hub),
+        connections: Arc::clone(&connections),
+        client_error_limit: Arc::new(admin::ClientErrorLimit::per_minute(
+            config.client_errors_per_minute,
+        )),
         tasks: tasks.clone(),
         shutdown: token.clone(),
     };
@@ -193,14 +206,17 @@ pub async fn serve_with_stores(
             tracing::debug!(error = %err, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            cancel.cancel();
-            closing.close_all_peers(&CloseReason::ShuttingDown);
-            closing_hub.close_all(&CloseReason::ShuttingDown);
-        })
-        .await?;
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        cancel.cancel();
+        closing.close_all_peers(&CloseReason::ShuttingDown);
+        closing_hub.close_all(&CloseReason::ShuttingDown);
+    })
+    .await?;
 
     tracing::info!("shutting down: closing connections");
     token.cancel();
@@ -240,6 +256,7 @@ const AWARENESS_RENEWAL: std::time::Duration = std::time::Duration::from_secs(15
 fn spawn_maintenance(
     hub: Arc<Hub>,
     rooms: Arc<Rooms>,
+    connections: Arc<connections::Connections>,
     trim_every: std::time::Duration,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -254,6 +271,7 @@ fn spawn_maintenance(
                 _ = tick.tick() => {}
             }
             hub.tick();
+            connections.sweep();
             if tokio::time::Instant::now() >= next_renewal {
                 next_renewal = tokio::time::Instant::now() + AWARENESS_RENEWAL;
                 rooms.renew_server_awareness();
@@ -346,6 +364,13 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/ws/{*doc}", get(ws::upgrade))
         .route("/healthz", get(api::healthz))
+        .route("/readyz", get(admin::readyz))
+        .route("/metrics", get(admin::metrics))
+        .route("/api/v1/admin/connections", get(admin::connections))
+        .route("/api/v1/admin/connections/{id}", delete(admin::kick))
+        .route("/api/v1/admin/rooms", get(admin::rooms))
+        .route("/api/v1/admin/rooms/{*doc}", post(admin::compact))
+        .route("/api/v1/client-errors", post(admin::client_error))
         .route(
             "/api/v1/docs/{*doc}",
             get(api::get_doc).post(api::post_update),

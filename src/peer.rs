@@ -35,6 +35,8 @@ pub enum CloseReason {
     TokenExpired,
     /// The peer answered no ping within the timeout (4408).
     Unresponsive,
+    /// An administrator closed the connection (4000).
+    Kicked,
 }
 
 /// The longest close reason a close frame can carry (125 bytes of payload minus the code).
@@ -53,6 +55,7 @@ impl CloseReason {
             CloseReason::ShuttingDown => 1001,
             CloseReason::TokenExpired => 4401,
             CloseReason::Unresponsive => 4408,
+            CloseReason::Kicked => 4000,
         }
     }
 
@@ -69,6 +72,7 @@ impl CloseReason {
             CloseReason::ShuttingDown => "server shutting down",
             CloseReason::TokenExpired => "token expired; reconnect with a fresh token",
             CloseReason::Unresponsive => "no answer to pings",
+            CloseReason::Kicked => "closed by an administrator",
         };
         let mut end = text.len().min(MAX_REASON_BYTES);
         while !text.is_char_boundary(end) {

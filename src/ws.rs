@@ -24,10 +24,12 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::auth::Principal;
+use crate::connections::{ConnInfo, NewConn, Registration, Remote};
 use crate::docname::DocName;
 use crate::error::ApiError;
+use crate::metrics::{self, Failure, Kind};
 use crate::peer::{CloseReason, Closer, Liveness, Side, Tick};
-use crate::rooms::{Overflow, PeerLink, QueuedFrame, RoomHandle, RoomOpError};
+use crate::rooms::{Frame, Overflow, PeerLink, QueuedFrame, RoomHandle, RoomOpError};
 use crate::AppState;
 
 /// Connection ids, unique for the life of the process.
@@ -45,7 +47,7 @@ const WRITE_BATCH_FRAMES: usize = 64;
 /// for it. Rooms never queue an empty frame (every message has at least its type), so it
 /// cannot be mistaken.
 fn ping() -> QueuedFrame {
-    Arc::new(Bytes::new())
+    Arc::new(Frame::reply(Bytes::new()))
 }
 
 /// How long closing may take: the writer finishing its last frame and sending the close frame
@@ -57,31 +59,45 @@ pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// JSON 400 instead of a socket.
 pub async fn upgrade(
     State(app): State<AppState>,
+    Remote(remote): Remote,
     path: Result<Path<String>, PathRejection>,
     params: Result<Query<TokenParams>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let bad_request = |response: Response| {
+        metrics::get().failed(Failure::BadRequest);
+        response
+    };
     let name = match path {
         Ok(Path(raw)) => match DocName::parse(&raw) {
             Ok(name) => name,
             Err(err) => {
-                return ApiError::bad_request("bad_document_name", err.to_string()).into_response()
+                return bad_request(
+                    ApiError::bad_request("bad_document_name", err.to_string()).into_response(),
+                )
             }
         },
         Err(err) => {
-            return ApiError::bad_request("bad_document_name", err.body_text()).into_response()
+            return bad_request(
+                ApiError::bad_request("bad_document_name", err.body_text()).into_response(),
+            )
         }
     };
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
-        Err(err) => return websocket_required(&err, "the y-websocket protocol"),
+        Err(err) => return bad_request(websocket_required(&err, "the y-websocket protocol")),
     };
     let Ok(Query(params)) = params else {
-        return ApiError::bad_request("bad_query", "the query string is malformed").into_response();
+        return bad_request(
+            ApiError::bad_request("bad_query", "the query string is malformed").into_response(),
+        );
     };
     let (principal, access) = match app.auth.authorize_doc(params.token.as_deref(), &name) {
         Ok(granted) => granted,
-        Err(err) => return err.refuse("ws_doc", Some(&name)).into_response(),
+        Err(err) => {
+            metrics::get().failed(err.failure());
+            return err.refuse("ws_doc", Some(&name)).into_response();
+        }
     };
     let max = app.config.max_frame_bytes;
     upgrade
@@ -92,11 +108,23 @@ pub async fn upgrade(
             let conn = next_conn_id();
             let span = tracing::info_span!("conn", conn, doc = %name, user = %principal.user);
             let tasks = app.tasks.clone();
+            let closer = Closer::new();
+            let registration = app.connections.register(NewConn {
+                id: conn,
+                kind: Kind::Document,
+                user: principal.user.clone(),
+                workspace: name.workspace().to_owned(),
+                target: name.as_str().to_owned(),
+                remote,
+                closer: Some(closer.clone()),
+            });
             let session = Box::new(Session {
                 name,
                 peer: PeerId(conn),
                 access,
                 principal,
+                closer,
+                registration,
             });
             // Split here: a WebSocket held by value as an argument of `run` would stay in the
             // connection task's state for its whole life, even once moved out.
@@ -127,6 +155,9 @@ struct Session {
     peer: PeerId,
     access: Access,
     principal: Principal,
+    closer: Closer,
+    /// Unregisters the connection when the session ends.
+    registration: Registration,
 }
 
 /// Serves one connection until it closes.
@@ -183,6 +214,7 @@ struct Connected {
     pinger: mpsc::Sender<QueuedFrame>,
     /// How long the token has left.
     expires_in: Option<Duration>,
+    registration: Registration,
 }
 
 /// The writer task and the closer it obeys.
@@ -203,13 +235,20 @@ async fn connect(
         peer,
         access,
         principal,
+        closer,
+        registration,
     } = *session;
     let (outbound, queue) = mpsc::channel(app.config.outbound_queue);
-    let closer = Closer::new();
     // No span on the writer: entering one on every poll is measurable on the fan-out path, and
     // its only log line names the connection itself.
     let writer = Writer {
-        task: tokio::spawn(write_loop(sink, queue, closer.clone(), peer)),
+        task: tokio::spawn(write_loop(
+            sink,
+            queue,
+            closer.clone(),
+            peer,
+            Arc::clone(&registration.info),
+        )),
         closer: closer.clone(),
     };
     let pinger = outbound.clone();
@@ -248,6 +287,7 @@ async fn connect(
         closer,
         pinger,
         expires_in,
+        registration,
     };
     (Some(conn), writer)
 }
@@ -261,6 +301,7 @@ async fn serve(app: &AppState, conn: &Connected, stream: &mut SplitStream<WebSoc
         closer,
         pinger,
         expires_in,
+        registration,
     } = conn;
     let closed = closer.closed(Side::Reader);
     tokio::pin!(closed);
@@ -300,6 +341,7 @@ async fn serve(app: &AppState, conn: &Connected, stream: &mut SplitStream<WebSoc
                 liveness.heard();
                 match incoming {
                     Some(Ok(WsMessage::Binary(frame))) => {
+                        registration.info.received(frame.len());
                         let mut overflow = Overflow::default();
                         let received = app.rooms.receive(handle, *peer, frame, *access, &mut overflow);
                         if !overflow.is_empty() {
@@ -355,6 +397,7 @@ async fn write_loop(
     mut queue: mpsc::Receiver<QueuedFrame>,
     closer: Closer,
     peer: PeerId,
+    info: Arc<ConnInfo>,
 ) {
     let mut broken = false;
     let closed = closer.closed(Side::Writer);
@@ -369,10 +412,10 @@ async fn write_loop(
             },
         };
         let write = async {
-            sink.feed(outgoing(first)).await?;
+            sink.feed(outgoing(first, &info)).await?;
             for _ in 1..WRITE_BATCH_FRAMES {
                 match queue.try_recv() {
-                    Ok(frame) => sink.feed(outgoing(frame)).await?,
+                    Ok(frame) => sink.feed(outgoing(frame, &info)).await?,
                     Err(_) => break,
                 }
             }
@@ -423,13 +466,24 @@ pub(crate) async fn finish(
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, finish).await;
 }
 
-/// The WebSocket message for a queued frame.
-fn outgoing(frame: QueuedFrame) -> WsMessage {
-    if frame.is_empty() {
-        WsMessage::Ping(Bytes::new())
-    } else {
-        // The last peer to send a broadcast takes its bytes; the others share them.
-        WsMessage::Binary(Arc::unwrap_or_clone(frame))
+/// The WebSocket message for a queued frame, counted as sent.
+fn outgoing(frame: QueuedFrame, info: &ConnInfo) -> WsMessage {
+    if frame.bytes.is_empty() {
+        return WsMessage::Ping(Bytes::new());
+    }
+    info.sent(frame.bytes.len());
+    // The last peer to send a broadcast takes its bytes (the others share them), and says how
+    // long the update took to reach everyone.
+    match Arc::try_unwrap(frame) {
+        Ok(frame) => {
+            if let Some(received) = frame.received {
+                metrics::get()
+                    .propagation
+                    .record(metrics::secs(received.elapsed()));
+            }
+            WsMessage::Binary(frame.bytes)
+        }
+        Err(shared) => WsMessage::Binary(shared.bytes.clone()),
     }
 }
 

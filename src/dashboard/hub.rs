@@ -45,7 +45,7 @@ use tandem_crdt::{AwarenessChange, PeerId, SERVER_CLIENT_BASE};
 #[derive(Debug, Clone)]
 pub enum Outgoing {
     /// An event: those ready within one batch window go out as one `batch` frame.
-    Event(Utf8Bytes),
+    Event(Arc<Delivered>),
     /// Anything else (pong, error, lock answers, chat badges), sent on its own.
     Reply(Utf8Bytes),
     /// A WebSocket ping.
@@ -241,6 +241,8 @@ pub struct Delivered {
     channel: Channel,
     user_ids: Vec<String>,
     pub frame: Utf8Bytes,
+    /// When it was published (live events only), for the delivery delay.
+    pub published: Option<Instant>,
 }
 
 impl Delivered {
@@ -261,6 +263,7 @@ impl Delivered {
             channel: events::channel_of(&head.kind)?,
             user_ids: head.user_ids.iter().filter_map(events::id_text).collect(),
             frame: frame_with_id(stored.id, &stored.body)?.into(),
+            published: None,
         })
     }
 }
@@ -304,7 +307,7 @@ impl Viewer<'_> {
 /// What a long-poll or a page of the log found.
 #[derive(Debug, Default)]
 pub struct Page {
-    pub frames: Vec<Utf8Bytes>,
+    pub events: Vec<Arc<Delivered>>,
     /// The last id looked at: the next `since`.
     pub last_id: u64,
     /// Set when what was asked for is older than retention kept: the oldest id still kept.
@@ -403,6 +406,11 @@ impl Hub {
         self.workspaces.get(name)?.get().cloned()
     }
 
+    /// Whether the event log's flushes are failing.
+    pub fn is_failing(&self) -> bool {
+        self.durability.is_failing()
+    }
+
     pub fn settings(&self) -> &HubSettings {
         &self.settings
     }
@@ -484,6 +492,7 @@ impl Hub {
         st: &mut State,
         mut event: Event,
     ) -> Result<(u64, Ticket), StoreError> {
+        let published = Instant::now();
         let (at_ms, timestamp) = now_wall();
         event
             .fields
@@ -507,6 +516,7 @@ impl Hub {
                 channel: event.channel,
                 user_ids: event.user_ids,
                 frame: frame.into(),
+                published: Some(published),
             }),
             badge_users,
         });
@@ -755,7 +765,7 @@ impl Hub {
         let mut st = ws.lock();
         if let Some(c) = st.conns.get_mut(&conn) {
             for event in c.held.take().unwrap_or_default() {
-                c.send(Outgoing::Event(event.frame.clone()));
+                c.send(Outgoing::Event(event));
             }
         }
         replayed
@@ -789,9 +799,9 @@ impl Hub {
                 }
                 return Ok(());
             }
-            for frame in page.frames {
+            for event in page.events {
                 if tx
-                    .send_timeout(Outgoing::Event(frame), self.settings.lag_timeout)
+                    .send_timeout(Outgoing::Event(event), self.settings.lag_timeout)
                     .await
                     .is_err()
                 {
@@ -820,7 +830,7 @@ impl Hub {
             last_id: after,
             ..Page::default()
         };
-        while page.frames.len() < limit && page.last_id < upto {
+        while page.events.len() < limit && page.last_id < upto {
             let events = match self.store.since(workspace, page.last_id, PAGE).await? {
                 Since::Resync { oldest } => {
                     page.resync_from = Some(oldest);
@@ -832,12 +842,12 @@ impl Hub {
                 break;
             }
             for stored in events {
-                if stored.id > upto || page.frames.len() >= limit {
+                if stored.id > upto || page.events.len() >= limit {
                     return Ok(page);
                 }
                 page.last_id = stored.id;
                 match Delivered::from_stored(&stored) {
-                    Some(event) if wants(&event) => page.frames.push(event.frame),
+                    Some(event) if wants(&event) => page.events.push(Arc::new(event)),
                     Some(_) => {}
                     None => {
                         tracing::warn!(workspace, id = stored.id, "skipping an unreadable event")
@@ -892,7 +902,7 @@ impl Hub {
                 let page = self
                     .read(workspace, &|e| viewer.sees(e), cursor, upto, POLL_LIMIT)
                     .await?;
-                if page.resync_from.is_some() || !page.frames.is_empty() {
+                if page.resync_from.is_some() || !page.events.is_empty() {
                     return Ok(page);
                 }
                 cursor = page.last_id.max(cursor);
@@ -1589,7 +1599,7 @@ impl State {
                         c.closer.close(CloseReason::Lagging);
                     }
                 }
-                None => c.send(Outgoing::Event(event.frame.clone())),
+                None => c.send(Outgoing::Event(Arc::clone(event))),
             }
         }
     }
@@ -1649,6 +1659,7 @@ mod tests {
             channel: events::channel_of(kind).unwrap(),
             user_ids: user_ids.iter().map(|u| u.to_string()).collect(),
             frame: "{}".into(),
+            published: None,
         }
     }
 

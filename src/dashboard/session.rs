@@ -26,7 +26,9 @@ use super::presence::Source;
 use super::protocol::{self, Action, PresenceUpdate, ProtocolError};
 use super::ChannelSet;
 use crate::api::{identity, Identity, IdentityParams};
+use crate::connections::{ConnInfo, NewConn, Registration, Remote};
 use crate::error::ApiError;
+use crate::metrics::{Failure, Kind};
 use crate::peer::{CloseReason, Closer, Liveness, Side, Tick};
 use crate::ws::{drain_until_closed, finish, read_error_reason, websocket_required, CLOSE_TIMEOUT};
 use crate::AppState;
@@ -41,20 +43,31 @@ const BAD_FRAME_WINDOW: Duration = Duration::from_secs(60);
 /// a refusal is a JSON answer with its status.
 pub async fn upgrade(
     State(app): State<AppState>,
+    Remote(remote): Remote,
     params: Result<Query<IdentityParams>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     const ROUTE: &str = "ws_dashboard";
+    let refused = |err: ApiError| {
+        crate::metrics::get().failed(Failure::of(&err));
+        err.into_response()
+    };
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
-        Err(err) => return websocket_required(&err, "the dashboard protocol over WebSocket"),
+        Err(err) => {
+            crate::metrics::get().failed(Failure::BadRequest);
+            return websocket_required(&err, "the dashboard protocol over WebSocket");
+        }
     };
     let Ok(Query(params)) = params else {
-        return ApiError::bad_request("bad_query", "the query string is malformed").into_response();
+        return refused(ApiError::bad_request(
+            "bad_query",
+            "the query string is malformed",
+        ));
     };
     let who = match identity(&app, params.token.as_deref(), &params, ROUTE, true) {
         Ok(who) => who,
-        Err(err) => return err.into_response(),
+        Err(err) => return refused(err),
     };
     let ws = match app.hub.workspace(&who.workspace).await {
         Ok(ws) => ws,
@@ -72,20 +85,38 @@ pub async fn upgrade(
                 user = %who.user
             );
             let tasks = app.tasks.clone();
-            tasks.track_future(run(app, socket, ws, who, conn).instrument(span))
+            let closer = Closer::new();
+            let registration = app.connections.register(NewConn {
+                id: conn,
+                kind: Kind::Dashboard,
+                user: who.user.clone(),
+                workspace: who.workspace.clone(),
+                target: "dashboard".into(),
+                remote,
+                closer: Some(closer.clone()),
+            });
+            let connection = Box::new((who, registration, closer));
+            tasks.track_future(run(app, socket, ws, connection, conn).instrument(span))
         })
 }
 
 /// Serves one dashboard connection until it closes.
-async fn run(app: AppState, socket: WebSocket, ws: Arc<Workspace>, who: Identity, conn: u64) {
+async fn run(
+    app: AppState,
+    socket: WebSocket,
+    ws: Arc<Workspace>,
+    connection: Box<(Identity, Registration, Closer)>,
+    conn: u64,
+) {
+    let (who, registration, closer) = *connection;
     let (sink, mut stream) = socket.split();
     let (tx, queue) = mpsc::channel(app.config.outbound_queue);
-    let closer = Closer::new();
     let writer = tokio::spawn(write_loop(
         sink,
         queue,
         closer.clone(),
         app.config.dashboard_batch(),
+        Arc::clone(&registration.info),
     ));
     let hub = Arc::clone(&app.hub);
     hub.join(
@@ -120,6 +151,7 @@ async fn run(app: AppState, socket: WebSocket, ws: Arc<Workspace>, who: Identity
             conn,
             tx,
             closer: &closer,
+            info: &registration.info,
         };
         session.serve(&mut stream).await;
     }
@@ -158,6 +190,7 @@ struct Session<'a> {
     conn: u64,
     tx: mpsc::Sender<Outgoing>,
     closer: &'a Closer,
+    info: &'a ConnInfo,
 }
 
 /// Counts bad frames in a window.
@@ -226,6 +259,11 @@ impl Session<'_> {
                 incoming = stream.next() => incoming,
             };
             liveness.heard();
+            if let Some(Ok(WsMessage::Text(text))) = &incoming {
+                self.info.received(text.len());
+            } else if let Some(Ok(WsMessage::Binary(bytes))) = &incoming {
+                self.info.received(bytes.len());
+            }
             let refusal = match incoming {
                 Some(Ok(WsMessage::Text(text))) => {
                     if text.len() > config.max_dashboard_frame_bytes {
@@ -336,6 +374,8 @@ impl Session<'_> {
     /// live (after any replay), and all the connection now has.
     fn subscriptions(&self, kind: &str, changed: ChannelSet) -> Utf8Bytes {
         let now = self.hub.channels(self.ws, self.conn);
+        self.info
+            .set_target(format!("dashboard: {}", now.names().join(",")));
         serde_json::json!({
             "type": kind,
             "channels": changed.names(),
@@ -354,6 +394,7 @@ async fn write_loop(
     mut queue: mpsc::Receiver<Outgoing>,
     closer: Closer,
     window: Duration,
+    info: Arc<ConnInfo>,
 ) {
     let mut sink = sink;
     let mut broken = false;
@@ -390,14 +431,21 @@ async fn write_loop(
                 match frame {
                     Outgoing::Event(event) => {
                         sent_event = true;
-                        batch.push(event);
+                        batch.push(event.frame.clone());
+                        // The last subscriber to send an event says how long delivery took.
+                        if let (1, Some(published)) = (Arc::strong_count(&event), event.published) {
+                            crate::metrics::get()
+                                .event_delivery
+                                .record(crate::metrics::secs(published.elapsed()));
+                        }
                     }
                     Outgoing::Reply(reply) => {
-                        feed_batch(&mut sink, &mut batch).await?;
+                        feed_batch(&mut sink, &mut batch, &info).await?;
+                        info.sent(reply.len());
                         sink.feed(WsMessage::Text(reply)).await?;
                     }
                     Outgoing::Ping => {
-                        feed_batch(&mut sink, &mut batch).await?;
+                        feed_batch(&mut sink, &mut batch, &info).await?;
                         sink.feed(WsMessage::Ping(bytes::Bytes::new())).await?;
                     }
                 }
@@ -406,7 +454,7 @@ async fn write_loop(
                     next = queue.try_recv().ok();
                 }
             }
-            feed_batch(&mut sink, &mut batch).await?;
+            feed_batch(&mut sink, &mut batch, &info).await?;
             sink.flush().await.map(|()| sent_event)
         };
         tokio::pin!(write);
@@ -437,6 +485,7 @@ async fn write_loop(
 async fn feed_batch(
     sink: &mut SplitSink<WebSocket, WsMessage>,
     batch: &mut Vec<Utf8Bytes>,
+    info: &ConnInfo,
 ) -> Result<(), axum::Error> {
     let frame = match batch.len() {
         0 => return Ok(()),
@@ -453,5 +502,6 @@ async fn feed_batch(
             text.into()
         }
     };
+    info.sent(frame.len());
     sink.feed(WsMessage::Text(frame)).await
 }

@@ -1,0 +1,231 @@
+//! Monitoring and administration: `GET /metrics`, `GET /readyz`, the admin API (admin role)
+//! and the reports of client-side errors.
+
+use std::num::NonZeroU32;
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde_json::{json, Value};
+
+use crate::api::{bearer, read_body};
+use crate::auth::{AuthError, Role};
+use crate::docname::DocName;
+use crate::error::ApiError;
+use crate::rooms::RoomOpError;
+use crate::AppState;
+
+/// `GET /metrics`: every metric in the Prometheus text format.
+pub async fn metrics() -> Response {
+    match crate::metrics::handle() {
+        Some(handle) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics_unavailable",
+            "another metrics recorder was installed in this process",
+        )
+        .into_response(),
+    }
+}
+
+/// `GET /readyz`: 200 when the server can take writes; 503 naming what fails (the data
+/// directory not writable, a log whose flushes fail).
+pub async fn readyz(State(app): State<AppState>) -> Response {
+    let mut failing = Vec::new();
+    let dir = app.config.data_dir.clone();
+    let probe = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        use std::io::Write;
+        let path = dir.join(".readyz");
+        let mut file = std::fs::File::create(&path)?;
+        file.write_all(b"ready")?;
+        file.sync_all()?;
+        std::fs::remove_file(&path)
+    })
+    .await;
+    match probe {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => failing.push(json!({
+            "part": "storage",
+            "message": format!("the data directory is not writable: {err}"),
+        })),
+        Err(err) => failing.push(json!({"part": "storage", "message": err.to_string()})),
+    }
+    if app.durability.is_failing() {
+        failing.push(json!({"part": "update_log", "message": "flushing the update log fails"}));
+    }
+    if app.hub.is_failing() {
+        failing.push(json!({"part": "event_log", "message": "flushing the event log fails"}));
+    }
+    if failing.is_empty() {
+        Json(json!({ "status": "ready" })).into_response()
+    } else {
+        tracing::warn!(?failing, "not ready");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not_ready", "failing": failing })),
+        )
+            .into_response()
+    }
+}
+
+/// The workspace an admin request may see (`None`: every one, in open mode).
+fn admin(
+    app: &AppState,
+    headers: &HeaderMap,
+    route: &'static str,
+) -> Result<Option<String>, ApiError> {
+    let principal = app
+        .auth
+        .authenticate(bearer(headers)?)
+        .map_err(|e| e.refuse(route, None))?;
+    if !app.auth.is_open() && principal.role != Role::Admin {
+        return Err(AuthError::RoleRequired(Role::Admin).refuse(route, None));
+    }
+    Ok(principal.workspace)
+}
+
+/// `GET /api/v1/admin/connections`: the open connections of the admin's workspace.
+pub async fn connections(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let scope = admin(&app, &headers, "admin_connections")?;
+    Ok(Json(
+        json!({ "connections": app.connections.list(scope.as_deref()) }),
+    ))
+}
+
+/// `DELETE /api/v1/admin/connections/{id}`: closes a connection with 4000.
+pub async fn kick(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    id: Result<Path<u64>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let scope = admin(&app, &headers, "admin_kick")?;
+    let Path(id) = id.map_err(|e| ApiError::bad_request("bad_connection_id", e.body_text()))?;
+    if !app.connections.kick(id, scope.as_deref()) {
+        return Err(ApiError::not_found(format!(
+            "no connection {id} that can be closed"
+        )));
+    }
+    tracing::info!(conn = id, "connection closed by an administrator");
+    Ok(Json(json!({ "closed": id })))
+}
+
+/// `GET /api/v1/admin/rooms`: the documents in memory in the admin's workspace.
+pub async fn rooms(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let scope = admin(&app, &headers, "admin_rooms")?;
+    Ok(Json(json!({ "rooms": app.rooms.list(scope.as_deref()) })))
+}
+
+/// `POST /api/v1/admin/rooms/{doc}/compact`: compacts a document now.
+pub async fn compact(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let scope = admin(&app, &headers, "admin_compact")?;
+    let Path(raw) = path.map_err(|e| ApiError::bad_request("bad_document_name", e.body_text()))?;
+    let Some(doc) = raw.strip_suffix("/compact") else {
+        return Err(ApiError::not_found(
+            "documents are compacted with POST /api/v1/admin/rooms/{doc}/compact",
+        ));
+    };
+    let name = DocName::parse(doc)
+        .map_err(|e| ApiError::bad_request("bad_document_name", e.to_string()))?;
+    if scope.as_deref().is_some_and(|w| name.workspace() != w) {
+        return Err(AuthError::WrongWorkspace.refuse("admin_compact", Some(&name)));
+    }
+    let absorbed = app.rooms.compact_doc(&name).await.map_err(|e| match e {
+        RoomOpError::Store(e) => ApiError::storage(&e),
+        RoomOpError::Room(e) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "document_unavailable",
+            e.to_string(),
+        ),
+    })?;
+    tracing::info!(doc = %name, absorbed, "compacted by an administrator");
+    Ok(Json(
+        json!({ "document": name.as_str(), "compacted_updates": absorbed }),
+    ))
+}
+
+/// How fast one user may report client errors.
+pub struct ClientErrorLimit(DefaultKeyedRateLimiter<String>);
+
+impl ClientErrorLimit {
+    pub fn per_minute(n: u32) -> ClientErrorLimit {
+        let n = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+        ClientErrorLimit(RateLimiter::keyed(Quota::per_minute(n)))
+    }
+}
+
+/// The longest text kept from a client error's field, in characters.
+const MAX_FIELD_CHARS: usize = 2_000;
+
+/// `POST /api/v1/client-errors` (any valid token): a browser reports an error,
+/// `{"message": "...", "page": "/queries/456", "stack": "...", "kind": "..."}`. Counted in
+/// `tandem_client_errors_total` and logged with the user and page; 202.
+pub async fn client_error(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    const ROUTE: &str = "http_client_errors";
+    let principal = app
+        .auth
+        .authenticate(bearer(&headers)?)
+        .map_err(|e| e.refuse(ROUTE, None))?;
+    if let Err(not_until) = app.client_error_limit.0.check_key(&principal.user) {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        let secs = wait.as_secs().max(1);
+        let mut response = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many error reports; retry in {secs} s"),
+        )
+        .into_response();
+        if let Ok(value) = header::HeaderValue::from_str(&secs.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return Ok(response);
+    }
+    let bytes = read_body(body, app.config.max_dashboard_frame_bytes).await?;
+    let report: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request("bad_json", format!("the body is not JSON: {e}")))?;
+    let text = |key: &str| -> Option<String> {
+        report
+            .get(key)
+            .and_then(Value::as_str)
+            .map(|s| s.chars().take(MAX_FIELD_CHARS).collect())
+    };
+    let Some(message) = text("message").filter(|m| !m.is_empty()) else {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "missing_field",
+            "a client error needs a non-empty `message`",
+        ));
+    };
+    crate::metrics::get().client_errors.increment(1);
+    tracing::warn!(
+        user = %principal.user,
+        workspace = principal.workspace.as_deref().unwrap_or("-"),
+        page = text("page").as_deref().unwrap_or("-"),
+        kind = text("kind").as_deref().unwrap_or("-"),
+        stack = text("stack").as_deref().unwrap_or("-"),
+        "client error: {message}"
+    );
+    Ok((StatusCode::ACCEPTED, Json(json!({ "ok": true }))).into_response())
+}

@@ -1,0 +1,259 @@
+//! The open connections: what the admin API lists and kicks, and what the connection metrics
+//! count (opened, active, duration, bytes and messages, reconnects, closes by reason).
+//!
+//! A connection registers when it starts and holds a [`Registration`]; dropping it (however the
+//! connection ends) unregisters it, records its duration and why it closed, and remembers the
+//! user and target for the reconnect window.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use dashmap::DashMap;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use crate::metrics::{self, Failure, Kind};
+use crate::peer::{CloseReason, Closer};
+
+/// The peer's address, when the server runs with connect info (as `serve` does).
+pub struct Remote(pub Option<SocketAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Remote {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Remote, Self::Rejection> {
+        Ok(Remote(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                .map(|info| info.0),
+        ))
+    }
+}
+
+/// One open connection.
+pub struct ConnInfo {
+    pub id: u64,
+    pub kind: Kind,
+    pub user: String,
+    pub workspace: String,
+    /// The document, or for a dashboard its subscriptions.
+    target: Mutex<String>,
+    /// What a reconnect is a reconnect to: the document, or the dashboard.
+    key: String,
+    pub remote: Option<SocketAddr>,
+    since: SystemTime,
+    /// How many times in a row this user came back to this target within the window.
+    pub reconnects: u32,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    messages_in: AtomicU64,
+    messages_out: AtomicU64,
+    /// `None` for a long-poll, which cannot be kicked.
+    closer: Option<Closer>,
+}
+
+impl ConnInfo {
+    /// A message of `bytes` came in.
+    pub fn received(&self, bytes: usize) {
+        self.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.messages_in.fetch_add(1, Ordering::Relaxed);
+        let kind = metrics::get().kind(self.kind);
+        kind.bytes_in.increment(bytes as u64);
+        kind.messages_in.increment(1);
+    }
+
+    /// A message of `bytes` went out.
+    pub fn sent(&self, bytes: usize) {
+        self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.messages_out.fetch_add(1, Ordering::Relaxed);
+        let kind = metrics::get().kind(self.kind);
+        kind.bytes_out.increment(bytes as u64);
+        kind.messages_out.increment(1);
+    }
+
+    /// Replaces what the connection is about (a dashboard's subscriptions change).
+    pub fn set_target(&self, target: String) {
+        *self.target.lock().unwrap_or_else(|p| p.into_inner()) = target;
+    }
+
+    fn json(&self) -> Value {
+        let since = time::OffsetDateTime::from(self.since);
+        json!({
+            "id": self.id,
+            "kind": self.kind,
+            "user": self.user,
+            "workspace": self.workspace,
+            "target": *self.target.lock().unwrap_or_else(|p| p.into_inner()),
+            "remote_addr": self.remote.map(|a| a.to_string()),
+            "connected_since": crate::dashboard::presence::rfc3339(since),
+            "bytes_received": self.bytes_in.load(Ordering::Relaxed),
+            "bytes_sent": self.bytes_out.load(Ordering::Relaxed),
+            "messages_received": self.messages_in.load(Ordering::Relaxed),
+            "messages_sent": self.messages_out.load(Ordering::Relaxed),
+            "reconnects": self.reconnects,
+        })
+    }
+}
+
+/// What a new connection is.
+pub struct NewConn {
+    pub id: u64,
+    pub kind: Kind,
+    pub user: String,
+    pub workspace: String,
+    pub target: String,
+    pub remote: Option<SocketAddr>,
+    pub closer: Option<Closer>,
+}
+
+/// The registry.
+pub struct Connections {
+    conns: DashMap<u64, Arc<ConnInfo>>,
+    /// (user, target) → when they last left and how many reconnects that was.
+    recent: DashMap<(String, String), (Instant, u32)>,
+    window: Duration,
+}
+
+/// Held by a connection while it is open.
+pub struct Registration {
+    registry: Arc<Connections>,
+    pub info: Arc<ConnInfo>,
+    opened: Instant,
+}
+
+impl Connections {
+    /// A registry whose reconnect window is `window`.
+    pub fn new(window: Duration) -> Arc<Connections> {
+        Arc::new(Connections {
+            conns: DashMap::new(),
+            recent: DashMap::new(),
+            window,
+        })
+    }
+
+    /// Registers a connection that just opened.
+    pub fn register(self: &Arc<Self>, new: NewConn) -> Registration {
+        let now = Instant::now();
+        let target_key = match new.kind {
+            Kind::Document => new.target.clone(),
+            Kind::Dashboard | Kind::LongPoll => new.kind.label().to_owned(),
+        };
+        let key = (new.user.clone(), target_key.clone());
+        let reconnects = match self.recent.remove(&key) {
+            Some((_, (left, count))) if now.duration_since(left) <= self.window => {
+                metrics::get().reconnects.increment(1);
+                count + 1
+            }
+            _ => 0,
+        };
+        let info = Arc::new(ConnInfo {
+            id: new.id,
+            kind: new.kind,
+            user: new.user,
+            workspace: new.workspace,
+            target: Mutex::new(new.target),
+            key: target_key,
+            remote: new.remote,
+            since: SystemTime::now(),
+            reconnects,
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            messages_in: AtomicU64::new(0),
+            messages_out: AtomicU64::new(0),
+            closer: new.closer,
+        });
+        let kind = metrics::get().kind(info.kind);
+        kind.opened.increment(1);
+        kind.active.increment(1.0);
+        self.conns.insert(info.id, Arc::clone(&info));
+        Registration {
+            registry: Arc::clone(self),
+            info,
+            opened: now,
+        }
+    }
+
+    /// The open connections of `workspace` (all of them with `None`), oldest first.
+    pub fn list(&self, workspace: Option<&str>) -> Vec<Value> {
+        let mut infos: Vec<Arc<ConnInfo>> = self
+            .conns
+            .iter()
+            .filter(|e| workspace.is_none_or(|w| e.value().workspace == w))
+            .map(|e| Arc::clone(e.value()))
+            .collect();
+        infos.sort_by_key(|info| info.id);
+        infos.iter().map(|info| info.json()).collect()
+    }
+
+    /// Closes connection `id` (of `workspace`, when given) with 4000. False when there is no
+    /// such connection or it cannot be closed (a long-poll).
+    pub fn kick(&self, id: u64, workspace: Option<&str>) -> bool {
+        let Some(info) = self.conns.get(&id).map(|e| Arc::clone(e.value())) else {
+            return false;
+        };
+        if workspace.is_some_and(|w| info.workspace != w) {
+            return false;
+        }
+        match &info.closer {
+            Some(closer) => {
+                closer.close(CloseReason::Kicked);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets departures older than the reconnect window.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        self.recent
+            .retain(|_, (left, _)| now.duration_since(*left) <= self.window);
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let info = &self.info;
+        self.registry.conns.remove(&info.id);
+        let m = metrics::get();
+        let kind = m.kind(info.kind);
+        kind.active.decrement(1.0);
+        kind.duration.record(metrics::secs(self.opened.elapsed()));
+        let reason = info.closer.as_ref().and_then(|c| c.reason().cloned());
+        let (label, failure) = close_label(reason.as_ref());
+        m.closed(info.kind, label);
+        if let Some(failure) = failure {
+            m.failed(failure);
+        }
+        self.registry.recent.insert(
+            (info.user.clone(), info.key.clone()),
+            (Instant::now(), info.reconnects),
+        );
+    }
+}
+
+/// The `reason` label of a close, and the failure it counts as.
+fn close_label(reason: Option<&CloseReason>) -> (&'static str, Option<Failure>) {
+    match reason {
+        None => ("client", None),
+        Some(CloseReason::ShuttingDown) => ("shutdown", None),
+        Some(CloseReason::TokenExpired) => ("token_expired", None),
+        Some(CloseReason::Kicked) => ("kicked", None),
+        Some(CloseReason::Reloading) => ("reloading", None),
+        Some(CloseReason::Lagging) => ("overflow", Some(Failure::Overflow)),
+        Some(CloseReason::Unresponsive) => ("timeout", Some(Failure::Timeout)),
+        Some(CloseReason::Storage) => ("storage", Some(Failure::Storage)),
+        Some(
+            CloseReason::Protocol(_)
+            | CloseReason::Unsupported(_)
+            | CloseReason::Policy(_)
+            | CloseReason::TooLarge(_),
+        ) => ("protocol", Some(Failure::Protocol)),
+    }
+}

@@ -1,0 +1,307 @@
+//! Prometheus metrics: the recorder (installed once per process), the text `GET /metrics`
+//! serves, and the handles the hot paths use. Handles are looked up once, here; after that a
+//! counter is one atomic add.
+//!
+//! Names follow Prometheus conventions: a `tandem_` prefix, base units (seconds, bytes),
+//! `_total` counters, and labels with a bounded set of values (never a document or a user).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics::{Counter, Gauge, Histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// What a connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A document over the y-websocket protocol (`/ws/{doc}`).
+    Document,
+    /// A dashboard on `/ws`.
+    Dashboard,
+    /// A long-poll on `GET /api/v1/events`.
+    LongPoll,
+}
+
+impl Kind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Document => "document",
+            Kind::Dashboard => "dashboard",
+            Kind::LongPoll => "long_poll",
+        }
+    }
+}
+
+/// Why a connection failed: refused before it began, or closed for a fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// No token, a bad or expired one, or one without access.
+    Auth,
+    /// The token's plan has no real-time features.
+    Plan,
+    /// A malformed request (document name, query string, not a WebSocket).
+    BadRequest,
+    /// A malformed or unacceptable message, or too many bad frames.
+    Protocol,
+    /// The client could not keep up with its queue.
+    Overflow,
+    /// The client stopped answering pings.
+    Timeout,
+    /// Storage failed.
+    Storage,
+}
+
+impl Failure {
+    /// What a refused request counts as.
+    pub fn of(err: &crate::error::ApiError) -> Failure {
+        match (err.code, err.status.as_u16()) {
+            ("plan_required", _) => Failure::Plan,
+            (_, 401 | 403) => Failure::Auth,
+            (_, 503) => Failure::Storage,
+            _ => Failure::BadRequest,
+        }
+    }
+
+    const ALL: [Failure; 7] = [
+        Failure::Auth,
+        Failure::Plan,
+        Failure::BadRequest,
+        Failure::Protocol,
+        Failure::Overflow,
+        Failure::Timeout,
+        Failure::Storage,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Failure::Auth => "auth",
+            Failure::Plan => "plan",
+            Failure::BadRequest => "bad_request",
+            Failure::Protocol => "protocol",
+            Failure::Overflow => "overflow",
+            Failure::Timeout => "timeout",
+            Failure::Storage => "storage",
+        }
+    }
+}
+
+/// The metrics of one kind of connection.
+pub struct KindMetrics {
+    pub active: Gauge,
+    pub opened: Counter,
+    pub duration: Histogram,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    pub messages_in: Counter,
+    pub messages_out: Counter,
+}
+
+impl KindMetrics {
+    fn new(kind: Kind) -> KindMetrics {
+        let k = kind.label();
+        KindMetrics {
+            active: metrics::gauge!("tandem_connections_active", "kind" => k),
+            opened: counter!("tandem_connections_opened_total", "kind" => k),
+            duration: metrics::histogram!("tandem_connection_duration_seconds", "kind" => k),
+            bytes_in: counter!("tandem_bytes_received_total", "kind" => k),
+            bytes_out: counter!("tandem_bytes_sent_total", "kind" => k),
+            messages_in: counter!("tandem_messages_received_total", "kind" => k),
+            messages_out: counter!("tandem_messages_sent_total", "kind" => k),
+        }
+    }
+}
+
+/// Every handle the server records into.
+pub struct Metrics {
+    pub document: KindMetrics,
+    pub dashboard: KindMetrics,
+    pub long_poll: KindMetrics,
+    failed: [Counter; Failure::ALL.len()],
+    pub reconnects: Counter,
+    /// Update received → handed to the last peer's socket.
+    pub propagation: Histogram,
+    /// Event published → handed to the last subscriber's socket.
+    pub event_delivery: Histogram,
+    pub rooms_loaded: Gauge,
+    pub room_load: Histogram,
+    pub update_log_flush: Histogram,
+    pub event_log_flush: Histogram,
+    /// Bytes appended to the update log (what its flushes write).
+    pub update_log_bytes: Counter,
+    pub client_errors: Counter,
+}
+
+impl Metrics {
+    pub fn kind(&self, kind: Kind) -> &KindMetrics {
+        match kind {
+            Kind::Document => &self.document,
+            Kind::Dashboard => &self.dashboard,
+            Kind::LongPoll => &self.long_poll,
+        }
+    }
+
+    /// Counts a failed connection.
+    pub fn failed(&self, failure: Failure) {
+        let index = Failure::ALL.iter().position(|f| *f == failure).unwrap_or(0);
+        self.failed[index].increment(1);
+    }
+
+    /// Counts a closed connection, with why.
+    pub fn closed(&self, kind: Kind, reason: &'static str) {
+        counter!("tandem_connections_closed_total", "kind" => kind.label(), "reason" => reason)
+            .increment(1);
+    }
+}
+
+/// Buckets of the latency histograms, in seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0,
+];
+
+/// Buckets of connection durations, in seconds.
+const DURATION_BUCKETS: &[f64] = &[
+    1.0, 10.0, 60.0, 300.0, 900.0, 3_600.0, 14_400.0, 43_200.0, 86_400.0,
+];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+/// The recorder's handle; installs the recorder on first use. `None` when another recorder was
+/// installed in this process first (then `/metrics` says so).
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets(LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("tandem_connection_duration_seconds".into()),
+                        DURATION_BUCKETS,
+                    )
+                });
+            let recorder = match builder {
+                Ok(builder) => builder.install_recorder(),
+                Err(err) => {
+                    tracing::error!(error = %err, "bad histogram buckets");
+                    return None;
+                }
+            };
+            match recorder {
+                Ok(handle) => {
+                    describe();
+                    Some(handle)
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "metrics recorder not installed");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// The server's metrics (the recorder is installed first, so the handles record).
+pub fn get() -> &'static Metrics {
+    METRICS.get_or_init(|| {
+        let _ = handle();
+        Metrics {
+            document: KindMetrics::new(Kind::Document),
+            dashboard: KindMetrics::new(Kind::Dashboard),
+            long_poll: KindMetrics::new(Kind::LongPoll),
+            failed: Failure::ALL.map(|f| {
+                counter!("tandem_connections_failed_total", "reason" => f.label())
+            }),
+            reconnects: counter!("tandem_reconnects_total"),
+            propagation: metrics::histogram!("tandem_update_propagation_seconds"),
+            event_delivery: metrics::histogram!("tandem_event_delivery_seconds"),
+            rooms_loaded: metrics::gauge!("tandem_rooms_loaded"),
+            room_load: metrics::histogram!("tandem_document_load_seconds"),
+            update_log_flush: metrics::histogram!("tandem_storage_flush_seconds", "log" => "updates"),
+            event_log_flush: metrics::histogram!("tandem_storage_flush_seconds", "log" => "events"),
+            update_log_bytes: counter!("tandem_storage_written_bytes_total", "log" => "updates"),
+            client_errors: counter!("tandem_client_errors_total"),
+        }
+    })
+}
+
+/// Seconds, as histograms take them.
+pub fn secs(duration: Duration) -> f64 {
+    duration.as_secs_f64()
+}
+
+fn describe() {
+    describe_gauge!("tandem_connections_active", "Open connections, by kind");
+    describe_counter!(
+        "tandem_connections_opened_total",
+        "Connections opened, by kind"
+    );
+    describe_counter!(
+        "tandem_connections_closed_total",
+        "Connections closed, by kind and reason"
+    );
+    describe_counter!(
+        "tandem_connections_failed_total",
+        "Connections refused or closed for a fault, by reason"
+    );
+    describe_histogram!(
+        "tandem_connection_duration_seconds",
+        Unit::Seconds,
+        "How long connections lasted"
+    );
+    describe_counter!(
+        "tandem_reconnects_total",
+        "Connections of a user to a document (or the dashboard) they left within the reconnect window"
+    );
+    describe_counter!(
+        "tandem_bytes_received_total",
+        Unit::Bytes,
+        "Bytes received in WebSocket messages"
+    );
+    describe_counter!(
+        "tandem_bytes_sent_total",
+        Unit::Bytes,
+        "Bytes sent in WebSocket messages"
+    );
+    describe_counter!(
+        "tandem_messages_received_total",
+        "WebSocket messages received"
+    );
+    describe_counter!("tandem_messages_sent_total", "WebSocket messages sent");
+    describe_histogram!(
+        "tandem_update_propagation_seconds",
+        Unit::Seconds,
+        "From an update's arrival to its hand-over to the last peer's socket"
+    );
+    describe_histogram!(
+        "tandem_event_delivery_seconds",
+        Unit::Seconds,
+        "From an event's publication to its hand-over to the last subscriber's socket"
+    );
+    describe_gauge!("tandem_rooms_loaded", "Documents in memory");
+    describe_histogram!(
+        "tandem_document_load_seconds",
+        Unit::Seconds,
+        "Loading a document from storage"
+    );
+    describe_histogram!(
+        "tandem_storage_flush_seconds",
+        Unit::Seconds,
+        "Group commits of the update and event logs"
+    );
+    describe_counter!(
+        "tandem_storage_written_bytes_total",
+        Unit::Bytes,
+        "Bytes appended to the update log"
+    );
+    describe_counter!(
+        "tandem_client_errors_total",
+        "Errors reported by clients (POST /api/v1/client-errors)"
+    );
+    describe_counter!(
+        "tandem_auth_refusals_total",
+        "Requests refused by authentication or authorization, by reason and route"
+    );
+}
