@@ -21,7 +21,8 @@ use crate::rooms::RoomOpError;
 use crate::AppState;
 
 /// `GET /metrics`: every metric in the Prometheus text format.
-pub async fn metrics() -> Response {
+pub async fn metrics(State(app): State<AppState>) -> Response {
+    app.connections.publish_totals();
     match crate::metrics::handle() {
         Some(handle) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

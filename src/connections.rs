@@ -59,22 +59,27 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
-    /// A message of `bytes` came in.
+    /// A message of `bytes` came in. Only this connection's own counters move (its reader
+    /// is their only writer, so they stay in its core's cache); the totals of `/metrics` are
+    /// summed when it is scraped.
     pub fn received(&self, bytes: usize) {
         self.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
         self.messages_in.fetch_add(1, Ordering::Relaxed);
-        let kind = metrics::get().kind(self.kind);
-        kind.bytes_in.increment(bytes as u64);
-        kind.messages_in.increment(1);
     }
 
     /// A message of `bytes` went out.
     pub fn sent(&self, bytes: usize) {
         self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
         self.messages_out.fetch_add(1, Ordering::Relaxed);
-        let kind = metrics::get().kind(self.kind);
-        kind.bytes_out.increment(bytes as u64);
-        kind.messages_out.increment(1);
+    }
+
+    fn totals(&self) -> [u64; 4] {
+        [
+            self.bytes_in.load(Ordering::Relaxed),
+            self.bytes_out.load(Ordering::Relaxed),
+            self.messages_in.load(Ordering::Relaxed),
+            self.messages_out.load(Ordering::Relaxed),
+        ]
     }
 
     /// Replaces what the connection is about (a dashboard's subscriptions change).
@@ -118,6 +123,17 @@ pub struct Connections {
     /// (user, target) → when they last left and how many reconnects that was.
     recent: DashMap<(String, String), (Instant, u32)>,
     window: Duration,
+    /// Bytes in and out, messages in and out, of the connections that closed, by kind.
+    retired: [[AtomicU64; 4]; 3],
+}
+
+/// The index of a kind in [`Connections::retired`].
+fn kind_index(kind: Kind) -> usize {
+    match kind {
+        Kind::Document => 0,
+        Kind::Dashboard => 1,
+        Kind::LongPoll => 2,
+    }
 }
 
 /// Held by a connection while it is open.
@@ -134,7 +150,35 @@ impl Connections {
             conns: DashMap::new(),
             recent: DashMap::new(),
             window,
+            retired: Default::default(),
         })
+    }
+
+    /// Sets the byte and message totals of `/metrics`: what closed connections did plus what the
+    /// open ones did so far.
+    pub fn publish_totals(&self) {
+        let mut totals = [[0u64; 4]; 3];
+        for (kind, retired) in totals.iter_mut().zip(&self.retired) {
+            for (total, done) in kind.iter_mut().zip(retired) {
+                *total = done.load(Ordering::Relaxed);
+            }
+        }
+        for entry in self.conns.iter() {
+            let info = entry.value();
+            let live = info.totals();
+            for (total, n) in totals[kind_index(info.kind)].iter_mut().zip(live) {
+                *total += n;
+            }
+        }
+        let m = metrics::get();
+        for kind in [Kind::Document, Kind::Dashboard, Kind::LongPoll] {
+            let [bytes_in, bytes_out, messages_in, messages_out] = totals[kind_index(kind)];
+            let k = m.kind(kind);
+            k.bytes_in.absolute(bytes_in);
+            k.bytes_out.absolute(bytes_out);
+            k.messages_in.absolute(messages_in);
+            k.messages_out.absolute(messages_out);
+        }
     }
 
     /// Registers a connection that just opened.
@@ -220,7 +264,14 @@ impl Connections {
 impl Drop for Registration {
     fn drop(&mut self) {
         let info = &self.info;
+        // Out of the map first, then into the retired totals: a scrape in between misses its
+        // bytes for an instant (counters only take a larger value, so nothing goes backwards)
+        // rather than counting them twice.
         self.registry.conns.remove(&info.id);
+        let retired = &self.registry.retired[kind_index(info.kind)];
+        for (done, n) in retired.iter().zip(info.totals()) {
+            done.fetch_add(n, Ordering::Relaxed);
+        }
         let m = metrics::get();
         let kind = m.kind(info.kind);
         kind.active.decrement(1.0);

@@ -272,6 +272,11 @@ fn spawn_maintenance(
             }
             hub.tick();
             connections.sweep();
+            // Histogram samples wait in buckets until drained; drain them even when nobody
+            // scrapes, so they cannot pile up.
+            if let Some(handle) = metrics::handle() {
+                handle.run_upkeep();
+            }
             if tokio::time::Instant::now() >= next_renewal {
                 next_renewal = tokio::time::Instant::now() + AWARENESS_RENEWAL;
                 rooms.renew_server_awareness();
