@@ -2,6 +2,7 @@
 //! and the reports of client-side errors.
 
 use std::num::NonZeroU32;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -38,27 +39,58 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
     }
 }
 
+/// How long a storage probe may take before the data directory counts as failing.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The last storage probe: when, and what it found. Probes run one at a time.
+#[derive(Default)]
+pub struct StorageProbe(tokio::sync::Mutex<Option<(tokio::time::Instant, Result<(), String>)>>);
+
+impl StorageProbe {
+    /// Whether the data directory takes a write and an `fsync`. Requests that arrive while a
+    /// probe runs share its answer, so a crowd of monitors costs one `fsync`, and a hung disk
+    /// holds one blocking thread, not one per request.
+    async fn check(&self, dir: &std::path::Path) -> Result<(), String> {
+        let asked = tokio::time::Instant::now();
+        let mut last = self.0.lock().await;
+        if let Some((at, result)) = &*last {
+            if *at >= asked {
+                return result.clone();
+            }
+        }
+        let path = dir.join(format!(".readyz-{}", std::process::id()));
+        let probe = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let written = std::fs::File::create(&path).and_then(|mut file| {
+                file.write_all(b"ready")?;
+                file.sync_all()
+            });
+            // Whatever happened, nothing is left behind.
+            let removed = match std::fs::remove_file(&path) {
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            };
+            written.and(removed)
+        });
+        let result = match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(err))) => Err(format!("the data directory is not writable: {err}")),
+            Ok(Err(err)) => Err(format!("the storage probe failed: {err}")),
+            Err(_) => Err(format!(
+                "writing to the data directory took more than {PROBE_TIMEOUT:?}"
+            )),
+        };
+        *last = Some((tokio::time::Instant::now(), result.clone()));
+        result
+    }
+}
+
 /// `GET /readyz`: 200 when the server can take writes; 503 naming what fails (the data
 /// directory not writable, a log whose flushes fail).
 pub async fn readyz(State(app): State<AppState>) -> Response {
     let mut failing = Vec::new();
-    let dir = app.config.data_dir.clone();
-    let probe = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        use std::io::Write;
-        let path = dir.join(".readyz");
-        let mut file = std::fs::File::create(&path)?;
-        file.write_all(b"ready")?;
-        file.sync_all()?;
-        std::fs::remove_file(&path)
-    })
-    .await;
-    match probe {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => failing.push(json!({
-            "part": "storage",
-            "message": format!("the data directory is not writable: {err}"),
-        })),
-        Err(err) => failing.push(json!({"part": "storage", "message": err.to_string()})),
+    if let Err(message) = app.storage_probe.check(&app.config.data_dir).await {
+        failing.push(json!({ "part": "storage", "message": message }));
     }
     if app.durability.is_failing() {
         failing.push(json!({"part": "update_log", "message": "flushing the update log fails"}));
@@ -163,13 +195,18 @@ pub async fn compact(
     ))
 }
 
-/// How fast one user may report client errors.
-pub struct ClientErrorLimit(DefaultKeyedRateLimiter<String>);
+/// How fast one user (of one workspace) may report client errors.
+pub struct ClientErrorLimit(DefaultKeyedRateLimiter<(String, String)>);
 
 impl ClientErrorLimit {
     pub fn per_minute(n: u32) -> ClientErrorLimit {
         let n = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
         ClientErrorLimit(RateLimiter::keyed(Quota::per_minute(n)))
+    }
+
+    /// Forgets users whose budget is full again.
+    pub fn sweep(&self) {
+        self.0.retain_recent();
     }
 }
 
@@ -189,7 +226,11 @@ pub async fn client_error(
         .auth
         .authenticate(bearer(&headers)?)
         .map_err(|e| e.refuse(ROUTE, None))?;
-    if let Err(not_until) = app.client_error_limit.0.check_key(&principal.user) {
+    let key = (
+        principal.workspace.clone().unwrap_or_default(),
+        principal.user.clone(),
+    );
+    if let Err(not_until) = app.client_error_limit.0.check_key(&key) {
         let wait = not_until.wait_time_from(DefaultClock::default().now());
         let secs = wait.as_secs().max(1);
         let mut response = ApiError::new(

@@ -443,6 +443,15 @@ pub async fn poll_events(
         crate::metrics::get().failed(crate::metrics::Failure::of(e));
     })?;
     let Query(params) = params.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let channels = poll_channels(params.channels.as_deref())?;
+    let max = app.config.long_poll_max_secs as f64;
+    let timeout = params.timeout.unwrap_or(30.0);
+    if !(0.0..=max).contains(&timeout) {
+        return Err(ApiError::bad_request(
+            "bad_timeout",
+            format!("timeout is 0 to {max} seconds"),
+        ));
+    }
     // A long-poll is a connection while it waits.
     let registration = app.connections.register(NewConn {
         id: crate::ws::next_conn_id(),
@@ -453,26 +462,6 @@ pub async fn poll_events(
         remote,
         closer: None,
     });
-    let channels = match &params.channels {
-        None => ChannelSet::all(),
-        Some(list) => {
-            let mut channels = Vec::new();
-            for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                channels.push(Channel::parse(name).ok_or_else(|| {
-                    ApiError::bad_request("unknown_channel", format!("unknown channel {name:?}"))
-                })?);
-            }
-            ChannelSet::of(&channels)
-        }
-    };
-    let max = app.config.long_poll_max_secs as f64;
-    let timeout = params.timeout.unwrap_or(30.0);
-    if !(0.0..=max).contains(&timeout) {
-        return Err(ApiError::bad_request(
-            "bad_timeout",
-            format!("timeout is 0 to {max} seconds"),
-        ));
-    }
     let page = app
         .hub
         .poll(
@@ -498,6 +487,20 @@ pub async fn poll_events(
     body.push('}');
     registration.info.sent(body.len());
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// The channels of a long-poll: a comma-separated list, all of them when absent.
+fn poll_channels(list: Option<&str>) -> Result<ChannelSet, ApiError> {
+    let Some(list) = list else {
+        return Ok(ChannelSet::all());
+    };
+    let mut channels = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        channels.push(Channel::parse(name).ok_or_else(|| {
+            ApiError::bad_request("unknown_channel", format!("unknown channel {name:?}"))
+        })?);
+    }
+    Ok(ChannelSet::of(&channels))
 }
 
 #[derive(Debug, Deserialize)]

@@ -120,8 +120,8 @@ pub struct NewConn {
 /// The registry.
 pub struct Connections {
     conns: DashMap<u64, Arc<ConnInfo>>,
-    /// (user, target) → when they last left and how many reconnects that was.
-    recent: DashMap<(String, String), (Instant, u32)>,
+    /// (workspace, user, target) → when they last left and how many reconnects that was.
+    recent: DashMap<(String, String, String), (Instant, u32)>,
     window: Duration,
     /// Bytes in and out, messages in and out, of the connections that closed, by kind.
     retired: [[AtomicU64; 4]; 3],
@@ -188,9 +188,12 @@ impl Connections {
             Kind::Document => new.target.clone(),
             Kind::Dashboard | Kind::LongPoll => new.kind.label().to_owned(),
         };
-        let key = (new.user.clone(), target_key.clone());
+        let key = (new.workspace.clone(), new.user.clone(), target_key.clone());
+        // A long-poll comes back after every answer by design: that is no reconnect.
         let reconnects = match self.recent.remove(&key) {
-            Some((_, (left, count))) if now.duration_since(left) <= self.window => {
+            Some((_, (left, count)))
+                if new.kind != Kind::LongPoll && now.duration_since(left) <= self.window =>
+            {
                 metrics::get().reconnects.increment(1);
                 count + 1
             }
@@ -282,10 +285,12 @@ impl Drop for Registration {
         if let Some(failure) = failure {
             m.failed(failure);
         }
-        self.registry.recent.insert(
-            (info.user.clone(), info.key.clone()),
-            (Instant::now(), info.reconnects),
-        );
+        if info.kind != Kind::LongPoll {
+            self.registry.recent.insert(
+                (info.workspace.clone(), info.user.clone(), info.key.clone()),
+                (Instant::now(), info.reconnects),
+            );
+        }
     }
 }
 

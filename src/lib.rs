@@ -56,6 +56,8 @@ pub struct AppState {
     connections: Arc<connections::Connections>,
     /// How often each user may report client errors.
     client_error_limit: Arc<admin::ClientErrorLimit>,
+    /// The readiness check's last look at the data directory.
+    storage_probe: Arc<admin::StorageProbe>,
     /// Connection tasks, awaited at shutdown.
     tasks: TaskTracker,
     /// Cancelled when shutdown starts.
@@ -173,10 +175,14 @@ pub async fn serve_with_stores(
     ));
     hub.attach_rooms(&rooms);
     let connections = connections::Connections::new(config.reconnect_window());
+    let client_error_limit = Arc::new(admin::ClientErrorLimit::per_minute(
+        config.client_errors_per_minute,
+    ));
     let maintenance = spawn_maintenance(
         Arc::clone(&hub),
         Arc::clone(&rooms),
         Arc::clone(&connections),
+        Arc::clone(&client_error_limit),
         std::time::Duration::from_millis(config.event_trim_interval_ms),
         stop_flusher.clone(),
     );
@@ -188,9 +194,8 @@ pub async fn serve_with_stores(
         durability: Arc::clone(&durability),
         hub: Arc::clone(&hub),
         connections: Arc::clone(&connections),
-        client_error_limit: Arc::new(admin::ClientErrorLimit::per_minute(
-            config.client_errors_per_minute,
-        )),
+        client_error_limit: Arc::clone(&client_error_limit),
+        storage_probe: Arc::default(),
         tasks: tasks.clone(),
         shutdown: token.clone(),
     };
@@ -257,6 +262,7 @@ fn spawn_maintenance(
     hub: Arc<Hub>,
     rooms: Arc<Rooms>,
     connections: Arc<connections::Connections>,
+    client_errors: Arc<admin::ClientErrorLimit>,
     trim_every: std::time::Duration,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -272,6 +278,7 @@ fn spawn_maintenance(
             }
             hub.tick();
             connections.sweep();
+            client_errors.sweep();
             // Histogram samples wait in buckets until drained; drain them even when nobody
             // scrapes, so they cannot pile up.
             if let Some(handle) = metrics::handle() {

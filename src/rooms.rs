@@ -10,6 +10,7 @@
 //! per-connection queues: no socket is written under the lock.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
@@ -33,11 +34,13 @@ use crate::peer::{CloseReason, Closer};
 pub type QueuedFrame = Arc<Frame>;
 
 /// One message for a connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Frame {
     pub bytes: Bytes,
     /// For a broadcast update: when it arrived, for the propagation delay.
-    pub received: Option<Instant>,
+    received: Option<Instant>,
+    /// For a broadcast update: the peers yet to hand it to their socket (or to drop it).
+    remaining: AtomicUsize,
 }
 
 impl Frame {
@@ -46,7 +49,23 @@ impl Frame {
         Frame {
             bytes,
             received: None,
+            remaining: AtomicUsize::new(0),
         }
+    }
+
+    /// A broadcast of an update that arrived at `received`, for `peers` peers.
+    fn broadcast(bytes: Bytes, received: Option<Instant>, peers: usize) -> Frame {
+        Frame {
+            bytes,
+            received,
+            remaining: AtomicUsize::new(peers),
+        }
+    }
+
+    /// One peer is done with this frame. For the last one, the update's arrival.
+    pub fn handed_over(&self) -> Option<Instant> {
+        let received = self.received?;
+        (self.remaining.fetch_sub(1, Ordering::AcqRel) == 1).then_some(received)
     }
 }
 
@@ -81,19 +100,26 @@ impl Overflow {
         // Each frame leaves `pending` only once it is queued, so that if this future is dropped
         // half-way (an HTTP client that hung up), `Drop` still sees what was not delivered.
         while let Some((peer, outbound, closer, frame)) = self.pending.front().cloned() {
+            let mut queued = false;
             if !closer.is_closed() {
                 let started = tokio::time::Instant::now();
-                match tokio::time::timeout_at(deadline, outbound.send(frame)).await {
+                match tokio::time::timeout_at(deadline, outbound.send(Arc::clone(&frame))).await {
                     Err(_) => {
                         tracing::info!(conn = %peer, ?timeout, "outbound queue stayed full, closing");
                         closer.close(CloseReason::Lagging);
                     }
-                    Ok(_) if closer.note_stall(started.elapsed(), timeout) => {
-                        tracing::info!(conn = %peer, "client keeps holding its room back, closing");
-                        closer.close(CloseReason::Lagging);
+                    Ok(sent) => {
+                        queued = sent.is_ok();
+                        if closer.note_stall(started.elapsed(), timeout) {
+                            tracing::info!(conn = %peer, "client keeps holding its room back, closing");
+                            closer.close(CloseReason::Lagging);
+                        }
                     }
-                    Ok(_) => {}
                 }
+            }
+            if !queued {
+                // This peer will never hand it over.
+                frame.handed_over();
             }
             self.pending.pop_front();
         }
@@ -608,11 +634,10 @@ impl Rooms {
         }
         // Broadcasts of updates carry when they arrived, for the propagation delay.
         let received = ticket.map(|_| received);
+        let peers =
+            state.peers.len() - usize::from(from.is_some_and(|p| state.peers.contains_key(&p)));
         for frame in outbox.broadcast {
-            let frame = Arc::new(Frame {
-                bytes: frame,
-                received,
-            });
+            let frame = Arc::new(Frame::broadcast(frame, received, peers));
             for (id, link) in &state.peers {
                 if Some(*id) != from {
                     deliver(link, Arc::clone(&frame), overflow);
@@ -643,7 +668,8 @@ impl Rooms {
         }
     }
 
-    async fn compact_now(&self, handle: &RoomHandle) -> Result<(), StoreError> {
+    /// Writes a snapshot of the room now; returns how many logged updates it absorbed.
+    async fn compact_now(&self, handle: &RoomHandle) -> Result<usize, StoreError> {
         // Compactions run on the blocking pool, which has threads to spare: a hundred rooms
         // crossing their threshold together would take a hundred of them, and the core away
         // from the connections. A closed semaphore never happens (it is never closed).
@@ -653,7 +679,7 @@ impl Rooms {
             // A poisoned document may be half-changed: its log is the truth, never a snapshot.
             if state.log_updates == 0 || state.room.is_poisoned() {
                 state.compacting = false;
-                return Ok(());
+                return Ok(0);
             }
             state.compacting = true;
             (
@@ -675,12 +701,13 @@ impl Rooms {
                 state.log_updates -= updates.min(state.log_updates);
                 state.log_bytes -= bytes.min(state.log_bytes);
                 tracing::debug!(doc = %handle.name, removed, snapshot_bytes = size, "compacted");
+                Ok(updates)
             }
             Compaction::Stale => {
                 tracing::debug!(doc = %handle.name, "compaction skipped: a newer snapshot exists");
+                Ok(0)
             }
         }
-        Ok(())
     }
 
     /// Unloads the room once it has gone unused for the grace period. One timer per room: it
@@ -790,13 +817,13 @@ impl Rooms {
     /// # Errors
     /// The room could not be loaded or the store failed.
     pub async fn compact_doc(self: &Arc<Self>, name: &DocName) -> Result<usize, RoomOpError> {
-        let (handle, updates, idle) = self
+        let (handle, idle) = self
             .with_state(name, |handle, state| {
                 let idle = state.peers.is_empty().then_some(state.activity);
-                (Arc::clone(handle), state.log_updates, idle)
+                (Arc::clone(handle), idle)
             })
             .await?;
-        self.compact_now(&handle).await?;
+        let updates = self.compact_now(&handle).await?;
         if let Some(activity) = idle {
             self.schedule_unload(Arc::clone(&handle), activity);
         }
@@ -893,6 +920,7 @@ fn now_ms() -> u64 {
 /// caller to deliver outside the lock. Never dropped: a gap would stall the client's document.
 fn deliver(link: &PeerLink, frame: QueuedFrame, overflow: &mut Overflow) {
     if link.closer.is_closed() {
+        frame.handed_over();
         return;
     }
     // Once one frame for this peer waits, the ones after it wait too, to keep their order.

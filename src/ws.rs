@@ -173,15 +173,20 @@ async fn run(
     session: Box<Session>,
 ) {
     let (conn, writer) = Box::pin(connect(&app, sink, session)).await;
+    // Kept to the end: the close frame's bytes and the whole duration count.
+    let mut _registration = None;
     if let Some(conn) = conn {
-        // Leaves the room however the loop ends, a panic included: a peer left behind would
-        // keep the room loaded and its awareness alive.
-        let _membership = Membership {
-            rooms: &app.rooms,
-            handle: &conn.handle,
-            peer: conn.peer,
-        };
-        serve(&app, &conn, &mut stream).await;
+        {
+            // Leaves the room however the loop ends, a panic included: a peer left behind
+            // would keep the room loaded and its awareness alive.
+            let _membership = Membership {
+                rooms: &app.rooms,
+                handle: &conn.handle,
+                peer: conn.peer,
+            };
+            serve(&app, &conn, &mut stream).await;
+        }
+        _registration = Some(conn.registration);
     }
     // Leaving the room dropped the room's sender of the queue and `conn` the last one, so the
     // writer ends by itself once the queue is drained. Meanwhile the reader waits for the
@@ -472,17 +477,15 @@ fn outgoing(frame: QueuedFrame, info: &ConnInfo) -> WsMessage {
         return WsMessage::Ping(Bytes::new());
     }
     info.sent(frame.bytes.len());
-    // The last peer to send a broadcast takes its bytes (the others share them), and says how
-    // long the update took to reach everyone.
+    // The last peer to hand a broadcast to its socket says how long it took to reach everyone.
+    if let Some(received) = frame.handed_over() {
+        metrics::get()
+            .propagation
+            .record(metrics::secs(received.elapsed()));
+    }
+    // The last one to hold it takes its bytes; the others share them.
     match Arc::try_unwrap(frame) {
-        Ok(frame) => {
-            if let Some(received) = frame.received {
-                metrics::get()
-                    .propagation
-                    .record(metrics::secs(received.elapsed()));
-            }
-            WsMessage::Binary(frame.bytes)
-        }
+        Ok(frame) => WsMessage::Binary(frame.bytes),
         Err(shared) => WsMessage::Binary(shared.bytes.clone()),
     }
 }

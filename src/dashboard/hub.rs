@@ -182,11 +182,13 @@ impl Conn {
 
     /// Queues `frame`; a connection whose queue is full is closed as too slow (it resumes with
     /// `since` when it reconnects, so nothing is lost).
-    fn send(&self, frame: Outgoing) {
-        if self.tx.try_send(frame).is_err() && !self.closer.is_closed() {
+    fn send(&self, frame: Outgoing) -> bool {
+        let sent = self.tx.try_send(frame).is_ok();
+        if !sent && !self.closer.is_closed() {
             tracing::info!(user = %self.user, "dashboard client too slow; closing");
             self.closer.close(CloseReason::Lagging);
         }
+        sent
     }
 }
 
@@ -243,6 +245,19 @@ pub struct Delivered {
     pub frame: Utf8Bytes,
     /// When it was published (live events only), for the delivery delay.
     pub published: Option<Instant>,
+    /// Subscribers yet to hand it to their socket (or to drop it).
+    remaining: std::sync::atomic::AtomicUsize,
+}
+
+impl Delivered {
+    /// One subscriber is done with this event. For the last one, when it was published.
+    pub fn handed_over(&self) -> Option<Instant> {
+        let published = self.published?;
+        let before = self
+            .remaining
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        (before == 1).then_some(published)
+    }
 }
 
 impl Delivered {
@@ -264,6 +279,7 @@ impl Delivered {
             user_ids: head.user_ids.iter().filter_map(events::id_text).collect(),
             frame: frame_with_id(stored.id, &stored.body)?.into(),
             published: None,
+            remaining: Default::default(),
         })
     }
 }
@@ -517,6 +533,7 @@ impl Hub {
                 user_ids: event.user_ids,
                 frame: frame.into(),
                 published: Some(published),
+                remaining: Default::default(),
             }),
             badge_users,
         });
@@ -765,7 +782,9 @@ impl Hub {
         let mut st = ws.lock();
         if let Some(c) = st.conns.get_mut(&conn) {
             for event in c.held.take().unwrap_or_default() {
-                c.send(Outgoing::Event(event));
+                if !c.send(Outgoing::Event(Arc::clone(&event))) {
+                    event.handed_over();
+                }
             }
         }
         replayed
@@ -1587,6 +1606,15 @@ impl RoomObserver for Observer {
 
 impl State {
     fn fan_out(&mut self, event: &Arc<Delivered>) {
+        // Counted first: a writer may hand the event over before this loop ends.
+        let recipients = self
+            .conns
+            .values()
+            .filter(|c| c.viewer().sees(event))
+            .count();
+        event
+            .remaining
+            .store(recipients, std::sync::atomic::Ordering::Release);
         for c in self.conns.values_mut() {
             if !c.viewer().sees(event) {
                 continue;
@@ -1595,11 +1623,17 @@ impl State {
                 Some(held) => {
                     held.push(Arc::clone(event));
                     if held.len() > c.tx.max_capacity() {
-                        c.held = None;
+                        for dropped in c.held.take().unwrap_or_default() {
+                            dropped.handed_over();
+                        }
                         c.closer.close(CloseReason::Lagging);
                     }
                 }
-                None => c.send(Outgoing::Event(Arc::clone(event))),
+                None => {
+                    if !c.send(Outgoing::Event(Arc::clone(event))) {
+                        event.handed_over();
+                    }
+                }
             }
         }
     }
@@ -1660,6 +1694,7 @@ mod tests {
             user_ids: user_ids.iter().map(|u| u.to_string()).collect(),
             frame: "{}".into(),
             published: None,
+            remaining: Default::default(),
         }
     }
 

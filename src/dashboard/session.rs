@@ -71,7 +71,7 @@ pub async fn upgrade(
     };
     let ws = match app.hub.workspace(&who.workspace).await {
         Ok(ws) => ws,
-        Err(err) => return ApiError::storage(&err).into_response(),
+        Err(err) => return refused(ApiError::storage(&err)),
     };
     upgrade
         .max_message_size(app.config.max_frame_bytes)
@@ -433,7 +433,7 @@ async fn write_loop(
                         sent_event = true;
                         batch.push(event.frame.clone());
                         // The last subscriber to send an event says how long delivery took.
-                        if let (1, Some(published)) = (Arc::strong_count(&event), event.published) {
+                        if let Some(published) = event.handed_over() {
                             crate::metrics::get()
                                 .event_delivery
                                 .record(crate::metrics::secs(published.elapsed()));
