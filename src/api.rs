@@ -723,3 +723,41 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, 
 fn valid_workspace(name: &str) -> bool {
     !name.contains('/') && DocName::parse(name).is_ok()
 }
+
+/// `POST /api/v1/dev/token` with `{"name":"Ada"}`: on a server without authentication only, a
+/// development token that names the user, so two browser windows are two users. It grants
+/// nothing more than open mode already does. 404 when the server checks tokens.
+pub async fn dev_token(State(app): State<AppState>, body: Body) -> Result<Response, ApiError> {
+    if !app.auth.is_open() {
+        return Err(ApiError::not_found(
+            "development tokens exist only on a server without authentication",
+        ));
+    }
+    let fields = json_object(read_body(body, app.config.max_dashboard_frame_bytes).await?)?;
+    let name = fields
+        .get("name")
+        .and_then(serde_json::Value::as_str)
+        .map(str::trim)
+        .filter(|n| !n.is_empty() && n.chars().count() <= 64)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "bad_name",
+                "`name` is 1 to 64 characters",
+            )
+        })?;
+    let (token, user) = app.auth.mint_dev(name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "token",
+            "could not mint a token",
+        )
+    })?;
+    Ok(Json(serde_json::json!({
+        "token": token,
+        "user": user,
+        "name": name,
+        "workspace": OPEN_WORKSPACE,
+    }))
+    .into_response())
+}

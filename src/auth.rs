@@ -243,6 +243,31 @@ pub struct Auth {
     leeway_secs: u64,
     audience: Option<String>,
     realtime_plans: Vec<String>,
+    /// In open mode only: the secret of development tokens, made up at start. They say who a
+    /// browser window is (so two windows are two users); they grant nothing, since open mode
+    /// allows everything.
+    dev_secret: Option<Secret>,
+}
+
+/// How long a development token lasts, in seconds.
+const DEV_TOKEN_SECS: u64 = 7 * 24 * 3600;
+
+/// A secret nobody can guess from outside the process, without a dependency: the standard
+/// library's randomly keyed hasher, four times.
+fn random_secret() -> Secret {
+    use std::hash::{BuildHasher, Hasher};
+    let mut text = String::new();
+    for i in 0..4u64 {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(i);
+        hasher.write_u128(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        text.push_str(&format!("{:016x}", hasher.finish()));
+    }
+    Secret(text)
 }
 
 /// What [`Auth`] is built from.
@@ -282,12 +307,45 @@ impl Auth {
                 return Err(AuthConfigError::BadKey { path: shown });
             }
         }
+        let dev_secret = keys.is_empty().then(random_secret);
         Ok(Auth {
             keys,
             leeway_secs: settings.leeway_secs,
             audience: settings.audience.map(str::to_owned),
             realtime_plans: settings.realtime_plans.to_vec(),
+            dev_secret,
         })
+    }
+
+    /// A development token for `name` (open mode only): the token and the user id it names,
+    /// the name in lower case with anything but letters and digits turned into `-`.
+    pub fn mint_dev(&self, name: &str) -> Option<(String, String)> {
+        let secret = self.dev_secret.as_ref()?;
+        let mut user: String = name
+            .trim()
+            .chars()
+            .take(64)
+            .map(|c| {
+                if c.is_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        if user.trim_matches('-').is_empty() {
+            user = "user".into();
+        }
+        let claims = Claims {
+            sub: user.clone(),
+            name: Some(name.trim().to_owned()).filter(|n| !n.is_empty()),
+            workspace: "default".into(),
+            plan: None,
+            role: Role::Member,
+            docs: None,
+            exp: now_secs() + DEV_TOKEN_SECS,
+        };
+        mint(secret, &claims).ok().map(|token| (token, user))
     }
 
     /// Whether the server runs without authentication.
@@ -302,7 +360,22 @@ impl Auth {
     /// token.
     pub fn authenticate(&self, token: Option<&str>) -> Result<Principal, AuthError> {
         if self.is_open() {
-            return Ok(Principal::open());
+            // A development token names the user; anything else is the anonymous user. Open
+            // mode allows everything either way.
+            let named = token
+                .filter(|t| !t.is_empty())
+                .zip(self.dev_secret.as_ref())
+                .and_then(|(token, secret)| {
+                    let key = DecodingKey::from_secret(secret.expose().as_bytes());
+                    jsonwebtoken::decode::<Claims>(token, &key, &Validation::new(Algorithm::HS256))
+                        .ok()
+                });
+            let mut principal = Principal::open();
+            if let Some(data) = named {
+                principal.user = data.claims.sub;
+                principal.name = data.claims.name;
+            }
+            return Ok(principal);
         }
         let token = token
             .filter(|t| !t.is_empty())

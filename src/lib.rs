@@ -383,6 +383,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/admin/rooms", get(admin::rooms))
         .route("/api/v1/admin/rooms/{*doc}", post(admin::compact))
         .route("/api/v1/client-errors", post(admin::client_error))
+        .route("/api/v1/dev/token", post(api::dev_token))
         .route(
             "/api/v1/docs/{*doc}",
             get(api::get_doc).post(api::post_update),

@@ -412,3 +412,51 @@ async fn public_key_tokens_eddsa_and_rs256_are_verified() {
         .await;
     }
 }
+
+#[tokio::test]
+async fn open_servers_mint_development_tokens_that_name_the_user() {
+    let app = common::spawn_app_with(|_| {}).await;
+    let response = reqwest::Client::new()
+        .post(app.http_url("/api/v1/dev/token"))
+        .json(&serde_json::json!({"name": "Ada Lovelace"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let minted: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(minted["user"], "ada-lovelace");
+    let token = minted["token"].as_str().unwrap();
+
+    let mut watcher = app.dash("user=watcher").await;
+    watcher.subscribe(&["presence"], None).await;
+    // A Yjs client in the presence room is the token's user.
+    let url = format!("{}?token={token}", app.ws_url("default/__presence__"));
+    let client = tandem_sync::client::Client::connect(&url).await.unwrap();
+    client.synced(common::TIMEOUT).await.unwrap();
+    client.set_awareness(r#"{"status":"online"}"#).unwrap();
+    let update = loop {
+        let update = watcher.next_of("presence_update").await;
+        if update["user_id"] == "ada-lovelace" {
+            break update;
+        }
+    };
+    assert_eq!(update["status"], "online");
+
+    let refused = reqwest::Client::new()
+        .post(app.http_url("/api/v1/dev/token"))
+        .json(&serde_json::json!({"name": ""}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 422);
+
+    // A server that checks tokens has no such endpoint.
+    let secured = common::spawn_app_with(|c| c.auth_secret = Some("s3cret".parse().unwrap())).await;
+    let response = reqwest::Client::new()
+        .post(secured.http_url("/api/v1/dev/token"))
+        .json(&serde_json::json!({"name": "Ada"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+}
