@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod peer;
 pub mod rooms;
 pub mod trace;
+mod web;
 mod ws;
 
 use std::future::Future;
@@ -388,6 +389,9 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/docs/{*doc}",
             get(api::get_doc).post(api::post_update),
         )
+        .route("/", get(web::page))
+        .route("/queries/{id}", get(web::page))
+        .route("/assets/{file}", get(web::file))
         .route("/ws", get(dashboard::session::upgrade))
         .route(
             "/api/v1/events",

@@ -212,3 +212,30 @@ async fn websocket_refuses_a_bad_name_with_400() {
         .unwrap();
     assert_eq!(text_of_update(&state), "spaced");
 }
+
+#[tokio::test]
+async fn the_browser_dashboard_is_served_from_the_binary() {
+    let app = spawn_app().await;
+    for path in ["/", "/queries/456"] {
+        let response = reqwest::get(app.http_url(path)).await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/html; charset=utf-8"
+        );
+        let page = response.text().await.unwrap();
+        assert!(page.contains("<title>Tandem</title>"), "{page}");
+        assert!(page.contains("/assets/app.js"));
+    }
+    let script = reqwest::get(app.http_url("/assets/app.js")).await.unwrap();
+    assert_eq!(script.status(), 200);
+    assert_eq!(
+        script.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    assert!(script.bytes().await.unwrap().len() > 10_000);
+    let missing = reqwest::get(app.http_url("/assets/nothing.js"))
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}

@@ -4,68 +4,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::OnceLock;
-use std::time::Duration;
-
 use bytes::Bytes;
 use common::{spawn_app, text_of_update, TIMEOUT};
 use tandem_sync::{AuthMessage, AwarenessUpdate, Message, SyncMessage};
 use yrs::updates::decoder::Decode;
 use yrs::{StateVector, Text, WriteTxn};
 
-/// A Node script may take this long before the test fails.
-const NODE_TIMEOUT: Duration = Duration::from_secs(90);
-
-fn js_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
-        let installed = dir.join("node_modules/.package-lock.json");
-        let fresh = installed.metadata().and_then(|m| m.modified()).ok()
-            >= dir
-                .join("package-lock.json")
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok();
-        if !installed.exists() || !fresh {
-            let status = std::process::Command::new("npm")
-                .args(["ci", "--no-audit", "--no-fund"])
-                .current_dir(&dir)
-                .status()
-                .expect("npm is needed for the JavaScript client tests (Node.js 20 and npm)");
-            assert!(status.success(), "npm ci failed in {}", dir.display());
-        }
-        dir
-    })
-}
-
-/// Runs `node script args…` in `tests/js` and returns its stdout; fails the test when the script
-/// fails or hangs.
+/// Runs `node script args…` in `tests/js` and returns its stdout.
 async fn node(script: &str, args: &[&str]) -> String {
-    let dir = js_dir();
-    let child = tokio::process::Command::new("node")
-        .arg(script)
-        .args(args)
-        .current_dir(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node is needed for the JavaScript client tests");
-    let output = tokio::time::timeout(NODE_TIMEOUT, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("node {script} did not finish in {NODE_TIMEOUT:?}"))
-        .expect("node output");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "node {script} failed ({}):\nstdout: {stdout}\nstderr: {stderr}",
-        output.status
-    );
-    stdout
+    common::node("tests/js", script, args).await
 }
 
 fn bytes_of(vector: &serde_json::Value) -> Bytes {

@@ -1,0 +1,28 @@
+//! The browser dashboard in a real browser: Debian's `chromium`, driven by `playwright-core`
+//! from Node (`tests/browser/`), against a real server. Screenshots of both users' windows land
+//! in `target/browser-artifacts/`.
+
+mod common;
+
+use common::spawn_app;
+
+#[tokio::test]
+async fn two_users_edit_one_query_and_see_each_other_and_its_result() {
+    let app = spawn_app().await;
+    let artifacts =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-artifacts");
+    let base = format!("http://{}", app.addr);
+    let output = common::node(
+        "tests/browser",
+        "collaborate.mjs",
+        &[&base, &artifacts.display().to_string()],
+    )
+    .await;
+    let seen: serde_json::Value = serde_json::from_str(output.trim()).expect("one JSON line");
+    assert_eq!(seen["ok"], true, "{seen}");
+    assert_eq!(seen["rows"], "100");
+    assert_eq!(seen["errors"], serde_json::json!([]), "{seen}");
+    for shot in ["ada.png", "bob.png", "dashboard.png"] {
+        assert!(artifacts.join(shot).exists(), "{shot}");
+    }
+}
