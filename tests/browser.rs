@@ -26,3 +26,36 @@ async fn two_users_edit_one_query_and_see_each_other_and_its_result() {
         assert!(artifacts.join(shot).exists(), "{shot}");
     }
 }
+
+#[tokio::test]
+async fn the_indicator_follows_a_server_restart_and_nothing_typed_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    // A free port for the script's own server, which it stops and starts again.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let artifacts =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-artifacts");
+    let output = common::node(
+        "tests/browser",
+        "restart.mjs",
+        &[
+            env!("CARGO_BIN_EXE_tandem"),
+            &dir.path().display().to_string(),
+            &port.to_string(),
+            &artifacts.display().to_string(),
+        ],
+    )
+    .await;
+    let seen: serde_json::Value = serde_json::from_str(output.trim()).expect("one JSON line");
+    assert_eq!(seen["ok"], true, "{seen}");
+    assert!(
+        seen["text"]
+            .as_str()
+            .unwrap()
+            .contains("SELECT 1; SELECT 2;"),
+        "{seen}"
+    );
+}
