@@ -44,8 +44,6 @@ pub struct ConnInfo {
     pub workspace: String,
     /// The document, or for a dashboard its subscriptions.
     target: Mutex<String>,
-    /// What a reconnect is a reconnect to: the document, or the dashboard.
-    key: String,
     pub remote: Option<SocketAddr>,
     since: SystemTime,
     /// How many times in a row this user came back to this target within the window.
@@ -184,11 +182,11 @@ impl Connections {
     /// Registers a connection that just opened.
     pub fn register(self: &Arc<Self>, new: NewConn) -> Registration {
         let now = Instant::now();
-        let target_key = match new.kind {
-            Kind::Document => new.target.clone(),
-            Kind::Dashboard | Kind::LongPoll => new.kind.label().to_owned(),
-        };
-        let key = (new.workspace.clone(), new.user.clone(), target_key.clone());
+        let key = (
+            new.workspace.clone(),
+            new.user.clone(),
+            reconnect_target(new.kind, &new.target),
+        );
         // A long-poll comes back after every answer by design: that is no reconnect.
         let reconnects = match self.recent.remove(&key) {
             Some((_, (left, count)))
@@ -205,7 +203,6 @@ impl Connections {
             user: new.user,
             workspace: new.workspace,
             target: Mutex::new(new.target),
-            key: target_key,
             remote: new.remote,
             since: SystemTime::now(),
             reconnects,
@@ -287,10 +284,26 @@ impl Drop for Registration {
         }
         if info.kind != Kind::LongPoll {
             self.registry.recent.insert(
-                (info.workspace.clone(), info.user.clone(), info.key.clone()),
+                (
+                    info.workspace.clone(),
+                    info.user.clone(),
+                    reconnect_target(
+                        info.kind,
+                        &info.target.lock().unwrap_or_else(|p| p.into_inner()),
+                    ),
+                ),
                 (Instant::now(), info.reconnects),
             );
         }
+    }
+}
+
+/// What a reconnect is a reconnect to: the document (a document connection's target never
+/// changes), or for the others their kind.
+fn reconnect_target(kind: Kind, target: &str) -> String {
+    match kind {
+        Kind::Document => target.to_owned(),
+        Kind::Dashboard | Kind::LongPoll => kind.label().to_owned(),
     }
 }
 

@@ -156,11 +156,11 @@ pub enum RoomOpError {
 /// Told what happens in rooms' awareness: the dashboard derives presence and "who is editing"
 /// from it. Called outside any room's lock.
 pub trait RoomObserver: Send + Sync + 'static {
-    /// `user`'s connection `peer` changed awareness clients of `doc` (a `None` state: removed,
+    /// A connection of `user` changed awareness clients of `doc` (a `None` state: removed,
     /// which is also what the clients of a departing connection, or of a discarded room, get).
     /// A client id that moves to another connection (a reconnect) is reported again from
     /// there: observers key clients by id within the document.
-    fn awareness(&self, doc: &DocName, peer: PeerId, user: &str, changes: Vec<AwarenessChange>);
+    fn awareness(&self, doc: &DocName, user: &str, changes: Vec<AwarenessChange>);
 }
 
 /// All loaded rooms.
@@ -263,7 +263,7 @@ impl Rooms {
 
     /// Tells the observer that `user`'s connection `peer` took `clients` with it. Called with
     /// the room unlocked.
-    fn report_gone(&self, doc: &DocName, peer: PeerId, user: &str, clients: Vec<u64>) {
+    fn report_gone(&self, doc: &DocName, user: &str, clients: Vec<u64>) {
         let Some(observer) = self.observer.get().filter(|_| !clients.is_empty()) else {
             return;
         };
@@ -275,7 +275,7 @@ impl Rooms {
                 changed: true,
             })
             .collect();
-        observer.awareness(doc, peer, user, changes);
+        observer.awareness(doc, user, changes);
     }
 
     /// Queues `frame` for every peer of a locked room, from a caller that cannot wait: full
@@ -530,7 +530,7 @@ impl Rooms {
         };
         drop(state);
         if let Some((observer, user, awareness)) = observed {
-            observer.awareness(&handle.name, peer, &user, awareness);
+            observer.awareness(&handle.name, &user, awareness);
         }
         delivered?;
         match result {
@@ -556,7 +556,7 @@ impl Rooms {
         }
         let unload = (state.peers.is_empty() && !state.closed).then_some(state.activity);
         drop(state);
-        self.report_gone(&handle.name, peer, &link.user, gone);
+        self.report_gone(&handle.name, &link.user, gone);
         if let Some(activity) = unload {
             self.schedule_unload(Arc::clone(handle), activity);
         }
@@ -867,19 +867,19 @@ impl Rooms {
             link.closer.close(CloseReason::Reloading);
         }
         // Whoever observes awareness hears that every client went.
-        let departed: Vec<(PeerId, Arc<str>, Vec<u64>)> = state
+        let departed: Vec<(Arc<str>, Vec<u64>)> = state
             .room
             .depart_all()
             .into_iter()
             .filter_map(|(peer, clients)| {
                 let user = state.peers.get(&peer).map(|l| Arc::clone(&l.user))?;
-                Some((peer, user, clients))
+                Some((user, clients))
             })
             .collect();
         state.peers.clear();
         drop(state);
-        for (peer, user, clients) in departed {
-            self.report_gone(&handle.name, peer, &user, clients);
+        for (user, clients) in departed {
+            self.report_gone(&handle.name, &user, clients);
         }
         self.map
             .remove_if(&handle.name, |_, h| Arc::ptr_eq(h, handle));

@@ -22,14 +22,7 @@ cargo build --release --quiet --bin tandem --example relay
 (cd benches/compare && npm ci --no-audit --no-fund --silent)
 BENCH=(taskset -c "$BENCH_CPU" ./target/release/tandem bench)
 
-wait_port() {
-  for _ in $(seq 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "server on port $1 did not start" >&2
-  return 1
-}
+source benches/common.sh
 
 start_server() {
   local name=$1

@@ -21,14 +21,7 @@ mkdir -p "$OUT"
 echo "== building" >&2
 cargo build --release --quiet --bin tandem
 
-wait_port() {
-  for _ in $(seq 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "server on port $1 did not start" >&2
-  return 1
-}
+source benches/common.sh
 
 for rate in $RATES; do
   DATA=$(mktemp -d)

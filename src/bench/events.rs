@@ -15,6 +15,8 @@ use tokio::sync::{watch, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::{latencies_ms, server_cpu};
+
 /// Options of `tandem bench events`.
 #[derive(Debug, clap::Args)]
 pub struct EventsArgs {
@@ -321,11 +323,9 @@ pub async fn run(args: EventsArgs) -> Result<EventsReport, String> {
         frames += seen.frames;
     }
     let expected = published * args.subscribers as u64;
-    let server_cpu = match (cpu_before, cpu_after) {
-        (Some(a), Some(b)) => Some(b - a),
-        _ => None,
-    };
-    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1e6;
+    let (server_cpu_secs, server_cpu_us_per_delivery) =
+        server_cpu(cpu_before, cpu_after, delivered);
+    let [latency_p50_ms, latency_p95_ms, latency_p99_ms, latency_max_ms] = latencies_ms(&histogram);
     Ok(EventsReport {
         subscribers: args.subscribers,
         rate_hz: args.rate,
@@ -339,14 +339,12 @@ pub async fn run(args: EventsArgs) -> Result<EventsReport, String> {
         duplicates,
         delivered_per_sec: delivered as f64 / publishing.as_secs_f64(),
         frames,
-        latency_p50_ms: ms(0.50),
-        latency_p95_ms: ms(0.95),
-        latency_p99_ms: ms(0.99),
-        latency_max_ms: histogram.max() as f64 / 1e6,
-        server_cpu_secs: server_cpu,
-        server_cpu_us_per_delivery: server_cpu
-            .filter(|_| delivered > 0)
-            .map(|cpu| cpu * 1e6 / delivered as f64),
+        latency_p50_ms,
+        latency_p95_ms,
+        latency_p99_ms,
+        latency_max_ms,
+        server_cpu_secs,
+        server_cpu_us_per_delivery,
     })
 }
 

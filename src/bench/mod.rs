@@ -545,11 +545,9 @@ pub async fn fanout(args: FanoutArgs) -> Result<FanoutReport, String> {
     // Only what was actually sent can be expected.
     let unsent = total_writers * per_writer - sent;
     let expected = expected.saturating_sub(unsent * (args.clients as u64 - 1));
-    let server_cpu = match (cpu_before, cpu_after) {
-        (Some(a), Some(b)) => Some(b - a),
-        _ => None,
-    };
-    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1e6;
+    let (server_cpu_secs, server_cpu_us_per_delivery) =
+        server_cpu(cpu_before, cpu_after, delivered);
+    let [latency_p50_ms, latency_p95_ms, latency_p99_ms, latency_max_ms] = latencies_ms(&histogram);
     Ok(FanoutReport {
         protocol: args.protocol,
         rooms: args.rooms,
@@ -563,14 +561,12 @@ pub async fn fanout(args: FanoutArgs) -> Result<FanoutReport, String> {
         lost: expected.saturating_sub(delivered),
         duplicates,
         delivered_per_sec: delivered as f64 / writing.as_secs_f64(),
-        latency_p50_ms: ms(0.50),
-        latency_p95_ms: ms(0.95),
-        latency_p99_ms: ms(0.99),
-        latency_max_ms: histogram.max() as f64 / 1e6,
-        server_cpu_secs: server_cpu,
-        server_cpu_us_per_delivery: server_cpu
-            .filter(|_| delivered > 0)
-            .map(|cpu| cpu * 1e6 / delivered as f64),
+        latency_p50_ms,
+        latency_p95_ms,
+        latency_p99_ms,
+        latency_max_ms,
+        server_cpu_secs,
+        server_cpu_us_per_delivery,
     })
 }
 
@@ -837,6 +833,30 @@ fn print_trace(r: &TraceReport) {
 }
 
 /// CPU time (user + system) a process has used, in seconds, from `/proc/{pid}/stat`.
+/// The server's CPU seconds between two readings, and per delivery.
+pub(crate) fn server_cpu(
+    before: Option<f64>,
+    after: Option<f64>,
+    delivered: u64,
+) -> (Option<f64>, Option<f64>) {
+    let cpu = before.zip(after).map(|(a, b)| b - a);
+    let per = cpu
+        .filter(|_| delivered > 0)
+        .map(|cpu| cpu * 1e6 / delivered as f64);
+    (cpu, per)
+}
+
+/// p50, p95, p99 and max of a histogram of nanoseconds, in milliseconds.
+pub(crate) fn latencies_ms(histogram: &Histogram<u64>) -> [f64; 4] {
+    let ms = |ns: u64| ns as f64 / 1e6;
+    [
+        ms(histogram.value_at_quantile(0.50)),
+        ms(histogram.value_at_quantile(0.95)),
+        ms(histogram.value_at_quantile(0.99)),
+        ms(histogram.max()),
+    ]
+}
+
 pub(crate) fn cpu_seconds(pid: u32) -> Result<f64, String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|e| format!("cannot read the CPU time of process {pid}: {e}"))?;

@@ -39,7 +39,7 @@ use crate::durability::{Durability, DurabilityError, Ticket};
 use crate::events::{self, Channel, Event};
 use crate::peer::{CloseReason, Closer};
 use crate::rooms::{RoomObserver, Rooms};
-use tandem_crdt::{AwarenessChange, PeerId, SERVER_CLIENT_BASE};
+use tandem_crdt::{AwarenessChange, SERVER_CLIENT_BASE};
 
 /// A frame for a dashboard connection's writer.
 #[derive(Debug, Clone)]
@@ -198,6 +198,9 @@ struct User {
     record: UserRecord,
     muted: u32,
     presence: UserPresence,
+    /// Whether the user has a mirror in the presence room (so it is removed once, not on every
+    /// look at an awareness-only user).
+    mirrored: bool,
 }
 
 /// A user's persisted state (scope `users/{workspace}` of the event store).
@@ -330,11 +333,6 @@ pub struct Page {
     pub resync_from: Option<u64>,
 }
 
-/// The answer to a `lock`.
-pub struct LockAnswer {
-    pub frame: Utf8Bytes,
-}
-
 fn users_scope(workspace: &str) -> String {
     format!("users/{workspace}")
 }
@@ -366,10 +364,6 @@ fn per_second(rate: u32) -> Quota {
 impl Workspace {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
     }
 }
 
@@ -427,10 +421,6 @@ impl Hub {
         self.durability.is_failing()
     }
 
-    pub fn settings(&self) -> &HubSettings {
-        &self.settings
-    }
-
     /// The workspace `name`, loaded from the store on first use.
     ///
     /// # Errors
@@ -457,6 +447,7 @@ impl Hub {
                     muted: mask(&record.muted),
                     record,
                     presence: UserPresence::offline_since(last_seen),
+                    mirrored: false,
                 },
             );
         }
@@ -809,22 +800,11 @@ impl Hub {
                     "oldest": oldest,
                     "latest": upto,
                 }));
-                if tx
-                    .send_timeout(Outgoing::Reply(frame), self.settings.lag_timeout)
-                    .await
-                    .is_err()
-                {
-                    closer.close(CloseReason::Lagging);
-                }
+                self.send_or_close(tx, Outgoing::Reply(frame), closer).await;
                 return Ok(());
             }
             for event in page.events {
-                if tx
-                    .send_timeout(Outgoing::Event(event), self.settings.lag_timeout)
-                    .await
-                    .is_err()
-                {
-                    closer.close(CloseReason::Lagging);
+                if !self.send_or_close(tx, Outgoing::Event(event), closer).await {
                     return Ok(());
                 }
             }
@@ -834,6 +814,24 @@ impl Hub {
             cursor = page.last_id;
         }
         Ok(())
+    }
+
+    /// Queues `frame`, waiting up to the lag timeout for room; a connection that has none by
+    /// then is closed as too slow. True when queued.
+    async fn send_or_close(
+        &self,
+        tx: &mpsc::Sender<Outgoing>,
+        frame: Outgoing,
+        closer: &Closer,
+    ) -> bool {
+        let sent = tx
+            .send_timeout(frame, self.settings.lag_timeout)
+            .await
+            .is_ok();
+        if !sent {
+            closer.close(CloseReason::Lagging);
+        }
+        sent
     }
 
     /// Up to `limit` events after `after` (and at most `upto`) that `wants` picks.
@@ -1025,13 +1023,11 @@ impl Hub {
         self: &Arc<Self>,
         ws: &Arc<Workspace>,
         doc: &DocName,
-        peer: PeerId,
         user: &str,
         changes: Vec<AwarenessChange>,
     ) {
         match doc.kind() {
             RoomKind::Presence => {
-                let _ = peer;
                 for change in changes {
                     let source = Source::Awareness {
                         client: change.client,
@@ -1170,13 +1166,11 @@ impl Hub {
     }
 
     /// Takes or renews the lock on `resource` for `conn`.
-    pub fn lock(self: &Arc<Self>, ws: &Arc<Workspace>, conn: u64, resource: &str) -> LockAnswer {
+    pub fn lock(self: &Arc<Self>, ws: &Arc<Workspace>, conn: u64, resource: &str) -> Utf8Bytes {
         let now = Instant::now();
         let mut st = ws.lock();
         let Some(c) = st.conns.get(&conn) else {
-            return LockAnswer {
-                frame: json_frame(serde_json::json!({"type": "lock_denied", "resource": resource})),
-            };
+            return json_frame(serde_json::json!({"type": "lock_denied", "resource": resource}));
         };
         let (user, name) = (c.user.clone(), c.name.clone());
         let held = st.locks.values().filter(|l| l.conn == conn).count();
@@ -1189,9 +1183,7 @@ impl Hub {
                     self.settings.max_locks_per_connection
                 ),
             );
-            return LockAnswer {
-                frame: error.frame().into(),
-            };
+            return error.frame().into();
         }
         let mut ticket = None;
         if let Some(lease) = st.locks.get(resource) {
@@ -1215,14 +1207,12 @@ impl Hub {
                 if let Some(name) = &lease.name {
                     holder.insert("name".into(), Value::String(name.clone()));
                 }
-                return LockAnswer {
-                    frame: json_frame(serde_json::json!({
-                        "type": "lock_denied",
-                        "resource": resource,
-                        "holder": holder,
-                        "expires_at": lease.expires_at,
-                    })),
-                };
+                return json_frame(serde_json::json!({
+                    "type": "lock_denied",
+                    "resource": resource,
+                    "holder": holder,
+                    "expires_at": lease.expires_at,
+                }));
             }
         }
         let expires_at =
@@ -1254,9 +1244,7 @@ impl Hub {
         }
         drop(st);
         self.settle_later(ws, ticket);
-        LockAnswer {
-            frame: json_frame(Value::Object(answer)),
-        }
+        json_frame(Value::Object(answer))
     }
 
     /// Releases `conn`'s lock on `resource`.
@@ -1375,7 +1363,8 @@ impl Hub {
         let entry = st.users.get_mut(user)?;
         let direct = entry.presence.has_direct_source();
         let Some(snapshot) = entry.presence.due(Instant::now(), &settings) else {
-            if !direct {
+            if !direct && entry.mirrored {
+                entry.mirrored = false;
                 self.mirror(ws, user, None);
             }
             return None;
@@ -1385,9 +1374,10 @@ impl Hub {
             fields.insert("source".into(), Value::String("tandem".into()));
             Value::Object(fields).to_string()
         });
-        self.mirror(ws, user, mirrored);
-        let entry = st.users.get_mut(user)?;
-        let snapshot: Snapshot = snapshot;
+        if mirrored.is_some() || entry.mirrored {
+            entry.mirrored = mirrored.is_some();
+            self.mirror(ws, user, mirrored);
+        }
         if snapshot.status == PresenceStatus::Offline {
             if let Some(seen) = snapshot.last_seen {
                 entry.record.last_seen_ms =
@@ -1585,17 +1575,17 @@ impl Hub {
 pub struct Observer(pub Arc<Hub>);
 
 impl RoomObserver for Observer {
-    fn awareness(&self, doc: &DocName, peer: PeerId, user: &str, changes: Vec<AwarenessChange>) {
+    fn awareness(&self, doc: &DocName, user: &str, changes: Vec<AwarenessChange>) {
         let hub = &self.0;
         if let Some(ws) = hub.loaded(doc.workspace()) {
-            hub.on_awareness(&ws, doc, peer, user, changes);
+            hub.on_awareness(&ws, doc, user, changes);
             return;
         }
         // The first word from a workspace nobody used yet: load it first.
         let (hub, doc, user) = (Arc::clone(hub), doc.clone(), user.to_owned());
         tokio::spawn(async move {
             match hub.workspace(doc.workspace()).await {
-                Ok(ws) => hub.on_awareness(&ws, &doc, peer, &user, changes),
+                Ok(ws) => hub.on_awareness(&ws, &doc, &user, changes),
                 Err(err) => {
                     tracing::error!(doc = %doc, error = %err, "cannot load the workspace for awareness")
                 }
