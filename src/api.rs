@@ -11,7 +11,11 @@ use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine;
 use serde::Deserialize;
+use std::sync::Arc;
+
+use bytes::Bytes;
 use tandem_crdt::{Access, Any, RoomError};
+use tandem_sync::AwarenessUpdate;
 
 use crate::auth::{AuthError, Role};
 use crate::connections::{NewConn, Remote};
@@ -23,8 +27,9 @@ use crate::metrics::Kind;
 
 use crate::docname::DocName;
 use crate::durability::DurabilityError;
+use crate::durability::Ticket;
 use crate::error::ApiError;
-use crate::rooms::RoomOpError;
+use crate::rooms::{PollRequest, RoomOpError};
 use crate::AppState;
 
 /// base64url, with or without padding: clients differ.
@@ -77,9 +82,9 @@ pub async fn get_doc(
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], update).into_response())
 }
 
-/// `POST /api/v1/docs/{doc}/update`: applies a v1 update, sends it to the document's clients
-/// and answers once it is durable.
-pub async fn post_update(
+/// `POST /api/v1/docs/{doc}/update` ([`post_update`]) and `POST /api/v1/docs/{doc}/sync`
+/// ([`post_sync`]).
+pub async fn post_doc(
     State(app): State<AppState>,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
@@ -89,16 +94,30 @@ pub async fn post_update(
         Ok(Path(raw)) => raw,
         Err(err) => return Err(ApiError::bad_request("bad_document_name", err.body_text())),
     };
-    let Some(doc) = raw.strip_suffix("/update") else {
-        return Err(ApiError::not_found(
-            "documents are written with POST /api/v1/docs/{doc}/update",
-        ));
+    let parse = |doc: &str| {
+        DocName::parse(doc).map_err(|e| ApiError::bad_request("bad_document_name", e.to_string()))
     };
-    let name = DocName::parse(doc)
-        .map_err(|e| ApiError::bad_request("bad_document_name", e.to_string()))?;
+    if let Some(doc) = raw.strip_suffix("/update") {
+        post_update(&app, &headers, parse(doc)?, body).await
+    } else if let Some(doc) = raw.strip_suffix("/sync") {
+        post_sync(&app, &headers, parse(doc)?, body).await
+    } else {
+        Err(ApiError::not_found(
+            "documents are written with POST /api/v1/docs/{doc}/update or synced with POST /api/v1/docs/{doc}/sync",
+        ))
+    }
+}
+
+/// Applies a v1 update, sends it to the document's clients and answers once it is durable.
+async fn post_update(
+    app: &AppState,
+    headers: &HeaderMap,
+    name: DocName,
+    body: Body,
+) -> Result<Response, ApiError> {
     let (_, access) = app
         .auth
-        .authorize_doc(bearer(&headers)?, &name)
+        .authorize_doc(bearer(headers)?, &name)
         .map_err(|e| e.refuse("http_doc_write", Some(&name)))?;
     if access != Access::ReadWrite {
         return Err(AuthError::ReadOnly.refuse("http_doc_write", Some(&name)));
@@ -117,6 +136,12 @@ pub async fn post_update(
         .apply_update(&name, update)
         .await
         .map_err(room_error)?;
+    durable(app, ticket, &name).await?;
+    Ok(Json(serde_json::json!({ "ok": true, "changed": changed })).into_response())
+}
+
+/// Waits until what `ticket` covers is on disk: 503 when the store cannot make it so.
+async fn durable(app: &AppState, ticket: Ticket, name: &DocName) -> Result<(), ApiError> {
     app.durability
         .wait(ticket, DURABILITY_TIMEOUT)
         .await
@@ -127,8 +152,124 @@ pub async fn post_update(
                 "storage_unavailable",
                 "the update could not be made durable; retry it (updates are idempotent)",
             )
+        })
+}
+
+/// The body of `POST /api/v1/docs/{doc}/sync`. Binary fields are base64url.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SyncRequest {
+    /// The client's Yjs client id.
+    client_id: u64,
+    /// The client's state vector: the answer holds what it lacks.
+    state_vector: String,
+    /// Its edits the server may lack, as one v1 update.
+    #[serde(default)]
+    update: Option<String>,
+    /// Its own awareness state (cursor, name) as an encoded awareness update.
+    #[serde(default)]
+    awareness: Option<String>,
+}
+
+/// One round of a client that syncs a document over HTTP instead of a WebSocket (the
+/// dashboard's degraded mode). It posts its state vector, its pending edits and its awareness;
+/// the answer, once its edits are durable, holds what it lacks, the document's state vector
+/// (so it knows what to post next time) and the room's awareness states. Until it has not
+/// polled for `--doc-poll-ttl-ms` it is in the room like a connection: its cursor shows, and
+/// it counts as being in the document.
+async fn post_sync(
+    app: &AppState,
+    headers: &HeaderMap,
+    name: DocName,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (principal, access) = app
+        .auth
+        .authorize_doc(bearer(headers)?, &name)
+        .map_err(|e| e.refuse("http_doc_sync", Some(&name)))?;
+    // base64 takes 4 bytes for 3, and the update and awareness share the body.
+    let limit = app.config.max_frame_bytes / 3 * 4 + 64 * 1024;
+    let body = read_body(body, limit).await?;
+    let request: SyncRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("bad_body", format!("not a sync request: {e}")))?;
+    if request.client_id >= tandem_crdt::SERVER_CLIENT_BASE {
+        return Err(ApiError::bad_request(
+            "bad_client_id",
+            "client_id must be a Yjs client id, below 2^53 - 2^32",
+        ));
+    }
+    let field = |code: &'static str, value: &str| {
+        BASE64URL
+            .decode(value.as_bytes())
+            .map_err(|e| ApiError::bad_request(code, format!("not base64url: {e}")))
+    };
+    let state_vector = field("bad_state_vector", &request.state_vector)?;
+    let update = match request.update.as_deref() {
+        Some(update) => Some(Bytes::from(field("bad_update", update)?)),
+        None => None,
+    };
+    let awareness = match request.awareness.as_deref() {
+        Some(awareness) => Some(Bytes::from(field("bad_awareness", awareness)?)),
+        None => None,
+    };
+    if update
+        .as_ref()
+        .is_some_and(|u| u.len() > app.config.max_frame_bytes)
+    {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "the update is over {} bytes; send it in parts",
+                app.config.max_frame_bytes
+            ),
+        ));
+    }
+    let writes = update.as_ref().is_some_and(|u| u.as_ref() != [0, 0]);
+    if writes && access != Access::ReadWrite {
+        return Err(AuthError::ReadOnly.refuse("http_doc_sync", Some(&name)));
+    }
+    if let Some(awareness) = &awareness {
+        let decoded = AwarenessUpdate::decode(awareness).map_err(|e| {
+            ApiError::bad_request("bad_awareness", format!("malformed awareness update: {e}"))
         })?;
-    Ok(Json(serde_json::json!({ "ok": true, "changed": changed })).into_response())
+        if decoded
+            .entries
+            .iter()
+            .any(|e| e.client_id != request.client_id)
+        {
+            return Err(ApiError::bad_request(
+                "bad_awareness",
+                "a poller's awareness may only hold its own client_id",
+            ));
+        }
+    }
+    let (polled, ticket) = app
+        .rooms
+        .poll(
+            &name,
+            PollRequest {
+                user: Arc::from(principal.user.as_str()),
+                client: request.client_id,
+                state_vector,
+                update,
+                awareness,
+                access,
+            },
+        )
+        .await
+        .map_err(room_error)?;
+    if let Some(ticket) = ticket {
+        durable(app, ticket, &name).await?;
+    }
+    tracing::debug!(doc = %name, user = %principal.user, client = request.client_id, "polled");
+    Ok(Json(serde_json::json!({
+        "update": BASE64URL.encode(&polled.update),
+        "state_vector": BASE64URL.encode(&polled.state_vector),
+        "awareness": polled.awareness.map(|a| BASE64URL.encode(a)),
+        "poll_ttl_ms": app.config.doc_poll_ttl_ms,
+    }))
+    .into_response())
 }
 
 /// Any other path.

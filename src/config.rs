@@ -126,6 +126,12 @@ pub struct Config {
     #[arg(long, env = "TANDEM_PRESENCE_POLL_TTL_MS", default_value_t = Config::DEFAULT_PRESENCE_POLL_TTL_MS)]
     pub presence_poll_ttl_ms: u64,
 
+    /// A client syncing a document over HTTP (`POST /api/v1/docs/{doc}/sync`) stays in the room,
+    /// cursor and all, this long after its last poll, in milliseconds. Pollers poll at least
+    /// every 30 s.
+    #[arg(long, env = "TANDEM_DOC_POLL_TTL_MS", default_value_t = Config::DEFAULT_DOC_POLL_TTL_MS)]
+    pub doc_poll_ttl_ms: u64,
+
     /// A document's user counts as actively editing while their awareness there (cursor,
     /// selection) changed within this many milliseconds.
     #[arg(long, env = "TANDEM_EDITING_IDLE_MS", default_value_t = Config::DEFAULT_EDITING_IDLE_MS)]
@@ -228,6 +234,7 @@ impl Config {
     pub const DEFAULT_PRESENCE_IDLE_MS: u64 = 5 * 60 * 1000;
     pub const DEFAULT_PRESENCE_DEBOUNCE_MS: u64 = 10_000;
     pub const DEFAULT_PRESENCE_POLL_TTL_MS: u64 = 90_000;
+    pub const DEFAULT_DOC_POLL_TTL_MS: u64 = 45_000;
     pub const DEFAULT_LONG_POLL_MAX_SECS: u64 = 60;
     pub const DEFAULT_EDITING_IDLE_MS: u64 = 60_000;
     pub const DEFAULT_RECONNECT_WINDOW_MS: u64 = 30_000;
@@ -258,6 +265,10 @@ impl Config {
 
     pub(crate) fn ping_timeout(&self) -> Duration {
         Duration::from_millis(self.ping_timeout_ms)
+    }
+
+    pub(crate) fn doc_poll_ttl(&self) -> Duration {
+        Duration::from_millis(self.doc_poll_ttl_ms)
     }
 
     pub(crate) fn room_grace(&self) -> Duration {
@@ -331,6 +342,7 @@ impl Default for Config {
             presence_idle_ms: Config::DEFAULT_PRESENCE_IDLE_MS,
             presence_debounce_ms: Config::DEFAULT_PRESENCE_DEBOUNCE_MS,
             presence_poll_ttl_ms: Config::DEFAULT_PRESENCE_POLL_TTL_MS,
+            doc_poll_ttl_ms: Config::DEFAULT_DOC_POLL_TTL_MS,
             long_poll_max_secs: Config::DEFAULT_LONG_POLL_MAX_SECS,
             editing_idle_ms: Config::DEFAULT_EDITING_IDLE_MS,
             reconnect_window_ms: Config::DEFAULT_RECONNECT_WINDOW_MS,

@@ -258,7 +258,8 @@ const HUB_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 const AWARENESS_RENEWAL: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// The timers: the hub's tick every second (or every trim interval, when shorter), retention
-/// every `trim_every`, the renewal of the server's awareness states.
+/// every `trim_every`, the renewal of the server's awareness states, the sweep of lapsed HTTP
+/// pollers of documents.
 fn spawn_maintenance(
     hub: Arc<Hub>,
     rooms: Arc<Rooms>,
@@ -279,6 +280,7 @@ fn spawn_maintenance(
             }
             hub.tick();
             connections.sweep();
+            rooms.expire_pollers();
             client_errors.sweep();
             // Histogram samples wait in buckets until drained; drain them even when nobody
             // scrapes, so they cannot pile up.
@@ -326,6 +328,7 @@ fn validate(config: &Config) -> Result<(), ServeError> {
         ),
         ("presence-idle-ms", config.presence_idle_ms),
         ("presence-poll-ttl-ms", config.presence_poll_ttl_ms),
+        ("doc-poll-ttl-ms", config.doc_poll_ttl_ms),
         (
             "publish-rate-workspace",
             u64::from(config.publish_rate_workspace),
@@ -385,10 +388,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/admin/rooms/{*doc}", post(admin::compact))
         .route("/api/v1/client-errors", post(admin::client_error))
         .route("/api/v1/dev/token", post(api::dev_token))
-        .route(
-            "/api/v1/docs/{*doc}",
-            get(api::get_doc).post(api::post_update),
-        )
+        .route("/api/v1/docs/{*doc}", get(api::get_doc).post(api::post_doc))
         .route("/", get(web::page))
         .route("/queries/{id}", get(web::page))
         .route("/assets/{file}", get(web::file))

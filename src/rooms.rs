@@ -15,8 +15,10 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
-use dashmap::DashMap;
-use tandem_crdt::{Access, Any, AwarenessChange, Outbox, PeerId, Room, RoomError, RoomLimits};
+use dashmap::{DashMap, DashSet};
+use tandem_crdt::{
+    Access, Any, AwarenessChange, Outbox, PeerId, Polled, Room, RoomError, RoomLimits,
+};
 use tandem_storage::{Compaction, DocStore, Seq, StoreError};
 use tokio::sync::{mpsc, OnceCell};
 use tokio_util::sync::CancellationToken;
@@ -177,6 +179,24 @@ pub struct Rooms {
     /// Awareness states the server keeps in rooms (presence mirrors, inboxes), by document and
     /// client id: set in the room when it is loaded, and again whenever it loads later.
     server_awareness: DashMap<DocName, HashMap<u64, Arc<str>>>,
+    /// The loaded rooms that have HTTP pollers, for the sweep that lets lapsed ones go.
+    polled: DashSet<DocName>,
+}
+
+/// One round of a client syncing a document over HTTP (`POST /api/v1/docs/{doc}/sync`).
+#[derive(Debug)]
+pub struct PollRequest {
+    /// The user the token names; pollers are told apart by user and client id.
+    pub user: Arc<str>,
+    /// The client's Yjs client id (its `Y.Doc`'s `clientID`).
+    pub client: u64,
+    /// The client's encoded state vector.
+    pub state_vector: Vec<u8>,
+    /// Its edits the room may lack, as one v1 update.
+    pub update: Option<Bytes>,
+    /// Its awareness (cursor, name), as an encoded awareness update.
+    pub awareness: Option<Bytes>,
+    pub access: Access,
 }
 
 /// One document's room. Its state is loaded once, on first use.
@@ -188,6 +208,9 @@ pub struct RoomHandle {
 struct RoomState {
     room: Room,
     peers: HashMap<PeerId, PeerLink>,
+    /// Clients that sync over HTTP instead of a connection, by user and client id. Each is a
+    /// peer of the room (owning its awareness) until it has not polled for the poll TTL.
+    pollers: HashMap<(Arc<str>, u64), Poller>,
     /// Set when the room was unloaded or poisoned: whoever still holds the handle must look the
     /// document up again.
     closed: bool,
@@ -201,6 +224,19 @@ struct RoomState {
     unload_pending: bool,
     /// Bumped whenever the room is used, so a pending unload can tell it went stale.
     activity: u64,
+}
+
+/// A client syncing over HTTP.
+struct Poller {
+    peer: PeerId,
+    expires: Instant,
+}
+
+impl RoomState {
+    /// Whether nobody is in the room: no connection and no live poller.
+    fn is_vacant(&self) -> bool {
+        self.peers.is_empty() && self.pollers.is_empty()
+    }
 }
 
 impl Rooms {
@@ -221,6 +257,7 @@ impl Rooms {
             shutdown,
             observer: OnceLock::new(),
             server_awareness: DashMap::new(),
+            polled: DashSet::new(),
         }
     }
 
@@ -365,8 +402,7 @@ impl Rooms {
                     Err(err) => Err(err.into()),
                 };
                 let idle = state
-                    .peers
-                    .is_empty()
+                    .is_vacant()
                     .then(|| (Arc::clone(handle), state.activity));
                 (result, idle, overflow)
             })
@@ -426,6 +462,7 @@ impl Rooms {
             Ok::<_, RoomOpError>(Mutex::new(RoomState {
                 room,
                 peers: HashMap::new(),
+                pollers: HashMap::new(),
                 closed: false,
                 last_seq: stored.last_seq(),
                 log_updates: stored.log.len(),
@@ -554,7 +591,7 @@ impl Rooms {
         if let Some(removal) = removal {
             self.broadcast_detached(&state, removal);
         }
-        let unload = (state.peers.is_empty() && !state.closed).then_some(state.activity);
+        let unload = (state.is_vacant() && !state.closed).then_some(state.activity);
         drop(state);
         self.report_gone(&handle.name, &link.user, gone);
         if let Some(activity) = unload {
@@ -583,6 +620,114 @@ impl Rooms {
         ))
     }
 
+    /// One round of an HTTP poller of `name`: applies its edits and awareness as the poller's
+    /// peer (persisted and sent to the room's connections like any other), keeps it in the room
+    /// for `--doc-poll-ttl-ms`, and answers what it lacks with the room's awareness. The ticket,
+    /// when its edits changed the document, says when they are durable.
+    ///
+    /// # Errors
+    /// The room could not be loaded, refused the input (nothing is kept of a malformed state
+    /// vector; of other refusals, what came before the bad part), or the store failed.
+    pub async fn poll(
+        self: &Arc<Self>,
+        name: &DocName,
+        request: PollRequest,
+    ) -> Result<(Polled, Option<Ticket>), RoomOpError> {
+        let received = Instant::now();
+        let expires = received + self.config.doc_poll_ttl();
+        let key = (Arc::clone(&request.user), request.client);
+        let (result, awareness, overflow) = self
+            .with_state(name, |handle, state| {
+                let peer = state
+                    .pollers
+                    .entry(key.clone())
+                    .and_modify(|p| p.expires = expires)
+                    .or_insert_with(|| Poller {
+                        peer: PeerId(crate::ws::next_conn_id()),
+                        expires,
+                    })
+                    .peer;
+                // Under the room's lock, so the sweep cannot miss this poller.
+                self.polled.insert(name.clone());
+                let mut outbox = Outbox::default();
+                let polled = state.room.poll(
+                    peer,
+                    &request.state_vector,
+                    request.update.as_deref(),
+                    request.awareness.as_deref(),
+                    request.access,
+                    &mut outbox,
+                );
+                let awareness = std::mem::take(&mut outbox.awareness);
+                let mut overflow = Overflow::default();
+                let delivered =
+                    self.deliver_outbox(handle, state, Some(peer), outbox, received, &mut overflow);
+                let result = match (polled, delivered) {
+                    (Ok(polled), Ok(ticket)) => Ok((polled, ticket)),
+                    (Err(err), _) => Err(RoomOpError::from(err)),
+                    (_, Err(err)) => Err(err),
+                };
+                (result, awareness, overflow)
+            })
+            .await?;
+        if let (Some(observer), false) = (self.observer.get(), awareness.is_empty()) {
+            observer.awareness(name, &request.user, awareness);
+        }
+        overflow.deliver(self.config.lag_timeout()).await;
+        if let Err(RoomOpError::Room(RoomError::Poisoned)) = &result {
+            self.discard_by_name(name);
+        }
+        result
+    }
+
+    /// Lets the HTTP pollers that stopped polling go: their awareness is removed as if their
+    /// connection had closed, and a room left vacant unloads after its grace period.
+    pub fn expire_pollers(self: &Arc<Self>) {
+        let now = Instant::now();
+        let names: Vec<DocName> = self.polled.iter().map(|n| n.key().clone()).collect();
+        for name in names {
+            let handle = self.map.get(&name).map(|e| Arc::clone(e.value()));
+            let Some(handle) = handle.filter(|h| h.state.get().is_some()) else {
+                self.polled.remove(&name);
+                continue;
+            };
+            let mut state = handle.lock();
+            if state.closed {
+                state.pollers.clear();
+                self.polled.remove(&name);
+                continue;
+            }
+            let lapsed: Vec<(Arc<str>, u64)> = state
+                .pollers
+                .iter()
+                .filter(|(_, p)| p.expires <= now)
+                .map(|(key, _)| key.clone())
+                .collect();
+            let mut gone = Vec::new();
+            for key in lapsed {
+                let Some(poller) = state.pollers.remove(&key) else {
+                    continue;
+                };
+                let (removal, clients) = state.room.depart(poller.peer);
+                if let Some(removal) = removal {
+                    self.broadcast_detached(&state, removal);
+                }
+                gone.push((key.0, clients));
+            }
+            if state.pollers.is_empty() {
+                self.polled.remove(&name);
+            }
+            let unload = (!gone.is_empty() && state.is_vacant()).then_some(state.activity);
+            drop(state);
+            for (user, clients) in gone {
+                self.report_gone(&name, &user, clients);
+            }
+            if let Some(activity) = unload {
+                self.schedule_unload(Arc::clone(&handle), activity);
+            }
+        }
+    }
+
     /// Reads from the room of `name` (loading it if needed) with `f`.
     ///
     /// # Errors
@@ -595,8 +740,7 @@ impl Rooms {
         let (value, idle) = self
             .with_state(name, |handle, state| {
                 let idle = state
-                    .peers
-                    .is_empty()
+                    .is_vacant()
                     .then(|| (Arc::clone(handle), state.activity));
                 (f(&state.room), idle)
             })
@@ -734,7 +878,7 @@ impl Rooms {
                     }
                     {
                         let mut state = handle.lock();
-                        if !state.peers.is_empty() || state.closed {
+                        if !state.is_vacant() || state.closed {
                             state.unload_pending = false;
                             return;
                         }
@@ -761,8 +905,7 @@ impl Rooms {
             .remove_if(&handle.name, |_, h| {
                 Arc::ptr_eq(h, handle) && {
                     let mut state = h.lock();
-                    let idle =
-                        state.peers.is_empty() && activity.is_none_or(|a| a == state.activity);
+                    let idle = state.is_vacant() && activity.is_none_or(|a| a == state.activity);
                     if idle {
                         state.closed = true;
                     }
@@ -799,6 +942,7 @@ impl Rooms {
                     serde_json::json!({
                         "document": handle.name.as_str(),
                         "clients": state.peers.len(),
+                        "pollers": state.pollers.len(),
                         "awareness_clients": state.room.awareness_count(),
                         "bytes": state.room.size_bytes(),
                         "updates_since_snapshot": state.log_updates,
@@ -819,7 +963,7 @@ impl Rooms {
     pub async fn compact_doc(self: &Arc<Self>, name: &DocName) -> Result<usize, RoomOpError> {
         let (handle, idle) = self
             .with_state(name, |handle, state| {
-                let idle = state.peers.is_empty().then_some(state.activity);
+                let idle = state.is_vacant().then_some(state.activity);
                 (Arc::clone(handle), idle)
             })
             .await?;
@@ -872,11 +1016,22 @@ impl Rooms {
             .depart_all()
             .into_iter()
             .filter_map(|(peer, clients)| {
-                let user = state.peers.get(&peer).map(|l| Arc::clone(&l.user))?;
+                let user = state
+                    .peers
+                    .get(&peer)
+                    .map(|l| Arc::clone(&l.user))
+                    .or_else(|| {
+                        state
+                            .pollers
+                            .iter()
+                            .find(|(_, p)| p.peer == peer)
+                            .map(|((user, _), _)| Arc::clone(user))
+                    })?;
                 Some((user, clients))
             })
             .collect();
         state.peers.clear();
+        state.pollers.clear();
         drop(state);
         for (user, clients) in departed {
             self.report_gone(&handle.name, &user, clients);

@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
+use base64::Engine;
 use common::{spawn_app_with, text_of_update, text_update, wait_text, TestApp, TIMEOUT};
 use tandem::auth::{mint, now_secs, Claims, DocPermission, Role, Secret};
 use tandem_sync::Client;
@@ -256,6 +257,26 @@ async fn http_reads_and_writes_refuse_every_bad_token() {
         403,
         "read_only",
         "read-only write",
+    )
+    .await;
+    // Polling sync too: a read-only poller may read and show its cursor, not write.
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let sync = |update: Option<Vec<u8>>| {
+        let mut body = serde_json::json!({ "client_id": 5, "state_vector": b64.encode([0u8]) });
+        if let Some(update) = update {
+            body["update"] = b64.encode(update).into();
+        }
+        http.post(format!("{url}/sync"))
+            .bearer_auth(&reader)
+            .json(&body)
+            .send()
+    };
+    assert_eq!(sync(None).await.unwrap().status(), 200);
+    assert_json_refusal(
+        sync(Some(text_update(5, "nope"))).await.unwrap(),
+        403,
+        "read_only",
+        "read-only sync with an update",
     )
     .await;
     // Not a bearer token at all.

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::{text_of_update, TIMEOUT};
 use tandem_sync::client::{Client, ClientOptions};
+use yrs::updates::encoder::Encode;
 use yrs::{Doc, ReadTxn, Text, Transact};
 
 /// A `tandem` process.
@@ -149,6 +150,35 @@ async fn http_writes_acknowledged_before_sigkill_survive() {
 
     let server = Server::start(dir.path(), &[]);
     assert_eq!(server.text("acked").await, markers(40));
+}
+
+#[tokio::test]
+async fn edits_synced_by_polling_survive_sigkill() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let mut writer = Writer::new(3);
+    for _ in 0..30 {
+        let update = writer.next_update();
+        let sv = writer.doc.transact().state_vector().encode_v1();
+        let response = http
+            .post(format!("{}/sync", server.doc_url("polled")))
+            .json(&serde_json::json!({
+                "client_id": 3,
+                "state_vector": b64.encode(sv),
+                "update": b64.encode(update),
+            }))
+            .send()
+            .await
+            .expect("sync");
+        assert_eq!(response.status(), 200);
+    }
+    server.kill();
+
+    let server = Server::start(dir.path(), &[]);
+    assert_eq!(server.text("polled").await, markers(30));
 }
 
 #[tokio::test]

@@ -239,3 +239,252 @@ async fn the_browser_dashboard_is_served_from_the_binary() {
         .unwrap();
     assert_eq!(missing.status(), 404);
 }
+
+/// A client syncing over `POST /api/v1/docs/{doc}/sync`, as the dashboard does in degraded
+/// mode: its own yrs document, and the server's state vector from its last answer.
+struct Poller {
+    doc: yrs::Doc,
+    url: String,
+    server_sv: Option<yrs::StateVector>,
+    clock: u64,
+}
+
+impl Poller {
+    fn new(app: &common::TestApp, doc: &str, client_id: u64) -> Poller {
+        Poller {
+            doc: yrs::Doc::with_client_id(client_id),
+            url: app.http_url(&format!("/api/v1/docs/{doc}/sync")),
+            server_sv: None,
+            clock: 0,
+        }
+    }
+
+    fn type_text(&self, text: &str) {
+        use yrs::Text;
+        let t = self.doc.get_or_insert_text("t");
+        let mut txn = self.doc.transact_mut();
+        let len = t.len(&txn);
+        t.insert(&mut txn, len, text);
+    }
+
+    fn text(&self) -> String {
+        use yrs::GetString;
+        let t = self.doc.get_or_insert_text("t");
+        t.get_string(&self.doc.transact())
+    }
+
+    /// The request body: its state vector, what the server lacks, and `awareness` if given.
+    fn body(&mut self, awareness: Option<&str>) -> serde_json::Value {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let txn = self.doc.transact();
+        let pending = txn.encode_state_as_update_v1(&self.server_sv.clone().unwrap_or_default());
+        let mut body = serde_json::json!({
+            "client_id": self.doc.client_id().get(),
+            "state_vector": b64.encode(txn.state_vector().encode_v1()),
+            "update": b64.encode(pending),
+        });
+        if let Some(state) = awareness {
+            self.clock += 1;
+            let update = tandem_sync::AwarenessUpdate {
+                entries: vec![tandem_sync::AwarenessEntry {
+                    client_id: self.doc.client_id().get(),
+                    clock: self.clock,
+                    state: Some(state.into()),
+                }],
+            };
+            body["awareness"] = b64.encode(update.encode()).into();
+        }
+        body
+    }
+
+    /// One round: posts and applies the answer; returns the room's awareness states.
+    async fn poll(&mut self, awareness: Option<&str>) -> Vec<(u64, Option<String>)> {
+        use yrs::updates::decoder::Decode;
+        let body = self.body(awareness);
+        let response = reqwest::Client::new()
+            .post(&self.url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let answer: serde_json::Value = response.json().await.unwrap();
+        let b64 = base64::engine::general_purpose::URL_SAFE;
+        let update = b64.decode(answer["update"].as_str().unwrap()).unwrap();
+        self.doc
+            .transact_mut()
+            .apply_update(yrs::Update::decode_v1(&update).unwrap())
+            .unwrap();
+        let sv = b64
+            .decode(answer["state_vector"].as_str().unwrap())
+            .unwrap();
+        self.server_sv = Some(yrs::StateVector::decode_v1(&sv).unwrap());
+        assert!(answer["poll_ttl_ms"].as_u64().is_some(), "{answer}");
+        match answer["awareness"].as_str() {
+            Some(states) => tandem_sync::AwarenessUpdate::decode(&b64.decode(states).unwrap())
+                .unwrap()
+                .entries
+                .into_iter()
+                .map(|e| (e.client_id, e.state.map(|s| s.to_string())))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_poller_and_a_socket_client_edit_one_document_and_see_each_other() {
+    let app = spawn_app_with(|c| c.doc_poll_ttl_ms = 1500).await;
+    let socket = app.join("acme/queries/1").await;
+    socket.push_text("t", "socket ");
+    socket.set_awareness(r#"{"user":{"name":"Sam"}}"#).unwrap();
+    // Once another client sees the socket's cursor, the room holds it.
+    app.join("acme/queries/1")
+        .await
+        .wait_for("the socket's cursor", common::TIMEOUT, |c| {
+            c.awareness().values().any(|s| s.contains("Sam"))
+        })
+        .await
+        .unwrap();
+    let mut poller = Poller::new(&app, "acme/queries/1", 4242);
+    poller.type_text("polled");
+
+    // The first round brings the socket's text and cursor; the poller's edit reaches the socket
+    // and so does its cursor.
+    let states = poller.poll(Some(r#"{"user":{"name":"Pat"}}"#)).await;
+    assert!(
+        states
+            .iter()
+            .any(|(_, s)| s.as_deref().is_some_and(|s| s.contains("Sam"))),
+        "{states:?}"
+    );
+    assert!(poller.text().contains("socket ") && poller.text().contains("polled"));
+    wait_text(&socket, "t", &poller.text()).await;
+    socket
+        .wait_for("the poller's cursor", common::TIMEOUT, |c| {
+            c.awareness().get(&4242).is_some_and(|s| s.contains("Pat"))
+        })
+        .await
+        .expect("the poller's awareness reaches the socket");
+
+    // The socket types on; the next round carries just that.
+    socket.push_text("t", "more ");
+    wait_text(&socket, "t", &format!("{}more ", poller.text())).await;
+    poller.poll(None).await;
+    assert_eq!(poller.text(), socket.text("t"));
+    // Nothing new: the answer is an empty update and the poller stays as it is.
+    let before = poller.text();
+    poller.poll(None).await;
+    assert_eq!(poller.text(), before);
+
+    // A poller that stops polling leaves the room as a closed connection would.
+    socket
+        .wait_for("the poller's cursor to go", common::TIMEOUT, |c| {
+            !c.awareness().contains_key(&4242)
+        })
+        .await
+        .expect("a lapsed poller's awareness is removed");
+    let rooms: serde_json::Value = reqwest::get(app.http_url("/api/v1/admin/rooms"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rooms["rooms"][0]["pollers"], 0, "{rooms}");
+}
+
+#[tokio::test]
+async fn bad_sync_requests_get_json_errors_and_change_nothing() {
+    let app = spawn_app_with(|c| c.max_frame_bytes = 1024).await;
+    let http = reqwest::Client::new();
+    let url = app.http_url("/api/v1/docs/d/sync");
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let sv = b64.encode([0u8]);
+    let someone_else = tandem_sync::AwarenessUpdate {
+        entries: vec![tandem_sync::AwarenessEntry {
+            client_id: 9,
+            clock: 1,
+            state: Some("{}".into()),
+        }],
+    };
+    let cases = [
+        (http.post(&url).body("not json"), 400, "bad_body"),
+        (
+            http.post(&url).json(&serde_json::json!({ "client_id": 1 })),
+            400,
+            "bad_body",
+        ),
+        (
+            http.post(&url)
+                .json(&serde_json::json!({ "client_id": 1, "state_vector": sv, "extra": 1 })),
+            400,
+            "bad_body",
+        ),
+        (
+            http.post(&url)
+                .json(&serde_json::json!({ "client_id": 1, "state_vector": "***" })),
+            400,
+            "bad_state_vector",
+        ),
+        (
+            http.post(&url).json(
+                &serde_json::json!({ "client_id": 1, "state_vector": b64.encode([0xff, 0xff]) }),
+            ),
+            400,
+            "bad_state_vector",
+        ),
+        (
+            http.post(&url).json(&serde_json::json!({
+                "client_id": 9_007_199_254_740_000u64, "state_vector": sv,
+            })),
+            400,
+            "bad_client_id",
+        ),
+        (
+            http.post(&url).json(&serde_json::json!({
+                "client_id": 1, "state_vector": sv, "update": b64.encode([0xff, 0xff, 0xff, 0x7f]),
+            })),
+            400,
+            "bad_update",
+        ),
+        (
+            http.post(&url).json(&serde_json::json!({
+                "client_id": 1, "state_vector": sv, "update": b64.encode(vec![0u8; 2048]),
+            })),
+            413,
+            "too_large",
+        ),
+        (
+            http.post(&url).json(&serde_json::json!({
+                "client_id": 1, "state_vector": sv, "awareness": b64.encode([5, 1]),
+            })),
+            400,
+            "bad_awareness",
+        ),
+        (
+            http.post(&url).json(&serde_json::json!({
+                "client_id": 1, "state_vector": sv, "awareness": b64.encode(someone_else.encode()),
+            })),
+            400,
+            "bad_awareness",
+        ),
+        (
+            http.post(app.http_url("/api/v1/docs/a%01b/sync"))
+                .json(&serde_json::json!({ "client_id": 1, "state_vector": sv })),
+            400,
+            "bad_document_name",
+        ),
+    ];
+    for (request, status, code) in cases {
+        json_error(request.send().await.unwrap(), status, code).await;
+    }
+    let state = http
+        .get(app.http_url("/api/v1/docs/d"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(state.as_ref(), [0, 0]);
+}

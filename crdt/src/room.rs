@@ -106,6 +106,17 @@ impl Outbox {
     }
 }
 
+/// The answer to one [`Room::poll`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Polled {
+    /// What the poller lacks, as a v1 update.
+    pub update: Vec<u8>,
+    /// The document's state vector, so the poller knows what the room lacks.
+    pub state_vector: Vec<u8>,
+    /// Every live awareness state as one encoded awareness update; `None` when there is none.
+    pub awareness: Option<Vec<u8>>,
+}
+
 /// A document and its awareness.
 pub struct Room {
     doc: Doc,
@@ -412,6 +423,46 @@ impl Room {
         }
     }
 
+    /// One round of a client that syncs by polling over HTTP instead of keeping a connection:
+    /// applies its pending `update` and its `awareness` as `peer` (which then owns those
+    /// awareness clients, as a connection would), and answers what it lacks against its state
+    /// vector `sv`, with every live awareness state.
+    ///
+    /// The caller delivers `outbox` whether or not this fails, as with [`Room::receive`]; the
+    /// poller gets nothing from it (its answer is the returned [`Polled`]).
+    ///
+    /// # Errors
+    /// `sv` is malformed (checked before anything is applied), or as [`Room::receive`].
+    pub fn poll(
+        &mut self,
+        peer: PeerId,
+        sv: &[u8],
+        update: Option<&[u8]>,
+        awareness: Option<&[u8]>,
+        access: Access,
+        outbox: &mut Outbox,
+    ) -> Result<Polled, RoomError> {
+        StateVector::decode_v1(sv).map_err(|e| RoomError::BadStateVector(e.to_string()))?;
+        let mut frame = Vec::new();
+        if let Some(update) = update {
+            frame.extend_from_slice(&message::encode_update(update));
+        }
+        if let Some(awareness) = awareness {
+            frame.extend_from_slice(&message::encode_awareness(awareness));
+        }
+        if !frame.is_empty() {
+            self.peers.entry(peer).or_default();
+            self.receive(peer, Bytes::from(frame), access, outbox)?;
+            // The poller's answer is below; the echo of its awareness is not for anyone.
+            outbox.reply.clear();
+        }
+        Ok(Polled {
+            update: self.diff(sv)?,
+            state_vector: self.state_vector(),
+            awareness: self.awareness.full_update().map(|u| u.encode()),
+        })
+    }
+
     /// Applies an update that arrived outside any connection (the HTTP API).
     ///
     /// # Errors
@@ -612,6 +663,85 @@ mod tests {
         // The same update again changes nothing and goes nowhere.
         let again = recv(&mut room, PeerId(1), frame, Access::ReadWrite).unwrap();
         assert!(again.is_empty());
+    }
+
+    #[test]
+    fn a_poller_sends_its_edits_and_cursor_and_gets_what_it_lacks() {
+        let mut room = Room::new(RoomLimits::default());
+        room.join(PeerId(1));
+        recv(
+            &mut room,
+            PeerId(1),
+            encode_update(&text_update(1, "from a socket")),
+            Access::ReadWrite,
+        )
+        .unwrap();
+
+        // The poller has its own edit and knows nothing of the room's yet.
+        let poller = Doc::with_client_id(2);
+        let t = poller.get_or_insert_text("t");
+        let pending = {
+            let mut txn = poller.transact_mut();
+            t.insert(&mut txn, 0, "polled ");
+            txn.encode_update_v1()
+        };
+        let sv = poller.transact().state_vector().encode_v1();
+        let cursor = AwarenessUpdate {
+            entries: vec![AwarenessEntry {
+                client_id: 2,
+                clock: 1,
+                state: Some(r#"{"cursor":1}"#.into()),
+            }],
+        }
+        .encode();
+        let mut outbox = Outbox::default();
+        let polled = room
+            .poll(
+                PeerId(9),
+                &sv,
+                Some(&pending),
+                Some(&cursor),
+                Access::ReadWrite,
+                &mut outbox,
+            )
+            .unwrap();
+        // Its edit is persisted and sent to the socket peer, and so is its cursor; nothing is
+        // echoed back to it.
+        assert_eq!(outbox.persist, vec![Bytes::from(pending)]);
+        assert_eq!(outbox.broadcast.len(), 2);
+        assert!(outbox.reply.is_empty());
+        // Its answer holds the socket peer's text (not its own again) and its cursor.
+        poller
+            .transact_mut()
+            .apply_update(Update::decode_v1(&polled.update).unwrap())
+            .unwrap();
+        assert_eq!(t.get_string(&poller.transact()), text_of(&room));
+        assert_eq!(
+            StateVector::decode_v1(&polled.state_vector).unwrap(),
+            poller.transact().state_vector()
+        );
+        let states = AwarenessUpdate::decode(&polled.awareness.unwrap()).unwrap();
+        assert_eq!(states.entries.len(), 1);
+        assert_eq!(states.entries[0].client_id, 2);
+
+        // Its cursor belongs to the poller's peer: it goes when that peer departs.
+        let (removal, gone) = room.depart(PeerId(9));
+        assert!(removal.is_some());
+        assert_eq!(gone, vec![2]);
+
+        // A malformed state vector is refused before anything is applied.
+        let mut outbox = Outbox::default();
+        let refused = room.poll(
+            PeerId(9),
+            &[0xff, 0xff],
+            Some(&text_update(3, "never")),
+            None,
+            Access::ReadWrite,
+            &mut outbox,
+        );
+        assert!(matches!(refused, Err(RoomError::BadStateVector(_))));
+        assert!(outbox.is_empty());
+        assert!(!text_of(&room).contains("never"));
     }
 
     #[test]
