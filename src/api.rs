@@ -680,12 +680,16 @@ pub async fn post_presence(
     let fields = json_object(read_body(body, app.config.max_dashboard_frame_bytes).await?)?;
     // `{}` keeps the poller present without counting as activity: it still goes idle.
     let active = !fields.is_empty();
-    let update = if fields.is_empty() {
+    let mut update = if fields.is_empty() {
         PresenceUpdate::default()
     } else {
         protocol::presence(&fields)
             .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.code, e.message))?
     };
+    // As on a dashboard connection, the token's name is the user's unless they give another.
+    if update.name.is_none() {
+        update.name = who.name.clone();
+    }
     let ws = app
         .hub
         .workspace(&who.workspace)

@@ -21,6 +21,18 @@ async fn two_users_edit_one_query_and_see_each_other_and_its_result() {
     let seen: serde_json::Value = serde_json::from_str(output.trim()).expect("one JSON line");
     assert_eq!(seen["ok"], true, "{seen}");
     assert_eq!(seen["rows"], "100");
+    assert!(
+        seen["titleLock"].as_str().unwrap().contains("Ada"),
+        "{seen}"
+    );
+    assert_eq!(seen["accessibility"], serde_json::json!({}), "{seen}");
+    // Ten awareness changes reach the other user one by one from a visible tab, as one from a
+    // hidden tab.
+    assert_eq!(
+        seen["awarenessUpdates"],
+        serde_json::json!({"visible": 10, "hidden": 1}),
+        "{seen}"
+    );
     assert_eq!(seen["errors"], serde_json::json!([]), "{seen}");
     for shot in ["ada.png", "bob.png", "dashboard.png"] {
         assert!(artifacts.join(shot).exists(), "{shot}");
@@ -58,4 +70,28 @@ async fn the_indicator_follows_a_server_restart_and_nothing_typed_is_lost() {
             .contains("SELECT 1; SELECT 2;"),
         "{seen}"
     );
+}
+
+#[tokio::test]
+async fn a_browser_without_websockets_degrades_to_http_and_still_collaborates() {
+    let app = spawn_app().await;
+    let artifacts =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-artifacts");
+    let base = format!("http://{}", app.addr);
+    let output = common::node(
+        "tests/browser",
+        "degraded.mjs",
+        &[&base, &artifacts.display().to_string()],
+    )
+    .await;
+    let seen: serde_json::Value = serde_json::from_str(output.trim()).expect("one JSON line");
+    assert_eq!(seen["ok"], true, "{seen}");
+    assert_eq!(seen["degradedState"], "degraded", "{seen}");
+    assert!(
+        seen["label"].as_str().unwrap().contains("Degraded"),
+        "{seen}"
+    );
+    assert_eq!(seen["text"], "SELECT 42 AS answer;", "{seen}");
+    assert_eq!(seen["errors"], serde_json::json!([]), "{seen}");
+    assert!(artifacts.join("ada-degraded.png").exists());
 }

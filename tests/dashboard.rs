@@ -1095,6 +1095,8 @@ async fn a_polling_client_keeps_its_presence_alive_over_http() {
     };
     assert_eq!(online["status"], "online");
     assert_eq!(online["current_page"], "/queries/9");
+    // Named by its token, as a dashboard connection is.
+    assert_eq!(online["name"], "User 42");
     let (_, listed) = get(&app, "/api/v1/presence", &bearer).await;
     assert!(listed["users"]
         .as_array()

@@ -1,7 +1,11 @@
 // Two browser contexts as two users: both open the same query; typing in one shows in the
-// other with the typist's cursor and name; both appear in the online widget; a query_completed
-// published over HTTP updates the result panel in both. Screenshots of both windows go to the
-// artifacts directory.
+// other with the typist's cursor and name; the title one of them edits is locked for the other,
+// holder shown, and free again once they leave it; a query_completed published over HTTP
+// updates the result panel in both; both appear in the online widget and in the query's entry
+// of a third user's dashboard, whose chat badge clears once the session is viewed; a tab sent
+// to the background shows its user idle and sends its awareness updates coalesced; every page
+// passes an accessibility check (labelled controls, text contrast of at least 4.5:1).
+// Screenshots of the windows go to the artifacts directory.
 //
 // usage: node collaborate.mjs <server base URL> <artifacts dir>
 // Prints one JSON line with what it saw; exits 0 only when everything held.
@@ -26,6 +30,42 @@ const open = async (name, path) => {
 }
 const textOf = (page, selector) => page.$eval(selector, (node) => node.innerText)
 
+/**
+ * What fails a basic accessibility check on `page`: form controls and buttons without an
+ * accessible name, and visible text whose contrast with its background is under WCAG AA's 4.5:1.
+ */
+const accessibilityProblems = (page) => page.evaluate(() => {
+  const problems = []
+  const rgb = (color) => (color.match(/[\d.]+/g) || []).map(Number)
+  const luminance = ([r, g, b]) => {
+    const lin = (c) => { c /= 255; return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4 }
+    return 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b)
+  }
+  const background = (node) => {
+    for (; node; node = node.parentElement) {
+      const [r, g, b, a = 1] = rgb(getComputedStyle(node).backgroundColor)
+      if (a > 0) return [r, g, b]
+    }
+    return [255, 255, 255]
+  }
+  for (const node of document.querySelectorAll('input, button, select, textarea, [contenteditable=true]')) {
+    const named = node.labels?.length || node.getAttribute('aria-label') || node.getAttribute('aria-labelledby') || node.textContent.trim()
+    if (!named) problems.push(`unlabelled ${node.tagName.toLowerCase()}#${node.id}`)
+  }
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT)
+  for (let text = walker.nextNode(); text; text = walker.nextNode()) {
+    const node = text.parentElement
+    // Zero-width characters (the word joiner beside a remote caret) are no text to read.
+    if (!text.textContent.replace(/[\u200b-\u200d\u2060\ufeff]/g, '').trim() || !node.checkVisibility()) continue
+    const style = getComputedStyle(node)
+    const a = luminance(rgb(style.color))
+    const b = luminance(background(node))
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05)
+    if (ratio < 4.5) problems.push(`contrast ${ratio.toFixed(2)} of "${text.textContent.trim().slice(0, 30)}"`)
+  }
+  return [...new Set(problems)]
+})
+
 try {
   const ada = await open('Ada', '/queries/7')
   const bob = await open('Bob', '/queries/7')
@@ -42,6 +82,16 @@ try {
   await ada.waitForFunction(() => document.querySelector('.cm-content').innerText.includes('WHERE paid'), null, { timeout: TIMEOUT })
   await ada.waitForFunction(() => [...document.querySelectorAll('.cm-ySelectionInfo')].some((n) => n.textContent === 'Bob'), null, { timeout: TIMEOUT })
 
+  // Ada edits the title: Bob's is locked, saying who holds it, and follows her typing; once she
+  // leaves it, it is free again.
+  await ada.click('#title')
+  await bob.waitForFunction(() => document.querySelector('#title').disabled && document.querySelector('#title-lock').textContent.includes('Ada'), null, { timeout: TIMEOUT })
+  await ada.keyboard.type('Paid orders')
+  await bob.waitForFunction(() => document.querySelector('#title').value === 'Paid orders', null, { timeout: TIMEOUT })
+  const titleLock = await textOf(bob, '#title-lock')
+  await ada.click('.cm-content')
+  await bob.waitForFunction(() => !document.querySelector('#title').disabled && document.querySelector('#title-lock').textContent === '', null, { timeout: TIMEOUT })
+
   // A result arrives: both result panels show it.
   const published = await fetch(`${base}/api/v1/events?workspace=default`, {
     method: 'POST',
@@ -54,15 +104,66 @@ try {
   }
   const rows = await textOf(bob, '#result-count')
 
-  // Both in the online widget of the dashboard.
+  // Both in the online widget of the dashboard, and in the query's entry.
   const carol = await open('Carol', '/')
   await carol.waitForFunction(() => ['Ada', 'Bob'].every((n) => document.querySelector('#online-users').innerText.includes(n)), null, { timeout: TIMEOUT })
+  await carol.waitForFunction(() => /Query 7\s*·\s*(Ada, Bob|Bob, Ada)/.test(document.querySelector('#queries').innerText), null, { timeout: TIMEOUT })
   const online = await textOf(carol, '#online-users')
+
+  // A chat message raises Carol's badge; viewing the session clears it.
+  const chat = await fetch(`${base}/api/v1/events?workspace=default`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ type: 'new_chat_message', session_id: 31, message: 'Is the report ready?', sender: 'visitor' })
+  })
+  if (chat.status !== 201) throw new Error(`publish answered ${chat.status}`)
+  await carol.waitForFunction(() => document.querySelector('#chat-badges .badge')?.textContent === '1', null, { timeout: TIMEOUT })
+  await carol.click('#chat-badges button')
+  await carol.waitForFunction(() => document.querySelector('#chat-badges').children.length === 0, null, { timeout: TIMEOUT })
+  const chatView = await textOf(carol, '#chat-session')
+  if (!chatView.includes('Is the report ready?')) throw new Error(`the chat view shows ${JSON.stringify(chatView)}`)
+
+  // Ada's tab goes to the background: the dashboard shows her idle, and her awareness updates
+  // reach Bob coalesced instead of one by one (ten changes visible: ten updates; hidden: one).
+  await bob.evaluate(() => {
+    const { provider } = window.tandem
+    window.probes = []
+    provider.awareness.on('change', ({ updated }) => {
+      for (const id of updated) {
+        const probe = provider.awareness.getStates().get(id)?.probe
+        if (probe !== undefined) window.probes.push(probe)
+      }
+    })
+  })
+  const probe = (from) => ada.evaluate(async (from) => {
+    for (let i = from; i < from + 10; i++) {
+      window.tandem.provider.awareness.setLocalStateField('probe', i)
+      await new Promise((resolve) => setTimeout(resolve, 30))
+    }
+  }, from)
+  await probe(0)
+  await bob.waitForFunction(() => window.probes.includes(9), null, { timeout: TIMEOUT })
+  await ada.evaluate(() => {
+    Object.defineProperty(document, 'hidden', { configurable: true, get: () => true })
+    Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => 'hidden' })
+    document.dispatchEvent(new Event('visibilitychange'))
+  })
+  await carol.waitForFunction(() => /Ada\s*idle/.test(document.querySelector('#online-users').innerText), null, { timeout: TIMEOUT })
+  await probe(100)
+  await bob.waitForFunction(() => window.probes.includes(109), null, { timeout: TIMEOUT })
+  const probes = await bob.evaluate(() => window.probes)
+  const awarenessUpdates = { visible: probes.filter((p) => p < 100).length, hidden: probes.filter((p) => p >= 100).length }
+
+  const accessibility = {}
+  for (const [name, page] of [['ada', ada], ['bob', bob], ['carol', carol]]) {
+    const problems = await accessibilityProblems(page)
+    if (problems.length) accessibility[name] = problems
+  }
 
   await ada.screenshot({ path: `${artifacts}/ada.png` })
   await bob.screenshot({ path: `${artifacts}/bob.png` })
   await carol.screenshot({ path: `${artifacts}/dashboard.png` })
-  console.log(JSON.stringify({ ok: true, rows, online, errors }))
+  console.log(JSON.stringify({ ok: true, rows, online, titleLock, awarenessUpdates, accessibility, errors }))
 } catch (err) {
   console.log(JSON.stringify({ ok: false, error: String(err), errors }))
   process.exitCode = 1

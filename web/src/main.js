@@ -3,6 +3,8 @@
 // query document's Y.Text, with live cursors, the "is editing" banner, a title lock and the
 // live result panel).
 import * as Y from 'yjs'
+import * as awarenessProtocol from 'y-protocols/awareness'
+import * as decoding from 'lib0/decoding'
 import { WebsocketProvider } from 'y-websocket'
 import { IndexeddbPersistence } from 'y-indexeddb'
 import { EditorView, basicSetup } from 'codemirror'
@@ -12,6 +14,15 @@ import { yCollab } from 'y-codemirror.next'
 const params = new URLSearchParams(location.search)
 const wsBase = location.origin.replace(/^http/, 'ws')
 const IDLE_AFTER_MS = 5 * 60 * 1000
+// A WebSocket that failed this many times in a row gives way to HTTP polling until it is back.
+const DEGRADED_AFTER_FAILURES = 3
+// Reconnect backoff: exponential from 100 ms (as y-websocket's), capped, each delay jittered.
+const BACKOFF_MAX_MS = 30000
+// Polling a document: every 2 s while anything changes, doubling to 30 s while nothing does.
+const POLL_MIN_MS = 2000
+const POLL_MAX_MS = 30000
+// While the tab is hidden, cursor and presence updates go out at most this often.
+const HIDDEN_FLUSH_MS = 10000
 const COLORS = ['#b91c1c', '#1d4ed8', '#047857', '#7c3aed', '#b45309', '#0e7490', '#be185d', '#4d7c0f']
 
 const $ = (selector) => document.querySelector(selector)
@@ -59,16 +70,51 @@ function askName () {
   })
 }
 
+const sessionOf = (token) => {
+  const claims = claimsOf(token)
+  return { token, user: String(claims.sub), name: claims.name || String(claims.sub), workspace: claims.workspace }
+}
+
+/**
+ * A page embedded in an app (an iframe) gets its token from that app: it posts
+ * `{type: 'tandem:ready'}` to its parent and takes `{type: 'tandem:token', token}` back, from the
+ * parent only (and only from `?parent_origin=` when given). Later tokens replace the first, so the
+ * app can refresh it before it expires; reconnects use the newest.
+ */
+function embeddedToken (onRefresh) {
+  const parentOrigin = params.get('parent_origin')
+  return new Promise((resolve) => {
+    let first = true
+    addEventListener('message', (event) => {
+      if (event.source !== window.parent || (parentOrigin && event.origin !== parentOrigin)) return
+      if (event.data?.type !== 'tandem:token' || typeof event.data.token !== 'string') return
+      if (first) { first = false; resolve(event.data.token) } else onRefresh(event.data.token)
+    })
+    window.parent.postMessage({ type: 'tandem:ready' }, parentOrigin || '*')
+  })
+}
+
 async function signIn () {
   const token = params.get('token')
-  if (token) {
-    const claims = claimsOf(token)
-    return { token, user: String(claims.sub), name: claims.name || String(claims.sub), workspace: claims.workspace }
+  if (token) return sessionOf(token)
+  if (window.parent !== window) {
+    const session = sessionOf(await embeddedToken((fresh) => { session.token = fresh }))
+    return session
   }
   const wanted = params.get('name')
   const saved = JSON.parse(sessionStorage.getItem('tandem.session') || 'null')
   if (saved && (!wanted || saved.name === wanted)) return saved
-  const session = await devToken(wanted || await askName())
+  let session
+  try {
+    session = await devToken(wanted || await askName())
+  } catch (err) {
+    // A server that checks tokens mints none: the page needs one from the URL or its app.
+    $('#app').replaceChildren(el('section', { className: 'card', role: 'alert' },
+      el('h2', { textContent: 'Sign-in needed' }),
+      el('p', { textContent: 'This server checks tokens: open the page with ?token=<your token>, or embed it in your app, which hands it a token.' }),
+      el('p', { className: 'sub', textContent: String(err.message) })))
+    throw err
+  }
   sessionStorage.setItem('tandem.session', JSON.stringify(session))
   return session
 }
@@ -81,12 +127,23 @@ const LABELS = {
   disconnected: 'Disconnected: reconnecting…',
   degraded: 'Degraded: polling over HTTP'
 }
-function showConnection (state) {
+const SEVERITY = ['connected', 'connecting', 'disconnected', 'degraded']
+const connectionParts = new Map()
+/** The dashboard and the open document each report their connection; the page shows the worst. */
+function showConnection (part, state) {
+  connectionParts.set(part, state)
+  const worst = [...connectionParts.values()].reduce((a, b) => SEVERITY.indexOf(b) > SEVERITY.indexOf(a) ? b : a)
   const node = $('#connection')
-  node.className = `connection ${state}`
-  node.querySelector('.label').textContent = LABELS[state]
-  node.dataset.state = state
+  node.className = `connection ${worst}`
+  node.querySelector('.label').textContent = LABELS[worst]
+  node.dataset.state = worst
 }
+
+/**
+ * The reconnect delay after `failures` failures in a row: 100 ms · 2^failures, capped at 30 s,
+ * then a random 50–100% of that, so clients cut off together do not come back together.
+ */
+const backoff = (failures) => Math.min(BACKOFF_MAX_MS, 100 * 2 ** Math.min(failures, 9)) * (0.5 + Math.random() / 2)
 
 // --- The dashboard connection: WebSocket, with a long-polling fallback ---------------------
 
@@ -105,14 +162,14 @@ class Live {
   emit (event) { for (const handler of this.handlers) handler(event) }
 
   connect () {
-    showConnection(this.failures >= 3 ? 'degraded' : (this.everConnected ? 'disconnected' : 'connecting'))
+    showConnection('dashboard', this.failures >= DEGRADED_AFTER_FAILURES ? 'degraded' : (this.everConnected ? 'disconnected' : 'connecting'))
     const ws = new WebSocket(`${wsBase}/ws?token=${encodeURIComponent(this.session.token)}`)
     this.ws = ws
     ws.onopen = () => {
       this.failures = 0
       this.everConnected = true
       this.polling = false
-      showConnection('connected')
+      showConnection('dashboard', 'connected')
       const since = this.lastId || undefined
       ws.send(JSON.stringify({ action: 'subscribe', channels: ['presence', 'queries', 'agents', 'approvals', 'chat_sessions', 'notifications', 'activity', 'system', 'workflows'], since }))
       this.send({ action: 'presence', ...this.presence })
@@ -127,11 +184,10 @@ class Live {
     ws.onclose = () => {
       if (this.ws !== ws) return
       this.failures++
-      showConnection(this.failures >= 3 ? 'degraded' : 'disconnected')
-      if (this.failures >= 3) this.poll()
-      // Exponential backoff with jitter, capped at 30 s.
-      const delay = Math.min(30000, 500 * 2 ** Math.min(this.failures, 6)) * (0.5 + Math.random())
-      setTimeout(() => this.connect(), delay)
+      const degraded = this.failures >= DEGRADED_AFTER_FAILURES
+      showConnection('dashboard', degraded ? 'degraded' : 'disconnected')
+      if (degraded) this.poll()
+      this.retry = setTimeout(() => this.connect(), backoff(this.failures))
     }
   }
 
@@ -139,9 +195,22 @@ class Live {
     if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(frame))
   }
 
+  /** The network is back (the browser says so): try now rather than at the end of the backoff. */
+  reconnectNow () {
+    if (this.ws && this.ws.readyState <= WebSocket.OPEN) return
+    clearTimeout(this.retry)
+    this.connect()
+  }
+
   setPresence (changes) {
     Object.assign(this.presence, changes)
     this.send({ action: 'presence', ...changes })
+    // A poller's presence goes with its next round; a change of status goes at once.
+    if (this.polling && changes.status) this.postPresence()
+  }
+
+  postPresence () {
+    return fetch('/api/v1/presence', { method: 'POST', headers: { ...this.auth(), 'content-type': 'application/json' }, body: JSON.stringify(this.presence) })
   }
 
   auth () { return { authorization: `Bearer ${this.session.token}` } }
@@ -151,11 +220,11 @@ class Live {
     if (this.polling) return
     this.polling = true
     let lastPresence = 0
-    while (this.polling && this.failures >= 3) {
+    while (this.polling && this.failures >= DEGRADED_AFTER_FAILURES) {
       try {
         if (Date.now() - lastPresence > 30000) {
           lastPresence = Date.now()
-          await fetch('/api/v1/presence', { method: 'POST', headers: { ...this.auth(), 'content-type': 'application/json' }, body: JSON.stringify(this.presence) })
+          await this.postPresence()
         }
         const response = await fetch(`/api/v1/events?since=${this.lastId}&timeout=25`, { headers: this.auth() })
         if (!response.ok) throw new Error(String(response.status))
@@ -193,6 +262,8 @@ function dashboard (session, live) {
   const feed = el('ul', { className: 'plain feed', id: 'activity' })
   const unread = el('ul', { className: 'plain', id: 'unread' })
   const badges = el('ul', { className: 'plain', id: 'chat-badges' })
+  const chat = el('div', { id: 'chat-session', hidden: true })
+  const messages = new Map()
   const queries = el('ul', { className: 'plain', id: 'queries' })
   const details = el('p', { className: 'sub', id: 'user-details' })
   const editing = new Map()
@@ -213,10 +284,25 @@ function dashboard (session, live) {
       return el('li', {}, button)
     }))
   }
+  // The first queries, and any other someone is in: who is in a query is known from the
+  // `editing` events of its document and from the pages in everyone's presence (which a page
+  // opened later learns from GET /api/v1/presence).
   const renderQueries = () => {
-    queries.replaceChildren(...[1, 2, 3].map((id) => {
-      const who = editing.get(String(id)) || []
-      return el('li', {}, el('a', { href: `/queries/${id}`, textContent: `Query ${id}` }),
+    const inQuery = new Map()
+    const add = (id, user) => {
+      const who = inQuery.get(id) || new Map()
+      who.set(String(user.user_id), who.get(String(user.user_id))?.name ? who.get(String(user.user_id)) : user)
+      inQuery.set(id, who)
+    }
+    for (const [id, list] of editing) for (const user of list) add(id, user)
+    for (const user of users.values()) {
+      const page = user.status !== 'offline' && /^\/queries\/([^/]+)$/.exec(user.current_page || '')
+      if (page) add(decodeURIComponent(page[1]), user)
+    }
+    const ids = [...new Set(['1', '2', '3', ...inQuery.keys()])].sort((a, b) => a.localeCompare(b, undefined, { numeric: true }))
+    queries.replaceChildren(...ids.map((id) => {
+      const who = [...(inQuery.get(id) || new Map()).values()]
+      return el('li', {}, el('a', { href: `/queries/${encodeURIComponent(id)}`, textContent: `Query ${id}` }),
         el('span', { className: 'sub', textContent: who.length ? ` · ${who.map((u) => u.name || u.user_id).join(', ')}` : '' }))
     }))
   }
@@ -233,12 +319,13 @@ function dashboard (session, live) {
     el('section', { className: 'card' }, el('h2', { textContent: 'Queries' }), queries),
     el('section', { className: 'card' }, el('h2', { textContent: 'Live activity' }), feed),
     el('section', { className: 'card' }, el('h2', { textContent: 'Notifications' }), unread),
-    el('section', { className: 'card' }, el('h2', { textContent: 'Chat' }), badges))
+    el('section', { className: 'card' }, el('h2', { textContent: 'Chat' }), badges, chat))
   renderQueries()
 
   fetch('/api/v1/presence?include_offline=true', { headers: live.auth() }).then((r) => r.json()).then((body) => {
     for (const u of body.users || []) users.set(String(u.user_id), u)
     renderUsers()
+    renderQueries()
   }).catch(() => {})
   fetch('/api/v1/activity?limit=30', { headers: live.auth() }).then((r) => r.json()).then((body) => {
     for (const event of body.events || []) addActivity(event)
@@ -249,17 +336,36 @@ function dashboard (session, live) {
       case 'presence_update':
         users.set(String(event.user_id), { ...users.get(String(event.user_id)), ...event })
         renderUsers()
+        renderQueries()
         break
       case 'editing':
-        if (event.query_id !== undefined) { editing.set(String(event.query_id), event.users); renderQueries() }
+        if (event.query_id !== undefined) {
+          if (event.users.length) editing.set(String(event.query_id), event.users)
+          else editing.delete(String(event.query_id))
+          renderQueries()
+        }
         break
       case 'chat_badges':
         badges.replaceChildren(...Object.entries(event.unread).map(([sessionId, count]) => {
-          const button = el('button', { className: 'user', type: 'button' }, `Chat ${sessionId} `, el('span', { className: 'badge', textContent: String(count) }))
-          button.addEventListener('click', () => live.send({ action: 'mark_read', session_id: sessionId }))
+          const button = el('button', { className: 'user', type: 'button' }, `Chat ${sessionId} `,
+            el('span', { className: 'badge', textContent: String(count), ariaLabel: `${count} unread` }))
+          // Viewing the session reads it: its badge clears here and in the user's other tabs.
+          button.addEventListener('click', () => {
+            chat.hidden = false
+            chat.replaceChildren(el('h3', { textContent: `Chat ${sessionId}` }),
+              el('ul', { className: 'plain feed' }, ...(messages.get(sessionId) || []).map((m) => el('li', { textContent: m }))))
+            live.send({ action: 'mark_read', session_id: sessionId })
+          })
           return el('li', {}, button)
         }))
         break
+      case 'new_chat_message': {
+        const list = messages.get(String(event.session_id)) || []
+        list.push(`${time(event.timestamp)} · ${event.sender ?? ''} ${event.message ?? ''}`)
+        messages.set(String(event.session_id), list)
+        unread.prepend(el('li', { textContent: `${time(event.timestamp)} · ${describe(event)}` }))
+        break
+      }
       case 'query_executed': case 'template_created': case 'agent_triggered': case 'file_uploaded':
         addActivity(event)
         break
@@ -292,6 +398,168 @@ function toast (text) {
   setTimeout(() => node.remove(), 6000)
 }
 
+// --- Document sync over HTTP, for degraded mode ---------------------------------------------
+
+const toBase64 = (bytes) => {
+  let binary = ''
+  for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000))
+  return btoa(binary).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '')
+}
+const fromBase64 = (text) => Uint8Array.from(atob(text.replace(/-/g, '+').replace(/_/g, '/')), (c) => c.charCodeAt(0))
+
+/** The client ids an encoded awareness update holds. */
+function awarenessClients (update) {
+  const decoder = decoding.createDecoder(update)
+  const clients = []
+  for (let n = decoding.readVarUint(decoder); n > 0; n--) {
+    clients.push(decoding.readVarUint(decoder))
+    decoding.readVarUint(decoder) // clock
+    decoding.readVarString(decoder) // state
+  }
+  return clients
+}
+
+/**
+ * Keeps a document in sync through `POST /api/v1/docs/{doc}/sync` while WebSockets fail: each
+ * round posts the state vector, the edits the server has not confirmed and our cursor, and
+ * applies what the server answers (its edits and everyone's cursors). It polls every 2 s while
+ * anything changes, backs off to 30 s while nothing does, and polls soon after a local edit.
+ */
+class DocPoller {
+  constructor (docName, doc, awareness, session) {
+    this.url = `/api/v1/docs/${docName.split('/').map(encodeURIComponent).join('/')}/sync`
+    this.doc = doc
+    this.awareness = awareness
+    this.session = session
+    this.running = false
+    this.onUpdate = (update, origin) => {
+      if (origin === this) return
+      this.pending = this.pending ? Y.mergeUpdates([this.pending, update]) : update
+      this.soon()
+    }
+    this.onAwareness = ({ added, updated, removed }, origin) => {
+      if (origin === 'local') this.soon()
+    }
+  }
+
+  start () {
+    if (this.running) return
+    this.running = true
+    // The first round learns the server's state vector; what it lacks goes in the second.
+    this.serverStateVector = null
+    this.pending = null
+    this.interval = POLL_MIN_MS
+    this.doc.on('update', this.onUpdate)
+    this.awareness.on('update', this.onAwareness)
+    this.schedule(0)
+  }
+
+  stop () {
+    this.running = false
+    clearTimeout(this.timer)
+    this.doc.off('update', this.onUpdate)
+    this.awareness.off('update', this.onAwareness)
+  }
+
+  /** Polls within a moment (a hidden tab waits longer, to coalesce). */
+  soon () {
+    this.interval = POLL_MIN_MS
+    this.schedule(document.hidden ? HIDDEN_FLUSH_MS : 250)
+  }
+
+  schedule (delay) {
+    if (!this.running) return
+    const at = Date.now() + delay
+    if (this.timer && this.due <= at) return
+    clearTimeout(this.timer)
+    this.due = at
+    this.timer = setTimeout(() => { this.timer = null; this.round() }, delay)
+  }
+
+  async round () {
+    if (!this.running || this.inFlight) return
+    this.inFlight = true
+    const sending = this.pending
+    this.pending = null
+    const body = { client_id: this.doc.clientID, state_vector: toBase64(Y.encodeStateVector(this.doc)) }
+    if (sending) body.update = toBase64(sending)
+    if (this.awareness.getLocalState() !== null) {
+      body.awareness = toBase64(awarenessProtocol.encodeAwarenessUpdate(this.awareness, [this.doc.clientID]))
+    }
+    let next
+    try {
+      const response = await fetch(this.url, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${this.session.token}`, 'content-type': 'application/json' },
+        body: JSON.stringify(body)
+      })
+      if (!response.ok) throw new Error(`sync answered ${response.status}`)
+      const answer = await response.json()
+      if (!this.running) return
+      const remote = fromBase64(answer.update)
+      Y.applyUpdate(this.doc, remote, this)
+      const decoded = Y.decodeUpdate(remote)
+      const changed = decoded.structs.length > 0 || decoded.ds.clients.size > 0
+      this.applyAwareness(answer.awareness ? fromBase64(answer.awareness) : null)
+      if (!this.serverStateVector) {
+        // Whatever we hold that the server lacks (edits made while the socket was down).
+        const lacking = Y.encodeStateAsUpdate(this.doc, fromBase64(answer.state_vector))
+        this.pending = this.pending ? Y.mergeUpdates([lacking, this.pending]) : lacking
+        next = 0
+      }
+      this.serverStateVector = answer.state_vector
+      this.interval = changed || sending ? POLL_MIN_MS : Math.min(this.interval * 2, POLL_MAX_MS)
+    } catch (err) {
+      // Unconfirmed edits are sent again next time (updates are idempotent).
+      this.pending = sending && this.pending ? Y.mergeUpdates([sending, this.pending]) : (sending || this.pending)
+      this.interval = Math.min(this.interval * 2, POLL_MAX_MS)
+    } finally {
+      this.inFlight = false
+    }
+    this.schedule(next ?? (this.pending ? 250 : this.interval))
+  }
+
+  /** Takes the room's awareness states; the clients it no longer holds have gone. */
+  applyAwareness (update) {
+    const present = new Set(update ? awarenessClients(update) : [])
+    // States the provider dropped when its socket closed keep their clock, and the same clock
+    // again would be ignored: forget it, so they come back at once.
+    for (const client of present) {
+      if (client !== this.doc.clientID && !this.awareness.states.has(client)) this.awareness.meta.delete(client)
+    }
+    if (update) awarenessProtocol.applyAwarenessUpdate(this.awareness, update, this)
+    const gone = [...this.awareness.getStates().keys()].filter((client) => client !== this.doc.clientID && !present.has(client))
+    if (gone.length) awarenessProtocol.removeAwarenessStates(this.awareness, gone, this)
+  }
+}
+
+/**
+ * While the tab is hidden, the provider's awareness updates (our cursor, its renewals) are
+ * coalesced and sent at most every 10 s; they go at once when the tab is visible again.
+ * Renewals come every 15 s, so others never see our state lapse (they drop it after 30 s).
+ */
+function slowWhenHidden (provider) {
+  const send = provider._awarenessUpdateHandler
+  let held = null
+  let timer = null
+  const flush = () => {
+    clearTimeout(timer)
+    timer = null
+    if (!held) return
+    const updated = [...held]
+    held = null
+    send({ added: [], updated, removed: [] }, 'hidden-tab')
+  }
+  provider.awareness.off('update', send)
+  provider.awareness.on('update', (changes, origin) => {
+    if (!document.hidden) { flush(); send(changes, origin); return }
+    held ??= new Set()
+    for (const client of [...changes.added, ...changes.updated, ...changes.removed]) held.add(client)
+    timer ??= setTimeout(flush, HIDDEN_FLUSH_MS)
+  })
+  document.addEventListener('visibilitychange', () => { if (!document.hidden) flush() })
+}
+
 // --- The query editor ----------------------------------------------------------------------
 
 function editor (session, live, queryId) {
@@ -299,13 +567,36 @@ function editor (session, live, queryId) {
   const doc = new Y.Doc()
   // Offline edits are kept in the browser and sync when the connection is back.
   const local = new IndexeddbPersistence(docName, doc)
-  const provider = new WebsocketProvider(`${wsBase}/ws`, docName, doc, { params: { token: session.token } })
+  const provider = new WebsocketProvider(`${wsBase}/ws`, docName, doc, { params: { token: session.token }, maxBackoffTime: BACKOFF_MAX_MS })
   const color = colorOf(session.user)
   provider.awareness.setLocalStateField('user', { name: session.name, color, colorLight: `${color}33` })
-  provider.on('status', ({ status }) => {
-    if (status === 'connected') showConnection('connected')
-    else if (status === 'disconnected') showConnection('disconnected')
+  slowWhenHidden(provider)
+  // y-websocket waits min(2^n · 100 ms, maxBackoffTime) after the n-th failure; setting the cap
+  // just before it computes the delay (at most 2^n · 100 ms) makes the delay ours, jittered.
+  // The token is read again for every attempt, so a refreshed one is used.
+  const poller = new DocPoller(docName, doc, provider.awareness, session)
+  let everConnected = false
+  provider.on('connection-close', () => {
+    const failures = provider.wsUnsuccessfulReconnects + (provider.wsconnected ? 0 : 1)
+    provider.maxBackoffTime = backoff(failures)
+    provider.params.token = session.token
+    if (failures >= DEGRADED_AFTER_FAILURES) {
+      poller.start()
+      showConnection('document', 'degraded')
+    } else {
+      showConnection('document', 'disconnected')
+    }
   })
+  provider.on('status', ({ status }) => {
+    if (status === 'connected') {
+      poller.stop()
+      showConnection('document', 'connected')
+    } else if (status === 'connecting' && !poller.running) {
+      showConnection('document', provider.wsUnsuccessfulReconnects > 0 || everConnected ? 'disconnected' : 'connecting')
+    }
+  })
+  provider.on('sync', (synced) => { if (synced) everConnected = true })
+  addEventListener('online', () => { if (!provider.wsconnected && !provider.wsconnecting) provider.connect() })
 
   const banner = el('p', { className: 'banner', id: 'editing-banner', hidden: true })
   const title = el('input', { type: 'text', id: 'title', autocomplete: 'off' })
@@ -366,7 +657,10 @@ function editor (session, live, queryId) {
   const showStatus = () => {
     const s = status.toJSON()
     result.classList.toggle('updating', s.status === 'running')
-    result.replaceChildren(el('dl', { className: 'kv' },
+    result.setAttribute('aria-busy', String(s.status === 'running'))
+    result.replaceChildren(
+      el('p', { className: 'updating-note', textContent: 'Updating…', hidden: s.status !== 'running' }),
+      el('dl', { className: 'kv' },
       el('dt', { textContent: 'Status' }), el('dd', { id: 'result-status', textContent: s.status || 'not run yet' }),
       el('dt', { textContent: 'Rows' }), el('dd', { id: 'result-count', textContent: s.result_count ?? '–' }),
       el('dt', { textContent: 'Time' }), el('dd', { textContent: s.execution_time != null ? `${s.execution_time} s` : '–' }),
@@ -378,7 +672,7 @@ function editor (session, live, queryId) {
   }
   status.observe(showStatus)
   showStatus()
-  window.tandem = { doc, provider, view, local }
+  window.tandem = { Y, doc, provider, view, local, poller }
 }
 
 // --- Start ---------------------------------------------------------------------------------
@@ -386,6 +680,7 @@ function editor (session, live, queryId) {
 const session = await signIn()
 $('#me').textContent = `Signed in as ${session.name}`
 const live = new Live(session)
+addEventListener('online', () => live.reconnectNow())
 watchActivity(live)
 // A hidden tab shows its user as idle, and sends nothing until it is visible again.
 document.addEventListener('visibilitychange', () => {
