@@ -4,7 +4,8 @@
 
 mod common;
 
-use common::spawn_app;
+use common::{spawn_app, spawn_app_with};
+use tandem::auth::{mint, now_secs, Claims, Role, Secret};
 
 #[tokio::test]
 async fn two_users_edit_one_query_and_see_each_other_and_its_result() {
@@ -94,4 +95,31 @@ async fn a_browser_without_websockets_degrades_to_http_and_still_collaborates() 
     assert_eq!(seen["text"], "SELECT 42 AS answer;", "{seen}");
     assert_eq!(seen["errors"], serde_json::json!([]), "{seen}");
     assert!(artifacts.join("ada-degraded.png").exists());
+}
+
+#[tokio::test]
+async fn with_auth_on_the_page_takes_its_token_from_the_embedding_app_or_the_url() {
+    let secret: Secret = "browser-test-secret".parse().unwrap();
+    let app = spawn_app_with(|c| c.auth_secret = Some(secret.clone())).await;
+    let token = mint(
+        &secret,
+        &Claims {
+            sub: "ada".into(),
+            name: Some("Ada Lovelace".into()),
+            workspace: "acme".into(),
+            plan: Some("scale".into()),
+            role: Role::Member,
+            docs: None,
+            exp: now_secs() + 600,
+        },
+    )
+    .unwrap();
+    let base = format!("http://{}", app.addr);
+    let output = common::node("tests/browser", "embedded.mjs", &[&base, &token]).await;
+    let seen: serde_json::Value = serde_json::from_str(output.trim()).expect("one JSON line");
+    assert_eq!(seen["ok"], true, "{seen}");
+    assert_eq!(seen["embedded"], "Signed in as Ada Lovelace", "{seen}");
+    // Without a token there is nothing to connect to: no indicator.
+    assert_eq!(seen["bareIndicator"], false, "{seen}");
+    assert_eq!(seen["errors"], serde_json::json!([]), "{seen}");
 }

@@ -109,11 +109,12 @@ async function signIn () {
     session = await devToken(wanted || await askName())
   } catch (err) {
     // A server that checks tokens mints none: the page needs one from the URL or its app.
+    $('#connection').hidden = true
     $('#app').replaceChildren(el('section', { className: 'card', role: 'alert' },
       el('h2', { textContent: 'Sign-in needed' }),
       el('p', { textContent: 'This server checks tokens: open the page with ?token=<your token>, or embed it in your app, which hands it a token.' }),
       el('p', { className: 'sub', textContent: String(err.message) })))
-    throw err
+    return null
   }
   sessionStorage.setItem('tandem.session', JSON.stringify(session))
   return session
@@ -677,20 +678,25 @@ function editor (session, live, queryId) {
 
 // --- Start ---------------------------------------------------------------------------------
 
+/** Connects as `session` and shows the page its path names. */
+function start (session) {
+  $('#me').textContent = `Signed in as ${session.name}`
+  const live = new Live(session)
+  addEventListener('online', () => live.reconnectNow())
+  watchActivity(live)
+  // A hidden tab shows its user as idle.
+  document.addEventListener('visibilitychange', () => {
+    live.setPresence({ status: document.hidden ? 'idle' : 'online' })
+  })
+  live.on((event) => {
+    if (['query_completed', 'query_failed', 'agent_executed', 'approval_request', 'new_chat_message', 'new_chat_session', 'system_alert', 'workflow_triggered'].includes(event.type)) {
+      toast(describe(event))
+    }
+  })
+  const match = location.pathname.match(/^\/queries\/([^/]+)$/)
+  if (match) editor(session, live, decodeURIComponent(match[1]))
+  else dashboard(session, live)
+}
+
 const session = await signIn()
-$('#me').textContent = `Signed in as ${session.name}`
-const live = new Live(session)
-addEventListener('online', () => live.reconnectNow())
-watchActivity(live)
-// A hidden tab shows its user as idle, and sends nothing until it is visible again.
-document.addEventListener('visibilitychange', () => {
-  live.setPresence({ status: document.hidden ? 'idle' : 'online' })
-})
-live.on((event) => {
-  if (['query_completed', 'query_failed', 'agent_executed', 'approval_request', 'new_chat_message', 'new_chat_session', 'system_alert', 'workflow_triggered'].includes(event.type)) {
-    toast(describe(event))
-  }
-})
-const match = location.pathname.match(/^\/queries\/([^/]+)$/)
-if (match) editor(session, live, decodeURIComponent(match[1]))
-else dashboard(session, live)
+if (session) start(session)

@@ -1,0 +1,67 @@
+// Sign-in on a server that checks tokens: the page takes its token from the embedding app (an
+// iframe on another origin that answers the page's `tandem:ready` with `tandem:token`), or from
+// `?token=`; opened bare, it says a token is needed and connects nowhere.
+//
+// usage: node embedded.mjs <server base URL> <token>
+// Prints one JSON line with what it saw; exits 0 only when everything held.
+import { chromium } from 'playwright-core'
+import { createServer } from 'node:http'
+
+const [base, token] = process.argv.slice(2)
+const TIMEOUT = 20000
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking']
+})
+const errors = []
+const newPage = async (name) => {
+  const page = await (await browser.newContext({ viewport: { width: 1200, height: 700 } })).newPage()
+  page.on('pageerror', (e) => errors.push(`${name}: ${e.message}`))
+  return page
+}
+let step = 'embedded'
+let appServer
+try {
+  // The embedding app, served from its own origin (on loopback too: Chromium lets no public
+  // page frame a local one): it hands the frame a token when asked, and only to that frame.
+  appServer = createServer((request, response) => {
+    response.writeHead(200, { 'content-type': 'text/html' })
+    response.end(`<!doctype html><title>App</title>
+      <iframe id="tandem" title="Tandem" width="1100" height="600" src="${base}/queries/5?parent_origin=${encodeURIComponent(APP)}"></iframe>
+      <script>
+        addEventListener('message', (event) => {
+          const frame = document.getElementById('tandem')
+          if (event.source !== frame.contentWindow || event.data?.type !== 'tandem:ready') return
+          frame.contentWindow.postMessage({ type: 'tandem:token', token: ${JSON.stringify(token)} }, ${JSON.stringify(base)})
+        })
+      </script>`)
+  })
+  await new Promise((resolve) => appServer.listen(0, '127.0.0.1', resolve))
+  const APP = `http://127.0.0.1:${appServer.address().port}`
+  const host = await newPage('host')
+  await host.goto(`${APP}/`)
+  const frame = host.frameLocator('#tandem')
+  await frame.locator('#connection[data-state=connected]').waitFor({ timeout: TIMEOUT })
+  const embedded = await frame.locator('#me').innerText()
+  await frame.locator('.cm-content').waitFor({ timeout: TIMEOUT })
+
+  step = 'token in the URL'
+  const direct = await newPage('direct')
+  await direct.goto(`${base}/queries/5?token=${encodeURIComponent(token)}`)
+  await direct.waitForSelector('#connection[data-state=connected]', { timeout: TIMEOUT })
+
+  step = 'no token'
+  const bare = await newPage('bare')
+  await bare.goto(`${base}/?name=Eve`)
+  await bare.waitForFunction(() => document.querySelector('[role=alert]')?.innerText.includes('Sign-in needed'), null, { timeout: TIMEOUT })
+  const bareIndicator = await bare.$eval('#connection', (node) => node.checkVisibility())
+  console.log(JSON.stringify({ ok: true, embedded, bareIndicator, errors }))
+} catch (err) {
+  const frames = browser.contexts().flatMap((c) => c.pages()).flatMap((p) => p.frames())
+  const shown = await Promise.all(frames.map((f) => f.evaluate(() => document.body?.innerText).catch((e) => String(e))))
+  console.log(JSON.stringify({ ok: false, step, error: String(err), shown, errors }))
+  process.exitCode = 1
+} finally {
+  await browser.close()
+  appServer?.close()
+}
