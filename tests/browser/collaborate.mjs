@@ -110,6 +110,15 @@ try {
   await carol.waitForFunction(() => /Query 7\s*·\s*(Ada, Bob|Bob, Ada)/.test(document.querySelector('#queries').innerText), null, { timeout: TIMEOUT })
   const online = await textOf(carol, '#online-users')
 
+  // Activity shows in the feed as it happens.
+  const ran = await fetch(`${base}/api/v1/events?workspace=default`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ type: 'query_executed', user_id: 'ada', query_id: 7 })
+  })
+  if (ran.status !== 201) throw new Error(`publish answered ${ran.status}`)
+  await carol.waitForFunction(() => document.querySelector('#activity').innerText.includes('ada ran query 7'), null, { timeout: TIMEOUT })
+
   // A chat message raises Carol's badge; viewing the session clears it.
   const chat = await fetch(`${base}/api/v1/events?workspace=default`, {
     method: 'POST',
@@ -160,6 +169,9 @@ try {
     if (problems.length) accessibility[name] = problems
   }
 
+  // Bob's window with Ada's name tag shown, as when he points at her cursor.
+  await bob.hover('.cm-ySelectionCaret')
+  await bob.waitForFunction(() => getComputedStyle(document.querySelector('.cm-ySelectionInfo')).opacity === '1', null, { timeout: TIMEOUT })
   await ada.screenshot({ path: `${artifacts}/ada.png` })
   await bob.screenshot({ path: `${artifacts}/bob.png` })
   await carol.screenshot({ path: `${artifacts}/dashboard.png` })
