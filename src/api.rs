@@ -230,6 +230,18 @@ async fn post_sync(
         return Err(AuthError::ReadOnly.refuse("http_doc_sync", Some(&name)));
     }
     if let Some(awareness) = &awareness {
+        // A cursor and a name are small; a connection's frame limit is no bound for a state
+        // that every poll of the room carries.
+        if awareness.len() > app.config.max_dashboard_frame_bytes {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "the awareness state is over {} bytes",
+                    app.config.max_dashboard_frame_bytes
+                ),
+            ));
+        }
         let decoded = AwarenessUpdate::decode(awareness).map_err(|e| {
             ApiError::bad_request("bad_awareness", format!("malformed awareness update: {e}"))
         })?;
@@ -259,8 +271,12 @@ async fn post_sync(
         )
         .await
         .map_err(room_error)?;
-    if let Some(ticket) = ticket {
-        durable(app, ticket, &name).await?;
+    // An update that changed nothing may be a retry of one still on its way to disk (or whose
+    // flush failed): its answer waits behind everything appended so far.
+    match ticket {
+        Some(ticket) => durable(app, ticket, &name).await?,
+        None if writes => durable(app, app.durability.barrier(), &name).await?,
+        None => {}
     }
     tracing::debug!(doc = %name, user = %principal.user, client = request.client_id, "polled");
     Ok(Json(serde_json::json!({
@@ -324,6 +340,11 @@ fn room_error(err: RoomOpError) -> ApiError {
         ),
         RoomOpError::Room(e) => ApiError::bad_request("bad_update", e.to_string()),
         RoomOpError::Store(e) => ApiError::storage(&e),
+        RoomOpError::ClientInUse => ApiError::new(
+            StatusCode::CONFLICT,
+            "client_id_in_use",
+            "another user's client has this client_id; pick another (a new Y.Doc does)",
+        ),
     }
 }
 

@@ -132,6 +132,11 @@ pub struct Config {
     #[arg(long, env = "TANDEM_DOC_POLL_TTL_MS", default_value_t = Config::DEFAULT_DOC_POLL_TTL_MS)]
     pub doc_poll_ttl_ms: u64,
 
+    /// The most clients one user may sync one document with over HTTP at once; past it, the one
+    /// that would lapse first goes (a reloaded tab is a new client).
+    #[arg(long, env = "TANDEM_MAX_POLLERS_PER_USER", default_value_t = Config::DEFAULT_MAX_POLLERS_PER_USER)]
+    pub max_pollers_per_user: usize,
+
     /// A document's user counts as actively editing while their awareness there (cursor,
     /// selection) changed within this many milliseconds.
     #[arg(long, env = "TANDEM_EDITING_IDLE_MS", default_value_t = Config::DEFAULT_EDITING_IDLE_MS)]
@@ -197,6 +202,13 @@ pub struct Config {
     )]
     pub realtime_plans: Vec<String>,
 
+    /// Who may show the browser dashboard in a frame, as the sources of a CSP `frame-ancestors`
+    /// directive: `'self'`, or the origins of the apps that embed it (`'self'
+    /// https://app.example.com`). An embedding app hands the page its token, so only apps named
+    /// here can.
+    #[arg(long, env = "TANDEM_FRAME_ANCESTORS", default_value = "'self'")]
+    pub frame_ancestors: String,
+
     /// Allow running without authentication on a non-loopback address.
     #[arg(long, env = "TANDEM_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
@@ -235,6 +247,7 @@ impl Config {
     pub const DEFAULT_PRESENCE_DEBOUNCE_MS: u64 = 10_000;
     pub const DEFAULT_PRESENCE_POLL_TTL_MS: u64 = 90_000;
     pub const DEFAULT_DOC_POLL_TTL_MS: u64 = 45_000;
+    pub const DEFAULT_MAX_POLLERS_PER_USER: usize = 8;
     pub const DEFAULT_LONG_POLL_MAX_SECS: u64 = 60;
     pub const DEFAULT_EDITING_IDLE_MS: u64 = 60_000;
     pub const DEFAULT_RECONNECT_WINDOW_MS: u64 = 30_000;
@@ -343,6 +356,7 @@ impl Default for Config {
             presence_debounce_ms: Config::DEFAULT_PRESENCE_DEBOUNCE_MS,
             presence_poll_ttl_ms: Config::DEFAULT_PRESENCE_POLL_TTL_MS,
             doc_poll_ttl_ms: Config::DEFAULT_DOC_POLL_TTL_MS,
+            max_pollers_per_user: Config::DEFAULT_MAX_POLLERS_PER_USER,
             long_poll_max_secs: Config::DEFAULT_LONG_POLL_MAX_SECS,
             editing_idle_ms: Config::DEFAULT_EDITING_IDLE_MS,
             reconnect_window_ms: Config::DEFAULT_RECONNECT_WINDOW_MS,
@@ -355,6 +369,7 @@ impl Default for Config {
             auth_leeway_secs: 0,
             auth_audience: None,
             realtime_plans: vec!["scale".to_string()],
+            frame_ancestors: "'self'".to_string(),
             insecure_no_auth: false,
         }
     }

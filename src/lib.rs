@@ -329,6 +329,7 @@ fn validate(config: &Config) -> Result<(), ServeError> {
         ("presence-idle-ms", config.presence_idle_ms),
         ("presence-poll-ttl-ms", config.presence_poll_ttl_ms),
         ("doc-poll-ttl-ms", config.doc_poll_ttl_ms),
+        ("max-pollers-per-user", config.max_pollers_per_user as u64),
         (
             "publish-rate-workspace",
             u64::from(config.publish_rate_workspace),
@@ -365,6 +366,14 @@ fn validate(config: &Config) -> Result<(), ServeError> {
     if config.auth_leeway_secs > 86_400 {
         return Err(ServeError::Config(
             "--auth-leeway-secs must be at most 86400".into(),
+        ));
+    }
+    if config.frame_ancestors.trim().is_empty()
+        || axum::http::HeaderValue::from_str(&config.frame_ancestors).is_err()
+    {
+        return Err(ServeError::Config(
+            "--frame-ancestors must be CSP sources such as 'self' or https://app.example.com"
+                .into(),
         ));
     }
     if config.realtime_plans.iter().all(|p| p.trim().is_empty()) {

@@ -17,7 +17,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use dashmap::{DashMap, DashSet};
 use tandem_crdt::{
-    Access, Any, AwarenessChange, Outbox, PeerId, Polled, Room, RoomError, RoomLimits,
+    Access, Any, AwarenessChange, Outbox, PeerId, PollInput, Polled, Room, RoomError, RoomLimits,
 };
 use tandem_storage::{Compaction, DocStore, Seq, StoreError};
 use tokio::sync::{mpsc, OnceCell};
@@ -153,6 +153,9 @@ pub enum RoomOpError {
     Room(#[from] RoomError),
     #[error("storage failed: {0}")]
     Store(#[from] StoreError),
+    /// An HTTP poller named an awareness client another user's connection or poller keeps.
+    #[error("the awareness client is another user's")]
+    ClientInUse,
 }
 
 /// Told what happens in rooms' awareness: the dashboard derives presence and "who is editing"
@@ -233,6 +236,16 @@ struct Poller {
 }
 
 impl RoomState {
+    /// The user of a peer of the room: a connection or a poller.
+    fn user_of(&self, peer: PeerId) -> Option<&Arc<str>> {
+        self.peers.get(&peer).map(|link| &link.user).or_else(|| {
+            self.pollers
+                .iter()
+                .find(|(_, p)| p.peer == peer)
+                .map(|((user, _), _)| user)
+        })
+    }
+
     /// Whether nobody is in the room: no connection and no live poller.
     fn is_vacant(&self) -> bool {
         self.peers.is_empty() && self.pollers.is_empty()
@@ -636,30 +649,49 @@ impl Rooms {
         let received = Instant::now();
         let expires = received + self.config.doc_poll_ttl();
         let key = (Arc::clone(&request.user), request.client);
-        let (result, awareness, overflow) = self
+        let (result, awareness, evicted, overflow) = self
             .with_state(name, |handle, state| {
-                let peer = state
-                    .pollers
-                    .entry(key.clone())
-                    .and_modify(|p| p.expires = expires)
-                    .or_insert_with(|| Poller {
-                        peer: PeerId(crate::ws::next_conn_id()),
-                        expires,
-                    })
-                    .peer;
-                // Under the room's lock, so the sweep cannot miss this poller.
-                self.polled.insert(name.clone());
+                let mut overflow = Overflow::default();
+                // An awareness client belongs to one user: another's may not take it over.
+                if let Some(owner) = state.room.awareness_owner(request.client) {
+                    if state.user_of(owner).is_some_and(|u| **u != *request.user) {
+                        return (
+                            Err(RoomOpError::ClientInUse),
+                            Vec::new(),
+                            Vec::new(),
+                            overflow,
+                        );
+                    }
+                }
+                let known = state.pollers.get(&key).map(|p| p.peer);
+                let peer = known.unwrap_or_else(|| PeerId(crate::ws::next_conn_id()));
                 let mut outbox = Outbox::default();
                 let polled = state.room.poll(
                     peer,
-                    &request.state_vector,
-                    request.update.as_deref(),
-                    request.awareness.as_deref(),
+                    PollInput {
+                        client: request.client,
+                        state_vector: &request.state_vector,
+                        update: request.update.as_deref(),
+                        awareness: request.awareness.as_deref(),
+                    },
                     request.access,
                     &mut outbox,
                 );
                 let awareness = std::mem::take(&mut outbox.awareness);
-                let mut overflow = Overflow::default();
+                let mut evicted = Vec::new();
+                if polled.is_ok() {
+                    state.pollers.insert(key.clone(), Poller { peer, expires });
+                    // Under the room's lock, so the sweep cannot miss this poller.
+                    self.polled.insert(name.clone());
+                    if known.is_none() {
+                        evicted = self.evict_pollers_over_limit(state, &request.user);
+                    }
+                } else if known.is_none() {
+                    // A refused first round leaves nothing behind.
+                    let (removal, clients) = state.room.depart(peer);
+                    outbox.broadcast.extend(removal);
+                    evicted.push((Arc::clone(&request.user), clients));
+                }
                 let delivered =
                     self.deliver_outbox(handle, state, Some(peer), outbox, received, &mut overflow);
                 let result = match (polled, delivered) {
@@ -667,17 +699,51 @@ impl Rooms {
                     (Err(err), _) => Err(RoomOpError::from(err)),
                     (_, Err(err)) => Err(err),
                 };
-                (result, awareness, overflow)
+                (result, awareness, evicted, overflow)
             })
             .await?;
         if let (Some(observer), false) = (self.observer.get(), awareness.is_empty()) {
             observer.awareness(name, &request.user, awareness);
+        }
+        for (user, clients) in evicted {
+            self.report_gone(name, &user, clients);
         }
         overflow.deliver(self.config.lag_timeout()).await;
         if let Err(RoomOpError::Room(RoomError::Poisoned)) = &result {
             self.discard_by_name(name);
         }
         result
+    }
+
+    /// Keeps `user`'s pollers of a room within `--max-pollers-per-user`: the ones that would
+    /// lapse first go (a reloaded tab is a new client and leaves its old one behind). Returns
+    /// the awareness clients that went with them; the room's peers are told.
+    fn evict_pollers_over_limit(
+        &self,
+        state: &mut RoomState,
+        user: &Arc<str>,
+    ) -> Vec<(Arc<str>, Vec<u64>)> {
+        let mut theirs: Vec<((Arc<str>, u64), Instant)> = state
+            .pollers
+            .iter()
+            .filter(|((u, _), _)| u == user)
+            .map(|(key, p)| (key.clone(), p.expires))
+            .collect();
+        let excess = theirs
+            .len()
+            .saturating_sub(self.config.max_pollers_per_user);
+        theirs.sort_by_key(|(_, expires)| *expires);
+        let mut gone = Vec::new();
+        for (key, _) in theirs.into_iter().take(excess) {
+            if let Some(poller) = state.pollers.remove(&key) {
+                let (removal, clients) = state.room.depart(poller.peer);
+                if let Some(removal) = removal {
+                    self.broadcast_detached(state, removal);
+                }
+                gone.push((key.0, clients));
+            }
+        }
+        gone
     }
 
     /// Lets the HTTP pollers that stopped polling go: their awareness is removed as if their
@@ -688,13 +754,16 @@ impl Rooms {
         for name in names {
             let handle = self.map.get(&name).map(|e| Arc::clone(e.value()));
             let Some(handle) = handle.filter(|h| h.state.get().is_some()) else {
-                self.polled.remove(&name);
+                // Unloaded or discarded, pollers and all; a poll may be loading it again, and
+                // then marks it again under its lock, after this.
+                self.forget_polled(&name);
                 continue;
             };
             let mut state = handle.lock();
             if state.closed {
                 state.pollers.clear();
-                self.polled.remove(&name);
+                drop(state);
+                self.forget_polled(&name);
                 continue;
             }
             let lapsed: Vec<(Arc<str>, u64)> = state
@@ -724,6 +793,17 @@ impl Rooms {
             }
             if let Some(activity) = unload {
                 self.schedule_unload(Arc::clone(&handle), activity);
+            }
+        }
+    }
+
+    /// Stops sweeping `name`, unless a room of that name loaded meanwhile has pollers.
+    fn forget_polled(&self, name: &DocName) {
+        self.polled.remove(name);
+        let handle = self.map.get(name).map(|e| Arc::clone(e.value()));
+        if let Some(handle) = handle.filter(|h| h.state.get().is_some()) {
+            if !handle.lock().pollers.is_empty() {
+                self.polled.insert(name.clone());
             }
         }
     }
@@ -905,7 +985,11 @@ impl Rooms {
             .remove_if(&handle.name, |_, h| {
                 Arc::ptr_eq(h, handle) && {
                     let mut state = h.lock();
-                    let idle = state.is_vacant() && activity.is_none_or(|a| a == state.activity);
+                    // At shutdown (no `activity`) pollers hold nothing up: they poll in vain.
+                    let idle = match activity {
+                        Some(a) => state.is_vacant() && a == state.activity,
+                        None => state.peers.is_empty(),
+                    };
                     if idle {
                         state.closed = true;
                     }
@@ -1015,20 +1099,7 @@ impl Rooms {
             .room
             .depart_all()
             .into_iter()
-            .filter_map(|(peer, clients)| {
-                let user = state
-                    .peers
-                    .get(&peer)
-                    .map(|l| Arc::clone(&l.user))
-                    .or_else(|| {
-                        state
-                            .pollers
-                            .iter()
-                            .find(|(_, p)| p.peer == peer)
-                            .map(|((user, _), _)| Arc::clone(user))
-                    })?;
-                Some((user, clients))
-            })
+            .filter_map(|(peer, clients)| Some((Arc::clone(state.user_of(peer)?), clients)))
             .collect();
         state.peers.clear();
         state.pollers.clear();

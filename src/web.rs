@@ -1,18 +1,27 @@
 //! The browser dashboard: `web/dist` (built from `web/src` by `npm run build` in `web/`),
 //! embedded in the binary, so running the server needs no Node.
 
-use axum::extract::Path;
-use axum::http::{header, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use include_dir::{include_dir, Dir};
 
 use crate::error::ApiError;
+use crate::AppState;
 
 static DIST: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/web/dist");
 
-/// `GET /` and `GET /queries/{id}`: the page; the script picks the view from the path.
-pub async fn page() -> Response {
-    asset("index.html")
+/// `GET /` and `GET /queries/{id}`: the page; the script picks the view from the path. Only
+/// the origins of `--frame-ancestors` may frame it.
+pub async fn page(State(app): State<AppState>) -> Response {
+    let mut page = asset("index.html");
+    if let Ok(policy) =
+        HeaderValue::from_str(&format!("frame-ancestors {}", app.config.frame_ancestors))
+    {
+        page.headers_mut()
+            .insert(header::CONTENT_SECURITY_POLICY, policy);
+    }
+    page
 }
 
 /// `GET /assets/{file}`.

@@ -92,7 +92,7 @@ async fn a_browser_without_websockets_degrades_to_http_and_still_collaborates() 
         seen["label"].as_str().unwrap().contains("Degraded"),
         "{seen}"
     );
-    assert_eq!(seen["text"], "SELECT 42 AS answer;", "{seen}");
+    assert_eq!(seen["text"], "SELECT 42 AS answer; -- again", "{seen}");
     assert_eq!(seen["errors"], serde_json::json!([]), "{seen}");
     assert!(artifacts.join("ada-degraded.png").exists());
 }
@@ -100,7 +100,12 @@ async fn a_browser_without_websockets_degrades_to_http_and_still_collaborates() 
 #[tokio::test]
 async fn with_auth_on_the_page_takes_its_token_from_the_embedding_app_or_the_url() {
     let secret: Secret = "browser-test-secret".parse().unwrap();
-    let app = spawn_app_with(|c| c.auth_secret = Some(secret.clone())).await;
+    let app = spawn_app_with(|c| {
+        c.auth_secret = Some(secret.clone());
+        // Apps on 127.0.0.1 may frame the dashboard; apps elsewhere (localhost) may not.
+        c.frame_ancestors = "'self' http://127.0.0.1:*".into();
+    })
+    .await;
     let token = mint(
         &secret,
         &Claims {
@@ -119,6 +124,7 @@ async fn with_auth_on_the_page_takes_its_token_from_the_embedding_app_or_the_url
     let seen: serde_json::Value = serde_json::from_str(output.trim()).expect("one JSON line");
     assert_eq!(seen["ok"], true, "{seen}");
     assert_eq!(seen["embedded"], "Signed in as Ada Lovelace", "{seen}");
+    assert_eq!(seen["framedElsewhere"], false, "{seen}");
     // Without a token there is nothing to connect to: no indicator.
     assert_eq!(seen["bareIndicator"], false, "{seen}");
     assert_eq!(seen["errors"], serde_json::json!([]), "{seen}");

@@ -223,6 +223,11 @@ async fn the_browser_dashboard_is_served_from_the_binary() {
             response.headers()["content-type"],
             "text/html; charset=utf-8"
         );
+        // No other site may frame it (and hand it a token) unless --frame-ancestors says so.
+        assert_eq!(
+            response.headers()["content-security-policy"],
+            "frame-ancestors 'self'"
+        );
         let page = response.text().await.unwrap();
         assert!(page.contains("<title>Tandem</title>"), "{page}");
         assert!(page.contains("/assets/app.js"));
@@ -247,6 +252,7 @@ struct Poller {
     url: String,
     server_sv: Option<yrs::StateVector>,
     clock: u64,
+    token: Option<String>,
 }
 
 impl Poller {
@@ -256,7 +262,35 @@ impl Poller {
             url: app.http_url(&format!("/api/v1/docs/{doc}/sync")),
             server_sv: None,
             clock: 0,
+            token: None,
         }
+    }
+
+    /// The same, signed in as `name` with a development token.
+    async fn signed_in(app: &common::TestApp, doc: &str, client_id: u64, name: &str) -> Poller {
+        let minted: serde_json::Value = reqwest::Client::new()
+            .post(app.http_url("/api/v1/dev/token"))
+            .json(&serde_json::json!({ "name": name }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        Poller {
+            token: Some(minted["token"].as_str().unwrap().to_owned()),
+            ..Poller::new(app, doc, client_id)
+        }
+    }
+
+    /// Posts one round and returns the raw answer.
+    async fn post(&mut self, awareness: Option<&str>) -> reqwest::Response {
+        let body = self.body(awareness);
+        let mut request = reqwest::Client::new().post(&self.url).json(&body);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap()
     }
 
     fn type_text(&self, text: &str) {
@@ -300,13 +334,7 @@ impl Poller {
     /// One round: posts and applies the answer; returns the room's awareness states.
     async fn poll(&mut self, awareness: Option<&str>) -> Vec<(u64, Option<String>)> {
         use yrs::updates::decoder::Decode;
-        let body = self.body(awareness);
-        let response = reqwest::Client::new()
-            .post(&self.url)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let response = self.post(awareness).await;
         assert_eq!(response.status(), 200);
         let answer: serde_json::Value = response.json().await.unwrap();
         let b64 = base64::engine::general_purpose::URL_SAFE;
@@ -487,4 +515,34 @@ async fn bad_sync_requests_get_json_errors_and_change_nothing() {
         .await
         .unwrap();
     assert_eq!(state.as_ref(), [0, 0]);
+}
+
+#[tokio::test]
+async fn a_user_keeps_a_bounded_number_of_pollers_and_no_one_else_s_client() {
+    let app = spawn_app_with(|c| c.max_pollers_per_user = 2).await;
+    let socket = app.join("acme/queries/2").await;
+    // Ada syncs from three tabs; her oldest poller goes when the third comes.
+    let mut tabs = Vec::new();
+    for client in [11, 12, 13] {
+        let mut tab = Poller::signed_in(&app, "acme/queries/2", client, "Ada").await;
+        tab.poll(Some(&format!(r#"{{"tab":{client}}}"#))).await;
+        tabs.push(tab);
+    }
+    socket
+        .wait_for("Ada's first tab to go", common::TIMEOUT, |c| {
+            let states = c.awareness();
+            !states.contains_key(&11) && states.contains_key(&12) && states.contains_key(&13)
+        })
+        .await
+        .expect("the oldest poller is evicted");
+
+    // Bob may not speak for Ada's client.
+    let mut bob = Poller::signed_in(&app, "acme/queries/2", 12, "Bob").await;
+    let refused = bob.post(Some(r#"{"tab":"forged"}"#)).await;
+    json_error(refused, 409, "client_id_in_use").await;
+    assert!(socket.awareness()[&12].contains("12"));
+
+    // An awareness state is a cursor and a name, not a payload.
+    let big = format!(r#"{{"junk":"{}"}}"#, "x".repeat(20_000));
+    json_error(tabs[2].post(Some(&big)).await, 413, "too_large").await;
 }

@@ -186,6 +186,16 @@ impl Awareness {
         (!entries.is_empty()).then_some(AwarenessUpdate { entries })
     }
 
+    /// The removal of `client_id`, if its state was removed (and the removal is remembered).
+    pub fn removal(&self, client_id: u64) -> Option<AwarenessEntry> {
+        let state = self.states.get(&client_id)?;
+        state.json.is_none().then_some(AwarenessEntry {
+            client_id,
+            clock: state.clock,
+            state: None,
+        })
+    }
+
     /// The live state of one client.
     pub fn get(&self, client_id: u64) -> Option<&str> {
         self.states.get(&client_id)?.json.as_deref()

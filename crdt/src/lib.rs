@@ -9,4 +9,6 @@ pub mod room;
 pub use yrs::Any;
 
 pub use awareness::SERVER_CLIENT_BASE;
-pub use room::{Access, AwarenessChange, Outbox, PeerId, Polled, Room, RoomError, RoomLimits};
+pub use room::{
+    Access, AwarenessChange, Outbox, PeerId, PollInput, Polled, Room, RoomError, RoomLimits,
+};

@@ -106,6 +106,19 @@ impl Outbox {
     }
 }
 
+/// What a poller sends in one [`Room::poll`].
+#[derive(Debug, Clone, Copy)]
+pub struct PollInput<'a> {
+    /// Its awareness client id.
+    pub client: u64,
+    /// Its encoded state vector.
+    pub state_vector: &'a [u8],
+    /// Its edits the room may lack, as one v1 update.
+    pub update: Option<&'a [u8]>,
+    /// Its own awareness state, as an encoded awareness update.
+    pub awareness: Option<&'a [u8]>,
+}
+
 /// The answer to one [`Room::poll`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Polled {
@@ -236,6 +249,14 @@ impl Room {
     pub fn renew_own_awareness(&mut self, min_clock: u64) -> Option<Bytes> {
         let update = self.awareness.renew_own(min_clock)?;
         Some(message::encode_awareness(&update.encode()))
+    }
+
+    /// The peer that keeps awareness `client` alive, if any.
+    pub fn awareness_owner(&self, client: u64) -> Option<PeerId> {
+        self.peers
+            .iter()
+            .find(|(_, clients)| clients.contains(&client))
+            .map(|(peer, _)| *peer)
     }
 
     /// Forgets every peer (the room is being discarded) and returns each one's awareness
@@ -426,22 +447,30 @@ impl Room {
     /// One round of a client that syncs by polling over HTTP instead of keeping a connection:
     /// applies its pending `update` and its `awareness` as `peer` (which then owns those
     /// awareness clients, as a connection would), and answers what it lacks against its state
-    /// vector `sv`, with every live awareness state.
+    /// vector, with every live awareness state. When the state of its own awareness
+    /// `client` was removed (its old connection closed, say), the answer holds that removal too:
+    /// a y-protocols client that hears its own state removed announces it again with a newer
+    /// clock, and without it would keep sending a clock the room ignores.
     ///
     /// The caller delivers `outbox` whether or not this fails, as with [`Room::receive`]; the
     /// poller gets nothing from it (its answer is the returned [`Polled`]).
     ///
     /// # Errors
-    /// `sv` is malformed (checked before anything is applied), or as [`Room::receive`].
+    /// The state vector is malformed (checked before anything is applied), or as
+    /// [`Room::receive`].
     pub fn poll(
         &mut self,
         peer: PeerId,
-        sv: &[u8],
-        update: Option<&[u8]>,
-        awareness: Option<&[u8]>,
+        input: PollInput<'_>,
         access: Access,
         outbox: &mut Outbox,
     ) -> Result<Polled, RoomError> {
+        let PollInput {
+            client,
+            state_vector: sv,
+            update,
+            awareness,
+        } = input;
         StateVector::decode_v1(sv).map_err(|e| RoomError::BadStateVector(e.to_string()))?;
         let mut frame = Vec::new();
         if let Some(update) = update {
@@ -456,10 +485,12 @@ impl Room {
             // The poller's answer is below; the echo of its awareness is not for anyone.
             outbox.reply.clear();
         }
+        let mut states = self.awareness.full_update().unwrap_or_default();
+        states.entries.extend(self.awareness.removal(client));
         Ok(Polled {
             update: self.diff(sv)?,
             state_vector: self.state_vector(),
-            awareness: self.awareness.full_update().map(|u| u.encode()),
+            awareness: (!states.entries.is_empty()).then(|| states.encode()),
         })
     }
 
@@ -698,9 +729,12 @@ mod tests {
         let polled = room
             .poll(
                 PeerId(9),
-                &sv,
-                Some(&pending),
-                Some(&cursor),
+                PollInput {
+                    client: 2,
+                    state_vector: &sv,
+                    update: Some(&pending),
+                    awareness: Some(&cursor),
+                },
                 Access::ReadWrite,
                 &mut outbox,
             )
@@ -725,17 +759,46 @@ mod tests {
         assert_eq!(states.entries[0].client_id, 2);
 
         // Its cursor belongs to the poller's peer: it goes when that peer departs.
+        assert_eq!(room.awareness_owner(2), Some(PeerId(9)));
         let (removal, gone) = room.depart(PeerId(9));
         assert!(removal.is_some());
         assert_eq!(gone, vec![2]);
+        assert_eq!(room.awareness_owner(2), None);
+
+        // Back, with the clock it had: the room ignores that clock, and says the state was
+        // removed, with the clock to beat.
+        let mut outbox = Outbox::default();
+        let polled = room
+            .poll(
+                PeerId(10),
+                PollInput {
+                    client: 2,
+                    state_vector: &sv,
+                    update: None,
+                    awareness: Some(&cursor),
+                },
+                Access::ReadWrite,
+                &mut outbox,
+            )
+            .unwrap();
+        let states = AwarenessUpdate::decode(&polled.awareness.unwrap()).unwrap();
+        assert_eq!(states.entries.len(), 1);
+        assert_eq!(
+            (states.entries[0].client_id, states.entries[0].clock),
+            (2, 2)
+        );
+        assert_eq!(states.entries[0].state, None);
 
         // A malformed state vector is refused before anything is applied.
         let mut outbox = Outbox::default();
         let refused = room.poll(
             PeerId(9),
-            &[0xff, 0xff],
-            Some(&text_update(3, "never")),
-            None,
+            PollInput {
+                client: 3,
+                state_vector: &[0xff, 0xff],
+                update: Some(&text_update(3, "never")),
+                awareness: None,
+            },
             Access::ReadWrite,
             &mut outbox,
         );

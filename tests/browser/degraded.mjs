@@ -1,8 +1,9 @@
 // Degraded mode: Ada's browser cannot open WebSockets (as behind a proxy that blocks them), so
 // her page falls back to HTTP (long-polling for the dashboard, polling sync for the document)
 // and says so. She and Bob, on a working WebSocket, still edit one query together and see each
-// other's cursor; when WebSockets work again her page goes back to them and shows connected, and
-// everything she typed is on the server.
+// other's cursor; when WebSockets work again her page goes back to them and shows connected;
+// when they fail once more it degrades again and still syncs; everything she typed is on the
+// server.
 //
 // usage: node degraded.mjs <server base URL> <artifacts dir>
 // Prints one JSON line with what it saw; exits 0 only when everything held.
@@ -90,6 +91,16 @@ try {
   await ada.keyboard.type(';')
   await editorHas(bob, 'SELECT 42 AS answer;')
 
+  // They fail again, this time after the server saw her socket, and took her cursor away with
+  // it: she degrades again, and her text and cursor still reach Bob.
+  step = 'Ada degrades again'
+  await ada.evaluate(() => { window.__blockSockets = true; window.tandem.provider.ws?.close() })
+  await bob.waitForFunction(() => ![...document.querySelectorAll('.cm-ySelectionInfo')].some((n) => n.textContent === 'Ada'), null, { timeout: TIMEOUT })
+  await ada.waitForSelector('#connection[data-state=degraded]', { timeout: TIMEOUT })
+  await ada.keyboard.type(' -- again')
+  await editorHas(bob, 'SELECT 42 AS answer; -- again')
+  await cursorOf(bob, 'Ada')
+
   // Everything typed is on the server.
   step = 'the server holds the text'
   const stored = await fetch(`${base}/api/v1/docs/default/queries/12`)
@@ -100,7 +111,7 @@ try {
     Y.applyUpdate(doc, new Uint8Array(data))
     return doc.getText('query').toString()
   }, [...bytes])
-  if (text !== 'SELECT 42 AS answer;') throw new Error(`the server holds ${JSON.stringify(text)}`)
+  if (text !== 'SELECT 42 AS answer; -- again') throw new Error(`the server holds ${JSON.stringify(text)}`)
   console.log(JSON.stringify({ ok: true, label, degradedState, text, errors }))
 } catch (err) {
   const dashboard = carol && await carol.$eval('#app', (node) => node.innerText).catch(() => null)

@@ -1,6 +1,7 @@
 // Sign-in on a server that checks tokens: the page takes its token from the embedding app (an
 // iframe on another origin that answers the page's `tandem:ready` with `tandem:token`), or from
-// `?token=`; opened bare, it says a token is needed and connects nowhere.
+// `?token=`; opened bare, it says a token is needed and connects nowhere. An app on an origin
+// the server's --frame-ancestors does not name cannot frame it at all.
 //
 // usage: node embedded.mjs <server base URL> <token>
 // Prints one JSON line with what it saw; exits 0 only when everything held.
@@ -45,6 +46,14 @@ try {
   const embedded = await frame.locator('#me').innerText()
   await frame.locator('.cm-content').waitFor({ timeout: TIMEOUT })
 
+  // The same app from an origin --frame-ancestors does not name: the browser refuses to show
+  // the dashboard in its frame, so it never asks for the token.
+  step = 'framed by an app not allowed to'
+  const stranger = await newPage('stranger')
+  await stranger.goto(`http://localhost:${appServer.address().port}/`)
+  await stranger.waitForLoadState('load')
+  const framedElsewhere = await stranger.frames()[1]?.evaluate(() => !!document.querySelector('#app')).catch(() => false) ?? false
+
   step = 'token in the URL'
   const direct = await newPage('direct')
   await direct.goto(`${base}/queries/5?token=${encodeURIComponent(token)}`)
@@ -55,7 +64,7 @@ try {
   await bare.goto(`${base}/?name=Eve`)
   await bare.waitForFunction(() => document.querySelector('[role=alert]')?.innerText.includes('Sign-in needed'), null, { timeout: TIMEOUT })
   const bareIndicator = await bare.$eval('#connection', (node) => node.checkVisibility())
-  console.log(JSON.stringify({ ok: true, embedded, bareIndicator, errors }))
+  console.log(JSON.stringify({ ok: true, embedded, framedElsewhere, bareIndicator, errors }))
 } catch (err) {
   const frames = browser.contexts().flatMap((c) => c.pages()).flatMap((p) => p.frames())
   const shown = await Promise.all(frames.map((f) => f.evaluate(() => document.body?.innerText).catch((e) => String(e))))

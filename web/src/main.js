@@ -34,6 +34,8 @@ const el = (tag, props = {}, ...children) => {
 const colorOf = (id) => COLORS[[...String(id)].reduce((h, c) => (h * 31 + c.charCodeAt(0)) >>> 0, 7) % COLORS.length]
 const initials = (name) => String(name || '?').split(/\s+/).map((w) => w[0]).join('').slice(0, 2).toUpperCase()
 const time = (iso) => (iso ? new Date(iso).toLocaleTimeString() : '')
+/** `decodeURIComponent`, or `null` for text that is no valid encoding. */
+const safeDecode = (text) => { try { return decodeURIComponent(text) } catch { return null } }
 
 // --- Signing in ----------------------------------------------------------------------------
 
@@ -75,11 +77,16 @@ const sessionOf = (token) => {
   return { token, user: String(claims.sub), name: claims.name || String(claims.sub), workspace: claims.workspace }
 }
 
+/** How long a framed page waits for its app's token before signing in by itself. */
+const EMBED_WAIT_MS = 5000
+
 /**
- * A page embedded in an app (an iframe) gets its token from that app: it posts
- * `{type: 'tandem:ready'}` to its parent and takes `{type: 'tandem:token', token}` back, from the
- * parent only (and only from `?parent_origin=` when given). Later tokens replace the first, so the
- * app can refresh it before it expires; reconnects use the newest.
+ * A page embedded in an app (an iframe; the server's `--frame-ancestors` says which apps may)
+ * gets its token from that app: it posts `{type: 'tandem:ready'}` to its parent every second
+ * (to `?parent_origin=` when given, and then takes messages from that origin only) and takes
+ * `{type: 'tandem:token', token}` back, from the parent only. Later tokens replace the first,
+ * so the app can refresh it before it expires; reconnects use the newest. Resolves `null` when
+ * no token came within 5 s (an app that does not hand one, or a plain frame).
  */
 function embeddedToken (onRefresh) {
   const parentOrigin = params.get('parent_origin')
@@ -90,7 +97,16 @@ function embeddedToken (onRefresh) {
       if (event.data?.type !== 'tandem:token' || typeof event.data.token !== 'string') return
       if (first) { first = false; resolve(event.data.token) } else onRefresh(event.data.token)
     })
-    window.parent.postMessage({ type: 'tandem:ready' }, parentOrigin || '*')
+    const ready = () => {
+      try {
+        window.parent.postMessage({ type: 'tandem:ready' }, parentOrigin || '*')
+      } catch (err) {
+        console.error('tandem: ?parent_origin= is no origin', err)
+      }
+    }
+    ready()
+    const asking = setInterval(() => { if (first) ready(); else clearInterval(asking) }, 1000)
+    setTimeout(() => { if (first) { first = false; clearInterval(asking); resolve(null) } }, EMBED_WAIT_MS)
   })
 }
 
@@ -98,8 +114,12 @@ async function signIn () {
   const token = params.get('token')
   if (token) return sessionOf(token)
   if (window.parent !== window) {
-    const session = sessionOf(await embeddedToken((fresh) => { session.token = fresh }))
-    return session
+    let session = null
+    const handed = await embeddedToken((fresh) => { if (session) session.token = fresh })
+    if (handed) {
+      session = sessionOf(handed)
+      return session
+    }
   }
   const wanted = params.get('name')
   const saved = JSON.parse(sessionStorage.getItem('tandem.session') || 'null')
@@ -160,7 +180,12 @@ class Live {
 
   on (handler) { this.handlers.add(handler) }
 
-  emit (event) { for (const handler of this.handlers) handler(event) }
+  /** Hands `event` to every handler; one that fails does not keep it from the others. */
+  emit (event) {
+    for (const handler of this.handlers) {
+      try { handler(event) } catch (err) { console.error('tandem: an event handler failed', event.type, err) }
+    }
+  }
 
   connect () {
     showConnection('dashboard', this.failures >= DEGRADED_AFTER_FAILURES ? 'degraded' : (this.everConnected ? 'disconnected' : 'connecting'))
@@ -230,7 +255,10 @@ class Live {
         const response = await fetch(`/api/v1/events?since=${this.lastId}&timeout=25`, { headers: this.auth() })
         if (!response.ok) throw new Error(String(response.status))
         const page = await response.json()
-        for (const event of page.events) this.emit(event)
+        for (const event of page.events) {
+          this.lastId = Math.max(this.lastId, event.id ?? 0)
+          this.emit(event)
+        }
         this.lastId = Math.max(this.lastId, page.last_id)
       } catch {
         await new Promise((resolve) => setTimeout(resolve, 30000))
@@ -298,7 +326,9 @@ function dashboard (session, live) {
     for (const [id, list] of editing) for (const user of list) add(id, user)
     for (const user of users.values()) {
       const page = user.status !== 'offline' && /^\/queries\/([^/]+)$/.exec(user.current_page || '')
-      if (page) add(decodeURIComponent(page[1]), user)
+      // Pages are whatever clients say; one that is no valid path names no query.
+      const id = page && safeDecode(page[1])
+      if (id) add(id, user)
     }
     const ids = [...new Set(['1', '2', '3', ...inQuery.keys()])].sort((a, b) => a.localeCompare(b, undefined, { numeric: true }))
     queries.replaceChildren(...ids.map((id) => {
@@ -420,11 +450,24 @@ function awarenessClients (update) {
   return clients
 }
 
+/** Whether state vector `a` holds anything `b` lacks. */
+function ahead (a, b) {
+  const theirs = Y.decodeStateVector(b)
+  for (const [client, clock] of Y.decodeStateVector(a)) if (clock > (theirs.get(client) ?? 0)) return true
+  return false
+}
+
+/** How long one sync request may take before it is given up (and retried). */
+const POLL_REQUEST_TIMEOUT_MS = 20000
+// Others drop a cursor not renewed for 30 s: a renewal goes out within this long.
+const RENEWAL_DELAY_MS = 10000
+
 /**
  * Keeps a document in sync through `POST /api/v1/docs/{doc}/sync` while WebSockets fail: each
  * round posts the state vector, the edits the server has not confirmed and our cursor, and
  * applies what the server answers (its edits and everyone's cursors). It polls every 2 s while
- * anything changes, backs off to 30 s while nothing does, and polls soon after a local edit.
+ * anything changes and backs off to 30 s while nothing does; a local edit or cursor move polls
+ * at once, and the renewal of our cursor (every 15 s) goes out within 10 s.
  */
 class DocPoller {
   constructor (docName, doc, awareness, session) {
@@ -433,13 +476,16 @@ class DocPoller {
     this.awareness = awareness
     this.session = session
     this.running = false
+    this.readOnly = false
     this.onUpdate = (update, origin) => {
-      if (origin === this) return
+      if (origin === this || this.readOnly) return
       this.pending = this.pending ? Y.mergeUpdates([this.pending, update]) : update
       this.soon()
     }
-    this.onAwareness = ({ added, updated, removed }, origin) => {
-      if (origin === 'local') this.soon()
+    // A changed cursor goes soon; a renewal (same state, newer clock) only needs to go in time.
+    this.onAwarenessChange = (_, origin) => { if (origin === 'local') this.soon() }
+    this.onAwarenessUpdate = (_, origin) => {
+      if (origin === 'local') this.schedule(Math.min(this.interval, RENEWAL_DELAY_MS))
     }
   }
 
@@ -451,15 +497,19 @@ class DocPoller {
     this.pending = null
     this.interval = POLL_MIN_MS
     this.doc.on('update', this.onUpdate)
-    this.awareness.on('update', this.onAwareness)
+    this.awareness.on('change', this.onAwarenessChange)
+    this.awareness.on('update', this.onAwarenessUpdate)
     this.schedule(0)
   }
 
   stop () {
     this.running = false
     clearTimeout(this.timer)
+    this.timer = null
+    this.due = Infinity
     this.doc.off('update', this.onUpdate)
-    this.awareness.off('update', this.onAwareness)
+    this.awareness.off('change', this.onAwarenessChange)
+    this.awareness.off('update', this.onAwarenessUpdate)
   }
 
   /** Polls within a moment (a hidden tab waits longer, to coalesce). */
@@ -474,7 +524,7 @@ class DocPoller {
     if (this.timer && this.due <= at) return
     clearTimeout(this.timer)
     this.due = at
-    this.timer = setTimeout(() => { this.timer = null; this.round() }, delay)
+    this.timer = setTimeout(() => { this.timer = null; this.due = Infinity; this.round() }, delay)
   }
 
   async round () {
@@ -492,23 +542,39 @@ class DocPoller {
       const response = await fetch(this.url, {
         method: 'POST',
         headers: { authorization: `Bearer ${this.session.token}`, 'content-type': 'application/json' },
-        body: JSON.stringify(body)
+        body: JSON.stringify(body),
+        signal: AbortSignal.timeout(POLL_REQUEST_TIMEOUT_MS)
       })
-      if (!response.ok) throw new Error(`sync answered ${response.status}`)
+      if (!response.ok) {
+        const refusal = await response.json().catch(() => ({}))
+        // A refused update is not retried: a read-only token never writes, and an update the
+        // server cannot take (too large, say) would be refused again. It stays in this
+        // browser, and goes with the full sync of the next WebSocket.
+        if (sending && [403, 400, 413].includes(response.status)) {
+          if (refusal.error === 'read_only') this.readOnly = true
+          console.warn(`tandem: the server refused an update (${refusal.error}); it stays in this browser`)
+          next = 0
+          return
+        }
+        throw new Error(`sync answered ${response.status}`)
+      }
       const answer = await response.json()
       if (!this.running) return
-      const remote = fromBase64(answer.update)
-      Y.applyUpdate(this.doc, remote, this)
-      const decoded = Y.decodeUpdate(remote)
-      const changed = decoded.structs.length > 0 || decoded.ds.clients.size > 0
+      let changed = false
+      const mark = (_, origin) => { if (origin === this) changed = true }
+      this.doc.on('update', mark)
+      Y.applyUpdate(this.doc, fromBase64(answer.update), this)
+      this.doc.off('update', mark)
       this.applyAwareness(answer.awareness ? fromBase64(answer.awareness) : null)
-      if (!this.serverStateVector) {
-        // Whatever we hold that the server lacks (edits made while the socket was down).
-        const lacking = Y.encodeStateAsUpdate(this.doc, fromBase64(answer.state_vector))
+      const theirs = fromBase64(answer.state_vector)
+      // Whatever we hold that the server lacks: on the first round everything (deletions made
+      // while the socket was down included), later whatever its state vector says it lacks.
+      if (!this.readOnly && (!this.serverStateVector || ahead(Y.encodeStateVector(this.doc), theirs))) {
+        const lacking = Y.encodeStateAsUpdate(this.doc, theirs)
         this.pending = this.pending ? Y.mergeUpdates([lacking, this.pending]) : lacking
         next = 0
       }
-      this.serverStateVector = answer.state_vector
+      this.serverStateVector = theirs
       this.interval = changed || sending ? POLL_MIN_MS : Math.min(this.interval * 2, POLL_MAX_MS)
     } catch (err) {
       // Unconfirmed edits are sent again next time (updates are idempotent).
@@ -516,8 +582,8 @@ class DocPoller {
       this.interval = Math.min(this.interval * 2, POLL_MAX_MS)
     } finally {
       this.inFlight = false
+      this.schedule(next ?? (this.pending ? 250 : this.interval))
     }
-    this.schedule(next ?? (this.pending ? 250 : this.interval))
   }
 
   /** Takes the room's awareness states; the clients it no longer holds have gone. */
@@ -528,6 +594,8 @@ class DocPoller {
     for (const client of present) {
       if (client !== this.doc.clientID && !this.awareness.states.has(client)) this.awareness.meta.delete(client)
     }
+    // The answer also holds the removal of our own state, if the server removed it (when our
+    // socket closed): y-protocols then announces it again with a newer clock.
     if (update) awarenessProtocol.applyAwarenessUpdate(this.awareness, update, this)
     const gone = [...this.awareness.getStates().keys()].filter((client) => client !== this.doc.clientID && !present.has(client))
     if (gone.length) awarenessProtocol.removeAwarenessStates(this.awareness, gone, this)
@@ -535,27 +603,33 @@ class DocPoller {
 }
 
 /**
- * While the tab is hidden, the provider's awareness updates (our cursor, its renewals) are
- * coalesced and sent at most every 10 s; they go at once when the tab is visible again.
- * Renewals come every 15 s, so others never see our state lapse (they drop it after 30 s).
+ * While the tab is hidden, our own awareness updates (cursor moves, renewals) are coalesced and
+ * sent at most every 10 s; they go at once when the tab is visible again. Renewals come every
+ * 15 s, so others never see our state lapse (they drop it after 30 s). Anything else the
+ * provider sends (its removal of others' states when its socket closed, which only it hears)
+ * goes as it always did.
  */
 function slowWhenHidden (provider) {
   const send = provider._awarenessUpdateHandler
-  let held = null
+  const own = provider.doc.clientID
+  let held = false
   let timer = null
   const flush = () => {
     clearTimeout(timer)
     timer = null
     if (!held) return
-    const updated = [...held]
-    held = null
-    send({ added: [], updated, removed: [] }, 'hidden-tab')
+    held = false
+    send({ added: [], updated: [own], removed: [] }, 'hidden-tab')
   }
   provider.awareness.off('update', send)
   provider.awareness.on('update', (changes, origin) => {
-    if (!document.hidden) { flush(); send(changes, origin); return }
-    held ??= new Set()
-    for (const client of [...changes.added, ...changes.updated, ...changes.removed]) held.add(client)
+    const mine = origin === 'local' && [...changes.added, ...changes.updated].includes(own)
+    if (!document.hidden || !mine) {
+      if (mine) { held = false; clearTimeout(timer); timer = null }
+      send(changes, origin)
+      return
+    }
+    held = true
     timer ??= setTimeout(flush, HIDDEN_FLUSH_MS)
   })
   document.addEventListener('visibilitychange', () => { if (!document.hidden) flush() })
@@ -694,7 +768,8 @@ function start (session) {
     }
   })
   const match = location.pathname.match(/^\/queries\/([^/]+)$/)
-  if (match) editor(session, live, decodeURIComponent(match[1]))
+  const queryId = match && safeDecode(match[1])
+  if (queryId) editor(session, live, queryId)
   else dashboard(session, live)
 }
 
