@@ -689,6 +689,22 @@ pub async fn get_presence(
     Ok(Json(serde_json::json!({ "users": users })))
 }
 
+/// `GET /api/v1/editing`: who is in each document of the workspace now, one object per
+/// document as in `editing` events (`document`, `query_id`, `users`).
+pub async fn get_editing(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ids: Result<Query<IdentityParams>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let who = http_identity(&app, &headers, ids, "http_editing", true)?;
+    let documents = app
+        .hub
+        .editing_now(&who.workspace)
+        .await
+        .map_err(|e| ApiError::storage(&e))?;
+    Ok(Json(serde_json::json!({ "documents": documents })))
+}
+
 /// `POST /api/v1/presence`: a polling client's presence (the fields of the `presence` action;
 /// `{}` just keeps it alive). It lasts `--presence-poll-ttl-ms` unless renewed.
 pub async fn post_presence(

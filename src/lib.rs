@@ -411,6 +411,7 @@ pub fn router(state: AppState) -> Router {
             get(api::get_presence).post(api::post_presence),
         )
         .route("/api/v1/activity", get(api::get_activity))
+        .route("/api/v1/editing", get(api::get_editing))
         .route(
             "/api/v1/preferences",
             get(api::get_preferences).put(api::put_preferences),

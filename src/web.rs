@@ -1,8 +1,12 @@
 //! The browser dashboard: `web/dist` (built from `web/src` by `npm run build` in `web/`),
 //! embedded in the binary, so running the server needs no Node.
 
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Mutex, OnceLock};
+
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use include_dir::{include_dir, Dir};
 
@@ -13,8 +17,8 @@ static DIST: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/web/dist");
 
 /// `GET /` and `GET /queries/{id}`: the page; the script picks the view from the path. Only
 /// the origins of `--frame-ancestors` may frame it.
-pub async fn page(State(app): State<AppState>) -> Response {
-    let mut page = asset("index.html");
+pub async fn page(State(app): State<AppState>, request: HeaderMap) -> Response {
+    let mut page = asset("index.html", &request);
     if let Ok(policy) =
         HeaderValue::from_str(&format!("frame-ancestors {}", app.config.frame_ancestors))
     {
@@ -25,11 +29,14 @@ pub async fn page(State(app): State<AppState>) -> Response {
 }
 
 /// `GET /assets/{file}`.
-pub async fn file(Path(name): Path<String>) -> Response {
-    asset(&name)
+pub async fn file(Path(name): Path<String>, request: HeaderMap) -> Response {
+    asset(&name, &request)
 }
 
-fn asset(name: &str) -> Response {
+/// An embedded file. Browsers revalidate it on every load (it changes with the binary and its
+/// name carries no hash) and get 304 while its ETag holds; those that take gzip get the copy
+/// the build compressed.
+fn asset(name: &str, request: &HeaderMap) -> Response {
     let Some(file) = DIST.get_file(name) else {
         return ApiError::not_found(format!("no asset {name:?}")).into_response();
     };
@@ -39,16 +46,74 @@ fn asset(name: &str) -> Response {
         Some("css") => "text/css; charset=utf-8",
         _ => "application/octet-stream",
     };
-    (
-        StatusCode::OK,
-        [
-            (header::CONTENT_TYPE, kind),
-            // Assets change with the binary and carry no hash in their names.
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        file.contents(),
-    )
-        .into_response()
+    let etag = etag(name, file.contents());
+    let cached = request
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|tags| tags.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let headers = [
+        (header::CACHE_CONTROL, "no-cache"),
+        (header::ETAG, etag),
+        (header::VARY, "accept-encoding"),
+    ];
+    if cached {
+        return (StatusCode::NOT_MODIFIED, headers).into_response();
+    }
+    let gzipped = accepts_gzip(request)
+        .then(|| DIST.get_file(format!("{name}.gz")))
+        .flatten();
+    match gzipped {
+        Some(gzipped) => (
+            StatusCode::OK,
+            headers,
+            [
+                (header::CONTENT_TYPE, kind),
+                (header::CONTENT_ENCODING, "gzip"),
+            ],
+            gzipped.contents(),
+        )
+            .into_response(),
+        None => (
+            StatusCode::OK,
+            headers,
+            [(header::CONTENT_TYPE, kind)],
+            file.contents(),
+        )
+            .into_response(),
+    }
+}
+
+/// A weak validator of an embedded file (the same for its gzipped copy), computed once.
+fn etag(name: &str, contents: &'static [u8]) -> &'static str {
+    static TAGS: OnceLock<Mutex<HashMap<String, &'static str>>> = OnceLock::new();
+    let mut tags = TAGS
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    tags.entry(name.to_owned()).or_insert_with(|| {
+        let mut hasher = std::hash::DefaultHasher::new();
+        contents.hash(&mut hasher);
+        Box::leak(format!("W/\"{:016x}\"", hasher.finish()).into_boxed_str())
+    })
+}
+
+/// Whether an `Accept-Encoding` header takes gzip (and does not refuse it with `q=0`).
+fn accepts_gzip(request: &HeaderMap) -> bool {
+    request
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            let name = parts.next().unwrap_or_default();
+            let refused = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q == 0.0)
+            });
+            (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
+        })
 }
 
 #[cfg(test)]
@@ -56,8 +121,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn gzip_is_taken_unless_refused() {
+        let with = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static(value));
+            accepts_gzip(&headers)
+        };
+        assert!(with("gzip, deflate, br"));
+        assert!(with("br;q=1.0, GZIP;q=0.5"));
+        assert!(with("*"));
+        assert!(!with("gzip;q=0, br"));
+        assert!(!with("identity"));
+        assert!(!accepts_gzip(&HeaderMap::new()));
+    }
+
+    #[test]
     fn the_bundle_is_embedded() {
-        for name in ["index.html", "app.js", "style.css"] {
+        for name in [
+            "index.html",
+            "app.js",
+            "app.js.gz",
+            "style.css",
+            "style.css.gz",
+        ] {
             assert!(
                 DIST.get_file(name).is_some(),
                 "{name} missing from web/dist"

@@ -593,6 +593,27 @@ async fn presence_goes_online_idle_offline_and_remembers_last_seen() {
         .unwrap_or_else(|| panic!("{listed}"));
     assert_eq!(ada["status"], "offline");
     assert_eq!(ada["last_seen"], last_seen.as_str());
+    // Listed by the name they went by, across the restart.
+    assert_eq!(ada["name"], "User 123");
+    // A user who was never present (who only set preferences, say) is no offline user.
+    let never = token("acme", "77", Role::Member);
+    let response = reqwest::Client::new()
+        .put(app.http_url("/api/v1/preferences"))
+        .bearer_auth(&never)
+        .json(&json!({"realtime": {"query_started": false}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (_, listed) = get(&app, "/api/v1/presence?include_offline=true", &bearer).await;
+    assert!(
+        !listed["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["user_id"] == 77),
+        "{listed}"
+    );
 }
 
 #[tokio::test]
@@ -939,9 +960,23 @@ async fn who_is_editing_a_query_follows_its_awareness() {
         editing["users"],
         json!([{"user_id": 123, "name": "Ada", "active": true}])
     );
+    // A dashboard opened now starts from the same picture.
+    let bearer = token("acme", "1", Role::Member);
+    let (status, now) = get(&app, "/api/v1/editing", &bearer).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        now,
+        json!({ "documents": [{
+            "document": editing["document"],
+            "query_id": editing["query_id"],
+            "users": editing["users"],
+        }] })
+    );
     ada.close().await;
     let editing = watcher.next_of("editing").await;
     assert_eq!(editing["users"], json!([]));
+    let (_, now) = get(&app, "/api/v1/editing", &bearer).await;
+    assert_eq!(now, json!({ "documents": [] }));
 }
 
 #[tokio::test]

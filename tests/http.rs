@@ -238,7 +238,31 @@ async fn the_browser_dashboard_is_served_from_the_binary() {
         script.headers()["content-type"],
         "text/javascript; charset=utf-8"
     );
-    assert!(script.bytes().await.unwrap().len() > 10_000);
+    let etag = script.headers()["etag"].clone();
+    let full = script.bytes().await.unwrap().len();
+    assert!(full > 10_000);
+    let http = reqwest::Client::new();
+    // A browser that takes gzip gets the build's compressed copy.
+    let gzipped = http
+        .get(app.http_url("/assets/app.js"))
+        .header("accept-encoding", "gzip, deflate, br")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gzipped.headers()["content-encoding"], "gzip");
+    assert_eq!(gzipped.headers()["etag"], etag);
+    let body = gzipped.bytes().await.unwrap();
+    assert_eq!(&body[..2], [0x1f, 0x8b]);
+    assert!(body.len() < full / 2, "{} of {full}", body.len());
+    // One that still holds it is told so, and gets no body.
+    let revalidated = http
+        .get(app.http_url("/assets/app.js"))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revalidated.status(), 304);
+    assert!(revalidated.bytes().await.unwrap().is_empty());
     let missing = reqwest::get(app.http_url("/assets/nothing.js"))
         .await
         .unwrap();

@@ -215,6 +215,9 @@ struct UserRecord {
     /// When the user was last seen, in Unix milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     last_seen_ms: Option<i64>,
+    /// The name they went by when last seen, to list them by while they are offline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
     /// The latest events addressed to the user, oldest first, as sent.
     #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
     notifications: VecDeque<String>,
@@ -445,8 +448,8 @@ impl Hub {
                 user,
                 User {
                     muted: mask(&record.muted),
+                    presence: UserPresence::offline_since(last_seen, record.name.clone()),
                     record,
-                    presence: UserPresence::offline_since(last_seen),
                     mirrored: false,
                 },
             );
@@ -1107,56 +1110,43 @@ impl Hub {
         doc: &str,
         now: Instant,
     ) -> Option<Ticket> {
-        let idle = self.settings.editing_idle;
         let entry = st.editing.get_mut(doc)?;
-        let mut users: BTreeMap<&str, (Option<&str>, bool)> = BTreeMap::new();
-        for editor in entry.clients.values() {
-            let active = now.duration_since(editor.last_change) < idle;
-            let seen = users.entry(&editor.user).or_insert((None, false));
-            seen.0 = seen.0.or(editor.name.as_deref());
-            seen.1 |= active;
-        }
-        let summary: Vec<(String, bool)> = users
-            .iter()
-            .map(|(user, (_, active))| ((*user).to_owned(), *active))
-            .collect();
+        let (summary, fields) = editing_fields(doc, entry, now, self.settings.editing_idle);
         if summary == entry.published {
             if entry.clients.is_empty() {
                 st.editing.remove(doc);
             }
             return None;
         }
-        let list: Vec<Value> = users
-            .iter()
-            .map(|(user, (name, active))| {
-                let mut fields = Map::new();
-                fields.insert("user_id".into(), user_id_value(user));
-                if let Some(name) = name {
-                    fields.insert("name".into(), Value::String((*name).to_owned()));
-                }
-                fields.insert("active".into(), Value::Bool(*active));
-                Value::Object(fields)
-            })
-            .collect();
-        let mut fields = Map::new();
-        fields.insert("document".into(), Value::String(doc.to_owned()));
-        if let Some(id) = DocName::parse(doc)
-            .ok()
-            .as_ref()
-            .and_then(DocName::query_id)
-        {
-            let id = id
-                .parse::<u64>()
-                .map_or_else(|_| Value::String(id.to_owned()), Value::from);
-            fields.insert("query_id".into(), id);
-        }
-        fields.insert("users".into(), Value::Array(list));
         let gone = entry.clients.is_empty();
         entry.published = summary;
         if gone {
             st.editing.remove(doc);
         }
         self.emit(ws, st, Event::server("editing", fields))
+    }
+
+    /// Who is in each document of the workspace now, as the fields of `editing` events: what a
+    /// dashboard opened later starts from.
+    ///
+    /// # Errors
+    /// The store failed loading the workspace.
+    pub async fn editing_now(&self, workspace: &str) -> Result<Vec<Value>, StoreError> {
+        let ws = self.workspace(workspace).await?;
+        let st = ws.lock();
+        let now = Instant::now();
+        let mut docs: Vec<(&String, &DocEditing)> = st
+            .editing
+            .iter()
+            .filter(|(_, entry)| !entry.clients.is_empty())
+            .collect();
+        docs.sort_by_key(|(doc, _)| *doc);
+        Ok(docs
+            .into_iter()
+            .map(|(doc, entry)| {
+                Value::Object(editing_fields(doc, entry, now, self.settings.editing_idle).1)
+            })
+            .collect())
     }
 
     /// A user's chat badges as pushed: `{"type":"chat_badges","unread":{...},"total":N}`.
@@ -1382,6 +1372,7 @@ impl Hub {
             if let Some(seen) = snapshot.last_seen {
                 entry.record.last_seen_ms =
                     i64::try_from(seen.unix_timestamp_nanos() / 1_000_000).ok();
+                entry.record.name.clone_from(&snapshot.name);
                 let record = entry.record.clone();
                 self.save(ws, user, &record);
             }
@@ -1425,7 +1416,12 @@ impl Hub {
                     entry.presence.current(now, &self.settings.presence),
                 )
             })
-            .filter(|(_, snapshot)| include_offline || snapshot.status != PresenceStatus::Offline)
+            // Offline users are those once seen, not everyone who ever had a record (setting
+            // preferences over HTTP, say).
+            .filter(|(_, snapshot)| {
+                snapshot.status != PresenceStatus::Offline
+                    || (include_offline && snapshot.last_seen.is_some())
+            })
             .collect();
         users.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(users
@@ -1645,6 +1641,54 @@ impl State {
             c.send(Outgoing::Reply(json_frame(badges)));
         }
     }
+}
+
+/// Who is in `doc` (each user once, with a name if any of their clients gave one, active if any
+/// changed within `idle`): the summary to compare with what was published, and the fields of
+/// an `editing` event.
+fn editing_fields(
+    doc: &str,
+    entry: &DocEditing,
+    now: Instant,
+    idle: Duration,
+) -> (Vec<(String, bool)>, Map<String, Value>) {
+    let mut users: BTreeMap<&str, (Option<&str>, bool)> = BTreeMap::new();
+    for editor in entry.clients.values() {
+        let active = now.duration_since(editor.last_change) < idle;
+        let seen = users.entry(&editor.user).or_insert((None, false));
+        seen.0 = seen.0.or(editor.name.as_deref());
+        seen.1 |= active;
+    }
+    let summary = users
+        .iter()
+        .map(|(user, (_, active))| ((*user).to_owned(), *active))
+        .collect();
+    let list: Vec<Value> = users
+        .iter()
+        .map(|(user, (name, active))| {
+            let mut fields = Map::new();
+            fields.insert("user_id".into(), user_id_value(user));
+            if let Some(name) = name {
+                fields.insert("name".into(), Value::String((*name).to_owned()));
+            }
+            fields.insert("active".into(), Value::Bool(*active));
+            Value::Object(fields)
+        })
+        .collect();
+    let mut fields = Map::new();
+    fields.insert("document".into(), Value::String(doc.to_owned()));
+    if let Some(id) = DocName::parse(doc)
+        .ok()
+        .as_ref()
+        .and_then(DocName::query_id)
+    {
+        let id = id
+            .parse::<u64>()
+            .map_or_else(|_| Value::String(id.to_owned()), Value::from);
+        fields.insert("query_id".into(), id);
+    }
+    fields.insert("users".into(), Value::Array(list));
+    (summary, fields)
 }
 
 fn badges_value(badges: Option<&BTreeMap<String, u32>>) -> Value {

@@ -147,14 +147,17 @@ pub struct UserPresence {
     last_active_wall: Option<OffsetDateTime>,
     /// When the last source went (persisted by the hub).
     pub last_seen: Option<OffsetDateTime>,
+    /// The latest name any source gave, kept once they are gone (persisted by the hub).
+    last_name: Option<String>,
     emitted: Option<Emitted>,
 }
 
 impl UserPresence {
     /// A user known from an earlier run: offline since `last_seen`.
-    pub fn offline_since(last_seen: Option<OffsetDateTime>) -> UserPresence {
+    pub fn offline_since(last_seen: Option<OffsetDateTime>, name: Option<String>) -> UserPresence {
         UserPresence {
             last_seen,
+            last_name: name,
             ..UserPresence::default()
         }
     }
@@ -165,6 +168,9 @@ impl UserPresence {
         if update.status == Some(PresenceStatus::Offline) {
             self.remove(&source);
             return;
+        }
+        if update.name.is_some() {
+            self.last_name.clone_from(&update.name);
         }
         let seen = self.sources.entry(source).or_insert_with(|| Seen {
             status: PresenceStatus::Online,
@@ -264,7 +270,8 @@ impl UserPresence {
             status,
             workspace: pick(|f| &f.workspace),
             current_page: pick(|f| &f.current_page),
-            name: pick(|f| &f.name),
+            // Offline, a user keeps the name they last went by.
+            name: pick(|f| &f.name).or_else(|| self.last_name.clone()),
             avatar: pick(|f| &f.avatar),
             color: pick(|f| &f.color),
             last_active: self.last_active_wall,

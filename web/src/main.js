@@ -174,7 +174,7 @@ class Live {
     this.handlers = new Set()
     this.lastId = 0
     this.failures = 0
-    this.presence = { status: 'online', current_page: location.pathname }
+    this.presence = { status: 'online', current_page: location.pathname, workspace: location.pathname.startsWith('/queries/') ? 'queries' : 'dashboard' }
     this.connect()
   }
 
@@ -293,6 +293,24 @@ function dashboard (session, live) {
   const badges = el('ul', { className: 'plain', id: 'chat-badges' })
   const chat = el('div', { id: 'chat-session', hidden: true })
   const messages = new Map()
+  let unreadChats = {}
+  // Every session with unread messages or seen here, its badge showing what is unread.
+  const renderChats = () => {
+    const sessions = [...new Set([...Object.keys(unreadChats), ...messages.keys()])].sort((a, b) => a.localeCompare(b, undefined, { numeric: true }))
+    badges.replaceChildren(...sessions.map((sessionId) => {
+      const count = unreadChats[sessionId] || 0
+      const button = el('button', { className: 'user', type: 'button' }, `Chat ${sessionId} `,
+        ...(count ? [el('span', { className: 'badge', textContent: String(count), ariaLabel: `${count} unread` })] : []))
+      // Viewing the session reads it: its badge clears here and in the user's other tabs.
+      button.addEventListener('click', () => {
+        chat.hidden = false
+        chat.replaceChildren(el('h3', { textContent: `Chat ${sessionId}` }),
+          el('ul', { className: 'plain feed' }, ...(messages.get(sessionId) || []).map((m) => el('li', { textContent: m }))))
+        if (count) live.send({ action: 'mark_read', session_id: sessionId })
+      })
+      return el('li', {}, button)
+    }))
+  }
   const queries = el('ul', { className: 'plain', id: 'queries' })
   const details = el('p', { className: 'sub', id: 'user-details' })
   const editing = new Map()
@@ -358,6 +376,12 @@ function dashboard (session, live) {
     renderUsers()
     renderQueries()
   }).catch(() => {})
+  fetch('/api/v1/editing', { headers: live.auth() }).then((r) => r.json()).then((body) => {
+    for (const entry of body.documents || []) {
+      if (entry.query_id !== undefined && entry.users.length && !editing.has(String(entry.query_id))) editing.set(String(entry.query_id), entry.users)
+    }
+    renderQueries()
+  }).catch(() => {})
   fetch('/api/v1/activity?limit=30', { headers: live.auth() }).then((r) => r.json()).then((body) => {
     for (const event of body.events || []) addActivity(event)
   }).catch(() => {})
@@ -377,24 +401,15 @@ function dashboard (session, live) {
         }
         break
       case 'chat_badges':
-        badges.replaceChildren(...Object.entries(event.unread).map(([sessionId, count]) => {
-          const button = el('button', { className: 'user', type: 'button' }, `Chat ${sessionId} `,
-            el('span', { className: 'badge', textContent: String(count), ariaLabel: `${count} unread` }))
-          // Viewing the session reads it: its badge clears here and in the user's other tabs.
-          button.addEventListener('click', () => {
-            chat.hidden = false
-            chat.replaceChildren(el('h3', { textContent: `Chat ${sessionId}` }),
-              el('ul', { className: 'plain feed' }, ...(messages.get(sessionId) || []).map((m) => el('li', { textContent: m }))))
-            live.send({ action: 'mark_read', session_id: sessionId })
-          })
-          return el('li', {}, button)
-        }))
+        unreadChats = event.unread
+        renderChats()
         break
       case 'new_chat_message': {
         const list = messages.get(String(event.session_id)) || []
         list.push(`${time(event.timestamp)} · ${event.sender ?? ''} ${event.message ?? ''}`)
         messages.set(String(event.session_id), list)
         unread.prepend(el('li', { textContent: `${time(event.timestamp)} · ${describe(event)}` }))
+        renderChats()
         break
       }
       case 'query_executed': case 'template_created': case 'agent_triggered': case 'file_uploaded':
@@ -729,6 +744,8 @@ function editor (session, live, queryId) {
 
   // The live result: the `status` map the server writes from query events.
   const status = doc.getMap('status')
+  // Whether the document has arrived: what changes after that arrived live, and is flashed.
+  const arrived = () => provider.synced || poller.serverStateVector !== null
   const showStatus = () => {
     const s = status.toJSON()
     result.classList.toggle('updating', s.status === 'running')
@@ -736,11 +753,12 @@ function editor (session, live, queryId) {
     result.replaceChildren(
       el('p', { className: 'updating-note', textContent: 'Updating…', hidden: s.status !== 'running' }),
       el('dl', { className: 'kv' },
-      el('dt', { textContent: 'Status' }), el('dd', { id: 'result-status', textContent: s.status || 'not run yet' }),
-      el('dt', { textContent: 'Rows' }), el('dd', { id: 'result-count', textContent: s.result_count ?? '–' }),
-      el('dt', { textContent: 'Time' }), el('dd', { textContent: s.execution_time != null ? `${s.execution_time} s` : '–' }),
-      el('dt', { textContent: 'Finished' }), el('dd', { textContent: time(s.finished_at) || '–' })))
-    if (s.status === 'completed') {
+        el('dt', { textContent: 'Status' }), el('dd', { id: 'result-status', textContent: s.status || 'not run yet' }),
+        el('dt', { textContent: 'Rows' }), el('dd', { id: 'result-count', textContent: s.result_count ?? '–' }),
+        el('dt', { textContent: 'Time' }), el('dd', { textContent: s.execution_time != null ? `${s.execution_time} s` : '–' }),
+        el('dt', { textContent: 'Finished' }), el('dd', { textContent: time(s.finished_at) || '–' }),
+        ...(s.status === 'failed' ? [el('dt', { textContent: 'Error' }), el('dd', { id: 'result-error', className: 'error', textContent: s.error || 'unknown' })] : [])))
+    if (['completed', 'failed'].includes(s.status) && arrived()) {
       result.classList.add('fresh')
       setTimeout(() => result.classList.remove('fresh'), 1200)
     }
@@ -755,6 +773,7 @@ function editor (session, live, queryId) {
 /** Connects as `session` and shows the page its path names. */
 function start (session) {
   $('#me').textContent = `Signed in as ${session.name}`
+  $('#connection').hidden = false
   const live = new Live(session)
   addEventListener('online', () => live.reconnectNow())
   watchActivity(live)
