@@ -97,23 +97,29 @@ fn etag(name: &str, contents: &'static [u8]) -> &'static str {
     })
 }
 
-/// Whether an `Accept-Encoding` header takes gzip (and does not refuse it with `q=0`).
+/// Whether an `Accept-Encoding` header takes gzip: named with a weight above zero, or not named
+/// and `*` is.
 fn accepts_gzip(request: &HeaderMap) -> bool {
-    request
+    let mut gzip = None;
+    let mut any = None;
+    for coding in request
         .get_all(header::ACCEPT_ENCODING)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|coding| {
-            let mut parts = coding.split(';').map(str::trim);
-            let name = parts.next().unwrap_or_default();
-            let refused = parts.any(|p| {
-                p.strip_prefix("q=")
-                    .and_then(|q| q.parse::<f32>().ok())
-                    .is_some_and(|q| q == 0.0)
-            });
-            (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
-        })
+    {
+        let mut parts = coding.split(';').map(str::trim);
+        let name = parts.next().unwrap_or_default();
+        let weight = parts
+            .find_map(|p| p.strip_prefix("q="))
+            .map_or(1.0, |q| q.trim().parse::<f32>().unwrap_or(0.0));
+        if name.eq_ignore_ascii_case("gzip") {
+            gzip = Some(weight);
+        } else if name == "*" {
+            any = Some(weight);
+        }
+    }
+    gzip.or(any).is_some_and(|weight| weight > 0.0)
 }
 
 #[cfg(test)]
@@ -131,6 +137,8 @@ mod tests {
         assert!(with("br;q=1.0, GZIP;q=0.5"));
         assert!(with("*"));
         assert!(!with("gzip;q=0, br"));
+        assert!(!with("gzip;q=0, *"));
+        assert!(!with("*;q=0"));
         assert!(!with("identity"));
         assert!(!accepts_gzip(&HeaderMap::new()));
     }

@@ -310,3 +310,47 @@ async fn published_events_acknowledged_before_sigkill_keep_their_ids() {
     let ids: Vec<_> = replayed.iter().map(|e| e["id"].as_u64()).collect();
     assert_eq!(ids, [Some(1), Some(2), Some(3), Some(4)]);
 }
+
+#[tokio::test]
+async fn a_user_online_when_the_server_is_killed_is_listed_offline_afterwards() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path(), &[]);
+    let mut ada = common::Dash::connect(&format!(
+        "ws://{}/ws?workspace=acme&user=ada&name=Ada",
+        server.addr
+    ))
+    .await;
+    ada.subscribe(&["presence"], None).await;
+    // A publication is acknowledged once the workspace's store is flushed: Ada's record, written
+    // when she came online, is on disk with it.
+    let response = reqwest::Client::new()
+        .post(format!(
+            "http://{}/api/v1/events?workspace=acme",
+            server.addr
+        ))
+        .json(&serde_json::json!({"type":"workflow_triggered","workflow_id":"wf-1"}))
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(response.status(), 201);
+    server.kill();
+
+    let server = Server::start(dir.path(), &[]);
+    let listed: serde_json::Value = reqwest::get(format!(
+        "http://{}/api/v1/presence?workspace=acme&include_offline=true",
+        server.addr
+    ))
+    .await
+    .expect("presence")
+    .json()
+    .await
+    .expect("json");
+    let users = listed["users"].as_array().expect("users");
+    let ada = users
+        .iter()
+        .find(|u| u["user_id"] == "ada")
+        .unwrap_or_else(|| panic!("Ada is not listed: {listed}"));
+    assert_eq!(ada["status"], "offline");
+    assert_eq!(ada["name"], "Ada");
+    assert!(ada["last_seen"].is_string(), "{listed}");
+}

@@ -11,6 +11,8 @@
 //!   observer holds exactly the trace's final text.
 //! - `events` ([`events`]): dashboard subscribers on `/ws`, events published over HTTP;
 //!   publish→deliver latency and losses.
+//! - `poll` ([`poll`]): clients syncing documents over HTTP polling (degraded mode), each
+//!   editing every round; round-trip latency, server CPU per round, convergence.
 //!
 //! Load comes from [`tandem_sync::probe::Probe`]s, which keep no document, so the bench costs
 //! little next to the server it measures.
@@ -34,6 +36,7 @@ use yrs::{Doc, GetString, Text, Transact, Update};
 use crate::trace::Trace;
 
 pub mod events;
+pub mod poll;
 
 /// `tandem bench` scenarios.
 #[derive(Debug, clap::Subcommand)]
@@ -46,6 +49,8 @@ pub enum Scenario {
     Trace(TraceArgs),
     /// Dashboard subscribers on /ws; events published over HTTP at a fixed rate.
     Events(events::EventsArgs),
+    /// Clients syncing documents over HTTP polling, each editing every round.
+    Poll(poll::PollArgs),
 }
 
 /// The wire protocol of the server under test.
@@ -151,6 +156,17 @@ pub async fn run(scenario: Scenario) -> Result<(), String> {
             match (report.lost, report.publish_errors) {
                 (0, 0) => Ok(()),
                 (lost, errors) => Err(format!("LOST {lost} deliveries, {errors} publish errors")),
+            }
+        }
+        Scenario::Poll(args) => {
+            let json = args.json;
+            let report = poll::run(args).await?;
+            emit(json, &report, poll::print)?;
+            match (report.diverged, report.errors) {
+                (0, 0) => Ok(()),
+                (diverged, errors) => Err(format!(
+                    "{diverged} clients DIVERGED, {errors} rounds failed"
+                )),
             }
         }
         Scenario::Trace(args) => {

@@ -1368,6 +1368,15 @@ impl Hub {
             entry.mirrored = mirrored.is_some();
             self.mirror(ws, user, mirrored);
         }
+        if snapshot.status != PresenceStatus::Offline && entry.record.last_seen_ms.is_none() {
+            // Seen for the first time: recorded now, so that a crash before they leave still
+            // lists them as offline afterwards.
+            entry.record.last_seen_ms =
+                i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).ok();
+            entry.record.name.clone_from(&snapshot.name);
+            let record = entry.record.clone();
+            self.save(ws, user, &record);
+        }
         if snapshot.status == PresenceStatus::Offline {
             if let Some(seen) = snapshot.last_seen {
                 entry.record.last_seen_ms =

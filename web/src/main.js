@@ -84,18 +84,18 @@ const EMBED_WAIT_MS = 5000
  * A page embedded in an app (an iframe; the server's `--frame-ancestors` says which apps may)
  * gets its token from that app: it posts `{type: 'tandem:ready'}` to its parent every second
  * (to `?parent_origin=` when given, and then takes messages from that origin only) and takes
- * `{type: 'tandem:token', token}` back, from the parent only. Later tokens replace the first,
- * so the app can refresh it before it expires; reconnects use the newest. Resolves `null` when
- * no token came within 5 s (an app that does not hand one, or a plain frame).
+ * `{type: 'tandem:token', token}` back, from the parent only. Resolves `null` when no token
+ * came within 5 s (an app that does not hand one yet, or a plain frame); every token after the
+ * first, or after that, goes to `onLater` (a refresh before expiry, or a late first token).
  */
-function embeddedToken (onRefresh) {
+function embeddedToken (onLater) {
   const parentOrigin = params.get('parent_origin')
   return new Promise((resolve) => {
     let first = true
     addEventListener('message', (event) => {
       if (event.source !== window.parent || (parentOrigin && event.origin !== parentOrigin)) return
       if (event.data?.type !== 'tandem:token' || typeof event.data.token !== 'string') return
-      if (first) { first = false; resolve(event.data.token) } else onRefresh(event.data.token)
+      if (first) { first = false; resolve(event.data.token) } else onLater(event.data.token)
     })
     const ready = () => {
       try {
@@ -115,7 +115,11 @@ async function signIn () {
   if (token) return sessionOf(token)
   if (window.parent !== window) {
     let session = null
-    const handed = await embeddedToken((fresh) => { if (session) session.token = fresh })
+    // A token that comes after the page gave up waiting still signs it in.
+    const handed = await embeddedToken((fresh) => {
+      if (session) session.token = fresh
+      else if (!started) start(session = sessionOf(fresh))
+    })
     if (handed) {
       session = sessionOf(handed)
       return session
@@ -314,6 +318,7 @@ function dashboard (session, live) {
   const queries = el('ul', { className: 'plain', id: 'queries' })
   const details = el('p', { className: 'sub', id: 'user-details' })
   const editing = new Map()
+  const editingSeen = new Set()
 
   const renderUsers = () => {
     const sorted = [...users.values()].sort((a, b) => String(a.name || a.user_id).localeCompare(String(b.name || b.user_id)))
@@ -377,8 +382,9 @@ function dashboard (session, live) {
     renderQueries()
   }).catch(() => {})
   fetch('/api/v1/editing', { headers: live.auth() }).then((r) => r.json()).then((body) => {
+    // A live `editing` event that came first is newer than the snapshot.
     for (const entry of body.documents || []) {
-      if (entry.query_id !== undefined && entry.users.length && !editing.has(String(entry.query_id))) editing.set(String(entry.query_id), entry.users)
+      if (entry.query_id !== undefined && entry.users.length && !editingSeen.has(String(entry.query_id))) editing.set(String(entry.query_id), entry.users)
     }
     renderQueries()
   }).catch(() => {})
@@ -395,6 +401,7 @@ function dashboard (session, live) {
         break
       case 'editing':
         if (event.query_id !== undefined) {
+          editingSeen.add(String(event.query_id))
           if (event.users.length) editing.set(String(event.query_id), event.users)
           else editing.delete(String(event.query_id))
           renderQueries()
@@ -492,6 +499,7 @@ class DocPoller {
     this.session = session
     this.running = false
     this.readOnly = false
+    this.serverStateVector = null
     this.onUpdate = (update, origin) => {
       if (origin === this || this.readOnly) return
       this.pending = this.pending ? Y.mergeUpdates([this.pending, update]) : update
@@ -510,6 +518,9 @@ class DocPoller {
     // The first round learns the server's state vector; what it lacks goes in the second.
     this.serverStateVector = null
     this.pending = null
+    // Set when the server refused what we hold; cleared by the next episode (a WebSocket's
+    // full sync in between may have settled it).
+    this.refused = false
     this.interval = POLL_MIN_MS
     this.doc.on('update', this.onUpdate)
     this.awareness.on('change', this.onAwarenessChange)
@@ -543,8 +554,14 @@ class DocPoller {
   }
 
   async round () {
-    if (!this.running || this.inFlight) return
+    if (!this.running) return
+    if (this.inFlight) {
+      // Asked for while a request is out: it goes right after.
+      this.again = true
+      return
+    }
     this.inFlight = true
+    this.again = false
     const sending = this.pending
     this.pending = null
     const body = { client_id: this.doc.clientID, state_vector: toBase64(Y.encodeStateVector(this.doc)) }
@@ -567,8 +584,9 @@ class DocPoller {
         // browser, and goes with the full sync of the next WebSocket.
         if (sending && [403, 400, 413].includes(response.status)) {
           if (refusal.error === 'read_only') this.readOnly = true
+          this.refused = true
           console.warn(`tandem: the server refused an update (${refusal.error}); it stays in this browser`)
-          next = 0
+          next = this.interval
           return
         }
         throw new Error(`sync answered ${response.status}`)
@@ -578,13 +596,16 @@ class DocPoller {
       let changed = false
       const mark = (_, origin) => { if (origin === this) changed = true }
       this.doc.on('update', mark)
-      Y.applyUpdate(this.doc, fromBase64(answer.update), this)
-      this.doc.off('update', mark)
+      try {
+        Y.applyUpdate(this.doc, fromBase64(answer.update), this)
+      } finally {
+        this.doc.off('update', mark)
+      }
       this.applyAwareness(answer.awareness ? fromBase64(answer.awareness) : null)
       const theirs = fromBase64(answer.state_vector)
       // Whatever we hold that the server lacks: on the first round everything (deletions made
       // while the socket was down included), later whatever its state vector says it lacks.
-      if (!this.readOnly && (!this.serverStateVector || ahead(Y.encodeStateVector(this.doc), theirs))) {
+      if (!this.readOnly && !this.refused && (!this.serverStateVector || ahead(Y.encodeStateVector(this.doc), theirs))) {
         const lacking = Y.encodeStateAsUpdate(this.doc, theirs)
         this.pending = this.pending ? Y.mergeUpdates([lacking, this.pending]) : lacking
         next = 0
@@ -592,11 +613,13 @@ class DocPoller {
       this.serverStateVector = theirs
       this.interval = changed || sending ? POLL_MIN_MS : Math.min(this.interval * 2, POLL_MAX_MS)
     } catch (err) {
-      // Unconfirmed edits are sent again next time (updates are idempotent).
+      // Unconfirmed edits are sent again, after the backoff (updates are idempotent).
       this.pending = sending && this.pending ? Y.mergeUpdates([sending, this.pending]) : (sending || this.pending)
       this.interval = Math.min(this.interval * 2, POLL_MAX_MS)
+      next = this.interval
     } finally {
       this.inFlight = false
+      if (this.again) next = Math.min(next ?? 250, 250)
       this.schedule(next ?? (this.pending ? 250 : this.interval))
     }
   }
@@ -610,8 +633,10 @@ class DocPoller {
       if (client !== this.doc.clientID && !this.awareness.states.has(client)) this.awareness.meta.delete(client)
     }
     // The answer also holds the removal of our own state, if the server removed it (when our
-    // socket closed): y-protocols then announces it again with a newer clock.
+    // socket closed): y-protocols then raises our clock, and the next round announces it again.
+    const clock = this.awareness.meta.get(this.doc.clientID)?.clock
     if (update) awarenessProtocol.applyAwarenessUpdate(this.awareness, update, this)
+    if (this.awareness.meta.get(this.doc.clientID)?.clock !== clock) this.soon()
     const gone = [...this.awareness.getStates().keys()].filter((client) => client !== this.doc.clientID && !present.has(client))
     if (gone.length) awarenessProtocol.removeAwarenessStates(this.awareness, gone, this)
   }
@@ -770,8 +795,12 @@ function editor (session, live, queryId) {
 
 // --- Start ---------------------------------------------------------------------------------
 
-/** Connects as `session` and shows the page its path names. */
+let started = false
+
+/** Connects as `session` and shows the page its path names (once). */
 function start (session) {
+  if (started) return
+  started = true
   $('#me').textContent = `Signed in as ${session.name}`
   $('#connection').hidden = false
   const live = new Live(session)
