@@ -534,6 +534,7 @@ impl Rooms {
                 .expect("with_state runs its closure once per success");
             // A state set while the room was loading may have missed it: catch up first.
             self.restore_server_awareness(name, &mut state.room);
+            state.room.tag_peer(peer, Arc::clone(&link.user));
             for frame in state.room.join(peer) {
                 deliver(&link, Arc::new(Frame::reply(frame)), overflow);
             }
@@ -665,6 +666,7 @@ impl Rooms {
                 }
                 let known = state.pollers.get(&key).map(|p| p.peer);
                 let peer = known.unwrap_or_else(|| PeerId(crate::ws::next_conn_id()));
+                state.room.tag_peer(peer, Arc::clone(&request.user));
                 let mut outbox = Outbox::default();
                 let polled = state.room.poll(
                     peer,

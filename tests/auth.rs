@@ -205,6 +205,61 @@ async fn a_valid_token_syncs_and_read_only_updates_are_refused_in_band() {
 }
 
 #[tokio::test]
+async fn one_user_cannot_move_or_hide_another_users_cursor() {
+    let app = secured_app().await;
+    let doc = "acme/queries/8";
+    let ada = Client::connect(&ws_url(&app, doc, Some(&token(&claims("acme")))))
+        .await
+        .unwrap();
+    ada.synced(TIMEOUT).await.unwrap();
+    ada.set_awareness(r#"{"user":"Ada"}"#).unwrap();
+    let mallory = Client::connect(&ws_url(
+        &app,
+        doc,
+        Some(&token(&Claims {
+            sub: "666".into(),
+            name: Some("Mallory".into()),
+            ..claims("acme")
+        })),
+    ))
+    .await
+    .unwrap();
+    let ada_id = ada.doc().client_id().get();
+    mallory
+        .wait_for("Ada's cursor", TIMEOUT, |c| {
+            c.awareness().contains_key(&ada_id)
+        })
+        .await
+        .unwrap();
+    // Mallory rewrites and then removes Ada's state with newer clocks, then shows her own.
+    for state in [Some(r#"{"user":"Mallory as Ada"}"#), None] {
+        let forged = tandem_sync::AwarenessUpdate {
+            entries: vec![tandem_sync::AwarenessEntry {
+                client_id: ada_id,
+                clock: 1_000,
+                state: state.map(Into::into),
+            }],
+        };
+        mallory
+            .send_raw(tandem_sync::message::encode_awareness(&forged.encode()))
+            .unwrap();
+    }
+    mallory.set_awareness(r#"{"user":"Mallory"}"#).unwrap();
+    // A third client sees Mallory's own state, which came after the forgeries, and Ada's intact.
+    let watcher = Client::connect(&ws_url(&app, doc, Some(&token(&claims("acme")))))
+        .await
+        .unwrap();
+    watcher
+        .wait_for("Mallory's own cursor", TIMEOUT, |c| {
+            c.awareness().values().any(|s| s.contains(r#""Mallory""#))
+        })
+        .await
+        .unwrap();
+    assert_eq!(watcher.awareness()[&ada_id], r#"{"user":"Ada"}"#);
+    assert!(mallory.close_info().is_none());
+}
+
+#[tokio::test]
 async fn expiry_during_a_connection_closes_it_with_4401() {
     let app = secured_app().await;
     let short = token(&Claims {

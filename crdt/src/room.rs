@@ -136,6 +136,9 @@ pub struct Room {
     awareness: Awareness,
     /// The awareness client ids each peer announced, removed when it leaves.
     peers: HashMap<PeerId, Vec<u64>>,
+    /// Who each tagged peer speaks for (a user): an awareness client one of them keeps may be
+    /// taken over only by a peer with the same tag, or an untagged one.
+    tags: HashMap<PeerId, Arc<str>>,
     limits: RoomLimits,
     /// The document's stored size: its last snapshot plus the updates applied since.
     size_bytes: usize,
@@ -156,6 +159,7 @@ impl Room {
             doc: Doc::with_options(Options::default()),
             awareness: Awareness::default(),
             peers: HashMap::new(),
+            tags: HashMap::new(),
             limits,
             size_bytes: 0,
             poisoned: false,
@@ -214,6 +218,7 @@ impl Room {
 
     /// [`Room::leave`], also returning the awareness clients that went with the peer.
     pub fn depart(&mut self, peer: PeerId) -> (Option<Bytes>, Vec<u64>) {
+        self.tags.remove(&peer);
         let Some(clients) = self.peers.remove(&peer) else {
             return (None, Vec::new());
         };
@@ -249,6 +254,33 @@ impl Room {
     pub fn renew_own_awareness(&mut self, min_clock: u64) -> Option<Bytes> {
         let update = self.awareness.renew_own(min_clock)?;
         Some(message::encode_awareness(&update.encode()))
+    }
+
+    /// Says whom `peer` speaks for. Awareness clients kept by a peer of one tag are not another
+    /// tag's to update or remove: one user cannot move or hide another's cursor, while a user's
+    /// new connection still takes over the clients of their old one.
+    pub fn tag_peer(&mut self, peer: PeerId, tag: Arc<str>) {
+        self.tags.insert(peer, tag);
+    }
+
+    /// Whether `peer` may update awareness `client`: no one keeps it, `peer` does, or its keeper
+    /// speaks for the same user.
+    fn may_announce(&self, peer: PeerId, client: u64) -> bool {
+        if self
+            .peers
+            .get(&peer)
+            .is_some_and(|ids| ids.contains(&client))
+        {
+            return true;
+        }
+        match self.awareness_owner(client) {
+            None => true,
+            Some(owner) => match (self.tags.get(&owner), self.tags.get(&peer)) {
+                (Some(theirs), Some(ours)) => theirs == ours,
+                (Some(_), None) => false,
+                (None, _) => true,
+            },
+        }
     }
 
     /// The peer that keeps awareness `client` alive, if any.
@@ -360,9 +392,11 @@ impl Room {
                 }
                 Message::Awareness(payload) => {
                     let mut update = AwarenessUpdate::decode(&payload)?;
-                    // The server's own ids are not the clients' to set.
+                    // The server's own ids are not the clients' to set, nor another user's.
                     let before = update.entries.len();
-                    update.entries.retain(|e| e.client_id < SERVER_CLIENT_BASE);
+                    update.entries.retain(|e| {
+                        e.client_id < SERVER_CLIENT_BASE && self.may_announce(peer, e.client_id)
+                    });
                     let (whole, payload) = if update.entries.len() == before {
                         (whole, payload)
                     } else {
@@ -805,6 +839,49 @@ mod tests {
         assert!(matches!(refused, Err(RoomError::BadStateVector(_))));
         assert!(outbox.is_empty());
         assert!(!text_of(&room).contains("never"));
+    }
+
+    #[test]
+    fn one_user_cannot_move_or_remove_another_users_cursor() {
+        let mut room = Room::new(RoomLimits::default());
+        let announce = |clock: u64, state: Option<&str>| {
+            let update = AwarenessUpdate {
+                entries: vec![AwarenessEntry {
+                    client_id: 5,
+                    clock,
+                    state: state.map(Arc::from),
+                }],
+            };
+            message::encode_awareness(&update.encode())
+        };
+        for (peer, user) in [(1, "ada"), (2, "bob"), (3, "ada")] {
+            room.tag_peer(PeerId(peer), Arc::from(user));
+            room.join(PeerId(peer));
+        }
+        recv(
+            &mut room,
+            PeerId(1),
+            announce(1, Some("{}")),
+            Access::ReadWrite,
+        )
+        .unwrap();
+        // Bob's connection may neither overwrite Ada's client nor remove it.
+        for forged in [announce(9, Some(r#"{"forged":1}"#)), announce(9, None)] {
+            let outbox = recv(&mut room, PeerId(2), forged, Access::ReadWrite).unwrap();
+            assert!(outbox.broadcast.is_empty());
+        }
+        assert_eq!(room.awareness.get(5), Some("{}"));
+        assert_eq!(room.awareness_owner(5), Some(PeerId(1)));
+        // Ada's new connection (a reconnect) takes it over.
+        let outbox = recv(
+            &mut room,
+            PeerId(3),
+            announce(2, Some("{}")),
+            Access::ReadWrite,
+        )
+        .unwrap();
+        assert_eq!(outbox.broadcast.len(), 1);
+        assert_eq!(room.awareness_owner(5), Some(PeerId(3)));
     }
 
     #[test]
