@@ -3,6 +3,7 @@
 
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::ws::Utf8Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -689,6 +690,44 @@ pub async fn get_presence(
     Ok(Json(serde_json::json!({ "users": users })))
 }
 
+/// `GET /api/v1/notifications?limit=N`: the latest events of every channel but presence and
+/// activity that the caller sees and did not mute (50 by default), oldest first.
+pub async fn get_notifications(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ids: Result<Query<IdentityParams>, QueryRejection>,
+    params: Result<Query<ActivityParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let who = http_identity(&app, &headers, ids, "http_notifications", true)?;
+    let limit = history_limit(params)?;
+    let frames = app
+        .hub
+        .notifications(&who.workspace, &who.user, limit)
+        .await
+        .map_err(|e| ApiError::storage(&e))?;
+    Ok(events_page(&frames))
+}
+
+/// The `?limit=` of a history request: 1 to [`MAX_ACTIVITY`], 50 by default.
+fn history_limit(params: Result<Query<ActivityParams>, QueryRejection>) -> Result<usize, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=MAX_ACTIVITY).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "bad_limit",
+            format!("limit is 1 to {MAX_ACTIVITY}"),
+        ));
+    }
+    Ok(limit)
+}
+
+/// `{"events":[...]}` of stored frames, as they are.
+fn events_page(frames: &[Utf8Bytes]) -> Response {
+    let list: Vec<&str> = frames.iter().map(|f| f.as_str()).collect();
+    let body = format!(r#"{{"events":[{}]}}"#, list.join(","));
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
 /// `GET /api/v1/editing`: who is in each document of the workspace now, one object per
 /// document as in `editing` events (`document`, `query_id`, `users`).
 pub async fn get_editing(
@@ -756,22 +795,13 @@ pub async fn get_activity(
     params: Result<Query<ActivityParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let who = http_identity(&app, &headers, ids, "http_activity", true)?;
-    let Query(params) = params.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
-    let limit = params.limit.unwrap_or(50);
-    if !(1..=MAX_ACTIVITY).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "bad_limit",
-            format!("limit is 1 to {MAX_ACTIVITY}"),
-        ));
-    }
+    let limit = history_limit(params)?;
     let frames = app
         .hub
         .activity(&who.workspace, &who.user, limit)
         .await
         .map_err(|e| ApiError::storage(&e))?;
-    let list: Vec<&str> = frames.iter().map(|f| f.as_str()).collect();
-    let body = format!(r#"{{"events":[{}]}}"#, list.join(","));
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    Ok(events_page(&frames))
 }
 
 /// `GET /api/v1/preferences`: which event types are pushed to the caller in real time.

@@ -412,6 +412,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/activity", get(api::get_activity))
         .route("/api/v1/editing", get(api::get_editing))
+        .route("/api/v1/notifications", get(api::get_notifications))
         .route(
             "/api/v1/preferences",
             get(api::get_preferences).put(api::put_preferences),

@@ -733,6 +733,49 @@ async fn the_activity_feed_lists_the_latest_activity() {
 }
 
 #[tokio::test]
+async fn a_page_opened_later_gets_the_latest_notifications_it_may_see() {
+    let app = spawn_app_with(secured).await;
+    let reader = token("acme", "7", Role::Member);
+    let response = reqwest::Client::new()
+        .put(app.http_url("/api/v1/preferences"))
+        .bearer_auth(&reader)
+        .json(&json!({"realtime":{"agent_executed":false}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    for event in [
+        json!({"type":"query_completed","query_id":1,"result_count":3,"execution_time":0.1}),
+        // Activity and presence are not notifications; muted types and others' are not theirs.
+        json!({"type":"file_uploaded","user_id":1,"file_name":"a.csv"}),
+        json!({"type":"agent_executed","agent_id":1,"status":"ok","insights_found":0,"needs_approval":false}),
+        json!({"type":"system_alert","message":"for 8","severity":"info","user_ids":[8]}),
+        json!({"type":"system_alert","message":"for 7","severity":"info","user_ids":[7]}),
+        json!({"type":"approval_request","approval_id":2,"title":"Send report"}),
+    ] {
+        publish(&app, "acme", event).await;
+    }
+    let (status, body) = get(&app, "/api/v1/notifications?limit=10", &reader).await;
+    assert_eq!(status, 200);
+    let kinds: Vec<&str> = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["query_completed", "system_alert", "approval_request"],
+        "{body}"
+    );
+    assert_eq!(body["events"][1]["message"], "for 7");
+    let (_, latest) = get(&app, "/api/v1/notifications?limit=1", &reader).await;
+    assert_eq!(latest["events"][0]["type"], "approval_request");
+    let (status, _) = get(&app, "/api/v1/notifications?limit=0", &reader).await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
 async fn muted_event_types_are_not_pushed() {
     let app = spawn_app_with(secured).await;
     let bearer = token("acme", "7", Role::Member);

@@ -957,9 +957,48 @@ impl Hub {
             channels: ChannelSet::of(&[Channel::Activity]),
             muted: 0,
         };
+        self.latest(workspace, &viewer, limit).await
+    }
+
+    /// The newest `limit` events a dashboard lists as notifications that `user` may see (every
+    /// channel but presence and activity, nothing they muted), oldest first: what a page opened
+    /// later starts its list from.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub async fn notifications(
+        &self,
+        workspace: &str,
+        user: &str,
+        limit: usize,
+    ) -> Result<Vec<Utf8Bytes>, StoreError> {
+        let muted = {
+            let ws = self.workspace(workspace).await?;
+            let st = ws.lock();
+            st.users.get(user).map_or(0, |u| u.muted)
+        };
+        let channels: Vec<Channel> = Channel::ALL
+            .into_iter()
+            .filter(|c| !matches!(c, Channel::Presence | Channel::Activity))
+            .collect();
+        let viewer = Viewer {
+            user,
+            channels: ChannelSet::of(&channels),
+            muted,
+        };
+        self.latest(workspace, &viewer, limit).await
+    }
+
+    /// The newest `limit` events `viewer` sees, oldest first, looking a bounded way back.
+    async fn latest(
+        &self,
+        workspace: &str,
+        viewer: &Viewer<'_>,
+        limit: usize,
+    ) -> Result<Vec<Utf8Bytes>, StoreError> {
         let mut found = Vec::new();
         let mut before = u64::MAX;
-        // Activity may be sparse in a busy log: look this far back at most.
+        // What is looked for may be sparse in a busy log: look this far back at most.
         let mut pages = ACTIVITY_SCAN_PAGES;
         while found.len() < limit && pages > 0 {
             pages -= 1;

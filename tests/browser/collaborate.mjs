@@ -122,6 +122,8 @@ try {
   await carol.waitForFunction(() => ['Ada', 'Bob'].every((n) => document.querySelector('#online-users').innerText.includes(n)), null, { timeout: TIMEOUT })
   await carol.waitForFunction(() => /Query 7\s*·\s*(Ada, Bob|Bob, Ada)/.test(document.querySelector('#queries').innerText), null, { timeout: TIMEOUT })
   const online = await textOf(carol, '#online-users')
+  // The result that came before she opened the page is in her notifications all the same.
+  await carol.waitForFunction(() => document.querySelector('#unread').innerText.includes('Query 7 completed: 100 rows'), null, { timeout: TIMEOUT })
 
   // Activity shows in the feed as it happens.
   const ran = await fetch(`${base}/api/v1/events?workspace=default`, {

@@ -360,6 +360,23 @@ function dashboard (session, live) {
         el('span', { className: 'sub', textContent: who.length ? ` · ${who.map((u) => u.name || u.user_id).join(', ')}` : '' }))
     }))
   }
+  // A notification in the list, newest on top, each event once (history and live may overlap);
+  // a chat message also joins its session.
+  const notified = new Set()
+  const notify = (event) => {
+    if (notified.has(event.id)) return
+    notified.add(event.id)
+    if (event.type === 'new_chat_message') {
+      const list = messages.get(String(event.session_id)) || []
+      list.push(`${time(event.timestamp)} · ${event.sender ?? ''} ${event.message ?? ''}`)
+      messages.set(String(event.session_id), list)
+      renderChats()
+    }
+    const item = el('li', { textContent: `${time(event.timestamp)} · ${describe(event)}` })
+    const older = [...unread.children].find((node) => Number(node.dataset.id) < event.id)
+    item.dataset.id = event.id
+    unread.insertBefore(item, older ?? null)
+  }
   const addActivity = (event) => {
     const what = { query_executed: 'ran query', template_created: 'created template', agent_triggered: 'triggered agent', file_uploaded: 'uploaded' }[event.type]
     const object = event.query_id ?? event.template_id ?? event.agent_id ?? event.file_name
@@ -377,7 +394,8 @@ function dashboard (session, live) {
   renderQueries()
 
   fetch('/api/v1/presence?include_offline=true', { headers: live.auth() }).then((r) => r.json()).then((body) => {
-    for (const u of body.users || []) users.set(String(u.user_id), u)
+    // A live presence_update that came first is newer than this snapshot.
+    for (const u of body.users || []) if (!users.has(String(u.user_id))) users.set(String(u.user_id), u)
     renderUsers()
     renderQueries()
   }).catch(() => {})
@@ -390,6 +408,10 @@ function dashboard (session, live) {
   }).catch(() => {})
   fetch('/api/v1/activity?limit=30', { headers: live.auth() }).then((r) => r.json()).then((body) => {
     for (const event of body.events || []) addActivity(event)
+  }).catch(() => {})
+  // The latest notifications, oldest first, as if they had just come (no toasts for them).
+  fetch('/api/v1/notifications?limit=30', { headers: live.auth() }).then((r) => r.json()).then((body) => {
+    for (const event of body.events || []) notify(event)
   }).catch(() => {})
 
   live.on((event) => {
@@ -411,21 +433,11 @@ function dashboard (session, live) {
         unreadChats = event.unread
         renderChats()
         break
-      case 'new_chat_message': {
-        const list = messages.get(String(event.session_id)) || []
-        list.push(`${time(event.timestamp)} · ${event.sender ?? ''} ${event.message ?? ''}`)
-        messages.set(String(event.session_id), list)
-        unread.prepend(el('li', { textContent: `${time(event.timestamp)} · ${describe(event)}` }))
-        renderChats()
-        break
-      }
       case 'query_executed': case 'template_created': case 'agent_triggered': case 'file_uploaded':
         addActivity(event)
         break
       default:
-        if (event.id !== undefined && !['lock_acquired', 'lock_released'].includes(event.type)) {
-          unread.prepend(el('li', { textContent: `${time(event.timestamp)} · ${describe(event)}` }))
-        }
+        if (event.id !== undefined && !['lock_acquired', 'lock_released'].includes(event.type)) notify(event)
     }
   })
 }
