@@ -183,7 +183,7 @@ pub async fn compact(
     }
     let absorbed = app.rooms.compact_doc(&name).await.map_err(|e| match e {
         RoomOpError::Store(e) => ApiError::storage(&e),
-        e @ (RoomOpError::Room(_) | RoomOpError::ClientInUse) => ApiError::new(
+        RoomOpError::Room(e) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "document_unavailable",
             e.to_string(),

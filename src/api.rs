@@ -341,11 +341,6 @@ fn room_error(err: RoomOpError) -> ApiError {
         ),
         RoomOpError::Room(e) => ApiError::bad_request("bad_update", e.to_string()),
         RoomOpError::Store(e) => ApiError::storage(&e),
-        RoomOpError::ClientInUse => ApiError::new(
-            StatusCode::CONFLICT,
-            "client_id_in_use",
-            "another user's client has this client_id; pick another (a new Y.Doc does)",
-        ),
     }
 }
 

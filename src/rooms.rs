@@ -153,9 +153,6 @@ pub enum RoomOpError {
     Room(#[from] RoomError),
     #[error("storage failed: {0}")]
     Store(#[from] StoreError),
-    /// An HTTP poller named an awareness client another user's connection or poller keeps.
-    #[error("the awareness client is another user's")]
-    ClientInUse,
 }
 
 /// Told what happens in rooms' awareness: the dashboard derives presence and "who is editing"
@@ -653,17 +650,6 @@ impl Rooms {
         let (result, awareness, evicted, overflow) = self
             .with_state(name, |handle, state| {
                 let mut overflow = Overflow::default();
-                // An awareness client belongs to one user: another's may not take it over.
-                if let Some(owner) = state.room.awareness_owner(request.client) {
-                    if state.user_of(owner).is_some_and(|u| **u != *request.user) {
-                        return (
-                            Err(RoomOpError::ClientInUse),
-                            Vec::new(),
-                            Vec::new(),
-                            overflow,
-                        );
-                    }
-                }
                 let known = state.pollers.get(&key).map(|p| p.peer);
                 let peer = known.unwrap_or_else(|| PeerId(crate::ws::next_conn_id()));
                 state.room.tag_peer(peer, Arc::clone(&request.user));

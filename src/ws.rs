@@ -528,8 +528,6 @@ fn close_reason(err: &RoomOpError) -> CloseReason {
         ),
         RoomOpError::Room(RoomError::Poisoned) => CloseReason::Reloading,
         RoomOpError::Store(_) => CloseReason::Storage,
-        // Only HTTP pollers are refused this way.
-        RoomOpError::ClientInUse => CloseReason::Policy(err.to_string()),
     }
 }
 

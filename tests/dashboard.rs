@@ -748,6 +748,7 @@ async fn a_page_opened_later_gets_the_latest_notifications_it_may_see() {
         json!({"type":"query_completed","query_id":1,"result_count":3,"execution_time":0.1}),
         // Activity and presence are not notifications; muted types and others' are not theirs.
         json!({"type":"file_uploaded","user_id":1,"file_name":"a.csv"}),
+        json!({"type":"query_executed","user_id":1,"query_id":4,"user_ids":[7]}),
         json!({"type":"agent_executed","agent_id":1,"status":"ok","insights_found":0,"needs_approval":false}),
         json!({"type":"system_alert","message":"for 8","severity":"info","user_ids":[8]}),
         json!({"type":"system_alert","message":"for 7","severity":"info","user_ids":[7]}),

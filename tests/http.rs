@@ -560,10 +560,16 @@ async fn a_user_keeps_a_bounded_number_of_pollers_and_no_one_else_s_client() {
         .await
         .expect("the oldest poller is evicted");
 
-    // Bob may not speak for Ada's client.
+    // Bob may not speak for Ada's client: his edits sync, his claim to her cursor is dropped.
     let mut bob = Poller::signed_in(&app, "acme/queries/2", 12, "Bob").await;
-    let refused = bob.post(Some(r#"{"tab":"forged"}"#)).await;
-    json_error(refused, 409, "client_id_in_use").await;
+    bob.type_text("bob was here");
+    bob.poll(Some(r#"{"tab":"forged"}"#)).await;
+    socket
+        .wait_for("Bob's edit", common::TIMEOUT, |c| {
+            c.text("t").contains("bob was here")
+        })
+        .await
+        .expect("Bob's edit arrives");
     assert!(socket.awareness()[&12].contains("12"));
 
     // An awareness state is a cursor and a name, not a payload.

@@ -206,3 +206,15 @@ async fn a_js_client_in_the_presence_room_and_a_dashboard_see_each_other() {
     };
     assert_eq!(offline["status"], "offline");
 }
+
+#[tokio::test]
+async fn a_crowded_room_of_js_clients_keeps_everyone_and_their_cursors() {
+    // More clients than one connection may keep awareness states for: their echoes of each
+    // other's states must not count against it.
+    let app = common::spawn_app_with(|c| c.max_awareness_per_connection = 8).await;
+    let url = format!("ws://{}/ws", app.addr);
+    let out = node("crowd.mjs", &[&url, "acme/queries/crowd", "30"]).await;
+    let seen: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
+    assert_eq!(seen["closes"], serde_json::json!([]), "{seen}");
+    assert_eq!(seen["seen"], 30, "{seen}");
+}

@@ -26,7 +26,7 @@ source benches/common.sh
 
 for clients in $CLIENTS; do
   DATA=$(mktemp -d)
-  # Every client is its own user here: the per-user poller cap is for tenants.
+  # Without tokens every client is the same user here: the per-user poller cap is for tenants.
   taskset -c "$SERVER_CPU" ./target/release/tandem serve --bind "127.0.0.1:$PORT" --data-dir "$DATA" \
     --max-pollers-per-user 1000000 >"$OUT/server-$clients.log" 2>&1 &
   PID=$!

@@ -61,16 +61,7 @@ impl Awareness {
     pub fn apply(&mut self, update: &AwarenessUpdate) -> Changes {
         let mut changes = Changes::default();
         for entry in &update.entries {
-            let wins = match self.states.get(&entry.client_id) {
-                None => entry.state.is_some(),
-                Some(known) => {
-                    known.clock < entry.clock
-                        || (known.clock == entry.clock
-                            && entry.state.is_none()
-                            && known.json.is_some())
-                }
-            };
-            if !wins {
+            if !self.wins(entry) {
                 continue;
             }
             let before = self
@@ -98,6 +89,18 @@ impl Awareness {
             }
         }
         changes
+    }
+
+    /// Whether `entry` would change what is known of its client (the y-protocols rule): its clock
+    /// is newer, or it removes a live state at the same clock. A new client's removal does not.
+    pub fn wins(&self, entry: &AwarenessEntry) -> bool {
+        match self.states.get(&entry.client_id) {
+            None => entry.state.is_some(),
+            Some(known) => {
+                known.clock < entry.clock
+                    || (known.clock == entry.clock && entry.state.is_none() && known.json.is_some())
+            }
+        }
     }
 
     /// Removes `clients` (those still live) and returns the update announcing it, if any.

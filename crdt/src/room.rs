@@ -3,7 +3,7 @@
 //! Bytes in, bytes out: the caller hands over a frame and delivers the [`Outbox`] it gets back
 //! (persist first, then reply and broadcast). No sockets, no storage, no tasks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -136,9 +136,15 @@ pub struct Room {
     awareness: Awareness,
     /// The awareness client ids each peer announced, removed when it leaves.
     peers: HashMap<PeerId, Vec<u64>>,
-    /// Who each tagged peer speaks for (a user): an awareness client one of them keeps may be
-    /// taken over only by a peer with the same tag, or an untagged one.
+    /// The peer that keeps each awareness client alive: the index of `peers`.
+    owners: HashMap<u64, PeerId>,
+    /// Who each tagged peer speaks for (a user).
     tags: HashMap<PeerId, Arc<str>>,
+    /// Whose each awareness client is: the tag of the peer that announced it, kept while it is
+    /// alive and, for the last [`DEPARTED_CLIENTS`] that went, after (so that another user
+    /// cannot take over a client id while its user reconnects).
+    client_tags: HashMap<u64, Arc<str>>,
+    departed: VecDeque<u64>,
     limits: RoomLimits,
     /// The document's stored size: its last snapshot plus the updates applied since.
     size_bytes: usize,
@@ -147,6 +153,9 @@ pub struct Room {
     /// Whether awareness changes are reported in [`Outbox::awareness`].
     observed: bool,
 }
+
+/// How many departed awareness clients keep their user: a reconnect comes within seconds.
+const DEPARTED_CLIENTS: usize = 1024;
 
 /// The v1 encoding of an update with no structs and no deletions.
 const EMPTY_UPDATE: [u8; 2] = [0, 0];
@@ -159,7 +168,10 @@ impl Room {
             doc: Doc::with_options(Options::default()),
             awareness: Awareness::default(),
             peers: HashMap::new(),
+            owners: HashMap::new(),
             tags: HashMap::new(),
+            client_tags: HashMap::new(),
+            departed: VecDeque::new(),
             limits,
             size_bytes: 0,
             poisoned: false,
@@ -222,6 +234,9 @@ impl Room {
         let Some(clients) = self.peers.remove(&peer) else {
             return (None, Vec::new());
         };
+        for &client in &clients {
+            self.disown(peer, client);
+        }
         match self.awareness.remove(clients) {
             Some(removal) => {
                 let gone = removal.entries.iter().map(|e| e.client_id).collect();
@@ -263,32 +278,40 @@ impl Room {
         self.tags.insert(peer, tag);
     }
 
-    /// Whether `peer` may update awareness `client`: no one keeps it, `peer` does, or its keeper
-    /// speaks for the same user.
+    /// Whether `peer` may update awareness `client`: `peer` keeps it, or the client is no
+    /// user's (yet, or any more), or it is the user's `peer` speaks for.
     fn may_announce(&self, peer: PeerId, client: u64) -> bool {
-        if self
-            .peers
-            .get(&peer)
-            .is_some_and(|ids| ids.contains(&client))
-        {
+        if self.owners.get(&client) == Some(&peer) {
             return true;
         }
-        match self.awareness_owner(client) {
-            None => true,
-            Some(owner) => match (self.tags.get(&owner), self.tags.get(&peer)) {
-                (Some(theirs), Some(ours)) => theirs == ours,
-                (Some(_), None) => false,
-                (None, _) => true,
-            },
+        match (self.client_tags.get(&client), self.tags.get(&peer)) {
+            (None, _) => true,
+            (Some(theirs), Some(ours)) => theirs == ours,
+            (Some(_), None) => false,
+        }
+    }
+
+    /// `peer` no longer keeps `client`: the client stays its user's for a while.
+    fn disown(&mut self, peer: PeerId, client: u64) {
+        if self.owners.get(&client) != Some(&peer) {
+            return;
+        }
+        self.owners.remove(&client);
+        if self.client_tags.contains_key(&client) {
+            self.departed.push_back(client);
+            while self.departed.len() > DEPARTED_CLIENTS {
+                if let Some(oldest) = self.departed.pop_front() {
+                    if !self.owners.contains_key(&oldest) {
+                        self.client_tags.remove(&oldest);
+                    }
+                }
+            }
         }
     }
 
     /// The peer that keeps awareness `client` alive, if any.
     pub fn awareness_owner(&self, client: u64) -> Option<PeerId> {
-        self.peers
-            .iter()
-            .find(|(_, clients)| clients.contains(&client))
-            .map(|(peer, _)| *peer)
+        self.owners.get(&client).copied()
     }
 
     /// Forgets every peer (the room is being discarded) and returns each one's awareness
@@ -392,10 +415,15 @@ impl Room {
                 }
                 Message::Awareness(payload) => {
                     let mut update = AwarenessUpdate::decode(&payload)?;
-                    // The server's own ids are not the clients' to set, nor another user's.
+                    // Entries that change nothing go first (a y-websocket client sends back every
+                    // state it hears, so most entries of a busy room are such echoes): they cost
+                    // nothing further and count towards no limit. The server's own ids are not
+                    // the clients' to set, nor another user's clients.
                     let before = update.entries.len();
                     update.entries.retain(|e| {
-                        e.client_id < SERVER_CLIENT_BASE && self.may_announce(peer, e.client_id)
+                        e.client_id < SERVER_CLIENT_BASE
+                            && self.awareness.wins(e)
+                            && self.may_announce(peer, e.client_id)
                     });
                     let (whole, payload) = if update.entries.len() == before {
                         (whole, payload)
@@ -446,18 +474,28 @@ impl Room {
     /// connection that announced it: when a client reconnects, the old connection's late close
     /// must not remove the state the new one renewed.
     fn track_awareness(&mut self, peer: PeerId, changes: &Changes) {
-        for id in &changes.updated {
-            let owned = self.peers.get(&peer).is_some_and(|ids| ids.contains(id));
-            if owned {
-                continue;
+        for &id in &changes.updated {
+            if let Some(tag) = self.tags.get(&peer) {
+                self.client_tags.insert(id, Arc::clone(tag));
             }
-            for ids in self.peers.values_mut() {
-                ids.retain(|known| known != id);
+            match self.owners.insert(id, peer) {
+                Some(previous) if previous == peer => continue,
+                Some(previous) => {
+                    if let Some(ids) = self.peers.get_mut(&previous) {
+                        ids.retain(|known| *known != id);
+                    }
+                }
+                None => {}
             }
-            self.peers.entry(peer).or_default().push(*id);
+            self.peers.entry(peer).or_default().push(id);
         }
-        if let Some(ids) = self.peers.get_mut(&peer) {
-            ids.retain(|id| !changes.removed.contains(id));
+        if !changes.removed.is_empty() {
+            if let Some(ids) = self.peers.get_mut(&peer) {
+                ids.retain(|id| !changes.removed.contains(id));
+            }
+            for &id in &changes.removed {
+                self.disown(peer, id);
+            }
         }
     }
 
@@ -882,6 +920,52 @@ mod tests {
         .unwrap();
         assert_eq!(outbox.broadcast.len(), 1);
         assert_eq!(room.awareness_owner(5), Some(PeerId(3)));
+
+        // While Ada is away, her client is still hers: Bob cannot claim it before she is back.
+        room.depart(PeerId(3));
+        assert_eq!(room.awareness_owner(5), None);
+        let forged = announce(50, Some(r#"{"forged":1}"#));
+        let outbox = recv(&mut room, PeerId(2), forged, Access::ReadWrite).unwrap();
+        assert!(outbox.broadcast.is_empty());
+        room.tag_peer(PeerId(4), Arc::from("ada"));
+        room.join(PeerId(4));
+        let back = announce(10, Some("{}"));
+        let outbox = recv(&mut room, PeerId(4), back, Access::ReadWrite).unwrap();
+        assert_eq!(outbox.broadcast.len(), 1);
+    }
+
+    #[test]
+    fn echoed_states_change_nothing_and_count_towards_no_limit() {
+        // y-websocket sends back every awareness state it hears: a client joining a room with
+        // more states than a connection may keep must not be closed for echoing them.
+        let mut room = Room::new(RoomLimits {
+            max_awareness_per_peer: 4,
+            ..RoomLimits::default()
+        });
+        let mut everyone = Vec::new();
+        for peer in 1..=10u64 {
+            room.tag_peer(PeerId(peer), Arc::from(format!("user-{peer}").as_str()));
+            room.join(PeerId(peer));
+            let entry = AwarenessEntry {
+                client_id: 100 + peer,
+                clock: 3,
+                state: Some(r#"{"cursor":1}"#.into()),
+            };
+            let frame = message::encode_awareness(
+                &AwarenessUpdate {
+                    entries: vec![entry.clone()],
+                }
+                .encode(),
+            );
+            recv(&mut room, PeerId(peer), frame, Access::ReadWrite).unwrap();
+            everyone.push(entry);
+        }
+        room.tag_peer(PeerId(11), Arc::from("newcomer"));
+        room.join(PeerId(11));
+        let echo = message::encode_awareness(&AwarenessUpdate { entries: everyone }.encode());
+        let outbox = recv(&mut room, PeerId(11), echo, Access::ReadWrite).unwrap();
+        assert!(outbox.is_empty());
+        assert_eq!(room.awareness_owner(101), Some(PeerId(1)));
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub struct PollArgs {
     /// Clients syncing over HTTP.
     #[arg(long, default_value_t = 100)]
     pub pollers: usize,
-    /// Documents they share (`bench/poll-0` … `bench/poll-{D-1}`).
+    /// Documents they share (`bench/poll-{run}-0` … `-{D-1}`, new names every run).
     #[arg(long, default_value_t = 10)]
     pub docs: usize,
     /// Milliseconds between one client's rounds (the dashboard polls every 2 s while busy).
@@ -163,11 +163,22 @@ pub async fn run(args: PollArgs) -> Result<PollReport, String> {
         return Err("--duration must be positive".into());
     }
     let base_url = args.url.trim_end_matches('/').to_owned();
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| e.to_string())?;
+    // Fresh documents every run: a server that ran this before holds the old ones, with the
+    // client ids and clocks this run would reuse.
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    // The final rounds, all at once, stay within a sane number of sockets.
+    let finishing = Arc::new(tokio::sync::Semaphore::new(256));
     let interval = Duration::from_millis(args.interval_ms);
     let duration = Duration::from_secs_f64(args.duration);
-    // Every client has edited before any takes its final round.
-    let edited = Arc::new(Barrier::new(args.pollers));
+    // Every client has edited before any takes its final round; this task waits with them, to
+    // read the clock and the server's CPU where the timed part ends.
+    let edited = Arc::new(Barrier::new(args.pollers + 1));
     let cpu_before = args.server_pid.map(super::cpu_seconds).transpose()?;
     eprintln!(
         "poll: {} clients over {} documents, a round every {} ms each, for {} s",
@@ -179,11 +190,11 @@ pub async fn run(args: PollArgs) -> Result<PollReport, String> {
         let doc_index = i % args.docs;
         let mut poller = Poller {
             doc: Doc::with_client_id(i as u64 + 1),
-            url: format!("{base_url}/api/v1/docs/bench/poll-{doc_index}/sync"),
+            url: format!("{base_url}/api/v1/docs/bench/poll-{run}-{doc_index}/sync"),
             server_sv: StateVector::default(),
             clock: 0,
         };
-        let (http, edited) = (http.clone(), Arc::clone(&edited));
+        let (http, edited, finishing) = (http.clone(), Arc::clone(&edited), Arc::clone(&finishing));
         // Spread the clients over the interval, as independent browsers are.
         let offset = interval.mul_f64(i as f64 / args.pollers as f64);
         clients.push(tokio::spawn(async move {
@@ -219,22 +230,29 @@ pub async fn run(args: PollArgs) -> Result<PollReport, String> {
             edited.wait().await;
             // Its own last edits go up (a failed round's too), then everyone's come down.
             for _ in 0..2 {
+                let permit = finishing.acquire().await;
                 if let Err(err) = poller.round(&http).await {
                     done.errors += 1;
                     eprintln!("poll: client {i}, final round: {err}");
                 }
+                drop(permit);
                 edited.wait().await;
             }
             done.text = poller.text();
             done
         }));
     }
+    edited.wait().await;
+    let polling = start.elapsed();
+    let cpu_after = args.server_pid.map(super::cpu_seconds).transpose()?;
+    eprintln!("poll: final rounds");
+    for _ in 0..2 {
+        edited.wait().await;
+    }
     let mut finished = Vec::with_capacity(clients.len());
     for client in clients {
         finished.push(client.await.map_err(|e| e.to_string())?);
     }
-    let polling = start.elapsed();
-    let cpu_after = args.server_pid.map(super::cpu_seconds).transpose()?;
 
     let mut made = vec![0u64; args.docs];
     for done in &finished {

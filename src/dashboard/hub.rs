@@ -957,7 +957,7 @@ impl Hub {
             channels: ChannelSet::of(&[Channel::Activity]),
             muted: 0,
         };
-        self.latest(workspace, &viewer, limit).await
+        self.latest(workspace, &viewer, limit, |_| true).await
     }
 
     /// The newest `limit` events a dashboard lists as notifications that `user` may see (every
@@ -986,15 +986,21 @@ impl Hub {
             channels: ChannelSet::of(&channels),
             muted,
         };
-        self.latest(workspace, &viewer, limit).await
+        // One addressed to the user comes through `notifications` whatever its channel: an
+        // activity event is still activity.
+        let notice =
+            |event: &Delivered| !matches!(event.channel, Channel::Presence | Channel::Activity);
+        self.latest(workspace, &viewer, limit, notice).await
     }
 
-    /// The newest `limit` events `viewer` sees, oldest first, looking a bounded way back.
+    /// The newest `limit` events `viewer` sees and `keep` takes, oldest first, looking a
+    /// bounded way back.
     async fn latest(
         &self,
         workspace: &str,
         viewer: &Viewer<'_>,
         limit: usize,
+        keep: impl Fn(&Delivered) -> bool,
     ) -> Result<Vec<Utf8Bytes>, StoreError> {
         let mut found = Vec::new();
         let mut before = u64::MAX;
@@ -1007,7 +1013,7 @@ impl Hub {
             before = oldest.id;
             for stored in events.iter().rev() {
                 if let Some(event) = Delivered::from_stored(stored) {
-                    if viewer.sees(&event) && found.len() < limit {
+                    if viewer.sees(&event) && keep(&event) && found.len() < limit {
                         found.push(event.frame);
                     }
                 }

@@ -309,7 +309,7 @@ function dashboard (session, live) {
       button.addEventListener('click', () => {
         chat.hidden = false
         chat.replaceChildren(el('h3', { textContent: `Chat ${sessionId}` }),
-          el('ul', { className: 'plain feed' }, ...(messages.get(sessionId) || []).map((m) => el('li', { textContent: m }))))
+          el('ul', { className: 'plain feed' }, ...(messages.get(sessionId) || []).map((m) => el('li', { textContent: m.text }))))
         if (count) live.send({ action: 'mark_read', session_id: sessionId })
       })
       return el('li', {}, button)
@@ -367,8 +367,10 @@ function dashboard (session, live) {
     if (notified.has(event.id)) return
     notified.add(event.id)
     if (event.type === 'new_chat_message') {
+      // In id order: history and live messages may come in either order.
       const list = messages.get(String(event.session_id)) || []
-      list.push(`${time(event.timestamp)} · ${event.sender ?? ''} ${event.message ?? ''}`)
+      list.push({ id: event.id, text: `${time(event.timestamp)} · ${event.sender ?? ''} ${event.message ?? ''}` })
+      list.sort((a, b) => a.id - b.id)
       messages.set(String(event.session_id), list)
       renderChats()
     }
