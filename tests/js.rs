@@ -218,3 +218,12 @@ async fn a_crowded_room_of_js_clients_keeps_everyone_and_their_cursors() {
     assert_eq!(seen["closes"], serde_json::json!([]), "{seen}");
     assert_eq!(seen["seen"], 30, "{seen}");
 }
+
+#[tokio::test]
+async fn a_reconnecting_js_client_is_told_its_state_was_removed_and_comes_back() {
+    let app = common::spawn_app().await;
+    let url = format!("ws://{}/ws", app.addr);
+    let out = node("rejoin.mjs", &[&url, "acme/queries/rejoin"]).await;
+    let seen: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
+    assert_eq!(seen, serde_json::json!({"told": true, "back": true}));
+}

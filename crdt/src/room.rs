@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tandem_sync::message::{self, MSG_SYNC_STATUS_HEARTBEAT};
-use tandem_sync::{AuthMessage, AwarenessUpdate, DecodeError, Message, MessageReader, SyncMessage};
+use tandem_sync::{
+    AuthMessage, AwarenessEntry, AwarenessUpdate, DecodeError, Message, MessageReader, SyncMessage,
+};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Any, Doc, IdSet, Map, Options, Out, ReadTxn, StateVector, Transact, Update};
@@ -420,6 +422,26 @@ impl Room {
                     // nothing further and count towards no limit. The server's own ids are not
                     // the clients' to set, nor another user's clients.
                     let before = update.entries.len();
+                    // A client back from a lost connection announces its state with the clock
+                    // it had, and the room removed that state with a newer one: told of the
+                    // removal, a y-protocols client announces again above it (without, its
+                    // cursor stays hidden until its renewals catch up, up to 30 s).
+                    let removed: Vec<AwarenessEntry> = update
+                        .entries
+                        .iter()
+                        .filter(|e| e.state.is_some() && e.client_id < SERVER_CLIENT_BASE)
+                        .filter_map(|e| {
+                            let removal = self.awareness.removal(e.client_id)?;
+                            (removal.clock >= e.clock && self.may_announce(peer, e.client_id))
+                                .then_some(removal)
+                        })
+                        .collect();
+                    if !removed.is_empty() {
+                        let removals = AwarenessUpdate { entries: removed };
+                        outbox
+                            .reply
+                            .push(message::encode_awareness(&removals.encode()));
+                    }
                     update.entries.retain(|e| {
                         e.client_id < SERVER_CLIENT_BASE
                             && self.awareness.wins(e)
@@ -932,6 +954,55 @@ mod tests {
         let back = announce(10, Some("{}"));
         let outbox = recv(&mut room, PeerId(4), back, Access::ReadWrite).unwrap();
         assert_eq!(outbox.broadcast.len(), 1);
+    }
+
+    #[test]
+    fn a_client_back_with_an_old_clock_is_told_its_state_was_removed() {
+        let mut room = Room::new(RoomLimits::default());
+        let announce = |clock: u64| {
+            let update = AwarenessUpdate {
+                entries: vec![AwarenessEntry {
+                    client_id: 5,
+                    clock,
+                    state: Some("{}".into()),
+                }],
+            };
+            message::encode_awareness(&update.encode())
+        };
+        room.tag_peer(PeerId(1), Arc::from("ada"));
+        room.join(PeerId(1));
+        recv(&mut room, PeerId(1), announce(3), Access::ReadWrite).unwrap();
+        room.depart(PeerId(1));
+        // Her new connection repeats clock 3, below the removal's 4: it is told of the removal.
+        room.tag_peer(PeerId(2), Arc::from("ada"));
+        room.join(PeerId(2));
+        let outbox = recv(&mut room, PeerId(2), announce(3), Access::ReadWrite).unwrap();
+        assert!(outbox.broadcast.is_empty());
+        let (msg, _) = MessageReader::new(outbox.reply[0].clone())
+            .next()
+            .unwrap()
+            .unwrap();
+        let Message::Awareness(payload) = msg else {
+            panic!("not awareness: {msg:?}")
+        };
+        let told = AwarenessUpdate::decode(&payload).unwrap();
+        assert_eq!(
+            told.entries,
+            vec![AwarenessEntry {
+                client_id: 5,
+                clock: 4,
+                state: None
+            }]
+        );
+        // Above it, she is back.
+        let outbox = recv(&mut room, PeerId(2), announce(5), Access::ReadWrite).unwrap();
+        assert_eq!(outbox.broadcast.len(), 1);
+        // Another user's stale copy of her state is told nothing.
+        room.depart(PeerId(2));
+        room.tag_peer(PeerId(3), Arc::from("bob"));
+        room.join(PeerId(3));
+        let outbox = recv(&mut room, PeerId(3), announce(5), Access::ReadWrite).unwrap();
+        assert!(outbox.is_empty());
     }
 
     #[test]
