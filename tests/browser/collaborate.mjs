@@ -144,6 +144,11 @@ try {
   await carol.waitForFunction(() => document.querySelector('#chat-badges .badge')?.textContent === '1', null, { timeout: TIMEOUT })
   await carol.click('#chat-badges button')
   await carol.waitForFunction(() => document.querySelector('#chat-badges').innerText.includes('Chat 31') && !document.querySelector('#chat-badges .badge'), null, { timeout: TIMEOUT })
+  // Her notifications are unread until she marks them read.
+  const unreadBefore = Number(await carol.$eval('#unread-count', (node) => node.textContent))
+  if (!(unreadBefore >= 3)) throw new Error(`${unreadBefore} unread notifications`)
+  await carol.click('text=Mark all read')
+  await carol.waitForFunction(() => document.querySelector('#unread-count').hidden && !document.querySelector('#unread li.unread'), null, { timeout: TIMEOUT })
   const chatView = await textOf(carol, '#chat-session')
   if (!chatView.includes('Is the report ready?')) throw new Error(`the chat view shows ${JSON.stringify(chatView)}`)
 

@@ -378,7 +378,30 @@ function dashboard (session, live) {
     const older = [...unread.children].find((node) => Number(node.dataset.id) < event.id)
     item.dataset.id = event.id
     unread.insertBefore(item, older ?? null)
+    renderUnread()
   }
+  // Unread: what came after the last "Mark all read", remembered in this browser per user.
+  const readKey = `tandem.read.${session.workspace}.${session.user}`
+  let lastRead = Number(localStorage.getItem(readKey) || 0)
+  const unreadCount = el('span', { className: 'badge', id: 'unread-count' })
+  const markRead = el('button', { type: 'button', className: 'link', textContent: 'Mark all read' })
+  const renderUnread = () => {
+    let count = 0
+    for (const node of unread.children) {
+      const fresh = Number(node.dataset.id) > lastRead
+      node.classList.toggle('unread', fresh)
+      count += fresh
+    }
+    unreadCount.textContent = String(count)
+    unreadCount.hidden = count === 0
+    unreadCount.ariaLabel = `${count} unread`
+    markRead.disabled = count === 0
+  }
+  markRead.addEventListener('click', () => {
+    lastRead = Math.max(lastRead, ...[...notified].filter((id) => typeof id === 'number'))
+    localStorage.setItem(readKey, String(lastRead))
+    renderUnread()
+  })
   const addActivity = (event) => {
     const what = { query_executed: 'ran query', template_created: 'created template', agent_triggered: 'triggered agent', file_uploaded: 'uploaded' }[event.type]
     const object = event.query_id ?? event.template_id ?? event.agent_id ?? event.file_name
@@ -391,9 +414,10 @@ function dashboard (session, live) {
     el('section', { className: 'card' }, el('h2', { textContent: 'Online users' }), usersList, details),
     el('section', { className: 'card' }, el('h2', { textContent: 'Queries' }), queries),
     el('section', { className: 'card' }, el('h2', { textContent: 'Live activity' }), feed),
-    el('section', { className: 'card' }, el('h2', { textContent: 'Notifications' }), unread),
+    el('section', { className: 'card' }, el('h2', {}, 'Notifications ', unreadCount, ' ', markRead), unread),
     el('section', { className: 'card' }, el('h2', { textContent: 'Chat' }), badges, chat))
   renderQueries()
+  renderUnread()
 
   fetch('/api/v1/presence?include_offline=true', { headers: live.auth() }).then((r) => r.json()).then((body) => {
     // A live presence_update that came first is newer than this snapshot.
