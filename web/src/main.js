@@ -720,7 +720,9 @@ function editor (session, live, queryId) {
   const doc = new Y.Doc()
   // Offline edits are kept in the browser and sync when the connection is back.
   const local = new IndexeddbPersistence(docName, doc)
-  const provider = new WebsocketProvider(`${wsBase}/ws`, docName, doc, { params: { token: session.token }, maxBackoffTime: BACKOFF_MAX_MS })
+  // y-websocket puts the room name into the URL as it is: its segments go percent-encoded.
+  const room = docName.split('/').map(encodeURIComponent).join('/')
+  const provider = new WebsocketProvider(`${wsBase}/ws`, room, doc, { params: { token: session.token }, maxBackoffTime: BACKOFF_MAX_MS })
   const color = colorOf(session.user)
   provider.awareness.setLocalStateField('user', { name: session.name, color, colorLight: `${color}33` })
   slowWhenHidden(provider)
