@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -46,7 +46,7 @@ fn asset(name: &str, request: &HeaderMap) -> Response {
         Some("css") => "text/css; charset=utf-8",
         _ => "application/octet-stream",
     };
-    let etag = etag(name, file.contents());
+    let etag = etag(name).unwrap_or_default();
     let cached = request
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -83,18 +83,23 @@ fn asset(name: &str, request: &HeaderMap) -> Response {
     }
 }
 
-/// A weak validator of an embedded file (the same for its gzipped copy), computed once.
-fn etag(name: &str, contents: &'static [u8]) -> &'static str {
-    static TAGS: OnceLock<Mutex<HashMap<String, &'static str>>> = OnceLock::new();
-    let mut tags = TAGS
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    tags.entry(name.to_owned()).or_insert_with(|| {
-        let mut hasher = std::hash::DefaultHasher::new();
-        contents.hash(&mut hasher);
-        Box::leak(format!("W/\"{:016x}\"", hasher.finish()).into_boxed_str())
+/// A weak validator of an embedded file (the same for its gzipped copy), computed once for all.
+fn etag(name: &str) -> Option<&'static str> {
+    static TAGS: OnceLock<HashMap<&'static str, String>> = OnceLock::new();
+    TAGS.get_or_init(|| {
+        DIST.files()
+            .filter_map(|file| {
+                let mut hasher = std::hash::DefaultHasher::new();
+                file.contents().hash(&mut hasher);
+                Some((
+                    file.path().to_str()?,
+                    format!("W/\"{:016x}\"", hasher.finish()),
+                ))
+            })
+            .collect()
     })
+    .get(name)
+    .map(String::as_str)
 }
 
 /// Whether an `Accept-Encoding` header takes gzip: named with a weight above zero, or not named

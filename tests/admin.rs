@@ -4,7 +4,7 @@ mod common;
 
 use common::{spawn_app_with, TestApp, TIMEOUT};
 use serde_json::{json, Value};
-use tandem::auth::{mint, now_secs, Claims, Role, Secret};
+use tandem::auth::{Role, Secret};
 use tandem_sync::client::Client;
 
 fn secret() -> Secret {
@@ -12,16 +12,7 @@ fn secret() -> Secret {
 }
 
 fn token(workspace: &str, sub: &str, role: Role) -> String {
-    let claims = Claims {
-        sub: sub.into(),
-        name: None,
-        workspace: workspace.into(),
-        plan: Some("scale".into()),
-        role,
-        docs: None,
-        exp: now_secs() + 600,
-    };
-    mint(&secret(), &claims).unwrap()
+    common::mint_token(&secret(), workspace, sub, None, role)
 }
 
 async fn secured() -> TestApp {

@@ -5,22 +5,31 @@
 mod common;
 
 use common::{spawn_app, spawn_app_with};
-use tandem::auth::{mint, now_secs, Claims, Role, Secret};
+use tandem::auth::{Role, Secret};
+
+/// Where the scripts write their screenshots.
+fn artifacts() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-artifacts")
+}
+
+/// Runs `tests/browser/{script}` and returns the one JSON line it printed, which must say `ok`.
+async fn browse(script: &str, args: &[&str]) -> serde_json::Value {
+    let output = common::node("tests/browser", script, args).await;
+    let seen: serde_json::Value = serde_json::from_str(output.trim()).expect("one JSON line");
+    assert_eq!(seen["ok"], true, "{seen}");
+    seen
+}
 
 #[tokio::test]
 async fn two_users_edit_one_query_and_see_each_other_and_its_result() {
     let app = spawn_app().await;
-    let artifacts =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-artifacts");
+    let artifacts = artifacts();
     let base = format!("http://{}", app.addr);
-    let output = common::node(
-        "tests/browser",
+    let seen = browse(
         "collaborate.mjs",
         &[&base, &artifacts.display().to_string()],
     )
     .await;
-    let seen: serde_json::Value = serde_json::from_str(output.trim()).expect("one JSON line");
-    assert_eq!(seen["ok"], true, "{seen}");
     assert_eq!(seen["rows"], "100");
     assert!(
         seen["titleLock"].as_str().unwrap().contains("Ada"),
@@ -49,21 +58,16 @@ async fn the_indicator_follows_a_server_restart_and_nothing_typed_is_lost() {
         .local_addr()
         .unwrap()
         .port();
-    let artifacts =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-artifacts");
-    let output = common::node(
-        "tests/browser",
+    let seen = browse(
         "restart.mjs",
         &[
             env!("CARGO_BIN_EXE_tandem"),
             &dir.path().display().to_string(),
             &port.to_string(),
-            &artifacts.display().to_string(),
+            &artifacts().display().to_string(),
         ],
     )
     .await;
-    let seen: serde_json::Value = serde_json::from_str(output.trim()).expect("one JSON line");
-    assert_eq!(seen["ok"], true, "{seen}");
     assert!(
         seen["text"]
             .as_str()
@@ -76,17 +80,9 @@ async fn the_indicator_follows_a_server_restart_and_nothing_typed_is_lost() {
 #[tokio::test]
 async fn a_browser_without_websockets_degrades_to_http_and_still_collaborates() {
     let app = spawn_app().await;
-    let artifacts =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-artifacts");
+    let artifacts = artifacts();
     let base = format!("http://{}", app.addr);
-    let output = common::node(
-        "tests/browser",
-        "degraded.mjs",
-        &[&base, &artifacts.display().to_string()],
-    )
-    .await;
-    let seen: serde_json::Value = serde_json::from_str(output.trim()).expect("one JSON line");
-    assert_eq!(seen["ok"], true, "{seen}");
+    let seen = browse("degraded.mjs", &[&base, &artifacts.display().to_string()]).await;
     assert_eq!(seen["degradedState"], "degraded", "{seen}");
     assert!(
         seen["label"].as_str().unwrap().contains("Degraded"),
@@ -106,23 +102,9 @@ async fn with_auth_on_the_page_takes_its_token_from_the_embedding_app_or_the_url
         c.frame_ancestors = "'self' http://127.0.0.1:*".into();
     })
     .await;
-    let token = mint(
-        &secret,
-        &Claims {
-            sub: "ada".into(),
-            name: Some("Ada Lovelace".into()),
-            workspace: "acme".into(),
-            plan: Some("scale".into()),
-            role: Role::Member,
-            docs: None,
-            exp: now_secs() + 600,
-        },
-    )
-    .unwrap();
+    let token = common::mint_token(&secret, "acme", "ada", Some("Ada Lovelace"), Role::Member);
     let base = format!("http://{}", app.addr);
-    let output = common::node("tests/browser", "embedded.mjs", &[&base, &token]).await;
-    let seen: serde_json::Value = serde_json::from_str(output.trim()).expect("one JSON line");
-    assert_eq!(seen["ok"], true, "{seen}");
+    let seen = browse("embedded.mjs", &[&base, &token]).await;
     assert_eq!(seen["embedded"], "Signed in as Ada Lovelace", "{seen}");
     assert_eq!(seen["framedElsewhere"], false, "{seen}");
     // Without a token there is nothing to connect to: no indicator.

@@ -22,16 +22,13 @@ fn secured(config: &mut Config) {
 }
 
 fn token(workspace: &str, sub: &str, role: Role) -> String {
-    let claims = Claims {
-        sub: sub.into(),
-        name: Some(format!("User {sub}")),
-        workspace: workspace.into(),
-        plan: Some("scale".into()),
+    common::mint_token(
+        &secret(),
+        workspace,
+        sub,
+        Some(&format!("User {sub}")),
         role,
-        docs: None,
-        exp: now_secs() + 600,
-    };
-    mint(&secret(), &claims).unwrap()
+    )
 }
 
 fn member(workspace: &str, sub: &str) -> String {

@@ -25,6 +25,16 @@ async fn json_error(response: reqwest::Response, status: u16, code: &str) {
     );
 }
 
+/// The whole stored document `doc`, as one v1 update.
+async fn stored(app: &common::TestApp, doc: &str) -> bytes::Bytes {
+    reqwest::get(app.http_url(&format!("/api/v1/docs/{doc}")))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn healthz_answers() {
     let app = spawn_app().await;
@@ -172,15 +182,7 @@ async fn bad_requests_get_json_errors() {
     }
 
     // Nothing was written by any of it.
-    let state = http
-        .get(app.http_url("/api/v1/docs/d"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    assert_eq!(state.as_ref(), [0, 0]);
+    assert_eq!(stored(&app, "d").await.as_ref(), [0, 0]);
 }
 
 #[tokio::test]
@@ -530,15 +532,7 @@ async fn bad_sync_requests_get_json_errors_and_change_nothing() {
     for (request, status, code) in cases {
         json_error(request.send().await.unwrap(), status, code).await;
     }
-    let state = http
-        .get(app.http_url("/api/v1/docs/d"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    assert_eq!(state.as_ref(), [0, 0]);
+    assert_eq!(stored(&app, "d").await.as_ref(), [0, 0]);
 }
 
 #[tokio::test]

@@ -147,19 +147,16 @@ async fn rust_and_js_clients_converge_in_one_room() {
 
 #[tokio::test]
 async fn a_js_client_in_the_presence_room_and_a_dashboard_see_each_other() {
-    use tandem::auth::{mint, now_secs, Claims, Role, Secret};
+    use tandem::auth::{Role, Secret};
     let secret: Secret = "js-presence-secret".parse().unwrap();
     let token = |sub: &str| {
-        let claims = Claims {
-            sub: sub.into(),
-            name: Some(format!("User {sub}")),
-            workspace: "acme".into(),
-            plan: Some("scale".into()),
-            role: Role::Member,
-            docs: None,
-            exp: now_secs() + 600,
-        };
-        mint(&secret, &claims).unwrap()
+        common::mint_token(
+            &secret,
+            "acme",
+            sub,
+            Some(&format!("User {sub}")),
+            Role::Member,
+        )
     };
     let app = common::spawn_app_with({
         let secret = secret.clone();

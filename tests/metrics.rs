@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use common::{spawn_app_with, TestApp, TIMEOUT};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use tandem::auth::{mint, now_secs, Claims, Role, Secret};
+use tandem::auth::{Role, Secret};
 use tandem_sync::client::Client;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -19,16 +19,7 @@ fn secret() -> Secret {
 }
 
 fn token(sub: &str, role: Role) -> String {
-    let claims = Claims {
-        sub: sub.into(),
-        name: None,
-        workspace: "acme".into(),
-        plan: Some("scale".into()),
-        role,
-        docs: None,
-        exp: now_secs() + 600,
-    };
-    mint(&secret(), &claims).unwrap()
+    common::mint_token(&secret(), "acme", sub, None, role)
 }
 
 /// Every sample of the exposition, by name with its labels as written (`name{a="b"}`).

@@ -10,9 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tandem_sync::message::{self, MSG_SYNC_STATUS_HEARTBEAT};
-use tandem_sync::{
-    AuthMessage, AwarenessEntry, AwarenessUpdate, DecodeError, Message, MessageReader, SyncMessage,
-};
+use tandem_sync::{AuthMessage, AwarenessUpdate, DecodeError, Message, MessageReader, SyncMessage};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Any, Doc, IdSet, Map, Options, Out, ReadTxn, StateVector, Transact, Update};
@@ -422,31 +420,35 @@ impl Room {
                     // nothing further and count towards no limit. The server's own ids are not
                     // the clients' to set, nor another user's clients.
                     let before = update.entries.len();
-                    // A client back from a lost connection announces its state with the clock
-                    // it had, and the room removed that state with a newer one: told of the
-                    // removal, a y-protocols client announces again above it (without, its
-                    // cursor stays hidden until its renewals catch up, up to 30 s).
-                    let removed: Vec<AwarenessEntry> = update
-                        .entries
-                        .iter()
-                        .filter(|e| e.state.is_some() && e.client_id < SERVER_CLIENT_BASE)
-                        .filter_map(|e| {
-                            let removal = self.awareness.removal(e.client_id)?;
-                            (removal.clock >= e.clock && self.may_announce(peer, e.client_id))
-                                .then_some(removal)
-                        })
-                        .collect();
+                    let mut removed = Vec::new();
+                    update.entries.retain(|e| {
+                        if e.client_id >= SERVER_CLIENT_BASE {
+                            return false;
+                        }
+                        if !self.awareness.wins(e) {
+                            // A client back from a lost connection announces its state with
+                            // the clock it had, and the room removed that state with a newer
+                            // one: told of the removal, a y-protocols client announces again
+                            // above it (without, its cursor stays hidden until its renewals
+                            // catch up, up to 30 s).
+                            if let Some(removal) = e
+                                .state
+                                .as_ref()
+                                .and_then(|_| self.awareness.removal(e.client_id))
+                                .filter(|_| self.may_announce(peer, e.client_id))
+                            {
+                                removed.push(removal);
+                            }
+                            return false;
+                        }
+                        self.may_announce(peer, e.client_id)
+                    });
                     if !removed.is_empty() {
                         let removals = AwarenessUpdate { entries: removed };
                         outbox
                             .reply
                             .push(message::encode_awareness(&removals.encode()));
                     }
-                    update.entries.retain(|e| {
-                        e.client_id < SERVER_CLIENT_BASE
-                            && self.awareness.wins(e)
-                            && self.may_announce(peer, e.client_id)
-                    });
                     let (whole, payload) = if update.entries.len() == before {
                         (whole, payload)
                     } else {

@@ -393,12 +393,7 @@ impl Hub {
     /// shutdown token.
     pub fn close_all(&self, reason: &CloseReason) {
         self.closing.cancel();
-        let loaded: Vec<Arc<Workspace>> = self
-            .workspaces
-            .iter()
-            .filter_map(|entry| entry.value().get().cloned())
-            .collect();
-        for ws in loaded {
+        for ws in self.all_loaded() {
             for c in ws.lock().conns.values() {
                 c.closer.close(reason.clone());
             }
@@ -1555,15 +1550,18 @@ impl Hub {
         Ok(preferences_value(muted))
     }
 
+    /// The workspaces loaded so far.
+    fn all_loaded(&self) -> Vec<Arc<Workspace>> {
+        self.workspaces
+            .iter()
+            .filter_map(|entry| entry.value().get().cloned())
+            .collect()
+    }
+
     /// Once a second: expires locks and presence, publishes debounced presence changes.
     pub fn tick(self: &Arc<Self>) {
         let now = Instant::now();
-        let loaded: Vec<Arc<Workspace>> = self
-            .workspaces
-            .iter()
-            .filter_map(|entry| entry.value().get().cloned())
-            .collect();
-        for ws in loaded {
+        for ws in self.all_loaded() {
             let mut st = ws.lock();
             let expired: Vec<(u64, String)> = st
                 .locks

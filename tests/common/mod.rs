@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use tandem::auth::{mint, now_secs, Claims, Role, Secret};
 use tandem::Config;
 use tandem_sync::client::{Client, ClientOptions};
 use tokio::sync::oneshot;
@@ -13,6 +14,27 @@ use yrs::{Doc, GetString, Text, Transact, Update};
 
 /// How long a test waits for anything before failing.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A token signed with `secret` for user `sub` of `workspace` on the `scale` plan, valid for ten
+/// minutes.
+pub fn mint_token(
+    secret: &Secret,
+    workspace: &str,
+    sub: &str,
+    name: Option<&str>,
+    role: Role,
+) -> String {
+    let claims = Claims {
+        sub: sub.into(),
+        name: name.map(Into::into),
+        workspace: workspace.into(),
+        plan: Some("scale".into()),
+        role,
+        docs: None,
+        exp: now_secs() + 600,
+    };
+    mint(secret, &claims).expect("a token")
+}
 
 /// A server running in this process.
 pub struct TestApp {
