@@ -72,25 +72,25 @@ try {
   await ada.waitForSelector('.cm-content', { timeout: TIMEOUT })
   await ada.click('.cm-content')
   await ada.keyboard.type('SELECT count(*) FROM orders')
-  await bob.waitForFunction(() => document.querySelector('.cm-content').innerText.includes('SELECT count(*) FROM orders'), null, { timeout: TIMEOUT })
+  await bob.waitForFunction(() => (document.querySelector('.cm-content')?.innerText ?? '').includes('SELECT count(*) FROM orders'), null, { timeout: TIMEOUT })
   // Ada's cursor, with her name, in Bob's editor; the banner says she is there.
   await bob.waitForFunction(() => [...document.querySelectorAll('.cm-ySelectionInfo')].some((n) => n.textContent === 'Ada'), null, { timeout: TIMEOUT })
-  await bob.waitForFunction(() => document.querySelector('#editing-banner').textContent.includes('Ada'), null, { timeout: TIMEOUT })
+  await bob.waitForFunction(() => (document.querySelector('#editing-banner')?.textContent ?? '').includes('Ada'), null, { timeout: TIMEOUT })
   await bob.click('.cm-content')
   await bob.keyboard.press('End')
   await bob.keyboard.type(' WHERE paid')
-  await ada.waitForFunction(() => document.querySelector('.cm-content').innerText.includes('WHERE paid'), null, { timeout: TIMEOUT })
+  await ada.waitForFunction(() => (document.querySelector('.cm-content')?.innerText ?? '').includes('WHERE paid'), null, { timeout: TIMEOUT })
   await ada.waitForFunction(() => [...document.querySelectorAll('.cm-ySelectionInfo')].some((n) => n.textContent === 'Bob'), null, { timeout: TIMEOUT })
 
   // Ada edits the title: Bob's is locked, saying who holds it, and follows her typing; once she
   // leaves it, it is free again.
   await ada.click('#title')
-  await bob.waitForFunction(() => document.querySelector('#title').disabled && document.querySelector('#title-lock').textContent.includes('Ada'), null, { timeout: TIMEOUT })
+  await bob.waitForFunction(() => document.querySelector('#title')?.disabled && (document.querySelector('#title-lock')?.textContent ?? '').includes('Ada'), null, { timeout: TIMEOUT })
   await ada.keyboard.type('Paid orders')
-  await bob.waitForFunction(() => document.querySelector('#title').value === 'Paid orders', null, { timeout: TIMEOUT })
+  await bob.waitForFunction(() => document.querySelector('#title')?.value === 'Paid orders', null, { timeout: TIMEOUT })
   const titleLock = await textOf(bob, '#title-lock')
   await ada.click('.cm-content')
-  await bob.waitForFunction(() => !document.querySelector('#title').disabled && document.querySelector('#title-lock').textContent === '', null, { timeout: TIMEOUT })
+  await bob.waitForFunction(() => document.querySelector('#title')?.disabled === false && (document.querySelector('#title-lock')?.textContent ?? '') === '', null, { timeout: TIMEOUT })
 
   // A result arrives: both result panels show it.
   const published = await fetch(`${base}/api/v1/events?workspace=default`, {
@@ -119,11 +119,11 @@ try {
 
   // Both in the online widget of the dashboard, and in the query's entry.
   const carol = await open('Carol', '/')
-  await carol.waitForFunction(() => ['Ada', 'Bob'].every((n) => document.querySelector('#online-users').innerText.includes(n)), null, { timeout: TIMEOUT })
-  await carol.waitForFunction(() => /Query 7\s*·\s*(Ada, Bob|Bob, Ada)/.test(document.querySelector('#queries').innerText), null, { timeout: TIMEOUT })
+  await carol.waitForFunction(() => ['Ada', 'Bob'].every((n) => (document.querySelector('#online-users')?.innerText ?? '').includes(n)), null, { timeout: TIMEOUT })
+  await carol.waitForFunction(() => /Query 7\s*·\s*(Ada, Bob|Bob, Ada)/.test((document.querySelector('#queries')?.innerText ?? '')), null, { timeout: TIMEOUT })
   const online = await textOf(carol, '#online-users')
   // The result that came before she opened the page is in her notifications all the same.
-  await carol.waitForFunction(() => document.querySelector('#unread').innerText.includes('Query 7 completed: 100 rows'), null, { timeout: TIMEOUT })
+  await carol.waitForFunction(() => (document.querySelector('#unread')?.innerText ?? '').includes('Query 7 completed: 100 rows'), null, { timeout: TIMEOUT })
 
   // Activity shows in the feed as it happens.
   const ran = await fetch(`${base}/api/v1/events?workspace=default`, {
@@ -132,7 +132,7 @@ try {
     body: JSON.stringify({ type: 'query_executed', user_id: 'ada', query_id: 7 })
   })
   if (ran.status !== 201) throw new Error(`publish answered ${ran.status}`)
-  await carol.waitForFunction(() => document.querySelector('#activity').innerText.includes('ada ran query 7'), null, { timeout: TIMEOUT })
+  await carol.waitForFunction(() => (document.querySelector('#activity')?.innerText ?? '').includes('ada ran query 7'), null, { timeout: TIMEOUT })
 
   // A chat message raises Carol's badge; viewing the session clears it.
   const chat = await fetch(`${base}/api/v1/events?workspace=default`, {
@@ -143,12 +143,12 @@ try {
   if (chat.status !== 201) throw new Error(`publish answered ${chat.status}`)
   await carol.waitForFunction(() => document.querySelector('#chat-badges .badge')?.textContent === '1', null, { timeout: TIMEOUT })
   await carol.click('#chat-badges button')
-  await carol.waitForFunction(() => document.querySelector('#chat-badges').innerText.includes('Chat 31') && !document.querySelector('#chat-badges .badge'), null, { timeout: TIMEOUT })
+  await carol.waitForFunction(() => (document.querySelector('#chat-badges')?.innerText ?? '').includes('Chat 31') && !document.querySelector('#chat-badges .badge'), null, { timeout: TIMEOUT })
   // Her notifications are unread until she marks them read.
   const unreadBefore = Number(await carol.$eval('#unread-count', (node) => node.textContent))
   if (!(unreadBefore >= 3)) throw new Error(`${unreadBefore} unread notifications`)
   await carol.click('text=Mark all read')
-  await carol.waitForFunction(() => document.querySelector('#unread-count').hidden && !document.querySelector('#unread li.unread'), null, { timeout: TIMEOUT })
+  await carol.waitForFunction(() => document.querySelector('#unread-count')?.hidden === true && !document.querySelector('#unread li.unread'), null, { timeout: TIMEOUT })
   const chatView = await textOf(carol, '#chat-session')
   if (!chatView.includes('Is the report ready?')) throw new Error(`the chat view shows ${JSON.stringify(chatView)}`)
 
@@ -177,7 +177,7 @@ try {
     Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => 'hidden' })
     document.dispatchEvent(new Event('visibilitychange'))
   })
-  await carol.waitForFunction(() => /Ada\s*idle/.test(document.querySelector('#online-users').innerText), null, { timeout: TIMEOUT })
+  await carol.waitForFunction(() => /Ada\s*idle/.test((document.querySelector('#online-users')?.innerText ?? '')), null, { timeout: TIMEOUT })
   await probe(100)
   await bob.waitForFunction(() => window.probes.includes(109), null, { timeout: TIMEOUT })
   const probes = await bob.evaluate(() => window.probes)

@@ -65,7 +65,7 @@ try {
   await ada.keyboard.type('SELECT 42')
   await editorHas(bob, 'SELECT 42')
   await cursorOf(bob, 'Ada')
-  await bob.waitForFunction(() => document.querySelector('#editing-banner').textContent.includes('Ada'), null, { timeout: TIMEOUT })
+  await bob.waitForFunction(() => (document.querySelector('#editing-banner')?.textContent ?? '').includes('Ada'), null, { timeout: TIMEOUT })
 
   // Bob types over his WebSocket; Ada's next poll brings his text and cursor.
   step = 'Ada sees what Bob types'
@@ -78,8 +78,8 @@ try {
   // The dashboard sees Ada online and in the query, though she has no socket at all.
   step = 'the dashboard sees Ada'
   carol = await open('Carol', '/')
-  await carol.waitForFunction(() => document.querySelector('#online-users').innerText.includes('Ada'), null, { timeout: TIMEOUT })
-  await carol.waitForFunction(() => /Query 12\s*·.*Ada/.test(document.querySelector('#queries').innerText), null, { timeout: TIMEOUT })
+  await carol.waitForFunction(() => (document.querySelector('#online-users')?.innerText ?? '').includes('Ada'), null, { timeout: TIMEOUT })
+  await carol.waitForFunction(() => /Query 12\s*·.*Ada/.test((document.querySelector('#queries')?.innerText ?? '')), null, { timeout: TIMEOUT })
   await ada.screenshot({ path: `${artifacts}/ada-degraded.png` })
   const degradedState = await state(ada)
 
