@@ -386,6 +386,7 @@ fn validate(config: &Config) -> Result<(), ServeError> {
 
 /// The routes.
 pub fn router(state: AppState) -> Router {
+    web::prepare();
     Router::new()
         .route("/ws/{*doc}", get(ws::upgrade))
         .route("/healthz", get(api::healthz))

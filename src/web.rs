@@ -3,11 +3,14 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::io::Write;
 use std::sync::OnceLock;
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use flate2::write::GzEncoder;
+use flate2::Compression;
 use include_dir::{include_dir, Dir};
 
 use crate::error::ApiError;
@@ -34,72 +37,97 @@ pub async fn file(Path(name): Path<String>, request: HeaderMap) -> Response {
 }
 
 /// An embedded file. Browsers revalidate it on every load (it changes with the binary and its
-/// name carries no hash) and get 304 while its ETag holds; those that take gzip get the copy
-/// the build compressed.
+/// name carries no hash) and get 304 while its ETag holds; those that take gzip get it gzipped.
 fn asset(name: &str, request: &HeaderMap) -> Response {
-    let Some(file) = DIST.get_file(name) else {
+    let Some(asset) = assets().get(name) else {
         return ApiError::not_found(format!("no asset {name:?}")).into_response();
     };
-    let kind = match name.rsplit_once('.').map(|(_, ext)| ext) {
-        Some("html") => "text/html; charset=utf-8",
-        Some("js") => "text/javascript; charset=utf-8",
-        Some("css") => "text/css; charset=utf-8",
-        _ => "application/octet-stream",
-    };
-    let etag = etag(name).unwrap_or_default();
     let cached = request
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|tags| tags.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+        .is_some_and(|tags| {
+            tags.split(',')
+                .any(|t| t.trim() == asset.etag || t.trim() == "*")
+        });
     let headers = [
         (header::CACHE_CONTROL, "no-cache"),
-        (header::ETAG, etag),
+        (header::ETAG, asset.etag.as_str()),
         (header::VARY, "accept-encoding"),
     ];
     if cached {
         return (StatusCode::NOT_MODIFIED, headers).into_response();
     }
-    let gzipped = accepts_gzip(request)
-        .then(|| DIST.get_file(format!("{name}.gz")))
-        .flatten();
-    match gzipped {
+    match asset.gzipped.as_deref().filter(|_| accepts_gzip(request)) {
         Some(gzipped) => (
             StatusCode::OK,
             headers,
             [
-                (header::CONTENT_TYPE, kind),
+                (header::CONTENT_TYPE, asset.kind),
                 (header::CONTENT_ENCODING, "gzip"),
             ],
-            gzipped.contents(),
+            gzipped,
         )
             .into_response(),
         None => (
             StatusCode::OK,
             headers,
-            [(header::CONTENT_TYPE, kind)],
-            file.contents(),
+            [(header::CONTENT_TYPE, asset.kind)],
+            asset.body,
         )
             .into_response(),
     }
 }
 
-/// A weak validator of an embedded file (the same for its gzipped copy), computed once for all.
-fn etag(name: &str) -> Option<&'static str> {
-    static TAGS: OnceLock<HashMap<&'static str, String>> = OnceLock::new();
-    TAGS.get_or_init(|| {
+/// An embedded file as it is served.
+struct Asset {
+    body: &'static [u8],
+    /// The body gzipped, for the text files it makes smaller.
+    gzipped: Option<Vec<u8>>,
+    kind: &'static str,
+    /// A weak validator of the body (the same for its gzipped copy).
+    etag: String,
+}
+
+/// Prepares the embedded files (compressing them takes some tens of milliseconds), so that no
+/// request waits for it.
+pub fn prepare() {
+    assets();
+}
+
+/// The embedded files by name, prepared once for all.
+fn assets() -> &'static HashMap<&'static str, Asset> {
+    static ASSETS: OnceLock<HashMap<&'static str, Asset>> = OnceLock::new();
+    ASSETS.get_or_init(|| {
         DIST.files()
             .filter_map(|file| {
+                let name = file.path().to_str()?;
+                let body = file.contents();
+                let (kind, text) = match name.rsplit_once('.').map(|(_, ext)| ext) {
+                    Some("html") => ("text/html; charset=utf-8", true),
+                    Some("js") => ("text/javascript; charset=utf-8", true),
+                    Some("css") => ("text/css; charset=utf-8", true),
+                    _ => ("application/octet-stream", false),
+                };
                 let mut hasher = std::hash::DefaultHasher::new();
-                file.contents().hash(&mut hasher);
-                Some((
-                    file.path().to_str()?,
-                    format!("W/\"{:016x}\"", hasher.finish()),
-                ))
+                body.hash(&mut hasher);
+                let asset = Asset {
+                    body,
+                    gzipped: text.then(|| gzip(body)).flatten(),
+                    kind,
+                    etag: format!("W/\"{:016x}\"", hasher.finish()),
+                };
+                Some((name, asset))
             })
             .collect()
     })
-    .get(name)
-    .map(String::as_str)
+}
+
+/// `bytes` gzipped at the best compression, if that makes them smaller.
+fn gzip(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut encoder = GzEncoder::new(Vec::new(), Compression::best());
+    encoder.write_all(bytes).ok()?;
+    let gzipped = encoder.finish().ok()?;
+    (gzipped.len() < bytes.len()).then_some(gzipped)
 }
 
 /// Whether an `Accept-Encoding` header takes gzip: named with a weight above zero, or not named
@@ -150,17 +178,26 @@ mod tests {
 
     #[test]
     fn the_bundle_is_embedded() {
-        for name in [
-            "index.html",
-            "app.js",
-            "app.js.gz",
-            "style.css",
-            "style.css.gz",
-        ] {
+        for name in ["index.html", "app.js", "style.css"] {
             assert!(
                 DIST.get_file(name).is_some(),
                 "{name} missing from web/dist"
             );
+        }
+    }
+
+    #[test]
+    fn text_assets_are_served_gzipped_and_unchanged_by_it() {
+        use std::io::Read;
+        for name in ["index.html", "app.js", "style.css"] {
+            let asset = &assets()[name];
+            let gzipped = asset.gzipped.as_deref().expect("text is compressible");
+            assert!(gzipped.len() < asset.body.len());
+            let mut unzipped = Vec::new();
+            flate2::read::GzDecoder::new(gzipped)
+                .read_to_end(&mut unzipped)
+                .expect("valid gzip");
+            assert_eq!(unzipped, asset.body, "{name}");
         }
     }
 }

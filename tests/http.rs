@@ -244,7 +244,7 @@ async fn the_browser_dashboard_is_served_from_the_binary() {
     let full = script.bytes().await.unwrap().len();
     assert!(full > 10_000);
     let http = reqwest::Client::new();
-    // A browser that takes gzip gets the build's compressed copy.
+    // A browser that takes gzip gets it compressed, the same file under the same ETag.
     let gzipped = http
         .get(app.http_url("/assets/app.js"))
         .header("accept-encoding", "gzip, deflate, br")

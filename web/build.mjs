@@ -1,8 +1,7 @@
 // Bundles src/ into dist/ (committed, and embedded in the `tandem` binary). CI rebuilds it and
 // fails when the committed bundle differs.
 import * as esbuild from 'esbuild'
-import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
-import { gzipSync, constants } from 'node:zlib'
+import { copyFileSync, mkdirSync } from 'node:fs'
 
 mkdirSync('dist', { recursive: true })
 await esbuild.build({
@@ -17,7 +16,3 @@ await esbuild.build({
 })
 copyFileSync('src/index.html', 'dist/index.html')
 copyFileSync('src/style.css', 'dist/style.css')
-// The server sends these to browsers that accept gzip: the script is a third of its size.
-for (const file of ['app.js', 'style.css']) {
-  writeFileSync(`dist/${file}.gz`, gzipSync(readFileSync(`dist/${file}`), { level: constants.Z_BEST_COMPRESSION }))
-}
