@@ -3,7 +3,6 @@
 
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::ws::Utf8Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -20,7 +19,7 @@ use tandem_sync::AwarenessUpdate;
 
 use crate::auth::{AuthError, Role};
 use crate::connections::{NewConn, Remote};
-use crate::dashboard::hub::PublishError;
+use crate::dashboard::hub::{History, PublishError};
 use crate::dashboard::presence::Source;
 use crate::dashboard::{protocol, ChannelSet, PresenceUpdate};
 use crate::events::Channel;
@@ -695,12 +694,12 @@ pub async fn get_notifications(
 ) -> Result<Response, ApiError> {
     let who = http_identity(&app, &headers, ids, "http_notifications", true)?;
     let limit = history_limit(params)?;
-    let frames = app
+    let history = app
         .hub
         .notifications(&who.workspace, &who.user, limit)
         .await
         .map_err(|e| ApiError::storage(&e))?;
-    Ok(events_page(&frames))
+    Ok(history_page(&history))
 }
 
 /// The `?limit=` of a history request: 1 to [`MAX_ACTIVITY`], 50 by default.
@@ -716,10 +715,15 @@ fn history_limit(params: Result<Query<ActivityParams>, QueryRejection>) -> Resul
     Ok(limit)
 }
 
-/// `{"events":[...]}` of stored frames, as they are.
-fn events_page(frames: &[Utf8Bytes]) -> Response {
-    let list: Vec<&str> = frames.iter().map(|f| f.as_str()).collect();
-    let body = format!(r#"{{"events":[{}]}}"#, list.join(","));
+/// `{"events":[...],"last_id":N}`: the stored frames as they are, and the id to subscribe
+/// `since` for what came after them.
+fn history_page(history: &History) -> Response {
+    let list: Vec<&str> = history.events.iter().map(|f| f.as_str()).collect();
+    let body = format!(
+        r#"{{"events":[{}],"last_id":{}}}"#,
+        list.join(","),
+        history.last_id
+    );
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
@@ -791,12 +795,12 @@ pub async fn get_activity(
 ) -> Result<Response, ApiError> {
     let who = http_identity(&app, &headers, ids, "http_activity", true)?;
     let limit = history_limit(params)?;
-    let frames = app
+    let history = app
         .hub
         .activity(&who.workspace, &who.user, limit)
         .await
         .map_err(|e| ApiError::storage(&e))?;
-    Ok(events_page(&frames))
+    Ok(history_page(&history))
 }
 
 /// `GET /api/v1/preferences`: which event types are pushed to the caller in real time.

@@ -774,6 +774,52 @@ async fn a_page_opened_later_gets_the_latest_notifications_it_may_see() {
 }
 
 #[tokio::test]
+async fn a_page_goes_live_from_where_its_history_ends_without_a_gap_or_a_repeat() {
+    let app = spawn_app_with(secured).await;
+    let reader = token("acme", "7", Role::Member);
+    let alert =
+        |n: u64| json!({"type":"system_alert","message":format!("alert {n}"),"severity":"info"});
+    let uploaded =
+        |n: u64| json!({"type":"file_uploaded","user_id":1,"file_name":format!("f{n}.csv")});
+    let mut shown = Vec::new();
+    for n in 0..3 {
+        shown.push(publish(&app, "acme", alert(n)).await);
+        shown.push(publish(&app, "acme", uploaded(n)).await);
+    }
+    let (_, notifications) = get(&app, "/api/v1/notifications?limit=10", &reader).await;
+    let (_, activity) = get(&app, "/api/v1/activity?limit=10", &reader).await;
+    let last_ids = [&notifications, &activity].map(|page| page["last_id"].as_u64().unwrap());
+    // Both read after the same events: each ends at the last of them.
+    assert_eq!(last_ids, [*shown.last().unwrap(); 2]);
+    let listed = |page: &Value| -> Vec<u64> {
+        page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_u64().unwrap())
+            .collect()
+    };
+    let mut history = [listed(&notifications), listed(&activity)].concat();
+    history.sort_unstable();
+    assert_eq!(history, shown);
+
+    // Between the page's snapshot and its subscription, more happens.
+    let between = [
+        publish(&app, "acme", alert(3)).await,
+        publish(&app, "acme", uploaded(3)).await,
+    ];
+    let mut dash = app.dash(&member("acme", "7")).await;
+    let replayed = events_only(
+        dash.subscribe(&["system", "activity"], Some(last_ids[0]))
+            .await,
+    );
+    let ids: Vec<u64> = replayed.iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, between);
+    let live = publish(&app, "acme", alert(4)).await;
+    assert_eq!(dash.next().await["id"].as_u64(), Some(live));
+}
+
+#[tokio::test]
 async fn muted_event_types_are_not_pushed() {
     let app = spawn_app_with(secured).await;
     let bearer = token("acme", "7", Role::Member);

@@ -326,6 +326,16 @@ impl Viewer<'_> {
     }
 }
 
+/// The latest events of a kind, and where a client that shows them resumes from.
+#[derive(Debug)]
+pub struct History {
+    /// The frames, oldest first.
+    pub events: Vec<Utf8Bytes>,
+    /// The last released event id when they were read: a subscription `since` it gets what
+    /// came after them, and nothing twice.
+    pub last_id: u64,
+}
+
 /// What a long-poll or a page of the log found.
 #[derive(Debug, Default)]
 pub struct Page {
@@ -946,7 +956,7 @@ impl Hub {
         workspace: &str,
         user: &str,
         limit: usize,
-    ) -> Result<Vec<Utf8Bytes>, StoreError> {
+    ) -> Result<History, StoreError> {
         let viewer = Viewer {
             user,
             channels: ChannelSet::of(&[Channel::Activity]),
@@ -966,7 +976,7 @@ impl Hub {
         workspace: &str,
         user: &str,
         limit: usize,
-    ) -> Result<Vec<Utf8Bytes>, StoreError> {
+    ) -> Result<History, StoreError> {
         let muted = {
             let ws = self.workspace(workspace).await?;
             let st = ws.lock();
@@ -989,16 +999,18 @@ impl Hub {
     }
 
     /// The newest `limit` events `viewer` sees and `keep` takes, oldest first, looking a
-    /// bounded way back.
+    /// bounded way back from the last released event.
     async fn latest(
         &self,
         workspace: &str,
         viewer: &Viewer<'_>,
         limit: usize,
         keep: impl Fn(&Delivered) -> bool,
-    ) -> Result<Vec<Utf8Bytes>, StoreError> {
+    ) -> Result<History, StoreError> {
+        // Events written but not yet released would come live too, after this answer.
+        let last_id = self.workspace(workspace).await?.lock().released;
         let mut found = Vec::new();
-        let mut before = u64::MAX;
+        let mut before = last_id.saturating_add(1);
         // What is looked for may be sparse in a busy log: look this far back at most.
         let mut pages = ACTIVITY_SCAN_PAGES;
         while found.len() < limit && pages > 0 {
@@ -1015,7 +1027,10 @@ impl Hub {
             }
         }
         found.reverse();
-        Ok(found)
+        Ok(History {
+            events: found,
+            last_id,
+        })
     }
 
     /// Clears a user's unread count for a chat session and pushes the new counts.

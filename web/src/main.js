@@ -23,6 +23,8 @@ const POLL_MIN_MS = 2000
 const POLL_MAX_MS = 30000
 // While the tab is hidden, cursor and presence updates go out at most this often.
 const HIDDEN_FLUSH_MS = 10000
+// The dashboard waits this long at most for its history before it goes live without it.
+const SNAPSHOT_TIMEOUT_MS = 5000
 const COLORS = ['#b91c1c', '#1d4ed8', '#047857', '#7c3aed', '#b45309', '#0e7490', '#be185d', '#4d7c0f']
 
 const $ = (selector) => document.querySelector(selector)
@@ -177,8 +179,16 @@ class Live {
     this.session = session
     this.handlers = new Set()
     this.lastId = 0
+    // Ids of events the page already shows from a snapshot: not handed on again.
+    this.known = new Set()
     this.failures = 0
     this.presence = { status: 'online', current_page: location.pathname, workspace: location.pathname.startsWith('/queries/') ? 'queries' : 'dashboard' }
+  }
+
+  /** Goes live after the events up to `lastId`, which the page shows already (`known`). */
+  resumeAfter (lastId, known) {
+    this.lastId = lastId
+    this.known = new Set(known)
     this.connect()
   }
 
@@ -208,7 +218,7 @@ class Live {
       const frame = JSON.parse(message.data)
       for (const event of frame.type === 'batch' ? frame.events : [frame]) {
         if (typeof event.id === 'number') this.lastId = Math.max(this.lastId, event.id)
-        this.emit(event)
+        if (!this.known.has(event.id)) this.emit(event)
       }
     }
     ws.onclose = () => {
@@ -227,7 +237,8 @@ class Live {
 
   /** The network is back (the browser says so): try now rather than at the end of the backoff. */
   reconnectNow () {
-    if (this.ws && this.ws.readyState <= WebSocket.OPEN) return
+    // Not live yet (the page is still loading), or connecting or connected already.
+    if (!this.ws || this.ws.readyState <= WebSocket.OPEN) return
     clearTimeout(this.retry)
     this.connect()
   }
@@ -261,7 +272,7 @@ class Live {
         const page = await response.json()
         for (const event of page.events) {
           this.lastId = Math.max(this.lastId, event.id ?? 0)
-          this.emit(event)
+          if (!this.known.has(event.id)) this.emit(event)
         }
         this.lastId = Math.max(this.lastId, page.last_id)
       } catch {
@@ -432,13 +443,21 @@ function dashboard (session, live) {
     }
     renderQueries()
   }).catch(() => {})
-  fetch('/api/v1/activity?limit=30', { headers: live.auth() }).then((r) => r.json()).then((body) => {
-    for (const event of body.events || []) addActivity(event)
-  }).catch(() => {})
-  // The latest notifications, oldest first, as if they had just come (no toasts for them).
-  fetch('/api/v1/notifications?limit=30', { headers: live.auth() }).then((r) => r.json()).then((body) => {
-    for (const event of body.events || []) notify(event)
-  }).catch(() => {})
+  // The latest activity and notifications, oldest first, as if they had just come (no toasts
+  // for them); then the page goes live from where they end, so what came in between is
+  // replayed and nothing comes twice. Without them it goes live anyway.
+  const history = (path) => fetch(path, { headers: live.auth(), signal: AbortSignal.timeout(SNAPSHOT_TIMEOUT_MS) })
+    .then((r) => r.ok ? r.json() : Promise.reject(new Error(`${path}: ${r.status}`)))
+  Promise.allSettled([history('/api/v1/activity?limit=30'), history('/api/v1/notifications?limit=30')]).then(([activity, notifications]) => {
+    for (const event of activity.value?.events ?? []) addActivity(event)
+    for (const event of notifications.value?.events ?? []) notify(event)
+    const pages = [activity.value, notifications.value]
+    if (pages.every((page) => typeof page?.last_id === 'number')) {
+      live.resumeAfter(Math.min(...pages.map((page) => page.last_id)), pages.flatMap((page) => page.events.map((event) => event.id)))
+    } else {
+      live.connect()
+    }
+  })
 
   live.on((event) => {
     switch (event.type) {
@@ -857,8 +876,12 @@ function start (session) {
   })
   const match = location.pathname.match(/^\/queries\/([^/]+)$/)
   const queryId = match && safeDecode(match[1])
-  if (queryId) editor(session, live, queryId)
-  else dashboard(session, live)
+  if (queryId) {
+    editor(session, live, queryId)
+    live.connect()
+  } else {
+    dashboard(session, live)
+  }
 }
 
 const session = await signIn()
