@@ -303,6 +303,21 @@ async fn a_since_older_than_retention_is_told_to_resync() {
                 resync["latest"].as_u64().unwrap(),
             );
             assert!(oldest > 2 && oldest <= latest, "{resync}");
+            // A long-poll from there is told the same, and where to go on from: passing its
+            // `last_id` on as it is does not ask for the lost part again.
+            let bearer = token("acme", "7", Role::Member);
+            let (status, page) = get(&app, "/api/v1/events?since=1&timeout=0", &bearer).await;
+            assert_eq!(status, 200);
+            assert_eq!(page["resync_required"], true, "{page}");
+            let next = page["last_id"].as_u64().unwrap();
+            assert!(next >= latest, "{page}");
+            let (_, after) = get(
+                &app,
+                &format!("/api/v1/events?since={next}&timeout=0"),
+                &bearer,
+            )
+            .await;
+            assert_eq!(after.get("resync_required"), None, "{after}");
             break;
         }
         assert!(

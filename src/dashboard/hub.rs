@@ -927,7 +927,15 @@ impl Hub {
                 let page = self
                     .read(workspace, &|e| viewer.sees(e), cursor, upto, POLL_LIMIT)
                     .await?;
-                if page.resync_from.is_some() || !page.events.is_empty() {
+                if page.resync_from.is_some() {
+                    // The client reloads what it shows and goes on from the latest event: a
+                    // `since` it passes on as it is told never asks for the lost part again.
+                    return Ok(Page {
+                        last_id: upto,
+                        ..page
+                    });
+                }
+                if !page.events.is_empty() {
                     return Ok(page);
                 }
                 cursor = page.last_id.max(cursor);
