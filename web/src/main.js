@@ -8,12 +8,16 @@ import * as decoding from 'lib0/decoding'
 import { WebsocketProvider } from 'y-websocket'
 import { IndexeddbPersistence } from 'y-indexeddb'
 import { EditorView, basicSetup } from 'codemirror'
+import { Compartment, EditorState } from '@codemirror/state'
+import * as authProtocol from 'y-protocols/auth'
 import { sql } from '@codemirror/lang-sql'
 import { yCollab } from 'y-codemirror.next'
 
 const params = new URLSearchParams(location.search)
 const wsBase = location.origin.replace(/^http/, 'ws')
 const IDLE_AFTER_MS = 5 * 60 * 1000
+// A user at work tells the server at most this often (it counts them idle after 5 minutes).
+const ACTIVE_HEARTBEAT_MS = 60 * 1000
 // A WebSocket that failed this many times in a row gives way to HTTP polling until it is back.
 const DEGRADED_AFTER_FAILURES = 3
 // Reconnect backoff: exponential from 100 ms (as y-websocket's), capped, each delay jittered.
@@ -23,8 +27,18 @@ const POLL_MIN_MS = 2000
 const POLL_MAX_MS = 30000
 // While the tab is hidden, cursor and presence updates go out at most this often.
 const HIDDEN_FLUSH_MS = 10000
+// A long-lived tab keeps this many entries of each list (notifications, activity, a chat).
+const MAX_LISTED = 200
+// Toasts shown at once; more are counted in one "+N more".
+const MAX_TOASTS = 4
+// The title lock is renewed this often while its field has the focus (the server's lasts 30 s).
+const LOCK_RENEW_MS = 10000
+// The y-websocket message type of the auth protocol (permission denied).
+const AUTH_MESSAGE = 2
 // The dashboard waits this long at most for its history before it goes live without it.
 const SNAPSHOT_TIMEOUT_MS = 5000
+// Long-poll rounds start at least this far apart, whatever the server answers.
+const POLL_GAP_MS = 500
 const COLORS = ['#b91c1c', '#1d4ed8', '#047857', '#7c3aed', '#b45309', '#0e7490', '#be185d', '#4d7c0f']
 
 const $ = (selector) => document.querySelector(selector)
@@ -32,6 +46,12 @@ const el = (tag, props = {}, ...children) => {
   const node = Object.assign(document.createElement(tag), props)
   for (const child of children) node.append(child)
   return node
+}
+/** `value` when it is one CSS colour (what users send is put into styles), else `fallback`. */
+const cssColor = (value, fallback) => typeof value === 'string' && value.length < 64 && CSS.supports('color', value) ? value : fallback
+/** Drops the oldest (first) children of `list` past `max`; `onDrop` sees each. */
+const trim = (list, max, onDrop = () => {}) => {
+  while (list.children.length > max) { onDrop(list.firstElementChild); list.firstElementChild.remove() }
 }
 const colorOf = (id) => COLORS[[...String(id)].reduce((h, c) => (h * 31 + c.charCodeAt(0)) >>> 0, 7) % COLORS.length]
 const initials = (name) => String(name || '?').split(/\s+/).map((w) => w[0]).join('').slice(0, 2).toUpperCase()
@@ -58,7 +78,8 @@ async function devToken (name) {
   })
   if (!response.ok) throw new Error(`could not sign in: ${response.status}`)
   const minted = await response.json()
-  return { token: minted.token, user: minted.user, name: minted.name, workspace: minted.workspace }
+  // `dev`: when it expires, the page mints itself another.
+  return { token: minted.token, user: minted.user, name: minted.name, workspace: minted.workspace, dev: true }
 }
 
 function askName () {
@@ -119,7 +140,7 @@ async function signIn () {
     let session = null
     // A token that comes after the page gave up waiting still signs it in.
     const handed = await embeddedToken((fresh) => {
-      if (session) session.token = fresh
+      if (session) tokenRefreshed(session, fresh)
       else if (!started) start(session = sessionOf(fresh))
     })
     if (handed) {
@@ -146,15 +167,52 @@ async function signIn () {
   return session
 }
 
+// --- An expired session ------------------------------------------------------------------
+
+/** What goes on with a fresh token: the connections, which use it from their next attempt. */
+const tokenListeners = new Set()
+let renewing = false
+
+/** `session` has a fresh token: whatever waits for one goes on at once. */
+function tokenRefreshed (session, fresh) {
+  session.token = fresh
+  if (session.dev) sessionStorage.setItem('tandem.session', JSON.stringify(session))
+  showConnection('session', 'connected')
+  for (const listener of tokenListeners) listener(fresh)
+}
+
+/**
+ * The server refused the session's token as expired. A page that minted its own mints another;
+ * an embedded one asks its app for one (which answers as to the first); one opened with
+ * `?token=` can only say so. Meanwhile the connections keep trying, with the token of the time.
+ */
+async function sessionExpired (session) {
+  showConnection('session', 'expired')
+  if (renewing) return
+  renewing = true
+  try {
+    if (session.dev) {
+      tokenRefreshed(session, (await devToken(session.name)).token)
+    } else if (window.parent !== window) {
+      window.parent.postMessage({ type: 'tandem:ready' }, params.get('parent_origin') || '*')
+    }
+  } catch (err) {
+    console.error('tandem: could not renew the session', err)
+  } finally {
+    renewing = false
+  }
+}
+
 // --- The connection indicator --------------------------------------------------------------
 
 const LABELS = {
   connecting: 'Connecting…',
   connected: 'Connected',
   disconnected: 'Disconnected: reconnecting…',
-  degraded: 'Degraded: polling over HTTP'
+  degraded: 'Degraded: polling over HTTP',
+  expired: 'Signed out: the session expired'
 }
-const SEVERITY = ['connected', 'connecting', 'disconnected', 'degraded']
+const SEVERITY = ['connected', 'connecting', 'disconnected', 'degraded', 'expired']
 const connectionParts = new Map()
 /** The dashboard and the open document each report their connection; the page shows the worst. */
 function showConnection (part, state) {
@@ -208,26 +266,53 @@ class Live {
     ws.onopen = () => {
       this.failures = 0
       this.everConnected = true
-      this.polling = false
+      this.stopPolling()
       showConnection('dashboard', 'connected')
-      const since = this.lastId || undefined
-      ws.send(JSON.stringify({ action: 'subscribe', channels: ['presence', 'queries', 'agents', 'approvals', 'chat_sessions', 'notifications', 'activity', 'system', 'workflows'], since }))
+      this.subscribe()
       this.send({ action: 'presence', ...this.presence })
     }
     ws.onmessage = (message) => {
-      const frame = JSON.parse(message.data)
-      for (const event of frame.type === 'batch' ? frame.events : [frame]) {
-        if (typeof event.id === 'number') this.lastId = Math.max(this.lastId, event.id)
-        if (!this.known.has(event.id)) this.emit(event)
+      let frame
+      try { frame = JSON.parse(message.data) } catch { return }
+      if (frame.type === 'error' && frame.code === 'storage_unavailable') {
+        // The server could not replay what we missed: ask again shortly.
+        setTimeout(() => { if (this.ws === ws) this.subscribe() }, 1000)
       }
+      this.deliver(frame.type === 'batch' ? frame.events : [frame])
     }
-    ws.onclose = () => {
+    ws.onclose = (event) => {
       if (this.ws !== ws) return
+      if (event.code === 4401) sessionExpired(this.session)
       this.failures++
       const degraded = this.failures >= DEGRADED_AFTER_FAILURES
       showConnection('dashboard', degraded ? 'degraded' : 'disconnected')
-      if (degraded) this.poll()
+      if (degraded && !this.polling) this.poll()
       this.retry = setTimeout(() => this.connect(), backoff(this.failures))
+    }
+  }
+
+  /** Every channel the page shows, from after the last event it has (all new ones at first). */
+  subscribe () {
+    this.send({ action: 'subscribe', channels: ['presence', 'queries', 'agents', 'approvals', 'chat_sessions', 'notifications', 'activity', 'system', 'workflows'], since: this.lastId || undefined })
+  }
+
+  /**
+   * Hands on frames from the socket or a poll, each event once: events come in id order, so one
+   * at or below the last id is one the page has (the socket and a poll can overlap when the
+   * page switches between them), and so is one a snapshot showed.
+   */
+  deliver (events) {
+    for (const event of events) {
+      if (typeof event.id === 'number') {
+        if (event.id <= this.lastId) continue
+        this.lastId = event.id
+        if (this.known.has(event.id)) continue
+      } else if (event.type === 'resync_required') {
+        // What the page missed is gone from the log: it reloads what it shows (its handlers
+        // do), and goes on from the latest event.
+        this.lastId = Math.max(this.lastId, event.latest ?? 0)
+      }
+      this.emit(event)
     }
   }
 
@@ -235,7 +320,7 @@ class Live {
     if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(frame))
   }
 
-  /** The network is back (the browser says so): try now rather than at the end of the backoff. */
+  /** The network (or a fresh token) is back: try now rather than at the end of the backoff. */
   reconnectNow () {
     // Not live yet (the page is still loading), or connecting or connected already.
     if (!this.ws || this.ws.readyState <= WebSocket.OPEN) return
@@ -247,7 +332,7 @@ class Live {
     Object.assign(this.presence, changes)
     this.send({ action: 'presence', ...changes })
     // A poller's presence goes with its next round; a change of status goes at once.
-    if (this.polling && changes.status) this.postPresence()
+    if (this.polling && changes.status) this.postPresence().catch(() => {})
   }
 
   postPresence () {
@@ -256,29 +341,51 @@ class Live {
 
   auth () { return { authorization: `Bearer ${this.session.token}` } }
 
-  /** Long-polling while the WebSocket keeps failing; stops once it is back. */
+  /**
+   * Long-polls while the WebSocket keeps failing; the socket's return ends it (and the request
+   * it has out). One loop at a time: a newer one ends an older one.
+   */
   async poll () {
-    if (this.polling) return
+    this.stopPolling()
+    const run = this.pollRun
+    const abort = new AbortController()
+    this.pollAbort = abort
     this.polling = true
+    const current = () => run === this.pollRun
+    const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
     let lastPresence = 0
-    while (this.polling && this.failures >= DEGRADED_AFTER_FAILURES) {
+    let errors = 0
+    while (current()) {
+      const began = Date.now()
       try {
         if (Date.now() - lastPresence > 30000) {
           lastPresence = Date.now()
           await this.postPresence()
         }
-        const response = await fetch(`/api/v1/events?since=${this.lastId}&timeout=25`, { headers: this.auth() })
+        // Without a last id, from now on.
+        const since = this.lastId ? `&since=${this.lastId}` : ''
+        const response = await fetch(`/api/v1/events?timeout=25${since}`, { headers: this.auth(), signal: abort.signal })
+        if (response.status === 401) sessionExpired(this.session)
         if (!response.ok) throw new Error(String(response.status))
         const page = await response.json()
-        for (const event of page.events) {
-          this.lastId = Math.max(this.lastId, event.id ?? 0)
-          if (!this.known.has(event.id)) this.emit(event)
-        }
+        if (!current()) return
+        errors = 0
+        this.deliver(page.events)
+        if (page.resync_required) this.deliver([{ type: 'resync_required', oldest: page.oldest, latest: page.last_id }])
         this.lastId = Math.max(this.lastId, page.last_id)
+        // Never a tight loop, whatever the answers.
+        await pause(Math.max(0, POLL_GAP_MS - (Date.now() - began)))
       } catch {
-        await new Promise((resolve) => setTimeout(resolve, 30000))
+        if (!current()) return
+        errors++
+        await pause(Math.min(POLL_MAX_MS, POLL_MIN_MS * 2 ** errors))
       }
     }
+  }
+
+  stopPolling () {
+    this.pollRun = (this.pollRun ?? 0) + 1
+    this.pollAbort?.abort()
     this.polling = false
   }
 }
@@ -287,10 +394,17 @@ class Live {
 
 function watchActivity (live) {
   let last = Date.now()
+  let told = Date.now()
   let idle = false
+  // The server counts a user idle after a while without a presence frame: someone who works
+  // says so now and then (and at once when they come back from idle).
   const active = () => {
     last = Date.now()
-    if (idle) { idle = false; live.setPresence({ status: 'online' }) }
+    if (idle || last - told > ACTIVE_HEARTBEAT_MS) {
+      idle = false
+      told = last
+      live.setPresence({ status: 'online' })
+    }
   }
   for (const type of ['keydown', 'pointerdown', 'pointermove', 'wheel']) addEventListener(type, active, { passive: true })
   setInterval(() => {
@@ -309,6 +423,16 @@ function dashboard (session, live) {
   const chat = el('div', { id: 'chat-session', hidden: true })
   const messages = new Map()
   let unreadChats = {}
+  // The session open in the panel: it shows new messages as they come, and stays read.
+  let openChat = null
+  const showChat = () => {
+    if (openChat === null) return
+    chat.hidden = false
+    chat.replaceChildren(el('h3', { textContent: `Chat ${openChat}` }),
+      el('ul', { className: 'plain feed' }, ...(messages.get(openChat) || []).map((m) => el('li', { textContent: m.text }))))
+    if (unreadChats[openChat] && !document.hidden) live.send({ action: 'mark_read', session_id: openChat })
+  }
+  document.addEventListener('visibilitychange', showChat)
   // Every session with unread messages or seen here, its badge showing what is unread.
   const renderChats = () => {
     const sessions = [...new Set([...Object.keys(unreadChats), ...messages.keys()])].sort((a, b) => a.localeCompare(b, undefined, { numeric: true }))
@@ -318,10 +442,8 @@ function dashboard (session, live) {
         ...(count ? [el('span', { className: 'badge', textContent: String(count), ariaLabel: `${count} unread` })] : []))
       // Viewing the session reads it: its badge clears here and in the user's other tabs.
       button.addEventListener('click', () => {
-        chat.hidden = false
-        chat.replaceChildren(el('h3', { textContent: `Chat ${sessionId}` }),
-          el('ul', { className: 'plain feed' }, ...(messages.get(sessionId) || []).map((m) => el('li', { textContent: m.text }))))
-        if (count) live.send({ action: 'mark_read', session_id: sessionId })
+        openChat = sessionId
+        showChat()
       })
       return el('li', {}, button)
     }))
@@ -331,13 +453,17 @@ function dashboard (session, live) {
   const editing = new Map()
   const editingSeen = new Set()
 
+  const avatar = (u, name) => {
+    const node = el('span', { className: 'avatar' }, initials(name), el('span', { className: `status ${u.status}`, title: u.status }))
+    node.style.backgroundColor = cssColor(u.color, colorOf(u.user_id))
+    return node
+  }
   const renderUsers = () => {
     const sorted = [...users.values()].sort((a, b) => String(a.name || a.user_id).localeCompare(String(b.name || b.user_id)))
     usersList.replaceChildren(...sorted.map((u) => {
       const name = u.name || String(u.user_id)
       const button = el('button', { className: 'user', type: 'button' },
-        el('span', { className: 'avatar', style: `background:${u.color || colorOf(u.user_id)}` }, initials(name),
-          el('span', { className: `status ${u.status}`, title: u.status })),
+        avatar(u, name),
         el('span', {}, el('strong', { textContent: name }), el('br'),
           el('span', { className: 'sub', textContent: u.status === 'offline' ? `last seen ${time(u.last_seen)}` : `${u.status} · ${u.current_page || ''}` })))
       button.setAttribute('aria-label', `${name}, ${u.status}`)
@@ -374,21 +500,30 @@ function dashboard (session, live) {
   // A notification in the list, newest on top, each event once (history and live may overlap);
   // a chat message also joins its session.
   const notified = new Set()
+  let newestNotified = 0
   const notify = (event) => {
     if (notified.has(event.id)) return
     notified.add(event.id)
+    if (typeof event.id === 'number') newestNotified = Math.max(newestNotified, event.id)
     if (event.type === 'new_chat_message') {
       // In id order: history and live messages may come in either order.
-      const list = messages.get(String(event.session_id)) || []
+      const sessionId = String(event.session_id)
+      const list = messages.get(sessionId) || []
       list.push({ id: event.id, text: `${time(event.timestamp)} · ${event.sender ?? ''} ${event.message ?? ''}` })
       list.sort((a, b) => a.id - b.id)
-      messages.set(String(event.session_id), list)
+      messages.set(sessionId, list.slice(-MAX_LISTED))
       renderChats()
+      if (sessionId === openChat) showChat()
     }
     const item = el('li', { textContent: `${time(event.timestamp)} · ${describe(event)}` })
     const older = [...unread.children].find((node) => Number(node.dataset.id) < event.id)
     item.dataset.id = event.id
     unread.insertBefore(item, older ?? null)
+    // Newest on top: the oldest go at the bottom.
+    while (unread.children.length > MAX_LISTED) {
+      notified.delete(Number(unread.lastElementChild.dataset.id))
+      unread.lastElementChild.remove()
+    }
     renderUnread()
   }
   // Unread: what came after the last "Mark all read", remembered in this browser per user.
@@ -409,7 +544,7 @@ function dashboard (session, live) {
     markRead.disabled = count === 0
   }
   markRead.addEventListener('click', () => {
-    lastRead = Math.max(lastRead, ...[...notified].filter((id) => typeof id === 'number'))
+    lastRead = Math.max(lastRead, newestNotified)
     localStorage.setItem(readKey, String(lastRead))
     renderUnread()
   })
@@ -417,6 +552,7 @@ function dashboard (session, live) {
     const what = { query_executed: 'ran query', template_created: 'created template', agent_triggered: 'triggered agent', file_uploaded: 'uploaded' }[event.type]
     const object = event.query_id ?? event.template_id ?? event.agent_id ?? event.file_name
     feed.append(el('li', { textContent: `${time(event.timestamp)} · ${event.user_id} ${what} ${object}` }))
+    trim(feed, MAX_LISTED)
     feed.scrollTop = feed.scrollHeight
   }
 
@@ -430,19 +566,24 @@ function dashboard (session, live) {
   renderQueries()
   renderUnread()
 
-  fetch('/api/v1/presence?include_offline=true', { headers: live.auth() }).then((r) => r.json()).then((body) => {
-    // A live presence_update that came first is newer than this snapshot.
-    for (const u of body.users || []) if (!users.has(String(u.user_id))) users.set(String(u.user_id), u)
-    renderUsers()
-    renderQueries()
-  }).catch(() => {})
-  fetch('/api/v1/editing', { headers: live.auth() }).then((r) => r.json()).then((body) => {
-    // A live `editing` event that came first is newer than the snapshot.
-    for (const entry of body.documents || []) {
-      if (entry.query_id !== undefined && entry.users.length && !editingSeen.has(String(entry.query_id))) editing.set(String(entry.query_id), entry.users)
-    }
-    renderQueries()
-  }).catch(() => {})
+  // Who is online and in which query, now. On a resync the snapshot replaces what the page had
+  // (it missed changes); at load a live event that came first is newer than it.
+  const loadState = (replace) => {
+    fetch('/api/v1/presence?include_offline=true', { headers: live.auth() }).then((r) => r.json()).then((body) => {
+      if (replace) users.clear()
+      for (const u of body.users || []) if (!users.has(String(u.user_id))) users.set(String(u.user_id), u)
+      renderUsers()
+      renderQueries()
+    }).catch(() => {})
+    fetch('/api/v1/editing', { headers: live.auth() }).then((r) => r.json()).then((body) => {
+      if (replace) { editing.clear(); editingSeen.clear() }
+      for (const entry of body.documents || []) {
+        if (entry.query_id !== undefined && entry.users.length && !editingSeen.has(String(entry.query_id))) editing.set(String(entry.query_id), entry.users)
+      }
+      renderQueries()
+    }).catch(() => {})
+  }
+  loadState(false)
   // The latest activity and notifications, oldest first, as if they had just come (no toasts
   // for them); then the page goes live from where they end, so what came in between is
   // replayed and nothing comes twice. Without them it goes live anyway.
@@ -477,6 +618,17 @@ function dashboard (session, live) {
       case 'chat_badges':
         unreadChats = event.unread
         renderChats()
+        // A message to the open session is read as it comes, while the tab is seen.
+        if (unreadChats[openChat]) showChat()
+        break
+      case 'resync_required':
+        // Changes were missed for good: what the page shows comes again from the server.
+        loadState(true)
+        Promise.allSettled([history('/api/v1/activity?limit=30'), history('/api/v1/notifications?limit=30')]).then(([activity, notifications]) => {
+          if (activity.value) feed.replaceChildren()
+          for (const event of activity.value?.events ?? []) addActivity(event)
+          for (const event of notifications.value?.events ?? []) notify(event)
+        })
         break
       case 'query_executed': case 'template_created': case 'agent_triggered': case 'file_uploaded':
         addActivity(event)
@@ -502,9 +654,25 @@ function describe (event) {
   }
 }
 
+/** A toast for 6 s; past a few at once, they are counted in one "+N more" instead. */
 function toast (text) {
+  const toasts = $('#toasts')
+  const shown = toasts.querySelectorAll('.toast:not(.more)').length
+  if (shown >= MAX_TOASTS) {
+    let more = toasts.querySelector('.more')
+    if (!more) {
+      more = el('div', { className: 'toast more' })
+      more.dataset.count = '0'
+      toasts.append(more)
+    }
+    more.dataset.count = String(Number(more.dataset.count) + 1)
+    more.textContent = `+${more.dataset.count} more notifications`
+    clearTimeout(more.timer)
+    more.timer = setTimeout(() => more.remove(), 6000)
+    return
+  }
   const node = el('div', { className: 'toast', textContent: text })
-  $('#toasts').append(node)
+  toasts.insertBefore(node, toasts.querySelector('.more'))
   setTimeout(() => node.remove(), 6000)
 }
 
@@ -640,12 +808,16 @@ class DocPoller {
         // server cannot take (too large, say) would be refused again. It stays in this
         // browser, and goes with the full sync of the next WebSocket.
         if (sending && [403, 400, 413].includes(response.status)) {
-          if (refusal.error === 'read_only') this.readOnly = true
+          if (refusal.error === 'read_only') {
+            this.readOnly = true
+            this.onReadOnly?.()
+          }
           this.refused = true
           console.warn(`tandem: the server refused an update (${refusal.error}); it stays in this browser`)
           next = this.interval
           return
         }
+        if (response.status === 401) sessionExpired(this.session)
         throw new Error(`sync answered ${response.status}`)
       }
       const answer = await response.json()
@@ -744,13 +916,25 @@ function editor (session, live, queryId) {
   const provider = new WebsocketProvider(`${wsBase}/ws`, room, doc, { params: { token: session.token }, maxBackoffTime: BACKOFF_MAX_MS })
   const color = colorOf(session.user)
   provider.awareness.setLocalStateField('user', { name: session.name, color, colorLight: `${color}33` })
+  // The cursor colours others send go into styles: only a plain colour is taken (before the
+  // editor draws the cursors, which it does on the same change).
+  provider.awareness.on('change', ({ added, updated }) => {
+    for (const client of [...added, ...updated]) {
+      const user = provider.awareness.getStates().get(client)?.user
+      if (!user || typeof user !== 'object' || client === doc.clientID) continue
+      const safe = cssColor(user.color, colorOf(client))
+      if (user.color !== safe) user.color = safe
+      if (user.colorLight !== undefined && cssColor(user.colorLight, null) === null) user.colorLight = `${safe}33`
+    }
+  })
   slowWhenHidden(provider)
   // y-websocket waits min(2^n · 100 ms, maxBackoffTime) after the n-th failure; setting the cap
   // just before it computes the delay (at most 2^n · 100 ms) makes the delay ours, jittered.
   // The token is read again for every attempt, so a refreshed one is used.
   const poller = new DocPoller(docName, doc, provider.awareness, session)
   let everConnected = false
-  provider.on('connection-close', () => {
+  provider.on('connection-close', (event) => {
+    if (event?.code === 4401) sessionExpired(session)
     const failures = provider.wsUnsuccessfulReconnects + (provider.wsconnected ? 0 : 1)
     provider.maxBackoffTime = backoff(failures)
     provider.params.token = session.token
@@ -770,7 +954,13 @@ function editor (session, live, queryId) {
     }
   })
   provider.on('sync', (synced) => { if (synced) everConnected = true })
-  addEventListener('online', () => { if (!provider.wsconnected && !provider.wsconnecting) provider.connect() })
+  const reconnect = () => { if (!provider.wsconnected && !provider.wsconnecting) provider.connect() }
+  addEventListener('online', reconnect)
+  tokenListeners.add((fresh) => {
+    provider.params.token = fresh
+    reconnect()
+    poller.soon()
+  })
 
   const banner = el('p', { className: 'banner', id: 'editing-banner', hidden: true })
   const title = el('input', { type: 'text', id: 'title', autocomplete: 'off' })
@@ -786,7 +976,17 @@ function editor (session, live, queryId) {
     el('section', { className: 'card' }, el('h2', { textContent: 'Result' }), result))
 
   const ytext = doc.getText('query')
-  const view = new EditorView({ parent: host, extensions: [basicSetup, sql(), yCollab(ytext, provider.awareness)] })
+  const editable = new Compartment()
+  const view = new EditorView({ parent: host, extensions: [basicSetup, sql(), yCollab(ytext, provider.awareness), editable.of([])] })
+  // A token that may only read: the server refuses its edits, and the page stops taking them.
+  const readOnly = () => {
+    if (title.readOnly) return
+    title.readOnly = true
+    view.dispatch({ effects: editable.reconfigure([EditorView.editable.of(false), EditorState.readOnly.of(true)]) })
+    titleNote.textContent = 'Read only: you may not edit this query'
+  }
+  provider.messageHandlers[AUTH_MESSAGE] = (_encoder, decoder) => authProtocol.readAuthMessage(decoder, doc, readOnly)
+  poller.onReadOnly = readOnly
   view.contentDOM.setAttribute('aria-labelledby', 'sql-label')
 
   // "User X is editing": everyone else in the document's awareness.
@@ -805,8 +1005,19 @@ function editor (session, live, queryId) {
   const resource = `${docName}#title`
   const showTitle = () => { if (document.activeElement !== title) title.value = ytitle.toString() }
   ytitle.observe(showTitle)
-  title.addEventListener('focus', () => live.send({ action: 'lock', resource }))
-  title.addEventListener('blur', () => live.send({ action: 'unlock', resource }))
+  // Held while the field has the focus: renewed well within its lifetime (a lock lapses when
+  // not renewed), and taken again after a reconnect.
+  let renewal = null
+  title.addEventListener('focus', () => {
+    if (title.readOnly) return
+    live.send({ action: 'lock', resource })
+    clearInterval(renewal)
+    renewal = setInterval(() => live.send({ action: 'lock', resource }), LOCK_RENEW_MS)
+  })
+  title.addEventListener('blur', () => {
+    clearInterval(renewal)
+    live.send({ action: 'unlock', resource })
+  })
   title.addEventListener('input', () => {
     doc.transact(() => { ytitle.delete(0, ytitle.length); ytitle.insert(0, title.value) })
   })
@@ -864,6 +1075,7 @@ function start (session) {
   $('#connection').hidden = false
   const live = new Live(session)
   addEventListener('online', () => live.reconnectNow())
+  tokenListeners.add(() => live.reconnectNow())
   watchActivity(live)
   // A hidden tab shows its user as idle.
   document.addEventListener('visibilitychange', () => {
