@@ -22,12 +22,18 @@ async fn browse(script: &str, args: &[&str]) -> serde_json::Value {
 
 #[tokio::test]
 async fn two_users_edit_one_query_and_see_each_other_and_its_result() {
-    let app = spawn_app().await;
+    // Locks lapse quickly unless renewed: the page must renew the one it holds.
+    const LOCK_TTL_MS: u64 = 1500;
+    let app = spawn_app_with(|c| c.lock_ttl_ms = LOCK_TTL_MS).await;
     let artifacts = artifacts();
     let base = format!("http://{}", app.addr);
     let seen = browse(
         "collaborate.mjs",
-        &[&base, &artifacts.display().to_string()],
+        &[
+            &base,
+            &artifacts.display().to_string(),
+            &LOCK_TTL_MS.to_string(),
+        ],
     )
     .await;
     assert_eq!(seen["rows"], "100");

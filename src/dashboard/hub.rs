@@ -1290,6 +1290,9 @@ impl Hub {
         let mut answer = fields.clone();
         answer.insert("type".into(), Value::String("lock_acquired".into()));
         answer.insert("renewed".into(), Value::Bool(renewal));
+        // What a holder renews within, whatever its clock says of `expires_at`.
+        let ttl_ms = u64::try_from(self.settings.lock_ttl.as_millis()).unwrap_or(u64::MAX);
+        answer.insert("expires_in_ms".into(), Value::from(ttl_ms));
         if !renewal {
             ticket = self
                 .emit(ws, &mut st, Event::server("lock_acquired", fields))

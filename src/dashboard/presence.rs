@@ -136,6 +136,8 @@ struct Emitted {
     status: PresenceStatus,
     workspace: Option<String>,
     current_page: Option<String>,
+    /// How the user shows: name, avatar and colour.
+    looks: [Option<String>; 3],
     at: Instant,
 }
 
@@ -287,10 +289,17 @@ impl UserPresence {
     /// at the end of the window).
     pub fn due(&mut self, now: Instant, settings: &PresenceSettings) -> Option<Snapshot> {
         let current = self.current(now, settings);
+        let looks = [
+            current.name.clone(),
+            current.avatar.clone(),
+            current.color.clone(),
+        ];
         let publish = match &self.emitted {
             // Someone never seen online stays silent until they appear.
             None => current.status != PresenceStatus::Offline,
             Some(last) if last.status != current.status => true,
+            // A new name or look shows at once (it seldom changes; a page often does).
+            Some(last) if last.looks != looks && current.status != PresenceStatus::Offline => true,
             Some(last) => {
                 let moved = last.workspace != current.workspace
                     || last.current_page != current.current_page;
@@ -309,6 +318,7 @@ impl UserPresence {
             status: current.status,
             workspace: current.workspace.clone(),
             current_page: current.current_page.clone(),
+            looks,
             at: now,
         });
         Some(current)
@@ -400,6 +410,34 @@ mod tests {
         assert_eq!(
             user.due(end, &SETTINGS).unwrap().status,
             PresenceStatus::Idle
+        );
+    }
+
+    #[test]
+    fn a_new_name_or_colour_shows_at_once() {
+        let t0 = Instant::now();
+        let mut user = UserPresence::default();
+        user.update(Source::Dashboard(1), &page("/a"), true, t0);
+        assert!(user.due(t0, &SETTINGS).is_some());
+        let t1 = t0 + Duration::from_secs(1);
+        let recolour = PresenceUpdate {
+            color: Some("#0a0".into()),
+            ..PresenceUpdate::default()
+        };
+        user.update(Source::Dashboard(1), &recolour, true, t1);
+        let shown = user
+            .due(t1, &SETTINGS)
+            .expect("within the page debounce, still news");
+        assert_eq!(shown.color.as_deref(), Some("#0a0"));
+        assert_eq!(user.due(t1, &SETTINGS), None, "said once");
+        let rename = PresenceUpdate {
+            name: Some("Ada L.".into()),
+            ..PresenceUpdate::default()
+        };
+        user.update(Source::Dashboard(1), &rename, true, t1);
+        assert_eq!(
+            user.due(t1, &SETTINGS).unwrap().name.as_deref(),
+            Some("Ada L.")
         );
     }
 

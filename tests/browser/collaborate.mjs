@@ -12,7 +12,9 @@
 import { chromium } from 'playwright-core'
 import { mkdirSync } from 'node:fs'
 
-const [base, artifacts] = process.argv.slice(2)
+const [base, artifacts, lockTtl] = process.argv.slice(2)
+// The server's lock lifetime, short here so that a renewal is needed within the test.
+const LOCK_TTL_MS = Number(lockTtl)
 mkdirSync(artifacts, { recursive: true })
 const TIMEOUT = 20000
 const browser = await chromium.launch({
@@ -66,6 +68,7 @@ const accessibilityProblems = (page) => page.evaluate(() => {
   return [...new Set(problems)]
 })
 
+let step = 'start'
 try {
   const ada = await open('Ada', '/queries/7')
   const bob = await open('Bob', '/queries/7')
@@ -89,6 +92,10 @@ try {
   await ada.keyboard.type('Paid orders')
   await bob.waitForFunction(() => document.querySelector('#title')?.value === 'Paid orders', null, { timeout: TIMEOUT })
   const titleLock = await textOf(bob, '#title-lock')
+  step = 'title lock renewal'
+  // She stays in it past the lock's lifetime: her page renews it, and Bob's stays locked.
+  await new Promise((resolve) => setTimeout(resolve, 3 * LOCK_TTL_MS))
+  if (!await bob.$eval('#title', (node) => node.disabled)) throw new Error('the title lock lapsed while Ada was in the field')
   await ada.click('.cm-content')
   await bob.waitForFunction(() => document.querySelector('#title')?.disabled === false && (document.querySelector('#title-lock')?.textContent ?? '') === '', null, { timeout: TIMEOUT })
 
@@ -134,6 +141,7 @@ try {
   if (ran.status !== 201) throw new Error(`publish answered ${ran.status}`)
   await carol.waitForFunction(() => (document.querySelector('#activity')?.innerText ?? '').includes('ada ran query 7'), null, { timeout: TIMEOUT })
 
+  step = 'chat badge'
   // A chat message raises Carol's badge; viewing the session clears it.
   const chat = await fetch(`${base}/api/v1/events?workspace=default`, {
     method: 'POST',
@@ -151,7 +159,17 @@ try {
   await carol.waitForFunction(() => document.querySelector('#unread-count')?.hidden === true && !document.querySelector('#unread li.unread'), null, { timeout: TIMEOUT })
   const chatView = await textOf(carol, '#chat-session')
   if (!chatView.includes('Is the report ready?')) throw new Error(`the chat view shows ${JSON.stringify(chatView)}`)
+  step = 'open chat'
+  // The open session shows the next message as it comes, and it stays read.
+  await fetch(`${base}/api/v1/events?workspace=default`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ type: 'new_chat_message', session_id: 31, message: 'Any news?', sender: 'visitor' })
+  })
+  await carol.waitForFunction(() => (document.querySelector('#chat-session')?.innerText ?? '').includes('Any news?'), null, { timeout: TIMEOUT })
+  await carol.waitForFunction(() => !document.querySelector('#chat-badges .badge'), null, { timeout: TIMEOUT })
 
+  step = 'hidden tab'
   // Ada's tab goes to the background: the dashboard shows her idle, and her awareness updates
   // reach Bob coalesced instead of one by one (ten changes visible: ten updates; hidden: one).
   await bob.evaluate(() => {
@@ -194,9 +212,32 @@ try {
   await ada.screenshot({ path: `${artifacts}/ada.png` })
   await bob.screenshot({ path: `${artifacts}/bob.png` })
   await carol.screenshot({ path: `${artifacts}/dashboard.png` })
+
+  step = 'colours'
+  // Colours users send are checked before they go into styles: a style smuggled in as one
+  // changes neither Bob's caret in Ada's editor nor his avatar on Carol's dashboard.
+  const smuggled = 'red;position:fixed;inset:0;z-index:9'
+  const bobsAvatar = () => carol.evaluate(() => {
+    const node = [...document.querySelectorAll('#online-users button')].find((b) => b.innerText.includes('Bob'))?.querySelector('.avatar')
+    return node && { style: node.getAttribute('style') ?? '', color: node.style.backgroundColor }
+  })
+  await bob.evaluate(() => window.tandem.live.setPresence({ color: 'rgb(1, 2, 3)' }))
+  await carol.waitForFunction(() => [...document.querySelectorAll('#online-users .avatar')].some((a) => a.style.backgroundColor === 'rgb(1, 2, 3)'), null, { timeout: TIMEOUT })
+  await bob.evaluate((color) => {
+    window.tandem.provider.awareness.setLocalStateField('user', { name: 'Bob', color, colorLight: color })
+    window.tandem.provider.awareness.setLocalStateField('probe', 'colour')
+    window.tandem.live.setPresence({ color })
+  }, smuggled)
+  await ada.waitForFunction(() => [...window.tandem.provider.awareness.getStates().values()].some((s) => s.probe === 'colour'), null, { timeout: TIMEOUT })
+  const carets = await ada.$$eval('.cm-ySelectionCaret, .cm-ySelection', (nodes) => nodes.map((n) => n.getAttribute('style') ?? ''))
+  if (!carets.length || carets.some((style) => style.includes('position'))) throw new Error(`Bob's caret styles: ${JSON.stringify(carets)}`)
+  await carol.waitForFunction(() => ![...document.querySelectorAll('#online-users .avatar')].some((a) => a.style.backgroundColor === 'rgb(1, 2, 3)'), null, { timeout: TIMEOUT })
+  const avatar = await bobsAvatar()
+  if (!avatar || avatar.style.includes('position')) throw new Error(`Bob's avatar: ${JSON.stringify(avatar)}`)
+
   console.log(JSON.stringify({ ok: true, rows, online, titleLock, awarenessUpdates, accessibility, errors }))
 } catch (err) {
-  console.log(JSON.stringify({ ok: false, error: String(err), errors }))
+  console.log(JSON.stringify({ ok: false, step, error: String(err), errors }))
   process.exitCode = 1
 } finally {
   await browser.close()

@@ -31,7 +31,7 @@ const HIDDEN_FLUSH_MS = 10000
 const MAX_LISTED = 200
 // Toasts shown at once; more are counted in one "+N more".
 const MAX_TOASTS = 4
-// The title lock is renewed this often while its field has the focus (the server's lasts 30 s).
+// The title lock is renewed at least this often while its field has the focus.
 const LOCK_RENEW_MS = 10000
 // The y-websocket message type of the auth protocol (permission denied).
 const AUTH_MESSAGE = 2
@@ -1008,14 +1008,15 @@ function editor (session, live, queryId) {
   // Held while the field has the focus: renewed well within its lifetime (a lock lapses when
   // not renewed), and taken again after a reconnect.
   let renewal = null
-  title.addEventListener('focus', () => {
-    if (title.readOnly) return
+  const lock = () => {
     live.send({ action: 'lock', resource })
-    clearInterval(renewal)
-    renewal = setInterval(() => live.send({ action: 'lock', resource }), LOCK_RENEW_MS)
-  })
+    // Asked again after a while even without an answer (the socket may be down).
+    clearTimeout(renewal)
+    renewal = setTimeout(lock, LOCK_RENEW_MS)
+  }
+  title.addEventListener('focus', () => { if (!title.readOnly) lock() })
   title.addEventListener('blur', () => {
-    clearInterval(renewal)
+    clearTimeout(renewal)
     live.send({ action: 'unlock', resource })
   })
   title.addEventListener('input', () => {
@@ -1024,6 +1025,11 @@ function editor (session, live, queryId) {
   live.on((event) => {
     if (event.resource !== resource) return
     const mine = String(event.user_id) === session.user
+    if (event.type === 'lock_acquired' && mine && event.expires_in_ms > 0 && document.activeElement === title) {
+      // Renewed at a third of the lock's lifetime, so a late renewal still comes in time.
+      clearTimeout(renewal)
+      renewal = setTimeout(lock, Math.min(LOCK_RENEW_MS, event.expires_in_ms / 3))
+    }
     if (event.type === 'lock_denied') {
       title.disabled = true
       titleNote.textContent = `locked by ${event.holder?.name || event.holder?.user_id}`
@@ -1060,7 +1066,7 @@ function editor (session, live, queryId) {
   }
   status.observe(showStatus)
   showStatus()
-  window.tandem = { Y, doc, provider, view, local, poller }
+  window.tandem = { Y, doc, provider, view, local, poller, live }
 }
 
 // --- Start ---------------------------------------------------------------------------------
