@@ -567,7 +567,7 @@ impl Room {
             update,
             awareness,
         } = input;
-        StateVector::decode_v1(sv).map_err(|e| RoomError::BadStateVector(e.to_string()))?;
+        decode_state_vector(sv)?;
         let mut frame = Vec::new();
         if let Some(update) = update {
             frame.extend_from_slice(&message::encode_update(update));
@@ -619,8 +619,7 @@ impl Room {
     /// # Errors
     /// `sv` is not a valid encoded state vector.
     pub fn diff(&self, sv: &[u8]) -> Result<Vec<u8>, RoomError> {
-        let sv =
-            StateVector::decode_v1(sv).map_err(|e| RoomError::BadStateVector(e.to_string()))?;
+        let sv = decode_state_vector(sv)?;
         Ok(self.doc.transact().encode_state_as_update_v1(&sv))
     }
 
@@ -736,6 +735,29 @@ fn pending_fingerprint(txn: &impl ReadTxn) -> Option<(StateVector, StateVector, 
     ))
 }
 
+/// Decodes a state vector whose declared entry count its bytes can hold (each entry takes two
+/// at least): the decoder reserves room for the count before it reads, so a few bytes could
+/// otherwise ask for gigabytes.
+fn decode_state_vector(sv: &[u8]) -> Result<StateVector, RoomError> {
+    let mut count: u64 = 0;
+    let mut read = 0;
+    for (i, byte) in sv.iter().take(5).enumerate() {
+        count |= u64::from(byte & 0x7f) << (7 * i);
+        read = i + 1;
+        if byte & 0x80 == 0 {
+            break;
+        }
+    }
+    let room = (sv.len() - read) / 2;
+    if count > room as u64 {
+        return Err(RoomError::BadStateVector(format!(
+            "it declares {count} entries in {} bytes",
+            sv.len()
+        )));
+    }
+    StateVector::decode_v1(sv).map_err(|e| RoomError::BadStateVector(e.to_string()))
+}
+
 fn permission_denied() -> Bytes {
     Message::Auth(AuthMessage::PermissionDenied(
         "read-only access: updates are not accepted".into(),
@@ -748,6 +770,31 @@ fn permission_denied() -> Bytes {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_state_vector_may_not_declare_more_than_it_holds() {
+        let room = Room::new(RoomLimits::default());
+        // Four bytes declaring 50 million entries (a gigabyte to reserve): refused before
+        // anything is reserved.
+        let bomb = [0x80, 0xe1, 0xeb, 0x17];
+        match room.diff(&bomb) {
+            Err(RoomError::BadStateVector(reason)) => {
+                assert!(reason.contains("declares 50000000 entries"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            room.diff(&[0x05, 0x01, 0x01]),
+            Err(RoomError::BadStateVector(_))
+        ));
+        // Real ones still decode, the empty one too.
+        assert!(room.diff(&[0x00]).is_ok());
+        assert!(room.diff(&[0x01, 0x2a, 0x03]).is_ok());
+        let mut other = Room::new(RoomLimits::default());
+        let text = other.doc.get_or_insert_text("t");
+        text.insert(&mut other.doc.transact_mut(), 0, "hi");
+        assert!(room.diff(&other.state_vector()).is_ok());
+    }
     use tandem_sync::message::encode_update;
     use tandem_sync::AwarenessEntry;
     use yrs::{GetString, Map, Text, WriteTxn};
