@@ -284,6 +284,7 @@ async fn post_sync(
         "state_vector": BASE64URL.encode(&polled.state_vector),
         "awareness": polled.awareness.map(|a| BASE64URL.encode(a)),
         "poll_ttl_ms": app.config.doc_poll_ttl_ms,
+        "access": if access == Access::ReadWrite { "read-write" } else { "read" },
     }))
     .into_response())
 }

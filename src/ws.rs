@@ -20,6 +20,7 @@ use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tandem_crdt::{Access, PeerId, RoomError};
+use tandem_sync::{AuthMessage, Message};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -267,6 +268,15 @@ async fn connect(
     // the first awareness frame, so the hub sees them in order.
     if let Err(err) = app.hub.workspace(name.workspace()).await {
         tracing::warn!(error = %err, "could not load the workspace's dashboard state");
+    }
+    // A read-only connection is told so first (auth, "permission granted: read"), so its editor
+    // can refuse edits up front; y-websocket ignores what it does not know of that message.
+    if access == Access::ReadOnly {
+        let granted = Message::Auth(AuthMessage::PermissionGranted("read".into())).encode();
+        // The queue is new and empty: there is room.
+        let _ = link
+            .outbound
+            .try_send(Arc::new(Frame::reply(Bytes::from(granted))));
     }
     let mut overflow = Overflow::default();
     let joined = app.rooms.join(&name, peer, link, &mut overflow).await;

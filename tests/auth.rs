@@ -326,7 +326,11 @@ async fn http_reads_and_writes_refuse_every_bad_token() {
             .json(&body)
             .send()
     };
-    assert_eq!(sync(None).await.unwrap().status(), 200);
+    let answer = sync(None).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    // It is told it may only read, so its editor can say so before any edit.
+    let answer: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(answer["access"], "read", "{answer}");
     assert_json_refusal(
         sync(Some(text_update(5, "nope"))).await.unwrap(),
         403,

@@ -5,7 +5,9 @@
 mod common;
 
 use common::{spawn_app, spawn_app_with};
-use tandem::auth::{Role, Secret};
+use std::collections::BTreeMap;
+
+use tandem::auth::{Claims, DocPermission, Role, Secret};
 
 /// Where the scripts write their screenshots.
 fn artifacts() -> std::path::PathBuf {
@@ -109,11 +111,32 @@ async fn with_auth_on_the_page_takes_its_token_from_the_embedding_app_or_the_url
     })
     .await;
     let token = common::mint_token(&secret, "acme", "ada", Some("Ada Lovelace"), Role::Member);
+    let reader = tandem::auth::mint(
+        &secret,
+        &Claims {
+            sub: "rex".into(),
+            name: Some("Rex".into()),
+            workspace: "acme".into(),
+            plan: Some("scale".into()),
+            role: Role::Member,
+            docs: Some(BTreeMap::from([(
+                "acme/queries/*".into(),
+                DocPermission::Read,
+            )])),
+            exp: tandem::auth::now_secs() + 600,
+        },
+    )
+    .unwrap();
     let base = format!("http://{}", app.addr);
-    let seen = browse("embedded.mjs", &[&base, &token]).await;
+    let seen = browse("embedded.mjs", &[&base, &token, &reader]).await;
     assert_eq!(seen["embedded"], "Signed in as Ada Lovelace", "{seen}");
     assert_eq!(seen["framedElsewhere"], false, "{seen}");
     // Without a token there is nothing to connect to: no indicator.
     assert_eq!(seen["bareIndicator"], false, "{seen}");
+    assert_eq!(
+        seen["readOnly"],
+        serde_json::json!({"editable": "false", "typed": false, "titleReadOnly": true}),
+        "{seen}"
+    );
     assert_eq!(seen["errors"], serde_json::json!([]), "{seen}");
 }

@@ -790,7 +790,7 @@ mod tests {
         // Real ones still decode, the empty one too.
         assert!(room.diff(&[0x00]).is_ok());
         assert!(room.diff(&[0x01, 0x2a, 0x03]).is_ok());
-        let mut other = Room::new(RoomLimits::default());
+        let other = Room::new(RoomLimits::default());
         let text = other.doc.get_or_insert_text("t");
         text.insert(&mut other.doc.transact_mut(), 0, "hi");
         assert!(room.diff(&other.state_vector()).is_ok());

@@ -3,12 +3,12 @@
 // `?token=`; opened bare, it says a token is needed and connects nowhere. An app on an origin
 // the server's --frame-ancestors does not name cannot frame it at all.
 //
-// usage: node embedded.mjs <server base URL> <token>
+// usage: node embedded.mjs <server base URL> <token> <read-only token>
 // Prints one JSON line with what it saw; exits 0 only when everything held.
 import { chromium } from 'playwright-core'
 import { createServer } from 'node:http'
 
-const [base, token] = process.argv.slice(2)
+const [base, token, readOnlyToken] = process.argv.slice(2)
 const TIMEOUT = 20000
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
@@ -59,12 +59,27 @@ try {
   await direct.goto(`${base}/queries/5?token=${encodeURIComponent(token)}`)
   await direct.waitForSelector('#connection[data-state=connected]', { timeout: TIMEOUT })
 
+  // A token that may only read the query: the editor takes no edits and says why; nothing
+  // typed reaches the document.
+  step = 'read-only token'
+  const reader = await newPage('reader')
+  await reader.goto(`${base}/queries/5?token=${encodeURIComponent(readOnlyToken)}`)
+  await reader.waitForSelector('#connection[data-state=connected]', { timeout: TIMEOUT })
+  await reader.waitForFunction(() => (document.querySelector('#title-lock')?.textContent ?? '').includes('Read only'), null, { timeout: TIMEOUT })
+  await reader.click('.cm-content')
+  await reader.keyboard.type('DROP TABLE orders')
+  const readOnly = {
+    editable: await reader.$eval('.cm-content', (node) => node.contentEditable),
+    typed: await reader.$eval('.cm-content', (node) => node.innerText.includes('DROP')),
+    titleReadOnly: await reader.$eval('#title', (node) => node.readOnly)
+  }
+
   step = 'no token'
   const bare = await newPage('bare')
   await bare.goto(`${base}/?name=Eve`)
   await bare.waitForFunction(() => document.querySelector('[role=alert]')?.innerText.includes('Sign-in needed'), null, { timeout: TIMEOUT })
   const bareIndicator = await bare.$eval('#connection', (node) => node.checkVisibility())
-  console.log(JSON.stringify({ ok: true, embedded, framedElsewhere, bareIndicator, errors }))
+  console.log(JSON.stringify({ ok: true, embedded, framedElsewhere, bareIndicator, readOnly, errors }))
 } catch (err) {
   const frames = browser.contexts().flatMap((c) => c.pages()).flatMap((p) => p.frames())
   const shown = await Promise.all(frames.map((f) => f.evaluate(() => document.body?.innerText).catch((e) => String(e))))

@@ -9,7 +9,6 @@ import { WebsocketProvider } from 'y-websocket'
 import { IndexeddbPersistence } from 'y-indexeddb'
 import { EditorView, basicSetup } from 'codemirror'
 import { Compartment, EditorState } from '@codemirror/state'
-import * as authProtocol from 'y-protocols/auth'
 import { sql } from '@codemirror/lang-sql'
 import { yCollab } from 'y-codemirror.next'
 
@@ -33,8 +32,10 @@ const MAX_LISTED = 200
 const MAX_TOASTS = 4
 // The title lock is renewed at least this often while its field has the focus.
 const LOCK_RENEW_MS = 10000
-// The y-websocket message type of the auth protocol (permission denied).
+// The y-websocket message type of the auth protocol, and its kinds.
 const AUTH_MESSAGE = 2
+const AUTH_DENIED = 0
+const AUTH_GRANTED = 1
 // The dashboard waits this long at most for its history before it goes live without it.
 const SNAPSHOT_TIMEOUT_MS = 5000
 // Long-poll rounds start at least this far apart, whatever the server answers.
@@ -155,6 +156,8 @@ async function signIn () {
   try {
     session = await devToken(wanted || await askName())
   } catch (err) {
+    // A token from the app came meanwhile: the page is signed in already.
+    if (started) return null
     // A server that checks tokens mints none: the page needs one from the URL or its app.
     $('#connection').hidden = true
     $('#app').replaceChildren(el('section', { className: 'card', role: 'alert' },
@@ -246,6 +249,8 @@ class Live {
   /** Goes live after the events up to `lastId`, which the page shows already (`known`). */
   resumeAfter (lastId, known) {
     this.lastId = lastId
+    // From there even when it is 0 (a workspace without events yet).
+    this.resuming = true
     this.known = new Set(known)
     this.connect()
   }
@@ -293,7 +298,7 @@ class Live {
 
   /** Every channel the page shows, from after the last event it has (all new ones at first). */
   subscribe () {
-    this.send({ action: 'subscribe', channels: ['presence', 'queries', 'agents', 'approvals', 'chat_sessions', 'notifications', 'activity', 'system', 'workflows'], since: this.lastId || undefined })
+    this.send({ action: 'subscribe', channels: ['presence', 'queries', 'agents', 'approvals', 'chat_sessions', 'notifications', 'activity', 'system', 'workflows'], since: this.resuming || this.lastId ? this.lastId : undefined })
   }
 
   /**
@@ -363,7 +368,7 @@ class Live {
           await this.postPresence()
         }
         // Without a last id, from now on.
-        const since = this.lastId ? `&since=${this.lastId}` : ''
+        const since = this.resuming || this.lastId ? `&since=${this.lastId}` : ''
         const response = await fetch(`/api/v1/events?timeout=25${since}`, { headers: this.auth(), signal: abort.signal })
         if (response.status === 401) sessionExpired(this.session)
         if (!response.ok) throw new Error(String(response.status))
@@ -822,6 +827,10 @@ class DocPoller {
       }
       const answer = await response.json()
       if (!this.running) return
+      if (answer.access === 'read' && !this.readOnly) {
+        this.readOnly = true
+        this.onReadOnly?.()
+      }
       let changed = false
       const mark = (_, origin) => { if (origin === this) changed = true }
       this.doc.on('update', mark)
@@ -985,7 +994,13 @@ function editor (session, live, queryId) {
     view.dispatch({ effects: editable.reconfigure([EditorView.editable.of(false), EditorState.readOnly.of(true)]) })
     titleNote.textContent = 'Read only: you may not edit this query'
   }
-  provider.messageHandlers[AUTH_MESSAGE] = (_encoder, decoder) => authProtocol.readAuthMessage(decoder, doc, readOnly)
+  // The server says so at once (auth "permission granted: read"), and refuses edits with
+  // "permission denied".
+  provider.messageHandlers[AUTH_MESSAGE] = (_encoder, decoder) => {
+    const kind = decoding.readVarUint(decoder)
+    const text = decoding.readVarString(decoder)
+    if (kind === AUTH_DENIED || (kind === AUTH_GRANTED && text === 'read')) readOnly()
+  }
   poller.onReadOnly = readOnly
   view.contentDOM.setAttribute('aria-labelledby', 'sql-label')
 
