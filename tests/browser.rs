@@ -102,6 +102,34 @@ async fn a_browser_without_websockets_degrades_to_http_and_still_collaborates() 
 }
 
 #[tokio::test]
+async fn an_embedded_page_whose_token_expires_gets_another_and_goes_on() {
+    // The app's tokens for Ada last this long; the server allows no leeway.
+    const LIFETIME_SECS: u64 = 3;
+    let secret: Secret = "browser-test-secret".parse().unwrap();
+    let app = spawn_app_with(|c| {
+        c.auth_secret = Some(secret.clone());
+        c.frame_ancestors = "'self' http://127.0.0.1:*".into();
+    })
+    .await;
+    let bob = common::mint_token(&secret, "acme", "bob", Some("Bob"), Role::Member);
+    let backend = common::mint_token(&secret, "acme", "backend", None, Role::Service);
+    let base = format!("http://{}", app.addr);
+    let seen = browse(
+        "expired.mjs",
+        &[
+            &base,
+            secret.expose(),
+            &bob,
+            &backend,
+            &LIFETIME_SECS.to_string(),
+        ],
+    )
+    .await;
+    assert_eq!(seen["renewed"], true, "{seen}");
+    assert_eq!(seen["errors"], serde_json::json!([]), "{seen}");
+}
+
+#[tokio::test]
 async fn with_auth_on_the_page_takes_its_token_from_the_embedding_app_or_the_url() {
     let secret: Secret = "browser-test-secret".parse().unwrap();
     let app = spawn_app_with(|c| {
