@@ -361,14 +361,16 @@ impl Auth {
     pub fn authenticate(&self, token: Option<&str>) -> Result<Principal, AuthError> {
         if self.is_open() {
             // A development token names the user; anything else is the anonymous user. Open
-            // mode allows everything either way.
+            // mode allows everything either way, so one past its expiry still names them (a tab
+            // left open for a week does not turn anonymous).
+            let mut validation = Validation::new(Algorithm::HS256);
+            validation.validate_exp = false;
             let named = token
                 .filter(|t| !t.is_empty())
                 .zip(self.dev_secret.as_ref())
                 .and_then(|(token, secret)| {
                     let key = DecodingKey::from_secret(secret.expose().as_bytes());
-                    jsonwebtoken::decode::<Claims>(token, &key, &Validation::new(Algorithm::HS256))
-                        .ok()
+                    jsonwebtoken::decode::<Claims>(token, &key, &validation).ok()
                 });
             let mut principal = Principal::open();
             if let Some(data) = named {
@@ -575,6 +577,41 @@ mod tests {
         })
         .unwrap();
         (auth, secret)
+    }
+
+    #[test]
+    fn an_expired_development_token_still_names_its_user() {
+        let open = Auth::new(AuthSettings {
+            secret: None,
+            public_key: None,
+            realtime_plans: &[],
+            leeway_secs: 0,
+            audience: None,
+        })
+        .unwrap();
+        let (fresh, user) = open.mint_dev("Ada").unwrap();
+        assert_eq!(open.authenticate(Some(&fresh)).unwrap().user, user);
+        let expired = mint(
+            open.dev_secret.as_ref().unwrap(),
+            &Claims {
+                sub: "ada".into(),
+                name: Some("Ada".into()),
+                workspace: "default".into(),
+                plan: None,
+                role: Role::Member,
+                docs: None,
+                exp: now_secs() - 3600,
+            },
+        )
+        .unwrap();
+        let principal = open.authenticate(Some(&expired)).unwrap();
+        assert_eq!(
+            (principal.user.as_str(), principal.name.as_deref()),
+            ("ada", Some("Ada"))
+        );
+        // Not one signed by anyone else.
+        let forged = mint(&"other".parse().unwrap(), &claims()).unwrap();
+        assert_ne!(open.authenticate(Some(&forged)).unwrap().user, "123");
     }
 
     fn claims() -> Claims {

@@ -79,8 +79,7 @@ async function devToken (name) {
   })
   if (!response.ok) throw new Error(`could not sign in: ${response.status}`)
   const minted = await response.json()
-  // `dev`: when it expires, the page mints itself another.
-  return { token: minted.token, user: minted.user, name: minted.name, workspace: minted.workspace, dev: true }
+  return { token: minted.token, user: minted.user, name: minted.name, workspace: minted.workspace }
 }
 
 function askName () {
@@ -174,35 +173,27 @@ async function signIn () {
 
 /** What goes on with a fresh token: the connections, which use it from their next attempt. */
 const tokenListeners = new Set()
-let renewing = false
 
 /** `session` has a fresh token: whatever waits for one goes on at once. */
 function tokenRefreshed (session, fresh) {
   session.token = fresh
-  if (session.dev) sessionStorage.setItem('tandem.session', JSON.stringify(session))
   showConnection('session', 'connected')
   for (const listener of tokenListeners) listener(fresh)
 }
 
 /**
- * The server refused the session's token as expired. A page that minted its own mints another;
- * an embedded one asks its app for one (which answers as to the first); one opened with
- * `?token=` can only say so. Meanwhile the connections keep trying, with the token of the time.
+ * The server refused the session's token as expired (development tokens never are: they only
+ * name the user). An embedded page asks its app for one (which answers as to the first); one
+ * opened with `?token=` can only say so. Meanwhile the connections keep trying, with the token
+ * of the time.
  */
-async function sessionExpired (session) {
+function sessionExpired () {
   showConnection('session', 'expired')
-  if (renewing) return
-  renewing = true
+  if (window.parent === window) return
   try {
-    if (session.dev) {
-      tokenRefreshed(session, (await devToken(session.name)).token)
-    } else if (window.parent !== window) {
-      window.parent.postMessage({ type: 'tandem:ready' }, params.get('parent_origin') || '*')
-    }
+    window.parent.postMessage({ type: 'tandem:ready' }, params.get('parent_origin') || '*')
   } catch (err) {
-    console.error('tandem: could not renew the session', err)
-  } finally {
-    renewing = false
+    console.error('tandem: ?parent_origin= is no origin', err)
   }
 }
 
@@ -287,7 +278,7 @@ class Live {
     }
     ws.onclose = (event) => {
       if (this.ws !== ws) return
-      if (event.code === 4401) sessionExpired(this.session)
+      if (event.code === 4401) sessionExpired()
       this.failures++
       const degraded = this.failures >= DEGRADED_AFTER_FAILURES
       showConnection('dashboard', degraded ? 'degraded' : 'disconnected')
@@ -370,7 +361,7 @@ class Live {
         // Without a last id, from now on.
         const since = this.resuming || this.lastId ? `&since=${this.lastId}` : ''
         const response = await fetch(`/api/v1/events?timeout=25${since}`, { headers: this.auth(), signal: abort.signal })
-        if (response.status === 401) sessionExpired(this.session)
+        if (response.status === 401) sessionExpired()
         if (!response.ok) throw new Error(String(response.status))
         const page = await response.json()
         if (!current()) return
@@ -822,7 +813,7 @@ class DocPoller {
           next = this.interval
           return
         }
-        if (response.status === 401) sessionExpired(this.session)
+        if (response.status === 401) sessionExpired()
         throw new Error(`sync answered ${response.status}`)
       }
       const answer = await response.json()
@@ -943,7 +934,7 @@ function editor (session, live, queryId) {
   const poller = new DocPoller(docName, doc, provider.awareness, session)
   let everConnected = false
   provider.on('connection-close', (event) => {
-    if (event?.code === 4401) sessionExpired(session)
+    if (event?.code === 4401) sessionExpired()
     const failures = provider.wsUnsuccessfulReconnects + (provider.wsconnected ? 0 : 1)
     provider.maxBackoffTime = backoff(failures)
     provider.params.token = session.token
