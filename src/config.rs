@@ -101,6 +101,11 @@ pub struct Config {
     #[arg(long, env = "TANDEM_PUBLISH_RATE_USER", default_value_t = Config::DEFAULT_PUBLISH_RATE_USER)]
     pub publish_rate_user: u32,
 
+    /// Chat sessions with unread messages kept per user: past it, the session whose last
+    /// message is oldest loses its badge.
+    #[arg(long, env = "TANDEM_MAX_CHAT_BADGES_PER_USER", default_value_t = Config::DEFAULT_MAX_CHAT_BADGES_PER_USER)]
+    pub max_chat_badges_per_user: usize,
+
     /// Locks one dashboard connection may hold at once.
     #[arg(long, env = "TANDEM_MAX_LOCKS_PER_CONNECTION", default_value_t = Config::DEFAULT_MAX_LOCKS_PER_CONNECTION)]
     pub max_locks_per_connection: usize,
@@ -242,6 +247,7 @@ impl Config {
     pub const DEFAULT_PUBLISH_RATE_USER: u32 = 500;
     pub const DEFAULT_LOCK_TTL_MS: u64 = 30_000;
     pub const DEFAULT_MAX_LOCKS_PER_CONNECTION: usize = 32;
+    pub const DEFAULT_MAX_CHAT_BADGES_PER_USER: usize = 200;
     pub const DEFAULT_DASHBOARD_ACTIONS_PER_SEC: u32 = 50;
     pub const DEFAULT_PRESENCE_IDLE_MS: u64 = 5 * 60 * 1000;
     pub const DEFAULT_PRESENCE_DEBOUNCE_MS: u64 = 10_000;
@@ -315,6 +321,7 @@ impl Config {
             publish_rate_user: self.publish_rate_user,
             editing_idle: Duration::from_millis(self.editing_idle_ms),
             max_locks_per_connection: self.max_locks_per_connection,
+            max_chat_badges: self.max_chat_badges_per_user,
         }
     }
 
@@ -351,6 +358,7 @@ impl Default for Config {
             publish_rate_user: Config::DEFAULT_PUBLISH_RATE_USER,
             lock_ttl_ms: Config::DEFAULT_LOCK_TTL_MS,
             max_locks_per_connection: Config::DEFAULT_MAX_LOCKS_PER_CONNECTION,
+            max_chat_badges_per_user: Config::DEFAULT_MAX_CHAT_BADGES_PER_USER,
             dashboard_actions_per_sec: Config::DEFAULT_DASHBOARD_ACTIONS_PER_SEC,
             presence_idle_ms: Config::DEFAULT_PRESENCE_IDLE_MS,
             presence_debounce_ms: Config::DEFAULT_PRESENCE_DEBOUNCE_MS,

@@ -319,6 +319,10 @@ fn validate(config: &Config) -> Result<(), ServeError> {
         ),
         ("lock-ttl-ms", config.lock_ttl_ms),
         (
+            "max-chat-badges-per-user",
+            config.max_chat_badges_per_user as u64,
+        ),
+        (
             "max-locks-per-connection",
             config.max_locks_per_connection as u64,
         ),

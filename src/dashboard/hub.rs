@@ -71,6 +71,8 @@ pub struct HubSettings {
     pub editing_idle: Duration,
     /// Locks one dashboard connection may hold at once.
     pub max_locks_per_connection: usize,
+    /// Chat sessions with unread messages kept per user.
+    pub max_chat_badges: usize,
 }
 
 /// Notifications kept in a user's inbox state.
@@ -209,6 +211,9 @@ struct UserRecord {
     /// Unread messages per chat session.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     badges: BTreeMap<String, u32>,
+    /// The sessions of `badges`, the one whose last message is oldest first.
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    badge_order: VecDeque<String>,
     /// Event types not pushed in real time.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     muted: Vec<String>,
@@ -221,6 +226,35 @@ struct UserRecord {
     /// The latest events addressed to the user, oldest first, as sent.
     #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
     notifications: VecDeque<String>,
+}
+
+impl UserRecord {
+    /// One more unread message in `session`; past `max` sessions, the one whose last message
+    /// is oldest loses its badge.
+    fn raise_badge(&mut self, session: &str, max: usize) {
+        *self.badges.entry(session.to_owned()).or_default() += 1;
+        self.badge_order.retain(|s| s != session);
+        if self.badge_order.len() + 1 < self.badges.len() {
+            // A record from before the order was kept: its sessions count as the oldest.
+            let known: std::collections::HashSet<&String> = self.badge_order.iter().collect();
+            let older: Vec<String> = self
+                .badges
+                .keys()
+                .filter(|s| *s != session && !known.contains(s))
+                .cloned()
+                .collect();
+            for s in older.into_iter().rev() {
+                self.badge_order.push_front(s);
+            }
+        }
+        self.badge_order.push_back(session.to_owned());
+        while self.badges.len() > max.max(1) {
+            let Some(oldest) = self.badge_order.pop_front() else {
+                break;
+            };
+            self.badges.remove(&oldest);
+        }
+    }
 }
 
 /// An event that was appended and is waiting for its group commit.
@@ -640,7 +674,9 @@ impl Hub {
             .collect();
         for user in &recipients {
             let entry = st.users.entry(user.clone()).or_default();
-            *entry.record.badges.entry(session.clone()).or_default() += 1;
+            entry
+                .record
+                .raise_badge(&session, self.settings.max_chat_badges);
             self.save(ws, user, &entry.record);
         }
         recipients
@@ -1050,6 +1086,7 @@ impl Hub {
         if entry.record.badges.remove(session).is_none() {
             return;
         }
+        entry.record.badge_order.retain(|s| s != session);
         let record = entry.record.clone();
         self.save(ws, user, &record);
         self.durability.appended();
@@ -1787,6 +1824,28 @@ fn preferences_value(muted: u32) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn badges_past_the_cap_drop_the_session_whose_last_message_is_oldest() {
+        let mut record = UserRecord::default();
+        for session in ["a", "b", "c", "a"] {
+            record.raise_badge(session, 3);
+        }
+        record.raise_badge("d", 3);
+        // "b" had the oldest last message ("a" had one after "c").
+        assert_eq!(
+            record.badges,
+            BTreeMap::from([("a".into(), 2), ("c".into(), 1), ("d".into(), 1)])
+        );
+        assert_eq!(record.badge_order, ["c", "a", "d"]);
+
+        // A record stored before the order was kept: its sessions go first.
+        let mut legacy: UserRecord = serde_json::from_str(r#"{"badges":{"x":4,"y":1}}"#).unwrap();
+        legacy.raise_badge("z", 2);
+        assert_eq!(legacy.badges.len(), 2);
+        assert!(legacy.badges.contains_key("z"));
+        assert_eq!(legacy.badge_order.len(), 2);
+    }
 
     #[test]
     fn frames_carry_the_id_first() {
