@@ -275,6 +275,38 @@ async fn a_client_that_comes_back_with_since_misses_nothing() {
 }
 
 #[tokio::test]
+async fn a_since_the_log_never_gave_is_told_to_resync() {
+    // As after the data directory was restored from an older backup under open pages.
+    let app = spawn_app_with(secured).await;
+    let latest = publish(
+        &app,
+        "acme",
+        json!({"type":"workflow_triggered","workflow_id":1}),
+    )
+    .await;
+    let ahead = latest + 1000;
+    let mut dash = app.dash(&member("acme", "7")).await;
+    let replayed = dash.subscribe(&["workflows"], Some(ahead)).await;
+    let resync = replayed
+        .iter()
+        .find(|f| f["type"] == "resync_required")
+        .unwrap_or_else(|| panic!("no resync in {replayed:?}"));
+    assert_eq!(resync["since"], ahead);
+    let told = resync["latest"].as_u64().unwrap();
+    assert!(told >= latest && told < ahead, "{resync}");
+    let bearer = token("acme", "7", Role::Member);
+    let (status, page) = get(
+        &app,
+        &format!("/api/v1/events?since={ahead}&timeout=0"),
+        &bearer,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(page["resync_required"], true, "{page}");
+    assert!(page["last_id"].as_u64().unwrap() < ahead, "{page}");
+}
+
+#[tokio::test]
 async fn a_since_older_than_retention_is_told_to_resync() {
     let app = spawn_app_with(|c| {
         secured(c);

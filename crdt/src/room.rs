@@ -11,6 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tandem_sync::message::{self, MSG_SYNC_STATUS_HEARTBEAT};
 use tandem_sync::{AuthMessage, AwarenessUpdate, DecodeError, Message, MessageReader, SyncMessage};
+use yrs::encoding::read::{Cursor, Read};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Any, Doc, IdSet, Map, Options, Out, ReadTxn, StateVector, Transact, Update};
@@ -739,17 +740,13 @@ fn pending_fingerprint(txn: &impl ReadTxn) -> Option<(StateVector, StateVector, 
 /// at least): the decoder reserves room for the count before it reads, so a few bytes could
 /// otherwise ask for gigabytes.
 fn decode_state_vector(sv: &[u8]) -> Result<StateVector, RoomError> {
-    let mut count: u64 = 0;
-    let mut read = 0;
-    for (i, byte) in sv.iter().take(5).enumerate() {
-        count |= u64::from(byte & 0x7f) << (7 * i);
-        read = i + 1;
-        if byte & 0x80 == 0 {
-            break;
-        }
-    }
-    let room = (sv.len() - read) / 2;
-    if count > room as u64 {
+    // The count as the decoder itself reads it (its varint reader takes more than five bytes).
+    let mut cursor = Cursor::new(sv);
+    let count: u32 = cursor
+        .read_var()
+        .map_err(|e| RoomError::BadStateVector(e.to_string()))?;
+    let room = (sv.len() - cursor.next) / 2;
+    if count as usize > room {
         return Err(RoomError::BadStateVector(format!(
             "it declares {count} entries in {} bytes",
             sv.len()
@@ -780,6 +777,14 @@ mod tests {
         match room.diff(&bomb) {
             Err(RoomError::BadStateVector(reason)) => {
                 assert!(reason.contains("declares 50000000 entries"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // The same count spelt in more bytes than five, as the decoder reads it.
+        let long = [0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x08];
+        match room.diff(&long) {
+            Err(RoomError::BadStateVector(reason)) => {
+                assert!(reason.contains("declares"), "{reason}")
             }
             other => panic!("{other:?}"),
         }

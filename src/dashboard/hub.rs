@@ -834,6 +834,17 @@ impl Hub {
         tx: &mpsc::Sender<Outgoing>,
         closer: &Closer,
     ) -> Result<(), StoreError> {
+        if since > upto {
+            // An id this log never gave (it was restored or wiped since): start over.
+            let frame = json_frame(serde_json::json!({
+                "type": "resync_required",
+                "since": since,
+                "oldest": self.oldest_kept(&ws.name).await?,
+                "latest": upto,
+            }));
+            self.send_or_close(tx, Outgoing::Reply(frame), closer).await;
+            return Ok(());
+        }
         let mut cursor = since;
         while cursor < upto {
             let page = self.read(&ws.name, wants, cursor, upto, PAGE).await?;
@@ -919,6 +930,17 @@ impl Hub {
         Ok(page)
     }
 
+    /// The oldest id the log still holds (the next one when it holds none).
+    async fn oldest_kept(&self, workspace: &str) -> Result<u64, StoreError> {
+        Ok(match self.store.since(workspace, 0, 1).await? {
+            Since::Resync { oldest } => oldest,
+            Since::Events(events) => match events.first() {
+                Some(first) => first.id,
+                None => self.store.last_id(workspace)? + 1,
+            },
+        })
+    }
+
     /// A connection's subscriptions.
     pub fn channels(&self, ws: &Workspace, conn: u64) -> ChannelSet {
         ws.lock()
@@ -955,7 +977,16 @@ impl Hub {
             channels,
             muted,
         };
-        let mut cursor = since.unwrap_or(*released.borrow());
+        let now = *released.borrow();
+        if since.is_some_and(|since| since > now) {
+            // An id this log never gave (it was restored or wiped since): start over.
+            return Ok(Page {
+                last_id: now,
+                resync_from: Some(self.oldest_kept(workspace).await?),
+                ..Page::default()
+            });
+        }
+        let mut cursor = since.unwrap_or(now);
         let deadline = Instant::now() + timeout;
         loop {
             let upto = *released.borrow_and_update();

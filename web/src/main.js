@@ -34,6 +34,7 @@ const MAX_TOASTS = 4
 const LOCK_RENEW_MS = 10000
 // The y-websocket message type of the auth protocol, and its kinds.
 const AUTH_MESSAGE = 2
+const READ_ONLY_NOTE = 'Read only: you may not edit this query'
 const AUTH_DENIED = 0
 const AUTH_GRANTED = 1
 // The dashboard waits this long at most for its history before it goes live without it.
@@ -257,28 +258,32 @@ class Live {
 
   connect () {
     showConnection('dashboard', this.failures >= DEGRADED_AFTER_FAILURES ? 'degraded' : (this.everConnected ? 'disconnected' : 'connecting'))
-    const ws = new WebSocket(`${wsBase}/ws?token=${encodeURIComponent(this.session.token)}`)
+    const token = this.session.token
+    const ws = new WebSocket(`${wsBase}/ws?token=${encodeURIComponent(token)}`)
     this.ws = ws
     ws.onopen = () => {
       this.failures = 0
       this.everConnected = true
       this.stopPolling()
       showConnection('dashboard', 'connected')
+      showConnection('session', 'connected')
       this.subscribe()
       this.send({ action: 'presence', ...this.presence })
     }
     ws.onmessage = (message) => {
       let frame
       try { frame = JSON.parse(message.data) } catch { return }
-      if (frame.type === 'error' && frame.code === 'storage_unavailable') {
-        // The server could not replay what we missed: ask again shortly.
-        setTimeout(() => { if (this.ws === ws) this.subscribe() }, 1000)
-      }
       this.deliver(frame.type === 'batch' ? frame.events : [frame])
+      if (frame.type === 'error' && frame.code === 'storage_unavailable') {
+        // The server could not replay what we missed (and the channels are live without it):
+        // the page reloads what it shows instead.
+        this.emit({ type: 'resync_required' })
+      }
     }
     ws.onclose = (event) => {
       if (this.ws !== ws) return
-      if (event.code === 4401) sessionExpired()
+      // Expired: unless the page has a fresher token already, with which it just reconnects.
+      if (event.code === 4401 && token === this.session.token) sessionExpired()
       this.failures++
       const degraded = this.failures >= DEGRADED_AFTER_FAILURES
       showConnection('dashboard', degraded ? 'degraded' : 'disconnected')
@@ -306,7 +311,7 @@ class Live {
       } else if (event.type === 'resync_required') {
         // What the page missed is gone from the log: it reloads what it shows (its handlers
         // do), and goes on from the latest event.
-        this.lastId = Math.max(this.lastId, event.latest ?? 0)
+        if (typeof event.latest === 'number') this.lastId = event.latest
       }
       this.emit(event)
     }
@@ -366,6 +371,8 @@ class Live {
         const page = await response.json()
         if (!current()) return
         errors = 0
+        // From here on, from where this answer ends (even at 0, in a workspace without events).
+        this.resuming = true
         this.deliver(page.events)
         if (page.resync_required) this.deliver([{ type: 'resync_required', oldest: page.oldest, latest: page.last_id }])
         this.lastId = Math.max(this.lastId, page.last_id)
@@ -545,9 +552,12 @@ function dashboard (session, live) {
     renderUnread()
   })
   const addActivity = (event) => {
+    if (feed.querySelector(`[data-id="${Number(event.id)}"]`)) return
     const what = { query_executed: 'ran query', template_created: 'created template', agent_triggered: 'triggered agent', file_uploaded: 'uploaded' }[event.type]
     const object = event.query_id ?? event.template_id ?? event.agent_id ?? event.file_name
-    feed.append(el('li', { textContent: `${time(event.timestamp)} · ${event.user_id} ${what} ${object}` }))
+    const item = el('li', { textContent: `${time(event.timestamp)} · ${event.user_id} ${what} ${object}` })
+    item.dataset.id = event.id
+    feed.append(item)
     trim(feed, MAX_LISTED)
     feed.scrollTop = feed.scrollHeight
   }
@@ -621,7 +631,6 @@ function dashboard (session, live) {
         // Changes were missed for good: what the page shows comes again from the server.
         loadState(true)
         Promise.allSettled([history('/api/v1/activity?limit=30'), history('/api/v1/notifications?limit=30')]).then(([activity, notifications]) => {
-          if (activity.value) feed.replaceChildren()
           for (const event of activity.value?.events ?? []) addActivity(event)
           for (const event of notifications.value?.events ?? []) notify(event)
         })
@@ -934,7 +943,7 @@ function editor (session, live, queryId) {
   const poller = new DocPoller(docName, doc, provider.awareness, session)
   let everConnected = false
   provider.on('connection-close', (event) => {
-    if (event?.code === 4401) sessionExpired()
+    if (event?.code === 4401 && provider.params.token === session.token) sessionExpired()
     const failures = provider.wsUnsuccessfulReconnects + (provider.wsconnected ? 0 : 1)
     provider.maxBackoffTime = backoff(failures)
     provider.params.token = session.token
@@ -949,6 +958,7 @@ function editor (session, live, queryId) {
     if (status === 'connected') {
       poller.stop()
       showConnection('document', 'connected')
+      showConnection('session', 'connected')
     } else if (status === 'connecting' && !poller.running) {
       showConnection('document', provider.wsUnsuccessfulReconnects > 0 || everConnected ? 'disconnected' : 'connecting')
     }
@@ -983,7 +993,7 @@ function editor (session, live, queryId) {
     if (title.readOnly) return
     title.readOnly = true
     view.dispatch({ effects: editable.reconfigure([EditorView.editable.of(false), EditorState.readOnly.of(true)]) })
-    titleNote.textContent = 'Read only: you may not edit this query'
+    titleNote.textContent = READ_ONLY_NOTE
   }
   // The server says so at once (auth "permission granted: read"), and refuses edits with
   // "permission denied".
@@ -1015,6 +1025,11 @@ function editor (session, live, queryId) {
   // not renewed), and taken again after a reconnect.
   let renewal = null
   const lock = () => {
+    // Someone gone idle in the field lets it go, so others may edit the title.
+    if (live.presence.status === 'idle') {
+      title.blur()
+      return
+    }
     live.send({ action: 'lock', resource })
     // Asked again after a while even without an answer (the socket may be down).
     clearTimeout(renewal)
@@ -1045,7 +1060,7 @@ function editor (session, live, queryId) {
       titleNote.textContent = `${event.name || event.user_id} is editing the title`
     } else if (event.type === 'lock_released') {
       title.disabled = false
-      titleNote.textContent = ''
+      titleNote.textContent = title.readOnly ? READ_ONLY_NOTE : ''
     }
   })
 
