@@ -573,7 +573,13 @@ async fn presence_goes_online_idle_offline_and_remembers_last_seen() {
     })
     .await;
     let mut watcher = app.dash(&member("acme", "1")).await;
-    watcher.subscribe(&["presence"], None).await;
+    watcher
+        .send(json!({"action": "subscribe", "channels": ["presence"]}))
+        .await;
+    // The answer says after how long a user turns idle, so a page knows how often to say it is
+    // in use.
+    let subscribed = watcher.until("subscribed").await.pop().unwrap();
+    assert_eq!(subscribed["idle_after_ms"], 400, "{subscribed}");
 
     let mut ada = app.dash(&member("acme", "123")).await;
     let online = loop {

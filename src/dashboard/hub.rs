@@ -941,6 +941,11 @@ impl Hub {
         })
     }
 
+    /// How long a user goes without activity before they count as idle.
+    pub fn idle_after(&self) -> Duration {
+        self.settings.presence.idle_after
+    }
+
     /// A connection's subscriptions.
     pub fn channels(&self, ws: &Workspace, conn: u64) -> ChannelSet {
         ws.lock()

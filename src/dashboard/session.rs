@@ -380,6 +380,8 @@ impl Session<'_> {
             "type": kind,
             "channels": changed.names(),
             "subscriptions": now.names(),
+            // A page tells the server it is in use well within this (see `presence`).
+            "idle_after_ms": u64::try_from(self.hub.idle_after().as_millis()).unwrap_or(u64::MAX),
         })
         .to_string()
         .into()

@@ -15,7 +15,8 @@ import { yCollab } from 'y-codemirror.next'
 const params = new URLSearchParams(location.search)
 const wsBase = location.origin.replace(/^http/, 'ws')
 const IDLE_AFTER_MS = 5 * 60 * 1000
-// A user at work tells the server at most this often (it counts them idle after 5 minutes).
+// A user at work tells the server at most this often (and more often when the server counts
+// users idle sooner than three times this).
 const ACTIVE_HEARTBEAT_MS = 60 * 1000
 // A WebSocket that failed this many times in a row gives way to HTTP polling until it is back.
 const DEGRADED_AFTER_FAILURES = 3
@@ -399,11 +400,16 @@ function watchActivity (live) {
   let last = Date.now()
   let told = Date.now()
   let idle = false
+  // The server says after how long it counts someone idle: a third of it, at most a minute.
+  let heartbeat = ACTIVE_HEARTBEAT_MS
+  live.on((event) => {
+    if (event.type === 'subscribed' && event.idle_after_ms > 0) heartbeat = Math.min(ACTIVE_HEARTBEAT_MS, event.idle_after_ms / 3)
+  })
   // The server counts a user idle after a while without a presence frame: someone who works
   // says so now and then (and at once when they come back from idle).
   const active = () => {
     last = Date.now()
-    if (idle || last - told > ACTIVE_HEARTBEAT_MS) {
+    if (idle || last - told > heartbeat) {
       idle = false
       told = last
       live.setPresence({ status: 'online' })
