@@ -94,7 +94,7 @@ try {
   const titleLock = await textOf(bob, '#title-lock')
   step = 'title lock renewal'
   // She stays in it past the lock's lifetime: her page renews it, and Bob's stays locked.
-  await new Promise((resolve) => setTimeout(resolve, 3 * LOCK_TTL_MS))
+  await new Promise((resolve) => setTimeout(resolve, 2 * LOCK_TTL_MS))
   if (!await bob.$eval('#title', (node) => node.disabled)) throw new Error('the title lock lapsed while Ada was in the field')
   await ada.click('.cm-content')
   await bob.waitForFunction(() => document.querySelector('#title')?.disabled === false && (document.querySelector('#title-lock')?.textContent ?? '') === '', null, { timeout: TIMEOUT })
