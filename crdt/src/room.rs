@@ -568,7 +568,7 @@ impl Room {
             update,
             awareness,
         } = input;
-        decode_state_vector(sv)?;
+        let sv = decode_state_vector(sv)?;
         let mut frame = Vec::new();
         if let Some(update) = update {
             frame.extend_from_slice(&message::encode_update(update));
@@ -585,7 +585,7 @@ impl Room {
         let mut states = self.awareness.full_update().unwrap_or_default();
         states.entries.extend(self.awareness.removal(client));
         Ok(Polled {
-            update: self.diff(sv)?,
+            update: self.doc.transact().encode_state_as_update_v1(&sv),
             state_vector: self.state_vector(),
             awareness: (!states.entries.is_empty()).then(|| states.encode()),
         })

@@ -848,7 +848,6 @@ fn print_trace(r: &TraceReport) {
     }
 }
 
-/// CPU time (user + system) a process has used, in seconds, from `/proc/{pid}/stat`.
 /// The server's CPU seconds between two readings, and per delivery.
 pub(crate) fn server_cpu(
     before: Option<f64>,
@@ -873,6 +872,7 @@ pub(crate) fn latencies_ms(histogram: &Histogram<u64>) -> [f64; 4] {
     ]
 }
 
+/// CPU time (user + system) a process has used, in seconds, from `/proc/{pid}/stat`.
 pub(crate) fn cpu_seconds(pid: u32) -> Result<f64, String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|e| format!("cannot read the CPU time of process {pid}: {e}"))?;

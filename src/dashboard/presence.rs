@@ -289,17 +289,17 @@ impl UserPresence {
     /// at the end of the window).
     pub fn due(&mut self, now: Instant, settings: &PresenceSettings) -> Option<Snapshot> {
         let current = self.current(now, settings);
-        let looks = [
-            current.name.clone(),
-            current.avatar.clone(),
-            current.color.clone(),
-        ];
+        let looks = [&current.name, &current.avatar, &current.color];
         let publish = match &self.emitted {
             // Someone never seen online stays silent until they appear.
             None => current.status != PresenceStatus::Offline,
             Some(last) if last.status != current.status => true,
             // A new name or look shows at once (it seldom changes; a page often does).
-            Some(last) if last.looks != looks && current.status != PresenceStatus::Offline => true,
+            Some(last)
+                if last.looks.iter().ne(looks) && current.status != PresenceStatus::Offline =>
+            {
+                true
+            }
             Some(last) => {
                 let moved = last.workspace != current.workspace
                     || last.current_page != current.current_page;
@@ -318,7 +318,7 @@ impl UserPresence {
             status: current.status,
             workspace: current.workspace.clone(),
             current_page: current.current_page.clone(),
-            looks,
+            looks: looks.map(Clone::clone),
             at: now,
         });
         Some(current)

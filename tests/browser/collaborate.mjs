@@ -9,22 +9,17 @@
 //
 // usage: node collaborate.mjs <server base URL> <artifacts dir>
 // Prints one JSON line with what it saw; exits 0 only when everything held.
-import { chromium } from 'playwright-core'
+import { TIMEOUT, launch, newPage } from './browser.mjs'
 import { mkdirSync } from 'node:fs'
 
 const [base, artifacts, lockTtl] = process.argv.slice(2)
 // The server's lock lifetime, short here so that a renewal is needed within the test.
 const LOCK_TTL_MS = Number(lockTtl)
 mkdirSync(artifacts, { recursive: true })
-const TIMEOUT = 20000
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking']
-})
+const browser = await launch()
 const errors = []
 const open = async (name, path) => {
-  const page = await (await browser.newContext({ viewport: { width: 1200, height: 700 } })).newPage()
-  page.on('pageerror', (e) => errors.push(`${name}: ${e.message}`))
+  const page = await newPage(browser, name, errors)
   page.on('console', (m) => { if (m.type() === 'error') errors.push(`${name} console: ${m.text()}`) })
   await page.goto(`${base}${path}?name=${name}`)
   await page.waitForSelector('#connection[data-state=connected]', { timeout: TIMEOUT })

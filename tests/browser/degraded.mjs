@@ -7,21 +7,17 @@
 //
 // usage: node degraded.mjs <server base URL> <artifacts dir>
 // Prints one JSON line with what it saw; exits 0 only when everything held.
-import { chromium } from 'playwright-core'
+import { TIMEOUT, launch, newContext } from './browser.mjs'
 import { mkdirSync } from 'node:fs'
 
 const [base, artifacts] = process.argv.slice(2)
 mkdirSync(artifacts, { recursive: true })
-const TIMEOUT = 20000
 // Back from degraded mode takes one reconnect attempt, whose backoff may have grown to ~15 s.
 const RECOVERY_TIMEOUT = 45000
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking']
-})
+const browser = await launch()
 const errors = []
 const open = async (name, path, { blockSockets = false } = {}) => {
-  const context = await browser.newContext({ viewport: { width: 1200, height: 700 } })
+  const context = await newContext(browser)
   if (blockSockets) {
     // Every WebSocket of the page goes to a closed port until the test lets them through: the
     // page sees real connection failures, never an open socket.

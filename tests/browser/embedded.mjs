@@ -5,21 +5,13 @@
 //
 // usage: node embedded.mjs <server base URL> <token> <read-only token>
 // Prints one JSON line with what it saw; exits 0 only when everything held.
-import { chromium } from 'playwright-core'
+import { TIMEOUT, launch, newPage as pageOf } from './browser.mjs'
 import { createServer } from 'node:http'
 
 const [base, token, readOnlyToken] = process.argv.slice(2)
-const TIMEOUT = 20000
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking']
-})
+const browser = await launch()
 const errors = []
-const newPage = async (name) => {
-  const page = await (await browser.newContext({ viewport: { width: 1200, height: 700 } })).newPage()
-  page.on('pageerror', (e) => errors.push(`${name}: ${e.message}`))
-  return page
-}
+const newPage = (name) => pageOf(browser, name, errors)
 let step = 'embedded'
 let appServer
 try {

@@ -5,22 +5,14 @@
 //
 // usage: node expired.mjs <server base URL> <auth secret> <Bob's token> <a backend's token> <token lifetime, s>
 // Prints one JSON line with what it saw; exits 0 only when everything held.
-import { chromium } from 'playwright-core'
+import { TIMEOUT, launch, newPage as pageOf } from './browser.mjs'
 import { createServer } from 'node:http'
 import { createHmac } from 'node:crypto'
 
 const [base, secret, bobToken, backendToken, lifetime] = process.argv.slice(2)
-const TIMEOUT = 20000
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking']
-})
+const browser = await launch()
 const errors = []
-const newPage = async (name) => {
-  const page = await (await browser.newContext({ viewport: { width: 1200, height: 700 } })).newPage()
-  page.on('pageerror', (e) => errors.push(`${name}: ${e.message}`))
-  return page
-}
+const newPage = (name) => pageOf(browser, name, errors)
 const base64url = (data) => Buffer.from(data).toString('base64url')
 /** An HS256 token for Ada that expires `lifetime` seconds from now: what the app's backend mints. */
 const mint = () => {

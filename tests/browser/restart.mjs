@@ -4,12 +4,11 @@
 // data dir), so the browser reconnects to the address it knows.
 //
 // usage: node restart.mjs <tandem binary> <data dir> <port> <artifacts dir>
-import { chromium } from 'playwright-core'
+import { TIMEOUT, launch } from './browser.mjs'
 import { spawn } from 'node:child_process'
 
 const [binary, dataDir, port, artifacts] = process.argv.slice(2)
 const base = `http://127.0.0.1:${port}`
-const TIMEOUT = 20000
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
 async function startServer () {
@@ -25,10 +24,7 @@ async function startServer () {
 }
 const stopServer = (server) => new Promise((resolve) => { server.on('exit', resolve); server.kill('SIGTERM') })
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking']
-})
+const browser = await launch()
 let server = await startServer()
 try {
   const page = await (await browser.newContext()).newPage()

@@ -52,10 +52,6 @@ const el = (tag, props = {}, ...children) => {
 }
 /** `value` when it is one CSS colour (what users send is put into styles), else `fallback`. */
 const cssColor = (value, fallback) => typeof value === 'string' && value.length < 64 && CSS.supports('color', value) ? value : fallback
-/** Drops the oldest (first) children of `list` past `max`; `onDrop` sees each. */
-const trim = (list, max, onDrop = () => {}) => {
-  while (list.children.length > max) { onDrop(list.firstElementChild); list.firstElementChild.remove() }
-}
 const colorOf = (id) => COLORS[[...String(id)].reduce((h, c) => (h * 31 + c.charCodeAt(0)) >>> 0, 7) % COLORS.length]
 const initials = (name) => String(name || '?').split(/\s+/).map((w) => w[0]).join('').slice(0, 2).toUpperCase()
 const time = (iso) => (iso ? new Date(iso).toLocaleTimeString() : '')
@@ -102,6 +98,15 @@ const sessionOf = (token) => {
   return { token, user: String(claims.sub), name: claims.name || String(claims.sub), workspace: claims.workspace }
 }
 
+/** Asks the embedding app for a token (`tandem:ready`); it answers with `tandem:token`. */
+function askForToken () {
+  try {
+    window.parent.postMessage({ type: 'tandem:ready' }, params.get('parent_origin') || '*')
+  } catch (err) {
+    console.error('tandem: ?parent_origin= is no origin', err)
+  }
+}
+
 /** How long a framed page waits for its app's token before signing in by itself. */
 const EMBED_WAIT_MS = 5000
 
@@ -122,15 +127,8 @@ function embeddedToken (onLater) {
       if (event.data?.type !== 'tandem:token' || typeof event.data.token !== 'string') return
       if (first) { first = false; resolve(event.data.token) } else onLater(event.data.token)
     })
-    const ready = () => {
-      try {
-        window.parent.postMessage({ type: 'tandem:ready' }, parentOrigin || '*')
-      } catch (err) {
-        console.error('tandem: ?parent_origin= is no origin', err)
-      }
-    }
-    ready()
-    const asking = setInterval(() => { if (first) ready(); else clearInterval(asking) }, 1000)
+    askForToken()
+    const asking = setInterval(() => { if (first) askForToken(); else clearInterval(asking) }, 1000)
     setTimeout(() => { if (first) { first = false; clearInterval(asking); resolve(null) } }, EMBED_WAIT_MS)
   })
 }
@@ -191,12 +189,7 @@ function tokenRefreshed (session, fresh) {
  */
 function sessionExpired () {
   showConnection('session', 'expired')
-  if (window.parent === window) return
-  try {
-    window.parent.postMessage({ type: 'tandem:ready' }, params.get('parent_origin') || '*')
-  } catch (err) {
-    console.error('tandem: ?parent_origin= is no origin', err)
-  }
+  if (window.parent !== window) askForToken()
 }
 
 // --- The connection indicator --------------------------------------------------------------
@@ -564,7 +557,8 @@ function dashboard (session, live) {
     const item = el('li', { textContent: `${time(event.timestamp)} · ${event.user_id} ${what} ${object}` })
     item.dataset.id = event.id
     feed.append(item)
-    trim(feed, MAX_LISTED)
+    // Oldest first: the oldest go at the top.
+    while (feed.children.length > MAX_LISTED) feed.firstElementChild.remove()
     feed.scrollTop = feed.scrollHeight
   }
 
@@ -601,10 +595,13 @@ function dashboard (session, live) {
   // replayed and nothing comes twice. Without them it goes live anyway.
   const history = (path) => fetch(path, { headers: live.auth(), signal: AbortSignal.timeout(SNAPSHOT_TIMEOUT_MS) })
     .then((r) => r.ok ? r.json() : Promise.reject(new Error(`${path}: ${r.status}`)))
-  Promise.allSettled([history('/api/v1/activity?limit=30'), history('/api/v1/notifications?limit=30')]).then(([activity, notifications]) => {
+  /** Shows the latest activity and notifications; resolves to both pages (`undefined` if failed). */
+  const loadHistory = () => Promise.allSettled([history('/api/v1/activity?limit=30'), history('/api/v1/notifications?limit=30')]).then(([activity, notifications]) => {
     for (const event of activity.value?.events ?? []) addActivity(event)
     for (const event of notifications.value?.events ?? []) notify(event)
-    const pages = [activity.value, notifications.value]
+    return [activity.value, notifications.value]
+  })
+  loadHistory().then((pages) => {
     if (pages.every((page) => typeof page?.last_id === 'number')) {
       live.resumeAfter(Math.min(...pages.map((page) => page.last_id)), pages.flatMap((page) => page.events.map((event) => event.id)))
     } else {
@@ -636,10 +633,7 @@ function dashboard (session, live) {
       case 'resync_required':
         // Changes were missed for good: what the page shows comes again from the server.
         loadState(true)
-        Promise.allSettled([history('/api/v1/activity?limit=30'), history('/api/v1/notifications?limit=30')]).then(([activity, notifications]) => {
-          for (const event of activity.value?.events ?? []) addActivity(event)
-          for (const event of notifications.value?.events ?? []) notify(event)
-        })
+        loadHistory()
         break
       case 'query_executed': case 'template_created': case 'agent_triggered': case 'file_uploaded':
         addActivity(event)
