@@ -18,8 +18,8 @@ use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criteri
 use tandem::durability::Durability;
 use tandem::peer::Closer;
 use tandem::rooms::{Overflow, PeerLink, QueuedFrame, RoomHandle, Rooms};
-use tandem::trace::Trace;
 use tandem::{Config, DocName};
+use tandem_bench::trace::Trace;
 use tandem_crdt::{Access, PeerId};
 use tandem_storage::{DocStore, SledStore};
 use tandem_sync::message::encode_update;

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use tandem::trace::Trace;
+use tandem_bench::trace::Trace;
 use tandem_crdt::{Access, Outbox, PeerId, Room, RoomLimits};
 use tandem_storage::{DocStore, SledStore};
 use tandem_sync::message::encode_update;
@@ -118,12 +118,12 @@ fn cold_load(c: &mut Criterion) {
             .await
             .expect("compact");
         let mut room = Room::load(RoomLimits::default(), Some(&snapshot), []).expect("load");
-        let extra = tandem::trace::Trace {
+        let extra = tandem_bench::trace::Trace {
             start_content: String::new(),
             end_content: "x".repeat(1000),
             txns: (0..1000)
-                .map(|i| tandem::trace::TraceTxn {
-                    patches: vec![tandem::trace::Patch(i, 0, "x".into())],
+                .map(|i| tandem_bench::trace::TraceTxn {
+                    patches: vec![tandem_bench::trace::Patch(i, 0, "x".into())],
                 })
                 .collect(),
         };

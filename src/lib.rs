@@ -9,7 +9,6 @@
 mod admin;
 mod api;
 pub mod auth;
-pub mod bench;
 pub mod config;
 pub mod connections;
 pub mod dashboard;
@@ -20,7 +19,6 @@ pub mod events;
 pub mod metrics;
 pub mod peer;
 pub mod rooms;
-pub mod trace;
 mod web;
 mod ws;
 

@@ -30,11 +30,6 @@ enum Command {
     Serve(Box<Config>),
     /// Mint a token signed with the server's secret, for development and scripts.
     Token(TokenArgs),
-    /// Measure a y-websocket server (Tandem or another) under load.
-    Bench {
-        #[command(subcommand)]
-        scenario: tandem::bench::Scenario,
-    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -85,9 +80,6 @@ fn main() -> anyhow::Result<()> {
             println!("{}", mint_token(args)?);
             Ok(())
         }
-        Some(Command::Bench { scenario }) => runtime
-            .block_on(tandem::bench::run(scenario))
-            .map_err(|e| anyhow::anyhow!(e)),
     }
 }
 

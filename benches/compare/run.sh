@@ -2,7 +2,7 @@
 # Tandem side by side with the servers people use today, on this machine.
 #
 # Each server (Tandem, the reference y-websocket server, Hocuspocus, and a bare relay that only
-# forwards bytes: the ceiling) runs pinned to core 0 while `tandem bench` drives it from core 1,
+# forwards bytes: the ceiling) runs pinned to core 0 while `tandem-bench` drives it from core 1,
 # through the same scenarios. Results land as JSON in $OUT and as a table on stdout.
 #
 # usage: benches/compare/run.sh              (from the repository root; needs taskset, node, npm)
@@ -18,9 +18,9 @@ BENCH_CPU=${BENCH_CPU:-1}
 mkdir -p "$OUT"
 
 echo "== building" >&2
-cargo build --release --quiet --bin tandem --example relay
+cargo build --release --quiet --bin tandem --bin tandem-bench --example relay
 (cd benches/compare && npm ci --no-audit --no-fund --silent)
-BENCH=(taskset -c "$BENCH_CPU" ./target/release/tandem bench)
+BENCH=(taskset -c "$BENCH_CPU" ./target/release/tandem-bench)
 
 source benches/common.sh
 

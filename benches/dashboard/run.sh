@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The dashboard under load: 1,000 subscribers on /ws in one workspace, events published over
-# HTTP at several rates. Tandem runs pinned to core 0, `tandem bench events` drives it from
+# HTTP at several rates. Tandem runs pinned to core 0, `tandem-bench events` drives it from
 # core 1, a fresh server and data dir per rate. Results land as JSON in $OUT and as a table on
 # stdout.
 #
@@ -19,7 +19,7 @@ PORT=${PORT:-18300}
 mkdir -p "$OUT"
 
 echo "== building" >&2
-cargo build --release --quiet --bin tandem
+cargo build --release --quiet --bin tandem --bin tandem-bench
 
 source benches/common.sh
 
@@ -31,7 +31,7 @@ for rate in $RATES; do
   PID=$!
   wait_port "$PORT"
   echo "== $SUBSCRIBERS subscribers, $rate events/s" >&2
-  taskset -c "$BENCH_CPU" ./target/release/tandem bench events --url "http://127.0.0.1:$PORT" \
+  taskset -c "$BENCH_CPU" ./target/release/tandem-bench events --url "http://127.0.0.1:$PORT" \
     --subscribers "$SUBSCRIBERS" --rate "$rate" --duration "$DURATION" --server-pid "$PID" --json \
     >"$OUT/events-$rate.json" || echo "rate $rate: the run reported losses or errors" >&2
   kill "$PID" 2>/dev/null || true

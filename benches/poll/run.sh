@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Degraded mode under load: clients syncing documents over POST /api/v1/docs/{doc}/sync (no
 # WebSocket), a round every 2 s each (the dashboard's busy interval), every round an edit and a
-# cursor. Tandem runs pinned to core 0, `tandem bench poll` drives it from core 1, a fresh server
+# cursor. Tandem runs pinned to core 0, `tandem-bench poll` drives it from core 1, a fresh server
 # and data dir per client count. Results land as JSON in $OUT and as a table on stdout.
 #
 # usage: benches/poll/run.sh                          (from the repository root; needs taskset)
@@ -20,7 +20,7 @@ PORT=${PORT:-18400}
 mkdir -p "$OUT"
 
 echo "== building" >&2
-cargo build --release --quiet --bin tandem
+cargo build --release --quiet --bin tandem --bin tandem-bench
 
 source benches/common.sh
 
@@ -32,7 +32,7 @@ for clients in $CLIENTS; do
   PID=$!
   wait_port "$PORT"
   echo "== $clients clients over $DOCS documents, a round every $INTERVAL_MS ms each" >&2
-  taskset -c "$BENCH_CPU" ./target/release/tandem bench poll --url "http://127.0.0.1:$PORT" \
+  taskset -c "$BENCH_CPU" ./target/release/tandem-bench poll --url "http://127.0.0.1:$PORT" \
     --pollers "$clients" --docs "$DOCS" --interval-ms "$INTERVAL_MS" --duration "$DURATION" \
     --server-pid "$PID" --json >"$OUT/poll-$clients.json" \
     || echo "$clients clients: the run reported divergence or errors" >&2

@@ -16,7 +16,7 @@ use std::sync::Arc;
 /// ignored.
 pub const SERVER_CLIENT_BASE: u64 = (1 << 53) - (1 << 32);
 
-use tandem_sync::{AwarenessEntry, AwarenessUpdate};
+use tandem_sync::{AwarenessEntry, AwarenessUpdate, Known};
 
 /// How many removed clients are remembered. A tombstone only matters while a stale copy of the
 /// removed state may still be in flight, which is seconds; 1,024 bounds the memory of a room
@@ -91,16 +91,15 @@ impl Awareness {
         changes
     }
 
-    /// Whether `entry` would change what is known of its client (the y-protocols rule): its clock
-    /// is newer, or it removes a live state at the same clock. A new client's removal does not.
+    /// Whether `entry` would change what is known of its client
+    /// ([`AwarenessEntry::supersedes`]): its clock is newer, or it removes a live state at the
+    /// same clock. A new client's removal does not.
     pub fn wins(&self, entry: &AwarenessEntry) -> bool {
-        match self.states.get(&entry.client_id) {
-            None => entry.state.is_some(),
-            Some(known) => {
-                known.clock < entry.clock
-                    || (known.clock == entry.clock && entry.state.is_none() && known.json.is_some())
-            }
-        }
+        let known = self.states.get(&entry.client_id).map(|s| Known {
+            clock: s.clock,
+            live: s.json.is_some(),
+        });
+        entry.supersedes(known)
     }
 
     /// Removes `clients` (those still live) and returns the update announcing it, if any.

@@ -29,6 +29,38 @@ pub struct AwarenessEntry {
     pub state: Option<Arc<str>>,
 }
 
+/// What a receiver knows of one client: the clock it last took, and whether that left a live
+/// state (or a removal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Known {
+    pub clock: u64,
+    pub live: bool,
+}
+
+impl AwarenessEntry {
+    /// Whether this entry changes what is known of its client, by the rule of
+    /// `y-protocols/awareness`: its clock is newer, or it removes a live state at the same
+    /// clock. Of a client never heard of, only a live state is news: there is nothing to
+    /// remove. The server's rooms and the client apply this one rule.
+    pub fn supersedes(&self, known: Option<Known>) -> bool {
+        match known {
+            None => self.state.is_some(),
+            Some(known) => {
+                known.clock < self.clock
+                    || (known.clock == self.clock && self.state.is_none() && known.live)
+            }
+        }
+    }
+
+    /// What a receiver knows of the client once it took this entry.
+    pub fn known(&self) -> Known {
+        Known {
+            clock: self.clock,
+            live: self.state.is_some(),
+        }
+    }
+}
+
 impl AwarenessUpdate {
     /// Decodes an awareness payload.
     ///
@@ -127,6 +159,29 @@ mod tests {
                 state: Some(r#"{"a":1}"#.into()),
             }]
         );
+    }
+
+    #[test]
+    fn newer_clocks_and_same_clock_removals_supersede() {
+        let entry = |clock, state: Option<&str>| AwarenessEntry {
+            client_id: 1,
+            clock,
+            state: state.map(Into::into),
+        };
+        let live = Some(Known {
+            clock: 2,
+            live: true,
+        });
+        assert!(entry(3, Some("{}")).supersedes(live));
+        assert!(!entry(2, Some("{}")).supersedes(live));
+        assert!(entry(2, None).supersedes(live));
+        assert!(!entry(1, None).supersedes(live));
+        let removed = Some(entry(2, None).known());
+        assert!(!entry(2, None).supersedes(removed));
+        assert!(entry(3, None).supersedes(removed));
+        // Of an unknown client, a state is news and a removal is not.
+        assert!(entry(0, Some("{}")).supersedes(None));
+        assert!(!entry(5, None).supersedes(None));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! An async y-websocket client over tokio-tungstenite, used by the integration tests and the bench
-//! tool. It keeps a yrs [`Doc`] in sync with a server exactly as the JS `WebsocketProvider` does:
+//! An async y-websocket client over tokio-tungstenite, used by the integration tests and tools
+//! (feature `client`). It keeps a yrs [`Doc`] in sync with a server exactly as the JS `WebsocketProvider` does:
 //! step 1 on connect, step 2 in answer to the server's step 1, local edits sent as updates,
 //! awareness kept in a map of client id → state.
 //!
@@ -432,20 +432,15 @@ fn apply_remote(doc: &Doc, shared: &Mutex<Shared>, update: &[u8]) {
     }
 }
 
-/// The y-protocols rule: a state replaces the known one when its clock is newer, or when it is a
-/// removal with the same clock.
+/// Takes every entry that supersedes what is known of its client ([`AwarenessEntry::supersedes`],
+/// the rule the server's rooms apply too).
 fn merge_awareness(shared: &mut Shared, update: AwarenessUpdate) {
     for entry in update.entries {
-        let newer = match shared.awareness.get(&entry.client_id) {
-            None => true,
-            Some(known) => {
-                known.clock < entry.clock
-                    || (known.clock == entry.clock
-                        && entry.state.is_none()
-                        && known.state.is_some())
-            }
-        };
-        if newer {
+        let known = shared
+            .awareness
+            .get(&entry.client_id)
+            .map(AwarenessEntry::known);
+        if entry.supersedes(known) {
             shared.awareness.insert(entry.client_id, entry);
         }
     }

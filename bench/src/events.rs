@@ -1,4 +1,4 @@
-//! `tandem bench events`: the dashboard under load. N subscribers on `/ws` follow one channel
+//! `tandem-bench events`: the dashboard under load. N subscribers on `/ws` follow one channel
 //! of one workspace; a publisher posts events to `POST /api/v1/events` at a fixed rate, each
 //! carrying its sequence number; every subscriber measures publish→deliver latency (from just
 //! before the HTTP request to the frame's arrival, so it includes the durable append, the
@@ -15,9 +15,9 @@ use tokio::sync::{watch, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{latencies_ms, server_cpu};
+use crate::measure::{cpu_seconds, latencies_ms, server_cpu};
 
-/// Options of `tandem bench events`.
+/// Options of `tandem-bench events`.
 #[derive(Debug, clap::Args)]
 pub struct EventsArgs {
     /// The server's base URL.
@@ -55,7 +55,7 @@ pub struct EventsArgs {
     pub json: bool,
 }
 
-/// The outcome of `tandem bench events`.
+/// The outcome of `tandem-bench events`.
 #[derive(Debug, Serialize)]
 pub struct EventsReport {
     pub subscribers: usize,
@@ -232,7 +232,7 @@ pub async fn run(args: EventsArgs) -> Result<EventsReport, String> {
     let base = Instant::now();
     let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let cpu_before = args.server_pid.map(super::cpu_seconds).transpose()?;
+    let cpu_before = args.server_pid.map(cpu_seconds).transpose()?;
     let receivers: Vec<_> = sockets
         .into_iter()
         .map(|socket| {
@@ -312,7 +312,7 @@ pub async fn run(args: EventsArgs) -> Result<EventsReport, String> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = stop_tx.send(true);
-    let cpu_after = args.server_pid.map(super::cpu_seconds).transpose()?;
+    let cpu_after = args.server_pid.map(cpu_seconds).transpose()?;
     let mut histogram = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
     let (mut delivered, mut duplicates, mut frames) = (0, 0, 0);
     for receiver in receivers {

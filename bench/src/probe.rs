@@ -4,7 +4,9 @@
 //! itself.
 //!
 //! It speaks the y-websocket framing and Hocuspocus's, which prefixes every message with the
-//! document name and wants an authentication message first.
+//! document name and wants an authentication message first. Messages are encoded with
+//! `tandem-sync`'s codec; the Hocuspocus framing is only as much of that protocol as a load test
+//! needs.
 
 use std::time::Duration;
 
@@ -18,8 +20,18 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use yrs::encoding::read::{Cursor, Read};
 use yrs::encoding::write::Write;
 
-use crate::client::ClientError;
-use crate::message::{self, MSG_SYNC, MSG_SYNC_STEP_1, MSG_SYNC_STEP_2};
+use tandem_sync::message::{self, MSG_SYNC, MSG_SYNC_STEP_1, MSG_SYNC_STEP_2};
+
+/// Why a probe call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("websocket error: {0}")]
+    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    #[error("the connection is closed")]
+    Closed,
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(Duration, &'static str),
+}
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -66,7 +78,7 @@ impl Probe {
     ///
     /// # Errors
     /// The WebSocket handshake failed.
-    pub async fn connect(url: &str, framing: Framing) -> Result<Probe, ClientError> {
+    pub async fn connect(url: &str, framing: Framing) -> Result<Probe, ProbeError> {
         // tungstenite zeroes its whole read buffer before every read: at the default 128 KiB,
         // that memset was most of what a load client spent per connection.
         let config = WebSocketConfig::default().read_buffer_size(PROBE_READ_BUFFER_BYTES);
@@ -91,14 +103,14 @@ impl Probe {
     ///
     /// # Errors
     /// The connection closed or the step 2 did not come within `timeout`.
-    pub async fn handshake(&mut self, timeout: Duration) -> Result<(), ClientError> {
+    pub async fn handshake(&mut self, timeout: Duration) -> Result<(), ProbeError> {
         let step1 = message::encode_step1(&[0]);
         self.send_framed(&step1).await?;
         let wait = async {
             loop {
                 let frame = match self.socket.next().await {
                     Some(Ok(WsMessage::Binary(frame))) => frame,
-                    Some(Ok(WsMessage::Close(_))) | None => return Err(ClientError::Closed),
+                    Some(Ok(WsMessage::Close(_))) | None => return Err(ProbeError::Closed),
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => return Err(e.into()),
                 };
@@ -122,14 +134,14 @@ impl Probe {
         };
         tokio::time::timeout(timeout, wait)
             .await
-            .map_err(|_| ClientError::Timeout(timeout, "sync step 2"))?
+            .map_err(|_| ProbeError::Timeout(timeout, "sync step 2"))?
     }
 
     /// Sends one y-protocols message, framed.
     ///
     /// # Errors
     /// The connection is broken.
-    pub async fn send_framed(&mut self, message: &[u8]) -> Result<(), ClientError> {
+    pub async fn send_framed(&mut self, message: &[u8]) -> Result<(), ProbeError> {
         let frame = frame_with(&self.prefix, message);
         self.socket.send(WsMessage::Binary(frame)).await?;
         Ok(())
@@ -174,7 +186,7 @@ impl ProbeSink {
     ///
     /// # Errors
     /// The connection is broken.
-    pub async fn send_update(&mut self, update: &[u8]) -> Result<(), ClientError> {
+    pub async fn send_update(&mut self, update: &[u8]) -> Result<(), ProbeError> {
         let message = message::encode_update(update);
         self.sink
             .send(WsMessage::Binary(frame_with(&self.prefix, &message)))
@@ -186,7 +198,7 @@ impl ProbeSink {
     ///
     /// # Errors
     /// The connection is broken.
-    pub async fn feed_update(&mut self, update: &[u8]) -> Result<(), ClientError> {
+    pub async fn feed_update(&mut self, update: &[u8]) -> Result<(), ProbeError> {
         let message = message::encode_update(update);
         self.sink
             .feed(WsMessage::Binary(frame_with(&self.prefix, &message)))
@@ -198,7 +210,7 @@ impl ProbeSink {
     ///
     /// # Errors
     /// The connection is broken.
-    pub async fn flush(&mut self) -> Result<(), ClientError> {
+    pub async fn flush(&mut self) -> Result<(), ProbeError> {
         self.sink.flush().await?;
         Ok(())
     }

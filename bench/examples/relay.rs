@@ -3,7 +3,7 @@
 //! does, with no CRDT and no storage. The only protocol it speaks: a sync step 1 is answered
 //! with an empty step 2, so clients finish their handshake.
 //!
-//! usage: cargo run --release --example relay -- 127.0.0.1:18203
+//! usage: cargo run --release -p tandem-bench --example relay -- 127.0.0.1:18203
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,4 +1,4 @@
-//! `tandem bench poll`: the dashboard's degraded mode under load. N clients sync documents over
+//! `tandem-bench poll`: the dashboard's degraded mode under load. N clients sync documents over
 //! `POST /api/v1/docs/{doc}/sync` (no WebSocket at all), one round every `--interval-ms` each,
 //! every round appending a marker to the shared text and sending a cursor. Reports the round
 //! trip (which includes the durable append of the edit), rounds per second and the server's CPU
@@ -19,14 +19,14 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
 
-use super::{latencies_ms, server_cpu};
+use crate::measure::{cpu_seconds, latencies_ms, server_cpu};
 
 const BASE64URL: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::URL_SAFE,
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
-/// Options of `tandem bench poll`.
+/// Options of `tandem-bench poll`.
 #[derive(Debug, clap::Args)]
 pub struct PollArgs {
     /// The server's base URL.
@@ -52,7 +52,7 @@ pub struct PollArgs {
     pub json: bool,
 }
 
-/// The outcome of `tandem bench poll`.
+/// The outcome of `tandem-bench poll`.
 #[derive(Debug, Serialize)]
 pub struct PollReport {
     pub pollers: usize,
@@ -179,7 +179,7 @@ pub async fn run(args: PollArgs) -> Result<PollReport, String> {
     // Every client has edited before any takes its final round; this task waits with them, to
     // read the clock and the server's CPU where the timed part ends.
     let edited = Arc::new(Barrier::new(args.pollers + 1));
-    let cpu_before = args.server_pid.map(super::cpu_seconds).transpose()?;
+    let cpu_before = args.server_pid.map(cpu_seconds).transpose()?;
     eprintln!(
         "poll: {} clients over {} documents, a round every {} ms each, for {} s",
         args.pollers, args.docs, args.interval_ms, args.duration
@@ -244,7 +244,7 @@ pub async fn run(args: PollArgs) -> Result<PollReport, String> {
     }
     edited.wait().await;
     let polling = start.elapsed();
-    let cpu_after = args.server_pid.map(super::cpu_seconds).transpose()?;
+    let cpu_after = args.server_pid.map(cpu_seconds).transpose()?;
     eprintln!("poll: final rounds");
     for _ in 0..2 {
         edited.wait().await;
