@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use tandem_storage::{DocStore, EventStore, StoreError};
+use tandem_storage::{DocStore, EventStore, StateStore, StoreError};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -48,9 +48,18 @@ impl Flush for dyn DocStore {
     }
 }
 
-impl Flush for dyn EventStore {
+/// The dashboard's event log and its per-user records: one group commit makes both durable.
+pub struct DashboardStores {
+    pub events: Arc<dyn EventStore>,
+    pub state: Arc<dyn StateStore>,
+}
+
+impl Flush for DashboardStores {
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        EventStore::flush(self)
+        Box::pin(async move {
+            self.events.flush().await?;
+            self.state.flush().await
+        })
     }
 }
 

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use axum::routing::{delete, get, post};
 use axum::serve::ListenerExt;
 use axum::Router;
-use tandem_storage::{DocStore, EventStore, SledOptions, SledStore, StoreError};
+use tandem_storage::{DocStore, EventStore, SledOptions, SledStore, StateStore, StoreError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -97,31 +97,47 @@ pub async fn serve(
             dir: config.data_dir.clone(),
             source,
         })?;
-    let events = store.events().map_err(|source| ServeError::Storage {
+    let storage_error = |source| ServeError::Storage {
         dir: config.data_dir.clone(),
         source,
-    })?;
-    serve_with_stores(
-        listener,
-        config,
-        Arc::new(store),
-        Arc::new(events),
-        shutdown,
-    )
-    .await
+    };
+    let stores = Stores {
+        events: Arc::new(store.events().map_err(storage_error)?),
+        state: Arc::new(store.state().map_err(storage_error)?),
+        docs: Arc::new(store),
+    };
+    serve_with_stores(listener, config, stores, shutdown).await
 }
 
-/// [`serve`] with any [`DocStore`] and [`EventStore`].
+/// Where the server keeps what it keeps.
+pub struct Stores {
+    /// Documents: update logs and snapshots.
+    pub docs: Arc<dyn DocStore>,
+    /// The dashboard's event log.
+    pub events: Arc<dyn EventStore>,
+    /// The dashboard's per-user records.
+    pub state: Arc<dyn StateStore>,
+}
+
+/// [`serve`] with any stores.
 ///
 /// # Errors
 /// The configuration is invalid or the listener fails.
 pub async fn serve_with_stores(
     listener: TcpListener,
     config: Config,
-    store: Arc<dyn DocStore>,
-    events: Arc<dyn EventStore>,
+    stores: Stores,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let Stores {
+        docs: store,
+        events,
+        state,
+    } = stores;
+    let dashboard_stores = Arc::new(durability::DashboardStores {
+        events: Arc::clone(&events),
+        state: Arc::clone(&state),
+    });
     validate(&config)?;
     let auth = Arc::new(Auth::new(AuthSettings {
         secret: config.auth_secret.as_ref(),
@@ -156,12 +172,13 @@ pub async fn serve_with_stores(
     // The event log has a group commit of its own: publishers wait for it, not for documents.
     let event_durability = Durability::named("event log", metrics::get().event_log_flush.clone());
     let event_flusher = event_durability.spawn_flusher(
-        Arc::clone(&events),
+        Arc::clone(&dashboard_stores),
         config.flush_interval(),
         stop_flusher.clone(),
     );
     let hub = Arc::new(Hub::new(
         Arc::clone(&events),
+        Arc::clone(&state),
         Arc::clone(&event_durability),
         config.hub_settings(),
     ));
@@ -241,7 +258,7 @@ pub async fn serve_with_stores(
     if let Err(err) = durability.flush_now(store.as_ref()).await {
         tracing::error!(error = %err, "final flush failed");
     }
-    if let Err(err) = event_durability.flush_now(events.as_ref()).await {
+    if let Err(err) = event_durability.flush_now(dashboard_stores.as_ref()).await {
         tracing::error!(error = %err, "final flush of the event log failed");
     }
     tracing::info!("shut down");

@@ -25,7 +25,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tandem_storage::{EventStore, Retention, Since, StoreError, StoredEvent};
+use tandem_storage::{EventStore, Retention, Since, StateStore, StoreError, StoredEvent};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch, OnceCell};
 use tokio::time::Instant;
@@ -111,6 +111,8 @@ pub enum PublishError {
 /// The dashboard hub. One per server.
 pub struct Hub {
     store: Arc<dyn EventStore>,
+    /// The users' records (badges, preferences, last seen), durable with the event log.
+    state: Arc<dyn StateStore>,
     durability: Arc<Durability>,
     workspaces: DashMap<String, Arc<OnceCell<Arc<Workspace>>>>,
     settings: HubSettings,
@@ -417,10 +419,12 @@ impl Workspace {
 impl Hub {
     pub fn new(
         store: Arc<dyn EventStore>,
+        state: Arc<dyn StateStore>,
         durability: Arc<Durability>,
         settings: HubSettings,
     ) -> Hub {
         Hub {
+            state,
             workspace_rate: RateLimiter::keyed(per_second(settings.publish_rate_workspace)),
             user_rate: RateLimiter::keyed(per_second(settings.publish_rate_user)),
             store,
@@ -475,7 +479,7 @@ impl Hub {
     async fn load(&self, name: &str) -> Result<Arc<Workspace>, StoreError> {
         let released = self.store.last_id(name)?;
         let mut users = HashMap::new();
-        for (user, bytes) in self.store.state(&users_scope(name)).await? {
+        for (user, bytes) in self.state.scan(&users_scope(name)).await? {
             let record: UserRecord = serde_json::from_slice(&bytes).unwrap_or_else(|err| {
                 tracing::warn!(workspace = name, %user, error = %err, "unreadable user record; starting afresh");
                 UserRecord::default()
@@ -691,10 +695,7 @@ impl Hub {
                 return;
             }
         };
-        if let Err(err) = self
-            .store
-            .put_state(&users_scope(&ws.name), user, Some(&bytes))
-        {
+        if let Err(err) = self.state.put(&users_scope(&ws.name), user, Some(&bytes)) {
             tracing::error!(workspace = %ws.name, %user, error = %err, "cannot save a user record");
         }
     }

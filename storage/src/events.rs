@@ -89,20 +89,6 @@ pub trait EventStore: Send + Sync + 'static {
     /// The backend failed or a record is corrupt.
     fn last_id(&self, workspace: &str) -> Result<u64, StoreError>;
 
-    /// Sets (or with `None` removes) `key` in `scope`, a small key-value space for the
-    /// dashboard's per-user state (chat badges, preferences, last seen). Durable with the next
-    /// [`EventStore::flush`].
-    ///
-    /// # Errors
-    /// The backend refused the write.
-    fn put_state(&self, scope: &str, key: &str, value: Option<&[u8]>) -> Result<(), StoreError>;
-
-    /// Every key of `scope` with its value, in key order.
-    ///
-    /// # Errors
-    /// The backend failed or a record is corrupt.
-    async fn state(&self, scope: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
-
     /// Drops what `retention` no longer keeps, as of `now_ms`; returns how many events went.
     ///
     /// # Errors
@@ -129,22 +115,18 @@ struct SledEvents {
     last_ids: Mutex<HashMap<String, u64>>,
     /// Per workspace: the highest id retention has dropped (kept in tree `events_floor`).
     floors: sled::Tree,
-    /// [`EventStore::put_state`]'s scopes: scope + `0x00` + key → value.
-    state: sled::Tree,
 }
 
 impl SledEventStore {
     pub(crate) fn open(db: sled::Db) -> Result<SledEventStore, StoreError> {
         let events = db.open_tree("events")?;
         let floors = db.open_tree("events_floor")?;
-        let state = db.open_tree("dashboard_state")?;
         Ok(SledEventStore {
             inner: Arc::new(SledEvents {
                 db,
                 events,
                 last_ids: Mutex::new(HashMap::new()),
                 floors,
-                state,
             }),
         })
     }
@@ -317,33 +299,6 @@ impl EventStore for SledEventStore {
         Ok(last)
     }
 
-    fn put_state(&self, scope: &str, key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
-        let mut full = prefix(scope);
-        full.extend_from_slice(key.as_bytes());
-        match value {
-            Some(value) => self.inner.state.insert(full, value)?,
-            None => self.inner.state.remove(full)?,
-        };
-        Ok(())
-    }
-
-    async fn state(&self, scope: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let scope = scope.to_owned();
-        self.blocking(move |inner| {
-            let at = scope.len() + 1;
-            let mut entries = Vec::new();
-            for entry in inner.state.scan_prefix(prefix(&scope)) {
-                let (key, value) = entry?;
-                let key = std::str::from_utf8(&key[at..])
-                    .map_err(|_| corrupt(&scope, "state key"))?
-                    .to_owned();
-                entries.push((key, value.to_vec()));
-            }
-            Ok(entries)
-        })
-        .await
-    }
-
     async fn trim(&self, retention: Retention, now_ms: u64) -> Result<usize, StoreError> {
         self.blocking(move |inner| {
             // Workspaces are the key prefixes; walk them one by one.
@@ -400,11 +355,7 @@ impl EventStore for SledEventStore {
 #[derive(Default, Clone)]
 pub struct MemoryEventStore {
     inner: Arc<Mutex<HashMap<String, MemoryLog>>>,
-    state: Arc<Mutex<MemoryState>>,
 }
-
-/// (scope, key) → value.
-type MemoryState = BTreeMap<(String, String), Vec<u8>>;
 
 #[derive(Default)]
 struct MemoryLog {
@@ -488,25 +439,6 @@ impl EventStore for MemoryEventStore {
         Ok(self.lock().get(workspace).map_or(0, |log| log.last_id))
     }
 
-    fn put_state(&self, scope: &str, key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (scope.to_owned(), key.to_owned());
-        match value {
-            Some(value) => state.insert(key, value.to_vec()),
-            None => state.remove(&key),
-        };
-        Ok(())
-    }
-
-    async fn state(&self, scope: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(state
-            .iter()
-            .filter(|((s, _), _)| s == scope)
-            .map(|((_, key), value)| (key.clone(), value.clone()))
-            .collect())
-    }
-
     async fn trim(&self, retention: Retention, now_ms: u64) -> Result<usize, StoreError> {
         let mut logs = self.lock();
         let mut removed = 0;
@@ -528,139 +460,12 @@ impl EventStore for MemoryEventStore {
 }
 
 #[cfg(test)]
-pub(crate) mod contract {
-    //! The same behaviour, checked against every backend.
-
-    use super::*;
-
-    fn ids(since: Since) -> Vec<u64> {
-        match since {
-            Since::Events(events) => events.into_iter().map(|e| e.id).collect(),
-            Since::Resync { oldest } => panic!("unexpected resync (oldest {oldest})"),
-        }
-    }
-
-    pub async fn append_since_latest_trim(store: &dyn EventStore) {
-        assert_eq!(
-            ids(store.since("acme", 0, 10).await.unwrap()),
-            Vec::<u64>::new()
-        );
-        for n in 1..=5u64 {
-            assert_eq!(
-                store
-                    .append("acme", n * 1000, format!("{{\"n\":{n}}}").as_bytes())
-                    .unwrap(),
-                n
-            );
-        }
-        // Ids are per workspace; workspaces whose names share a prefix stay apart.
-        assert_eq!(store.append("acme2", 1000, b"{}").unwrap(), 1);
-        store.flush().await.unwrap();
-
-        assert_eq!(
-            ids(store.since("acme", 0, 10).await.unwrap()),
-            vec![1, 2, 3, 4, 5]
-        );
-        assert_eq!(ids(store.since("acme", 3, 10).await.unwrap()), vec![4, 5]);
-        assert_eq!(ids(store.since("acme", 1, 2).await.unwrap()), vec![2, 3]);
-        assert_eq!(
-            ids(store.since("acme", 5, 10).await.unwrap()),
-            Vec::<u64>::new()
-        );
-        let latest = store.latest("acme", 2).await.unwrap();
-        assert_eq!(latest.iter().map(|e| e.id).collect::<Vec<_>>(), vec![4, 5]);
-        assert_eq!(latest[1].body, b"{\"n\":5}".to_vec());
-        assert_eq!(latest[1].at_ms, 5000);
-        let before = store.before("acme", 4, 2).await.unwrap();
-        assert_eq!(before.iter().map(|e| e.id).collect::<Vec<_>>(), vec![2, 3]);
-        assert_eq!(store.last_id("acme").unwrap(), 5);
-        assert_eq!(store.last_id("nobody").unwrap(), 0);
-
-        // Count: keep 3 newest. Age: at 10_000 with 6_500 ms, events at <= 3_500 go.
-        let removed = store
-            .trim(
-                Retention {
-                    max_events: 3,
-                    max_age_ms: u64::MAX,
-                },
-                10_000,
-            )
-            .await
-            .unwrap();
-        assert_eq!(removed, 2);
-        assert_eq!(
-            ids(store.since("acme", 2, 10).await.unwrap()),
-            vec![3, 4, 5]
-        );
-        assert_eq!(
-            store.since("acme", 1, 10).await.unwrap(),
-            Since::Resync { oldest: 3 }
-        );
-        assert_eq!(
-            store.since("acme", 0, 10).await.unwrap(),
-            Since::Resync { oldest: 3 }
-        );
-        let removed = store
-            .trim(
-                Retention {
-                    max_events: 100,
-                    max_age_ms: 6_500,
-                },
-                10_000,
-            )
-            .await
-            .unwrap();
-        // acme's event 3 (at 3,000) and acme2's only event (at 1,000).
-        assert_eq!(removed, 2);
-        assert_eq!(ids(store.since("acme", 3, 10).await.unwrap()), vec![4, 5]);
-        assert_eq!(
-            store.since("acme2", 0, 10).await.unwrap(),
-            Since::Resync { oldest: 0 }
-        );
-        assert_eq!(
-            ids(store.since("acme2", 1, 10).await.unwrap()),
-            Vec::<u64>::new()
-        );
-
-        // Ids never go back, even once everything was trimmed.
-        store
-            .trim(
-                Retention {
-                    max_events: 0,
-                    max_age_ms: u64::MAX,
-                },
-                10_000,
-            )
-            .await
-            .unwrap();
-        assert_eq!(store.last_id("acme").unwrap(), 5);
-        assert_eq!(store.append("acme", 11_000, b"{}").unwrap(), 6);
-        assert_eq!(ids(store.since("acme", 5, 10).await.unwrap()), vec![6]);
-    }
-
-    pub async fn state_scopes_are_apart(store: &dyn EventStore) {
-        store.put_state("badges/acme", "u1", Some(b"1")).unwrap();
-        store.put_state("badges/acme", "u2", Some(b"2")).unwrap();
-        store.put_state("badges/acme2", "u1", Some(b"3")).unwrap();
-        store.put_state("badges/acme", "u2", None).unwrap();
-        store.flush().await.unwrap();
-        assert_eq!(
-            store.state("badges/acme").await.unwrap(),
-            vec![("u1".to_string(), b"1".to_vec())]
-        );
-        assert_eq!(store.state("badges/acme2").await.unwrap().len(), 1);
-        assert!(store.state("badges").await.unwrap().is_empty());
-    }
-}
-
-#[cfg(test)]
 mod tests {
     use super::*;
 
     #[tokio::test]
     async fn memory_contract() {
-        contract::append_since_latest_trim(&MemoryEventStore::default()).await;
-        contract::state_scopes_are_apart(&MemoryEventStore::default()).await;
+        crate::contract::event_store(&MemoryEventStore::default()).await;
     }
 
     #[tokio::test]
@@ -670,8 +475,7 @@ mod tests {
             let store = crate::sled_store::tests::reopen(dir.path())
                 .events()
                 .unwrap();
-            contract::append_since_latest_trim(&store).await;
-            contract::state_scopes_are_apart(&store).await;
+            crate::contract::event_store(&store).await;
             store.flush().await.unwrap();
         }
         let store = crate::sled_store::tests::reopen(dir.path())
@@ -680,6 +484,5 @@ mod tests {
         assert_eq!(store.append("acme", 12_000, b"{}").unwrap(), 7);
         assert_eq!(store.append("acme2", 12_000, b"{}").unwrap(), 2);
         assert_eq!(store.latest("acme", 10).await.unwrap().len(), 2);
-        assert_eq!(store.state("badges/acme").await.unwrap().len(), 1);
     }
 }

@@ -1,27 +1,43 @@
-//! `tandem-storage`: document persistence over bytes.
+//! `tandem-storage`: persistence over bytes, behind three seams.
 //!
-//! [`DocStore`] is the seam: an append-only update log per document plus a compacted snapshot;
-//! [`EventStore`] the dashboard's per-workspace event log beside it.
-//! [`SledStore`] is the default backend, [`MemoryStore`] a volatile one for tests and benches; a
-//! PostgreSQL backend will sit behind the same trait. Nothing here knows yrs: updates and
-//! snapshots are opaque bytes.
+//! # Layout
+//! - [`DocStore`] (here): an append-only update log per document plus a compacted snapshot.
+//! - [`EventStore`] ([`events`](crate::EventStore)): the dashboard's per-workspace event log.
+//! - [`StateStore`] ([`state`](crate::StateStore)): the dashboard's small per-user records.
+//! - `sled_store` + `journal`: [`SledStore`], the default backend: appends go to a write-ahead
+//!   journal (one `pwrite` + `fdatasync` per group commit) and move into sled at checkpoints;
+//!   [`SledStore::events`] and [`SledStore::state`] open the other two in the same database.
+//! - `memory`: [`MemoryStore`], a volatile `DocStore` for tests and benches ([`MemoryEventStore`]
+//!   and [`MemoryStateStore`] sit beside their traits).
+//! - [`contract`] (tests, and the `testing` feature): the behaviour every backend owes its
+//!   trait, for the next backend (PostgreSQL) to run too.
+//!
+//! One update's path: the server calls [`DocStore::append`] (buffered, returns its [`Seq`]),
+//! then [`DocStore::flush`] in its group commit; a later [`DocStore::compact`] folds the log into
+//! a snapshot, and [`DocStore::load`] gives both back. Nothing here knows yrs: updates,
+//! snapshots, events and records are opaque bytes, and errors name no backend's types.
 
+#[cfg(any(test, feature = "testing"))]
+pub mod contract;
 mod events;
 mod journal;
 mod memory;
 mod sled_store;
+mod state;
 
 pub use events::{EventStore, MemoryEventStore, Retention, Since, SledEventStore, StoredEvent};
 pub use memory::MemoryStore;
 pub use sled_store::{SledOptions, SledStore};
+pub use state::{MemoryStateStore, SledStateStore, StateStore};
 
 use async_trait::async_trait;
 
-/// Why a storage call failed.
+/// Why a storage call failed. Neutral: a backend's own errors are boxed in
+/// [`StoreError::Backend`].
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("sled backend failed: {0}")]
-    Backend(#[from] sled::Error),
+    #[error("storage backend failed: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("stored record for document {doc:?} is corrupt: {what}")]
     Corrupt { doc: String, what: &'static str },
     #[error("storage task failed: {0}")]
@@ -131,62 +147,4 @@ pub trait DocStore: Send + Sync + 'static {
     /// # Errors
     /// The backend failed or a key is corrupt.
     async fn list(&self) -> Result<Vec<String>, StoreError>;
-}
-
-#[cfg(test)]
-mod contract {
-    //! The same behaviour, checked against every backend.
-
-    use super::*;
-
-    pub async fn append_load_compact(store: &dyn DocStore) {
-        assert!(store.load("a").await.unwrap().is_empty());
-        let s1 = store.append("a", b"one").unwrap();
-        let s2 = store.append("a", b"two").unwrap();
-        store.append("a/b", b"other").unwrap();
-        assert!(s2 > s1);
-        store.flush().await.unwrap();
-
-        let doc = store.load("a").await.unwrap();
-        assert_eq!(doc.log, vec![(s1, b"one".to_vec()), (s2, b"two".to_vec())]);
-        assert_eq!(doc.last_seq(), s2);
-
-        assert!(matches!(
-            store.compact("a", b"ONE".to_vec(), s1).await.unwrap(),
-            Compaction::Done { .. }
-        ));
-        let doc = store.load("a").await.unwrap();
-        assert_eq!(
-            doc.snapshot,
-            Some(Snapshot {
-                upto: s1,
-                bytes: b"ONE".to_vec()
-            })
-        );
-        assert_eq!(doc.log, vec![(s2, b"two".to_vec())]);
-
-        // A snapshot never moves backwards.
-        assert_eq!(
-            store.compact("a", b"older".to_vec(), s1).await.unwrap(),
-            Compaction::Stale
-        );
-        assert!(matches!(
-            store.compact("a", b"BOTH".to_vec(), s2).await.unwrap(),
-            Compaction::Done { .. }
-        ));
-        let doc = store.load("a").await.unwrap();
-        assert!(doc.log.is_empty());
-        assert_eq!(doc.last_seq(), s2);
-
-        // Documents whose names share a prefix stay apart.
-        assert_eq!(store.load("a/b").await.unwrap().log.len(), 1);
-        let mut names = store.list().await.unwrap();
-        names.sort();
-        assert_eq!(names, vec!["a".to_string(), "a/b".to_string()]);
-
-        assert!(store.delete("a").await.unwrap());
-        assert!(!store.delete("a").await.unwrap());
-        assert!(store.load("a").await.unwrap().is_empty());
-        assert_eq!(store.list().await.unwrap(), vec!["a/b".to_string()]);
-    }
 }

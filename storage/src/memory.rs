@@ -83,6 +83,6 @@ impl DocStore for MemoryStore {
 mod tests {
     #[tokio::test]
     async fn contract() {
-        crate::contract::append_load_compact(&super::MemoryStore::new()).await;
+        crate::contract::doc_store(&super::MemoryStore::new()).await;
     }
 }

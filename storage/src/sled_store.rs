@@ -43,6 +43,12 @@ pub const SNAPSHOT_CHUNK_BYTES: usize = 4096;
 
 const HEADER_BYTES: usize = 8 + 8 + 4;
 
+impl From<sled::Error> for StoreError {
+    fn from(err: sled::Error) -> StoreError {
+        StoreError::Backend(Box::new(err))
+    }
+}
+
 /// Document storage in a sled database directory.
 #[derive(Clone)]
 pub struct SledStore {
@@ -193,6 +199,14 @@ impl SledStore {
     /// Its trees cannot be opened.
     pub fn events(&self) -> Result<crate::SledEventStore, StoreError> {
         crate::SledEventStore::open(self.inner.db.clone())
+    }
+
+    /// The dashboard's per-user records, in the same database.
+    ///
+    /// # Errors
+    /// Its tree cannot be opened.
+    pub fn state(&self) -> Result<crate::SledStateStore, StoreError> {
+        crate::SledStateStore::open(self.inner.db.clone())
     }
 
     /// Bytes the database takes on disk.
@@ -600,9 +614,7 @@ pub(crate) mod tests {
         for _ in 0..100 {
             match SledStore::open(dir) {
                 Ok(store) => return store,
-                Err(StoreError::Backend(sled::Error::Io(e)))
-                    if e.to_string().contains("could not acquire lock") =>
-                {
+                Err(StoreError::Backend(e)) if e.to_string().contains("could not acquire lock") => {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
                 Err(e) => panic!("{e}"),
@@ -615,7 +627,7 @@ pub(crate) mod tests {
     async fn contract() {
         let dir = tempfile::tempdir().unwrap();
         let store = reopen(dir.path());
-        crate::contract::append_load_compact(&store).await;
+        crate::contract::doc_store(&store).await;
     }
 
     #[tokio::test]

@@ -1,0 +1,195 @@
+//! The behaviour every backend owes its trait, as async checks that panic on the first
+//! difference: [`doc_store`], [`event_store`], [`state_store`]. The crate runs them against its
+//! sled and memory backends; a new backend (PostgreSQL) runs them too, through the `testing`
+//! feature. Each expects an empty store.
+
+use crate::{Compaction, DocStore, EventStore, Retention, Since, Snapshot, StateStore};
+
+/// What every [`DocStore`] does: appends with growing sequence numbers, loads of the
+/// snapshot and the log after it, compactions that never move backwards, documents whose
+/// names share a prefix kept apart, delete and list.
+pub async fn doc_store(store: &dyn DocStore) {
+    assert!(store.load("a").await.unwrap().is_empty());
+    let s1 = store.append("a", b"one").unwrap();
+    let s2 = store.append("a", b"two").unwrap();
+    store.append("a/b", b"other").unwrap();
+    assert!(s2 > s1);
+    store.flush().await.unwrap();
+
+    let doc = store.load("a").await.unwrap();
+    assert_eq!(doc.log, vec![(s1, b"one".to_vec()), (s2, b"two".to_vec())]);
+    assert_eq!(doc.last_seq(), s2);
+
+    assert!(matches!(
+        store.compact("a", b"ONE".to_vec(), s1).await.unwrap(),
+        Compaction::Done { .. }
+    ));
+    let doc = store.load("a").await.unwrap();
+    assert_eq!(
+        doc.snapshot,
+        Some(Snapshot {
+            upto: s1,
+            bytes: b"ONE".to_vec()
+        })
+    );
+    assert_eq!(doc.log, vec![(s2, b"two".to_vec())]);
+
+    // A snapshot never moves backwards.
+    assert_eq!(
+        store.compact("a", b"older".to_vec(), s1).await.unwrap(),
+        Compaction::Stale
+    );
+    assert!(matches!(
+        store.compact("a", b"BOTH".to_vec(), s2).await.unwrap(),
+        Compaction::Done { .. }
+    ));
+    let doc = store.load("a").await.unwrap();
+    assert!(doc.log.is_empty());
+    assert_eq!(doc.last_seq(), s2);
+
+    // Documents whose names share a prefix stay apart.
+    assert_eq!(store.load("a/b").await.unwrap().log.len(), 1);
+    let mut names = store.list().await.unwrap();
+    names.sort();
+    assert_eq!(names, vec!["a".to_string(), "a/b".to_string()]);
+
+    assert!(store.delete("a").await.unwrap());
+    assert!(!store.delete("a").await.unwrap());
+    assert!(store.load("a").await.unwrap().is_empty());
+    assert_eq!(store.list().await.unwrap(), vec!["a/b".to_string()]);
+}
+
+fn ids(since: Since) -> Vec<u64> {
+    match since {
+        Since::Events(events) => events.into_iter().map(|e| e.id).collect(),
+        Since::Resync { oldest } => panic!("unexpected resync (oldest {oldest})"),
+    }
+}
+
+/// What every [`EventStore`] does: ids per workspace from 1, reads after and before an
+/// id, retention by count and age with a resync below what it dropped, and ids that never
+/// go back.
+pub async fn event_store(store: &dyn EventStore) {
+    assert_eq!(
+        ids(store.since("acme", 0, 10).await.unwrap()),
+        Vec::<u64>::new()
+    );
+    for n in 1..=5u64 {
+        assert_eq!(
+            store
+                .append("acme", n * 1000, format!("{{\"n\":{n}}}").as_bytes())
+                .unwrap(),
+            n
+        );
+    }
+    // Ids are per workspace; workspaces whose names share a prefix stay apart.
+    assert_eq!(store.append("acme2", 1000, b"{}").unwrap(), 1);
+    store.flush().await.unwrap();
+
+    assert_eq!(
+        ids(store.since("acme", 0, 10).await.unwrap()),
+        vec![1, 2, 3, 4, 5]
+    );
+    assert_eq!(ids(store.since("acme", 3, 10).await.unwrap()), vec![4, 5]);
+    assert_eq!(ids(store.since("acme", 1, 2).await.unwrap()), vec![2, 3]);
+    assert_eq!(
+        ids(store.since("acme", 5, 10).await.unwrap()),
+        Vec::<u64>::new()
+    );
+    let latest = store.latest("acme", 2).await.unwrap();
+    assert_eq!(latest.iter().map(|e| e.id).collect::<Vec<_>>(), vec![4, 5]);
+    assert_eq!(latest[1].body, b"{\"n\":5}".to_vec());
+    assert_eq!(latest[1].at_ms, 5000);
+    let before = store.before("acme", 4, 2).await.unwrap();
+    assert_eq!(before.iter().map(|e| e.id).collect::<Vec<_>>(), vec![2, 3]);
+    assert_eq!(store.last_id("acme").unwrap(), 5);
+    assert_eq!(store.last_id("nobody").unwrap(), 0);
+
+    // Count: keep 3 newest. Age: at 10_000 with 6_500 ms, events at <= 3_500 go.
+    let removed = store
+        .trim(
+            Retention {
+                max_events: 3,
+                max_age_ms: u64::MAX,
+            },
+            10_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(removed, 2);
+    assert_eq!(
+        ids(store.since("acme", 2, 10).await.unwrap()),
+        vec![3, 4, 5]
+    );
+    assert_eq!(
+        store.since("acme", 1, 10).await.unwrap(),
+        Since::Resync { oldest: 3 }
+    );
+    assert_eq!(
+        store.since("acme", 0, 10).await.unwrap(),
+        Since::Resync { oldest: 3 }
+    );
+    let removed = store
+        .trim(
+            Retention {
+                max_events: 100,
+                max_age_ms: 6_500,
+            },
+            10_000,
+        )
+        .await
+        .unwrap();
+    // acme's event 3 (at 3,000) and acme2's only event (at 1,000).
+    assert_eq!(removed, 2);
+    assert_eq!(ids(store.since("acme", 3, 10).await.unwrap()), vec![4, 5]);
+    assert_eq!(
+        store.since("acme2", 0, 10).await.unwrap(),
+        Since::Resync { oldest: 0 }
+    );
+    assert_eq!(
+        ids(store.since("acme2", 1, 10).await.unwrap()),
+        Vec::<u64>::new()
+    );
+
+    // Ids never go back, even once everything was trimmed.
+    store
+        .trim(
+            Retention {
+                max_events: 0,
+                max_age_ms: u64::MAX,
+            },
+            10_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.last_id("acme").unwrap(), 5);
+    assert_eq!(store.append("acme", 11_000, b"{}").unwrap(), 6);
+    assert_eq!(ids(store.since("acme", 5, 10).await.unwrap()), vec![6]);
+}
+
+/// What every [`StateStore`] does: scopes stay apart (also those whose names share a prefix),
+/// a removal removes, a scan lists in key order.
+pub async fn state_store(store: &dyn StateStore) {
+    store.put("badges/acme", "u1", Some(b"1")).unwrap();
+    store.put("badges/acme", "u2", Some(b"2")).unwrap();
+    store.put("badges/acme2", "u1", Some(b"3")).unwrap();
+    store.put("badges/acme", "u2", None).unwrap();
+    store.flush().await.unwrap();
+    assert_eq!(
+        store.scan("badges/acme").await.unwrap(),
+        vec![("u1".to_string(), b"1".to_vec())]
+    );
+    assert_eq!(store.scan("badges/acme2").await.unwrap().len(), 1);
+    assert!(store.scan("badges").await.unwrap().is_empty());
+    store.put("badges/acme", "u0", Some(b"0")).unwrap();
+    let keys: Vec<String> = store
+        .scan("badges/acme")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys, ["u0", "u1"]);
+    store.put("badges/acme", "u0", None).unwrap();
+    store.flush().await.unwrap();
+}

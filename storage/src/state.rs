@@ -1,0 +1,167 @@
+//! The dashboard's per-user state: [`StateStore`], a small key-value space in scopes (chat
+//! badges, preferences, last seen, one record per user of a workspace), beside the event log.
+//!
+//! [`SledStateStore`] keeps it in the document database (tree `dashboard_state`: scope + `0x00` +
+//! key → value), [`MemoryStateStore`] in memory. Values are opaque bytes here.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+
+use crate::StoreError;
+
+/// Small records by scope and key. Object-safe, so the server holds an `Arc<dyn StateStore>`.
+#[async_trait]
+pub trait StateStore: Send + Sync + 'static {
+    /// Sets (or with `None` removes) `key` in `scope`. Cheap and non-blocking: later reads see
+    /// it at once, and it is durable once a later [`StateStore::flush`] returns.
+    ///
+    /// # Errors
+    /// The backend refused the write.
+    fn put(&self, scope: &str, key: &str, value: Option<&[u8]>) -> Result<(), StoreError>;
+
+    /// Every key of `scope` with its value, in key order.
+    ///
+    /// # Errors
+    /// The backend failed or a record is corrupt.
+    async fn scan(&self, scope: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Makes every write so far durable.
+    ///
+    /// # Errors
+    /// The backend could not write or sync.
+    async fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// State in the document database.
+#[derive(Clone)]
+pub struct SledStateStore {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+impl SledStateStore {
+    pub(crate) fn open(db: sled::Db) -> Result<SledStateStore, StoreError> {
+        let tree = db.open_tree("dashboard_state")?;
+        Ok(SledStateStore { db, tree })
+    }
+}
+
+fn scoped(scope: &str, key: &str) -> Vec<u8> {
+    let mut full = Vec::with_capacity(scope.len() + 1 + key.len());
+    full.extend_from_slice(scope.as_bytes());
+    full.push(0);
+    full.extend_from_slice(key.as_bytes());
+    full
+}
+
+#[async_trait]
+impl StateStore for SledStateStore {
+    fn put(&self, scope: &str, key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
+        let full = scoped(scope, key);
+        match value {
+            Some(value) => self.tree.insert(full, value)?,
+            None => self.tree.remove(full)?,
+        };
+        Ok(())
+    }
+
+    async fn scan(&self, scope: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let (tree, scope) = (self.tree.clone(), scope.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let at = scope.len() + 1;
+            let mut entries = Vec::new();
+            for entry in tree.scan_prefix(scoped(&scope, "")) {
+                let (key, value) = entry?;
+                let key = std::str::from_utf8(&key[at..])
+                    .map_err(|_| StoreError::Corrupt {
+                        doc: scope.clone(),
+                        what: "state key",
+                    })?
+                    .to_owned();
+                entries.push((key, value.to_vec()));
+            }
+            Ok(entries)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush().map(drop).map_err(StoreError::from))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
+
+/// (scope, key) → value.
+type Entries = BTreeMap<(String, String), Vec<u8>>;
+
+/// State in memory, for tests and benches.
+#[derive(Default, Clone)]
+pub struct MemoryStateStore {
+    entries: Arc<Mutex<Entries>>,
+}
+
+impl MemoryStateStore {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
+        // Plain data: a panic elsewhere cannot leave it half-written.
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl StateStore for MemoryStateStore {
+    fn put(&self, scope: &str, key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
+        let key = (scope.to_owned(), key.to_owned());
+        let mut entries = self.lock();
+        match value {
+            Some(value) => entries.insert(key, value.to_vec()),
+            None => entries.remove(&key),
+        };
+        Ok(())
+    }
+
+    async fn scan(&self, scope: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Ok(self
+            .lock()
+            .iter()
+            .filter(|((s, _), _)| s == scope)
+            .map(|((_, key), value)| (key.clone(), value.clone()))
+            .collect())
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_contract() {
+        crate::contract::state_store(&MemoryStateStore::default()).await;
+    }
+
+    #[tokio::test]
+    async fn sled_contract_and_state_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = crate::sled_store::tests::reopen(dir.path())
+                .state()
+                .unwrap();
+            crate::contract::state_store(&store).await;
+        }
+        let store = crate::sled_store::tests::reopen(dir.path())
+            .state()
+            .unwrap();
+        assert_eq!(
+            store.scan("badges/acme").await.unwrap(),
+            vec![("u1".to_string(), b"1".to_vec())]
+        );
+    }
+}
