@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tandem::durability::Durability;
-use tandem::peer::Closer;
-use tandem::rooms::{Overflow, PeerLink, QueuedFrame, RoomHandle, Rooms};
+use tandem::docs::delivery::{Outgoing, Overflow, PeerLink};
+use tandem::docs::{RoomHandle, Rooms};
+use tandem::net::Closer;
 use tandem::{Config, DocName};
 use tandem_bench::trace::Trace;
 use tandem_crdt::{Access, PeerId};
@@ -49,7 +50,7 @@ struct Fixture {
 /// One room with its writer and subscribers joined, their queues ready to drain.
 struct Room {
     handle: Arc<RoomHandle>,
-    queues: Vec<mpsc::Receiver<QueuedFrame>>,
+    queues: Vec<mpsc::Receiver<Arc<Outgoing>>>,
 }
 
 impl Fixture {
@@ -100,7 +101,7 @@ impl Fixture {
             let mut overflow = Overflow::default();
             let joined = self
                 .rt
-                .block_on(self.rooms.join(&name, PeerId(peer), link, &mut overflow))
+                .block_on(self.rooms.join(&name, link, &mut overflow))
                 .expect("join");
             assert!(overflow.is_empty());
             handle = Some(joined);

@@ -328,6 +328,90 @@ impl Config {
     pub(crate) fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
     }
+
+    /// Checks the limits and settings that have no sane meaning at some values.
+    ///
+    /// # Errors
+    /// What is wrong, naming the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        let config = self;
+        let positive = [
+            ("max-frame-bytes", config.max_frame_bytes as u64),
+            ("max-doc-bytes", config.max_doc_bytes as u64),
+            ("outbound-queue", config.outbound_queue as u64),
+            (
+                "compaction-concurrency",
+                config.compaction_concurrency as u64,
+            ),
+            ("max-event-bytes", config.max_event_bytes as u64),
+            (
+                "max-dashboard-frame-bytes",
+                config.max_dashboard_frame_bytes as u64,
+            ),
+            ("lock-ttl-ms", config.lock_ttl_ms),
+            (
+                "max-chat-badges-per-user",
+                config.max_chat_badges_per_user as u64,
+            ),
+            (
+                "max-locks-per-connection",
+                config.max_locks_per_connection as u64,
+            ),
+            (
+                "dashboard-actions-per-sec",
+                u64::from(config.dashboard_actions_per_sec),
+            ),
+            ("presence-idle-ms", config.presence_idle_ms),
+            ("presence-poll-ttl-ms", config.presence_poll_ttl_ms),
+            ("doc-poll-ttl-ms", config.doc_poll_ttl_ms),
+            ("max-pollers-per-user", config.max_pollers_per_user as u64),
+            (
+                "publish-rate-workspace",
+                u64::from(config.publish_rate_workspace),
+            ),
+            ("publish-rate-user", u64::from(config.publish_rate_user)),
+            ("event-retention-secs", config.event_retention_secs),
+            ("event-trim-interval-ms", config.event_trim_interval_ms),
+            (
+                "journal-checkpoint-bytes",
+                config.journal_checkpoint_bytes as u64,
+            ),
+            (
+                "max-awareness-per-connection",
+                config.max_awareness_per_connection as u64,
+            ),
+            ("ws-read-buffer-bytes", config.ws_read_buffer_bytes as u64),
+            ("compact-after-updates", config.compact_after_updates as u64),
+            ("compact-after-bytes", config.compact_after_bytes as u64),
+            ("ping-interval-ms", config.ping_interval_ms),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(format!("--{name} must be at least 1"));
+            }
+        }
+        // A client only answers pings it receives: with a timeout shorter than the interval, a
+        // quiet but healthy connection would be closed between two pings.
+        if config.ping_timeout_ms <= config.ping_interval_ms {
+            return Err("--ping-timeout-ms must be longer than --ping-interval-ms".into());
+        }
+        // jsonwebtoken subtracts the leeway from the current time; a day is already generous.
+        if config.auth_leeway_secs > 86_400 {
+            return Err("--auth-leeway-secs must be at most 86400".into());
+        }
+        if config.frame_ancestors.trim().is_empty()
+            || axum::http::HeaderValue::from_str(&config.frame_ancestors).is_err()
+        {
+            return Err(
+                "--frame-ancestors must be CSP sources such as 'self' or https://app.example.com"
+                    .into(),
+            );
+        }
+        if config.realtime_plans.iter().all(|p| p.trim().is_empty()) {
+            return Err("--realtime-plans must name at least one plan".into());
+        }
+        Ok(())
+    }
 }
 
 impl Default for Config {
@@ -379,6 +463,53 @@ impl Default for Config {
             realtime_plans: vec!["scale".to_string()],
             frame_ancestors: "'self'".to_string(),
             insecure_no_auth: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configuration_mistakes_are_refused_with_the_flag_named() {
+        assert!(Config::default().validate().is_ok());
+        let cases = [
+            (
+                Config {
+                    outbound_queue: 0,
+                    ..Config::default()
+                },
+                "--outbound-queue",
+            ),
+            (
+                Config {
+                    ping_interval_ms: 5_000,
+                    ping_timeout_ms: 5_000,
+                    ..Config::default()
+                },
+                "--ping-timeout-ms",
+            ),
+            (
+                Config {
+                    auth_leeway_secs: 86_401,
+                    ..Config::default()
+                },
+                "--auth-leeway-secs",
+            ),
+            (
+                Config {
+                    realtime_plans: vec![String::new()],
+                    ..Config::default()
+                },
+                "--realtime-plans",
+            ),
+        ];
+        for (config, flag) in cases {
+            match config.validate() {
+                Err(message) => assert!(message.contains(flag), "{message}"),
+                Ok(()) => panic!("{flag}: expected a configuration error"),
+            }
         }
     }
 }

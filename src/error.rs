@@ -1,9 +1,14 @@
-//! [`ApiError`]: every HTTP error as `{"error": code, "message": text}` with its status.
+//! [`ApiError`]: every HTTP error as `{"error": code, "message": text}` with its status, and
+//! the answers to the refusals of the layers below (authentication, identity, storage).
 //! Internal details go to the log, not to the client.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+
+use crate::auth::{AuthError, IdentityError};
+use crate::docname::DocName;
+use crate::metrics::Failure;
 
 /// An HTTP error answer.
 #[derive(Debug)]
@@ -49,6 +54,57 @@ impl ApiError {
             "storage_unavailable",
             "storage is unavailable; try again later",
         )
+    }
+}
+
+impl ApiError {
+    /// Logs and counts the refusal of a request on `route` (never the token itself) and
+    /// answers it.
+    pub fn refusal(err: AuthError, route: &'static str, doc: Option<&DocName>) -> ApiError {
+        let reason = err.reason();
+        metrics::counter!("tandem_auth_refusals_total", "reason" => reason, "route" => route)
+            .increment(1);
+        match doc {
+            Some(doc) => tracing::info!(reason, route, %doc, "request refused: {err}"),
+            None => tracing::info!(reason, route, "request refused: {err}"),
+        }
+        err.into()
+    }
+
+    /// [`ApiError::refusal`] for a request that names nobody the server serves.
+    pub fn identity(err: IdentityError, route: &'static str) -> ApiError {
+        match err {
+            IdentityError::Auth(err) => ApiError::refusal(err, route, None),
+            IdentityError::BadWorkspace => ApiError::bad_request("bad_workspace", err.to_string()),
+            IdentityError::BadUser => ApiError::bad_request("bad_user", err.to_string()),
+        }
+    }
+
+    /// What a refused connection counts as in `tandem_connections_failed_total`.
+    pub fn failure(&self) -> Failure {
+        match (self.code, self.status.as_u16()) {
+            ("plan_required", _) => Failure::Plan,
+            (_, 401 | 403) => Failure::Auth,
+            (_, 503) => Failure::Storage,
+            _ => Failure::BadRequest,
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(err: AuthError) -> ApiError {
+        let status = if err.is_unauthenticated() {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::FORBIDDEN
+        };
+        let mut api = ApiError::new(status, err.reason(), err.to_string());
+        if let AuthError::PlanRequired { plan, required } = &err {
+            api = api
+                .with_detail("required", serde_json::json!(required))
+                .with_detail("plan", serde_json::json!(plan));
+        }
+        api
     }
 }
 

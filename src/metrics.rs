@@ -54,16 +54,6 @@ pub enum Failure {
 }
 
 impl Failure {
-    /// What a refused request counts as.
-    pub fn of(err: &crate::error::ApiError) -> Failure {
-        match (err.code, err.status.as_u16()) {
-            ("plan_required", _) => Failure::Plan,
-            (_, 401 | 403) => Failure::Auth,
-            (_, 503) => Failure::Storage,
-            _ => Failure::BadRequest,
-        }
-    }
-
     const ALL: [Failure; 7] = [
         Failure::Auth,
         Failure::Plan,

@@ -10,5 +10,6 @@ pub use yrs::Any;
 
 pub use awareness::SERVER_CLIENT_BASE;
 pub use room::{
-    Access, AwarenessChange, Outbox, PeerId, PollInput, Polled, Room, RoomError, RoomLimits,
+    Access, AwarenessChange, Departure, Outbox, PeerId, PollInput, Polled, Room, RoomError,
+    RoomLimits,
 };

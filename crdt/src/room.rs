@@ -107,6 +107,15 @@ impl Outbox {
     }
 }
 
+/// What a peer's leaving changed, from [`Room::leave`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Departure {
+    /// The awareness frame telling the remaining peers its clients are gone, if it had any.
+    pub removal: Option<Bytes>,
+    /// The awareness clients that went with it.
+    pub clients: Vec<u64>,
+}
+
 /// What a poller sends in one [`Room::poll`].
 #[derive(Debug, Clone, Copy)]
 pub struct PollInput<'a> {
@@ -224,26 +233,22 @@ impl Room {
         frames
     }
 
-    /// Forgets `peer` and returns the awareness removal its remaining peers must receive.
-    pub fn leave(&mut self, peer: PeerId) -> Option<Bytes> {
-        self.depart(peer).0
-    }
-
-    /// [`Room::leave`], also returning the awareness clients that went with the peer.
-    pub fn depart(&mut self, peer: PeerId) -> (Option<Bytes>, Vec<u64>) {
+    /// Forgets `peer`: its awareness clients are removed, and the [`Departure`] says how to
+    /// tell the remaining peers.
+    pub fn leave(&mut self, peer: PeerId) -> Departure {
         self.tags.remove(&peer);
         let Some(clients) = self.peers.remove(&peer) else {
-            return (None, Vec::new());
+            return Departure::default();
         };
         for &client in &clients {
             self.disown(peer, client);
         }
         match self.awareness.remove(clients) {
-            Some(removal) => {
-                let gone = removal.entries.iter().map(|e| e.client_id).collect();
-                (Some(message::encode_awareness(&removal.encode())), gone)
-            }
-            None => (None, Vec::new()),
+            Some(removal) => Departure {
+                clients: removal.entries.iter().map(|e| e.client_id).collect(),
+                removal: Some(message::encode_awareness(&removal.encode())),
+            },
+            None => Departure::default(),
         }
     }
 
@@ -317,11 +322,11 @@ impl Room {
 
     /// Forgets every peer (the room is being discarded) and returns each one's awareness
     /// clients.
-    pub fn depart_all(&mut self) -> Vec<(PeerId, Vec<u64>)> {
+    pub fn leave_all(&mut self) -> Vec<(PeerId, Vec<u64>)> {
         let peers: Vec<PeerId> = self.peers.keys().copied().collect();
         peers
             .into_iter()
-            .map(|peer| (peer, self.depart(peer).1))
+            .map(|peer| (peer, self.leave(peer).clients))
             .filter(|(_, clients)| !clients.is_empty())
             .collect()
     }
@@ -908,7 +913,10 @@ mod tests {
 
         // Its cursor belongs to the poller's peer: it goes when that peer departs.
         assert_eq!(room.awareness_owner(2), Some(PeerId(9)));
-        let (removal, gone) = room.depart(PeerId(9));
+        let Departure {
+            removal,
+            clients: gone,
+        } = room.leave(PeerId(9));
         assert!(removal.is_some());
         assert_eq!(gone, vec![2]);
         assert_eq!(room.awareness_owner(2), None);
@@ -998,7 +1006,7 @@ mod tests {
         assert_eq!(room.awareness_owner(5), Some(PeerId(3)));
 
         // While Ada is away, her client is still hers: Bob cannot claim it before she is back.
-        room.depart(PeerId(3));
+        room.leave(PeerId(3));
         assert_eq!(room.awareness_owner(5), None);
         let forged = announce(50, Some(r#"{"forged":1}"#));
         let outbox = recv(&mut room, PeerId(2), forged, Access::ReadWrite).unwrap();
@@ -1026,7 +1034,7 @@ mod tests {
         room.tag_peer(PeerId(1), Arc::from("ada"));
         room.join(PeerId(1));
         recv(&mut room, PeerId(1), announce(3), Access::ReadWrite).unwrap();
-        room.depart(PeerId(1));
+        room.leave(PeerId(1));
         // Her new connection repeats clock 3, below the removal's 4: it is told of the removal.
         room.tag_peer(PeerId(2), Arc::from("ada"));
         room.join(PeerId(2));
@@ -1052,7 +1060,7 @@ mod tests {
         let outbox = recv(&mut room, PeerId(2), announce(5), Access::ReadWrite).unwrap();
         assert_eq!(outbox.broadcast.len(), 1);
         // Another user's stale copy of her state is told nothing.
-        room.depart(PeerId(2));
+        room.leave(PeerId(2));
         room.tag_peer(PeerId(3), Arc::from("bob"));
         room.join(PeerId(3));
         let outbox = recv(&mut room, PeerId(3), announce(5), Access::ReadWrite).unwrap();
@@ -1151,7 +1159,10 @@ mod tests {
         );
         let renewal = recv(&mut room, PeerId(1), announce(2, "{}"), Access::ReadOnly).unwrap();
         assert!(!renewal.awareness[0].changed);
-        let (frame, gone) = room.depart(PeerId(1));
+        let Departure {
+            removal: frame,
+            clients: gone,
+        } = room.leave(PeerId(1));
         assert!(frame.is_some());
         assert_eq!(gone, vec![5]);
         let own = SERVER_CLIENT_BASE + 9;
@@ -1255,7 +1266,7 @@ mod tests {
         // A late joiner is told.
         let joined = room.join(PeerId(8));
         assert_eq!(joined.len(), 2);
-        let removal = room.leave(PeerId(7)).unwrap();
+        let removal = room.leave(PeerId(7)).removal.unwrap();
         let Message::Awareness(payload) = tandem_sync::decode(removal).unwrap() else {
             panic!("not an awareness message");
         };
@@ -1363,9 +1374,9 @@ mod tests {
         room.join(PeerId(2));
         recv(&mut room, PeerId(2), announce(2), Access::ReadWrite).unwrap();
         // The old connection's close comes late: nothing to remove.
-        assert!(room.leave(PeerId(1)).is_none());
+        assert!(room.leave(PeerId(1)).removal.is_none());
         assert_eq!(room.awareness_count(), 1);
-        assert!(room.leave(PeerId(2)).is_some());
+        assert!(room.leave(PeerId(2)).removal.is_some());
         assert_eq!(room.awareness_count(), 0);
     }
 

@@ -31,14 +31,15 @@ use tokio::sync::{mpsc, watch, OnceCell};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::presence::{self, rfc3339, PresenceSettings, Snapshot, Source, UserPresence};
+use super::catalogue::{self as events, Channel, Event};
+use super::presence::{self, PresenceSettings, Snapshot, Source, UserPresence};
 use super::protocol::{PresenceStatus, PresenceUpdate, ProtocolError};
 use super::{user_id_value, ChannelSet};
+use crate::clock::rfc3339;
 use crate::docname::{DocName, RoomKind};
+use crate::docs::{RoomObserver, Rooms};
 use crate::durability::{Durability, DurabilityError, Ticket};
-use crate::events::{self, Channel, Event};
-use crate::peer::{CloseReason, Closer};
-use crate::rooms::{RoomObserver, Rooms};
+use crate::net::{CloseReason, Closer, ConnId};
 use tandem_crdt::{AwarenessChange, SERVER_CLIENT_BASE};
 
 /// A frame for a dashboard connection's writer.
@@ -134,7 +135,7 @@ pub struct Workspace {
 
 #[derive(Default)]
 struct State {
-    conns: HashMap<u64, Conn>,
+    conns: HashMap<ConnId, Conn>,
     /// Appended, not yet durable, in id order.
     pending: VecDeque<Pending>,
     /// The last event id released to subscribers.
@@ -269,7 +270,7 @@ struct Pending {
 
 /// An advisory lock.
 struct Lease {
-    conn: u64,
+    conn: ConnId,
     user: String,
     name: Option<String>,
     expires: Instant,
@@ -704,7 +705,7 @@ impl Hub {
     pub fn join(
         &self,
         ws: &Workspace,
-        conn: u64,
+        conn: ConnId,
         user: &str,
         name: Option<String>,
         tx: mpsc::Sender<Outgoing>,
@@ -743,7 +744,7 @@ impl Hub {
     }
 
     /// Unregisters a dashboard connection: its locks are released and its presence goes.
-    pub fn leave(self: &Arc<Self>, ws: &Arc<Workspace>, conn: u64) {
+    pub fn leave(self: &Arc<Self>, ws: &Arc<Workspace>, conn: ConnId) {
         let mut st = ws.lock();
         let Some(gone) = st.conns.remove(&conn) else {
             return;
@@ -766,7 +767,7 @@ impl Hub {
     pub async fn subscribe(
         &self,
         ws: &Workspace,
-        conn: u64,
+        conn: ConnId,
         channels: ChannelSet,
         since: Option<u64>,
     ) -> Result<(), StoreError> {
@@ -948,7 +949,7 @@ impl Hub {
     }
 
     /// A connection's subscriptions.
-    pub fn channels(&self, ws: &Workspace, conn: u64) -> ChannelSet {
+    pub fn channels(&self, ws: &Workspace, conn: ConnId) -> ChannelSet {
         ws.lock()
             .conns
             .get(&conn)
@@ -956,7 +957,7 @@ impl Hub {
     }
 
     /// Removes `channels` from a connection's subscriptions.
-    pub fn unsubscribe(&self, ws: &Workspace, conn: u64, channels: ChannelSet) {
+    pub fn unsubscribe(&self, ws: &Workspace, conn: ConnId, channels: ChannelSet) {
         if let Some(c) = ws.lock().conns.get_mut(&conn) {
             c.channels = c.channels.without(channels);
         }
@@ -1293,7 +1294,7 @@ impl Hub {
     }
 
     /// Takes or renews the lock on `resource` for `conn`.
-    pub fn lock(self: &Arc<Self>, ws: &Arc<Workspace>, conn: u64, resource: &str) -> Utf8Bytes {
+    pub fn lock(self: &Arc<Self>, ws: &Arc<Workspace>, conn: ConnId, resource: &str) -> Utf8Bytes {
         let now = Instant::now();
         let mut st = ws.lock();
         let Some(c) = st.conns.get(&conn) else {
@@ -1384,7 +1385,7 @@ impl Hub {
     pub fn unlock(
         self: &Arc<Self>,
         ws: &Arc<Workspace>,
-        conn: u64,
+        conn: ConnId,
         resource: &str,
     ) -> Result<Utf8Bytes, ProtocolError> {
         let mut st = ws.lock();
@@ -1663,7 +1664,7 @@ impl Hub {
         let now = Instant::now();
         for ws in self.all_loaded() {
             let mut st = ws.lock();
-            let expired: Vec<(u64, String)> = st
+            let expired: Vec<(ConnId, String)> = st
                 .locks
                 .iter()
                 .filter(|(_, lease)| lease.expires <= now)
@@ -1720,9 +1721,17 @@ impl Hub {
 }
 
 /// The hub as the rooms' awareness observer.
-pub struct Observer(pub Arc<Hub>);
+pub struct HubObserver(pub Arc<Hub>);
 
-impl RoomObserver for Observer {
+impl RoomObserver for HubObserver {
+    fn prepare<'a>(&'a self, doc: &'a DocName) -> futures_util::future::BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Err(err) = self.0.workspace(doc.workspace()).await {
+                tracing::warn!(%doc, error = %err, "could not load the workspace's dashboard state");
+            }
+        })
+    }
+
     fn awareness(&self, doc: &DocName, user: &str, changes: Vec<AwarenessChange>) {
         let hub = &self.0;
         if let Some(ws) = hub.loaded(doc.workspace()) {
@@ -1787,7 +1796,7 @@ impl State {
         }
     }
 
-    fn push_badges_to(&self, user: &str, conn: u64) {
+    fn push_badges_to(&self, user: &str, conn: ConnId) {
         if let Some(c) = self.conns.get(&conn) {
             let badges = badges_value(self.users.get(user).map(|u| &u.record.badges));
             c.send(Outgoing::Reply(json_frame(badges)));

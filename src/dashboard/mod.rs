@@ -1,16 +1,18 @@
-//! The live dashboard layer: the JSON protocol on `/ws` ([`protocol`]), the per-workspace hub
-//! that takes events from their durable append to every interested connection ([`hub`]), user
-//! presence ([`presence`]) and the `/ws` connection itself ([`session`]).
+//! The live dashboard layer: the event catalogue ([`catalogue`]), the JSON protocol on `/ws`
+//! ([`protocol`]), the per-workspace hub that takes events from their durable append to every
+//! interested connection ([`hub`]), user presence ([`presence`]) and the `/ws` connection
+//! itself ([`session`]).
 
+pub mod catalogue;
 pub mod hub;
 pub mod presence;
 pub mod protocol;
 pub mod session;
 
-pub use hub::{Hub, HubSettings};
+pub use hub::{Hub, HubObserver, HubSettings};
 pub use protocol::{parse, Action, PresenceStatus, PresenceUpdate, ProtocolError};
 
-use crate::events::Channel;
+use catalogue::Channel;
 
 /// A set of channels, one bit each.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

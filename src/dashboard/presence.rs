@@ -12,6 +12,8 @@ use time::OffsetDateTime;
 use tokio::time::Instant;
 
 use super::protocol::{PresenceStatus, PresenceUpdate};
+use crate::clock::rfc3339;
+use crate::net::ConnId;
 
 /// The presence rules.
 #[derive(Debug, Clone, Copy)]
@@ -28,7 +30,7 @@ pub struct PresenceSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Source {
     /// A dashboard connection on `/ws`.
-    Dashboard(u64),
+    Dashboard(ConnId),
     /// An awareness client id in the presence room (whichever connection announced it last).
     Awareness { client: u64 },
     /// The user's HTTP poller (`POST /api/v1/presence`).
@@ -121,14 +123,6 @@ pub fn from_awareness(json: &str) -> PresenceUpdate {
 
 /// The longest presence field taken from an awareness state.
 const MAX_FIELD_BYTES: usize = 1024;
-
-/// A time as MISSION.md writes it: `2024-01-10T15:30:00Z`.
-pub fn rfc3339(at: OffsetDateTime) -> Option<String> {
-    at.replace_nanosecond(0)
-        .ok()?
-        .format(&time::format_description::well_known::Rfc3339)
-        .ok()
-}
 
 /// What was last published for a user.
 #[derive(Debug, Clone, PartialEq)]
@@ -358,7 +352,12 @@ mod tests {
         let t0 = Instant::now();
         let mut user = UserPresence::default();
         assert_eq!(user.due(t0, &SETTINGS), None, "never seen: nothing to say");
-        user.update(Source::Dashboard(1), &page("/queries/456"), true, t0);
+        user.update(
+            Source::Dashboard(ConnId(1)),
+            &page("/queries/456"),
+            true,
+            t0,
+        );
         let first = user.due(t0, &SETTINGS).unwrap();
         assert_eq!(first.status, PresenceStatus::Online);
         assert_eq!(first.current_page.as_deref(), Some("/queries/456"));
@@ -369,13 +368,13 @@ mod tests {
             user.due(later, &SETTINGS).unwrap().status,
             PresenceStatus::Idle
         );
-        user.touch(&Source::Dashboard(1), later);
+        user.touch(&Source::Dashboard(ConnId(1)), later);
         assert_eq!(
             user.due(later, &SETTINGS).unwrap().status,
             PresenceStatus::Online
         );
 
-        user.remove(&Source::Dashboard(1));
+        user.remove(&Source::Dashboard(ConnId(1)));
         let gone = user.due(later, &SETTINGS).unwrap();
         assert_eq!(gone.status, PresenceStatus::Offline);
         assert!(gone.last_seen.is_some());
@@ -389,13 +388,13 @@ mod tests {
     fn page_changes_are_debounced_and_status_changes_are_not() {
         let t0 = Instant::now();
         let mut user = UserPresence::default();
-        user.update(Source::Dashboard(1), &page("/a"), true, t0);
+        user.update(Source::Dashboard(ConnId(1)), &page("/a"), true, t0);
         assert!(user.due(t0, &SETTINGS).is_some());
         let t1 = t0 + Duration::from_secs(2);
-        user.update(Source::Dashboard(1), &page("/b"), true, t1);
+        user.update(Source::Dashboard(ConnId(1)), &page("/b"), true, t1);
         assert_eq!(user.due(t1, &SETTINGS), None, "within the window");
         let t2 = t0 + Duration::from_secs(3);
-        user.update(Source::Dashboard(1), &page("/c"), true, t2);
+        user.update(Source::Dashboard(ConnId(1)), &page("/c"), true, t2);
         let end = t0 + SETTINGS.debounce;
         assert_eq!(
             user.due(end, &SETTINGS).unwrap().current_page.as_deref(),
@@ -406,7 +405,7 @@ mod tests {
             status: Some(PresenceStatus::Idle),
             ..PresenceUpdate::default()
         };
-        user.update(Source::Dashboard(1), &idle, true, end);
+        user.update(Source::Dashboard(ConnId(1)), &idle, true, end);
         assert_eq!(
             user.due(end, &SETTINGS).unwrap().status,
             PresenceStatus::Idle
@@ -417,14 +416,14 @@ mod tests {
     fn a_new_name_or_colour_shows_at_once() {
         let t0 = Instant::now();
         let mut user = UserPresence::default();
-        user.update(Source::Dashboard(1), &page("/a"), true, t0);
+        user.update(Source::Dashboard(ConnId(1)), &page("/a"), true, t0);
         assert!(user.due(t0, &SETTINGS).is_some());
         let t1 = t0 + Duration::from_secs(1);
         let recolour = PresenceUpdate {
             color: Some("#0a0".into()),
             ..PresenceUpdate::default()
         };
-        user.update(Source::Dashboard(1), &recolour, true, t1);
+        user.update(Source::Dashboard(ConnId(1)), &recolour, true, t1);
         let shown = user
             .due(t1, &SETTINGS)
             .expect("within the page debounce, still news");
@@ -434,7 +433,7 @@ mod tests {
             name: Some("Ada L.".into()),
             ..PresenceUpdate::default()
         };
-        user.update(Source::Dashboard(1), &rename, true, t1);
+        user.update(Source::Dashboard(ConnId(1)), &rename, true, t1);
         assert_eq!(
             user.due(t1, &SETTINGS).unwrap().name.as_deref(),
             Some("Ada L.")
@@ -457,14 +456,19 @@ mod tests {
     fn the_first_page_after_coming_online_is_not_held_back() {
         let t0 = Instant::now();
         let mut user = UserPresence::default();
-        user.update(Source::Dashboard(1), &PresenceUpdate::default(), true, t0);
+        user.update(
+            Source::Dashboard(ConnId(1)),
+            &PresenceUpdate::default(),
+            true,
+            t0,
+        );
         assert!(user.due(t0, &SETTINGS).unwrap().current_page.is_none());
-        user.update(Source::Dashboard(1), &page("/a"), true, t0);
+        user.update(Source::Dashboard(ConnId(1)), &page("/a"), true, t0);
         assert_eq!(
             user.due(t0, &SETTINGS).unwrap().current_page.as_deref(),
             Some("/a")
         );
-        user.update(Source::Dashboard(1), &page("/b"), true, t0);
+        user.update(Source::Dashboard(ConnId(1)), &page("/b"), true, t0);
         assert_eq!(user.due(t0, &SETTINGS), None, "a change: debounced");
     }
 
@@ -476,14 +480,14 @@ mod tests {
             status: Some(PresenceStatus::Idle),
             ..PresenceUpdate::default()
         };
-        user.update(Source::Dashboard(1), &idle, true, t0);
+        user.update(Source::Dashboard(ConnId(1)), &idle, true, t0);
         assert_eq!(user.current(t0, &SETTINGS).status, PresenceStatus::Idle);
         user.update(Source::Poller, &page("/x"), true, t0);
         user.expire_at(&Source::Poller, t0 + SETTINGS.poll_ttl);
         assert_eq!(user.current(t0, &SETTINGS).status, PresenceStatus::Online);
         user.expire(t0 + SETTINGS.poll_ttl);
         assert_eq!(user.current(t0, &SETTINGS).status, PresenceStatus::Idle);
-        user.remove(&Source::Dashboard(1));
+        user.remove(&Source::Dashboard(ConnId(1)));
         assert_eq!(user.current(t0, &SETTINGS).status, PresenceStatus::Offline);
         assert!(!user.is_connected());
     }

@@ -10,7 +10,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::events::Channel;
+use super::catalogue::Channel;
 
 /// A parsed client frame.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,9 +1,9 @@
 //! `GET /ws`: a dashboard connection speaking the JSON protocol of [`super::protocol`].
 //!
 //! Like a document connection it has a reader (this module's [`run`]) and a writer task that
-//! drains a bounded queue; the hub queues events into it. A bad frame is answered with an
-//! `error` frame and the connection stays open, until a client sends more than
-//! `--max-bad-frames` of them within a minute.
+//! drains a bounded queue (`net::socket::write_loop`); the hub queues events into it. A bad
+//! frame is answered with an `error` frame and the connection stays open, until a client sends
+//! more than `--max-bad-frames` of them within a minute.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -14,8 +14,8 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::stream::SplitStream;
+use futures_util::StreamExt;
 use governor::{Quota, RateLimiter};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -25,13 +25,14 @@ use super::hub::{Hub, Outgoing, Workspace};
 use super::presence::Source;
 use super::protocol::{self, Action, PresenceUpdate, ProtocolError};
 use super::ChannelSet;
-use crate::api::{identity, Identity, IdentityParams};
-use crate::connections::{ConnInfo, NewConn, Registration, Remote};
+use crate::auth::identity::Plan;
+use crate::auth::{Identity, IdentityParams};
 use crate::error::ApiError;
-use crate::metrics::{Failure, Kind};
-use crate::peer::{CloseReason, Closer, Liveness, Side, Tick};
-use crate::ws::{drain_until_closed, finish, read_error_reason, websocket_required, CLOSE_TIMEOUT};
-use crate::AppState;
+use crate::metrics::{self, Failure, Kind};
+use crate::net::liveness::Liveness;
+use crate::net::registry::{ConnInfo, NewConn, Registration};
+use crate::net::socket::{self, Outbound, Reader};
+use crate::net::{websocket_required, CloseReason, Closer, ConnId, Remote, Server};
 
 /// Frames the writer sends per socket flush, and events per `batch` frame.
 const WRITE_BATCH: usize = 256;
@@ -42,20 +43,21 @@ const BAD_FRAME_WINDOW: Duration = Duration::from_secs(60);
 /// The upgrade handler: the token is checked (and the workspace loaded) before the upgrade, so
 /// a refusal is a JSON answer with its status.
 pub async fn upgrade(
-    State(app): State<AppState>,
+    State(server): State<Server>,
+    State(hub): State<Arc<Hub>>,
     Remote(remote): Remote,
     params: Result<Query<IdentityParams>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     const ROUTE: &str = "ws_dashboard";
     let refused = |err: ApiError| {
-        crate::metrics::get().failed(Failure::of(&err));
+        metrics::get().failed(err.failure());
         err.into_response()
     };
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
         Err(err) => {
-            crate::metrics::get().failed(Failure::BadRequest);
+            metrics::get().failed(Failure::BadRequest);
             return websocket_required(&err, "the dashboard protocol over WebSocket");
         }
     };
@@ -65,28 +67,31 @@ pub async fn upgrade(
             "the query string is malformed",
         ));
     };
-    let who = match identity(&app, params.token.as_deref(), &params, ROUTE, true) {
+    let who = match server
+        .auth
+        .identify(params.token.as_deref(), &params, Plan::Realtime)
+    {
         Ok(who) => who,
-        Err(err) => return refused(err),
+        Err(err) => return refused(ApiError::identity(err, ROUTE)),
     };
-    let ws = match app.hub.workspace(&who.workspace).await {
+    let ws = match hub.workspace(&who.workspace).await {
         Ok(ws) => ws,
         Err(err) => return refused(ApiError::storage(&err)),
     };
     upgrade
-        .max_message_size(app.config.max_frame_bytes)
-        .max_frame_size(app.config.max_frame_bytes)
+        .max_message_size(server.config.max_frame_bytes)
+        .max_frame_size(server.config.max_frame_bytes)
         .on_upgrade(move |socket| {
-            let conn = crate::ws::next_conn_id();
+            let conn = ConnId::next();
             let span = tracing::info_span!(
                 "dashboard",
-                conn,
+                %conn,
                 workspace = %who.workspace,
                 user = %who.user
             );
-            let tasks = app.tasks.clone();
+            let tasks = server.tasks.clone();
             let closer = Closer::new();
-            let registration = app.connections.register(NewConn {
+            let registration = server.connections.register(NewConn {
                 id: conn,
                 kind: Kind::Dashboard,
                 user: who.user.clone(),
@@ -95,30 +100,53 @@ pub async fn upgrade(
                 remote,
                 closer: Some(closer.clone()),
             });
-            let connection = Box::new((who, registration, closer));
-            tasks.track_future(run(app, socket, ws, connection, conn).instrument(span))
+            let connection = Box::new(Connection {
+                conn,
+                who,
+                registration,
+                closer,
+            });
+            tasks.track_future(run(server, hub, socket, ws, connection).instrument(span))
         })
+}
+
+/// A dashboard connection, before its reader starts.
+struct Connection {
+    conn: ConnId,
+    who: Identity,
+    registration: Registration,
+    closer: Closer,
 }
 
 /// Serves one dashboard connection until it closes.
 async fn run(
-    app: AppState,
+    server: Server,
+    hub: Arc<Hub>,
     socket: WebSocket,
     ws: Arc<Workspace>,
-    connection: Box<(Identity, Registration, Closer)>,
-    conn: u64,
+    connection: Box<Connection>,
 ) {
-    let (who, registration, closer) = *connection;
+    let Connection {
+        conn,
+        who,
+        registration,
+        closer,
+    } = *connection;
     let (sink, mut stream) = socket.split();
-    let (tx, queue) = mpsc::channel(app.config.outbound_queue);
-    let writer = tokio::spawn(write_loop(
+    let (tx, queue) = mpsc::channel(server.config.outbound_queue);
+    let writer = tokio::spawn(socket::write_loop(
         sink,
         queue,
         closer.clone(),
-        app.config.dashboard_batch(),
+        DashboardOutbound {
+            window: server.config.dashboard_batch(),
+            batch: Vec::new(),
+            last_event: None,
+            sent_event: false,
+        },
+        conn,
         Arc::clone(&registration.info),
     ));
-    let hub = Arc::clone(&app.hub);
     hub.join(
         &ws,
         conn,
@@ -127,7 +155,7 @@ async fn run(
         tx.clone(),
         closer.clone(),
     );
-    if app.shutdown.is_cancelled() {
+    if server.shutdown.is_cancelled() {
         closer.close(CloseReason::ShuttingDown);
     }
     {
@@ -144,7 +172,7 @@ async fn run(
         hub.presence(&ws, &who.user, Source::Dashboard(conn), &online, true);
         tracing::debug!("dashboard connected");
         let session = Session {
-            app: &app,
+            server: &server,
             hub: &hub,
             ws: &ws,
             who: &who,
@@ -155,16 +183,7 @@ async fn run(
         };
         session.serve(&mut stream).await;
     }
-    let abort = writer.abort_handle();
-    let drain = async {
-        if closer.is_closed() {
-            drain_until_closed(&mut stream).await;
-        }
-    };
-    let (_, finished) = tokio::join!(drain, tokio::time::timeout(CLOSE_TIMEOUT * 2, writer));
-    if finished.is_err() {
-        abort.abort();
-    }
+    socket::wind_down(&mut stream, &closer, writer).await;
     tracing::debug!("dashboard disconnected");
 }
 
@@ -172,7 +191,7 @@ async fn run(
 struct Registered<'a> {
     hub: &'a Arc<Hub>,
     ws: &'a Arc<Workspace>,
-    conn: u64,
+    conn: ConnId,
 }
 
 impl Drop for Registered<'_> {
@@ -183,11 +202,11 @@ impl Drop for Registered<'_> {
 
 /// A connection's reader and what it needs.
 struct Session<'a> {
-    app: &'a AppState,
+    server: &'a Server,
     hub: &'a Arc<Hub>,
     ws: &'a Arc<Workspace>,
     who: &'a Identity,
-    conn: u64,
+    conn: ConnId,
     tx: mpsc::Sender<Outgoing>,
     closer: &'a Closer,
     info: &'a ConnInfo,
@@ -214,16 +233,13 @@ impl BadFrames {
 
 impl Session<'_> {
     async fn serve(&self, stream: &mut SplitStream<WebSocket>) {
-        let config = &self.app.config;
-        let closed = self.closer.closed(Side::Reader);
-        tokio::pin!(closed);
-        let mut liveness = Liveness::new(
+        let config = &self.server.config;
+        let liveness = Liveness::new(
             config.ping_interval(),
             config.ping_timeout(),
             self.who.expires_in,
         );
-        let timer = tokio::time::sleep_until(liveness.deadline());
-        tokio::pin!(timer);
+        let mut reader = Reader::new(self.closer, liveness);
         let mut bad = BadFrames {
             limit: config.max_bad_frames,
             count: 0,
@@ -232,48 +248,21 @@ impl Session<'_> {
         let per_sec = NonZeroU32::new(config.dashboard_actions_per_sec).unwrap_or(NonZeroU32::MIN);
         let burst = per_sec.saturating_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN));
         let actions = RateLimiter::direct(Quota::per_second(per_sec).allow_burst(burst));
-        loop {
-            let incoming = tokio::select! {
-                biased;
-                _ = &mut closed => break,
-                _ = &mut timer => {
-                    match liveness.tick(Instant::now()) {
-                        Tick::Nothing => {}
-                        Tick::Ping => {
-                            let _ = self.tx.try_send(Outgoing::Ping);
-                        }
-                        Tick::Expired => {
-                            tracing::info!("token expired; closing with 4401");
-                            self.closer.close(CloseReason::TokenExpired);
-                            break;
-                        }
-                        Tick::Unresponsive => {
-                            tracing::info!("dashboard client stopped answering pings; closing");
-                            self.closer.close(CloseReason::Unresponsive);
-                            break;
-                        }
-                    }
-                    timer.as_mut().reset(liveness.deadline());
-                    continue;
-                }
-                incoming = stream.next() => incoming,
-            };
-            liveness.heard();
-            if let Some(Ok(WsMessage::Text(text))) = &incoming {
-                self.info.received(text.len());
-            } else if let Some(Ok(WsMessage::Binary(bytes))) = &incoming {
-                self.info.received(bytes.len());
-            }
-            let refusal = match incoming {
-                Some(Ok(WsMessage::Text(text))) => {
+        let ping = || {
+            let _ = self.tx.try_send(Outgoing::Ping);
+        };
+        while let Some(message) = reader.next(stream, ping).await {
+            let refusal = match message {
+                WsMessage::Text(text) => {
+                    self.info.received(text.len());
                     if text.len() > config.max_dashboard_frame_bytes {
-                        Some(ProtocolError {
-                            code: "too_large",
-                            message: format!(
+                        Some(ProtocolError::new(
+                            "too_large",
+                            format!(
                                 "a frame may carry at most {} bytes",
                                 config.max_dashboard_frame_bytes
                             ),
-                        })
+                        ))
                     } else {
                         match protocol::parse(&text) {
                             Ok(_) if actions.check().is_err() => Some(ProtocolError::new(
@@ -291,18 +280,14 @@ impl Session<'_> {
                         }
                     }
                 }
-                Some(Ok(WsMessage::Binary(_))) => Some(ProtocolError {
-                    code: "binary_frame",
-                    message: "the dashboard protocol speaks JSON in text frames".into(),
-                }),
-                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => None,
-                Some(Ok(WsMessage::Close(_))) | None => break,
-                Some(Err(err)) => {
-                    if let Some(reason) = read_error_reason(err) {
-                        tracing::info!(code = reason.code(), reason = %reason.text(), "closing dashboard connection");
-                        self.closer.close(reason);
+                other => {
+                    if let WsMessage::Binary(bytes) = &other {
+                        self.info.received(bytes.len());
                     }
-                    break;
+                    Some(ProtocolError::new(
+                        "binary_frame",
+                        "the dashboard protocol speaks JSON in text frames",
+                    ))
                 }
             };
             if let Some(err) = refusal {
@@ -342,10 +327,10 @@ impl Session<'_> {
                 if let Err(err) = hub.subscribe(ws, self.conn, set, since).await {
                     tracing::error!(error = %err, "replay failed");
                     self.reply(
-                        ProtocolError {
-                            code: "storage_unavailable",
-                            message: "the event log could not be read; subscribe again".into(),
-                        }
+                        ProtocolError::new(
+                            "storage_unavailable",
+                            "the event log could not be read; subscribe again",
+                        )
                         .frame()
                         .into(),
                     );
@@ -388,122 +373,89 @@ impl Session<'_> {
     }
 }
 
-/// Sends queued frames until closed. Events that become ready within `window` of the last
-/// event sent go out together as one `{"type":"batch","events":[...]}` frame; replies keep
-/// their place between events.
-async fn write_loop(
-    sink: SplitSink<WebSocket, WsMessage>,
-    mut queue: mpsc::Receiver<Outgoing>,
-    closer: Closer,
+/// How a dashboard connection's queue goes out. Events that become ready within `window` of
+/// the last event sent go out together as one `{"type":"batch","events":[...]}` frame (one
+/// alone as itself); replies and pings keep their place between events.
+struct DashboardOutbound {
     window: Duration,
-    info: Arc<ConnInfo>,
-) {
-    let mut sink = sink;
-    let mut broken = false;
-    let mut last_event: Option<Instant> = None;
-    let closed = closer.closed(Side::Writer);
-    tokio::pin!(closed);
-    loop {
-        let first = tokio::select! {
-            biased;
-            _ = &mut closed => break,
-            frame = queue.recv() => match frame {
-                Some(frame) => frame,
-                None => break,
-            },
-        };
-        // Coalescing: an event close behind the previous one waits for the window's end, and
-        // whatever arrived meanwhile goes with it.
-        if let (Outgoing::Event(_), Some(at)) = (&first, last_event) {
-            let end = at + window;
-            if end > Instant::now() {
-                tokio::select! {
-                    biased;
-                    _ = &mut closed => break,
-                    _ = tokio::time::sleep_until(end) => {}
+    /// Events gathered for the batch being written.
+    batch: Vec<Utf8Bytes>,
+    /// When the last batch holding an event went out.
+    last_event: Option<Instant>,
+    /// Whether the batch being written holds an event.
+    sent_event: bool,
+}
+
+impl DashboardOutbound {
+    /// The gathered events: one alone as itself, several as a `batch` frame.
+    fn flush_events(&mut self, out: &mut Vec<WsMessage>) {
+        let frame = match self.batch.len() {
+            0 => return,
+            1 => self.batch.pop().unwrap_or_default(),
+            _ => {
+                let mut text = String::from(r#"{"type":"batch","events":["#);
+                for (i, event) in self.batch.drain(..).enumerate() {
+                    if i > 0 {
+                        text.push(',');
+                    }
+                    text.push_str(event.as_str());
                 }
+                text.push_str("]}");
+                text.into()
             }
+        };
+        out.push(WsMessage::Text(frame));
+    }
+}
+
+impl Outbound for DashboardOutbound {
+    type Item = Outgoing;
+
+    const BATCH: usize = WRITE_BATCH;
+
+    fn ping() -> Outgoing {
+        Outgoing::Ping
+    }
+
+    /// Coalescing: an event close behind the previous one waits for the window's end, and
+    /// whatever arrived meanwhile goes with it.
+    fn hold_until(&self, first: &Outgoing) -> Option<Instant> {
+        match (first, self.last_event) {
+            (Outgoing::Event(_), Some(at)) => Some(at + self.window),
+            _ => None,
         }
-        let write = async {
-            let mut sent_event = false;
-            let mut batch: Vec<Utf8Bytes> = Vec::new();
-            let mut next = Some(first);
-            let mut count = 0;
-            while let Some(frame) = next.take() {
-                match frame {
-                    Outgoing::Event(event) => {
-                        sent_event = true;
-                        batch.push(event.frame.clone());
-                        // The last subscriber to send an event says how long delivery took.
-                        if let Some(published) = event.handed_over() {
-                            crate::metrics::get()
-                                .event_delivery
-                                .record(crate::metrics::secs(published.elapsed()));
-                        }
-                    }
-                    Outgoing::Reply(reply) => {
-                        feed_batch(&mut sink, &mut batch, &info).await?;
-                        info.sent(reply.len());
-                        sink.feed(WsMessage::Text(reply)).await?;
-                    }
-                    Outgoing::Ping => {
-                        feed_batch(&mut sink, &mut batch, &info).await?;
-                        sink.feed(WsMessage::Ping(bytes::Bytes::new())).await?;
-                    }
-                }
-                count += 1;
-                if count < WRITE_BATCH {
-                    next = queue.try_recv().ok();
+    }
+
+    fn encode(&mut self, item: Outgoing, out: &mut Vec<WsMessage>) {
+        match item {
+            Outgoing::Event(event) => {
+                self.sent_event = true;
+                self.batch.push(event.frame.clone());
+                // The last subscriber to send an event says how long delivery took.
+                if let Some(published) = event.handed_over() {
+                    metrics::get()
+                        .event_delivery
+                        .record(metrics::secs(published.elapsed()));
                 }
             }
-            feed_batch(&mut sink, &mut batch, &info).await?;
-            sink.flush().await.map(|()| sent_event)
-        };
-        tokio::pin!(write);
-        let result = tokio::select! {
-            biased;
-            _ = &mut closed => {
-                if tokio::time::timeout(CLOSE_TIMEOUT, &mut write).await.is_err() {
-                    return;
-                }
-                break;
+            Outgoing::Reply(reply) => {
+                self.flush_events(out);
+                out.push(WsMessage::Text(reply));
             }
-            result = &mut write => result,
-        };
-        match result {
-            Ok(true) => last_event = Some(Instant::now()),
-            Ok(false) => {}
-            Err(err) => {
-                tracing::debug!(error = %err, "dashboard write failed");
-                broken = true;
-                break;
+            Outgoing::Ping => {
+                self.flush_events(out);
+                out.push(WsMessage::Ping(bytes::Bytes::new()));
             }
         }
     }
-    finish(sink, &closer, broken).await;
-}
 
-/// Feeds the gathered events: one alone as itself, several as a `batch` frame.
-async fn feed_batch(
-    sink: &mut SplitSink<WebSocket, WsMessage>,
-    batch: &mut Vec<Utf8Bytes>,
-    info: &ConnInfo,
-) -> Result<(), axum::Error> {
-    let frame = match batch.len() {
-        0 => return Ok(()),
-        1 => batch.pop().unwrap_or_default(),
-        _ => {
-            let mut text = String::from(r#"{"type":"batch","events":["#);
-            for (i, event) in batch.drain(..).enumerate() {
-                if i > 0 {
-                    text.push(',');
-                }
-                text.push_str(event.as_str());
-            }
-            text.push_str("]}");
-            text.into()
+    fn end_batch(&mut self, out: &mut Vec<WsMessage>) {
+        self.flush_events(out);
+    }
+
+    fn written(&mut self) {
+        if std::mem::take(&mut self.sent_event) {
+            self.last_event = Some(Instant::now());
         }
-    };
-    info.sent(frame.len());
-    sink.feed(WsMessage::Text(frame)).await
+    }
 }

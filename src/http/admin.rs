@@ -4,22 +4,23 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde_json::{json, Value};
 
-use crate::api::{bearer, read_body};
-use crate::auth::{AuthError, Role};
+use super::extract::{too_many, Admin, Authenticated, Limited, SmallBody};
+use super::AppState;
+use crate::auth::{AuthError, Principal};
 use crate::docname::DocName;
+use crate::docs::RoomOpError;
 use crate::error::ApiError;
-use crate::rooms::RoomOpError;
-use crate::AppState;
+use crate::net::ConnId;
 
 /// `GET /metrics`: every metric in the Prometheus text format.
 pub async fn metrics(State(app): State<AppState>) -> Response {
@@ -110,42 +111,19 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
     }
 }
 
-/// The workspace an admin request may see (`None`: every one, in open mode).
-fn admin(
-    app: &AppState,
-    headers: &HeaderMap,
-    route: &'static str,
-) -> Result<Option<String>, ApiError> {
-    let principal = app
-        .auth
-        .authenticate(bearer(headers)?)
-        .map_err(|e| e.refuse(route, None))?;
-    if !app.auth.is_open() && principal.role != Role::Admin {
-        return Err(AuthError::RoleRequired(Role::Admin).refuse(route, None));
-    }
-    Ok(principal.workspace)
-}
-
 /// `GET /api/v1/admin/connections`: the open connections of the admin's workspace.
-pub async fn connections(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    let scope = admin(&app, &headers, "admin_connections")?;
-    Ok(Json(
-        json!({ "connections": app.connections.list(scope.as_deref()) }),
-    ))
+pub async fn connections(State(app): State<AppState>, Admin(scope): Admin) -> Json<Value> {
+    Json(json!({ "connections": app.connections.list(scope.as_deref()) }))
 }
 
 /// `DELETE /api/v1/admin/connections/{id}`: closes a connection with 4000.
 pub async fn kick(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    Admin(scope): Admin,
     id: Result<Path<u64>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let scope = admin(&app, &headers, "admin_kick")?;
     let Path(id) = id.map_err(|e| ApiError::bad_request("bad_connection_id", e.body_text()))?;
-    if !app.connections.kick(id, scope.as_deref()) {
+    if !app.connections.kick(ConnId(id), scope.as_deref()) {
         return Err(ApiError::not_found(format!(
             "no connection {id} that can be closed"
         )));
@@ -155,21 +133,16 @@ pub async fn kick(
 }
 
 /// `GET /api/v1/admin/rooms`: the documents in memory in the admin's workspace.
-pub async fn rooms(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    let scope = admin(&app, &headers, "admin_rooms")?;
-    Ok(Json(json!({ "rooms": app.rooms.list(scope.as_deref()) })))
+pub async fn rooms(State(app): State<AppState>, Admin(scope): Admin) -> Json<Value> {
+    Json(json!({ "rooms": app.rooms.list(scope.as_deref()) }))
 }
 
 /// `POST /api/v1/admin/rooms/{doc}/compact`: compacts a document now.
 pub async fn compact(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    Admin(scope): Admin,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let scope = admin(&app, &headers, "admin_compact")?;
     let Path(raw) = path.map_err(|e| ApiError::bad_request("bad_document_name", e.body_text()))?;
     let Some(doc) = raw.strip_suffix("/compact") else {
         return Err(ApiError::not_found(
@@ -179,7 +152,11 @@ pub async fn compact(
     let name = DocName::parse(doc)
         .map_err(|e| ApiError::bad_request("bad_document_name", e.to_string()))?;
     if scope.as_deref().is_some_and(|w| name.workspace() != w) {
-        return Err(AuthError::WrongWorkspace.refuse("admin_compact", Some(&name)));
+        return Err(ApiError::refusal(
+            AuthError::WrongWorkspace,
+            "admin_compact",
+            Some(&name),
+        ));
     }
     let absorbed = app.rooms.compact_doc(&name).await.map_err(|e| match e {
         RoomOpError::Store(e) => ApiError::storage(&e),
@@ -210,6 +187,33 @@ impl ClientErrorLimit {
     }
 }
 
+/// A caller who may report a client error now: any valid token, within
+/// `--client-errors-per-minute` (429 with `Retry-After` past it).
+pub struct Reporter(Principal);
+
+impl FromRequestParts<AppState> for Reporter {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Response> {
+        let Authenticated(principal) = Authenticated::from_request_parts(parts, app)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let key = (
+            principal.workspace.clone().unwrap_or_default(),
+            principal.user.clone(),
+        );
+        if let Err(not_until) = app.client_errors.0.check_key(&key) {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let secs = wait.as_secs_f64().ceil().max(1.0);
+            return Err(too_many(
+                format!("too many error reports; retry in {secs} s"),
+                wait,
+            ));
+        }
+        Ok(Reporter(principal))
+    }
+}
+
 /// The longest text kept from a client error's field, in characters.
 const MAX_FIELD_CHARS: usize = 2_000;
 
@@ -217,34 +221,10 @@ const MAX_FIELD_CHARS: usize = 2_000;
 /// `{"message": "...", "page": "/queries/456", "stack": "...", "kind": "..."}`. Counted in
 /// `tandem_client_errors_total` and logged with the user and page; 202.
 pub async fn client_error(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
+    Reporter(principal): Reporter,
+    body: Limited<SmallBody>,
 ) -> Result<Response, ApiError> {
-    const ROUTE: &str = "http_client_errors";
-    let principal = app
-        .auth
-        .authenticate(bearer(&headers)?)
-        .map_err(|e| e.refuse(ROUTE, None))?;
-    let key = (
-        principal.workspace.clone().unwrap_or_default(),
-        principal.user.clone(),
-    );
-    if let Err(not_until) = app.client_error_limit.0.check_key(&key) {
-        let wait = not_until.wait_time_from(DefaultClock::default().now());
-        let secs = wait.as_secs().max(1);
-        let mut response = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!("too many error reports; retry in {secs} s"),
-        )
-        .into_response();
-        if let Ok(value) = header::HeaderValue::from_str(&secs.to_string()) {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
-        }
-        return Ok(response);
-    }
-    let bytes = read_body(body, app.config.max_dashboard_frame_bytes).await?;
+    let bytes = body.bytes;
     let report: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request("bad_json", format!("the body is not JSON: {e}")))?;
     let text = |key: &str| -> Option<String> {

@@ -1,107 +1,32 @@
-//! Authentication and authorization.
+//! Authentication and authorization: who a token speaks for ([`Auth::authenticate`] →
+//! [`Principal`]), whether its plan has real-time features ([`Auth::check_plan`]), what it may do
+//! to a document ([`Auth::doc_access`]), and who a dashboard request speaks for
+//! ([`identity`]). Refusals are [`AuthError`]s; their HTTP answers are `crate::error`'s.
 //!
-//! Tokens are JWTs, verified with `jsonwebtoken`: HS256 with a shared secret, and/or EdDSA or
-//! RS256 with a public key. A token names its user (`sub`), workspace, plan, role, optionally the
-//! documents it may open (`docs`: glob → `read`/`write`), and its expiry. A document belongs to
-//! the workspace named by the first segment of its name, and no token reaches across workspaces.
+//! Tokens ([`token`]) are JWTs, verified with `jsonwebtoken`: HS256 with a shared secret, and/or
+//! EdDSA or RS256 with a public key. A token names its user (`sub`), workspace, plan, role,
+//! optionally the documents it may open (`docs`: [`glob`] → `read`/`write`), and its expiry. A
+//! document belongs to the workspace named by the first segment of its name, and no token
+//! reaches across workspaces.
 //!
 //! With neither a secret nor a key configured the server runs open: every request is allowed as
 //! an anonymous admin. That is for local development only; `serve` refuses it on a non-loopback
 //! bind unless `--insecure-no-auth` is given.
 
-use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
+pub mod glob;
+pub mod identity;
+pub mod token;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::http::StatusCode;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Deserializer, Serialize};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use tandem_crdt::Access;
 
 use crate::docname::{DocName, RoomKind};
-use crate::error::ApiError;
-
-/// A secret that never shows in logs or `Debug` output.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(…)")
-    }
-}
-
-impl FromStr for Secret {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.is_empty() {
-            return Err("the secret must not be empty".into());
-        }
-        Ok(Secret(s.to_owned()))
-    }
-}
-
-/// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// A person using the product.
-    #[default]
-    Member,
-    /// An administrator of the workspace: every document, and the admin endpoints.
-    Admin,
-    /// A backend: writes documents and publishes events of its own workspace.
-    Service,
-}
-
-/// Access a `docs` pattern grants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DocPermission {
-    Read,
-    Write,
-}
-
-/// The claims of a Tandem token.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Claims {
-    /// The user id; a number or a string in the token.
-    #[serde(deserialize_with = "string_or_number")]
-    pub sub: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    pub workspace: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plan: Option<String>,
-    #[serde(default)]
-    pub role: Role,
-    /// Document-name globs (`*` matches anything, `/` included) → access. Absent: every
-    /// document of the workspace, read-write.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub docs: Option<BTreeMap<String, DocPermission>>,
-    /// Expiry, seconds since the epoch. Required.
-    pub exp: u64,
-}
-
-fn string_or_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Id {
-        Text(String),
-        Number(u64),
-    }
-    Ok(match Id::deserialize(deserializer)? {
-        Id::Text(s) => s,
-        Id::Number(n) => n.to_string(),
-    })
-}
+use glob::{glob_match, literal_len};
+pub use identity::{Identity, IdentityError, IdentityParams};
+pub use token::{mint, now_secs, Claims, DocPermission, Role, Secret};
+use token::{random_secret, DEV_TOKEN_SECS};
 
 /// Who is asking, once their token checked out.
 #[derive(Debug, Clone)]
@@ -187,40 +112,13 @@ impl AuthError {
         }
     }
 
-    fn status(&self) -> StatusCode {
-        match self {
-            AuthError::MissingToken | AuthError::InvalidToken(_) | AuthError::Expired => {
-                StatusCode::UNAUTHORIZED
-            }
-            _ => StatusCode::FORBIDDEN,
-        }
-    }
-}
-
-impl AuthError {
-    /// Logs and counts this refusal of a request on `route` (never the token itself) and turns it
-    /// into the HTTP answer.
-    pub fn refuse(self, route: &'static str, doc: Option<&DocName>) -> ApiError {
-        let reason = self.reason();
-        metrics::counter!("tandem_auth_refusals_total", "reason" => reason, "route" => route)
-            .increment(1);
-        match doc {
-            Some(doc) => tracing::info!(reason, route, %doc, "request refused: {self}"),
-            None => tracing::info!(reason, route, "request refused: {self}"),
-        }
-        self.into()
-    }
-}
-
-impl From<AuthError> for ApiError {
-    fn from(err: AuthError) -> ApiError {
-        let mut api = ApiError::new(err.status(), err.reason(), err.to_string());
-        if let AuthError::PlanRequired { plan, required } = &err {
-            api = api
-                .with_detail("required", serde_json::json!(required))
-                .with_detail("plan", serde_json::json!(plan));
-        }
-        api
+    /// Whether the refusal is about the token itself (none, malformed, expired: HTTP 401)
+    /// rather than what it may do (403).
+    pub fn is_unauthenticated(&self) -> bool {
+        matches!(
+            self,
+            AuthError::MissingToken | AuthError::InvalidToken(_) | AuthError::Expired
+        )
     }
 }
 
@@ -247,27 +145,6 @@ pub struct Auth {
     /// browser window is (so two windows are two users); they grant nothing, since open mode
     /// allows everything.
     dev_secret: Option<Secret>,
-}
-
-/// How long a development token lasts, in seconds.
-const DEV_TOKEN_SECS: u64 = 7 * 24 * 3600;
-
-/// A secret nobody can guess from outside the process, without a dependency: the standard
-/// library's randomly keyed hasher, four times.
-fn random_secret() -> Secret {
-    use std::hash::{BuildHasher, Hasher};
-    let mut text = String::new();
-    for i in 0..4u64 {
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u64(i);
-        hasher.write_u128(
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-        );
-        text.push_str(&format!("{:016x}", hasher.finish()));
-    }
-    Secret(text)
 }
 
 /// What [`Auth`] is built from.
@@ -339,7 +216,7 @@ impl Auth {
         let claims = Claims {
             sub: user.clone(),
             name: Some(name.trim().to_owned()).filter(|n| !n.is_empty()),
-            workspace: "default".into(),
+            workspace: identity::OPEN_WORKSPACE.into(),
             plan: None,
             role: Role::Member,
             docs: None,
@@ -512,57 +389,12 @@ impl Auth {
     }
 }
 
-fn literal_len(pattern: &str) -> usize {
-    pattern.chars().filter(|&c| c != '*').count()
-}
-
-/// Glob matching where `*` matches any run of characters, `/` included; everything else is
-/// literal.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t) = (pattern.as_bytes(), text.as_bytes());
-    let (mut pi, mut ti) = (0, 0);
-    // Where the last `*` was, and where in `text` it started matching: on a mismatch the star
-    // swallows one more byte and matching resumes after it.
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if pi < p.len() && p[pi] == t[ti] {
-            pi += 1;
-            ti += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == b'*')
-}
-
-/// Mints a token, for `tandem token`, tests and scripts.
-///
-/// # Errors
-/// The claims could not be signed.
-pub fn mint(secret: &Secret, claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        claims,
-        &EncodingKey::from_secret(secret.expose().as_bytes()),
-    )
-}
-
-/// Seconds since the epoch, now.
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use jsonwebtoken::{EncodingKey, Header};
+
     use super::*;
 
     fn auth() -> (Auth, Secret) {
@@ -628,18 +460,6 @@ mod tests {
 
     fn doc(name: &str) -> DocName {
         DocName::parse(name).unwrap()
-    }
-
-    #[test]
-    fn glob_star_crosses_slashes() {
-        assert!(glob_match("acme/queries/*", "acme/queries/456"));
-        assert!(glob_match("acme/*", "acme/queries/456/x"));
-        assert!(glob_match("*", "anything/at/all"));
-        assert!(glob_match("acme/*/title", "acme/q/1/title"));
-        assert!(!glob_match("acme/queries/*", "acme/reports/1"));
-        assert!(!glob_match("acme/q", "acme/qq"));
-        assert!(glob_match("a*b*c", "aXXbYYc"));
-        assert!(!glob_match("a*b*c", "aXXbYY"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The open connections: what the admin API lists and kicks, and what the connection metrics
-//! count (opened, active, duration, bytes and messages, reconnects, closes by reason).
+//! [`Connections`], the open connections: what the admin API lists and kicks, and what the
+//! connection metrics count (opened, active, duration, bytes and messages, reconnects, closes by
+//! reason).
 //!
 //! A connection registers when it starts and holds a [`Registration`]; dropping it (however the
 //! connection ends) unregisters it, records its duration and why it closed, and remembers the
@@ -11,34 +12,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
-use serde_json::{json, Value};
+use serde::Serialize;
 use tokio::time::Instant;
 
+use super::close::{CloseReason, Closer};
+use super::ConnId;
 use crate::metrics::{self, Failure, Kind};
-use crate::peer::{CloseReason, Closer};
-
-/// The peer's address, when the server runs with connect info (as `serve` does).
-pub struct Remote(pub Option<SocketAddr>);
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Remote {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _: &S,
-    ) -> Result<Remote, Self::Rejection> {
-        Ok(Remote(
-            parts
-                .extensions
-                .get::<axum::extract::ConnectInfo<SocketAddr>>()
-                .map(|info| info.0),
-        ))
-    }
-}
 
 /// One open connection.
 pub struct ConnInfo {
-    pub id: u64,
+    pub id: ConnId,
     pub kind: Kind,
     pub user: String,
     pub workspace: String,
@@ -85,28 +68,51 @@ impl ConnInfo {
         *self.target.lock().unwrap_or_else(|p| p.into_inner()) = target;
     }
 
-    fn json(&self) -> Value {
-        let since = time::OffsetDateTime::from(self.since);
-        json!({
-            "id": self.id,
-            "kind": self.kind,
-            "user": self.user,
-            "workspace": self.workspace,
-            "target": *self.target.lock().unwrap_or_else(|p| p.into_inner()),
-            "remote_addr": self.remote.map(|a| a.to_string()),
-            "connected_since": crate::dashboard::presence::rfc3339(since),
-            "bytes_received": self.bytes_in.load(Ordering::Relaxed),
-            "bytes_sent": self.bytes_out.load(Ordering::Relaxed),
-            "messages_received": self.messages_in.load(Ordering::Relaxed),
-            "messages_sent": self.messages_out.load(Ordering::Relaxed),
-            "reconnects": self.reconnects,
-        })
+    fn summary(&self) -> ConnSummary {
+        let [bytes_received, bytes_sent, messages_received, messages_sent] = self.totals();
+        ConnSummary {
+            id: self.id,
+            kind: self.kind,
+            user: self.user.clone(),
+            workspace: self.workspace.clone(),
+            target: self
+                .target
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            remote_addr: self.remote.map(|a| a.to_string()),
+            connected_since: crate::clock::rfc3339(time::OffsetDateTime::from(self.since)),
+            bytes_received,
+            bytes_sent,
+            messages_received,
+            messages_sent,
+            reconnects: self.reconnects,
+        }
     }
+}
+
+/// What the admin API says of an open connection.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnSummary {
+    pub id: ConnId,
+    pub kind: Kind,
+    pub user: String,
+    pub workspace: String,
+    /// The document, or for a dashboard its subscriptions.
+    pub target: String,
+    pub remote_addr: Option<String>,
+    pub connected_since: Option<String>,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub messages_received: u64,
+    pub messages_sent: u64,
+    /// How many times in a row this user came back to this target within the window.
+    pub reconnects: u32,
 }
 
 /// What a new connection is.
 pub struct NewConn {
-    pub id: u64,
+    pub id: ConnId,
     pub kind: Kind,
     pub user: String,
     pub workspace: String,
@@ -117,7 +123,7 @@ pub struct NewConn {
 
 /// The registry.
 pub struct Connections {
-    conns: DashMap<u64, Arc<ConnInfo>>,
+    conns: DashMap<ConnId, Arc<ConnInfo>>,
     /// (workspace, user, target) → when they last left and how many reconnects that was.
     recent: DashMap<(String, String, String), (Instant, u32)>,
     window: Duration,
@@ -224,7 +230,7 @@ impl Connections {
     }
 
     /// The open connections of `workspace` (all of them with `None`), oldest first.
-    pub fn list(&self, workspace: Option<&str>) -> Vec<Value> {
+    pub fn list(&self, workspace: Option<&str>) -> Vec<ConnSummary> {
         let mut infos: Vec<Arc<ConnInfo>> = self
             .conns
             .iter()
@@ -232,12 +238,12 @@ impl Connections {
             .map(|e| Arc::clone(e.value()))
             .collect();
         infos.sort_by_key(|info| info.id);
-        infos.iter().map(|info| info.json()).collect()
+        infos.iter().map(|info| info.summary()).collect()
     }
 
     /// Closes connection `id` (of `workspace`, when given) with 4000. False when there is no
     /// such connection or it cannot be closed (a long-poll).
-    pub fn kick(&self, id: u64, workspace: Option<&str>) -> bool {
+    pub fn kick(&self, id: ConnId, workspace: Option<&str>) -> bool {
         let Some(info) = self.conns.get(&id).map(|e| Arc::clone(e.value())) else {
             return false;
         };

@@ -13,8 +13,8 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use include_dir::{include_dir, Dir};
 
+use super::AppState;
 use crate::error::ApiError;
-use crate::AppState;
 
 static DIST: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/web/dist");
 

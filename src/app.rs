@@ -1,0 +1,268 @@
+//! The composition root: [`run`] builds every part of the server from a [`Config`] and its
+//! [`Stores`], serves the router until shutdown, then closes connections, snapshots rooms and
+//! makes the last appends durable. The background work (group commits and timers) is one
+//! [`Background`] guard.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+use tandem_storage::{DocStore, EventStore, StateStore, StoreError};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{Auth, AuthConfigError, AuthSettings};
+use crate::config::Config;
+use crate::dashboard::{Hub, HubObserver};
+use crate::docs::Rooms;
+use crate::durability::{DashboardStores, Durability};
+use crate::http::{admin, router, AppState};
+use crate::metrics;
+use crate::net::{CloseReason, Connections};
+
+/// Where the server keeps what it keeps.
+pub struct Stores {
+    /// Documents: update logs and snapshots.
+    pub docs: Arc<dyn DocStore>,
+    /// The dashboard's event log.
+    pub events: Arc<dyn EventStore>,
+    /// The dashboard's per-user records.
+    pub state: Arc<dyn StateStore>,
+}
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("could not open the database in {dir}: {source}")]
+    Storage {
+        dir: std::path::PathBuf,
+        source: StoreError,
+    },
+    #[error("invalid auth configuration: {0}")]
+    Auth(#[from] AuthConfigError),
+    #[error("server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves `listener` with `stores` until `shutdown` resolves.
+///
+/// # Errors
+/// The configuration is invalid or the listener fails.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    stores: Stores,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    config.validate().map_err(ServeError::Config)?;
+    let auth = Arc::new(Auth::new(AuthSettings {
+        secret: config.auth_secret.as_ref(),
+        public_key: config.auth_public_key.as_deref(),
+        realtime_plans: &config.realtime_plans,
+        leeway_secs: config.auth_leeway_secs,
+        audience: config.auth_audience.as_deref(),
+    })?);
+    let addr = listener.local_addr()?;
+    if auth.is_open() {
+        if !addr.ip().is_loopback() && !config.insecure_no_auth {
+            return Err(ServeError::Config(format!(
+                "no --auth-secret or --auth-public-key: refusing to run without authentication on \
+                 the non-loopback address {addr} (pass --insecure-no-auth to do it anyway)"
+            )));
+        }
+        tracing::warn!(
+            %addr,
+            "no --auth-secret or --auth-public-key: running OPEN, every request is allowed"
+        );
+    }
+    let config = Arc::new(config);
+    let token = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let mut background = Background::default();
+
+    let durability = Durability::new();
+    background.spawn(|stop| {
+        durability.spawn_flusher(Arc::clone(&stores.docs), config.flush_interval(), stop)
+    });
+    // The event log has a group commit of its own: publishers wait for it, not for documents.
+    let dashboard_stores = Arc::new(DashboardStores {
+        events: Arc::clone(&stores.events),
+        state: Arc::clone(&stores.state),
+    });
+    let event_durability = Durability::named("event log", metrics::get().event_log_flush.clone());
+    background.spawn(|stop| {
+        event_durability.spawn_flusher(Arc::clone(&dashboard_stores), config.flush_interval(), stop)
+    });
+    let hub = Arc::new(Hub::new(
+        Arc::clone(&stores.events),
+        Arc::clone(&stores.state),
+        Arc::clone(&event_durability),
+        config.hub_settings(),
+    ));
+    let rooms = Arc::new(Rooms::new(
+        Arc::clone(&stores.docs),
+        Arc::clone(&durability),
+        Arc::clone(&config),
+        tasks.clone(),
+        token.clone(),
+    ));
+    hub.attach_rooms(&rooms);
+    rooms.observe_with(Arc::new(HubObserver(Arc::clone(&hub))));
+    let connections = Connections::new(config.reconnect_window());
+    let client_errors = Arc::new(admin::ClientErrorLimit::per_minute(
+        config.client_errors_per_minute,
+    ));
+    let timers = Timers {
+        hub: Arc::clone(&hub),
+        rooms: Arc::clone(&rooms),
+        connections: Arc::clone(&connections),
+        client_errors: Arc::clone(&client_errors),
+        trim_every: Duration::from_millis(config.event_trim_interval_ms),
+    };
+    background.spawn(|stop| tokio::spawn(timers.run(stop)));
+    let state = AppState {
+        config: Arc::clone(&config),
+        auth,
+        rooms: Arc::clone(&rooms),
+        durability: Arc::clone(&durability),
+        hub: Arc::clone(&hub),
+        connections,
+        client_errors,
+        storage_probe: Arc::default(),
+        tasks: tasks.clone(),
+        shutdown: token.clone(),
+    };
+
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "tandem listening");
+    let cancel = token.clone();
+    let (closing_rooms, closing_hub) = (Arc::clone(&rooms), Arc::clone(&hub));
+    // Small frames must leave at once: without TCP_NODELAY, Nagle's algorithm holds them back
+    // until the previous one is acknowledged, and delayed acks turn that into tens of ms.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+        }
+    });
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        cancel.cancel();
+        closing_rooms.close_all_peers(&CloseReason::ShuttingDown);
+        closing_hub.close_all(&CloseReason::ShuttingDown);
+    })
+    .await?;
+
+    tracing::info!("shutting down: closing connections");
+    token.cancel();
+    rooms.close_all_peers(&CloseReason::ShuttingDown);
+    hub.close_all(&CloseReason::ShuttingDown);
+    tasks.close();
+    if tokio::time::timeout(config.shutdown_timeout(), tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not close in time");
+    }
+    rooms.unload_all().await;
+    background.stop().await;
+    if let Err(err) = durability.flush_now(stores.docs.as_ref()).await {
+        tracing::error!(error = %err, "final flush failed");
+    }
+    if let Err(err) = event_durability.flush_now(dashboard_stores.as_ref()).await {
+        tracing::error!(error = %err, "final flush of the event log failed");
+    }
+    tracing::info!("shut down");
+    Ok(())
+}
+
+/// The server's background tasks (group-commit flushers, timers): one signal stops them all,
+/// and [`Background::stop`] waits for them. Dropped without `stop`, it still signals them.
+#[derive(Default)]
+struct Background {
+    stop: CancellationToken,
+    running: Vec<JoinHandle<()>>,
+}
+
+impl Background {
+    /// Starts a task that ends when its token is cancelled.
+    fn spawn(&mut self, start: impl FnOnce(CancellationToken) -> JoinHandle<()>) {
+        self.running.push(start(self.stop.clone()));
+    }
+
+    /// Stops every task and waits for them.
+    async fn stop(mut self) {
+        self.stop.cancel();
+        for task in self.running.drain(..) {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// How often the hub expires locks and presence and publishes debounced presence.
+const HUB_TICK: Duration = Duration::from_secs(1);
+
+/// How often the server's own awareness states are renewed: clients drop a remote state that
+/// was not renewed for 30 s, and renew their own every 15 s.
+const AWARENESS_RENEWAL: Duration = Duration::from_secs(15);
+
+/// The timers: the hub's tick every second (or every trim interval, when shorter), retention
+/// every `trim_every`, the renewal of the server's awareness states, the sweeps of lapsed HTTP
+/// pollers of documents, of the reconnect window and of the client-error budgets, and the
+/// histograms' upkeep.
+struct Timers {
+    hub: Arc<Hub>,
+    rooms: Arc<Rooms>,
+    connections: Arc<Connections>,
+    client_errors: Arc<admin::ClientErrorLimit>,
+    trim_every: Duration,
+}
+
+impl Timers {
+    async fn run(self, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(HUB_TICK.min(self.trim_every));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_trim = tokio::time::Instant::now();
+        let mut next_renewal = tokio::time::Instant::now() + AWARENESS_RENEWAL;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            self.hub.tick();
+            self.connections.sweep();
+            self.rooms.expire_pollers();
+            self.client_errors.sweep();
+            // Histogram samples wait in buckets until drained; drain them even when nobody
+            // scrapes, so they cannot pile up.
+            if let Some(handle) = metrics::handle() {
+                handle.run_upkeep();
+            }
+            if tokio::time::Instant::now() >= next_renewal {
+                next_renewal = tokio::time::Instant::now() + AWARENESS_RENEWAL;
+                self.rooms.renew_server_awareness();
+            }
+            if tokio::time::Instant::now() >= next_trim {
+                next_trim = tokio::time::Instant::now() + self.trim_every;
+                match self.hub.trim().await {
+                    Ok(0) => {}
+                    Ok(removed) => tracing::info!(removed, "retention trimmed the event log"),
+                    Err(err) => tracing::error!(error = %err, "retention failed"),
+                }
+            }
+        }
+    }
+}

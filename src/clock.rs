@@ -1,0 +1,34 @@
+//! Wall-clock time as the server writes it: Unix milliseconds, and RFC 3339 text as MISSION.md
+//! writes times (`2024-01-10T15:30:00Z`).
+
+use time::OffsetDateTime;
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    unix_ms(OffsetDateTime::now_utc())
+}
+
+/// Milliseconds since the Unix epoch at `at` (0 before the epoch).
+pub fn unix_ms(at: OffsetDateTime) -> u64 {
+    u64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
+
+/// `at` in RFC 3339 with whole seconds (`2024-01-10T15:30:00Z`).
+pub fn rfc3339(at: OffsetDateTime) -> Option<String> {
+    at.replace_nanosecond(0)
+        .ok()?
+        .format(&time::format_description::well_known::Rfc3339)
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_whole_seconds_in_utc() {
+        let at = OffsetDateTime::from_unix_timestamp_nanos(1_704_900_600_123_456_789).unwrap();
+        assert_eq!(rfc3339(at).as_deref(), Some("2024-01-10T15:30:00Z"));
+        assert_eq!(unix_ms(at), 1_704_900_600_123);
+    }
+}

@@ -1,0 +1,205 @@
+//! The dashboard over HTTP: presence (`GET`/`POST /api/v1/presence`), who is editing
+//! (`/api/v1/editing`), the activity feed and notifications as history pages, notification
+//! preferences and chat badges. Each answers for the caller's workspace and user.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::events::publish_error;
+use super::extract::{Caller, HistoryLimit, JsonObject, Params};
+use super::AppState;
+use crate::dashboard::hub::History;
+use crate::dashboard::presence::Source;
+use crate::dashboard::protocol::{self, PresenceUpdate};
+use crate::error::ApiError;
+
+#[derive(Debug, Deserialize)]
+pub struct WhoParams {
+    #[serde(default)]
+    include_offline: bool,
+}
+
+/// `GET /api/v1/presence`: who is online (and idle); with `?include_offline=true` everyone
+/// known, the offline ones with `last_seen`.
+pub async fn get_presence(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+    Params(params): Params<WhoParams>,
+) -> Result<Json<Value>, ApiError> {
+    let users = app
+        .hub
+        .who(&who.workspace, params.include_offline)
+        .await
+        .map_err(|e| ApiError::storage(&e))?;
+    Ok(Json(json!({ "users": users })))
+}
+
+/// `POST /api/v1/presence`: a polling client's presence (the fields of the `presence` action;
+/// `{}` just keeps it alive). It lasts `--presence-poll-ttl-ms` unless renewed.
+pub async fn post_presence(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+    JsonObject(fields): JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    // `{}` keeps the poller present without counting as activity: it still goes idle.
+    let active = !fields.is_empty();
+    let mut update = if fields.is_empty() {
+        PresenceUpdate::default()
+    } else {
+        protocol::presence(&fields)
+            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.code, e.message))?
+    };
+    // As on a dashboard connection, the token's name is the user's unless they give another.
+    if update.name.is_none() {
+        update.name = who.name.clone();
+    }
+    let ws = app
+        .hub
+        .workspace(&who.workspace)
+        .await
+        .map_err(|e| ApiError::storage(&e))?;
+    app.hub
+        .presence(&ws, &who.user, Source::Poller, &update, active);
+    Ok(Json(json!({
+        "ok": true,
+        "expires_in_ms": app.config.presence_poll_ttl_ms,
+    })))
+}
+
+/// `GET /api/v1/editing`: who is in each document of the workspace now, one object per
+/// document as in `editing` events (`document`, `query_id`, `users`).
+pub async fn get_editing(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+) -> Result<Json<Value>, ApiError> {
+    let documents = app
+        .hub
+        .editing_now(&who.workspace)
+        .await
+        .map_err(|e| ApiError::storage(&e))?;
+    Ok(Json(json!({ "documents": documents })))
+}
+
+/// `GET /api/v1/activity?limit=N`: the latest activity events (50 by default), oldest first.
+pub async fn get_activity(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+    HistoryLimit(limit): HistoryLimit,
+) -> Result<Response, ApiError> {
+    let history = app
+        .hub
+        .activity(&who.workspace, &who.user, limit)
+        .await
+        .map_err(|e| ApiError::storage(&e))?;
+    Ok(history_page(&history))
+}
+
+/// `GET /api/v1/notifications?limit=N`: the latest events of every channel but presence and
+/// activity that the caller sees and did not mute (50 by default), oldest first.
+pub async fn get_notifications(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+    HistoryLimit(limit): HistoryLimit,
+) -> Result<Response, ApiError> {
+    let history = app
+        .hub
+        .notifications(&who.workspace, &who.user, limit)
+        .await
+        .map_err(|e| ApiError::storage(&e))?;
+    Ok(history_page(&history))
+}
+
+/// `{"events":[...],"last_id":N}`: the stored events as they are, and the id to subscribe
+/// `since` for what came after them.
+fn history_page(history: &History) -> Response {
+    let list: Vec<&str> = history.events.iter().map(|f| f.as_str()).collect();
+    let body = format!(
+        r#"{{"events":[{}],"last_id":{}}}"#,
+        list.join(","),
+        history.last_id
+    );
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// `GET /api/v1/preferences`: which event types are pushed to the caller in real time.
+pub async fn get_preferences(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+) -> Result<Json<Value>, ApiError> {
+    app.hub
+        .preferences(&who.workspace, &who.user)
+        .await
+        .map(Json)
+        .map_err(|e| ApiError::storage(&e))
+}
+
+/// `PUT /api/v1/preferences` with `{"realtime":{"agent_executed":false,...}}`: changes the
+/// types named and answers with all of them once stored.
+pub async fn put_preferences(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+    JsonObject(fields): JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    let Some(Value::Object(realtime)) = fields.get("realtime") else {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_preferences",
+            r#"the body is {"realtime":{"<event type>":true|false,...}}"#,
+        ));
+    };
+    match app
+        .hub
+        .set_preferences(&who.workspace, &who.user, realtime)
+        .await
+    {
+        Ok(value) => Ok(Json(value)),
+        Err(Ok(message)) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_preferences",
+            message,
+        )),
+        Err(Err(err)) => Err(publish_error(&who.workspace, err)),
+    }
+}
+
+/// `GET /api/v1/badges`: the caller's unread chat messages per session.
+pub async fn get_badges(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+) -> Result<Json<Value>, ApiError> {
+    let ws = app
+        .hub
+        .workspace(&who.workspace)
+        .await
+        .map_err(|e| ApiError::storage(&e))?;
+    Ok(Json(app.hub.badges(&ws, &who.user)))
+}
+
+/// `POST /api/v1/badges/read` with `{"session_id":999}`: the `mark_read` action over HTTP.
+pub async fn post_badges_read(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+    JsonObject(fields): JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    let session = fields
+        .get("session_id")
+        .and_then(crate::dashboard::catalogue::id_text)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "missing_field",
+                "`session_id` is required: a number or a non-empty string",
+            )
+        })?;
+    let ws = app
+        .hub
+        .workspace(&who.workspace)
+        .await
+        .map_err(|e| ApiError::storage(&e))?;
+    app.hub.mark_read(&ws, &who.user, &session);
+    Ok(Json(app.hub.badges(&ws, &who.user)))
+}

@@ -1,0 +1,256 @@
+//! The document API: `GET /api/v1/docs/{doc}` (the document, or what a state vector lacks),
+//! `POST /api/v1/docs/{doc}/update` (a write answered once durable) and
+//! `POST /api/v1/docs/{doc}/sync` (one round of a client syncing over HTTP polling).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine;
+use bytes::Bytes;
+use serde::Deserialize;
+use tandem_crdt::{Access, RoomError};
+use tandem_sync::AwarenessUpdate;
+
+use super::extract::{DocPost, DocRead, Params};
+use super::AppState;
+use crate::auth::{AuthError, Principal};
+use crate::docname::DocName;
+use crate::docs::pollers::PollRequest;
+use crate::docs::RoomOpError;
+use crate::durability::Ticket;
+use crate::error::ApiError;
+
+/// base64url, with or without padding: clients differ.
+const BASE64URL: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// How long an HTTP write waits for its group commit before answering 503.
+const DURABILITY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[derive(Debug, Deserialize)]
+pub struct ReadParams {
+    /// A base64url-encoded state vector: answer only what it lacks.
+    sv: Option<String>,
+}
+
+/// `GET /api/v1/docs/{doc}`: the document as one v1 update, or the diff against `?sv=`.
+pub async fn get(
+    State(app): State<AppState>,
+    DocRead(name): DocRead,
+    Params(params): Params<ReadParams>,
+) -> Result<Response, ApiError> {
+    let sv = match params.sv {
+        Some(sv) => BASE64URL.decode(sv.as_bytes()).map_err(|e| {
+            ApiError::bad_request("bad_state_vector", format!("sv is not base64url: {e}"))
+        })?,
+        // The empty state vector: everything.
+        None => vec![0],
+    };
+    let update = app
+        .rooms
+        .read(&name, |room| room.diff(&sv))
+        .await
+        .map_err(room_error)?
+        .map_err(|e| room_error(RoomOpError::Room(e)))?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], update).into_response())
+}
+
+/// `POST /api/v1/docs/{doc}/update` ([`update`]) and `POST /api/v1/docs/{doc}/sync`
+/// ([`sync`]).
+pub async fn post(State(app): State<AppState>, request: DocPost) -> Result<Response, ApiError> {
+    match request {
+        DocPost::Update { name, update } => self::update(&app, name, update).await,
+        DocPost::Sync {
+            name,
+            principal,
+            access,
+            body,
+        } => sync(&app, name, principal, access, &body).await,
+    }
+}
+
+/// Applies a v1 update, sends it to the document's clients and answers once it is durable.
+async fn update(app: &AppState, name: DocName, update: Bytes) -> Result<Response, ApiError> {
+    let (changed, ticket) = app
+        .rooms
+        .apply_update(&name, update)
+        .await
+        .map_err(room_error)?;
+    durable(app, ticket, &name).await?;
+    Ok(Json(serde_json::json!({ "ok": true, "changed": changed })).into_response())
+}
+
+/// Waits until what `ticket` covers is on disk: 503 when the store cannot make it so.
+async fn durable(app: &AppState, ticket: Ticket, name: &DocName) -> Result<(), ApiError> {
+    app.durability
+        .wait(ticket, DURABILITY_TIMEOUT)
+        .await
+        .map_err(|e| {
+            tracing::error!(doc = %name, error = %e, "update applied but not flushed");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                "the update could not be made durable; retry it (updates are idempotent)",
+            )
+        })
+}
+
+/// The body of `POST /api/v1/docs/{doc}/sync`. Binary fields are base64url.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SyncRequest {
+    /// The client's Yjs client id.
+    client_id: u64,
+    /// The client's state vector: the answer holds what it lacks.
+    state_vector: String,
+    /// Its edits the server may lack, as one v1 update.
+    #[serde(default)]
+    update: Option<String>,
+    /// Its own awareness state (cursor, name) as an encoded awareness update.
+    #[serde(default)]
+    awareness: Option<String>,
+}
+
+/// One round of a client that syncs a document over HTTP instead of a WebSocket (the
+/// dashboard's degraded mode). It posts its state vector, its pending edits and its awareness;
+/// the answer, once its edits are durable, holds what it lacks, the document's state vector
+/// (so it knows what to post next time) and the room's awareness states. Until it has not
+/// polled for `--doc-poll-ttl-ms` it is in the room like a connection: its cursor shows, and
+/// it counts as being in the document.
+async fn sync(
+    app: &AppState,
+    name: DocName,
+    principal: Principal,
+    access: Access,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let config = &app.config;
+    let request: SyncRequest = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("bad_body", format!("not a sync request: {e}")))?;
+    if request.client_id >= tandem_crdt::SERVER_CLIENT_BASE {
+        return Err(ApiError::bad_request(
+            "bad_client_id",
+            "client_id must be a Yjs client id, below 2^53 - 2^32",
+        ));
+    }
+    let field = |code: &'static str, value: Option<&str>| {
+        value
+            .map(|value| {
+                BASE64URL
+                    .decode(value.as_bytes())
+                    .map(Bytes::from)
+                    .map_err(|e| ApiError::bad_request(code, format!("not base64url: {e}")))
+            })
+            .transpose()
+    };
+    let state_vector = field("bad_state_vector", Some(&request.state_vector))?.unwrap_or_default();
+    let update = field("bad_update", request.update.as_deref())?;
+    let awareness = field("bad_awareness", request.awareness.as_deref())?;
+    if update
+        .as_ref()
+        .is_some_and(|u| u.len() > config.max_frame_bytes)
+    {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "the update is over {} bytes; send it in parts",
+                config.max_frame_bytes
+            ),
+        ));
+    }
+    let writes = update.as_ref().is_some_and(|u| u.as_ref() != [0, 0]);
+    if writes && access != Access::ReadWrite {
+        return Err(ApiError::refusal(
+            AuthError::ReadOnly,
+            "http_doc_sync",
+            Some(&name),
+        ));
+    }
+    if let Some(awareness) = &awareness {
+        // A cursor and a name are small; a connection's frame limit is no bound for a state
+        // that every poll of the room carries.
+        if awareness.len() > config.max_dashboard_frame_bytes {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "the awareness state is over {} bytes",
+                    config.max_dashboard_frame_bytes
+                ),
+            ));
+        }
+        let decoded = AwarenessUpdate::decode(awareness).map_err(|e| {
+            ApiError::bad_request("bad_awareness", format!("malformed awareness update: {e}"))
+        })?;
+        if decoded
+            .entries
+            .iter()
+            .any(|e| e.client_id != request.client_id)
+        {
+            return Err(ApiError::bad_request(
+                "bad_awareness",
+                "a poller's awareness may only hold its own client_id",
+            ));
+        }
+    }
+    let (polled, ticket) = app
+        .rooms
+        .poll(
+            &name,
+            PollRequest {
+                user: Arc::from(principal.user.as_str()),
+                client: request.client_id,
+                state_vector: state_vector.to_vec(),
+                update,
+                awareness,
+                access,
+            },
+        )
+        .await
+        .map_err(room_error)?;
+    // An update that changed nothing may be a retry of one still on its way to disk (or whose
+    // flush failed): its answer waits behind everything appended so far.
+    match ticket {
+        Some(ticket) => durable(app, ticket, &name).await?,
+        None if writes => durable(app, app.durability.barrier(), &name).await?,
+        None => {}
+    }
+    tracing::debug!(doc = %name, user = %principal.user, client = request.client_id, "polled");
+    Ok(Json(serde_json::json!({
+        "update": BASE64URL.encode(&polled.update),
+        "state_vector": BASE64URL.encode(&polled.state_vector),
+        "awareness": polled.awareness.map(|a| BASE64URL.encode(a)),
+        "poll_ttl_ms": config.doc_poll_ttl_ms,
+        "access": if access == Access::ReadWrite { "read-write" } else { "read" },
+    }))
+    .into_response())
+}
+
+/// The answer to a room that refused a request.
+pub(super) fn room_error(err: RoomOpError) -> ApiError {
+    match err {
+        RoomOpError::Room(RoomError::TooLarge { limit }) => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "document_too_large",
+            format!("the document would exceed its limit of {limit} bytes"),
+        ),
+        RoomOpError::Room(RoomError::BadStateVector(e)) => {
+            ApiError::bad_request("bad_state_vector", format!("malformed state vector: {e}"))
+        }
+        RoomOpError::Room(RoomError::Poisoned) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "document_reloading",
+            "the document is reloading; retry",
+        ),
+        RoomOpError::Room(e) => ApiError::bad_request("bad_update", e.to_string()),
+        RoomOpError::Store(e) => ApiError::storage(&e),
+    }
+}

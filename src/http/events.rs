@@ -1,0 +1,202 @@
+//! Events over HTTP: `POST /api/v1/events` (a backend publishes) and `GET /api/v1/events` (the
+//! long-poll of clients without a WebSocket).
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use tandem_crdt::Any;
+
+use super::extract::{Caller, EventBody, Limited, Params, Publisher};
+use super::AppState;
+use crate::dashboard::catalogue::{self, Channel, Event};
+use crate::dashboard::hub::PublishError;
+use crate::dashboard::ChannelSet;
+use crate::docname::DocName;
+use crate::error::ApiError;
+use crate::metrics::{self, Kind};
+use crate::net::registry::NewConn;
+use crate::net::{ConnId, Remote};
+
+/// `POST /api/v1/events`: a backend publishes an event to its workspace. The event is checked
+/// against its type (422 with what is wrong), given the workspace's next id and a timestamp,
+/// stored durably, answered `201 {"id": N}`, and sent to its subscribers. Past the publishing
+/// rate of the workspace or of the publisher: 429 with `Retry-After` (see [`Publisher`]).
+pub async fn publish(
+    State(app): State<AppState>,
+    Publisher(who): Publisher,
+    body: Limited<EventBody>,
+) -> Result<Response, ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(&body.bytes)
+        .map_err(|e| ApiError::bad_request("bad_json", format!("the body is not JSON: {e}")))?;
+    let event = catalogue::validate(value).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_event",
+            e.to_string(),
+        )
+    })?;
+    let kind = event.kind;
+    let status = query_status(&who.workspace, &event);
+    let id = app
+        .hub
+        .publish(&who.workspace, event)
+        .await
+        .map_err(|e| publish_error(&who.workspace, e))?;
+    tracing::debug!(workspace = %who.workspace, id, kind, "event published");
+    if let Some((doc, mut entries)) = status {
+        // Every editor of the query sees its state without a refresh. The event is already
+        // durable; a failure here is logged, not the publisher's problem.
+        entries.push(("event_id".into(), Any::from(id as f64)));
+        if let Err(err) = app.rooms.edit_map(&doc, QUERY_STATUS_MAP, entries).await {
+            tracing::warn!(%doc, error = %err, "could not write the query's status");
+        }
+    }
+    Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response())
+}
+
+/// The answer to a publication that failed.
+pub(super) fn publish_error(workspace: &str, err: PublishError) -> ApiError {
+    match err {
+        PublishError::Store(e) => ApiError::storage(&e),
+        PublishError::NotDurable(e) => {
+            tracing::error!(%workspace, error = %e, "event logged but not flushed");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                "the event could not be made durable in time; it may still be delivered",
+            )
+        }
+    }
+}
+
+/// The root map of a query document that the query lifecycle events keep up to date.
+pub const QUERY_STATUS_MAP: &str = "status";
+
+/// For `query_started`, `query_completed` and `query_failed`: the query's document
+/// (`{workspace}/queries/{query_id}`) and what its `status` map becomes: `status`
+/// (`running`, `completed`, `failed`), `result_count`, `execution_time`, `error`,
+/// `started_by`, `started_at`, `finished_at`. A new run clears the last one's results.
+fn query_status(workspace: &str, event: &Event) -> Option<(DocName, Vec<(String, Any)>)> {
+    let state = match event.kind {
+        "query_started" => "running",
+        "query_completed" => "completed",
+        "query_failed" => "failed",
+        _ => return None,
+    };
+    let query = event.fields.get("query_id").and_then(catalogue::id_text)?;
+    let doc = DocName::parse(&format!("{workspace}/queries/{query}")).ok()?;
+    let now = crate::clock::rfc3339(time::OffsetDateTime::now_utc()).map_or(Any::Null, Any::from);
+    let field = |name: &str| event.fields.get(name).map_or(Any::Null, json_to_any);
+    let mut entries = vec![("status".to_string(), Any::from(state))];
+    if state == "running" {
+        entries.extend([
+            ("started_by".to_string(), field("started_by")),
+            ("started_at".to_string(), now),
+            ("result_count".to_string(), Any::Null),
+            ("execution_time".to_string(), Any::Null),
+            ("error".to_string(), Any::Null),
+            ("finished_at".to_string(), Any::Null),
+        ]);
+    } else {
+        entries.extend([
+            ("result_count".to_string(), field("result_count")),
+            ("execution_time".to_string(), field("execution_time")),
+            ("error".to_string(), field("error")),
+            ("finished_at".to_string(), now),
+        ]);
+    }
+    Some((doc, entries))
+}
+
+/// A JSON scalar as a Yjs value; numbers become JavaScript numbers.
+fn json_to_any(value: &serde_json::Value) -> Any {
+    match value {
+        serde_json::Value::Bool(b) => Any::Bool(*b),
+        serde_json::Value::Number(n) => n.as_f64().map_or(Any::Null, Any::from),
+        serde_json::Value::String(s) => Any::from(s.as_str()),
+        _ => Any::Null,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PollParams {
+    /// Comma-separated channels; all of them when absent.
+    channels: Option<String>,
+    since: Option<u64>,
+    /// Seconds to wait for an event.
+    timeout: Option<f64>,
+}
+
+/// `GET /api/v1/events?channels=…&since=…&timeout=30`: long-poll. Answers at once with the
+/// events after `since` that the caller sees through `channels`, or waits up to `timeout`
+/// seconds for the first; `{"events":[...],"last_id":N}` (pass `last_id` as the next
+/// `since`), with `"resync_required":true` and `oldest` when `since` is older than what is kept.
+pub async fn poll(
+    State(app): State<AppState>,
+    Remote(remote): Remote,
+    caller: Result<Caller, ApiError>,
+    Params(params): Params<PollParams>,
+) -> Result<Response, ApiError> {
+    // A long-poll is a connection: its refusals count as failed connections.
+    let Caller(who) = caller.inspect_err(|e| metrics::get().failed(e.failure()))?;
+    let channels = poll_channels(params.channels.as_deref())?;
+    let max = app.config.long_poll_max_secs as f64;
+    let timeout = params.timeout.unwrap_or(30.0);
+    if !(0.0..=max).contains(&timeout) {
+        return Err(ApiError::bad_request(
+            "bad_timeout",
+            format!("timeout is 0 to {max} seconds"),
+        ));
+    }
+    // A long-poll is a connection while it waits.
+    let registration = app.connections.register(NewConn {
+        id: ConnId::next(),
+        kind: Kind::LongPoll,
+        user: who.user.clone(),
+        workspace: who.workspace.clone(),
+        target: "long_poll".into(),
+        remote,
+        closer: None,
+    });
+    let page = app
+        .hub
+        .poll(
+            &who.workspace,
+            &who.user,
+            channels,
+            params.since,
+            std::time::Duration::from_secs_f64(timeout),
+        )
+        .await
+        .map_err(|e| ApiError::storage(&e))?;
+    let mut body = String::from(r#"{"events":["#);
+    for (i, event) in page.events.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(event.frame.as_str());
+    }
+    body.push_str(&format!(r#"],"last_id":{}"#, page.last_id));
+    if let Some(oldest) = page.resync_from {
+        body.push_str(&format!(r#","resync_required":true,"oldest":{oldest}"#));
+    }
+    body.push('}');
+    registration.info.sent(body.len());
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// The channels of a long-poll: a comma-separated list, all of them when absent.
+fn poll_channels(list: Option<&str>) -> Result<ChannelSet, ApiError> {
+    let Some(list) = list else {
+        return Ok(ChannelSet::all());
+    };
+    let mut channels = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        channels.push(Channel::parse(name).ok_or_else(|| {
+            ApiError::bad_request("unknown_channel", format!("unknown channel {name:?}"))
+        })?);
+    }
+    Ok(ChannelSet::of(&channels))
+}

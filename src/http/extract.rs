@@ -1,0 +1,392 @@
+//! The extractors that let a handler read as what it does: who is calling ([`Caller`],
+//! [`Publisher`], [`Admin`], [`Authenticated`]), which document ([`DocRead`], [`DocPost`]), the
+//! query string ([`Params`]) and a body read only once the caller checked out, within its limit
+//! ([`Limited`], [`JsonObject`]). Each refuses with the JSON [`ApiError`] the API documents.
+//!
+//! Axum runs the parts extractors (the caller, the document) before the body: an
+//! unauthenticated client can never make the server buffer an upload.
+
+use std::marker::PhantomData;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tandem_crdt::Access;
+
+use super::AppState;
+use crate::auth::identity::Plan;
+use crate::auth::{AuthError, Identity, IdentityParams, Principal, Role};
+use crate::config::Config;
+use crate::docname::DocName;
+use crate::error::ApiError;
+
+/// The name a route's refusals are counted and logged under
+/// (`tandem_auth_refusals_total{route=...}`), set on the route by the router.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteLabel(pub &'static str);
+
+fn route_label(parts: &Parts) -> &'static str {
+    parts
+        .extensions
+        .get::<RouteLabel>()
+        .map_or("http", |label| label.0)
+}
+
+/// The token of an `Authorization: Bearer` header, if any.
+///
+/// # Errors
+/// An `Authorization` header that is not a bearer token.
+pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(|t| Some(t.trim()))
+        .ok_or_else(|| {
+            ApiError::refusal(
+                AuthError::InvalidToken("the Authorization header must be `Bearer <token>`".into()),
+                "http",
+                None,
+            )
+        })
+}
+
+/// The query string as `T`: 400 `bad_query` when it does not parse.
+pub struct Params<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(params)| Params(params))
+            .map_err(|e| ApiError::bad_request("bad_query", e.body_text()))
+    }
+}
+
+/// Who a dashboard request speaks for: the token of `Authorization: Bearer` or `?token=` (or,
+/// without authentication, `?workspace=`, `?user=`, `?name=`), on a real-time plan.
+pub struct Caller(pub Identity);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        identify(parts, app, Plan::Realtime).await.map(Caller)
+    }
+}
+
+async fn identify(parts: &mut Parts, app: &AppState, plan: Plan) -> Result<Identity, ApiError> {
+    let Params(params) = Params::<IdentityParams>::from_request_parts(parts, app).await?;
+    let route = route_label(parts);
+    let token = bearer(&parts.headers)?.or(params.token.as_deref());
+    app.auth
+        .identify(token, &params, plan)
+        .map_err(|e| ApiError::identity(e, route))
+}
+
+/// A backend that may publish now: a `service` token (any token in open mode), within the
+/// publishing rates of its workspace and its own (429 with `Retry-After` past them).
+pub struct Publisher(pub Identity);
+
+impl FromRequestParts<AppState> for Publisher {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Response> {
+        let who = identify(parts, app, Plan::Any)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        if !app.auth.is_open() && who.role != Role::Service {
+            let refused = AuthError::RoleRequired(Role::Service);
+            return Err(ApiError::refusal(refused, route_label(parts), None).into_response());
+        }
+        if let Err(wait) = app.hub.admit(&who.workspace, &who.user) {
+            tracing::debug!(workspace = %who.workspace, user = %who.user, "publishing rate exceeded");
+            return Err(too_many(
+                format!("too many events; retry in {} s", retry_secs(wait)),
+                wait,
+            ));
+        }
+        Ok(Publisher(who))
+    }
+}
+
+/// Whole seconds to wait, at least one.
+fn retry_secs(wait: std::time::Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
+}
+
+/// 429 `rate_limited` with `Retry-After` (and `retry_after_ms` in the body).
+pub fn too_many(message: String, wait: std::time::Duration) -> Response {
+    let mut response = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+        .with_detail("retry_after_ms", serde_json::json!(wait.as_millis()))
+        .into_response();
+    if let Ok(value) = header::HeaderValue::from_str(&retry_secs(wait).to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+/// Any valid token (`Authorization: Bearer`).
+pub struct Authenticated(pub Principal);
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        app.auth
+            .authenticate(bearer(&parts.headers)?)
+            .map(Authenticated)
+            .map_err(|e| ApiError::refusal(e, route_label(parts), None))
+    }
+}
+
+/// An administrator (the `admin` role; anyone in open mode), and the workspace it may see
+/// (`None`: every one, in open mode).
+pub struct Admin(pub Option<String>);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let Authenticated(principal) = Authenticated::from_request_parts(parts, app).await?;
+        if !app.auth.is_open() && principal.role != Role::Admin {
+            let refused = AuthError::RoleRequired(Role::Admin);
+            return Err(ApiError::refusal(refused, route_label(parts), None));
+        }
+        Ok(Admin(principal.workspace))
+    }
+}
+
+/// A document name from the path: 400 `bad_document_name` when it is none.
+fn doc_name(raw: &str) -> Result<DocName, ApiError> {
+    DocName::parse(raw).map_err(|e| ApiError::bad_request("bad_document_name", e.to_string()))
+}
+
+/// The rest of the path after `/api/v1/docs/`.
+async fn doc_path(parts: &mut Parts, app: &AppState) -> Result<String, ApiError> {
+    Path::<String>::from_request_parts(parts, app)
+        .await
+        .map(|Path(raw)| raw)
+        .map_err(|e| ApiError::bad_request("bad_document_name", e.body_text()))
+}
+
+/// `GET /api/v1/docs/{doc}`: the document, readable by the caller.
+pub struct DocRead(pub DocName);
+
+impl FromRequestParts<AppState> for DocRead {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let name = doc_name(&doc_path(parts, app).await?)?;
+        app.auth
+            .authorize_doc(bearer(&parts.headers)?, &name)
+            .map_err(|e| ApiError::refusal(e, "http_doc_read", Some(&name)))?;
+        Ok(DocRead(name))
+    }
+}
+
+/// `POST /api/v1/docs/{doc}/update` and `POST /api/v1/docs/{doc}/sync`, authorized, with their
+/// bodies.
+pub enum DocPost {
+    /// A v1 update (non-empty) from a caller who may write.
+    Update { name: DocName, update: Bytes },
+    /// One round of an HTTP poller: its JSON body, the caller and what it may do.
+    Sync {
+        name: DocName,
+        principal: Principal,
+        access: Access,
+        body: Bytes,
+    },
+}
+
+impl FromRequest<AppState> for DocPost {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, app: &AppState) -> Result<Self, ApiError> {
+        let (mut parts, body) = request.into_parts();
+        let raw = doc_path(&mut parts, app).await?;
+        let (doc, sync) = if let Some(doc) = raw.strip_suffix("/update") {
+            (doc, false)
+        } else if let Some(doc) = raw.strip_suffix("/sync") {
+            (doc, true)
+        } else {
+            return Err(ApiError::not_found(
+                "documents are written with POST /api/v1/docs/{doc}/update or synced with POST /api/v1/docs/{doc}/sync",
+            ));
+        };
+        let name = doc_name(doc)?;
+        let route = if sync {
+            "http_doc_sync"
+        } else {
+            "http_doc_write"
+        };
+        let (principal, access) = app
+            .auth
+            .authorize_doc(bearer(&parts.headers)?, &name)
+            .map_err(|e| ApiError::refusal(e, route, Some(&name)))?;
+        let config = &app.config;
+        if sync {
+            // base64 takes 4 bytes for 3, and the update and awareness share the body.
+            let limit = config.max_frame_bytes / 3 * 4 + 64 * 1024;
+            let body = read(body, limit).await?;
+            return Ok(DocPost::Sync {
+                name,
+                principal,
+                access,
+                body,
+            });
+        }
+        if access != Access::ReadWrite {
+            return Err(ApiError::refusal(AuthError::ReadOnly, route, Some(&name)));
+        }
+        let update = read(body, config.max_frame_bytes).await?;
+        if update.is_empty() {
+            return Err(ApiError::bad_request(
+                "bad_update",
+                "the body must be a Yjs v1 update",
+            ));
+        }
+        Ok(DocPost::Update { name, update })
+    }
+}
+
+/// How large a body may be, from the configuration.
+pub trait BodyLimit {
+    fn bytes(config: &Config) -> usize;
+}
+
+/// `--max-dashboard-frame-bytes`: presence, preferences, badges, client errors, dev tokens.
+pub struct SmallBody;
+
+impl BodyLimit for SmallBody {
+    fn bytes(config: &Config) -> usize {
+        config.max_dashboard_frame_bytes
+    }
+}
+
+/// `--max-event-bytes`: a published event.
+pub struct EventBody;
+
+impl BodyLimit for EventBody {
+    fn bytes(config: &Config) -> usize {
+        config.max_event_bytes
+    }
+}
+
+/// A body of at most `L`'s bytes: 413 `too_large` past it.
+pub struct Limited<L> {
+    pub bytes: Bytes,
+    limit: PhantomData<L>,
+}
+
+impl<L: BodyLimit> FromRequest<AppState> for Limited<L> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, app: &AppState) -> Result<Self, ApiError> {
+        Ok(Limited {
+            bytes: read(request.into_body(), L::bytes(&app.config)).await?,
+            limit: PhantomData,
+        })
+    }
+}
+
+/// A JSON object body of at most `--max-dashboard-frame-bytes` (an empty body is `{}`): 400
+/// `bad_json` when it is no object.
+pub struct JsonObject(pub Map<String, Value>);
+
+impl FromRequest<AppState> for JsonObject {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, app: &AppState) -> Result<Self, ApiError> {
+        let body = Limited::<SmallBody>::from_request(request, app).await?;
+        if body.bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(JsonObject(Map::new()));
+        }
+        match serde_json::from_slice(&body.bytes) {
+            Ok(Value::Object(fields)) => Ok(JsonObject(fields)),
+            Ok(_) => Err(ApiError::bad_request(
+                "bad_json",
+                "the body must be a JSON object",
+            )),
+            Err(e) => Err(ApiError::bad_request(
+                "bad_json",
+                format!("the body is not JSON: {e}"),
+            )),
+        }
+    }
+}
+
+/// Reads a request body of at most `limit` bytes: 413 `too_large` past it.
+async fn read(body: axum::body::Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the body is over {limit} bytes"),
+            )
+        } else {
+            ApiError::bad_request("bad_body", "the body could not be read")
+        }
+    })
+}
+
+/// `?limit=` of a history request (`GET /api/v1/activity`, `/notifications`): 1 to
+/// [`MAX_HISTORY`], 50 by default.
+pub struct HistoryLimit(pub usize);
+
+/// The most events one history request returns.
+pub const MAX_HISTORY: usize = 500;
+
+impl<S: Send + Sync> FromRequestParts<S> for HistoryLimit {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        #[derive(Deserialize)]
+        struct Limit {
+            limit: Option<usize>,
+        }
+        let Params(Limit { limit }) = Params::from_request_parts(parts, state).await?;
+        let limit = limit.unwrap_or(50);
+        if !(1..=MAX_HISTORY).contains(&limit) {
+            return Err(ApiError::bad_request(
+                "bad_limit",
+                format!("limit is 1 to {MAX_HISTORY}"),
+            ));
+        }
+        Ok(HistoryLimit(limit))
+    }
+}
+
+/// A server without authentication: 404 on one that checks tokens (what only open mode serves,
+/// such as development tokens, does not exist there).
+pub struct OpenMode;
+
+impl FromRequestParts<AppState> for OpenMode {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(_: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        if app.auth.is_open() {
+            Ok(OpenMode)
+        } else {
+            Err(ApiError::not_found(
+                "development tokens exist only on a server without authentication",
+            ))
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The HTTP side: the router ([`router`]) with every route of the server, what its handlers
+//! share ([`AppState`]), the extractors they read requests with ([`extract`]), and one module
+//! per API area: documents ([`docs`]), events ([`events`]), the dashboard's other endpoints
+//! ([`dashboard`]), monitoring and administration ([`admin`]), development tokens ([`dev`]) and
+//! the browser page ([`web`]). The two WebSocket endpoints are served by their own layers
+//! (`docs::socket`, `dashboard::session`).
+
+pub mod admin;
+pub mod dashboard;
+pub mod dev;
+pub mod docs;
+pub mod events;
+pub mod extract;
+pub mod web;
+
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+use axum::handler::Handler;
+use axum::routing::{delete, get, post, MethodRouter};
+use axum::{Extension, Json, Router};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::dashboard::Hub;
+use crate::docs::Rooms;
+use crate::durability::Durability;
+use crate::error::ApiError;
+use crate::net::{Connections, Server};
+use extract::RouteLabel;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub auth: Arc<Auth>,
+    /// The documents.
+    pub rooms: Arc<Rooms>,
+    /// The group commit of the update log, which HTTP writes wait for.
+    pub durability: Arc<Durability>,
+    /// The dashboard: events, subscriptions, presence, badges, locks.
+    pub hub: Arc<Hub>,
+    /// The open connections, for the admin API and the connection metrics.
+    pub connections: Arc<Connections>,
+    /// How often each user may report client errors.
+    pub client_errors: Arc<admin::ClientErrorLimit>,
+    /// The readiness check's last look at the data directory.
+    pub storage_probe: Arc<admin::StorageProbe>,
+    /// Connection tasks, awaited at shutdown.
+    pub tasks: TaskTracker,
+    /// Cancelled when shutdown starts.
+    pub shutdown: CancellationToken,
+}
+
+impl FromRef<AppState> for Server {
+    fn from_ref(app: &AppState) -> Server {
+        Server {
+            config: Arc::clone(&app.config),
+            auth: Arc::clone(&app.auth),
+            connections: Arc::clone(&app.connections),
+            tasks: app.tasks.clone(),
+            shutdown: app.shutdown.clone(),
+        }
+    }
+}
+
+impl FromRef<AppState> for Arc<Rooms> {
+    fn from_ref(app: &AppState) -> Arc<Rooms> {
+        Arc::clone(&app.rooms)
+    }
+}
+
+impl FromRef<AppState> for Arc<Hub> {
+    fn from_ref(app: &AppState) -> Arc<Hub> {
+        Arc::clone(&app.hub)
+    }
+}
+
+/// Every route of the server.
+pub fn router(state: AppState) -> Router {
+    web::prepare();
+    Router::new()
+        .route("/ws/{*doc}", get(crate::docs::socket::upgrade))
+        .route("/ws", get(crate::dashboard::session::upgrade))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(admin::readyz))
+        .route("/metrics", get(admin::metrics))
+        .route(
+            "/api/v1/admin/connections",
+            labelled("admin_connections", get(admin::connections)),
+        )
+        .route(
+            "/api/v1/admin/connections/{id}",
+            labelled("admin_kick", delete(admin::kick)),
+        )
+        .route(
+            "/api/v1/admin/rooms",
+            labelled("admin_rooms", get(admin::rooms)),
+        )
+        .route(
+            "/api/v1/admin/rooms/{*doc}",
+            labelled("admin_compact", post(admin::compact)),
+        )
+        .route(
+            "/api/v1/client-errors",
+            labelled("http_client_errors", post(admin::client_error)),
+        )
+        .route("/api/v1/dev/token", post(dev::token))
+        .route("/api/v1/docs/{*doc}", get(docs::get).post(docs::post))
+        .route(
+            "/api/v1/events",
+            post(events::publish.layer(Extension(RouteLabel("http_events_publish"))))
+                .get(events::poll.layer(Extension(RouteLabel("http_events_poll")))),
+        )
+        .route(
+            "/api/v1/presence",
+            labelled(
+                "http_presence",
+                get(dashboard::get_presence).post(dashboard::post_presence),
+            ),
+        )
+        .route(
+            "/api/v1/activity",
+            labelled("http_activity", get(dashboard::get_activity)),
+        )
+        .route(
+            "/api/v1/editing",
+            labelled("http_editing", get(dashboard::get_editing)),
+        )
+        .route(
+            "/api/v1/notifications",
+            labelled("http_notifications", get(dashboard::get_notifications)),
+        )
+        .route(
+            "/api/v1/preferences",
+            labelled(
+                "http_preferences",
+                get(dashboard::get_preferences).put(dashboard::put_preferences),
+            ),
+        )
+        .route(
+            "/api/v1/badges",
+            labelled("http_badges", get(dashboard::get_badges)),
+        )
+        .route(
+            "/api/v1/badges/read",
+            labelled("http_badges", post(dashboard::post_badges_read)),
+        )
+        .route("/", get(web::page))
+        .route("/queries/{id}", get(web::page))
+        .route("/assets/{file}", get(web::file))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// `route`, whose refusals are counted and logged as `label`.
+fn labelled(label: &'static str, route: MethodRouter<AppState>) -> MethodRouter<AppState> {
+    route.route_layer(Extension(RouteLabel(label)))
+}
+
+/// `GET /healthz`: the process is up.
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Any other path.
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}

@@ -1,0 +1,92 @@
+//! The transport layer both WebSocket endpoints and the long-poll stand on: connection ids
+//! ([`ConnId`]), how a connection is told to close ([`close`]), its timer ([`liveness`]), the
+//! registry of open connections behind the admin API and the connection metrics ([`registry`]),
+//! the reader and the one writer loop of a socket ([`socket`]), and what an upgrade handler
+//! needs ([`Server`], [`Remote`], [`websocket_required`]).
+//!
+//! Nothing here knows documents or the dashboard: their handlers plug a protocol into
+//! [`socket::Outbound`] and read with [`socket::Reader`].
+
+pub mod close;
+pub mod liveness;
+pub mod registry;
+pub mod socket;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::error::ApiError;
+
+pub use close::{CloseReason, Closer};
+pub use registry::Connections;
+
+/// A connection's id: unique among every connection (document, dashboard, long-poll) for the
+/// life of the process. Logs call it `conn`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct ConnId(pub u64);
+
+impl ConnId {
+    /// A new id.
+    pub fn next() -> ConnId {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        ConnId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// What every connection handler needs of the server: its configuration, the token verifier,
+/// the registry of connections, the tracker its tasks join (awaited at shutdown) and the
+/// shutdown signal.
+#[derive(Clone)]
+pub struct Server {
+    pub config: Arc<Config>,
+    pub auth: Arc<Auth>,
+    pub connections: Arc<Connections>,
+    pub tasks: TaskTracker,
+    pub shutdown: CancellationToken,
+}
+
+/// The peer's address, when the server runs with connect info (as `serve` does).
+pub struct Remote(pub Option<SocketAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Remote {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Remote, Self::Rejection> {
+        Ok(Remote(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                .map(|info| info.0),
+        ))
+    }
+}
+
+/// The answer to a plain HTTP request on a WebSocket endpoint: 426 with what it speaks.
+pub fn websocket_required(err: &WebSocketUpgradeRejection, speaks: &str) -> Response {
+    ApiError::new(
+        StatusCode::UPGRADE_REQUIRED,
+        "websocket_required",
+        format!("this endpoint speaks {speaks}: {}", err.body_text()),
+    )
+    .into_response()
+}
