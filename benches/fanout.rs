@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use tandem::durability::Durability;
 use tandem::docs::delivery::{Outgoing, Overflow, PeerLink};
 use tandem::docs::{RoomHandle, Rooms};
+use tandem::durability::Durability;
 use tandem::net::Closer;
 use tandem::{Config, DocName};
 use tandem_bench::trace::Trace;

@@ -21,6 +21,13 @@ pub fn rfc3339(at: OffsetDateTime) -> Option<String> {
         .ok()
 }
 
+/// `at` in RFC 3339 to the nanosecond, as an event's `timestamp` (it orders events of the same
+/// second).
+pub fn rfc3339_exact(at: OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -30,5 +37,6 @@ mod tests {
         let at = OffsetDateTime::from_unix_timestamp_nanos(1_704_900_600_123_456_789).unwrap();
         assert_eq!(rfc3339(at).as_deref(), Some("2024-01-10T15:30:00Z"));
         assert_eq!(unix_ms(at), 1_704_900_600_123);
+        assert_eq!(rfc3339_exact(at), "2024-01-10T15:30:00.123456789Z");
     }
 }

@@ -6,6 +6,9 @@
 //! `timestamp` are the server's and are set when the event is accepted.
 
 use serde_json::{Map, Value};
+use tandem_crdt::Any;
+
+use crate::docname::DocName;
 
 /// A channel a dashboard client subscribes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -333,6 +336,59 @@ pub fn validate(value: Value) -> Result<Event, EventError> {
         user_ids,
         fields,
     })
+}
+
+/// The root map of a query document that the query lifecycle events keep up to date.
+pub const QUERY_STATUS_MAP: &str = "status";
+
+impl Event {
+    /// For `query_started`, `query_completed` and `query_failed` of `workspace`: the query's
+    /// document (`{workspace}/queries/{query_id}`) and what its `status` map becomes: `status`
+    /// (`running`, `completed`, `failed`), `result_count`, `execution_time`, `error`,
+    /// `started_by`, `started_at`, `finished_at`. A new run clears the last one's results.
+    pub fn query_status(&self, workspace: &str) -> Option<(DocName, Vec<(String, Any)>)> {
+        let event = self;
+        let state = match event.kind {
+            "query_started" => "running",
+            "query_completed" => "completed",
+            "query_failed" => "failed",
+            _ => return None,
+        };
+        let query = event.fields.get("query_id").and_then(id_text)?;
+        let doc = DocName::parse(&format!("{workspace}/queries/{query}")).ok()?;
+        let now =
+            crate::clock::rfc3339(time::OffsetDateTime::now_utc()).map_or(Any::Null, Any::from);
+        let field = |name: &str| event.fields.get(name).map_or(Any::Null, json_to_any);
+        let mut entries = vec![("status".to_string(), Any::from(state))];
+        if state == "running" {
+            entries.extend([
+                ("started_by".to_string(), field("started_by")),
+                ("started_at".to_string(), now),
+                ("result_count".to_string(), Any::Null),
+                ("execution_time".to_string(), Any::Null),
+                ("error".to_string(), Any::Null),
+                ("finished_at".to_string(), Any::Null),
+            ]);
+        } else {
+            entries.extend([
+                ("result_count".to_string(), field("result_count")),
+                ("execution_time".to_string(), field("execution_time")),
+                ("error".to_string(), field("error")),
+                ("finished_at".to_string(), now),
+            ]);
+        }
+        Some((doc, entries))
+    }
+}
+
+/// A JSON scalar as a Yjs value; numbers become JavaScript numbers.
+fn json_to_any(value: &serde_json::Value) -> Any {
+    match value {
+        serde_json::Value::Bool(b) => Any::Bool(*b),
+        serde_json::Value::Number(n) => n.as_f64().map_or(Any::Null, Any::from),
+        serde_json::Value::String(s) => Any::from(s.as_str()),
+        _ => Any::Null,
+    }
 }
 
 #[cfg(test)]

@@ -4,13 +4,23 @@
 //! itself ([`session`]).
 
 pub mod catalogue;
+pub mod delivery;
+pub mod editing;
+pub mod history;
 pub mod hub;
+pub mod inbox;
+pub mod locks;
+mod pipeline;
+pub mod preferences;
 pub mod presence;
 pub mod protocol;
 pub mod session;
+mod users;
+pub mod workspace;
 
 pub use hub::{Hub, HubObserver, HubSettings};
 pub use protocol::{parse, Action, PresenceStatus, PresenceUpdate, ProtocolError};
+pub use users::PreferencesError;
 
 use catalogue::Channel;
 
@@ -66,6 +76,19 @@ pub fn user_id_value(user: &str) -> serde_json::Value {
     }
 }
 
+/// A user id that serializes as [`user_id_value`] says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserId(pub String);
+
+impl serde::Serialize for UserId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0.parse::<u64>() {
+            Ok(n) if n.to_string() == self.0 => serializer.serialize_u64(n),
+            _ => serializer.serialize_str(&self.0),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,5 +109,11 @@ mod tests {
         assert_eq!(user_id_value("123"), serde_json::json!(123));
         assert_eq!(user_id_value("007"), serde_json::json!("007"));
         assert_eq!(user_id_value("ada"), serde_json::json!("ada"));
+        for user in ["123", "007", "ada"] {
+            assert_eq!(
+                serde_json::to_value(UserId(user.into())).unwrap(),
+                user_id_value(user)
+            );
+        }
     }
 }

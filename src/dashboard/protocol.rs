@@ -1,5 +1,8 @@
 //! The dashboard's JSON protocol on `/ws`: what a client may send, parsed into an [`Action`]
-//! or refused with the error frame it gets back (the connection stays open).
+//! or refused with the error frame it gets back (the connection stays open), and everything the
+//! server sends besides the events themselves, as one typed [`ServerFrame`] serialized here.
+//! Events go out as they were stored (each carries its `type` and `id`), one alone or several
+//! as a [`batch`] frame.
 //!
 //! Client → server, one JSON object per text frame:
 //! `{"action":"subscribe","channels":["presence","queries"],"since":1234}`,
@@ -8,9 +11,13 @@
 //! `{"action":"mark_read","session_id":999}`, `{"action":"lock","resource":"acme/queries/456#title"}`,
 //! `{"action":"unlock","resource":"acme/queries/456#title"}`.
 
+use axum::extract::ws::Utf8Bytes;
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::catalogue::Channel;
+use super::inbox::ChatBadges;
+use super::locks::{Holder, LockInfo};
 
 /// A parsed client frame.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,10 +94,89 @@ impl ProtocolError {
     }
 
     /// The error frame for this refusal.
-    pub fn frame(&self) -> String {
-        serde_json::json!({ "type": "error", "code": self.code, "message": self.message })
-            .to_string()
+    pub fn frame(&self) -> Utf8Bytes {
+        ServerFrame::Error {
+            code: self.code,
+            message: &self.message,
+        }
+        .text()
     }
+}
+
+/// Everything the server sends on `/ws` but events: `{"type": ..., ...}`.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame<'a> {
+    /// The answer to `ping`.
+    Pong,
+    /// A refused frame; the connection stays open.
+    Error { code: &'a str, message: &'a str },
+    /// `channels` are live (after any replay); the connection now has `subscriptions`. A page
+    /// tells the server it is in use well within `idle_after_ms`.
+    Subscribed {
+        channels: Vec<&'static str>,
+        subscriptions: Vec<&'static str>,
+        idle_after_ms: u64,
+    },
+    /// `channels` were dropped; the connection now has `subscriptions`.
+    Unsubscribed {
+        channels: Vec<&'static str>,
+        subscriptions: Vec<&'static str>,
+        idle_after_ms: u64,
+    },
+    /// The user's unread chat messages.
+    ChatBadges(&'a ChatBadges),
+    /// The lock is the connection's until `expires_at` (renew within `expires_in_ms`).
+    LockAcquired {
+        #[serde(flatten)]
+        lock: &'a LockInfo,
+        renewed: bool,
+        expires_in_ms: u64,
+    },
+    /// Someone else holds the lock (`holder`, until `expires_at`).
+    LockDenied {
+        resource: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        holder: Option<&'a Holder>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires_at: Option<&'a str>,
+    },
+    /// The connection's lock went: `unlock`, or `expired`.
+    LockReleased {
+        resource: &'a str,
+        reason: &'static str,
+    },
+    /// The events after `since` are no longer all kept (or were never given): reload what is
+    /// shown, and go on from `latest`.
+    ResyncRequired {
+        since: u64,
+        oldest: u64,
+        latest: u64,
+    },
+}
+
+impl ServerFrame<'_> {
+    /// The frame's text.
+    pub fn text(&self) -> Utf8Bytes {
+        // A frame of strings and numbers always serializes.
+        serde_json::to_string(self)
+            .expect("a server frame serializes")
+            .into()
+    }
+}
+
+/// Several events (each as stored, with its `id`) in one frame:
+/// `{"type":"batch","events":[...]}`.
+pub fn batch<'a>(events: impl IntoIterator<Item = &'a str>) -> Utf8Bytes {
+    let mut text = String::from(r#"{"type":"batch","events":["#);
+    for (i, event) in events.into_iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(event);
+    }
+    text.push_str("]}");
+    text.into()
 }
 
 const ACTIONS: &str = "subscribe, unsubscribe, ping, presence, mark_read, lock, unlock";
@@ -342,5 +428,40 @@ mod tests {
         assert_eq!(frame["type"], "error");
         assert_eq!(frame["code"], "unknown_channel");
         assert_eq!(frame["message"], err.message);
+    }
+
+    #[test]
+    fn server_frames_carry_their_type_and_fields() {
+        let json = |frame: ServerFrame| serde_json::from_str::<Value>(&frame.text()).unwrap();
+        assert_eq!(json(ServerFrame::Pong), serde_json::json!({"type": "pong"}));
+        assert_eq!(
+            json(ServerFrame::Subscribed {
+                channels: vec!["queries"],
+                subscriptions: vec!["presence", "queries"],
+                idle_after_ms: 300_000,
+            }),
+            serde_json::json!({"type": "subscribed", "channels": ["queries"],
+                "subscriptions": ["presence", "queries"], "idle_after_ms": 300_000})
+        );
+        assert_eq!(
+            json(ServerFrame::LockDenied {
+                resource: "r",
+                holder: None,
+                expires_at: None
+            }),
+            serde_json::json!({"type": "lock_denied", "resource": "r"})
+        );
+        assert_eq!(
+            json(ServerFrame::ResyncRequired {
+                since: 9,
+                oldest: 3,
+                latest: 5
+            }),
+            serde_json::json!({"type": "resync_required", "since": 9, "oldest": 3, "latest": 5})
+        );
+        assert_eq!(
+            batch([r#"{"id":1}"#, r#"{"id":2}"#]).as_str(),
+            r#"{"type":"batch","events":[{"id":1},{"id":2}]}"#
+        );
     }
 }

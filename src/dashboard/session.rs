@@ -21,9 +21,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::hub::{Hub, Outgoing, Workspace};
+use super::hub::Hub;
+use super::workspace::{Outgoing, Workspace};
 use super::presence::Source;
-use super::protocol::{self, Action, PresenceUpdate, ProtocolError};
+use super::protocol::{self, Action, PresenceUpdate, ProtocolError, ServerFrame};
 use super::ChannelSet;
 use crate::auth::identity::Plan;
 use crate::auth::{Identity, IdentityParams};
@@ -292,7 +293,7 @@ impl Session<'_> {
             };
             if let Some(err) = refusal {
                 tracing::debug!(code = err.code, "bad dashboard frame");
-                self.reply(err.frame().into());
+                self.reply(err.frame());
                 if bad.note(Instant::now()) {
                     tracing::info!(limit = bad.limit, "too many bad frames; closing");
                     self.closer.close(CloseReason::Policy(format!(
@@ -331,45 +332,52 @@ impl Session<'_> {
                             "storage_unavailable",
                             "the event log could not be read; subscribe again",
                         )
-                        .frame()
-                        .into(),
+                        .frame(),
                     );
                     return;
                 }
-                self.reply(self.subscriptions("subscribed", set));
+                self.reply(self.subscriptions(true, set));
             }
             Action::Unsubscribe { channels } => {
                 let set = ChannelSet::of(&channels);
                 hub.unsubscribe(ws, self.conn, set);
-                self.reply(self.subscriptions("unsubscribed", set));
+                self.reply(self.subscriptions(false, set));
             }
-            Action::Ping => self.reply(r#"{"type":"pong"}"#.into()),
+            Action::Ping => self.reply(ServerFrame::Pong.text()),
             Action::Presence(update) => hub.presence(ws, user, source, &update, true),
             Action::MarkRead { session_id } => hub.mark_read(ws, user, &session_id),
             Action::Lock { resource } => self.reply(hub.lock(ws, self.conn, &resource)),
             Action::Unlock { resource } => match hub.unlock(ws, self.conn, &resource) {
                 Ok(frame) => self.reply(frame),
                 // A lost race for a lock is not abuse: answered, not counted.
-                Err(err) => self.reply(err.frame().into()),
+                Err(err) => self.reply(err.frame()),
             },
         }
     }
 
-    /// `{"type":"subscribed","channels":[...]}`: the channels the action named, once they are
-    /// live (after any replay), and all the connection now has.
-    fn subscriptions(&self, kind: &str, changed: ChannelSet) -> Utf8Bytes {
+    /// `subscribed` or `unsubscribed`: the channels the action named, once they are live
+    /// (after any replay), and all the connection now has.
+    fn subscriptions(&self, subscribed: bool, changed: ChannelSet) -> Utf8Bytes {
         let now = self.hub.channels(self.ws, self.conn);
         self.info
             .set_target(format!("dashboard: {}", now.names().join(",")));
-        serde_json::json!({
-            "type": kind,
-            "channels": changed.names(),
-            "subscriptions": now.names(),
-            // A page tells the server it is in use well within this (see `presence`).
-            "idle_after_ms": u64::try_from(self.hub.idle_after().as_millis()).unwrap_or(u64::MAX),
-        })
-        .to_string()
-        .into()
+        let (channels, subscriptions) = (changed.names(), now.names());
+        // A page tells the server it is in use well within this (see `presence`).
+        let idle_after_ms = u64::try_from(self.hub.idle_after().as_millis()).unwrap_or(u64::MAX);
+        let frame = if subscribed {
+            ServerFrame::Subscribed {
+                channels,
+                subscriptions,
+                idle_after_ms,
+            }
+        } else {
+            ServerFrame::Unsubscribed {
+                channels,
+                subscriptions,
+                idle_after_ms,
+            }
+        };
+        frame.text()
     }
 }
 
@@ -393,15 +401,9 @@ impl DashboardOutbound {
             0 => return,
             1 => self.batch.pop().unwrap_or_default(),
             _ => {
-                let mut text = String::from(r#"{"type":"batch","events":["#);
-                for (i, event) in self.batch.drain(..).enumerate() {
-                    if i > 0 {
-                        text.push(',');
-                    }
-                    text.push_str(event.as_str());
-                }
-                text.push_str("]}");
-                text.into()
+                let frame = protocol::batch(self.batch.iter().map(Utf8Bytes::as_str));
+                self.batch.clear();
+                frame
             }
         };
         out.push(WsMessage::Text(frame));

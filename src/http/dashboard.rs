@@ -12,8 +12,12 @@ use serde_json::{json, Value};
 use super::events::publish_error;
 use super::extract::{Caller, HistoryLimit, JsonObject, Params};
 use super::AppState;
-use crate::dashboard::hub::History;
+use crate::dashboard::history::History;
+use crate::dashboard::preferences::Preferences;
+use crate::dashboard::protocol::ServerFrame;
+use crate::dashboard::PreferencesError;
 use crate::dashboard::presence::Source;
+use crate::dashboard::workspace::Workspace;
 use crate::dashboard::protocol::{self, PresenceUpdate};
 use crate::error::ApiError;
 
@@ -30,11 +34,14 @@ pub async fn get_presence(
     Caller(who): Caller,
     Params(params): Params<WhoParams>,
 ) -> Result<Json<Value>, ApiError> {
-    let users = app
+    let users: Vec<Value> = app
         .hub
         .who(&who.workspace, params.include_offline)
         .await
-        .map_err(|e| ApiError::storage(&e))?;
+        .map_err(|e| ApiError::storage(&e))?
+        .into_iter()
+        .map(|(user, snapshot)| Value::Object(snapshot.fields(&user)))
+        .collect();
     Ok(Json(json!({ "users": users })))
 }
 
@@ -129,7 +136,7 @@ fn history_page(history: &History) -> Response {
 pub async fn get_preferences(
     State(app): State<AppState>,
     Caller(who): Caller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Preferences>, ApiError> {
     app.hub
         .preferences(&who.workspace, &who.user)
         .await
@@ -143,7 +150,7 @@ pub async fn put_preferences(
     State(app): State<AppState>,
     Caller(who): Caller,
     JsonObject(fields): JsonObject,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Preferences>, ApiError> {
     let Some(Value::Object(realtime)) = fields.get("realtime") else {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -156,27 +163,35 @@ pub async fn put_preferences(
         .set_preferences(&who.workspace, &who.user, realtime)
         .await
     {
-        Ok(value) => Ok(Json(value)),
-        Err(Ok(message)) => Err(ApiError::new(
+        Ok(preferences) => Ok(Json(preferences)),
+        Err(PreferencesError::Invalid(message)) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "bad_preferences",
             message,
         )),
-        Err(Err(err)) => Err(publish_error(&who.workspace, err)),
+        Err(PreferencesError::Store(err)) => Err(publish_error(&who.workspace, err)),
     }
 }
 
-/// `GET /api/v1/badges`: the caller's unread chat messages per session.
+/// `GET /api/v1/badges`: the caller's unread chat messages per session, as they are pushed
+/// (`{"type":"chat_badges","unread":{...},"total":N}`).
 pub async fn get_badges(
     State(app): State<AppState>,
     Caller(who): Caller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let ws = app
         .hub
         .workspace(&who.workspace)
         .await
         .map_err(|e| ApiError::storage(&e))?;
-    Ok(Json(app.hub.badges(&ws, &who.user)))
+    Ok(badges(&app, &ws, &who.user))
+}
+
+/// The chat badges of `user`, as `GET /api/v1/badges` answers them.
+fn badges(app: &AppState, ws: &Workspace, user: &str) -> Response {
+    let badges = app.hub.badges(ws, user);
+    let frame = ServerFrame::ChatBadges(&badges).text();
+    ([(header::CONTENT_TYPE, "application/json")], frame.to_string()).into_response()
 }
 
 /// `POST /api/v1/badges/read` with `{"session_id":999}`: the `mark_read` action over HTTP.
@@ -184,7 +199,7 @@ pub async fn post_badges_read(
     State(app): State<AppState>,
     Caller(who): Caller,
     JsonObject(fields): JsonObject,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let session = fields
         .get("session_id")
         .and_then(crate::dashboard::catalogue::id_text)
@@ -201,5 +216,5 @@ pub async fn post_badges_read(
         .await
         .map_err(|e| ApiError::storage(&e))?;
     app.hub.mark_read(&ws, &who.user, &session);
-    Ok(Json(app.hub.badges(&ws, &who.user)))
+    Ok(badges(&app, &ws, &who.user))
 }

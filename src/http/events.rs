@@ -6,14 +6,12 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use tandem_crdt::Any;
 
 use super::extract::{Caller, EventBody, Limited, Params, Publisher};
 use super::AppState;
-use crate::dashboard::catalogue::{self, Channel, Event};
+use crate::dashboard::catalogue::{self, Channel};
 use crate::dashboard::hub::PublishError;
 use crate::dashboard::ChannelSet;
-use crate::docname::DocName;
 use crate::error::ApiError;
 use crate::metrics::{self, Kind};
 use crate::net::registry::NewConn;
@@ -38,21 +36,12 @@ pub async fn publish(
         )
     })?;
     let kind = event.kind;
-    let status = query_status(&who.workspace, &event);
     let id = app
         .hub
         .publish(&who.workspace, event)
         .await
         .map_err(|e| publish_error(&who.workspace, e))?;
     tracing::debug!(workspace = %who.workspace, id, kind, "event published");
-    if let Some((doc, mut entries)) = status {
-        // Every editor of the query sees its state without a refresh. The event is already
-        // durable; a failure here is logged, not the publisher's problem.
-        entries.push(("event_id".into(), Any::from(id as f64)));
-        if let Err(err) = app.rooms.edit_map(&doc, QUERY_STATUS_MAP, entries).await {
-            tracing::warn!(%doc, error = %err, "could not write the query's status");
-        }
-    }
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response())
 }
 
@@ -68,55 +57,6 @@ pub(super) fn publish_error(workspace: &str, err: PublishError) -> ApiError {
                 "the event could not be made durable in time; it may still be delivered",
             )
         }
-    }
-}
-
-/// The root map of a query document that the query lifecycle events keep up to date.
-pub const QUERY_STATUS_MAP: &str = "status";
-
-/// For `query_started`, `query_completed` and `query_failed`: the query's document
-/// (`{workspace}/queries/{query_id}`) and what its `status` map becomes: `status`
-/// (`running`, `completed`, `failed`), `result_count`, `execution_time`, `error`,
-/// `started_by`, `started_at`, `finished_at`. A new run clears the last one's results.
-fn query_status(workspace: &str, event: &Event) -> Option<(DocName, Vec<(String, Any)>)> {
-    let state = match event.kind {
-        "query_started" => "running",
-        "query_completed" => "completed",
-        "query_failed" => "failed",
-        _ => return None,
-    };
-    let query = event.fields.get("query_id").and_then(catalogue::id_text)?;
-    let doc = DocName::parse(&format!("{workspace}/queries/{query}")).ok()?;
-    let now = crate::clock::rfc3339(time::OffsetDateTime::now_utc()).map_or(Any::Null, Any::from);
-    let field = |name: &str| event.fields.get(name).map_or(Any::Null, json_to_any);
-    let mut entries = vec![("status".to_string(), Any::from(state))];
-    if state == "running" {
-        entries.extend([
-            ("started_by".to_string(), field("started_by")),
-            ("started_at".to_string(), now),
-            ("result_count".to_string(), Any::Null),
-            ("execution_time".to_string(), Any::Null),
-            ("error".to_string(), Any::Null),
-            ("finished_at".to_string(), Any::Null),
-        ]);
-    } else {
-        entries.extend([
-            ("result_count".to_string(), field("result_count")),
-            ("execution_time".to_string(), field("execution_time")),
-            ("error".to_string(), field("error")),
-            ("finished_at".to_string(), now),
-        ]);
-    }
-    Some((doc, entries))
-}
-
-/// A JSON scalar as a Yjs value; numbers become JavaScript numbers.
-fn json_to_any(value: &serde_json::Value) -> Any {
-    match value {
-        serde_json::Value::Bool(b) => Any::Bool(*b),
-        serde_json::Value::Number(n) => n.as_f64().map_or(Any::Null, Any::from),
-        serde_json::Value::String(s) => Any::from(s.as_str()),
-        _ => Any::Null,
     }
 }
 
