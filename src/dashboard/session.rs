@@ -22,9 +22,9 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::hub::Hub;
-use super::workspace::{Outgoing, Workspace};
 use super::presence::Source;
 use super::protocol::{self, Action, PresenceUpdate, ProtocolError, ServerFrame};
+use super::workspace::{Outgoing, Workspace};
 use super::ChannelSet;
 use crate::auth::identity::Plan;
 use crate::auth::{Identity, IdentityParams};

@@ -14,11 +14,11 @@ use super::extract::{Caller, HistoryLimit, JsonObject, Params};
 use super::AppState;
 use crate::dashboard::history::History;
 use crate::dashboard::preferences::Preferences;
-use crate::dashboard::protocol::ServerFrame;
-use crate::dashboard::PreferencesError;
 use crate::dashboard::presence::Source;
-use crate::dashboard::workspace::Workspace;
+use crate::dashboard::protocol::ServerFrame;
 use crate::dashboard::protocol::{self, PresenceUpdate};
+use crate::dashboard::workspace::Workspace;
+use crate::dashboard::PreferencesError;
 use crate::error::ApiError;
 
 #[derive(Debug, Deserialize)]
@@ -191,7 +191,11 @@ pub async fn get_badges(
 fn badges(app: &AppState, ws: &Workspace, user: &str) -> Response {
     let badges = app.hub.badges(ws, user);
     let frame = ServerFrame::ChatBadges(&badges).text();
-    ([(header::CONTENT_TYPE, "application/json")], frame.to_string()).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        frame.to_string(),
+    )
+        .into_response()
 }
 
 /// `POST /api/v1/badges/read` with `{"session_id":999}`: the `mark_read` action over HTTP.

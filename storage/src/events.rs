@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
+use crate::keys::{corrupt, number_of, numbered, prefix, prefix_end};
 use crate::StoreError;
 
 /// One stored event.
@@ -143,36 +144,8 @@ impl SledEventStore {
     }
 }
 
-fn prefix(workspace: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(workspace.len() + 9);
-    key.extend_from_slice(workspace.as_bytes());
-    key.push(0);
-    key
-}
-
-fn event_key(workspace: &str, id: u64) -> Vec<u8> {
-    let mut key = prefix(workspace);
-    key.extend_from_slice(&id.to_be_bytes());
-    key
-}
-
-fn corrupt(workspace: &str, what: &'static str) -> StoreError {
-    StoreError::Corrupt {
-        doc: workspace.to_owned(),
-        what,
-    }
-}
-
-fn key_id(workspace: &str, key: &[u8]) -> Result<u64, StoreError> {
-    key.len()
-        .checked_sub(8)
-        .and_then(|at| key[at..].try_into().ok())
-        .map(u64::from_be_bytes)
-        .ok_or_else(|| corrupt(workspace, "event key"))
-}
-
 fn decode(workspace: &str, key: &[u8], value: &[u8]) -> Result<StoredEvent, StoreError> {
-    let id = key_id(workspace, key)?;
+    let id = number_of(workspace, key, "event key")?;
     let at_ms = value
         .get(..8)
         .and_then(|b| b.try_into().ok())
@@ -204,7 +177,7 @@ impl SledEvents {
             .keys()
             .next_back()
         {
-            Some(key) => key_id(workspace, &key?)?,
+            Some(key) => number_of(workspace, &key?, "event key")?,
             None => 0,
         };
         // A trimmed-empty log still never reuses an id.
@@ -233,7 +206,7 @@ impl EventStore for SledEventStore {
         let mut value = Vec::with_capacity(8 + body.len());
         value.extend_from_slice(&at_ms.to_be_bytes());
         value.extend_from_slice(body);
-        self.inner.events.insert(event_key(workspace, id), value)?;
+        self.inner.events.insert(numbered(workspace, id), value)?;
         last_ids.insert(workspace.to_owned(), id);
         Ok(id)
     }
@@ -252,13 +225,13 @@ impl EventStore for SledEventStore {
             let floor = inner.floor(&workspace)?;
             if missed(after, floor) {
                 let oldest = match inner.events.scan_prefix(prefix(&workspace)).keys().next() {
-                    Some(key) => key_id(&workspace, &key?)?,
+                    Some(key) => number_of(&workspace, &key?, "event key")?,
                     None => 0,
                 };
                 return Ok(Since::Resync { oldest });
             }
-            let start = event_key(&workspace, after.saturating_add(1));
-            let end = event_key(&workspace, u64::MAX);
+            let start = numbered(&workspace, after.saturating_add(1));
+            let end = numbered(&workspace, u64::MAX);
             let mut events = Vec::new();
             for entry in inner.events.range(start..=end).take(limit) {
                 let (key, value) = entry?;
@@ -278,7 +251,7 @@ impl EventStore for SledEventStore {
         let workspace = workspace.to_owned();
         self.blocking(move |inner| {
             let mut events = Vec::new();
-            let range = event_key(&workspace, 0)..event_key(&workspace, before);
+            let range = numbered(&workspace, 0)..numbered(&workspace, before);
             for entry in inner.events.range(range).rev().take(limit) {
                 let (key, value) = entry?;
                 events.push(decode(&workspace, &key, &value)?);
@@ -339,11 +312,7 @@ impl EventStore for SledEventStore {
                         inner.events.remove(key)?;
                     }
                 }
-                let mut after = ws_prefix;
-                if let Some(last) = after.last_mut() {
-                    *last = 1;
-                }
-                next = Some(after);
+                next = Some(prefix_end(&ws_prefix));
             }
             Ok(removed)
         })

@@ -21,6 +21,7 @@
 pub mod contract;
 mod events;
 mod journal;
+mod keys;
 mod memory;
 mod sled_store;
 mod state;

@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use crate::journal::{self, JournalFile};
+use crate::keys::{self, corrupt, prefix as name_prefix, prefix_end};
 use crate::{Compaction, DocStore, Seq, Snapshot, StoreError, StoredDoc};
 
 /// Largest piece of a snapshot stored under one key: 16 of them stay well below sled's blob
@@ -388,27 +389,8 @@ impl Inner {
     }
 }
 
-/// `name` + `0x00`: the prefix of a document's log entries and snapshot chunks.
-fn name_prefix(doc: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(doc.len() + 13);
-    key.extend_from_slice(doc.as_bytes());
-    key.push(0);
-    key
-}
-
-/// The first key after every key starting with `prefix` (which ends in `0x00`).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    if let Some(last) = end.last_mut() {
-        *last = 1;
-    }
-    end
-}
-
 fn log_key(doc: &str, seq: Seq) -> Vec<u8> {
-    let mut key = name_prefix(doc);
-    key.extend_from_slice(&seq.0.to_be_bytes());
-    key
+    keys::numbered(doc, seq.0)
 }
 
 fn chunk_key(doc: &str, number: u32) -> Vec<u8> {
@@ -418,19 +400,7 @@ fn chunk_key(doc: &str, number: u32) -> Vec<u8> {
 }
 
 fn seq_of(doc: &str, key: &[u8]) -> Result<Seq, StoreError> {
-    let tail: [u8; 8] = key
-        .len()
-        .checked_sub(8)
-        .and_then(|at| key[at..].try_into().ok())
-        .ok_or_else(|| corrupt(doc, "log key"))?;
-    Ok(Seq(u64::from_be_bytes(tail)))
-}
-
-fn corrupt(doc: &str, what: &'static str) -> StoreError {
-    StoreError::Corrupt {
-        doc: doc.to_owned(),
-        what,
-    }
+    keys::number_of(doc, key, "log key").map(Seq)
 }
 
 #[async_trait]

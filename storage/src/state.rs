@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
+use crate::keys;
 use crate::StoreError;
 
 /// Small records by scope and key. Object-safe, so the server holds an `Arc<dyn StateStore>`.
@@ -49,9 +50,7 @@ impl SledStateStore {
 }
 
 fn scoped(scope: &str, key: &str) -> Vec<u8> {
-    let mut full = Vec::with_capacity(scope.len() + 1 + key.len());
-    full.extend_from_slice(scope.as_bytes());
-    full.push(0);
+    let mut full = keys::prefix(scope);
     full.extend_from_slice(key.as_bytes());
     full
 }
@@ -75,10 +74,7 @@ impl StateStore for SledStateStore {
             for entry in tree.scan_prefix(scoped(&scope, "")) {
                 let (key, value) = entry?;
                 let key = std::str::from_utf8(&key[at..])
-                    .map_err(|_| StoreError::Corrupt {
-                        doc: scope.clone(),
-                        what: "state key",
-                    })?
+                    .map_err(|_| keys::corrupt(&scope, "state key"))?
                     .to_owned();
                 entries.push((key, value.to_vec()));
             }
