@@ -4,12 +4,12 @@
 //! frames go and when snapshots are written.
 
 pub mod awareness;
+pub mod outbox;
+mod owners;
 pub mod room;
 
 pub use yrs::Any;
 
 pub use awareness::SERVER_CLIENT_BASE;
-pub use room::{
-    Access, AwarenessChange, Departure, Outbox, PeerId, PollInput, Polled, Room, RoomError,
-    RoomLimits,
-};
+pub use outbox::{AwarenessChange, Departure, Outbox, PollInput, Polled};
+pub use room::{Access, PeerId, Room, RoomError, RoomLimits};

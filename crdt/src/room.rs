@@ -3,7 +3,6 @@
 //! Bytes in, bytes out: the caller hands over a frame and delivers the [`Outbox`] it gets back
 //! (persist first, then reply and broadcast). No sockets, no storage, no tasks.
 
-use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -11,12 +10,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tandem_sync::message::{self, MSG_SYNC_STATUS_HEARTBEAT};
 use tandem_sync::{AuthMessage, AwarenessUpdate, DecodeError, Message, MessageReader, SyncMessage};
-use yrs::encoding::read::{Cursor, Read};
+
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Any, Doc, IdSet, Map, Options, Out, ReadTxn, StateVector, Transact, Update};
 
 use crate::awareness::{Awareness, Changes, SERVER_CLIENT_BASE};
+use crate::outbox::{AwarenessChange, Departure, Outbox, PollInput, Polled};
+use crate::owners::Owners;
 
 /// A connection's id within the server; the room only uses it to track awareness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -76,85 +77,12 @@ pub enum RoomError {
     Poisoned,
 }
 
-/// What the caller must deliver after [`Room::receive`] or [`Room::apply_update`].
-#[derive(Debug, Default)]
-pub struct Outbox {
-    /// Updates to append to the document's log. They must be in the log before `broadcast`
-    /// goes out.
-    pub persist: Vec<Bytes>,
-    /// Frames for the peer that sent the input, in order, one message each.
-    pub reply: Vec<Bytes>,
-    /// Frames for every other peer of the room, in order, one message each.
-    pub broadcast: Vec<Bytes>,
-    /// What the input changed in awareness, when the room is observed ([`Room::observe`]).
-    pub awareness: Vec<AwarenessChange>,
-}
-
-/// One awareness client's new state, for whoever observes a room's awareness.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AwarenessChange {
-    pub client: u64,
-    /// The state's JSON; `None` when the client was removed.
-    pub state: Option<Arc<str>>,
-    /// Whether the state differs from the one before (false for a renewal).
-    pub changed: bool,
-}
-
-impl Outbox {
-    /// Whether there is nothing to deliver.
-    pub fn is_empty(&self) -> bool {
-        self.persist.is_empty() && self.reply.is_empty() && self.broadcast.is_empty()
-    }
-}
-
-/// What a peer's leaving changed, from [`Room::leave`].
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Departure {
-    /// The awareness frame telling the remaining peers its clients are gone, if it had any.
-    pub removal: Option<Bytes>,
-    /// The awareness clients that went with it.
-    pub clients: Vec<u64>,
-}
-
-/// What a poller sends in one [`Room::poll`].
-#[derive(Debug, Clone, Copy)]
-pub struct PollInput<'a> {
-    /// Its awareness client id.
-    pub client: u64,
-    /// Its encoded state vector.
-    pub state_vector: &'a [u8],
-    /// Its edits the room may lack, as one v1 update.
-    pub update: Option<&'a [u8]>,
-    /// Its own awareness state, as an encoded awareness update.
-    pub awareness: Option<&'a [u8]>,
-}
-
-/// The answer to one [`Room::poll`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Polled {
-    /// What the poller lacks, as a v1 update.
-    pub update: Vec<u8>,
-    /// The document's state vector, so the poller knows what the room lacks.
-    pub state_vector: Vec<u8>,
-    /// Every live awareness state as one encoded awareness update; `None` when there is none.
-    pub awareness: Option<Vec<u8>>,
-}
-
 /// A document and its awareness.
 pub struct Room {
     doc: Doc,
     awareness: Awareness,
-    /// The awareness client ids each peer announced, removed when it leaves.
-    peers: HashMap<PeerId, Vec<u64>>,
-    /// The peer that keeps each awareness client alive: the index of `peers`.
-    owners: HashMap<u64, PeerId>,
-    /// Who each tagged peer speaks for (a user).
-    tags: HashMap<PeerId, Arc<str>>,
-    /// Whose each awareness client is: the tag of the peer that announced it, kept while it is
-    /// alive and, for the last [`DEPARTED_CLIENTS`] that went, after (so that another user
-    /// cannot take over a client id while its user reconnects).
-    client_tags: HashMap<u64, Arc<str>>,
-    departed: VecDeque<u64>,
+    /// Which peer keeps which awareness client, and whose each client is.
+    owners: Owners,
     limits: RoomLimits,
     /// The document's stored size: its last snapshot plus the updates applied since.
     size_bytes: usize,
@@ -163,9 +91,6 @@ pub struct Room {
     /// Whether awareness changes are reported in [`Outbox::awareness`].
     observed: bool,
 }
-
-/// How many departed awareness clients keep their user: a reconnect comes within seconds.
-const DEPARTED_CLIENTS: usize = 1024;
 
 /// The v1 encoding of an update with no structs and no deletions.
 const EMPTY_UPDATE: [u8; 2] = [0, 0];
@@ -177,11 +102,7 @@ impl Room {
             // Garbage collection stays on: the server keeps no history beyond what clients need.
             doc: Doc::with_options(Options::default()),
             awareness: Awareness::default(),
-            peers: HashMap::new(),
-            owners: HashMap::new(),
-            tags: HashMap::new(),
-            client_tags: HashMap::new(),
-            departed: VecDeque::new(),
+            owners: Owners::default(),
             limits,
             size_bytes: 0,
             poisoned: false,
@@ -225,7 +146,7 @@ impl Room {
     /// Registers `peer` and returns the frames it must receive first: sync step 1 and, when
     /// anyone is present, the awareness states.
     pub fn join(&mut self, peer: PeerId) -> Vec<Bytes> {
-        self.peers.entry(peer).or_default();
+        self.owners.join(peer);
         let mut frames = vec![message::encode_step1(&self.state_vector())];
         if let Some(update) = self.awareness.full_update() {
             frames.push(message::encode_awareness(&update.encode()));
@@ -236,13 +157,9 @@ impl Room {
     /// Forgets `peer`: its awareness clients are removed, and the [`Departure`] says how to
     /// tell the remaining peers.
     pub fn leave(&mut self, peer: PeerId) -> Departure {
-        self.tags.remove(&peer);
-        let Some(clients) = self.peers.remove(&peer) else {
+        let Some(clients) = self.owners.leave(peer) else {
             return Departure::default();
         };
-        for &client in &clients {
-            self.disown(peer, client);
-        }
         match self.awareness.remove(clients) {
             Some(removal) => Departure {
                 clients: removal.entries.iter().map(|e| e.client_id).collect(),
@@ -281,50 +198,19 @@ impl Room {
     /// tag's to update or remove: one user cannot move or hide another's cursor, while a user's
     /// new connection still takes over the clients of their old one.
     pub fn tag_peer(&mut self, peer: PeerId, tag: Arc<str>) {
-        self.tags.insert(peer, tag);
-    }
-
-    /// Whether `peer` may update awareness `client`: `peer` keeps it, or the client is no
-    /// user's (yet, or any more), or it is the user's `peer` speaks for.
-    fn may_announce(&self, peer: PeerId, client: u64) -> bool {
-        if self.owners.get(&client) == Some(&peer) {
-            return true;
-        }
-        match (self.client_tags.get(&client), self.tags.get(&peer)) {
-            (None, _) => true,
-            (Some(theirs), Some(ours)) => theirs == ours,
-            (Some(_), None) => false,
-        }
-    }
-
-    /// `peer` no longer keeps `client`: the client stays its user's for a while.
-    fn disown(&mut self, peer: PeerId, client: u64) {
-        if self.owners.get(&client) != Some(&peer) {
-            return;
-        }
-        self.owners.remove(&client);
-        if self.client_tags.contains_key(&client) {
-            self.departed.push_back(client);
-            while self.departed.len() > DEPARTED_CLIENTS {
-                if let Some(oldest) = self.departed.pop_front() {
-                    if !self.owners.contains_key(&oldest) {
-                        self.client_tags.remove(&oldest);
-                    }
-                }
-            }
-        }
+        self.owners.tag(peer, tag);
     }
 
     /// The peer that keeps awareness `client` alive, if any.
     pub fn awareness_owner(&self, client: u64) -> Option<PeerId> {
-        self.owners.get(&client).copied()
+        self.owners.owner(client)
     }
 
     /// Forgets every peer (the room is being discarded) and returns each one's awareness
     /// clients.
     pub fn leave_all(&mut self) -> Vec<(PeerId, Vec<u64>)> {
-        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
-        peers
+        self.owners
+            .peers()
             .into_iter()
             .map(|peer| (peer, self.leave(peer).clients))
             .filter(|(_, clients)| !clients.is_empty())
@@ -441,13 +327,13 @@ impl Room {
                                 .state
                                 .as_ref()
                                 .and_then(|_| self.awareness.removal(e.client_id))
-                                .filter(|_| self.may_announce(peer, e.client_id))
+                                .filter(|_| self.owners.may_announce(peer, e.client_id))
                             {
                                 removed.push(removal);
                             }
                             return false;
                         }
-                        self.may_announce(peer, e.client_id)
+                        self.owners.may_announce(peer, e.client_id)
                     });
                     if !removed.is_empty() {
                         let removals = AwarenessUpdate { entries: removed };
@@ -465,7 +351,7 @@ impl Room {
                     if changes.is_empty() {
                         continue;
                     }
-                    self.track_awareness(peer, &changes);
+                    self.owners.track(peer, &changes);
                     if self.observed {
                         self.report(&changes, outbox);
                     }
@@ -498,35 +384,6 @@ impl Room {
             }
         }
         Ok(())
-    }
-
-    /// Records which awareness clients `peer` now keeps alive. A client id belongs to the last
-    /// connection that announced it: when a client reconnects, the old connection's late close
-    /// must not remove the state the new one renewed.
-    fn track_awareness(&mut self, peer: PeerId, changes: &Changes) {
-        for &id in &changes.updated {
-            if let Some(tag) = self.tags.get(&peer) {
-                self.client_tags.insert(id, Arc::clone(tag));
-            }
-            match self.owners.insert(id, peer) {
-                Some(previous) if previous == peer => continue,
-                Some(previous) => {
-                    if let Some(ids) = self.peers.get_mut(&previous) {
-                        ids.retain(|known| *known != id);
-                    }
-                }
-                None => {}
-            }
-            self.peers.entry(peer).or_default().push(id);
-        }
-        if !changes.removed.is_empty() {
-            if let Some(ids) = self.peers.get_mut(&peer) {
-                ids.retain(|id| !changes.removed.contains(id));
-            }
-            for &id in &changes.removed {
-                self.disown(peer, id);
-            }
-        }
     }
 
     fn report(&self, changes: &Changes, outbox: &mut Outbox) {
@@ -582,7 +439,7 @@ impl Room {
             frame.extend_from_slice(&message::encode_awareness(awareness));
         }
         if !frame.is_empty() {
-            self.peers.entry(peer).or_default();
+            self.owners.join(peer);
             self.receive(peer, Bytes::from(frame), access, outbox)?;
             // The poller's answer is below; the echo of its awareness is not for anyone.
             outbox.reply.clear();
@@ -641,7 +498,7 @@ impl Room {
 
     /// How many peers are in the room.
     pub fn peer_count(&self) -> usize {
-        self.peers.len()
+        self.owners.peer_count()
     }
 
     /// How many clients have a live awareness state.
@@ -665,14 +522,13 @@ impl Room {
         peer: PeerId,
         update: &AwarenessUpdate,
     ) -> Result<(), RoomError> {
-        let announced = self.peers.get(&peer).map_or(&[][..], Vec::as_slice);
-        let added = update
+        let announced = update
             .entries
             .iter()
-            .filter(|e| e.state.is_some() && !announced.contains(&e.client_id))
-            .count();
+            .filter(|e| e.state.is_some())
+            .map(|e| e.client_id);
         let limit = self.limits.max_awareness_per_peer;
-        if announced.len() + added > limit {
+        if self.owners.count_with(peer, announced) > limit {
             return Err(RoomError::TooManyAwarenessClients { limit });
         }
         Ok(())
@@ -741,23 +597,12 @@ fn pending_fingerprint(txn: &impl ReadTxn) -> Option<(StateVector, StateVector, 
     ))
 }
 
-/// Decodes a state vector whose declared entry count its bytes can hold (each entry takes two
-/// at least): the decoder reserves room for the count before it reads, so a few bytes could
-/// otherwise ask for gigabytes.
+/// A state vector from a peer, checked before yrs reserves room for it.
 fn decode_state_vector(sv: &[u8]) -> Result<StateVector, RoomError> {
-    // The count as the decoder itself reads it (its varint reader takes more than five bytes).
-    let mut cursor = Cursor::new(sv);
-    let count: u32 = cursor
-        .read_var()
-        .map_err(|e| RoomError::BadStateVector(e.to_string()))?;
-    let room = (sv.len() - cursor.next) / 2;
-    if count as usize > room {
-        return Err(RoomError::BadStateVector(format!(
-            "it declares {count} entries in {} bytes",
-            sv.len()
-        )));
-    }
-    StateVector::decode_v1(sv).map_err(|e| RoomError::BadStateVector(e.to_string()))
+    message::decode_state_vector(sv).map_err(|e| match e {
+        DecodeError::StateVector(why) => RoomError::BadStateVector(why),
+        other => RoomError::BadStateVector(other.to_string()),
+    })
 }
 
 fn permission_denied() -> Bytes {

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, TransactionMut, Update};
+use yrs::{Doc, GetString, ReadTxn, Text, Transact, TransactionMut, Update};
 
 use crate::awareness::{AwarenessEntry, AwarenessUpdate};
 use crate::message::{self, AuthMessage, Message, MessageReader, SyncMessage};
@@ -383,7 +383,7 @@ fn handle_frame(doc: &Doc, shared: &Mutex<Shared>, frame: Bytes) -> Vec<Bytes> {
             }
         };
         match message {
-            Message::Sync(SyncMessage::Step1(sv)) => match StateVector::decode_v1(&sv) {
+            Message::Sync(SyncMessage::Step1(sv)) => match message::decode_state_vector(&sv) {
                 Ok(sv) => {
                     let diff = doc.transact().encode_state_as_update_v1(&sv);
                     replies.push(message::encode_step2(&diff));

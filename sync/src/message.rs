@@ -10,6 +10,8 @@
 use bytes::Bytes;
 use yrs::encoding::read::{Cursor, Error as ReadError, Read};
 use yrs::encoding::write::Write;
+use yrs::updates::decoder::Decode;
+use yrs::StateVector;
 
 /// Message type tag of a sync message (step 1, step 2, update).
 pub const MSG_SYNC: u64 = 0;
@@ -88,6 +90,8 @@ pub enum DecodeError {
     ClientIdOutOfRange(u64),
     #[error("awareness update announces {0} entries but the message is too short for them")]
     TooManyEntries(u64),
+    #[error("malformed state vector: {0}")]
+    StateVector(String),
 }
 
 impl DecodeError {
@@ -188,6 +192,28 @@ fn encode_sync(sub: u64, payload: &[u8]) -> Bytes {
     buf.write_var(sub);
     buf.write_buf(payload);
     buf.into()
+}
+
+/// Decodes a state vector (the payload of a step 1) whose declared entry count its bytes can
+/// hold (each entry takes two at least): yrs reserves room for the count before it reads, so a
+/// few bytes could otherwise ask for gigabytes.
+///
+/// # Errors
+/// [`DecodeError::StateVector`] saying what is wrong.
+pub fn decode_state_vector(sv: &[u8]) -> Result<StateVector, DecodeError> {
+    // The count as the decoder itself reads it (its varint reader takes more than five bytes).
+    let mut cursor = Cursor::new(sv);
+    let count: u32 = cursor
+        .read_var()
+        .map_err(|e| DecodeError::StateVector(e.to_string()))?;
+    let room = (sv.len() - cursor.next) / 2;
+    if count as usize > room {
+        return Err(DecodeError::StateVector(format!(
+            "it declares {count} entries in {} bytes",
+            sv.len()
+        )));
+    }
+    StateVector::decode_v1(sv).map_err(|e| DecodeError::StateVector(e.to_string()))
 }
 
 /// Decodes a frame that holds exactly one message; trailing bytes are ignored, as the JS
@@ -407,6 +433,17 @@ mod tests {
             decode(Bytes::from_static(&[2, 0, 2, 0xff, 0xfe])),
             Err(DecodeError::BadUtf8("auth reason"))
         );
+    }
+
+    #[test]
+    fn a_state_vector_may_not_declare_more_entries_than_its_bytes_hold() {
+        assert_eq!(decode_state_vector(&[0]).unwrap(), StateVector::default());
+        let mut forged = Vec::new();
+        forged.write_var(u64::from(u32::MAX));
+        assert!(matches!(
+            decode_state_vector(&forged),
+            Err(DecodeError::StateVector(why)) if why.contains("declares")
+        ));
     }
 
     #[test]
