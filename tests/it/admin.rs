@@ -1,37 +1,13 @@
 //! The admin API (admin role), readiness, and client error reports.
 
-mod common;
-
-use common::{spawn_app_with, TestApp, TIMEOUT};
 use serde_json::{json, Value};
-use tandem::auth::{Role, Secret};
+use tandem::auth::Role;
+
+use crate::support::{spawn_secured, token, Served, TestApp, TIMEOUT};
 use tandem_sync::client::Client;
 
-fn secret() -> Secret {
-    "admin-test-secret".parse().unwrap()
-}
-
-fn token(workspace: &str, sub: &str, role: Role) -> String {
-    common::mint_token(&secret(), workspace, sub, None, role)
-}
-
 async fn secured() -> TestApp {
-    spawn_app_with(|c| {
-        c.auth_secret = Some(secret());
-        c.client_errors_per_minute = 2;
-    })
-    .await
-}
-
-async fn call(method: reqwest::Method, app: &TestApp, path: &str, bearer: &str) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .request(method, app.http_url(path))
-        .bearer_auth(bearer)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    spawn_secured(|c| c.client_errors_per_minute = 2).await
 }
 
 #[tokio::test]
@@ -51,13 +27,9 @@ async fn admins_list_and_kick_connections_of_their_workspace_only() {
     dash.subscribe(&["system"], None).await;
 
     let admin = token("acme", "root", Role::Admin);
-    let (status, listed) = call(
-        reqwest::Method::GET,
-        &app,
-        "/api/v1/admin/connections",
-        &admin,
-    )
-    .await;
+    let (status, listed) = app
+        .call(reqwest::Method::GET, "/api/v1/admin/connections", &admin)
+        .await;
     assert_eq!(status, 200);
     let conns = listed["connections"].as_array().unwrap();
     let doc = conns.iter().find(|c| c["user"] == "ada").unwrap();
@@ -78,37 +50,33 @@ async fn admins_list_and_kick_connections_of_their_workspace_only() {
     );
 
     // Members may not; another workspace's admin sees and kicks nothing here.
-    let (status, body) = call(
-        reqwest::Method::GET,
-        &app,
-        "/api/v1/admin/connections",
-        &token("acme", "ada", Role::Member),
-    )
-    .await;
+    let (status, body) = app
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/admin/connections",
+            &token("acme", "ada", Role::Member),
+        )
+        .await;
     assert_eq!(
         (status, body["error"].as_str()),
         (403, Some("role_required"))
     );
     let other = token("globex", "root", Role::Admin);
-    let (_, listed) = call(
-        reqwest::Method::GET,
-        &app,
-        "/api/v1/admin/connections",
-        &other,
-    )
-    .await;
+    let (_, listed) = app
+        .call(reqwest::Method::GET, "/api/v1/admin/connections", &other)
+        .await;
     assert_eq!(listed["connections"], json!([]));
     let id = doc["id"].as_u64().unwrap();
     let path = format!("/api/v1/admin/connections/{id}");
-    let (status, _) = call(reqwest::Method::DELETE, &app, &path, &other).await;
+    let (status, _) = app.call(reqwest::Method::DELETE, &path, &other).await;
     assert_eq!(status, 404);
 
     // The kick: 4000 with a reason.
-    let (status, body) = call(reqwest::Method::DELETE, &app, &path, &admin).await;
+    let (status, body) = app.call(reqwest::Method::DELETE, &path, &admin).await;
     assert_eq!((status, body["closed"].as_u64()), (200, Some(id)));
     let closed = ada.closed(TIMEOUT).await.unwrap();
     assert_eq!(closed.code, Some(4000));
-    let (status, _) = call(reqwest::Method::DELETE, &app, &path, &admin).await;
+    let (status, _) = app.call(reqwest::Method::DELETE, &path, &admin).await;
     assert_eq!(status, 404);
 }
 
@@ -127,7 +95,9 @@ async fn admins_see_rooms_and_compact_them() {
     }
     let admin = token("acme", "root", Role::Admin);
     let rooms = loop {
-        let (_, rooms) = call(reqwest::Method::GET, &app, "/api/v1/admin/rooms", &admin).await;
+        let (_, rooms) = app
+            .call(reqwest::Method::GET, "/api/v1/admin/rooms", &admin)
+            .await;
         if rooms["rooms"][0]["updates_since_snapshot"] == 5 {
             break rooms;
         }
@@ -138,23 +108,25 @@ async fn admins_see_rooms_and_compact_them() {
     assert_eq!(room["clients"], 1);
     assert!(room["bytes"].as_u64().unwrap() > 0);
 
-    let (status, body) = call(
-        reqwest::Method::POST,
-        &app,
-        "/api/v1/admin/rooms/acme/queries/2/compact",
-        &admin,
-    )
-    .await;
+    let (status, body) = app
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/admin/rooms/acme/queries/2/compact",
+            &admin,
+        )
+        .await;
     assert_eq!((status, body["compacted_updates"].as_u64()), (200, Some(5)));
-    let (_, rooms) = call(reqwest::Method::GET, &app, "/api/v1/admin/rooms", &admin).await;
+    let (_, rooms) = app
+        .call(reqwest::Method::GET, "/api/v1/admin/rooms", &admin)
+        .await;
     assert_eq!(rooms["rooms"][0]["updates_since_snapshot"], 0);
-    let (status, _) = call(
-        reqwest::Method::POST,
-        &app,
-        "/api/v1/admin/rooms/globex/x/compact",
-        &admin,
-    )
-    .await;
+    let (status, _) = app
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/admin/rooms/globex/x/compact",
+            &admin,
+        )
+        .await;
     assert_eq!(status, 403);
 }
 

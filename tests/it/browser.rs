@@ -2,12 +2,12 @@
 //! from Node (`tests/browser/`), against a real server. Screenshots of both users' windows land
 //! in `target/browser-artifacts/`.
 
-mod common;
+use crate::support;
 
-use common::{spawn_app, spawn_app_with};
+use crate::support::{spawn_app, spawn_app_with};
 use std::collections::BTreeMap;
 
-use tandem::auth::{Claims, DocPermission, Role, Secret};
+use tandem::auth::{Claims, DocPermission, Role};
 
 /// Where the scripts write their screenshots.
 fn artifacts() -> std::path::PathBuf {
@@ -16,7 +16,7 @@ fn artifacts() -> std::path::PathBuf {
 
 /// Runs `tests/browser/{script}` and returns the one JSON line it printed, which must say `ok`.
 async fn browse(script: &str, args: &[&str]) -> serde_json::Value {
-    let output = common::node("tests/browser", script, args).await;
+    let output = support::node("tests/browser", script, args).await;
     let seen: serde_json::Value = serde_json::from_str(output.trim()).expect("one JSON line");
     assert_eq!(seen["ok"], true, "{seen}");
     seen
@@ -106,14 +106,14 @@ async fn a_browser_without_websockets_degrades_to_http_and_still_collaborates() 
 async fn an_embedded_page_whose_token_expires_gets_another_and_goes_on() {
     // The app's tokens for Ada last this long; the server allows no leeway.
     const LIFETIME_SECS: u64 = 3;
-    let secret: Secret = "browser-test-secret".parse().unwrap();
+    let secret = support::secret();
     let app = spawn_app_with(|c| {
         c.auth_secret = Some(secret.clone());
         c.frame_ancestors = "'self' http://127.0.0.1:*".into();
     })
     .await;
-    let bob = common::mint_token(&secret, "acme", "bob", Some("Bob"), Role::Member);
-    let backend = common::mint_token(&secret, "acme", "backend", None, Role::Service);
+    let bob = support::mint_token(&secret, "acme", "bob", Some("Bob"), Role::Member);
+    let backend = support::mint_token(&secret, "acme", "backend", None, Role::Service);
     let base = format!("http://{}", app.addr);
     let seen = browse(
         "expired.mjs",
@@ -132,14 +132,14 @@ async fn an_embedded_page_whose_token_expires_gets_another_and_goes_on() {
 
 #[tokio::test]
 async fn with_auth_on_the_page_takes_its_token_from_the_embedding_app_or_the_url() {
-    let secret: Secret = "browser-test-secret".parse().unwrap();
+    let secret = support::secret();
     let app = spawn_app_with(|c| {
         c.auth_secret = Some(secret.clone());
         // Apps on 127.0.0.1 may frame the dashboard; apps elsewhere (localhost) may not.
         c.frame_ancestors = "'self' http://127.0.0.1:*".into();
     })
     .await;
-    let token = common::mint_token(&secret, "acme", "ada", Some("Ada Lovelace"), Role::Member);
+    let token = support::mint_token(&secret, "acme", "ada", Some("Ada Lovelace"), Role::Member);
     let reader = tandem::auth::mint(
         &secret,
         &Claims {

@@ -2,27 +2,20 @@
 //! channel (and nobody else), replay with `since`, error frames, locks, chat badges, presence,
 //! long-polling, activity, preferences and publishing limits.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{spawn_app_with, Dash, TestApp, TIMEOUT};
 use serde_json::{json, Value};
-use tandem::auth::{mint, now_secs, Claims, Role, Secret};
+use tandem::auth::{mint, now_secs, Claims, Role};
 use tandem::Config;
 
-const SECRET: &str = "dashboard-test-secret";
-
-fn secret() -> Secret {
-    SECRET.parse().unwrap()
-}
+use crate::support::{self, secret, spawn_app_with, Dash, Served, TestApp, TIMEOUT};
 
 fn secured(config: &mut Config) {
     config.auth_secret = Some(secret());
 }
 
 fn token(workspace: &str, sub: &str, role: Role) -> String {
-    common::mint_token(
+    support::mint_token(
         &secret(),
         workspace,
         sub,
@@ -42,26 +35,8 @@ async fn publish(app: &TestApp, workspace: &str, event: Value) -> u64 {
 }
 
 async fn publish_raw(app: &TestApp, workspace: &str, event: &Value) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(app.http_url("/api/v1/events"))
-        .bearer_auth(token(workspace, "backend", Role::Service))
-        .json(event)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
-}
-
-async fn get(app: &TestApp, path: &str, bearer: &str) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .get(app.http_url(path))
-        .bearer_auth(bearer)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
+    let backend = token(workspace, "backend", Role::Service);
+    app.publish(Some(&backend), &event.to_string()).await
 }
 
 /// One example of every type a backend publishes, with its channel.
@@ -295,12 +270,9 @@ async fn a_since_the_log_never_gave_is_told_to_resync() {
     let told = resync["latest"].as_u64().unwrap();
     assert!(told >= latest && told < ahead, "{resync}");
     let bearer = token("acme", "7", Role::Member);
-    let (status, page) = get(
-        &app,
-        &format!("/api/v1/events?since={ahead}&timeout=0"),
-        &bearer,
-    )
-    .await;
+    let (status, page) = app
+        .get(&format!("/api/v1/events?since={ahead}&timeout=0"), &bearer)
+        .await;
     assert_eq!(status, 200);
     assert_eq!(page["resync_required"], true, "{page}");
     assert!(page["last_id"].as_u64().unwrap() < ahead, "{page}");
@@ -338,17 +310,14 @@ async fn a_since_older_than_retention_is_told_to_resync() {
             // A long-poll from there is told the same, and where to go on from: passing its
             // `last_id` on as it is does not ask for the lost part again.
             let bearer = token("acme", "7", Role::Member);
-            let (status, page) = get(&app, "/api/v1/events?since=1&timeout=0", &bearer).await;
+            let (status, page) = app.get("/api/v1/events?since=1&timeout=0", &bearer).await;
             assert_eq!(status, 200);
             assert_eq!(page["resync_required"], true, "{page}");
             let next = page["last_id"].as_u64().unwrap();
             assert!(next >= latest, "{page}");
-            let (_, after) = get(
-                &app,
-                &format!("/api/v1/events?since={next}&timeout=0"),
-                &bearer,
-            )
-            .await;
+            let (_, after) = app
+                .get(&format!("/api/v1/events?since={next}&timeout=0"), &bearer)
+                .await;
             assert_eq!(after.get("resync_required"), None, "{after}");
             break;
         }
@@ -557,10 +526,14 @@ async fn chat_badges_rise_clear_and_survive_a_restart() {
     let mut config = Config::with_data_dir(app.dir.path());
     secured(&mut config);
     let app = app.restart_with(config).await;
-    let (status, badges) = get(&app, "/api/v1/badges", &token("acme", "ada", Role::Member)).await;
+    let (status, badges) = app
+        .get("/api/v1/badges", &token("acme", "ada", Role::Member))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(badges["unread"], json!({"1000":1}));
-    let (_, badges) = get(&app, "/api/v1/badges", &token("acme", "bob", Role::Member)).await;
+    let (_, badges) = app
+        .get("/api/v1/badges", &token("acme", "bob", Role::Member))
+        .await;
     assert_eq!(badges["total"], 2);
 }
 
@@ -604,7 +577,7 @@ async fn presence_goes_online_idle_offline_and_remembers_last_seen() {
     assert_eq!(idle["workspace"], "queries");
 
     let bearer = token("acme", "1", Role::Member);
-    let (_, listed) = get(&app, "/api/v1/presence", &bearer).await;
+    let (_, listed) = app.get("/api/v1/presence", &bearer).await;
     let users = listed["users"].as_array().unwrap();
     assert!(
         users
@@ -622,7 +595,7 @@ async fn presence_goes_online_idle_offline_and_remembers_last_seen() {
     };
     let last_seen = offline["last_seen"].as_str().unwrap().to_owned();
     assert!(last_seen.ends_with('Z'), "{last_seen}");
-    let (_, listed) = get(&app, "/api/v1/presence", &bearer).await;
+    let (_, listed) = app.get("/api/v1/presence", &bearer).await;
     assert!(!listed["users"]
         .as_array()
         .unwrap()
@@ -633,7 +606,9 @@ async fn presence_goes_online_idle_offline_and_remembers_last_seen() {
     let mut config = Config::with_data_dir(app.dir.path());
     secured(&mut config);
     let app = app.restart_with(config).await;
-    let (_, listed) = get(&app, "/api/v1/presence?include_offline=true", &bearer).await;
+    let (_, listed) = app
+        .get("/api/v1/presence?include_offline=true", &bearer)
+        .await;
     let ada = listed["users"]
         .as_array()
         .unwrap()
@@ -655,7 +630,9 @@ async fn presence_goes_online_idle_offline_and_remembers_last_seen() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let (_, listed) = get(&app, "/api/v1/presence?include_offline=true", &bearer).await;
+    let (_, listed) = app
+        .get("/api/v1/presence?include_offline=true", &bearer)
+        .await;
     assert!(
         !listed["users"]
             .as_array()
@@ -683,12 +660,12 @@ async fn long_polls_return_events_at_once_or_when_they_come_and_time_out_empty()
     )
     .await;
 
-    let (status, page) = get(
-        &app,
-        "/api/v1/events?channels=workflows&since=0&timeout=5",
-        &bearer,
-    )
-    .await;
+    let (status, page) = app
+        .get(
+            "/api/v1/events?channels=workflows&since=0&timeout=5",
+            &bearer,
+        )
+        .await;
     assert_eq!(status, 200);
     let events = page["events"].as_array().unwrap();
     assert_eq!(events.len(), 1);
@@ -697,12 +674,12 @@ async fn long_polls_return_events_at_once_or_when_they_come_and_time_out_empty()
 
     // Nothing new on the channel: an empty answer after the timeout.
     let started = tokio::time::Instant::now();
-    let (status, page) = get(
-        &app,
-        &format!("/api/v1/events?channels=workflows&since={last}&timeout=0.3"),
-        &bearer,
-    )
-    .await;
+    let (status, page) = app
+        .get(
+            &format!("/api/v1/events?channels=workflows&since={last}&timeout=0.3"),
+            &bearer,
+        )
+        .await;
     assert_eq!(status, 200);
     assert_eq!(page["events"], json!([]));
     assert!(started.elapsed() >= Duration::from_millis(300));
@@ -740,12 +717,12 @@ async fn long_polls_return_events_at_once_or_when_they_come_and_time_out_empty()
         .unwrap();
     assert_eq!(page["events"][0]["id"].as_u64(), Some(later));
 
-    let (status, body) = get(&app, "/api/v1/events?channels=weather", &bearer).await;
+    let (status, body) = app.get("/api/v1/events?channels=weather", &bearer).await;
     assert_eq!(
         (status, body["error"].as_str()),
         (400, Some("unknown_channel"))
     );
-    let (status, _) = get(&app, "/api/v1/events?timeout=600", &bearer).await;
+    let (status, _) = app.get("/api/v1/events?timeout=600", &bearer).await;
     assert_eq!(status, 400);
 }
 
@@ -766,12 +743,12 @@ async fn the_activity_feed_lists_the_latest_activity() {
         )
         .await;
     }
-    let (status, body) = get(
-        &app,
-        "/api/v1/activity?limit=3",
-        &token("acme", "7", Role::Member),
-    )
-    .await;
+    let (status, body) = app
+        .get(
+            "/api/v1/activity?limit=3",
+            &token("acme", "7", Role::Member),
+        )
+        .await;
     assert_eq!(status, 200);
     let names: Vec<&str> = body["events"]
         .as_array()
@@ -806,7 +783,7 @@ async fn a_page_opened_later_gets_the_latest_notifications_it_may_see() {
     ] {
         publish(&app, "acme", event).await;
     }
-    let (status, body) = get(&app, "/api/v1/notifications?limit=10", &reader).await;
+    let (status, body) = app.get("/api/v1/notifications?limit=10", &reader).await;
     assert_eq!(status, 200);
     let kinds: Vec<&str> = body["events"]
         .as_array()
@@ -820,9 +797,9 @@ async fn a_page_opened_later_gets_the_latest_notifications_it_may_see() {
         "{body}"
     );
     assert_eq!(body["events"][1]["message"], "for 7");
-    let (_, latest) = get(&app, "/api/v1/notifications?limit=1", &reader).await;
+    let (_, latest) = app.get("/api/v1/notifications?limit=1", &reader).await;
     assert_eq!(latest["events"][0]["type"], "approval_request");
-    let (status, _) = get(&app, "/api/v1/notifications?limit=0", &reader).await;
+    let (status, _) = app.get("/api/v1/notifications?limit=0", &reader).await;
     assert_eq!(status, 400);
 }
 
@@ -839,8 +816,8 @@ async fn a_page_goes_live_from_where_its_history_ends_without_a_gap_or_a_repeat(
         shown.push(publish(&app, "acme", alert(n)).await);
         shown.push(publish(&app, "acme", uploaded(n)).await);
     }
-    let (_, notifications) = get(&app, "/api/v1/notifications?limit=10", &reader).await;
-    let (_, activity) = get(&app, "/api/v1/activity?limit=10", &reader).await;
+    let (_, notifications) = app.get("/api/v1/notifications?limit=10", &reader).await;
+    let (_, activity) = app.get("/api/v1/activity?limit=10", &reader).await;
     let last_ids = [&notifications, &activity].map(|page| page["last_id"].as_u64().unwrap());
     // Both read after the same events: each ends at the last of them.
     assert_eq!(last_ids, [*shown.last().unwrap(); 2]);
@@ -1102,7 +1079,7 @@ async fn who_is_editing_a_query_follows_its_awareness() {
     );
     // A dashboard opened now starts from the same picture.
     let bearer = token("acme", "1", Role::Member);
-    let (status, now) = get(&app, "/api/v1/editing", &bearer).await;
+    let (status, now) = app.get("/api/v1/editing", &bearer).await;
     assert_eq!(status, 200);
     assert_eq!(
         now,
@@ -1115,7 +1092,7 @@ async fn who_is_editing_a_query_follows_its_awareness() {
     ada.close().await;
     let editing = watcher.next_of("editing").await;
     assert_eq!(editing["users"], json!([]));
-    let (_, now) = get(&app, "/api/v1/editing", &bearer).await;
+    let (_, now) = app.get("/api/v1/editing", &bearer).await;
     assert_eq!(now, json!({ "documents": [] }));
 }
 
@@ -1272,7 +1249,7 @@ async fn a_polling_client_keeps_its_presence_alive_over_http() {
     assert_eq!(online["current_page"], "/queries/9");
     // Named by its token, as a dashboard connection is.
     assert_eq!(online["name"], "User 42");
-    let (_, listed) = get(&app, "/api/v1/presence", &bearer).await;
+    let (_, listed) = app.get("/api/v1/presence", &bearer).await;
     assert!(listed["users"]
         .as_array()
         .unwrap()

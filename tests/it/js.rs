@@ -2,17 +2,17 @@
 //! `y-protocols`, against a real server. The scripts live in `tests/js/`; their packages are
 //! installed from the committed lockfile (`npm ci`) the first time they are needed.
 
-mod common;
+use crate::support;
 
+use crate::support::{spawn_app, text_of_update, TIMEOUT};
 use bytes::Bytes;
-use common::{spawn_app, text_of_update, TIMEOUT};
 use tandem_sync::{AuthMessage, AwarenessUpdate, Message, SyncMessage};
 use yrs::updates::decoder::Decode;
 use yrs::{StateVector, Text, WriteTxn};
 
 /// Runs `node script args…` in `tests/js` and returns its stdout.
 async fn node(script: &str, args: &[&str]) -> String {
-    common::node("tests/js", script, args).await
+    support::node("tests/js", script, args).await
 }
 
 fn bytes_of(vector: &serde_json::Value) -> Bytes {
@@ -147,10 +147,10 @@ async fn rust_and_js_clients_converge_in_one_room() {
 
 #[tokio::test]
 async fn a_js_client_in_the_presence_room_and_a_dashboard_see_each_other() {
-    use tandem::auth::{Role, Secret};
-    let secret: Secret = "js-presence-secret".parse().unwrap();
+    use tandem::auth::Role;
+    let secret = support::secret();
     let token = |sub: &str| {
-        common::mint_token(
+        support::mint_token(
             &secret,
             "acme",
             sub,
@@ -158,7 +158,7 @@ async fn a_js_client_in_the_presence_room_and_a_dashboard_see_each_other() {
             Role::Member,
         )
     };
-    let app = common::spawn_app_with({
+    let app = support::spawn_app_with({
         let secret = secret.clone();
         move |c| c.auth_secret = Some(secret)
     })
@@ -208,7 +208,7 @@ async fn a_js_client_in_the_presence_room_and_a_dashboard_see_each_other() {
 async fn a_crowded_room_of_js_clients_keeps_everyone_and_their_cursors() {
     // More clients than one connection may keep awareness states for: their echoes of each
     // other's states must not count against it.
-    let app = common::spawn_app_with(|c| c.max_awareness_per_connection = 8).await;
+    let app = support::spawn_app_with(|c| c.max_awareness_per_connection = 8).await;
     let url = format!("ws://{}/ws", app.addr);
     let out = node("crowd.mjs", &[&url, "acme/queries/crowd", "30"]).await;
     let seen: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
@@ -218,7 +218,7 @@ async fn a_crowded_room_of_js_clients_keeps_everyone_and_their_cursors() {
 
 #[tokio::test]
 async fn a_reconnecting_js_client_is_told_its_state_was_removed_and_comes_back() {
-    let app = common::spawn_app().await;
+    let app = support::spawn_app().await;
     let url = format!("ws://{}/ws", app.addr);
     let out = node("rejoin.mjs", &[&url, "acme/queries/rejoin"]).await;
     let seen: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");

@@ -1,9 +1,7 @@
 //! Bad input closes only the offending connection, with the right close code; the room and
 //! every other room keep working.
 
-mod common;
-
-use common::{spawn_app, spawn_app_with, wait_text, TestApp, TIMEOUT};
+use crate::support::{spawn_app, spawn_app_with, wait_text, Served, TestApp, TIMEOUT};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use yrs::{Doc, Text, Transact};

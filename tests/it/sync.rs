@@ -1,10 +1,8 @@
 //! Document sync end to end: Rust clients against a real server.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{spawn_app, spawn_app_with, wait_text, TIMEOUT};
+use crate::support::{spawn_app, spawn_app_with, wait_text, Served, TIMEOUT};
 use tandem_sync::client::Client;
 use yrs::types::ToJson;
 use yrs::{Array, GetString, Map, ReadTxn, Text, Transact, WriteTxn};

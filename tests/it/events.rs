@@ -1,87 +1,59 @@
 //! Publishing dashboard events over HTTP: `POST /api/v1/events` with a service token.
 
-mod common;
+use crate::support::{claims, sign, spawn_secured};
+use serde_json::json;
+use tandem::auth::{Claims, Role};
 
-use common::{spawn_app_with, TestApp};
-use serde_json::{json, Value};
-use tandem::auth::{mint, now_secs, Claims, Role, Secret};
-
-const SECRET: &str = "events-test-secret";
-
-fn secret() -> Secret {
-    SECRET.parse().unwrap()
-}
-
-async fn secured_app() -> TestApp {
-    spawn_app_with(|c| c.auth_secret = Some(secret())).await
-}
-
+/// A token for a backend of `workspace` (no plan: backends are on none).
 fn token(workspace: &str, role: Role) -> String {
-    let claims = Claims {
-        sub: "backend".into(),
-        name: None,
-        workspace: workspace.into(),
+    sign(&Claims {
         plan: None,
-        role,
-        docs: None,
-        exp: now_secs() + 600,
-    };
-    mint(&secret(), &claims).unwrap()
-}
-
-async fn publish(app: &TestApp, token: Option<&str>, body: &str) -> (u16, Value) {
-    let mut request = reqwest::Client::new()
-        .post(app.http_url("/api/v1/events"))
-        .header("content-type", "application/json")
-        .body(body.to_owned());
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
+        ..claims(workspace, "backend", role)
+    })
 }
 
 #[tokio::test]
 async fn accepted_events_get_monotonic_ids_per_workspace() {
-    let app = secured_app().await;
+    let app = spawn_secured(|_| {}).await;
     let acme = token("acme", Role::Service);
     let other = token("other", Role::Service);
     let completed =
         json!({"type":"query_completed","query_id":456,"result_count":100,"execution_time":2.5});
     for expected in 1..=3 {
-        let (status, body) = publish(&app, Some(&acme), &completed.to_string()).await;
+        let (status, body) = app.publish(Some(&acme), &completed.to_string()).await;
         assert_eq!((status, body), (201, json!({ "id": expected })));
     }
     // Another workspace counts on its own.
-    let (status, body) = publish(&app, Some(&other), &completed.to_string()).await;
+    let (status, body) = app.publish(Some(&other), &completed.to_string()).await;
     assert_eq!((status, body), (201, json!({ "id": 1 })));
 }
 
 #[tokio::test]
 async fn each_bad_publication_gets_its_status_and_message() {
-    let app = secured_app().await;
+    let app = spawn_secured(|_| {}).await;
     let service = token("acme", Role::Service);
     let member = token("acme", Role::Member);
 
-    let (status, body) = publish(&app, None, "{}").await;
+    let (status, body) = app.publish(None, "{}").await;
     assert_eq!(
         (status, body["error"].as_str()),
         (401, Some("missing_token"))
     );
 
     let ok = json!({"type":"workflow_triggered","workflow_id":"wf-1"}).to_string();
-    let (status, body) = publish(&app, Some(&member), &ok).await;
+    let (status, body) = app.publish(Some(&member), &ok).await;
     assert_eq!(
         (status, body["error"].as_str()),
         (403, Some("role_required")),
         "{body}"
     );
 
-    let (status, body) = publish(&app, Some(&service), "{not json").await;
+    let (status, body) = app.publish(Some(&service), "{not json").await;
     assert_eq!((status, body["error"].as_str()), (400, Some("bad_json")));
 
-    let (status, body) = publish(&app, Some(&service), r#"{"type":"query_exploded"}"#).await;
+    let (status, body) = app
+        .publish(Some(&service), r#"{"type":"query_exploded"}"#)
+        .await;
     assert_eq!(
         (status, body["error"].as_str()),
         (422, Some("invalid_event"))
@@ -93,7 +65,7 @@ async fn each_bad_publication_gets_its_status_and_message() {
 
     let missing =
         json!({"type":"agent_executed","agent_id":789,"status":"completed","insights_found":3});
-    let (status, body) = publish(&app, Some(&service), &missing.to_string()).await;
+    let (status, body) = app.publish(Some(&service), &missing.to_string()).await;
     assert_eq!(status, 422);
     assert_eq!(
         body["message"],
@@ -101,10 +73,10 @@ async fn each_bad_publication_gets_its_status_and_message() {
     );
 
     let huge = json!({"type":"system_alert","severity":"info","message":"x".repeat(70_000)});
-    let (status, body) = publish(&app, Some(&service), &huge.to_string()).await;
+    let (status, body) = app.publish(Some(&service), &huge.to_string()).await;
     assert_eq!((status, body["error"].as_str()), (413, Some("too_large")));
 
     // Nothing refused took an id.
-    let (status, body) = publish(&app, Some(&service), &ok).await;
+    let (status, body) = app.publish(Some(&service), &ok).await;
     assert_eq!((status, body), (201, json!({ "id": 1 })));
 }

@@ -1,29 +1,25 @@
 //! `GET /metrics` moves as a scripted session goes: connections open and close, an edit
 //! propagates, a bad frame, an auth failure, a slow consumer, a reconnect, a dashboard event, a
-//! long-poll and a client error. One test only: metrics are global to the process, so no other
-//! test may run beside it.
-
-mod common;
+//! long-poll and a client error. Metrics are global to a process, so the server under test is
+//! the real binary in a process of its own: no other test moves its counters.
 
 use std::collections::HashMap;
 
-use common::{spawn_app_with, TestApp, TIMEOUT};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use tandem::auth::{Role, Secret};
+use tandem::auth::Role;
 use tandem_sync::client::Client;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-fn secret() -> Secret {
-    "metrics-test-secret".parse().unwrap()
-}
+use crate::support::process::ServerProcess;
+use crate::support::{self, Dash, Served, SECRET, TIMEOUT};
 
 fn token(sub: &str, role: Role) -> String {
-    common::mint_token(&secret(), "acme", sub, None, role)
+    support::token("acme", sub, role)
 }
 
 /// Every sample of the exposition, by name with its labels as written (`name{a="b"}`).
-async fn scrape(app: &TestApp) -> HashMap<String, f64> {
+async fn scrape(app: &ServerProcess) -> HashMap<String, f64> {
     let text = reqwest::get(app.http_url("/metrics"))
         .await
         .unwrap()
@@ -44,7 +40,7 @@ fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, key: &str)
     after.get(key).copied().unwrap_or(0.0) - before.get(key).copied().unwrap_or(0.0)
 }
 
-async fn doc_client(app: &TestApp, doc: &str, sub: &str) -> Client {
+async fn doc_client(app: &ServerProcess, doc: &str, sub: &str) -> Client {
     let url = format!("{}?token={}", app.ws_url(doc), token(sub, Role::Member));
     let client = Client::connect(&url).await.unwrap();
     client.synced(TIMEOUT).await.unwrap();
@@ -53,18 +49,18 @@ async fn doc_client(app: &TestApp, doc: &str, sub: &str) -> Client {
 
 #[tokio::test]
 async fn a_scripted_session_moves_each_metric() {
-    let app = spawn_app_with(|c| {
-        c.auth_secret = Some(secret());
-        c.outbound_queue = 8;
-    })
-    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = ServerProcess::start(
+        dir.path(),
+        &["--auth-secret", SECRET, "--outbound-queue", "8"],
+    );
     let before = scrape(&app).await;
 
     // Two editors of one document; an edit reaches the other.
     let ada = doc_client(&app, "acme/doc", "ada").await;
     let bob = doc_client(&app, "acme/doc", "bob").await;
     ada.push_text("t", "hello");
-    common::wait_text(&bob, "t", "hello").await;
+    support::wait_text(&bob, "t", "hello").await;
     let during = scrape(&app).await;
     assert_eq!(
         delta(
@@ -131,7 +127,7 @@ async fn a_scripted_session_moves_each_metric() {
     // A slow consumer: a tiny receive window, and it stops reading.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(app.addr).await.unwrap();
+    let stream = socket.connect(app.addr()).await.unwrap();
     let url = format!(
         "{}?token={}",
         app.ws_url("acme/doc"),
@@ -170,9 +166,8 @@ async fn a_scripted_session_moves_each_metric() {
     let bob = doc_client(&app, "acme/doc", "bob").await;
 
     // A dashboard subscriber gets an event; a long-poll; a client error.
-    let mut dash = app
-        .dash(&format!("token={}", token("carol", Role::Member)))
-        .await;
+    let mut dash =
+        Dash::connect(&app.dash_url(&format!("token={}", token("carol", Role::Member)))).await;
     dash.subscribe(&["system"], None).await;
     let response = reqwest::Client::new()
         .post(app.http_url("/api/v1/events"))

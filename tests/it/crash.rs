@@ -1,102 +1,13 @@
 //! Nothing acknowledged is lost: the real `tandem` binary is killed with SIGKILL at awkward
 //! moments and restarted on the same data dir.
 
-mod common;
-
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{text_of_update, TIMEOUT};
+use crate::support::process::ServerProcess;
+use crate::support::{Dash, Served, TIMEOUT};
 use tandem_sync::client::{Client, ClientOptions};
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, ReadTxn, Text, Transact};
-
-/// A `tandem` process.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Server {
-    fn start(dir: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
-            .args(["serve", "--bind", "127.0.0.1:0", "--log-format", "json"])
-            .arg("--data-dir")
-            .arg(dir)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start tandem");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("tandem exited before listening")
-                .expect("read log");
-            let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if entry["fields"]["message"] == "tandem listening" {
-                break entry["fields"]["addr"]
-                    .as_str()
-                    .expect("addr field")
-                    .parse()
-                    .expect("socket address");
-            }
-        };
-        // Keep draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Server { child, addr }
-    }
-
-    /// SIGKILL: no shutdown, no final flush.
-    fn kill(mut self) {
-        self.child.kill().expect("kill");
-        self.child.wait().expect("reap");
-    }
-
-    fn doc_url(&self, doc: &str) -> String {
-        format!("http://{}/api/v1/docs/{doc}", self.addr)
-    }
-
-    fn ws_url(&self, doc: &str) -> String {
-        format!("ws://{}/ws/{doc}", self.addr)
-    }
-
-    async fn text(&self, doc: &str) -> String {
-        let bytes = reqwest::get(self.doc_url(doc))
-            .await
-            .expect("GET doc")
-            .bytes()
-            .await
-            .expect("body");
-        text_of_update(&bytes)
-    }
-
-    async fn post(&self, http: &reqwest::Client, doc: &str, update: Vec<u8>) -> bool {
-        match http
-            .post(format!("{}/update", self.doc_url(doc)))
-            .body(update)
-            .send()
-            .await
-        {
-            Ok(response) => response.status() == 200,
-            Err(_) => false,
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A writer whose every edit appends `[n]` and is encoded as its own update, so a lost update
 /// leaves a visible gap: yrs keeps every later update pending and the text stops at the gap.
@@ -140,7 +51,7 @@ fn assert_prefix_with_at_least(text: &str, acked: usize, sent: usize) {
 #[tokio::test]
 async fn http_writes_acknowledged_before_sigkill_survive() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = ServerProcess::start(dir.path(), &[]);
     let http = reqwest::Client::new();
     let mut writer = Writer::new(1);
     for _ in 0..40 {
@@ -148,7 +59,7 @@ async fn http_writes_acknowledged_before_sigkill_survive() {
     }
     server.kill();
 
-    let server = Server::start(dir.path(), &[]);
+    let server = ServerProcess::start(dir.path(), &[]);
     assert_eq!(server.text("acked").await, markers(40));
 }
 
@@ -157,7 +68,7 @@ async fn edits_synced_by_polling_survive_sigkill() {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = ServerProcess::start(dir.path(), &[]);
     let http = reqwest::Client::new();
     let mut writer = Writer::new(3);
     for _ in 0..30 {
@@ -177,14 +88,14 @@ async fn edits_synced_by_polling_survive_sigkill() {
     }
     server.kill();
 
-    let server = Server::start(dir.path(), &[]);
+    let server = ServerProcess::start(dir.path(), &[]);
     assert_eq!(server.text("polled").await, markers(30));
 }
 
 #[tokio::test]
 async fn client_updates_survive_sigkill_after_a_group_commit() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &["--flush-interval-ms", "10"]);
+    let server = ServerProcess::start(dir.path(), &["--flush-interval-ms", "10"]);
     let client = Client::connect_with(
         &server.ws_url("ws-doc"),
         ClientOptions { client_id: Some(2) },
@@ -210,14 +121,14 @@ async fn client_updates_survive_sigkill_after_a_group_commit() {
     );
     server.kill();
 
-    let server = Server::start(dir.path(), &[]);
+    let server = ServerProcess::start(dir.path(), &[]);
     assert_eq!(server.text("ws-doc").await, markers(200));
 }
 
 #[tokio::test]
 async fn client_updates_older_than_a_flush_interval_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &["--flush-interval-ms", "5"]);
+    let server = ServerProcess::start(dir.path(), &["--flush-interval-ms", "5"]);
     let client = Client::connect(&server.ws_url("timed")).await.unwrap();
     client.synced(TIMEOUT).await.unwrap();
     for i in 0..50 {
@@ -233,7 +144,7 @@ async fn client_updates_older_than_a_flush_interval_survive_sigkill() {
     tokio::time::sleep(Duration::from_millis(250)).await;
     server.kill();
 
-    let server = Server::start(dir.path(), &[]);
+    let server = ServerProcess::start(dir.path(), &[]);
     assert_eq!(server.text("timed").await, markers(50));
 }
 
@@ -247,7 +158,7 @@ async fn sigkill_while_compactions_run_loses_nothing() {
     // Compact every few updates and kill the server at a different point each round, while
     // writes (and so compactions) are in full flow.
     for kill_after in [37, 71, 18] {
-        let server = Server::start(dir.path(), &args);
+        let server = ServerProcess::start(dir.path(), &args);
         assert_prefix_with_at_least(&server.text("compacting").await, acked, writer.next);
         // Resync as a reconnecting client would: the whole state, which is idempotent, so
         // updates that were in flight at the last kill are not left missing.
@@ -271,7 +182,7 @@ async fn sigkill_while_compactions_run_loses_nothing() {
         server.kill();
     }
 
-    let server = Server::start(dir.path(), &args);
+    let server = ServerProcess::start(dir.path(), &args);
     assert_prefix_with_at_least(&server.text("compacting").await, acked, writer.next);
 }
 
@@ -279,15 +190,12 @@ async fn sigkill_while_compactions_run_loses_nothing() {
 async fn published_events_acknowledged_before_sigkill_keep_their_ids() {
     let dir = tempfile::tempdir().expect("temp dir");
     let http = reqwest::Client::new();
-    let publish = |server: &Server| {
-        http.post(format!(
-            "http://{}/api/v1/events?workspace=acme",
-            server.addr
-        ))
-        .json(&serde_json::json!({"type":"workflow_triggered","workflow_id":"wf-1"}))
-        .send()
+    let publish = |server: &ServerProcess| {
+        http.post(server.http_url("/api/v1/events?workspace=acme"))
+            .json(&serde_json::json!({"type":"workflow_triggered","workflow_id":"wf-1"}))
+            .send()
     };
-    let server = Server::start(dir.path(), &[]);
+    let server = ServerProcess::start(dir.path(), &[]);
     for expected in 1..=3 {
         let response = publish(&server).await.expect("publish");
         assert_eq!(response.status(), 201);
@@ -296,7 +204,7 @@ async fn published_events_acknowledged_before_sigkill_keep_their_ids() {
     }
     server.kill();
     // Had any acknowledged event been lost, its id would be handed out again.
-    let server = Server::start(dir.path(), &[]);
+    let server = ServerProcess::start(dir.path(), &[]);
     let body: serde_json::Value = publish(&server)
         .await
         .expect("publish")
@@ -305,7 +213,7 @@ async fn published_events_acknowledged_before_sigkill_keep_their_ids() {
         .expect("json");
     assert_eq!(body["id"], 4);
     // And a dashboard client that replays from the start gets every acknowledged event.
-    let mut dash = common::Dash::connect(&format!("ws://{}/ws?workspace=acme", server.addr)).await;
+    let mut dash = Dash::connect(&server.dash_url("workspace=acme")).await;
     let replayed = dash.subscribe(&["workflows"], Some(0)).await;
     let ids: Vec<_> = replayed.iter().map(|e| e["id"].as_u64()).collect();
     assert_eq!(ids, [Some(1), Some(2), Some(3), Some(4)]);
@@ -314,20 +222,13 @@ async fn published_events_acknowledged_before_sigkill_keep_their_ids() {
 #[tokio::test]
 async fn a_user_online_when_the_server_is_killed_is_listed_offline_afterwards() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let server = Server::start(dir.path(), &[]);
-    let mut ada = common::Dash::connect(&format!(
-        "ws://{}/ws?workspace=acme&user=ada&name=Ada",
-        server.addr
-    ))
-    .await;
+    let server = ServerProcess::start(dir.path(), &[]);
+    let mut ada = Dash::connect(&server.dash_url("workspace=acme&user=ada&name=Ada")).await;
     ada.subscribe(&["presence"], None).await;
     // A publication is acknowledged once the workspace's store is flushed: Ada's record, written
     // when she came online, is on disk with it.
     let response = reqwest::Client::new()
-        .post(format!(
-            "http://{}/api/v1/events?workspace=acme",
-            server.addr
-        ))
+        .post(server.http_url("/api/v1/events?workspace=acme"))
         .json(&serde_json::json!({"type":"workflow_triggered","workflow_id":"wf-1"}))
         .send()
         .await
@@ -335,16 +236,14 @@ async fn a_user_online_when_the_server_is_killed_is_listed_offline_afterwards() 
     assert_eq!(response.status(), 201);
     server.kill();
 
-    let server = Server::start(dir.path(), &[]);
-    let listed: serde_json::Value = reqwest::get(format!(
-        "http://{}/api/v1/presence?workspace=acme&include_offline=true",
-        server.addr
-    ))
-    .await
-    .expect("presence")
-    .json()
-    .await
-    .expect("json");
+    let server = ServerProcess::start(dir.path(), &[]);
+    let listed: serde_json::Value =
+        reqwest::get(server.http_url("/api/v1/presence?workspace=acme&include_offline=true"))
+            .await
+            .expect("presence")
+            .json()
+            .await
+            .expect("json");
     let users = listed["users"].as_array().expect("users");
     let ada = users
         .iter()

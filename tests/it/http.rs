@@ -1,39 +1,11 @@
 //! The HTTP API: document read/write, health, and JSON errors for bad requests.
 
-mod common;
-
+use crate::support::{
+    self, json_error, spawn_app, spawn_app_with, text_of_update, text_update, wait_text, Served,
+};
 use base64::Engine;
-use common::{spawn_app, spawn_app_with, text_of_update, text_update, wait_text};
 use yrs::updates::encoder::Encode;
 use yrs::{ReadTxn, Transact};
-
-async fn json_error(response: reqwest::Response, status: u16, code: &str) {
-    assert_eq!(response.status().as_u16(), status);
-    let content_type = response.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    assert!(
-        content_type.starts_with("application/json"),
-        "{content_type}"
-    );
-    let body: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(body["error"], code, "{body}");
-    assert!(
-        body["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
-}
-
-/// The whole stored document `doc`, as one v1 update.
-async fn stored(app: &common::TestApp, doc: &str) -> bytes::Bytes {
-    reqwest::get(app.http_url(&format!("/api/v1/docs/{doc}")))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap()
-}
 
 #[tokio::test]
 async fn healthz_answers() {
@@ -178,11 +150,11 @@ async fn bad_requests_get_json_errors() {
         ),
     ];
     for (request, status, code) in cases {
-        json_error(request.send().await.unwrap(), status, code).await;
+        json_error(request.send().await.unwrap(), status, code, code).await;
     }
 
     // Nothing was written by any of it.
-    assert_eq!(stored(&app, "d").await.as_ref(), [0, 0]);
+    assert_eq!(app.stored("d", None).await.as_ref(), [0, 0]);
 }
 
 #[tokio::test]
@@ -282,7 +254,7 @@ struct Poller {
 }
 
 impl Poller {
-    fn new(app: &common::TestApp, doc: &str, client_id: u64) -> Poller {
+    fn new(app: &support::TestApp, doc: &str, client_id: u64) -> Poller {
         Poller {
             doc: yrs::Doc::with_client_id(client_id),
             url: app.http_url(&format!("/api/v1/docs/{doc}/sync")),
@@ -293,7 +265,7 @@ impl Poller {
     }
 
     /// The same, signed in as `name` with a development token.
-    async fn signed_in(app: &common::TestApp, doc: &str, client_id: u64, name: &str) -> Poller {
+    async fn signed_in(app: &support::TestApp, doc: &str, client_id: u64, name: &str) -> Poller {
         let minted: serde_json::Value = reqwest::Client::new()
             .post(app.http_url("/api/v1/dev/token"))
             .json(&serde_json::json!({ "name": name }))
@@ -395,7 +367,7 @@ async fn a_poller_and_a_socket_client_edit_one_document_and_see_each_other() {
     // Once another client sees the socket's cursor, the room holds it.
     app.join("acme/queries/1")
         .await
-        .wait_for("the socket's cursor", common::TIMEOUT, |c| {
+        .wait_for("the socket's cursor", support::TIMEOUT, |c| {
             c.awareness().values().any(|s| s.contains("Sam"))
         })
         .await
@@ -415,7 +387,7 @@ async fn a_poller_and_a_socket_client_edit_one_document_and_see_each_other() {
     assert!(poller.text().contains("socket ") && poller.text().contains("polled"));
     wait_text(&socket, "t", &poller.text()).await;
     socket
-        .wait_for("the poller's cursor", common::TIMEOUT, |c| {
+        .wait_for("the poller's cursor", support::TIMEOUT, |c| {
             c.awareness().get(&4242).is_some_and(|s| s.contains("Pat"))
         })
         .await
@@ -433,7 +405,7 @@ async fn a_poller_and_a_socket_client_edit_one_document_and_see_each_other() {
 
     // A poller that stops polling leaves the room as a closed connection would.
     socket
-        .wait_for("the poller's cursor to go", common::TIMEOUT, |c| {
+        .wait_for("the poller's cursor to go", support::TIMEOUT, |c| {
             !c.awareness().contains_key(&4242)
         })
         .await
@@ -530,9 +502,9 @@ async fn bad_sync_requests_get_json_errors_and_change_nothing() {
         ),
     ];
     for (request, status, code) in cases {
-        json_error(request.send().await.unwrap(), status, code).await;
+        json_error(request.send().await.unwrap(), status, code, code).await;
     }
-    assert_eq!(stored(&app, "d").await.as_ref(), [0, 0]);
+    assert_eq!(app.stored("d", None).await.as_ref(), [0, 0]);
 }
 
 #[tokio::test]
@@ -547,7 +519,7 @@ async fn a_user_keeps_a_bounded_number_of_pollers_and_no_one_else_s_client() {
         tabs.push(tab);
     }
     socket
-        .wait_for("Ada's first tab to go", common::TIMEOUT, |c| {
+        .wait_for("Ada's first tab to go", support::TIMEOUT, |c| {
             let states = c.awareness();
             !states.contains_key(&11) && states.contains_key(&12) && states.contains_key(&13)
         })
@@ -559,7 +531,7 @@ async fn a_user_keeps_a_bounded_number_of_pollers_and_no_one_else_s_client() {
     bob.type_text("bob was here");
     bob.poll(Some(r#"{"tab":"forged"}"#)).await;
     socket
-        .wait_for("Bob's edit", common::TIMEOUT, |c| {
+        .wait_for("Bob's edit", support::TIMEOUT, |c| {
             c.text("t").contains("bob was here")
         })
         .await
@@ -568,5 +540,11 @@ async fn a_user_keeps_a_bounded_number_of_pollers_and_no_one_else_s_client() {
 
     // An awareness state is a cursor and a name, not a payload.
     let big = format!(r#"{{"junk":"{}"}}"#, "x".repeat(20_000));
-    json_error(tabs[2].post(Some(&big)).await, 413, "too_large").await;
+    json_error(
+        tabs[2].post(Some(&big)).await,
+        413,
+        "too_large",
+        "a big poll",
+    )
+    .await;
 }

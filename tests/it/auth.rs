@@ -1,39 +1,27 @@
 //! Authentication and authorization on every path: each refusal gets its own status or close
 //! code and JSON body, and changes nothing.
 
-mod common;
-
 use std::collections::BTreeMap;
 
 use base64::Engine;
-use common::{spawn_app_with, text_of_update, text_update, wait_text, TestApp, TIMEOUT};
 use tandem::auth::{mint, now_secs, Claims, DocPermission, Role, Secret};
 use tandem_sync::Client;
 
-const SECRET: &str = "auth-test-secret";
-
-fn secret() -> Secret {
-    SECRET.parse().unwrap()
-}
+use crate::support::{
+    self, json_error, sign as token, spawn_app_with, spawn_secured, text_of_update, text_update,
+    wait_text, Served, TestApp, SECRET, TIMEOUT,
+};
 
 async fn secured_app() -> TestApp {
-    spawn_app_with(|c| c.auth_secret = Some(secret())).await
+    spawn_secured(|_| {}).await
 }
 
+/// Ada (user 123) of `workspace`.
 fn claims(workspace: &str) -> Claims {
     Claims {
-        sub: "123".into(),
         name: Some("Ada".into()),
-        workspace: workspace.into(),
-        plan: Some("scale".into()),
-        role: Role::Member,
-        docs: None,
-        exp: now_secs() + 600,
+        ..support::claims(workspace, "123", Role::Member)
     }
-}
-
-fn token(claims: &Claims) -> String {
-    mint(&secret(), claims).unwrap()
 }
 
 fn admin() -> String {
@@ -114,26 +102,11 @@ fn read_only_token() -> String {
 }
 
 async fn stored_text(app: &TestApp, doc: &str) -> String {
-    let bytes = reqwest::Client::new()
-        .get(app.http_url(&format!("/api/v1/docs/{doc}")))
-        .bearer_auth(admin())
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    text_of_update(&bytes)
+    text_of_update(&app.stored(doc, Some(&admin())).await)
 }
 
 async fn assert_json_refusal(response: reqwest::Response, status: u16, code: &str, case: &str) {
-    assert_eq!(response.status().as_u16(), status, "{case}");
-    let body: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(body["error"], code, "{case}: {body}");
-    assert!(
-        body["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{case}"
-    );
+    let body = json_error(response, status, code, case).await;
     if code == "plan_required" {
         assert_eq!(body["required"], serde_json::json!(["scale"]), "{case}");
     }
@@ -495,7 +468,7 @@ async fn public_key_tokens_eddsa_and_rs256_are_verified() {
 
 #[tokio::test]
 async fn open_servers_mint_development_tokens_that_name_the_user() {
-    let app = common::spawn_app_with(|_| {}).await;
+    let app = support::spawn_app_with(|_| {}).await;
     let response = reqwest::Client::new()
         .post(app.http_url("/api/v1/dev/token"))
         .json(&serde_json::json!({"name": "Ada Lovelace"}))
@@ -512,7 +485,7 @@ async fn open_servers_mint_development_tokens_that_name_the_user() {
     // A Yjs client in the presence room is the token's user.
     let url = format!("{}?token={token}", app.ws_url("default/__presence__"));
     let client = tandem_sync::client::Client::connect(&url).await.unwrap();
-    client.synced(common::TIMEOUT).await.unwrap();
+    client.synced(support::TIMEOUT).await.unwrap();
     client.set_awareness(r#"{"status":"online"}"#).unwrap();
     let update = loop {
         let update = watcher.next_of("presence_update").await;
@@ -531,7 +504,8 @@ async fn open_servers_mint_development_tokens_that_name_the_user() {
     assert_eq!(refused.status(), 422);
 
     // A server that checks tokens has no such endpoint.
-    let secured = common::spawn_app_with(|c| c.auth_secret = Some("s3cret".parse().unwrap())).await;
+    let secured =
+        support::spawn_app_with(|c| c.auth_secret = Some("s3cret".parse().unwrap())).await;
     let response = reqwest::Client::new()
         .post(secured.http_url("/api/v1/dev/token"))
         .json(&serde_json::json!({"name": "Ada"}))

@@ -1,0 +1,18 @@
+//! Tandem's integration tests: a real server on an ephemeral port (or the real binary, for the
+//! crash and metrics tests), real clients: `tandem-sync`'s, raw WebSockets, HTTP, Node.js with
+//! the npm packages, and headless Chromium. One test binary, a module per area; the shared
+//! harness is [`support`].
+
+mod support;
+
+mod admin;
+mod auth;
+mod bad_input;
+mod browser;
+mod crash;
+mod dashboard;
+mod events;
+mod http;
+mod js;
+mod metrics;
+mod sync;
