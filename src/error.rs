@@ -91,6 +91,12 @@ impl ApiError {
     }
 }
 
+impl From<tandem_storage::StoreError> for ApiError {
+    fn from(err: tandem_storage::StoreError) -> ApiError {
+        ApiError::storage(&err)
+    }
+}
+
 impl From<AuthError> for ApiError {
     fn from(err: AuthError) -> ApiError {
         let status = if err.is_unauthenticated() {

@@ -15,7 +15,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::measure::{cpu_seconds, latencies_ms, server_cpu};
+use crate::measure::{cpu_seconds, print_deliveries, server_cpu, Latency};
 
 /// Options of `tandem-bench events`.
 #[derive(Debug, clap::Args)]
@@ -72,10 +72,8 @@ pub struct EventsReport {
     /// WebSocket frames the subscribers received: fewer than deliveries when events were
     /// batched.
     pub frames: u64,
-    pub latency_p50_ms: f64,
-    pub latency_p95_ms: f64,
-    pub latency_p99_ms: f64,
-    pub latency_max_ms: f64,
+    #[serde(flatten)]
+    pub latency: Latency,
     pub server_cpu_secs: Option<f64>,
     pub server_cpu_us_per_delivery: Option<f64>,
 }
@@ -325,7 +323,6 @@ pub async fn run(args: EventsArgs) -> Result<EventsReport, String> {
     let expected = published * args.subscribers as u64;
     let (server_cpu_secs, server_cpu_us_per_delivery) =
         server_cpu(cpu_before, cpu_after, delivered);
-    let [latency_p50_ms, latency_p95_ms, latency_p99_ms, latency_max_ms] = latencies_ms(&histogram);
     Ok(EventsReport {
         subscribers: args.subscribers,
         rate_hz: args.rate,
@@ -339,10 +336,7 @@ pub async fn run(args: EventsArgs) -> Result<EventsReport, String> {
         duplicates,
         delivered_per_sec: delivered as f64 / publishing.as_secs_f64(),
         frames,
-        latency_p50_ms,
-        latency_p95_ms,
-        latency_p99_ms,
-        latency_max_ms,
+        latency: Latency::of(&histogram),
         server_cpu_secs,
         server_cpu_us_per_delivery,
     })
@@ -363,15 +357,13 @@ pub fn print(r: &EventsReport) {
         "delivered             {} of {} ({:.0}/s) in {} frames",
         r.delivered, r.expected_deliveries, r.delivered_per_sec, r.frames
     );
-    println!("LOST                  {}", r.lost);
-    println!("duplicates            {}", r.duplicates);
-    println!(
-        "latency ms            p50 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2}",
-        r.latency_p50_ms, r.latency_p95_ms, r.latency_p99_ms, r.latency_max_ms
+    print_deliveries(
+        r.lost,
+        r.duplicates,
+        &r.latency,
+        (r.server_cpu_secs, r.server_cpu_us_per_delivery),
+        "delivered event",
     );
-    if let (Some(cpu), Some(per)) = (r.server_cpu_secs, r.server_cpu_us_per_delivery) {
-        println!("server CPU            {cpu:.2} s, {per:.1} µs per delivered event");
-    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::sync::{watch, Semaphore};
 use yrs::{Doc, Text, Transact};
 
-use crate::measure::{cpu_seconds, latencies_ms, server_cpu};
+use crate::measure::{cpu_seconds, print_deliveries, server_cpu, Latency};
 use crate::probe::{Probe, ProbeStream};
 use crate::Protocol;
 
@@ -73,10 +73,8 @@ pub struct FanoutReport {
     pub lost: u64,
     pub duplicates: u64,
     pub delivered_per_sec: f64,
-    pub latency_p50_ms: f64,
-    pub latency_p95_ms: f64,
-    pub latency_p99_ms: f64,
-    pub latency_max_ms: f64,
+    #[serde(flatten)]
+    pub latency: Latency,
     pub server_cpu_secs: Option<f64>,
     pub server_cpu_us_per_delivery: Option<f64>,
 }
@@ -268,7 +266,6 @@ pub async fn run(args: FanoutArgs) -> Result<FanoutReport, String> {
     let expected = expected.saturating_sub(unsent * (args.clients as u64 - 1));
     let (server_cpu_secs, server_cpu_us_per_delivery) =
         server_cpu(cpu_before, cpu_after, delivered);
-    let [latency_p50_ms, latency_p95_ms, latency_p99_ms, latency_max_ms] = latencies_ms(&histogram);
     Ok(FanoutReport {
         protocol: args.protocol,
         rooms: args.rooms,
@@ -282,10 +279,7 @@ pub async fn run(args: FanoutArgs) -> Result<FanoutReport, String> {
         lost: expected.saturating_sub(delivered),
         duplicates,
         delivered_per_sec: delivered as f64 / writing.as_secs_f64(),
-        latency_p50_ms,
-        latency_p95_ms,
-        latency_p99_ms,
-        latency_max_ms,
+        latency: Latency::of(&histogram),
         server_cpu_secs,
         server_cpu_us_per_delivery,
     })
@@ -358,15 +352,13 @@ pub fn print(r: &FanoutReport) {
         "delivered             {} of {} ({:.0}/s)",
         r.delivered, r.expected_deliveries, r.delivered_per_sec
     );
-    println!("LOST                  {}", r.lost);
-    println!("duplicates            {}", r.duplicates);
-    println!(
-        "latency ms            p50 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2}",
-        r.latency_p50_ms, r.latency_p95_ms, r.latency_p99_ms, r.latency_max_ms
+    print_deliveries(
+        r.lost,
+        r.duplicates,
+        &r.latency,
+        (r.server_cpu_secs, r.server_cpu_us_per_delivery),
+        "delivered update",
     );
-    if let (Some(cpu), Some(per)) = (r.server_cpu_secs, r.server_cpu_us_per_delivery) {
-        println!("server CPU            {cpu:.2} s, {per:.1} µs per delivered update");
-    }
 }
 
 #[cfg(test)]

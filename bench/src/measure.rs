@@ -2,6 +2,7 @@
 //! `/proc`, and latency percentiles.
 
 use hdrhistogram::Histogram;
+use serde::Serialize;
 
 /// The server's CPU seconds between two readings, and per delivery.
 pub fn server_cpu(
@@ -16,15 +17,26 @@ pub fn server_cpu(
     (cpu, per)
 }
 
-/// p50, p95, p99 and max of a histogram of nanoseconds, in milliseconds.
-pub fn latencies_ms(histogram: &Histogram<u64>) -> [f64; 4] {
-    let ms = |ns: u64| ns as f64 / 1e6;
-    [
-        ms(histogram.value_at_quantile(0.50)),
-        ms(histogram.value_at_quantile(0.95)),
-        ms(histogram.value_at_quantile(0.99)),
-        ms(histogram.max()),
-    ]
+/// Percentiles of a latency, in milliseconds (as the JSON reports name them).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Latency {
+    pub latency_p50_ms: f64,
+    pub latency_p95_ms: f64,
+    pub latency_p99_ms: f64,
+    pub latency_max_ms: f64,
+}
+
+impl Latency {
+    /// p50, p95, p99 and max of a histogram of nanoseconds.
+    pub fn of(histogram: &Histogram<u64>) -> Latency {
+        let ms = |ns: u64| ns as f64 / 1e6;
+        Latency {
+            latency_p50_ms: ms(histogram.value_at_quantile(0.50)),
+            latency_p95_ms: ms(histogram.value_at_quantile(0.95)),
+            latency_p99_ms: ms(histogram.value_at_quantile(0.99)),
+            latency_max_ms: ms(histogram.max()),
+        }
+    }
 }
 
 /// CPU time (user + system) a process has used, in seconds, from `/proc/{pid}/stat`.
@@ -69,6 +81,39 @@ pub fn rss_bytes(pid: u32) -> Result<u64, String> {
         })
         .map(|kib| kib * 1024)
         .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// Prints the tail of a delivery table: what was lost, what came twice, the latency and the
+/// server's CPU per delivered `what`.
+pub fn print_deliveries(
+    lost: u64,
+    duplicates: u64,
+    latency: &Latency,
+    (cpu, per): (Option<f64>, Option<f64>),
+    what: &str,
+) {
+    println!("LOST                  {lost}");
+    println!("duplicates            {duplicates}");
+    print_latency("latency ms", latency);
+    print_cpu(cpu, per, what);
+}
+
+/// Prints a latency line of a table: `label` (22 columns), then p50, p95, p99 and max in ms.
+pub fn print_latency(label: &str, latency: &Latency) {
+    let Latency {
+        latency_p50_ms: p50,
+        latency_p95_ms: p95,
+        latency_p99_ms: p99,
+        latency_max_ms: max,
+    } = latency;
+    println!("{label:<22}p50 {p50:.2}  p95 {p95:.2}  p99 {p99:.2}  max {max:.2}");
+}
+
+/// Prints the server's CPU time, when it was measured, and its cost `per` one of `what`.
+pub fn print_cpu(cpu: Option<f64>, per: Option<f64>, what: &str) {
+    if let (Some(cpu), Some(per)) = (cpu, per) {
+        println!("server CPU            {cpu:.2} s, {per:.1} µs per {what}");
+    }
 }
 
 /// Bytes in MiB, for tables.

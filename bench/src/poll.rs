@@ -19,7 +19,7 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
 
-use crate::measure::{cpu_seconds, latencies_ms, server_cpu};
+use crate::measure::{cpu_seconds, print_cpu, print_latency, server_cpu, Latency};
 
 const BASE64URL: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::URL_SAFE,
@@ -62,10 +62,8 @@ pub struct PollReport {
     pub rounds: u64,
     pub errors: u64,
     pub rounds_per_sec: f64,
-    pub latency_p50_ms: f64,
-    pub latency_p95_ms: f64,
-    pub latency_p99_ms: f64,
-    pub latency_max_ms: f64,
+    #[serde(flatten)]
+    pub latency: Latency,
     pub server_cpu_secs: Option<f64>,
     pub server_cpu_us_per_round: Option<f64>,
     /// Markers made; each client's text must hold all of its document's.
@@ -269,7 +267,6 @@ pub async fn run(args: PollArgs) -> Result<PollReport, String> {
         }
     }
     let (server_cpu_secs, server_cpu_us_per_round) = server_cpu(cpu_before, cpu_after, rounds);
-    let [latency_p50_ms, latency_p95_ms, latency_p99_ms, latency_max_ms] = latencies_ms(&histogram);
     Ok(PollReport {
         pollers: args.pollers,
         docs: args.docs,
@@ -278,10 +275,7 @@ pub async fn run(args: PollArgs) -> Result<PollReport, String> {
         rounds,
         errors,
         rounds_per_sec: rounds as f64 / polling.as_secs_f64(),
-        latency_p50_ms,
-        latency_p95_ms,
-        latency_p99_ms,
-        latency_max_ms,
+        latency: Latency::of(&histogram),
         server_cpu_secs,
         server_cpu_us_per_round,
         edits: made.iter().sum(),
@@ -300,13 +294,8 @@ pub fn print(r: &PollReport) {
         "rounds                {} ({:.0}/s), {} errors",
         r.rounds, r.rounds_per_sec, r.errors
     );
-    println!(
-        "round trip ms         p50 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2}",
-        r.latency_p50_ms, r.latency_p95_ms, r.latency_p99_ms, r.latency_max_ms
-    );
-    if let (Some(cpu), Some(per)) = (r.server_cpu_secs, r.server_cpu_us_per_round) {
-        println!("server CPU            {cpu:.2} s, {per:.1} µs per round");
-    }
+    print_latency("round trip ms", &r.latency);
+    print_cpu(r.server_cpu_secs, r.server_cpu_us_per_round, "round");
     println!("edits                 {}", r.edits);
     println!("DIVERGED              {} clients", r.diverged);
 }

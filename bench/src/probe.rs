@@ -21,17 +21,7 @@ use yrs::encoding::read::{Cursor, Read};
 use yrs::encoding::write::Write;
 
 use tandem_sync::message::{self, MSG_SYNC, MSG_SYNC_STEP_1, MSG_SYNC_STEP_2};
-
-/// Why a probe call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
-    #[error("websocket error: {0}")]
-    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
-    #[error("the connection is closed")]
-    Closed,
-    #[error("timed out after {0:?} waiting for {1}")]
-    Timeout(Duration, &'static str),
-}
+use tandem_sync::ClientError;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -78,7 +68,7 @@ impl Probe {
     ///
     /// # Errors
     /// The WebSocket handshake failed.
-    pub async fn connect(url: &str, framing: Framing) -> Result<Probe, ProbeError> {
+    pub async fn connect(url: &str, framing: Framing) -> Result<Probe, ClientError> {
         // tungstenite zeroes its whole read buffer before every read: at the default 128 KiB,
         // that memset was most of what a load client spent per connection.
         let config = WebSocketConfig::default().read_buffer_size(PROBE_READ_BUFFER_BYTES);
@@ -103,14 +93,14 @@ impl Probe {
     ///
     /// # Errors
     /// The connection closed or the step 2 did not come within `timeout`.
-    pub async fn handshake(&mut self, timeout: Duration) -> Result<(), ProbeError> {
+    pub async fn handshake(&mut self, timeout: Duration) -> Result<(), ClientError> {
         let step1 = message::encode_step1(&[0]);
         self.send_framed(&step1).await?;
         let wait = async {
             loop {
                 let frame = match self.socket.next().await {
                     Some(Ok(WsMessage::Binary(frame))) => frame,
-                    Some(Ok(WsMessage::Close(_))) | None => return Err(ProbeError::Closed),
+                    Some(Ok(WsMessage::Close(_))) | None => return Err(ClientError::Closed),
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => return Err(e.into()),
                 };
@@ -134,14 +124,14 @@ impl Probe {
         };
         tokio::time::timeout(timeout, wait)
             .await
-            .map_err(|_| ProbeError::Timeout(timeout, "sync step 2"))?
+            .map_err(|_| ClientError::Timeout(timeout, "sync step 2"))?
     }
 
     /// Sends one y-protocols message, framed.
     ///
     /// # Errors
     /// The connection is broken.
-    pub async fn send_framed(&mut self, message: &[u8]) -> Result<(), ProbeError> {
+    pub async fn send_framed(&mut self, message: &[u8]) -> Result<(), ClientError> {
         let frame = frame_with(&self.prefix, message);
         self.socket.send(WsMessage::Binary(frame)).await?;
         Ok(())
@@ -186,7 +176,7 @@ impl ProbeSink {
     ///
     /// # Errors
     /// The connection is broken.
-    pub async fn send_update(&mut self, update: &[u8]) -> Result<(), ProbeError> {
+    pub async fn send_update(&mut self, update: &[u8]) -> Result<(), ClientError> {
         let message = message::encode_update(update);
         self.sink
             .send(WsMessage::Binary(frame_with(&self.prefix, &message)))
@@ -198,7 +188,7 @@ impl ProbeSink {
     ///
     /// # Errors
     /// The connection is broken.
-    pub async fn feed_update(&mut self, update: &[u8]) -> Result<(), ProbeError> {
+    pub async fn feed_update(&mut self, update: &[u8]) -> Result<(), ClientError> {
         let message = message::encode_update(update);
         self.sink
             .feed(WsMessage::Binary(frame_with(&self.prefix, &message)))
@@ -210,7 +200,7 @@ impl ProbeSink {
     ///
     /// # Errors
     /// The connection is broken.
-    pub async fn flush(&mut self) -> Result<(), ProbeError> {
+    pub async fn flush(&mut self) -> Result<(), ClientError> {
         self.sink.flush().await?;
         Ok(())
     }

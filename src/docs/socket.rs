@@ -183,15 +183,9 @@ async fn connect(
     sink: SplitSink<WebSocket, WsMessage>,
     session: Box<Session>,
 ) -> (Option<Joined>, tokio::task::JoinHandle<()>, Closer) {
-    let Session {
-        name,
-        conn,
-        access,
-        principal,
-        closer,
-        registration,
-    } = *session;
-    let peer = PeerId(conn.0);
+    let session = *session;
+    let closer = session.closer;
+    let peer = PeerId(session.conn.0);
     let (outbound, queue) = mpsc::channel(server.config.outbound_queue);
     // No span on the writer: entering one on every poll is measurable on the fan-out path, and
     // its only log lines name the connection itself.
@@ -200,19 +194,19 @@ async fn connect(
         queue,
         closer.clone(),
         DocOutbound,
-        conn,
-        Arc::clone(&registration.info),
+        session.conn,
+        Arc::clone(&session.registration.info),
     ));
     let pinger = outbound.clone();
     let link = PeerLink {
         peer,
-        user: Arc::from(principal.user.as_str()),
+        user: Arc::from(session.principal.user.as_str()),
         outbound,
         closer: closer.clone(),
     };
     // A read-only connection is told so first (auth, "permission granted: read"), so its editor
     // can refuse edits up front; y-websocket ignores what it does not know of that message.
-    if access == Access::ReadOnly {
+    if session.access == Access::ReadOnly {
         let granted = Message::Auth(AuthMessage::PermissionGranted("read".into())).encode();
         // The queue is new and empty: there is room.
         let _ = link
@@ -220,7 +214,7 @@ async fn connect(
             .try_send(Arc::new(Outgoing::reply(Bytes::from(granted))));
     }
     let mut overflow = Overflow::default();
-    let joined = rooms.join(&name, link, &mut overflow).await;
+    let joined = rooms.join(&session.name, link, &mut overflow).await;
     overflow.deliver(server.config.lag_timeout()).await;
     let handle = match joined {
         Ok(handle) => handle,
@@ -238,10 +232,10 @@ async fn connect(
     let joined = Joined {
         handle,
         peer,
-        access,
+        access: session.access,
         pinger,
-        expires_in: principal.expires_in(),
-        registration,
+        expires_in: session.principal.expires_in(),
+        registration: session.registration,
     };
     (Some(joined), writer, closer)
 }

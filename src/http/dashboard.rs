@@ -37,8 +37,7 @@ pub async fn get_presence(
     let users: Vec<Value> = app
         .hub
         .who(&who.workspace, params.include_offline)
-        .await
-        .map_err(|e| ApiError::storage(&e))?
+        .await?
         .into_iter()
         .map(|(user, snapshot)| Value::Object(snapshot.fields(&user)))
         .collect();
@@ -64,11 +63,7 @@ pub async fn post_presence(
     if update.name.is_none() {
         update.name = who.name.clone();
     }
-    let ws = app
-        .hub
-        .workspace(&who.workspace)
-        .await
-        .map_err(|e| ApiError::storage(&e))?;
+    let ws = app.hub.workspace(&who.workspace).await?;
     app.hub
         .presence(&ws, &who.user, Source::Poller, &update, active);
     Ok(Json(json!({
@@ -83,11 +78,7 @@ pub async fn get_editing(
     State(app): State<AppState>,
     Caller(who): Caller,
 ) -> Result<Json<Value>, ApiError> {
-    let documents = app
-        .hub
-        .editing_now(&who.workspace)
-        .await
-        .map_err(|e| ApiError::storage(&e))?;
+    let documents = app.hub.editing_now(&who.workspace).await?;
     Ok(Json(json!({ "documents": documents })))
 }
 
@@ -96,13 +87,8 @@ pub async fn get_activity(
     State(app): State<AppState>,
     Caller(who): Caller,
     HistoryLimit(limit): HistoryLimit,
-) -> Result<Response, ApiError> {
-    let history = app
-        .hub
-        .activity(&who.workspace, &who.user, limit)
-        .await
-        .map_err(|e| ApiError::storage(&e))?;
-    Ok(history_page(&history))
+) -> Result<History, ApiError> {
+    Ok(app.hub.activity(&who.workspace, &who.user, limit).await?)
 }
 
 /// `GET /api/v1/notifications?limit=N`: the latest events of every channel but presence and
@@ -111,25 +97,25 @@ pub async fn get_notifications(
     State(app): State<AppState>,
     Caller(who): Caller,
     HistoryLimit(limit): HistoryLimit,
-) -> Result<Response, ApiError> {
-    let history = app
+) -> Result<History, ApiError> {
+    Ok(app
         .hub
         .notifications(&who.workspace, &who.user, limit)
-        .await
-        .map_err(|e| ApiError::storage(&e))?;
-    Ok(history_page(&history))
+        .await?)
 }
 
 /// `{"events":[...],"last_id":N}`: the stored events as they are, and the id to subscribe
 /// `since` for what came after them.
-fn history_page(history: &History) -> Response {
-    let list: Vec<&str> = history.events.iter().map(|f| f.as_str()).collect();
-    let body = format!(
-        r#"{{"events":[{}],"last_id":{}}}"#,
-        list.join(","),
-        history.last_id
-    );
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+impl IntoResponse for History {
+    fn into_response(self) -> Response {
+        let list: Vec<&str> = self.events.iter().map(|f| f.as_str()).collect();
+        let body = format!(
+            r#"{{"events":[{}],"last_id":{}}}"#,
+            list.join(","),
+            self.last_id
+        );
+        ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    }
 }
 
 /// `GET /api/v1/preferences`: which event types are pushed to the caller in real time.
@@ -137,11 +123,7 @@ pub async fn get_preferences(
     State(app): State<AppState>,
     Caller(who): Caller,
 ) -> Result<Json<Preferences>, ApiError> {
-    app.hub
-        .preferences(&who.workspace, &who.user)
-        .await
-        .map(Json)
-        .map_err(|e| ApiError::storage(&e))
+    Ok(Json(app.hub.preferences(&who.workspace, &who.user).await?))
 }
 
 /// `PUT /api/v1/preferences` with `{"realtime":{"agent_executed":false,...}}`: changes the
@@ -179,11 +161,7 @@ pub async fn get_badges(
     State(app): State<AppState>,
     Caller(who): Caller,
 ) -> Result<Response, ApiError> {
-    let ws = app
-        .hub
-        .workspace(&who.workspace)
-        .await
-        .map_err(|e| ApiError::storage(&e))?;
+    let ws = app.hub.workspace(&who.workspace).await?;
     Ok(badges(&app, &ws, &who.user))
 }
 
@@ -214,11 +192,7 @@ pub async fn post_badges_read(
                 "`session_id` is required: a number or a non-empty string",
             )
         })?;
-    let ws = app
-        .hub
-        .workspace(&who.workspace)
-        .await
-        .map_err(|e| ApiError::storage(&e))?;
+    let ws = app.hub.workspace(&who.workspace).await?;
     app.hub.mark_read(&ws, &who.user, &session);
     Ok(badges(&app, &ws, &who.user))
 }

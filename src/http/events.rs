@@ -109,8 +109,7 @@ pub async fn poll(
             params.since,
             std::time::Duration::from_secs_f64(timeout),
         )
-        .await
-        .map_err(|e| ApiError::storage(&e))?;
+        .await?;
     let mut body = String::from(r#"{"events":["#);
     for (i, event) in page.events.iter().enumerate() {
         if i > 0 {

@@ -2,6 +2,7 @@
 
 use crate::support::{
     self, json_error, spawn_app, spawn_app_with, text_of_update, text_update, wait_text, Served,
+    TestApp,
 };
 use base64::Engine;
 use yrs::updates::encoder::Encode;
@@ -149,11 +150,17 @@ async fn bad_requests_get_json_errors() {
             "websocket_required",
         ),
     ];
+    refused_and_nothing_written(&app, cases.into()).await;
+}
+
+/// Sends each request and expects its JSON error; none of them wrote document `d`.
+async fn refused_and_nothing_written(
+    app: &TestApp,
+    cases: Vec<(reqwest::RequestBuilder, u16, &str)>,
+) {
     for (request, status, code) in cases {
         json_error(request.send().await.unwrap(), status, code, code).await;
     }
-
-    // Nothing was written by any of it.
     assert_eq!(app.stored("d", None).await.as_ref(), [0, 0]);
 }
 
@@ -501,10 +508,7 @@ async fn bad_sync_requests_get_json_errors_and_change_nothing() {
             "bad_document_name",
         ),
     ];
-    for (request, status, code) in cases {
-        json_error(request.send().await.unwrap(), status, code, code).await;
-    }
-    assert_eq!(app.stored("d", None).await.as_ref(), [0, 0]);
+    refused_and_nothing_written(&app, cases.into()).await;
 }
 
 #[tokio::test]
