@@ -2,8 +2,8 @@
 //! subscribed to, the users behind them, the advisory locks and who is editing what. This file
 //! holds the hub itself, the workspaces' lifecycle, connections joining and leaving, locks,
 //! what the rooms' awareness says, and the timers; the path of an event is in
-//! [`pipeline`](super::pipeline), reading the log back in [`history`](super::history), and the
-//! users' presence, inbox and preferences in [`users`](super::users).
+//! `pipeline`, reading the log back in [`history`](super::history), and the
+//! users' presence, inbox and preferences in `users`.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;

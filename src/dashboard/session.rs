@@ -1,6 +1,6 @@
 //! `GET /ws`: a dashboard connection speaking the JSON protocol of [`super::protocol`].
 //!
-//! Like a document connection it has a reader (this module's [`run`]) and a writer task that
+//! Like a document connection it has a reader (this module's `run`) and a writer task that
 //! drains a bounded queue (`net::socket::write_loop`); the hub queues events into it. A bad
 //! frame is answered with an `error` frame and the connection stays open, until a client sends
 //! more than `--max-bad-frames` of them within a minute.

@@ -46,7 +46,7 @@ impl Outgoing {
         }
     }
 
-    /// One peer is done with this frame. For the last one, the update's arrival.
+    /// One peer is done with this message. For the last one, the update's arrival.
     pub fn handed_over(&self) -> Option<Instant> {
         let received = self.received?;
         (self.remaining.fetch_sub(1, Ordering::AcqRel) == 1).then_some(received)
@@ -101,13 +101,13 @@ impl Overflow {
             peer,
             outbound,
             closer,
-            message: frame,
+            message,
         }) = self.pending.front().cloned()
         {
             let mut queued = false;
             if !closer.is_closed() {
                 let started = tokio::time::Instant::now();
-                match tokio::time::timeout_at(deadline, outbound.send(Arc::clone(&frame))).await {
+                match tokio::time::timeout_at(deadline, outbound.send(Arc::clone(&message))).await {
                     Err(_) => {
                         tracing::info!(conn = %peer, ?timeout, "outbound queue stayed full, closing");
                         closer.close(CloseReason::Lagging);
@@ -123,7 +123,7 @@ impl Overflow {
             }
             if !queued {
                 // This peer will never hand it over.
-                frame.handed_over();
+                message.handed_over();
             }
             self.pending.pop_front();
         }
@@ -152,10 +152,10 @@ impl Rooms {
     /// Queues `frame` for every peer of a locked room, from a caller that cannot wait: full
     /// queues get it from a task of its own, with the same lag timeout as everyone else.
     pub(super) fn broadcast_detached(&self, state: &RoomState, frame: Bytes) {
-        let frame = Arc::new(Outgoing::reply(frame));
+        let message = Arc::new(Outgoing::reply(frame));
         let mut overflow = Overflow::default();
         for link in state.peers.values() {
-            deliver(link, Arc::clone(&frame), &mut overflow);
+            deliver(link, Arc::clone(&message), &mut overflow);
         }
         if !overflow.is_empty() {
             self.tasks
@@ -164,20 +164,20 @@ impl Rooms {
     }
 }
 
-/// Queues `frame` for a peer; when its queue is full the frame waits in `overflow` for the
+/// Queues `message` for a peer; when its queue is full the message waits in `overflow` for the
 /// caller to deliver outside the lock. Never dropped: a gap would stall the client's document.
-pub(super) fn deliver(link: &PeerLink, frame: Arc<Outgoing>, overflow: &mut Overflow) {
+pub(super) fn deliver(link: &PeerLink, message: Arc<Outgoing>, overflow: &mut Overflow) {
     if link.closer.is_closed() {
-        frame.handed_over();
+        message.handed_over();
         return;
     }
-    // Once one frame for this peer waits, the ones after it wait too, to keep their order.
+    // Once one message for this peer waits, the ones after it wait too, to keep their order.
     if overflow.holds(link.peer) {
-        overflow.push(link, frame);
+        overflow.push(link, message);
         return;
     }
-    if let Err(mpsc::error::TrySendError::Full(frame)) = link.outbound.try_send(frame) {
-        overflow.push(link, frame);
+    if let Err(mpsc::error::TrySendError::Full(message)) = link.outbound.try_send(message) {
+        overflow.push(link, message);
     }
 }
 
@@ -186,7 +186,7 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn deferred_frames_keep_their_order_and_a_stuck_peer_is_closed() {
+    async fn deferred_messages_keep_their_order_and_a_stuck_peer_is_closed() {
         let (outbound, mut queue) = mpsc::channel(1);
         let link = PeerLink {
             peer: PeerId(1),
@@ -206,8 +206,8 @@ mod tests {
         assert_eq!(overflow.pending.len(), 3);
         let reader = tokio::spawn(async move {
             let mut got = Vec::new();
-            while let Some(frame) = queue.recv().await {
-                got.push(frame.bytes[0]);
+            while let Some(message) = queue.recv().await {
+                got.push(message.bytes[0]);
                 if got.len() == 4 {
                     break;
                 }

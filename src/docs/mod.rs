@@ -1,8 +1,8 @@
 //! Documents: the registry of loaded rooms ([`Rooms`], one [`tandem_crdt::Room`] per open
 //! document), the peers of each (connections and HTTP pollers), and what happens around a room:
 //! delivery to the peers' queues ([`delivery`]), persistence, compaction and unload
-//! ([`persist`]), pollers ([`pollers`]), the server's own awareness states
-//! ([`server_awareness`]), and the `/ws/{doc}` connection ([`socket`]).
+//! (`persist`), pollers ([`pollers`]), the server's own awareness states
+//! (`server_awareness`), and the `/ws/{doc}` connection ([`socket`]).
 //!
 //! Locking: the registry is a `DashMap` used only through its entry API, so a room is created
 //! exactly once; loading happens in the room's `OnceCell`, so concurrent joiners of a cold room
@@ -464,10 +464,10 @@ impl Rooms {
         let peers =
             state.peers.len() - usize::from(from.is_some_and(|p| state.peers.contains_key(&p)));
         for frame in outbox.broadcast {
-            let frame = Arc::new(Outgoing::broadcast(frame, received, peers));
+            let message = Arc::new(Outgoing::broadcast(frame, received, peers));
             for (id, link) in &state.peers {
                 if Some(*id) != from {
-                    deliver(link, Arc::clone(&frame), overflow);
+                    deliver(link, Arc::clone(&message), overflow);
                 }
             }
         }

@@ -62,8 +62,8 @@ pub async fn get(
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], update).into_response())
 }
 
-/// `POST /api/v1/docs/{doc}/update` ([`update`]) and `POST /api/v1/docs/{doc}/sync`
-/// ([`sync`]).
+/// `POST /api/v1/docs/{doc}/update` (`update`) and `POST /api/v1/docs/{doc}/sync`
+/// (`sync`).
 pub async fn post(State(app): State<AppState>, request: DocPost) -> Result<Response, ApiError> {
     match request {
         DocPost::Update { name, update } => self::update(&app, name, update).await,

@@ -134,7 +134,7 @@ pub trait Outbound: Send + 'static {
 }
 
 /// Sends queued items until the closer fires or every sender is gone, batching whatever is
-/// ready into one socket flush; then sends the close frame ([`finish`]).
+/// ready into one socket flush; then sends the close frame (`finish`).
 pub async fn write_loop<O: Outbound>(
     mut sink: SplitSink<WebSocket, WsMessage>,
     mut queue: mpsc::Receiver<O::Item>,

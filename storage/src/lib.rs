@@ -9,7 +9,7 @@
 //!   [`SledStore::events`] and [`SledStore::state`] open the other two in the same database.
 //! - `memory`: [`MemoryStore`], a volatile `DocStore` for tests and benches ([`MemoryEventStore`]
 //!   and [`MemoryStateStore`] sit beside their traits).
-//! - [`contract`] (tests, and the `testing` feature): the behaviour every backend owes its
+//! - `contract` (tests, and the `testing` feature): the behaviour every backend owes its
 //!   trait, for the next backend (PostgreSQL) to run too.
 //!
 //! One update's path: the server calls [`DocStore::append`] (buffered, returns its [`Seq`]),
