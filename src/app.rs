@@ -16,10 +16,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{Auth, AuthConfigError, AuthSettings};
 use crate::config::Config;
-use crate::dashboard::{Hub, HubObserver};
+use crate::dashboard::{Hub, HubObserver, HubSettings};
 use crate::docs::Rooms;
 use crate::durability::{DashboardStores, Durability};
-use crate::http::{admin, router, AppState};
+use crate::http::state::ClientErrorLimit;
+use crate::http::{router, AppState};
 use crate::metrics;
 use crate::net::{CloseReason, Connections};
 
@@ -102,7 +103,7 @@ pub async fn run(
         Arc::clone(&stores.events),
         Arc::clone(&stores.state),
         Arc::clone(&event_durability),
-        config.hub_settings(),
+        HubSettings::of(&config),
     ));
     let rooms = Arc::new(Rooms::new(
         Arc::clone(&stores.docs),
@@ -114,7 +115,7 @@ pub async fn run(
     hub.attach_rooms(&rooms);
     rooms.observe_with(Arc::new(HubObserver(Arc::clone(&hub))));
     let connections = Connections::new(config.reconnect_window());
-    let client_errors = Arc::new(admin::ClientErrorLimit::per_minute(
+    let client_errors = Arc::new(ClientErrorLimit::per_minute(
         config.client_errors_per_minute,
     ));
     let timers = Timers {
@@ -227,7 +228,7 @@ struct Timers {
     hub: Arc<Hub>,
     rooms: Arc<Rooms>,
     connections: Arc<Connections>,
-    client_errors: Arc<admin::ClientErrorLimit>,
+    client_errors: Arc<ClientErrorLimit>,
     trim_every: Duration,
 }
 

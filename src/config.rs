@@ -1,11 +1,37 @@
 //! Server configuration: every limit, with a sane default, settable as a `--flag` or a
 //! `TANDEM_*` environment variable.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
-use crate::auth::Secret;
+/// A secret that never shows in logs or `Debug` output.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            return Err("the secret must not be empty".into());
+        }
+        Ok(Secret(s.to_owned()))
+    }
+}
 
 /// How `tandem serve` runs.
 #[derive(Debug, Clone, clap::Args)]
@@ -300,29 +326,6 @@ impl Config {
 
     pub(crate) fn dashboard_batch(&self) -> Duration {
         Duration::from_millis(self.dashboard_batch_ms)
-    }
-
-    /// The hub's settings.
-    pub(crate) fn hub_settings(&self) -> crate::dashboard::HubSettings {
-        crate::dashboard::HubSettings {
-            lag_timeout: self.lag_timeout(),
-            durability_timeout: Duration::from_secs(10),
-            lock_ttl: Duration::from_millis(self.lock_ttl_ms),
-            retention: tandem_storage::Retention {
-                max_events: self.event_retention_count,
-                max_age_ms: self.event_retention_secs.saturating_mul(1000),
-            },
-            presence: crate::dashboard::presence::PresenceSettings {
-                idle_after: Duration::from_millis(self.presence_idle_ms),
-                debounce: Duration::from_millis(self.presence_debounce_ms),
-                poll_ttl: Duration::from_millis(self.presence_poll_ttl_ms),
-            },
-            publish_rate_workspace: self.publish_rate_workspace,
-            publish_rate_user: self.publish_rate_user,
-            editing_idle: Duration::from_millis(self.editing_idle_ms),
-            max_locks_per_connection: self.max_locks_per_connection,
-            max_chat_badges: self.max_chat_badges_per_user,
-        }
     }
 
     pub(crate) fn shutdown_timeout(&self) -> Duration {

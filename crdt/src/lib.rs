@@ -10,7 +10,8 @@
 //! - [`outbox`]: what a room hands back for the caller to deliver ([`Outbox`], [`Departure`],
 //!   [`Polled`]).
 //! - [`awareness`]: the room's awareness states, with a bounded memory of removed clients.
-//! - `owners`: which peer keeps which awareness client, and whose each client is.
+//! - [`peer`]: a peer's id and what it may do; `owners`: which peer keeps which awareness
+//!   client, and whose each client is.
 //!
 //! One update's path: [`Room::receive`] decodes the frame with `tandem-sync`, applies the update
 //! to the yrs document (a panic inside yrs poisons the room instead of the process), and puts
@@ -20,10 +21,12 @@
 pub mod awareness;
 pub mod outbox;
 mod owners;
+pub mod peer;
 pub mod room;
 
 pub use yrs::Any;
 
 pub use awareness::SERVER_CLIENT_BASE;
 pub use outbox::{AwarenessChange, Departure, Outbox, PollInput, Polled};
-pub use room::{Access, PeerId, Room, RoomError, RoomLimits};
+pub use peer::{Access, PeerId};
+pub use room::{Room, RoomError, RoomLimits};

@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::awareness::Changes;
-use crate::room::PeerId;
+use crate::peer::PeerId;
 
 /// How many departed awareness clients keep their user: a reconnect comes within seconds.
 const DEPARTED_CLIENTS: usize = 1024;

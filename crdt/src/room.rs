@@ -3,7 +3,6 @@
 //! Bytes in, bytes out: the caller hands over a frame and delivers the [`Outbox`] it gets back
 //! (persist first, then reply and broadcast). No sockets, no storage, no tasks.
 
-use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
@@ -18,24 +17,7 @@ use yrs::{Any, Doc, IdSet, Map, Options, Out, ReadTxn, StateVector, Transact, Up
 use crate::awareness::{Awareness, Changes, SERVER_CLIENT_BASE};
 use crate::outbox::{AwarenessChange, Departure, Outbox, PollInput, Polled};
 use crate::owners::Owners;
-
-/// A connection's id within the server; the room only uses it to track awareness.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PeerId(pub u64);
-
-impl fmt::Display for PeerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// What a peer may do to the document.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    ReadWrite,
-    /// Reads and awareness only: updates are dropped and answered with permission denied.
-    ReadOnly,
-}
+use crate::peer::{Access, PeerId};
 
 /// Limits a room enforces.
 #[derive(Debug, Clone, Copy)]

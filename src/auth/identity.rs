@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Auth, AuthError, Role};
+use super::error::AuthError;
+use super::token::Role;
 use crate::docname::DocName;
 
 /// Who a dashboard request speaks for.
@@ -46,7 +47,7 @@ pub enum IdentityError {
 pub const OPEN_WORKSPACE: &str = "default";
 
 /// The longest user id accepted.
-const MAX_USER_BYTES: usize = 256;
+pub(super) const MAX_USER_BYTES: usize = 256;
 
 /// Whether `realtime` features (a plan of `--realtime-plans`) are needed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,54 +58,7 @@ pub enum Plan {
     Any,
 }
 
-impl Auth {
-    /// Checks the token of a dashboard request and says who it speaks for.
-    ///
-    /// # Errors
-    /// The token's refusal, a workspace other than the token's, or a malformed name.
-    pub fn identify(
-        &self,
-        token: Option<&str>,
-        params: &IdentityParams,
-        plan: Plan,
-    ) -> Result<Identity, IdentityError> {
-        let principal = self.authenticate(token)?;
-        if plan == Plan::Realtime {
-            self.check_plan(&principal)?;
-        }
-        let workspace = match (&principal.workspace, &params.workspace) {
-            (Some(own), None) => own.clone(),
-            (Some(own), Some(asked)) if own == asked => own.clone(),
-            (Some(_), Some(_)) => return Err(AuthError::WrongWorkspace.into()),
-            (None, Some(asked)) if valid_workspace(asked) => asked.clone(),
-            (None, Some(_)) => return Err(IdentityError::BadWorkspace),
-            (None, None) => OPEN_WORKSPACE.to_owned(),
-        };
-        let open = self.is_open();
-        let expires_in = principal.expires_in();
-        let user = match (&params.user, open) {
-            (Some(user), true) => user.clone(),
-            _ => principal.user,
-        };
-        if user.is_empty() || user.len() > MAX_USER_BYTES {
-            return Err(IdentityError::BadUser);
-        }
-        let name = match (principal.name, open) {
-            (Some(name), _) => Some(name),
-            (None, true) => params.name.clone(),
-            (None, false) => None,
-        };
-        Ok(Identity {
-            workspace,
-            user,
-            name,
-            role: principal.role,
-            expires_in,
-        })
-    }
-}
-
 /// A workspace name as the first segment of a document name may be.
-fn valid_workspace(name: &str) -> bool {
+pub(super) fn valid_workspace(name: &str) -> bool {
     !name.contains('/') && DocName::parse(name).is_ok()
 }

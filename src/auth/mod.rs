@@ -13,6 +13,7 @@
 //! an anonymous admin. That is for local development only; `serve` refuses it on a non-loopback
 //! bind unless `--insecure-no-auth` is given.
 
+mod error;
 pub mod glob;
 pub mod identity;
 pub mod token;
@@ -23,7 +24,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use tandem_crdt::Access;
 
 use crate::docname::{DocName, RoomKind};
+pub use error::{AuthConfigError, AuthError};
 use glob::{glob_match, literal_len};
+use identity::{valid_workspace, Plan, MAX_USER_BYTES, OPEN_WORKSPACE};
 pub use identity::{Identity, IdentityError, IdentityParams};
 pub use token::{mint, now_secs, Claims, DocPermission, Role, Secret};
 use token::{random_secret, DEV_TOKEN_SECS};
@@ -64,74 +67,6 @@ impl Principal {
                 .unwrap_or(Duration::ZERO),
         )
     }
-}
-
-/// Why a request was refused. Its text never contains the token.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AuthError {
-    #[error("a token is required (?token= on WebSocket URLs, Authorization: Bearer on HTTP)")]
-    MissingToken,
-    #[error("the token is not valid: {0}")]
-    InvalidToken(String),
-    #[error("the token has expired")]
-    Expired,
-    #[error("real-time features need one of these plans: {}", required.join(", "))]
-    PlanRequired {
-        plan: Option<String>,
-        required: Vec<String>,
-    },
-    #[error("the token's workspace has no access to this document")]
-    WrongWorkspace,
-    #[error("the token does not grant access to this document")]
-    DocumentForbidden,
-    #[error("the token grants read-only access to this document")]
-    ReadOnly,
-    #[error("this needs a token with the {0:?} role")]
-    RoleRequired(Role),
-}
-
-impl AuthError {
-    /// The connection failure this refusal counts as.
-    pub fn failure(&self) -> crate::metrics::Failure {
-        match self {
-            AuthError::PlanRequired { .. } => crate::metrics::Failure::Plan,
-            _ => crate::metrics::Failure::Auth,
-        }
-    }
-
-    /// A bounded label for counting refusals.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            AuthError::MissingToken => "missing_token",
-            AuthError::InvalidToken(_) => "invalid_token",
-            AuthError::Expired => "token_expired",
-            AuthError::PlanRequired { .. } => "plan_required",
-            AuthError::WrongWorkspace | AuthError::DocumentForbidden => "forbidden",
-            AuthError::ReadOnly => "read_only",
-            AuthError::RoleRequired(_) => "role_required",
-        }
-    }
-
-    /// Whether the refusal is about the token itself (none, malformed, expired: HTTP 401)
-    /// rather than what it may do (403).
-    pub fn is_unauthenticated(&self) -> bool {
-        matches!(
-            self,
-            AuthError::MissingToken | AuthError::InvalidToken(_) | AuthError::Expired
-        )
-    }
-}
-
-/// Why the auth configuration is unusable.
-#[derive(Debug, thiserror::Error)]
-pub enum AuthConfigError {
-    #[error("cannot read the public key {path}: {source}")]
-    ReadKey {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path} is neither an Ed25519 nor an RSA public key in PEM form")]
-    BadKey { path: String },
 }
 
 /// The verifier of a server.
@@ -216,7 +151,7 @@ impl Auth {
         let claims = Claims {
             sub: user.clone(),
             name: Some(name.trim().to_owned()).filter(|n| !n.is_empty()),
-            workspace: identity::OPEN_WORKSPACE.into(),
+            workspace: OPEN_WORKSPACE.into(),
             plan: None,
             role: Role::Member,
             docs: None,
@@ -371,6 +306,51 @@ impl Auth {
             Some((_, DocPermission::Read)) => Ok(Access::ReadOnly),
             None => Err(AuthError::DocumentForbidden),
         }
+    }
+
+    /// Checks the token of a dashboard request and says who it speaks for.
+    ///
+    /// # Errors
+    /// The token's refusal, a workspace other than the token's, or a malformed name.
+    pub fn identify(
+        &self,
+        token: Option<&str>,
+        params: &IdentityParams,
+        plan: Plan,
+    ) -> Result<Identity, IdentityError> {
+        let principal = self.authenticate(token)?;
+        if plan == Plan::Realtime {
+            self.check_plan(&principal)?;
+        }
+        let workspace = match (&principal.workspace, &params.workspace) {
+            (Some(own), None) => own.clone(),
+            (Some(own), Some(asked)) if own == asked => own.clone(),
+            (Some(_), Some(_)) => return Err(AuthError::WrongWorkspace.into()),
+            (None, Some(asked)) if valid_workspace(asked) => asked.clone(),
+            (None, Some(_)) => return Err(IdentityError::BadWorkspace),
+            (None, None) => OPEN_WORKSPACE.to_owned(),
+        };
+        let open = self.is_open();
+        let expires_in = principal.expires_in();
+        let user = match (&params.user, open) {
+            (Some(user), true) => user.clone(),
+            _ => principal.user,
+        };
+        if user.is_empty() || user.len() > MAX_USER_BYTES {
+            return Err(IdentityError::BadUser);
+        }
+        let name = match (principal.name, open) {
+            (Some(name), _) => Some(name),
+            (None, true) => params.name.clone(),
+            (None, false) => None,
+        };
+        Ok(Identity {
+            workspace,
+            user,
+            name,
+            role: principal.role,
+            expires_in,
+        })
     }
 
     /// Checks everything a real-time request for `doc` needs and returns the access granted.

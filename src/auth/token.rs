@@ -2,38 +2,12 @@
 //! minting ([`mint`], for `tandem token`, tests and scripts), and the [`Secret`] that signs them.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Deserializer, Serialize};
 
-/// A secret that never shows in logs or `Debug` output.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(…)")
-    }
-}
-
-impl FromStr for Secret {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.is_empty() {
-            return Err("the secret must not be empty".into());
-        }
-        Ok(Secret(s.to_owned()))
-    }
-}
+pub use crate::config::Secret;
 
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
@@ -108,7 +82,7 @@ pub(super) fn random_secret() -> Secret {
         );
         text.push_str(&format!("{:016x}", hasher.finish()));
     }
-    Secret(text)
+    text.parse().expect("64 hex digits are a secret")
 }
 
 /// Mints a token, for `tandem token`, tests and scripts.

@@ -9,9 +9,9 @@ use serde_json::Value;
 use tandem_storage::StoredEvent;
 use tokio::time::Instant;
 
+use super::catalogue::ChannelSet;
 use super::catalogue::{self, Channel, Event};
 use super::preferences::Muted;
-use super::ChannelSet;
 
 /// An event ready to send: its frame (the stored object with its `id`) and what decides who
 /// gets it.

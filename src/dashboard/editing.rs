@@ -12,8 +12,8 @@ use tandem_crdt::AwarenessChange;
 use tokio::time::Instant;
 
 use super::catalogue::Event;
+use super::catalogue::UserId;
 use super::presence;
-use super::UserId;
 use crate::docname::DocName;
 
 /// Who is in the documents of one workspace.

@@ -15,12 +15,12 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::catalogue::Channel;
+use super::catalogue::ChannelSet;
 use super::delivery::{Delivered, Viewer};
 use super::hub::Hub;
 use super::preferences::Muted;
 use super::protocol::ServerFrame;
 use super::workspace::{Outgoing, Workspace};
-use super::ChannelSet;
 use crate::net::{CloseReason, Closer, ConnId};
 
 /// Events read from the log at a time.

@@ -22,13 +22,14 @@ use tokio::sync::{mpsc, OnceCell};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::catalogue::{ChannelSet, UserId};
 use super::editing::Editing;
 use super::locks::{Holder, LockOutcome, Locks, Released, UnlockError};
 use super::preferences::Muted;
 use super::presence::{self, PresenceSettings, Source, UserPresence};
 use super::protocol::{PresenceStatus, ProtocolError, ServerFrame};
 use super::workspace::{Conn, Outgoing, State, User, UserRecord, Workspace};
-use super::{ChannelSet, UserId};
+use crate::config::Config;
 use crate::docname::{DocName, RoomKind};
 use crate::docs::{RoomObserver, Rooms};
 use crate::durability::{Durability, DurabilityError, Ticket};
@@ -55,6 +56,31 @@ pub struct HubSettings {
     pub max_locks_per_connection: usize,
     /// Chat sessions with unread messages kept per user.
     pub max_chat_badges: usize,
+}
+
+impl HubSettings {
+    /// The hub's settings of `config`.
+    pub fn of(config: &Config) -> HubSettings {
+        HubSettings {
+            lag_timeout: config.lag_timeout(),
+            durability_timeout: Duration::from_secs(10),
+            lock_ttl: Duration::from_millis(config.lock_ttl_ms),
+            retention: Retention {
+                max_events: config.event_retention_count,
+                max_age_ms: config.event_retention_secs.saturating_mul(1000),
+            },
+            presence: PresenceSettings {
+                idle_after: Duration::from_millis(config.presence_idle_ms),
+                debounce: Duration::from_millis(config.presence_debounce_ms),
+                poll_ttl: Duration::from_millis(config.presence_poll_ttl_ms),
+            },
+            publish_rate_workspace: config.publish_rate_workspace,
+            publish_rate_user: config.publish_rate_user,
+            editing_idle: Duration::from_millis(config.editing_idle_ms),
+            max_locks_per_connection: config.max_locks_per_connection,
+            max_chat_badges: config.max_chat_badges_per_user,
+        }
+    }
 }
 
 /// Why a publication failed.

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::UserId;
+use super::catalogue::UserId;
 
 /// Notifications kept in a user's inbox.
 const NOTIFICATIONS: usize = 20;

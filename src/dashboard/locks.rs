@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use tokio::time::Instant;
 
 use super::catalogue::Event;
-use super::UserId;
+use super::catalogue::UserId;
 use crate::net::ConnId;
 
 /// The locks of one workspace.

@@ -65,7 +65,7 @@ impl Snapshot {
     /// The object's fields (without `type`), with `user_id` first.
     pub fn fields(&self, user: &str) -> Map<String, Value> {
         let mut fields = Map::new();
-        fields.insert("user_id".into(), super::user_id_value(user));
+        fields.insert("user_id".into(), super::catalogue::user_id_value(user));
         fields.insert(
             "status".into(),
             serde_json::to_value(self.status).unwrap_or(Value::Null),

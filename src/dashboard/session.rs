@@ -21,11 +21,11 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::catalogue::ChannelSet;
 use super::hub::Hub;
 use super::presence::Source;
 use super::protocol::{self, Action, PresenceUpdate, ProtocolError, ServerFrame};
 use super::workspace::{Outgoing, Workspace};
-use super::ChannelSet;
 use crate::auth::identity::Plan;
 use crate::auth::{Identity, IdentityParams};
 use crate::error::ApiError;

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use super::catalogue::Channel;
+use super::catalogue::ChannelSet;
 use super::delivery::{Delivered, Viewer};
 use super::editing::Editing;
 use super::inbox::Inbox;
@@ -18,7 +19,6 @@ use super::locks::Locks;
 use super::preferences::Muted;
 use super::presence::UserPresence;
 use super::protocol::ServerFrame;
-use super::ChannelSet;
 use crate::durability::Ticket;
 use crate::net::{CloseReason, Closer, ConnId};
 

@@ -11,7 +11,6 @@ use bytes::Bytes;
 use tandem_crdt::PeerId;
 use tokio::sync::mpsc;
 
-use super::{RoomState, Rooms};
 use crate::net::{CloseReason, Closer};
 
 /// One message queued for a connection, shared by every peer a broadcast goes to. Queues carry
@@ -144,22 +143,6 @@ impl Drop for Overflow {
     fn drop(&mut self) {
         for deferred in &self.pending {
             deferred.closer.close(CloseReason::Lagging);
-        }
-    }
-}
-
-impl Rooms {
-    /// Queues `frame` for every peer of a locked room, from a caller that cannot wait: full
-    /// queues get it from a task of its own, with the same lag timeout as everyone else.
-    pub(super) fn broadcast_detached(&self, state: &RoomState, frame: Bytes) {
-        let message = Arc::new(Outgoing::reply(frame));
-        let mut overflow = Overflow::default();
-        for link in state.peers.values() {
-            deliver(link, Arc::clone(&message), &mut overflow);
-        }
-        if !overflow.is_empty() {
-            self.tasks
-                .spawn(overflow.deliver(self.config.lag_timeout()));
         }
     }
 }

@@ -9,7 +9,7 @@ use tandem_crdt::{Room, RoomLimits};
 use tandem_storage::{Compaction, StoreError};
 use tracing::Instrument;
 
-use super::{RoomHandle, RoomOpError, RoomState, Rooms};
+use super::rooms::{RoomHandle, RoomOpError, RoomState, Rooms};
 use crate::docname::DocName;
 
 impl Rooms {

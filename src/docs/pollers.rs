@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tandem_crdt::{Access, Departure, Outbox, PeerId, PollInput, Polled, RoomError};
 
 use super::delivery::Overflow;
-use super::{RoomOpError, RoomState, Rooms};
+use super::rooms::{Poller, RoomOpError, RoomState, Rooms};
 use crate::docname::DocName;
 use crate::durability::Ticket;
 use crate::net::ConnId;
@@ -29,12 +29,6 @@ pub struct PollRequest {
     /// Its awareness (cursor, name), as an encoded awareness update.
     pub awareness: Option<Bytes>,
     pub access: Access,
-}
-
-/// A client syncing over HTTP.
-pub(super) struct Poller {
-    pub(super) peer: PeerId,
-    pub(super) expires: Instant,
 }
 
 impl Rooms {

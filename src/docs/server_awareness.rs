@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tandem_crdt::Room;
 
-use super::Rooms;
+use super::rooms::Rooms;
 use crate::docname::DocName;
 
 impl Rooms {

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::delivery::{Outgoing, Overflow, PeerLink};
-use super::{RoomHandle, RoomOpError, Rooms};
+use super::rooms::{RoomHandle, RoomOpError, Rooms};
 use crate::auth::Principal;
 use crate::docname::DocName;
 use crate::error::ApiError;

@@ -1,9 +1,6 @@
 //! Monitoring and administration: `GET /metrics`, `GET /readyz`, the admin API (admin role)
 //! and the reports of client-side errors.
 
-use std::num::NonZeroU32;
-use std::time::Duration;
-
 use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
@@ -11,11 +8,10 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde_json::{json, Value};
 
 use super::extract::{too_many, Admin, Authenticated, Limited, SmallBody};
-use super::AppState;
+use super::state::AppState;
 use crate::auth::{AuthError, Principal};
 use crate::docname::DocName;
 use crate::docs::RoomOpError;
@@ -37,52 +33,6 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
             "another metrics recorder was installed in this process",
         )
         .into_response(),
-    }
-}
-
-/// How long a storage probe may take before the data directory counts as failing.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The last storage probe: when, and what it found. Probes run one at a time.
-#[derive(Default)]
-pub struct StorageProbe(tokio::sync::Mutex<Option<(tokio::time::Instant, Result<(), String>)>>);
-
-impl StorageProbe {
-    /// Whether the data directory takes a write and an `fsync`. Requests that arrive while a
-    /// probe runs share its answer, so a crowd of monitors costs one `fsync`, and a hung disk
-    /// holds one blocking thread, not one per request.
-    async fn check(&self, dir: &std::path::Path) -> Result<(), String> {
-        let asked = tokio::time::Instant::now();
-        let mut last = self.0.lock().await;
-        if let Some((at, result)) = &*last {
-            if *at >= asked {
-                return result.clone();
-            }
-        }
-        let path = dir.join(format!(".readyz-{}", std::process::id()));
-        let probe = tokio::task::spawn_blocking(move || {
-            use std::io::Write;
-            let written = std::fs::File::create(&path).and_then(|mut file| {
-                file.write_all(b"ready")?;
-                file.sync_all()
-            });
-            // Whatever happened, nothing is left behind.
-            let removed = match std::fs::remove_file(&path) {
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                other => other,
-            };
-            written.and(removed)
-        });
-        let result = match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(err))) => Err(format!("the data directory is not writable: {err}")),
-            Ok(Err(err)) => Err(format!("the storage probe failed: {err}")),
-            Err(_) => Err(format!(
-                "writing to the data directory took more than {PROBE_TIMEOUT:?}"
-            )),
-        };
-        *last = Some((tokio::time::Instant::now(), result.clone()));
-        result
     }
 }
 
@@ -170,21 +120,6 @@ pub async fn compact(
     Ok(Json(
         json!({ "document": name.as_str(), "compacted_updates": absorbed }),
     ))
-}
-
-/// How fast one user (of one workspace) may report client errors.
-pub struct ClientErrorLimit(DefaultKeyedRateLimiter<(String, String)>);
-
-impl ClientErrorLimit {
-    pub fn per_minute(n: u32) -> ClientErrorLimit {
-        let n = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
-        ClientErrorLimit(RateLimiter::keyed(Quota::per_minute(n)))
-    }
-
-    /// Forgets users whose budget is full again.
-    pub fn sweep(&self) {
-        self.0.retain_recent();
-    }
 }
 
 /// A caller who may report a client error now: any valid token, within

@@ -9,9 +9,9 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::events::publish_error;
 use super::extract::{Caller, HistoryLimit, JsonObject, Params};
-use super::AppState;
+use super::refusals::publish_error;
+use super::state::AppState;
 use crate::dashboard::history::History;
 use crate::dashboard::preferences::Preferences;
 use crate::dashboard::presence::Source;

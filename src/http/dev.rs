@@ -6,7 +6,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::extract::{JsonObject, OpenMode};
-use super::AppState;
+use super::state::AppState;
 use crate::auth::identity::OPEN_WORKSPACE;
 use crate::error::ApiError;
 

@@ -13,11 +13,12 @@ use base64::engine::DecodePaddingMode;
 use base64::Engine;
 use bytes::Bytes;
 use serde::Deserialize;
-use tandem_crdt::{Access, RoomError};
+use tandem_crdt::Access;
 use tandem_sync::AwarenessUpdate;
 
 use super::extract::{DocPost, DocRead, Params};
-use super::AppState;
+use super::refusals::room_error;
+use super::state::AppState;
 use crate::auth::{AuthError, Principal};
 use crate::docname::DocName;
 use crate::docs::pollers::PollRequest;
@@ -232,25 +233,4 @@ async fn sync(
         "access": if access == Access::ReadWrite { "read-write" } else { "read" },
     }))
     .into_response())
-}
-
-/// The answer to a room that refused a request.
-pub(super) fn room_error(err: RoomOpError) -> ApiError {
-    match err {
-        RoomOpError::Room(RoomError::TooLarge { limit }) => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "document_too_large",
-            format!("the document would exceed its limit of {limit} bytes"),
-        ),
-        RoomOpError::Room(RoomError::BadStateVector(e)) => {
-            ApiError::bad_request("bad_state_vector", format!("malformed state vector: {e}"))
-        }
-        RoomOpError::Room(RoomError::Poisoned) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "document_reloading",
-            "the document is reloading; retry",
-        ),
-        RoomOpError::Room(e) => ApiError::bad_request("bad_update", e.to_string()),
-        RoomOpError::Store(e) => ApiError::storage(&e),
-    }
 }

@@ -8,9 +8,9 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::extract::{Caller, EventBody, Limited, Params, Publisher};
-use super::AppState;
+use super::refusals::publish_error;
+use super::state::AppState;
 use crate::dashboard::catalogue::{self, Channel};
-use crate::dashboard::hub::PublishError;
 use crate::dashboard::ChannelSet;
 use crate::error::ApiError;
 use crate::metrics::{self, Kind};
@@ -43,21 +43,6 @@ pub async fn publish(
         .map_err(|e| publish_error(&who.workspace, e))?;
     tracing::debug!(workspace = %who.workspace, id, kind, "event published");
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response())
-}
-
-/// The answer to a publication that failed.
-pub(super) fn publish_error(workspace: &str, err: PublishError) -> ApiError {
-    match err {
-        PublishError::Store(e) => ApiError::storage(&e),
-        PublishError::NotDurable(e) => {
-            tracing::error!(%workspace, error = %e, "event logged but not flushed");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "storage_unavailable",
-                "the event could not be made durable in time; it may still be delivered",
-            )
-        }
-    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use tandem_crdt::Access;
 
-use super::AppState;
+use super::state::AppState;
 use crate::auth::identity::Plan;
 use crate::auth::{AuthError, Identity, IdentityParams, Principal, Role};
 use crate::config::Config;

@@ -11,72 +11,17 @@ pub mod dev;
 pub mod docs;
 pub mod events;
 pub mod extract;
+mod refusals;
+pub mod state;
 pub mod web;
 
-use std::sync::Arc;
-
-use axum::extract::FromRef;
 use axum::handler::Handler;
 use axum::routing::{delete, get, post, MethodRouter};
 use axum::{Extension, Json, Router};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::auth::Auth;
-use crate::config::Config;
-use crate::dashboard::Hub;
-use crate::docs::Rooms;
-use crate::durability::Durability;
 use crate::error::ApiError;
-use crate::net::{Connections, Server};
 use extract::RouteLabel;
-
-/// What every handler shares.
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub auth: Arc<Auth>,
-    /// The documents.
-    pub rooms: Arc<Rooms>,
-    /// The group commit of the update log, which HTTP writes wait for.
-    pub durability: Arc<Durability>,
-    /// The dashboard: events, subscriptions, presence, badges, locks.
-    pub hub: Arc<Hub>,
-    /// The open connections, for the admin API and the connection metrics.
-    pub connections: Arc<Connections>,
-    /// How often each user may report client errors.
-    pub client_errors: Arc<admin::ClientErrorLimit>,
-    /// The readiness check's last look at the data directory.
-    pub storage_probe: Arc<admin::StorageProbe>,
-    /// Connection tasks, awaited at shutdown.
-    pub tasks: TaskTracker,
-    /// Cancelled when shutdown starts.
-    pub shutdown: CancellationToken,
-}
-
-impl FromRef<AppState> for Server {
-    fn from_ref(app: &AppState) -> Server {
-        Server {
-            config: Arc::clone(&app.config),
-            auth: Arc::clone(&app.auth),
-            connections: Arc::clone(&app.connections),
-            tasks: app.tasks.clone(),
-            shutdown: app.shutdown.clone(),
-        }
-    }
-}
-
-impl FromRef<AppState> for Arc<Rooms> {
-    fn from_ref(app: &AppState) -> Arc<Rooms> {
-        Arc::clone(&app.rooms)
-    }
-}
-
-impl FromRef<AppState> for Arc<Hub> {
-    fn from_ref(app: &AppState) -> Arc<Hub> {
-        Arc::clone(&app.hub)
-    }
-}
+pub use state::AppState;
 
 /// Every route of the server.
 pub fn router(state: AppState) -> Router {

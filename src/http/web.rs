@@ -13,7 +13,7 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use include_dir::{include_dir, Dir};
 
-use super::AppState;
+use super::state::AppState;
 use crate::error::ApiError;
 
 static DIST: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/web/dist");

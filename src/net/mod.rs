@@ -12,9 +12,7 @@ pub mod liveness;
 pub mod registry;
 pub mod socket;
 
-use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -28,27 +26,7 @@ use crate::config::Config;
 use crate::error::ApiError;
 
 pub use close::{CloseReason, Closer};
-pub use registry::Connections;
-
-/// A connection's id: unique among every connection (document, dashboard, long-poll) for the
-/// life of the process. Logs call it `conn`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(transparent)]
-pub struct ConnId(pub u64);
-
-impl ConnId {
-    /// A new id.
-    pub fn next() -> ConnId {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        ConnId(NEXT.fetch_add(1, Ordering::Relaxed))
-    }
-}
-
-impl fmt::Display for ConnId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
+pub use registry::{ConnId, Connections};
 
 /// What every connection handler needs of the server: its configuration, the token verifier,
 /// the registry of connections, the tracker its tasks join (awaited at shutdown) and the

@@ -6,6 +6,7 @@
 //! connection ends) unregisters it, records its duration and why it closed, and remembers the
 //! user and target for the reconnect window.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,8 +17,27 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::close::{CloseReason, Closer};
-use super::ConnId;
 use crate::metrics::{self, Failure, Kind};
+
+/// A connection's id: unique among every connection (document, dashboard, long-poll) for the
+/// life of the process. Logs call it `conn`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct ConnId(pub u64);
+
+impl ConnId {
+    /// A new id.
+    pub fn next() -> ConnId {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        ConnId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// One open connection.
 pub struct ConnInfo {

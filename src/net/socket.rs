@@ -19,8 +19,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::close::{CloseReason, Closer, Side};
 use super::liveness::{Liveness, Tick};
-use super::registry::ConnInfo;
-use super::ConnId;
+use super::registry::{ConnId, ConnInfo};
 
 /// How long closing may take: the writer finishing its last frame and sending the close frame
 /// (a lagging client must drain its socket to see it), and the reader waiting for the client's

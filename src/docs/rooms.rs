@@ -1,0 +1,588 @@
+//! [`Rooms`]: the registry of loaded rooms, one [`tandem_crdt::Room`] per open document, with its
+//! peers (connections and HTTP pollers); joining, receiving, leaving, the server's own edits,
+//! reads, and the delivery of what a room hands back.
+//!
+//! Locking: the registry is a `DashMap` used only through its entry API, so a room is created
+//! exactly once; loading happens in the room's `OnceCell`, so concurrent joiners of a cold room
+//! all wait for the one load and the first step 2 anyone gets holds the stored document. Each
+//! room's state sits behind a `std::sync::Mutex` that is never held across an `.await`; inside
+//! it an update is applied, appended to the log and queued for every peer, so the log order, the
+//! broadcast order and a joiner's snapshot all agree. Queuing is `try_send` into bounded
+//! per-connection queues: no socket is written under the lock.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use dashmap::{DashMap, DashSet};
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use tandem_crdt::{Access, Any, AwarenessChange, Departure, Outbox, PeerId, Room, RoomError};
+use tandem_storage::{DocStore, Seq, StoreError};
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::docname::DocName;
+use crate::durability::{Durability, Ticket};
+use crate::net::CloseReason;
+
+use super::delivery::{deliver, Outgoing, Overflow, PeerLink};
+
+/// Why a room operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RoomOpError {
+    #[error(transparent)]
+    Room(#[from] RoomError),
+    #[error("storage failed: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Told what happens in rooms' awareness: the dashboard derives presence and "who is editing"
+/// from it. Called outside any room's lock.
+pub trait RoomObserver: Send + Sync + 'static {
+    /// A connection of `user` changed awareness clients of `doc` (a `None` state: removed,
+    /// which is also what the clients of a departing connection, or of a discarded room, get).
+    /// A client id that moves to another connection (a reconnect) is reported again from
+    /// there: observers key clients by id within the document.
+    fn awareness(&self, doc: &DocName, user: &str, changes: Vec<AwarenessChange>);
+
+    /// A connection is about to join `doc`: whatever must be ready before its first awareness
+    /// frame is reported (the dashboard loads the document's workspace) is made ready.
+    fn prepare<'a>(&'a self, doc: &'a DocName) -> BoxFuture<'a, ()>;
+}
+
+/// What the admin API says of a loaded room.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoomSummary {
+    pub document: String,
+    /// Connections in the room.
+    pub clients: usize,
+    /// HTTP pollers in the room.
+    pub pollers: usize,
+    /// Clients with a live awareness state.
+    pub awareness_clients: usize,
+    /// The document's stored size: its last snapshot plus the updates applied since.
+    pub bytes: usize,
+    pub updates_since_snapshot: usize,
+    pub bytes_since_snapshot: usize,
+}
+
+/// All loaded rooms.
+pub struct Rooms {
+    pub(super) map: DashMap<DocName, Arc<RoomHandle>>,
+    /// Bounds how many compactions run at once (`--compaction-concurrency`).
+    pub(super) compactions: tokio::sync::Semaphore,
+    pub(super) store: Arc<dyn DocStore>,
+    pub(super) durability: Arc<Durability>,
+    pub(super) config: Arc<Config>,
+    pub(super) tasks: TaskTracker,
+    pub(super) shutdown: CancellationToken,
+    pub(super) observer: OnceLock<Arc<dyn RoomObserver>>,
+    /// Awareness states the server keeps in rooms (presence mirrors, inboxes), by document and
+    /// client id: set in the room when it is loaded, and again whenever it loads later.
+    pub(super) server_awareness: DashMap<DocName, HashMap<u64, Arc<str>>>,
+    /// The loaded rooms that have HTTP pollers, for the sweep that lets lapsed ones go.
+    pub(super) polled: DashSet<DocName>,
+}
+
+/// A client syncing over HTTP.
+pub(super) struct Poller {
+    pub(super) peer: PeerId,
+    pub(super) expires: Instant,
+}
+
+/// One document's room. Its state is loaded once, on first use.
+pub struct RoomHandle {
+    pub(super) name: DocName,
+    pub(super) state: OnceCell<Mutex<RoomState>>,
+}
+
+pub(super) struct RoomState {
+    pub(super) room: Room,
+    pub(super) peers: HashMap<PeerId, PeerLink>,
+    /// Clients that sync over HTTP instead of a connection, by user and client id. Each is a
+    /// peer of the room (owning its awareness) until it has not polled for the poll TTL.
+    pub(super) pollers: HashMap<(Arc<str>, u64), Poller>,
+    /// Set when the room was unloaded or poisoned: whoever still holds the handle must look the
+    /// document up again.
+    pub(super) closed: bool,
+    /// The sequence number of the last update appended for this document.
+    pub(super) last_seq: Seq,
+    /// Updates and bytes appended since the last snapshot.
+    pub(super) log_updates: usize,
+    pub(super) log_bytes: usize,
+    pub(super) compacting: bool,
+    /// Whether an unload timer is running for this room.
+    pub(super) unload_pending: bool,
+    /// Bumped whenever the room is used, so a pending unload can tell it went stale.
+    pub(super) activity: u64,
+}
+
+impl RoomState {
+    /// The user of a peer of the room: a connection or a poller.
+    pub(super) fn user_of(&self, peer: PeerId) -> Option<&Arc<str>> {
+        self.peers.get(&peer).map(|link| &link.user).or_else(|| {
+            self.pollers
+                .iter()
+                .find(|(_, p)| p.peer == peer)
+                .map(|((user, _), _)| user)
+        })
+    }
+
+    /// Whether nobody is in the room: no connection and no live poller.
+    pub(super) fn is_vacant(&self) -> bool {
+        self.peers.is_empty() && self.pollers.is_empty()
+    }
+}
+
+impl Rooms {
+    pub fn new(
+        store: Arc<dyn DocStore>,
+        durability: Arc<Durability>,
+        config: Arc<Config>,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Rooms {
+        Rooms {
+            map: DashMap::new(),
+            compactions: tokio::sync::Semaphore::new(config.compaction_concurrency),
+            store,
+            durability,
+            config,
+            tasks,
+            shutdown,
+            observer: OnceLock::new(),
+            server_awareness: DashMap::new(),
+            polled: DashSet::new(),
+        }
+    }
+
+    /// Reports every room's awareness changes to `observer` from now on (set once, before any
+    /// room is loaded).
+    pub fn observe_with(&self, observer: Arc<dyn RoomObserver>) {
+        let _ = self.observer.set(observer);
+    }
+
+    /// Tells the observer that `user`'s connection `peer` took `clients` with it. Called with
+    /// the room unlocked.
+    pub(super) fn report_gone(&self, doc: &DocName, user: &str, clients: Vec<u64>) {
+        let Some(observer) = self.observer.get().filter(|_| !clients.is_empty()) else {
+            return;
+        };
+        let changes = clients
+            .into_iter()
+            .map(|client| AwarenessChange {
+                client,
+                state: None,
+                changed: true,
+            })
+            .collect();
+        observer.awareness(doc, user, changes);
+    }
+
+    /// Makes a change that comes from no connection (the HTTP API, the server itself) to the
+    /// room of `name`: persists and broadcasts what `f` returns, schedules the unload of a room
+    /// nobody is in, and discards a room the change poisoned. Returns the change's ticket, if it
+    /// changed anything.
+    pub(super) async fn change(
+        self: &Arc<Self>,
+        name: &DocName,
+        mut f: impl FnMut(&mut Room) -> Result<Outbox, RoomError>,
+    ) -> Result<Option<Ticket>, RoomOpError> {
+        let received = Instant::now();
+        let (result, idle, overflow) = self
+            .with_state(name, |handle, state| {
+                let mut overflow = Overflow::default();
+                let result = match f(&mut state.room) {
+                    Ok(outbox) => {
+                        self.deliver_outbox(handle, state, None, outbox, received, &mut overflow)
+                    }
+                    Err(err) => Err(err.into()),
+                };
+                let idle = state
+                    .is_vacant()
+                    .then(|| (Arc::clone(handle), state.activity));
+                (result, idle, overflow)
+            })
+            .await?;
+        overflow.deliver(self.config.lag_timeout()).await;
+        if let Some((handle, activity)) = idle {
+            self.schedule_unload(handle, activity);
+        }
+        if let Err(RoomOpError::Room(RoomError::Poisoned)) = &result {
+            self.discard_by_name(name);
+        }
+        result
+    }
+
+    /// The loaded room of `name`, loading it from storage if needed.
+    ///
+    /// # Errors
+    /// The store failed, or holds something yrs cannot load.
+    pub(super) async fn get_or_load(&self, name: &DocName) -> Result<Arc<RoomHandle>, RoomOpError> {
+        let handle = Arc::clone(
+            self.map
+                .entry(name.clone())
+                .or_insert_with(|| {
+                    Arc::new(RoomHandle {
+                        name: name.clone(),
+                        state: OnceCell::new(),
+                    })
+                })
+                .value(),
+        );
+        let load = handle.state.get_or_try_init(|| self.load(name));
+        match load.await {
+            Ok(_) => Ok(handle),
+            Err(err) => {
+                // Leave no half-made room behind; the next caller tries the load again.
+                self.map.remove_if(name, |_, h| {
+                    Arc::ptr_eq(h, &handle) && h.state.get().is_none()
+                });
+                Err(err)
+            }
+        }
+    }
+
+    /// Runs `f` on the loaded state of `name`, looking the room up again if it was unloaded in
+    /// between.
+    pub(super) async fn with_state<T>(
+        &self,
+        name: &DocName,
+        mut f: impl FnMut(&Arc<RoomHandle>, &mut RoomState) -> T,
+    ) -> Result<T, RoomOpError> {
+        loop {
+            let handle = self.get_or_load(name).await?;
+            let mut state = handle.lock();
+            if state.closed {
+                continue;
+            }
+            state.activity += 1;
+            return Ok(f(&handle, &mut state));
+        }
+    }
+
+    /// Adds a peer to the room of `name` and queues its first frames (sync step 1 and the
+    /// awareness states). The peer receives every update applied after this point.
+    ///
+    /// # Errors
+    /// The room could not be loaded.
+    pub async fn join(
+        self: &Arc<Self>,
+        name: &DocName,
+        link: PeerLink,
+        overflow: &mut Overflow,
+    ) -> Result<Arc<RoomHandle>, RoomOpError> {
+        // The observer hears this peer's awareness in order only once it is ready for the
+        // document.
+        if let Some(observer) = self.observer.get() {
+            observer.prepare(name).await;
+        }
+        let peer = link.peer;
+        let mut link = Some(link);
+        self.with_state(name, |handle, state| {
+            let link = link
+                .take()
+                .expect("with_state runs its closure once per success");
+            // A state set while the room was loading may have missed it: catch up first.
+            self.restore_server_awareness(name, &mut state.room);
+            state.room.tag_peer(peer, Arc::clone(&link.user));
+            for frame in state.room.join(peer) {
+                deliver(&link, Arc::new(Outgoing::reply(frame)), overflow);
+            }
+            state.peers.insert(peer, link);
+            Arc::clone(handle)
+        })
+        .await
+    }
+
+    /// Applies a frame from `peer`: persists what it changed, queues the replies and broadcasts.
+    ///
+    /// # Errors
+    /// The room refused the frame (the caller closes the connection with the matching code) or
+    /// the store refused the append.
+    pub fn receive(
+        self: &Arc<Self>,
+        handle: &Arc<RoomHandle>,
+        peer: PeerId,
+        frame: Bytes,
+        access: Access,
+        overflow: &mut Overflow,
+    ) -> Result<(), RoomOpError> {
+        let received = Instant::now();
+        let mut state = handle.lock();
+        if state.closed {
+            // The room was poisoned by someone else's update; this peer was told to close.
+            return Ok(());
+        }
+        state.activity += 1;
+        let mut outbox = Outbox::default();
+        let result = state.room.receive(peer, frame, access, &mut outbox);
+        let awareness = std::mem::take(&mut outbox.awareness);
+        // What the frame's messages before a bad one changed is delivered all the same.
+        let delivered =
+            self.deliver_outbox(handle, &mut state, Some(peer), outbox, received, overflow);
+        // Awareness changes go to the observer once the room is unlocked; an update alone
+        // costs nothing here.
+        let observed = match (self.observer.get(), awareness.is_empty()) {
+            (Some(observer), false) => state
+                .peers
+                .get(&peer)
+                .map(|link| (observer, Arc::clone(&link.user), awareness)),
+            _ => None,
+        };
+        drop(state);
+        if let Some((observer, user, awareness)) = observed {
+            observer.awareness(&handle.name, &user, awareness);
+        }
+        delivered?;
+        match result {
+            Ok(()) => Ok(()),
+            Err(RoomError::Poisoned) => {
+                self.discard(handle);
+                Err(RoomError::Poisoned.into())
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Removes `peer` from the room, tells the others its awareness is gone, and schedules the
+    /// unload of a room left empty.
+    pub fn leave(self: &Arc<Self>, handle: &Arc<RoomHandle>, peer: PeerId) {
+        let mut state = handle.lock();
+        let Some(link) = state.peers.remove(&peer) else {
+            return;
+        };
+        let Departure { removal, clients } = state.room.leave(peer);
+        if let Some(removal) = removal {
+            self.broadcast_detached(&state, removal);
+        }
+        let unload = (state.is_vacant() && !state.closed).then_some(state.activity);
+        drop(state);
+        self.report_gone(&handle.name, &link.user, clients);
+        if let Some(activity) = unload {
+            self.schedule_unload(Arc::clone(handle), activity);
+        }
+    }
+
+    /// Applies an update that came over HTTP. Returns whether it changed the document and the
+    /// ticket that says when it is durable. An update that changed nothing may still be on its
+    /// way to disk (sent a moment ago by someone else, or a retry of our own), so its ticket is
+    /// a barrier behind everything appended so far.
+    ///
+    /// # Errors
+    /// The update was refused or the store failed.
+    pub async fn apply_update(
+        self: &Arc<Self>,
+        name: &DocName,
+        update: Bytes,
+    ) -> Result<(bool, Ticket), RoomOpError> {
+        let ticket = self
+            .change(name, |room| room.apply_update(update.clone()))
+            .await?;
+        Ok((
+            ticket.is_some(),
+            ticket.unwrap_or_else(|| self.durability.barrier()),
+        ))
+    }
+
+    /// Sets `entries` in the root map `map` of `name` as the server's own edit: persisted and
+    /// sent to the document's clients like any update.
+    ///
+    /// # Errors
+    /// The room could not be loaded, is poisoned, or the store failed.
+    pub async fn edit_map(
+        self: &Arc<Self>,
+        name: &DocName,
+        map: &str,
+        entries: Vec<(String, Any)>,
+    ) -> Result<(), RoomOpError> {
+        let mut entries = Some(entries);
+        self.change(name, |room| {
+            room.set_map(map, entries.take().unwrap_or_default())
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Reads from the room of `name` (loading it if needed) with `f`.
+    ///
+    /// # Errors
+    /// The room could not be loaded.
+    pub async fn read<T>(
+        self: &Arc<Self>,
+        name: &DocName,
+        f: impl Fn(&Room) -> T,
+    ) -> Result<T, RoomOpError> {
+        let (value, idle) = self
+            .with_state(name, |handle, state| {
+                let idle = state
+                    .is_vacant()
+                    .then(|| (Arc::clone(handle), state.activity));
+                (f(&state.room), idle)
+            })
+            .await?;
+        if let Some((handle, activity)) = idle {
+            self.schedule_unload(handle, activity);
+        }
+        Ok(value)
+    }
+
+    /// Persists the outbox's updates, then queues its frames. Called with the room locked.
+    pub(super) fn deliver_outbox(
+        self: &Arc<Self>,
+        handle: &Arc<RoomHandle>,
+        state: &mut RoomState,
+        from: Option<PeerId>,
+        outbox: Outbox,
+        received: Instant,
+        overflow: &mut Overflow,
+    ) -> Result<Option<Ticket>, RoomOpError> {
+        let mut ticket = None;
+        let stored = crate::metrics::get();
+        for update in &outbox.persist {
+            // The update is in the log before anyone else sees it.
+            state.last_seq = self.store.append(handle.name.as_str(), update)?;
+            state.log_updates += 1;
+            state.log_bytes += update.len();
+            stored.update_log_bytes.increment(update.len() as u64);
+            ticket = Some(self.durability.appended());
+        }
+        if let Some(sender) = from.and_then(|p| state.peers.get(&p)) {
+            for frame in outbox.reply {
+                deliver(sender, Arc::new(Outgoing::reply(frame)), overflow);
+            }
+        }
+        // Broadcasts of updates carry when they arrived, for the propagation delay.
+        let received = ticket.map(|_| received);
+        let peers =
+            state.peers.len() - usize::from(from.is_some_and(|p| state.peers.contains_key(&p)));
+        for frame in outbox.broadcast {
+            let message = Arc::new(Outgoing::broadcast(frame, received, peers));
+            for (id, link) in &state.peers {
+                if Some(*id) != from {
+                    deliver(link, Arc::clone(&message), overflow);
+                }
+            }
+        }
+        if ticket.is_some() && self.needs_compaction(state) {
+            state.compacting = true;
+            let this = Arc::clone(self);
+            let span = tracing::debug_span!("compact", doc = %handle.name);
+            let handle = Arc::clone(handle);
+            self.tasks
+                .spawn(async move { this.compact(&handle).await }.instrument(span));
+        }
+        Ok(ticket)
+    }
+
+    /// The loaded rooms of `workspace` (all of them with `None`): document, clients, awareness
+    /// clients, size, and updates in the log since the last snapshot.
+    pub fn list(&self, workspace: Option<&str>) -> Vec<RoomSummary> {
+        let handles: Vec<_> = self
+            .map
+            .iter()
+            .filter(|e| workspace.is_none_or(|w| e.key().workspace() == w))
+            .map(|e| Arc::clone(e.value()))
+            .collect();
+        let mut rooms: Vec<RoomSummary> = handles
+            .iter()
+            .filter(|h| h.state.get().is_some())
+            .filter_map(|handle| {
+                let state = handle.lock();
+                (!state.closed).then(|| RoomSummary {
+                    document: handle.name.as_str().to_owned(),
+                    clients: state.peers.len(),
+                    pollers: state.pollers.len(),
+                    awareness_clients: state.room.awareness_count(),
+                    bytes: state.room.size_bytes(),
+                    updates_since_snapshot: state.log_updates,
+                    bytes_since_snapshot: state.log_bytes,
+                })
+            })
+            .collect();
+        rooms.sort_by(|a, b| a.document.cmp(&b.document));
+        rooms
+    }
+
+    /// Tells every connected peer to close with `reason`. Connections joining later check the
+    /// shutdown token themselves once they are in their room.
+    pub fn close_all_peers(&self, reason: &CloseReason) {
+        let handles: Vec<_> = self.map.iter().map(|e| Arc::clone(e.value())).collect();
+        for handle in handles {
+            if handle.state.get().is_some() {
+                for link in handle.lock().peers.values() {
+                    link.closer.close(reason.clone());
+                }
+            }
+        }
+    }
+
+    /// Drops a poisoned room: closes its peers (they reconnect and resync against a fresh load
+    /// from storage) and removes it from the registry.
+    pub(super) fn discard(&self, handle: &Arc<RoomHandle>) {
+        let mut state = handle.lock();
+        if !state.closed {
+            crate::metrics::get().rooms_loaded.decrement(1.0);
+        }
+        state.closed = true;
+        for link in state.peers.values() {
+            link.closer.close(CloseReason::Reloading);
+        }
+        // Whoever observes awareness hears that every client went.
+        let departed: Vec<(Arc<str>, Vec<u64>)> = state
+            .room
+            .leave_all()
+            .into_iter()
+            .filter_map(|(peer, clients)| Some((Arc::clone(state.user_of(peer)?), clients)))
+            .collect();
+        state.peers.clear();
+        state.pollers.clear();
+        drop(state);
+        for (user, clients) in departed {
+            self.report_gone(&handle.name, &user, clients);
+        }
+        self.map
+            .remove_if(&handle.name, |_, h| Arc::ptr_eq(h, handle));
+        tracing::error!(doc = %handle.name, "room discarded after a yrs failure; it reloads from storage");
+    }
+
+    pub(super) fn discard_by_name(&self, name: &DocName) {
+        let handle = self.map.get(name).map(|e| Arc::clone(e.value()));
+        if let Some(handle) = handle {
+            if handle.state.get().is_some() && handle.lock().room.is_poisoned() {
+                self.discard(&handle);
+            }
+        }
+    }
+
+    /// Queues `frame` for every peer of a locked room, from a caller that cannot wait: full
+    /// queues get it from a task of its own, with the same lag timeout as everyone else.
+    pub(super) fn broadcast_detached(&self, state: &RoomState, frame: Bytes) {
+        let message = Arc::new(Outgoing::reply(frame));
+        let mut overflow = Overflow::default();
+        for link in state.peers.values() {
+            deliver(link, Arc::clone(&message), &mut overflow);
+        }
+        if !overflow.is_empty() {
+            self.tasks
+                .spawn(overflow.deliver(self.config.lag_timeout()));
+        }
+    }
+}
+
+impl RoomHandle {
+    pub(super) fn lock(&self) -> MutexGuard<'_, RoomState> {
+        let state = self
+            .state
+            .get()
+            .expect("a handle is only used after its state was loaded");
+        // yrs panics are caught inside the room, so a poisoned mutex means a bug elsewhere; the
+        // room's own `poisoned` flag decides whether the state is usable.
+        state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
