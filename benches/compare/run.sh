@@ -7,6 +7,8 @@
 #
 # usage: benches/compare/run.sh              (from the repository root; needs taskset, node, npm)
 #        DURATION=5 SERVERS="tandem relay" benches/compare/run.sh
+#        BASELINE_BIN=/tmp/old/tandem SERVERS="tandem baseline" benches/compare/run.sh
+#                                            (this build beside another build of tandem)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -18,7 +20,7 @@ BENCH_CPU=${BENCH_CPU:-1}
 mkdir -p "$OUT"
 
 echo "== building" >&2
-cargo build --release --quiet --bin tandem --bin tandem-bench --example relay
+cargo build --release --quiet -p tandem -p tandem-bench --bin tandem --bin tandem-bench --example relay
 (cd benches/compare && npm ci --no-audit --no-fund --silent)
 BENCH=(taskset -c "$BENCH_CPU" ./target/release/tandem-bench)
 
@@ -42,6 +44,12 @@ start_server() {
     relay)
       taskset -c "$SERVER_CPU" ./target/release/examples/relay 127.0.0.1:18203 >"$OUT/$name.log" 2>&1 &
       PORT=18203 URL=ws://127.0.0.1:18203/ws PROTOCOL=y-websocket ;;
+    baseline)
+      if [ ! -x "${BASELINE_BIN:-}" ]; then echo "baseline: set BASELINE_BIN to a tandem binary" >&2; return 1; fi
+      DATA=$(mktemp -d)
+      taskset -c "$SERVER_CPU" "$BASELINE_BIN" serve --bind 127.0.0.1:18204 --data-dir "$DATA" \
+        >"$OUT/$name.log" 2>&1 &
+      PORT=18204 URL=ws://127.0.0.1:18204/ws PROTOCOL=y-websocket ;;
     *) echo "unknown server $name" >&2; return 1 ;;
   esac
   PID=$!

@@ -9,7 +9,8 @@ import json
 import os
 import sys
 
-SERVERS = ["tandem", "reference", "hocuspocus", "relay"]
+# "baseline": another build of tandem (BASELINE_BIN), to compare a change with.
+SERVERS = ["tandem", "baseline", "reference", "hocuspocus", "relay"]
 P99_LIMIT_MS = 50.0
 
 

@@ -19,7 +19,7 @@ PORT=${PORT:-18300}
 mkdir -p "$OUT"
 
 echo "== building" >&2
-cargo build --release --quiet --bin tandem --bin tandem-bench
+cargo build --release --quiet -p tandem -p tandem-bench --bin tandem --bin tandem-bench
 
 source benches/common.sh
 
