@@ -50,11 +50,12 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// Serves `listener` with `stores` until `shutdown` resolves.
+/// [`serve`](crate::serve) with any stores: serves `listener` with `stores` until `shutdown`
+/// resolves.
 ///
 /// # Errors
 /// The configuration is invalid or the listener fails.
-pub async fn run(
+pub async fn serve_with_stores(
     listener: TcpListener,
     config: Config,
     stores: Stores,

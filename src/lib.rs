@@ -51,7 +51,7 @@ use std::sync::Arc;
 use tandem_storage::{SledOptions, SledStore};
 use tokio::net::TcpListener;
 
-pub use app::{ServeError, Stores};
+pub use app::{serve_with_stores, ServeError, Stores};
 pub use config::Config;
 pub use docname::{DocName, DocNameError};
 
@@ -79,17 +79,4 @@ pub async fn serve(
         docs: Arc::new(store),
     };
     serve_with_stores(listener, config, stores, shutdown).await
-}
-
-/// [`serve`] with any stores.
-///
-/// # Errors
-/// The configuration is invalid or the listener fails.
-pub async fn serve_with_stores(
-    listener: TcpListener,
-    config: Config,
-    stores: Stores,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError> {
-    app::run(listener, config, stores, shutdown).await
 }
