@@ -1,7 +1,7 @@
-//! The composition root: [`run`] builds every part of the server from a [`Config`] and its
-//! [`Stores`], serves the router until shutdown, then closes connections, snapshots rooms and
-//! makes the last appends durable. The background work (group commits and timers) is one
-//! [`Background`] guard.
+//! The composition root: [`serve_with_stores`] builds every part of the server from a
+//! [`Config`] and its [`Stores`], serves the router until shutdown, then closes connections,
+//! snapshots rooms and makes the last appends durable. The background work (group commits and
+//! timers) is one [`Background`] guard.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -65,13 +65,15 @@ pub struct Config {
     #[arg(long, env = "TANDEM_MAX_AWARENESS_PER_CONNECTION", default_value_t = Config::DEFAULT_MAX_AWARENESS_PER_CONNECTION)]
     pub max_awareness_per_connection: usize,
 
-    /// Frames queued for one connection. A client this far behind is closed with 1013 and
+    /// Messages queued for one connection. A client this far behind is closed with 1013 and
     /// resyncs on reconnect; nothing is dropped silently.
     #[arg(long, env = "TANDEM_OUTBOUND_QUEUE", default_value_t = Config::DEFAULT_OUTBOUND_QUEUE)]
     pub outbound_queue: usize,
 
-    /// How long a burst may wait for room in a connection's full queue before that connection is
-    /// closed with 1013 as too slow, in milliseconds. Meanwhile the sender is slowed down.
+    /// How long a burst may wait for room in a document connection's full queue (or a dashboard's
+    /// replay in a dashboard connection's) before that connection is closed with 1013 as too
+    /// slow, in milliseconds. Meanwhile the sender is slowed down. A dashboard connection whose
+    /// queue is full when a live event arrives is closed at once: it resumes with `since`.
     #[arg(long, env = "TANDEM_LAG_TIMEOUT_MS", default_value_t = Config::DEFAULT_LAG_TIMEOUT_MS)]
     pub lag_timeout_ms: u64,
 
@@ -92,8 +94,9 @@ pub struct Config {
     #[arg(long, env = "TANDEM_MAX_EVENT_BYTES", default_value_t = Config::DEFAULT_MAX_EVENT_BYTES)]
     pub max_event_bytes: usize,
 
-    /// Largest dashboard (`/ws`) frame, and `POST /api/v1/presence` or preferences body, in
-    /// bytes: a larger frame gets an error frame (`too_large`).
+    /// Largest dashboard (`/ws`) frame in bytes (a larger one gets an error frame, `too_large`),
+    /// and the largest small JSON body over HTTP (presence, preferences, badges, client errors,
+    /// development tokens) and awareness state in a long-poll round (413 `too_large`).
     #[arg(long, env = "TANDEM_MAX_DASHBOARD_FRAME_BYTES", default_value_t = Config::DEFAULT_MAX_DASHBOARD_FRAME_BYTES)]
     pub max_dashboard_frame_bytes: usize,
 

@@ -1,4 +1,5 @@
-//! Group commit of the update log.
+//! Group commit: of the document update log, and (a second [`Durability`]) of the dashboard's
+//! event log with the users' records.
 //!
 //! Appends go into the store's buffer as they happen ([`Durability::appended`] counts them);
 //! one flusher task makes them durable together, at most once per flush interval, and

@@ -18,19 +18,21 @@
 //! - [`dashboard`]: the event catalogue, the `/ws` protocol, the per-workspace hub (delivery
 //!   pipeline, history, locks, inbox and badges, who is editing, presence, preferences) and
 //!   the `/ws` endpoint.
-//! - [`http`]: the router, its extractors and one module per API area.
-//! - `app`: the composition root ([`serve`]) and the background work.
+//! - [`http`]: the router, its shared state, its extractors and one module per API area.
+//! - `app`: the composition root ([`serve_with_stores`]) and the background work.
 //!
 //! # One document update
 //! A client's frame arrives on `/ws/{doc}` (`docs::socket`), goes to [`docs::Rooms::receive`],
-//! which under the room's lock applies it (`tandem_crdt::Room::receive` returns an `Outbox`),
+//! which under the room's lock applies it (`tandem_crdt::Room::receive` fills an `Outbox`),
 //! appends the update to the store (`DocStore::append`, durable at the next group commit of
 //! [`durability`]) and queues it for every other peer (`docs::delivery`); each peer's writer
 //! (`net::socket::write_loop`) sends it. An HTTP write (`POST /api/v1/docs/{doc}/update`) takes
 //! the same path and answers once its group commit is done. `docs/ARCHITECTURE.md` has the
 //! whole picture, the path of a dashboard event too.
 //!
-//! One entry point: [`serve`] takes a bound listener, a [`Config`] and a shutdown future.
+//! Two entry points: [`serve`] takes a bound listener, a [`Config`] and a shutdown future and
+//! opens sled in the configured data directory; [`serve_with_stores`] takes the [`Stores`] to
+//! use instead.
 
 mod app;
 pub mod auth;

@@ -6,8 +6,8 @@
 //! - [`connect`]: N idle, synced connections; connect rate and server memory per connection.
 //! - [`fanout`]: writers edit at a fixed rate, everyone else measures send→receive latency and
 //!   counts losses.
-//! - [`replay`]: an editing trace replayed through the server until an observer holds its final
-//!   text.
+//! - [`replay`] (the `trace` scenario): an editing trace replayed through the server until an
+//!   observer holds its final text.
 //! - [`events`]: dashboard subscribers on `/ws`, events published over HTTP; publish→deliver
 //!   latency and losses.
 //! - [`poll`]: clients syncing documents over HTTP polling (degraded mode), each editing every

@@ -54,11 +54,6 @@ impl Owners {
         self.peers.keys().copied().collect()
     }
 
-    /// How many peers are in the room.
-    pub(crate) fn peer_count(&self) -> usize {
-        self.peers.len()
-    }
-
     /// The peer that keeps awareness `client` alive, if any.
     pub(crate) fn owner(&self, client: u64) -> Option<PeerId> {
         self.owners.get(&client).copied()

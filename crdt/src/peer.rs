@@ -3,7 +3,8 @@
 
 use std::fmt;
 
-/// A connection's id within the server; the room only uses it to track awareness.
+/// A peer's id within the server (a connection's id, or an HTTP poller's); the room only uses
+/// it to track awareness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerId(pub u64);
 

@@ -478,11 +478,6 @@ impl Room {
         &self.doc
     }
 
-    /// How many peers are in the room.
-    pub fn peer_count(&self) -> usize {
-        self.owners.peer_count()
-    }
-
     /// How many clients have a live awareness state.
     pub fn awareness_count(&self) -> usize {
         self.awareness.live_count()

@@ -171,16 +171,16 @@ impl Hub {
         Ok(())
     }
 
-    /// Queues `frame`, waiting up to the lag timeout for room; a connection that has none by
+    /// Queues `message`, waiting up to the lag timeout for room; a connection that has none by
     /// then is closed as too slow. True when queued.
     async fn send_or_close(
         &self,
         tx: &mpsc::Sender<Outgoing>,
-        frame: Outgoing,
+        message: Outgoing,
         closer: &Closer,
     ) -> bool {
         let sent = tx
-            .send_timeout(frame, self.settings.lag_timeout)
+            .send_timeout(message, self.settings.lag_timeout)
             .await
             .is_ok();
         if !sent {

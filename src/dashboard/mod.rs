@@ -1,7 +1,10 @@
 //! The live dashboard layer: the event catalogue ([`catalogue`]), the JSON protocol on `/ws`
-//! ([`protocol`]), the per-workspace hub that takes events from their durable append to every
-//! interested connection ([`hub`]), user presence ([`presence`]) and the `/ws` connection
-//! itself ([`session`]).
+//! ([`protocol`]), and the hub ([`hub`]) that takes events from their durable append to every
+//! interested connection: per workspace its state ([`workspace`]), the path of an event
+//! (`pipeline`), who gets it ([`delivery`]), what a client reads back ([`history`]), and the
+//! plain state it keeps: locks ([`locks`]), inboxes and badges ([`inbox`]), who is editing
+//! ([`editing`]), presence ([`presence`]), preferences ([`preferences`]) and the users' records
+//! (`users`). The `/ws` connection itself is [`session`].
 
 pub mod catalogue;
 pub mod delivery;

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
-use super::protocol::{PresenceStatus, PresenceUpdate};
+use super::protocol::{PresenceStatus, PresenceUpdate, MAX_PRESENCE_FIELD_BYTES};
 use crate::clock::rfc3339;
 use crate::net::ConnId;
 
@@ -108,7 +108,7 @@ pub fn from_awareness(json: &str) -> PresenceUpdate {
             .get(key)
             .or_else(|| nested.and_then(|user| user.get(key)))
             .and_then(Value::as_str)
-            .filter(|s| s.len() <= MAX_FIELD_BYTES)
+            .filter(|s| s.len() <= MAX_PRESENCE_FIELD_BYTES)
             .map(str::to_owned)
     };
     PresenceUpdate {
@@ -120,9 +120,6 @@ pub fn from_awareness(json: &str) -> PresenceUpdate {
         color: text("color"),
     }
 }
-
-/// The longest presence field taken from an awareness state.
-const MAX_FIELD_BYTES: usize = 1024;
 
 /// What was last published for a user.
 #[derive(Debug, Clone, PartialEq)]

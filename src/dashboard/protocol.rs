@@ -184,8 +184,8 @@ const ACTIONS: &str = "subscribe, unsubscribe, ping, presence, mark_read, lock, 
 /// Longest resource name a lock may take.
 const MAX_RESOURCE_BYTES: usize = 512;
 
-/// Longest string a presence field may carry.
-const MAX_PRESENCE_FIELD_BYTES: usize = 1024;
+/// Longest string a presence field may carry, sent on `/ws` or taken from an awareness state.
+pub const MAX_PRESENCE_FIELD_BYTES: usize = 1024;
 
 /// Parses one client frame.
 ///

@@ -35,7 +35,7 @@ use crate::net::registry::{ConnInfo, NewConn, Registration};
 use crate::net::socket::{self, Outbound, Reader};
 use crate::net::{websocket_required, CloseReason, Closer, ConnId, Remote, Server};
 
-/// Frames the writer sends per socket flush, and events per `batch` frame.
+/// Messages the writer takes from the queue per socket flush, and events per `batch` frame.
 const WRITE_BATCH: usize = 256;
 
 /// The window in which bad frames are counted against `--max-bad-frames`.

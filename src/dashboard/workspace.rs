@@ -1,7 +1,7 @@
 //! One workspace's dashboard state: its connections and what each subscribed to, the events
 //! waiting for their group commit, its users (record, presence, inbox), locks, and who is in
 //! which document. All of it sits behind one `std::sync::Mutex`, never held across an
-//! `.await`; the hub's methods take it, change the state, and queue frames with `try_send`.
+//! `.await`; the hub's methods take it, change the state, and queue messages with `try_send`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -143,10 +143,10 @@ impl Conn {
         }
     }
 
-    /// Queues `frame`; a connection whose queue is full is closed as too slow (it resumes with
-    /// `since` when it reconnects, so nothing is lost).
-    pub(super) fn send(&self, frame: Outgoing) -> bool {
-        let sent = self.tx.try_send(frame).is_ok();
+    /// Queues `message` without waiting: a connection whose queue is full is closed as too slow
+    /// at once (it resumes with `since` when it reconnects, so nothing is lost).
+    pub(super) fn send(&self, message: Outgoing) -> bool {
+        let sent = self.tx.try_send(message).is_ok();
         if !sent && !self.closer.is_closed() {
             tracing::info!(user = %self.user, "dashboard client too slow; closing");
             self.closer.close(CloseReason::Lagging);

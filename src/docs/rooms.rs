@@ -266,7 +266,7 @@ impl Rooms {
         }
     }
 
-    /// Adds a peer to the room of `name` and queues its first frames (sync step 1 and the
+    /// Adds a peer to the room of `name` and queues its first messages (sync step 1 and the
     /// awareness states). The peer receives every update applied after this point.
     ///
     /// # Errors
@@ -432,7 +432,7 @@ impl Rooms {
         Ok(value)
     }
 
-    /// Persists the outbox's updates, then queues its frames. Called with the room locked.
+    /// Persists the outbox's updates, then queues its messages. Called with the room locked.
     pub(super) fn deliver_outbox(
         self: &Arc<Self>,
         handle: &Arc<RoomHandle>,
@@ -560,10 +560,11 @@ impl Rooms {
         }
     }
 
-    /// Queues `frame` for every peer of a locked room, from a caller that cannot wait: full
-    /// queues get it from a task of its own, with the same lag timeout as everyone else.
-    pub(super) fn broadcast_detached(&self, state: &RoomState, frame: Bytes) {
-        let message = Arc::new(Outgoing::reply(frame));
+    /// Queues the message `encoded` for every peer of a locked room, from a caller that cannot
+    /// wait: full queues get it from a task of its own, with the same lag timeout as everyone
+    /// else.
+    pub(super) fn broadcast_detached(&self, state: &RoomState, encoded: Bytes) {
+        let message = Arc::new(Outgoing::reply(encoded));
         let mut overflow = Overflow::default();
         for link in state.peers.values() {
             deliver(link, Arc::clone(&message), &mut overflow);

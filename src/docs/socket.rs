@@ -1,7 +1,7 @@
 //! `GET /ws/{doc}`: a document over the y-websocket protocol.
 //!
-//! The connection's task reads frames and applies them to the room; the room queues frames for
-//! every peer; the writer ([`net::socket::write_loop`](crate::net::socket::write_loop)) sends
+//! The connection's task reads frames and applies them to the room; the room queues messages
+//! for every peer; the writer ([`net::socket::write_loop`](crate::net::socket::write_loop)) sends
 //! them. Joining and leaving go through [`Rooms`]; a `Membership` guard leaves the room however
 //! the reader ends.
 

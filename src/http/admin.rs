@@ -139,11 +139,7 @@ impl FromRequestParts<AppState> for Reporter {
         );
         if let Err(not_until) = app.client_errors.0.check_key(&key) {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
-            let secs = wait.as_secs_f64().ceil().max(1.0);
-            return Err(too_many(
-                format!("too many error reports; retry in {secs} s"),
-                wait,
-            ));
+            return Err(too_many("too many error reports", wait));
         }
         Ok(Reporter(principal))
     }

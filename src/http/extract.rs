@@ -114,26 +114,21 @@ impl FromRequestParts<AppState> for Publisher {
         }
         if let Err(wait) = app.hub.admit(&who.workspace, &who.user) {
             tracing::debug!(workspace = %who.workspace, user = %who.user, "publishing rate exceeded");
-            return Err(too_many(
-                format!("too many events; retry in {} s", retry_secs(wait)),
-                wait,
-            ));
+            return Err(too_many("too many events", wait));
         }
         Ok(Publisher(who))
     }
 }
 
-/// Whole seconds to wait, at least one.
-fn retry_secs(wait: std::time::Duration) -> u64 {
-    wait.as_secs_f64().ceil().max(1.0) as u64
-}
-
-/// 429 `rate_limited` with `Retry-After` (and `retry_after_ms` in the body).
-pub fn too_many(message: String, wait: std::time::Duration) -> Response {
+/// 429 `rate_limited`: "`what`; retry in N s", with `Retry-After: N` (whole seconds, at least
+/// one) and `retry_after_ms` in the body.
+pub fn too_many(what: &str, wait: std::time::Duration) -> Response {
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let message = format!("{what}; retry in {secs} s");
     let mut response = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
         .with_detail("retry_after_ms", serde_json::json!(wait.as_millis()))
         .into_response();
-    if let Ok(value) = header::HeaderValue::from_str(&retry_secs(wait).to_string()) {
+    if let Ok(value) = header::HeaderValue::from_str(&secs.to_string()) {
         response.headers_mut().insert(header::RETRY_AFTER, value);
     }
     response

@@ -15,7 +15,6 @@ mod refusals;
 pub mod state;
 pub mod web;
 
-use axum::handler::Handler;
 use axum::routing::{delete, get, post, MethodRouter};
 use axum::{Extension, Json, Router};
 
@@ -56,8 +55,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/docs/{*doc}", get(docs::get).post(docs::post))
         .route(
             "/api/v1/events",
-            post(events::publish.layer(Extension(RouteLabel("http_events_publish"))))
-                .get(events::poll.layer(Extension(RouteLabel("http_events_poll")))),
+            labelled("http_events_publish", post(events::publish))
+                .merge(labelled("http_events_poll", get(events::poll))),
         )
         .route(
             "/api/v1/presence",

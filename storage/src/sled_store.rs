@@ -210,14 +210,6 @@ impl SledStore {
         crate::SledStateStore::open(self.inner.db.clone())
     }
 
-    /// Bytes the database takes on disk.
-    ///
-    /// # Errors
-    /// The size could not be read.
-    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.inner.db.size_on_disk()?)
-    }
-
     async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,

@@ -2,7 +2,6 @@
 //! or the real binary ([`process::ServerProcess`]), the URLs of either ([`Served`]), tokens
 //! signed with the tests' [`secret`], HTTP helpers, a dashboard client ([`dash::Dash`]) and the
 //! Node.js runner ([`node`]).
-#![allow(dead_code)]
 
 pub mod dash;
 pub mod node;
