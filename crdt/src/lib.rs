@@ -30,3 +30,51 @@ pub use awareness::SERVER_CLIENT_BASE;
 pub use outbox::{AwarenessChange, Departure, Outbox, PollInput, Polled};
 pub use peer::{Access, PeerId};
 pub use room::{Room, RoomError, RoomLimits};
+
+/// Folds v1 updates into one that holds everything any of them holds (what a store's
+/// compaction does with a snapshot and the log after it; yrs' `merge_updates_v1`, which keeps
+/// even what is not yet integrable).
+///
+/// # Errors
+/// One of them is not a v1 update.
+pub fn merge_updates(parts: &[&[u8]]) -> Result<Vec<u8>, String> {
+    yrs::merge_updates_v1(parts.iter().copied()).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use yrs::updates::decoder::Decode;
+    use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
+
+    fn text_of(update: &[u8]) -> String {
+        let doc = Doc::new();
+        let text = doc.get_or_insert_text("t");
+        let mut txn = doc.transact_mut();
+        txn.apply_update(Update::decode_v1(update).unwrap())
+            .unwrap();
+        text.get_string(&txn)
+    }
+
+    #[test]
+    fn a_merge_holds_a_snapshot_and_the_updates_after_it_in_any_order() {
+        let doc = Doc::with_client_id(1);
+        let text = doc.get_or_insert_text("t");
+        let mut updates = Vec::new();
+        for word in ["one ", "two ", "three"] {
+            let mut txn = doc.transact_mut();
+            let len = text.len(&txn);
+            text.insert(&mut txn, len, word);
+            updates.push(txn.encode_update_v1());
+        }
+        let snapshot = updates[0].clone();
+        // The snapshot, the updates (one of them twice), newest first.
+        let merged =
+            super::merge_updates(&[&snapshot, &updates[2], &updates[1], &updates[0]]).unwrap();
+        assert_eq!(text_of(&merged), "one two three");
+        let whole = doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        assert_eq!(text_of(&whole), text_of(&merged));
+        assert!(super::merge_updates(&[b"not an update"]).is_err());
+    }
+}

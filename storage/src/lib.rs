@@ -7,10 +7,13 @@
 //! - `sled_store` + `journal`: [`SledStore`], the default backend: appends go to a write-ahead
 //!   journal (one `pwrite` + `fdatasync` per group commit) and move into sled at checkpoints;
 //!   [`SledStore::events`] and [`SledStore::state`] open the other two in the same database.
+//! - [`pg`]: [`PgStore`], [`PgEventStore`] and [`PgStateStore`], the three in PostgreSQL for a
+//!   node (or a cluster of them) on a shared database, with versioned migrations; its
+//!   `testing` module (`testing` feature) gives each test a database of its own.
 //! - `memory`: [`MemoryStore`], a volatile `DocStore` for tests and benches ([`MemoryEventStore`]
 //!   and [`MemoryStateStore`] sit beside their traits).
 //! - `contract` (tests, and the `testing` feature): the behaviour every backend owes its
-//!   trait, for the next backend (PostgreSQL) to run too.
+//!   trait, which every backend here runs.
 //!
 //! One update's path: the server calls [`DocStore::append`] (buffered, returns its [`Seq`]),
 //! then [`DocStore::flush`] in its group commit; a later [`DocStore::compact`] folds the log into
@@ -23,11 +26,13 @@ mod events;
 mod journal;
 mod keys;
 mod memory;
+pub mod pg;
 mod sled_store;
 mod state;
 
 pub use events::{EventStore, MemoryEventStore, Retention, Since, SledEventStore, StoredEvent};
 pub use memory::MemoryStore;
+pub use pg::{Merge, PgEventStore, PgOptions, PgStateStore, PgStore};
 pub use sled_store::{SledOptions, SledStore};
 pub use state::{MemoryStateStore, SledStateStore, StateStore};
 
@@ -47,6 +52,13 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("an update of {bytes} bytes for document {doc:?} is too large to log")]
     TooLarge { doc: String, bytes: usize },
+    #[error("{0}")]
+    Config(String),
+    #[error(
+        "the database's schema is at version {found}, newer than version {known} that this \
+         build of tandem knows: run a newer tandem (a downgrade would not understand the data)"
+    )]
+    SchemaTooNew { found: i64, known: i64 },
 }
 
 /// A document as stored: the latest snapshot and the log appended after it.
@@ -148,4 +160,14 @@ pub trait DocStore: Send + Sync + 'static {
     /// # Errors
     /// The backend failed or a key is corrupt.
     async fn list(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Whether the store takes writes now, for a readiness check: sled writes and syncs a file
+    /// in its directory, PostgreSQL answers a query. May hang on a failing disk or network:
+    /// the caller bounds it.
+    ///
+    /// # Errors
+    /// What the store would fail with.
+    async fn probe(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

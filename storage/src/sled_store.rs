@@ -73,6 +73,8 @@ impl Default for SledOptions {
 }
 
 struct Inner {
+    /// The database directory.
+    dir: std::path::PathBuf,
     db: sled::Db,
     /// Records appended since the last flush, and the sequence numbers they take.
     pending: Mutex<Pending>,
@@ -168,6 +170,7 @@ impl SledStore {
             );
         }
         let inner = Inner {
+            dir: dir.to_path_buf(),
             db,
             pending: Mutex::new(Pending {
                 records: Vec::new(),
@@ -563,6 +566,28 @@ impl DocStore for SledStore {
             Ok(names.into_iter().collect())
         })
         .await
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        let path = self
+            .inner
+            .dir
+            .join(format!(".readyz-{}", std::process::id()));
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let written = std::fs::File::create(&path).and_then(|mut file| {
+                file.write_all(b"ready")?;
+                file.sync_all()
+            });
+            // Whatever happened, nothing is left behind.
+            let removed = match std::fs::remove_file(&path) {
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            };
+            written.and(removed).map_err(StoreError::Io)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
     }
 }
 

@@ -1,0 +1,153 @@
+//! The dashboard's per-user records in PostgreSQL: written behind (a `put` is buffered and
+//! seen at once by this node's scans), committed by the group commit in one statement.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+
+use super::{backend, no_nul, Db};
+use crate::{StateStore, StoreError};
+
+/// (scope, key) → the value to write, or `None` to remove it.
+type Writes = BTreeMap<(String, String), Option<Vec<u8>>>;
+
+/// Records in PostgreSQL.
+#[derive(Clone)]
+pub struct PgStateStore {
+    db: Db,
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Buffer {
+    pending: Writes,
+    /// Being written by the current flush.
+    inflight: Arc<Writes>,
+}
+
+struct Inner {
+    buffer: Mutex<Buffer>,
+    flushing: tokio::sync::Mutex<()>,
+}
+
+const WRITE: &str = "WITH removed AS (
+         DELETE FROM dashboard_state
+         WHERE (scope, key) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+     )
+     INSERT INTO dashboard_state (scope, key, value)
+     SELECT * FROM unnest($3::text[], $4::text[], $5::bytea[])
+     ON CONFLICT (scope, key) DO UPDATE SET value = EXCLUDED.value";
+
+impl PgStateStore {
+    pub(super) fn new(db: Db) -> PgStateStore {
+        PgStateStore {
+            db,
+            inner: Arc::new(Inner {
+                buffer: Mutex::new(Buffer::default()),
+                flushing: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    fn buffer(&self) -> MutexGuard<'_, Buffer> {
+        // Plain data, changed in single steps.
+        self.inner.buffer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl StateStore for PgStateStore {
+    fn put(&self, scope: &str, key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
+        no_nul("scope", scope)?;
+        no_nul("key", key)?;
+        self.buffer().pending.insert(
+            (scope.to_owned(), key.to_owned()),
+            value.map(<[u8]>::to_vec),
+        );
+        Ok(())
+    }
+
+    async fn scan(&self, scope: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let rows = self
+            .db
+            .run(|db| async move {
+                let client = db.client().await?;
+                client
+                    .query(
+                        "SELECT key, value FROM dashboard_state WHERE scope = $1",
+                        &[&scope],
+                    )
+                    .await
+                    .map_err(backend)
+            })
+            .await?;
+        let mut entries: BTreeMap<String, Vec<u8>> =
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let buffer = self.buffer();
+        // What is being written, then what came since: the newest write wins.
+        for writes in [&*buffer.inflight, &buffer.pending] {
+            for ((s, key), value) in writes.iter().filter(|((s, _), _)| s == scope) {
+                debug_assert_eq!(s, scope);
+                match value {
+                    Some(value) => entries.insert(key.clone(), value.clone()),
+                    None => entries.remove(key),
+                };
+            }
+        }
+        Ok(entries.into_iter().collect())
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        let _one = self.inner.flushing.lock().await;
+        let batch = {
+            let mut buffer = self.buffer();
+            if buffer.pending.is_empty() {
+                return Ok(());
+            }
+            let writes = std::mem::take(&mut buffer.pending);
+            buffer.inflight = Arc::new(writes);
+            Arc::clone(&buffer.inflight)
+        };
+        let written = self
+            .db
+            .run(|db| {
+                let batch = Arc::clone(&batch);
+                async move {
+                    let (mut gone_scopes, mut gone_keys) = (Vec::new(), Vec::new());
+                    let (mut scopes, mut keys, mut values) = (Vec::new(), Vec::new(), Vec::new());
+                    for ((scope, key), value) in batch.iter() {
+                        match value {
+                            Some(value) => {
+                                scopes.push(scope.as_str());
+                                keys.push(key.as_str());
+                                values.push(value.as_slice());
+                            }
+                            None => {
+                                gone_scopes.push(scope.as_str());
+                                gone_keys.push(key.as_str());
+                            }
+                        }
+                    }
+                    let client = db.client().await?;
+                    let write = client.prepare_cached(WRITE).await.map_err(backend)?;
+                    client
+                        .execute(&write, &[&gone_scopes, &gone_keys, &scopes, &keys, &values])
+                        .await
+                        .map_err(backend)?;
+                    Ok(())
+                }
+            })
+            .await;
+        let mut buffer = self.buffer();
+        let inflight = std::mem::take(&mut buffer.inflight);
+        if written.is_err() {
+            // Back into the buffer, except where a newer write replaced it meanwhile.
+            let writes = Arc::try_unwrap(inflight).unwrap_or_else(|shared| (*shared).clone());
+            for (key, value) in writes {
+                buffer.pending.entry(key).or_insert(value);
+            }
+        }
+        written
+    }
+}
