@@ -44,6 +44,8 @@ pub enum ServeError {
         dir: std::path::PathBuf,
         source: StoreError,
     },
+    #[error("could not open the PostgreSQL database: {0}")]
+    Database(StoreError),
     #[error("invalid auth configuration: {0}")]
     Auth(#[from] AuthConfigError),
     #[error("server failed: {0}")]
@@ -140,7 +142,15 @@ pub async fn serve_with_stores(
         shutdown: token.clone(),
     };
 
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "tandem listening");
+    match config.database_url {
+        Some(_) => tracing::info!(%addr, store = "postgres", "tandem listening"),
+        None => tracing::info!(
+            %addr,
+            store = "sled",
+            data_dir = %config.data_dir.display(),
+            "tandem listening"
+        ),
+    }
     let cancel = token.clone();
     let (closing_rooms, closing_hub) = (Arc::clone(&rooms), Arc::clone(&hub));
     // Small frames must leave at once: without TCP_NODELAY, Nagle's algorithm holds them back

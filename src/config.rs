@@ -40,9 +40,24 @@ pub struct Config {
     #[arg(long, env = "TANDEM_BIND", default_value = "127.0.0.1:8000")]
     pub bind: SocketAddr,
 
-    /// Directory of the sled database.
+    /// Directory of the sled database (unused with `--database-url`).
     #[arg(long, env = "TANDEM_DATA_DIR", default_value = "./tandem-data")]
     pub data_dir: PathBuf,
+
+    /// Keep documents, events and every other durable record in this PostgreSQL database
+    /// (`postgres://USER[:PASSWORD]@HOST[:PORT]/DB`) instead of sled in `--data-dir`. The
+    /// schema is created and migrated at start-up.
+    #[arg(long, env = "TANDEM_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<Secret>,
+
+    /// Connections to PostgreSQL.
+    #[arg(long, env = "TANDEM_DATABASE_POOL_SIZE", default_value_t = Config::DEFAULT_DATABASE_POOL_SIZE)]
+    pub database_pool_size: usize,
+
+    /// How long a storage call, and an acknowledged write waiting for its group commit, may
+    /// take before it fails (HTTP 503 `storage_unavailable`), in milliseconds.
+    #[arg(long, env = "TANDEM_STORAGE_TIMEOUT_MS", default_value_t = Config::DEFAULT_STORAGE_TIMEOUT_MS)]
+    pub storage_timeout_ms: u64,
 
     /// Largest WebSocket message (and HTTP update body) accepted, in bytes. A larger one closes
     /// the connection with 1009.
@@ -290,6 +305,8 @@ impl Config {
     pub const DEFAULT_PING_INTERVAL_MS: u64 = 15_000;
     pub const DEFAULT_PING_TIMEOUT_MS: u64 = 45_000;
     pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 5_000;
+    pub const DEFAULT_DATABASE_POOL_SIZE: usize = 16;
+    pub const DEFAULT_STORAGE_TIMEOUT_MS: u64 = 10_000;
 
     /// The defaults, with the database in `data_dir`.
     pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Config {
@@ -329,6 +346,10 @@ impl Config {
 
     pub(crate) fn dashboard_batch(&self) -> Duration {
         Duration::from_millis(self.dashboard_batch_ms)
+    }
+
+    pub fn storage_timeout(&self) -> Duration {
+        Duration::from_millis(self.storage_timeout_ms)
     }
 
     pub(crate) fn shutdown_timeout(&self) -> Duration {
@@ -390,6 +411,8 @@ impl Config {
             ("compact-after-updates", config.compact_after_updates as u64),
             ("compact-after-bytes", config.compact_after_bytes as u64),
             ("ping-interval-ms", config.ping_interval_ms),
+            ("storage-timeout-ms", config.storage_timeout_ms),
+            ("database-pool-size", config.database_pool_size as u64),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -425,6 +448,9 @@ impl Default for Config {
         Config {
             bind: SocketAddr::from(([127, 0, 0, 1], 8000)),
             data_dir: PathBuf::from("./tandem-data"),
+            database_url: None,
+            database_pool_size: Config::DEFAULT_DATABASE_POOL_SIZE,
+            storage_timeout_ms: Config::DEFAULT_STORAGE_TIMEOUT_MS,
             max_frame_bytes: Config::DEFAULT_MAX_FRAME_BYTES,
             max_doc_bytes: Config::DEFAULT_MAX_DOC_BYTES,
             outbound_queue: Config::DEFAULT_OUTBOUND_QUEUE,

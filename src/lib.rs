@@ -50,15 +50,16 @@ pub mod net;
 use std::future::Future;
 use std::sync::Arc;
 
-use tandem_storage::{SledOptions, SledStore};
+use tandem_storage::{PgOptions, PgStore, SledOptions, SledStore};
 use tokio::net::TcpListener;
 
 pub use app::{serve_with_stores, ServeError, Stores};
 pub use config::Config;
 pub use docname::{DocName, DocNameError};
 
-/// Runs the server on `listener` with the sled database of `config.data_dir` until `shutdown`
-/// resolves, then closes every connection with 1001, snapshots every room and flushes.
+/// Runs the server on `listener` with the stores `config` names (sled in `config.data_dir`, or
+/// PostgreSQL with `config.database_url`) until `shutdown` resolves, then closes every
+/// connection with 1001, snapshots every room and flushes.
 ///
 /// # Errors
 /// The configuration is invalid, the database cannot be opened, or the listener fails.
@@ -67,6 +68,16 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    config.validate().map_err(ServeError::Config)?;
+    let stores = match &config.database_url {
+        Some(url) => postgres_stores(url.expose(), &config).await?,
+        None => sled_stores(&config)?,
+    };
+    serve_with_stores(listener, config, stores, shutdown).await
+}
+
+/// The sled database of `config.data_dir`.
+fn sled_stores(config: &Config) -> Result<Stores, ServeError> {
     let options = SledOptions {
         checkpoint_bytes: config.journal_checkpoint_bytes,
     };
@@ -75,10 +86,47 @@ pub async fn serve(
         source,
     };
     let store = SledStore::open_with(&config.data_dir, options).map_err(storage_error)?;
-    let stores = Stores {
+    Ok(Stores {
         events: Arc::new(store.events().map_err(storage_error)?),
         state: Arc::new(store.state().map_err(storage_error)?),
         docs: Arc::new(store),
+    })
+}
+
+/// The PostgreSQL database at `url`, migrated to this build's schema.
+async fn postgres_stores(url: &str, config: &Config) -> Result<Stores, ServeError> {
+    let options = PgOptions {
+        origin: boot_id(),
+        merge: Arc::new(tandem_crdt::merge_updates),
+        pool_size: config.database_pool_size,
+        timeout: config.storage_timeout(),
     };
-    serve_with_stores(listener, config, stores, shutdown).await
+    let store = PgStore::connect(url, options)
+        .await
+        .map_err(ServeError::Database)?;
+    let events = store.events().await.map_err(ServeError::Database)?;
+    tracing::info!(
+        schema = tandem_storage::pg::SCHEMA_VERSION,
+        origin = store.origin(),
+        "storing in PostgreSQL"
+    );
+    Ok(Stores {
+        events: Arc::new(events),
+        state: Arc::new(store.state()),
+        docs: Arc::new(store),
+    })
+}
+
+/// A random id for this boot of the server: what its writes to a shared database are keyed by.
+fn boot_id() -> i64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the operating system's randomness.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    // Positive, so it reads plainly in the database.
+    (hasher.finish() >> 1) as i64
 }

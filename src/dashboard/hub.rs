@@ -63,7 +63,7 @@ impl HubSettings {
     pub fn of(config: &Config) -> HubSettings {
         HubSettings {
             lag_timeout: config.lag_timeout(),
-            durability_timeout: Duration::from_secs(10),
+            durability_timeout: config.storage_timeout(),
             lock_ttl: Duration::from_millis(config.lock_ttl_ms),
             retention: Retention {
                 max_events: config.event_retention_count,

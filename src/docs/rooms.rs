@@ -161,6 +161,11 @@ impl Rooms {
         }
     }
 
+    /// The store the documents live in.
+    pub fn store(&self) -> &dyn DocStore {
+        self.store.as_ref()
+    }
+
     /// Reports every room's awareness changes to `observer` from now on (set once, before any
     /// room is loaded).
     pub fn observe_with(&self, observer: Arc<dyn RoomObserver>) {

@@ -36,11 +36,11 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
     }
 }
 
-/// `GET /readyz`: 200 when the server can take writes; 503 naming what fails (the data
-/// directory not writable, a log whose flushes fail).
+/// `GET /readyz`: 200 when the server can take writes; 503 naming what fails (the store not
+/// taking writes: the data directory, or PostgreSQL; a log whose flushes fail).
 pub async fn readyz(State(app): State<AppState>) -> Response {
     let mut failing = Vec::new();
-    if let Err(message) = app.storage_probe.check(&app.config.data_dir).await {
+    if let Err(message) = app.storage_probe.check(app.rooms.store()).await {
         failing.push(json!({ "part": "storage", "message": message }));
     }
     if app.durability.is_failing() {

@@ -33,7 +33,6 @@ const BASE64URL: GeneralPurpose = GeneralPurpose::new(
 );
 
 /// How long an HTTP write waits for its group commit before answering 503.
-const DURABILITY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, Deserialize)]
 pub struct ReadParams {
@@ -91,7 +90,7 @@ async fn update(app: &AppState, name: DocName, update: Bytes) -> Result<Response
 /// Waits until what `ticket` covers is on disk: 503 when the store cannot make it so.
 async fn durable(app: &AppState, ticket: Ticket, name: &DocName) -> Result<(), ApiError> {
     app.durability
-        .wait(ticket, DURABILITY_TIMEOUT)
+        .wait(ticket, app.config.storage_timeout())
         .await
         .map_err(|e| {
             tracing::error!(doc = %name, error = %e, "update applied but not flushed");

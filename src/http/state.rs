@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use axum::extract::FromRef;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tandem_storage::DocStore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -32,7 +33,7 @@ pub struct AppState {
     pub connections: Arc<Connections>,
     /// How often each user may report client errors.
     pub client_errors: Arc<ClientErrorLimit>,
-    /// The readiness check's last look at the data directory.
+    /// The readiness check's last look at the store.
     pub storage_probe: Arc<StorageProbe>,
     /// Connection tasks, awaited at shutdown.
     pub tasks: TaskTracker,
@@ -79,7 +80,7 @@ impl ClientErrorLimit {
     }
 }
 
-/// How long a storage probe may take before the data directory counts as failing.
+/// How long a storage probe may take before the store counts as failing.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The last storage probe: when, and what it found. Probes run one at a time.
@@ -87,10 +88,11 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct StorageProbe(tokio::sync::Mutex<Option<(tokio::time::Instant, Result<(), String>)>>);
 
 impl StorageProbe {
-    /// Whether the data directory takes a write and an `fsync`. Requests that arrive while a
-    /// probe runs share its answer, so a crowd of monitors costs one `fsync`, and a hung disk
-    /// holds one blocking thread, not one per request.
-    pub(super) async fn check(&self, dir: &std::path::Path) -> Result<(), String> {
+    /// Whether the store takes writes ([`DocStore::probe`]: sled's data directory takes a
+    /// write and an `fsync`, PostgreSQL answers). Requests that arrive while a probe runs
+    /// share its answer, so a crowd of monitors costs one probe, and a hung disk or database
+    /// holds one task, not one per request.
+    pub(super) async fn check(&self, store: &dyn DocStore) -> Result<(), String> {
         let asked = tokio::time::Instant::now();
         let mut last = self.0.lock().await;
         if let Some((at, result)) = &*last {
@@ -98,27 +100,10 @@ impl StorageProbe {
                 return result.clone();
             }
         }
-        let path = dir.join(format!(".readyz-{}", std::process::id()));
-        let probe = tokio::task::spawn_blocking(move || {
-            use std::io::Write;
-            let written = std::fs::File::create(&path).and_then(|mut file| {
-                file.write_all(b"ready")?;
-                file.sync_all()
-            });
-            // Whatever happened, nothing is left behind.
-            let removed = match std::fs::remove_file(&path) {
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                other => other,
-            };
-            written.and(removed)
-        });
-        let result = match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(err))) => Err(format!("the data directory is not writable: {err}")),
-            Ok(Err(err)) => Err(format!("the storage probe failed: {err}")),
-            Err(_) => Err(format!(
-                "writing to the data directory took more than {PROBE_TIMEOUT:?}"
-            )),
+        let result = match tokio::time::timeout(PROBE_TIMEOUT, store.probe()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(format!("the store does not take writes: {err}")),
+            Err(_) => Err(format!("the store did not answer within {PROBE_TIMEOUT:?}")),
         };
         *last = Some((tokio::time::Instant::now(), result.clone()));
         result

@@ -3,7 +3,7 @@
 use serde_json::{json, Value};
 use tandem::auth::Role;
 
-use crate::support::{spawn_secured, token, Served, TestApp, TIMEOUT};
+use crate::support::{self, spawn_secured, token, Served, TestApp, TIMEOUT};
 use tandem_sync::client::Client;
 
 async fn secured() -> TestApp {
@@ -132,7 +132,7 @@ async fn admins_see_rooms_and_compact_them() {
 
 #[tokio::test]
 async fn readyz_turns_503_when_the_data_dir_is_not_writable() {
-    let app = secured().await;
+    let app = support::spawn_on_sled(|c| c.auth_secret = Some(support::secret())).await;
     let ready = || async {
         let response = reqwest::get(app.http_url("/readyz")).await.unwrap();
         let status = response.status().as_u16();

@@ -1,13 +1,43 @@
 //! Nothing acknowledged is lost: the real `tandem` binary is killed with SIGKILL at awkward
-//! moments and restarted on the same data dir.
+//! moments and restarted on the same data: each scenario runs on sled in a data directory and
+//! on PostgreSQL.
 
 use std::time::Duration;
 
 use crate::support::process::ServerProcess;
-use crate::support::{Dash, Served, TIMEOUT};
+use crate::support::{Backing, Dash, Served, TIMEOUT};
 use tandem_sync::client::{Client, ClientOptions};
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, ReadTxn, Text, Transact};
+
+/// Each scenario as two tests, `NAME::sled` and `NAME::postgres`.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+
+            #[tokio::test]
+            async fn sled() {
+                super::$name(Backing::sled()).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                super::$name(Backing::postgres().await).await;
+            }
+        }
+    )*};
+}
+
+on_both_stores!(
+    http_writes_acknowledged_before_sigkill_survive,
+    edits_synced_by_polling_survive_sigkill,
+    client_updates_survive_sigkill_after_a_group_commit,
+    client_updates_older_than_a_flush_interval_survive_sigkill,
+    sigkill_while_compactions_run_loses_nothing,
+    published_events_acknowledged_before_sigkill_keep_their_ids,
+    a_user_online_when_the_server_is_killed_is_listed_offline_afterwards,
+);
 
 /// A writer whose every edit appends `[n]` and is encoded as its own update, so a lost update
 /// leaves a visible gap: yrs keeps every later update pending and the text stops at the gap.
@@ -48,10 +78,8 @@ fn assert_prefix_with_at_least(text: &str, acked: usize, sent: usize) {
     );
 }
 
-#[tokio::test]
-async fn http_writes_acknowledged_before_sigkill_survive() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(dir.path(), &[]);
+async fn http_writes_acknowledged_before_sigkill_survive(backing: Backing) {
+    let server = ServerProcess::start(&backing, &[]);
     let http = reqwest::Client::new();
     let mut writer = Writer::new(1);
     for _ in 0..40 {
@@ -59,16 +87,14 @@ async fn http_writes_acknowledged_before_sigkill_survive() {
     }
     server.kill();
 
-    let server = ServerProcess::start(dir.path(), &[]);
+    let server = ServerProcess::start(&backing, &[]);
     assert_eq!(server.text("acked").await, markers(40));
 }
 
-#[tokio::test]
-async fn edits_synced_by_polling_survive_sigkill() {
+async fn edits_synced_by_polling_survive_sigkill(backing: Backing) {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(dir.path(), &[]);
+    let server = ServerProcess::start(&backing, &[]);
     let http = reqwest::Client::new();
     let mut writer = Writer::new(3);
     for _ in 0..30 {
@@ -88,14 +114,12 @@ async fn edits_synced_by_polling_survive_sigkill() {
     }
     server.kill();
 
-    let server = ServerProcess::start(dir.path(), &[]);
+    let server = ServerProcess::start(&backing, &[]);
     assert_eq!(server.text("polled").await, markers(30));
 }
 
-#[tokio::test]
-async fn client_updates_survive_sigkill_after_a_group_commit() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(dir.path(), &["--flush-interval-ms", "10"]);
+async fn client_updates_survive_sigkill_after_a_group_commit(backing: Backing) {
+    let server = ServerProcess::start(&backing, &["--flush-interval-ms", "10"]);
     let client = Client::connect_with(
         &server.ws_url("ws-doc"),
         ClientOptions { client_id: Some(2) },
@@ -121,14 +145,12 @@ async fn client_updates_survive_sigkill_after_a_group_commit() {
     );
     server.kill();
 
-    let server = ServerProcess::start(dir.path(), &[]);
+    let server = ServerProcess::start(&backing, &[]);
     assert_eq!(server.text("ws-doc").await, markers(200));
 }
 
-#[tokio::test]
-async fn client_updates_older_than_a_flush_interval_survive_sigkill() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(dir.path(), &["--flush-interval-ms", "5"]);
+async fn client_updates_older_than_a_flush_interval_survive_sigkill(backing: Backing) {
+    let server = ServerProcess::start(&backing, &["--flush-interval-ms", "5"]);
     let client = Client::connect(&server.ws_url("timed")).await.unwrap();
     client.synced(TIMEOUT).await.unwrap();
     for i in 0..50 {
@@ -144,13 +166,11 @@ async fn client_updates_older_than_a_flush_interval_survive_sigkill() {
     tokio::time::sleep(Duration::from_millis(250)).await;
     server.kill();
 
-    let server = ServerProcess::start(dir.path(), &[]);
+    let server = ServerProcess::start(&backing, &[]);
     assert_eq!(server.text("timed").await, markers(50));
 }
 
-#[tokio::test]
-async fn sigkill_while_compactions_run_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+async fn sigkill_while_compactions_run_loses_nothing(backing: Backing) {
     let args = ["--compact-after-updates", "4"];
     let mut writer = Writer::new(4);
     let mut acked = 0;
@@ -158,7 +178,7 @@ async fn sigkill_while_compactions_run_loses_nothing() {
     // Compact every few updates and kill the server at a different point each round, while
     // writes (and so compactions) are in full flow.
     for kill_after in [37, 71, 18] {
-        let server = ServerProcess::start(dir.path(), &args);
+        let server = ServerProcess::start(&backing, &args);
         assert_prefix_with_at_least(&server.text("compacting").await, acked, writer.next);
         // Resync as a reconnecting client would: the whole state, which is idempotent, so
         // updates that were in flight at the last kill are not left missing.
@@ -182,20 +202,18 @@ async fn sigkill_while_compactions_run_loses_nothing() {
         server.kill();
     }
 
-    let server = ServerProcess::start(dir.path(), &args);
+    let server = ServerProcess::start(&backing, &args);
     assert_prefix_with_at_least(&server.text("compacting").await, acked, writer.next);
 }
 
-#[tokio::test]
-async fn published_events_acknowledged_before_sigkill_keep_their_ids() {
-    let dir = tempfile::tempdir().expect("temp dir");
+async fn published_events_acknowledged_before_sigkill_keep_their_ids(backing: Backing) {
     let http = reqwest::Client::new();
     let publish = |server: &ServerProcess| {
         http.post(server.http_url("/api/v1/events?workspace=acme"))
             .json(&serde_json::json!({"type":"workflow_triggered","workflow_id":"wf-1"}))
             .send()
     };
-    let server = ServerProcess::start(dir.path(), &[]);
+    let server = ServerProcess::start(&backing, &[]);
     for expected in 1..=3 {
         let response = publish(&server).await.expect("publish");
         assert_eq!(response.status(), 201);
@@ -204,7 +222,7 @@ async fn published_events_acknowledged_before_sigkill_keep_their_ids() {
     }
     server.kill();
     // Had any acknowledged event been lost, its id would be handed out again.
-    let server = ServerProcess::start(dir.path(), &[]);
+    let server = ServerProcess::start(&backing, &[]);
     let body: serde_json::Value = publish(&server)
         .await
         .expect("publish")
@@ -219,10 +237,8 @@ async fn published_events_acknowledged_before_sigkill_keep_their_ids() {
     assert_eq!(ids, [Some(1), Some(2), Some(3), Some(4)]);
 }
 
-#[tokio::test]
-async fn a_user_online_when_the_server_is_killed_is_listed_offline_afterwards() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let server = ServerProcess::start(dir.path(), &[]);
+async fn a_user_online_when_the_server_is_killed_is_listed_offline_afterwards(backing: Backing) {
+    let server = ServerProcess::start(&backing, &[]);
     let mut ada = Dash::connect(&server.dash_url("workspace=acme&user=ada&name=Ada")).await;
     ada.subscribe(&["presence"], None).await;
     // A publication is acknowledged once the workspace's store is flushed: Ada's record, written
@@ -236,7 +252,7 @@ async fn a_user_online_when_the_server_is_killed_is_listed_offline_afterwards() 
     assert_eq!(response.status(), 201);
     server.kill();
 
-    let server = ServerProcess::start(dir.path(), &[]);
+    let server = ServerProcess::start(&backing, &[]);
     let listed: serde_json::Value =
         reqwest::get(server.http_url("/api/v1/presence?workspace=acme&include_offline=true"))
             .await

@@ -15,4 +15,5 @@ mod events;
 mod http;
 mod js;
 mod metrics;
+mod postgres;
 mod sync;

@@ -12,6 +12,7 @@ use tandem_sync::client::Client;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::support::process::ServerProcess;
+use crate::support::Backing;
 use crate::support::{self, Dash, Served, SECRET, TIMEOUT};
 
 fn token(sub: &str, role: Role) -> String {
@@ -49,9 +50,9 @@ async fn doc_client(app: &ServerProcess, doc: &str, sub: &str) -> Client {
 
 #[tokio::test]
 async fn a_scripted_session_moves_each_metric() {
-    let dir = tempfile::tempdir().unwrap();
+    let backing = Backing::sled();
     let app = ServerProcess::start(
-        dir.path(),
+        &backing,
         &["--auth-secret", SECRET, "--outbound-queue", "8"],
     );
     let before = scrape(&app).await;

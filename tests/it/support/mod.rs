@@ -3,8 +3,10 @@
 //! signed with the tests' [`secret`], HTTP helpers, a dashboard client ([`dash::Dash`]) and the
 //! Node.js runner ([`node`]).
 
+pub mod backing;
 pub mod dash;
 pub mod node;
+pub mod postgres;
 pub mod process;
 
 use std::net::SocketAddr;
@@ -19,6 +21,7 @@ use tokio::task::JoinHandle;
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, GetString, Text, Transact, Update};
 
+pub use backing::Backing;
 pub use dash::Dash;
 pub use node::node;
 
@@ -96,25 +99,52 @@ pub trait Served {
 pub struct TestApp {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
+    /// The PostgreSQL database it keeps its data in, when it does (else sled in `dir`).
+    database: Option<std::sync::Arc<tandem_storage::pg::testing::TempDatabase>>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), tandem::ServeError>>>,
 }
 
-/// Starts a server with the default configuration on a fresh data dir.
+/// Starts a server with the default configuration on a fresh data dir (or database: see
+/// [`Backing::from_env`]).
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
-/// Starts a server whose configuration `tweak` adjusts, on a fresh data dir.
+/// Starts a server whose configuration `tweak` adjusts, on a fresh data dir (or database).
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let database = match Backing::from_env().await {
+        Backing::Postgres(db) => Some(std::sync::Arc::new(db)),
+        Backing::Sled(_) => None,
+    };
+    spawn_on(database, tweak).await
+}
+
+/// Starts a server whose configuration `tweak` adjusts on sled in a fresh data dir, whatever
+/// `TANDEM_TEST_STORE` says (for what only sled has), or on the database `tweak` names.
+pub async fn spawn_on_sled(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_on(None, tweak).await
+}
+
+async fn spawn_on(
+    database: Option<std::sync::Arc<tandem_storage::pg::testing::TempDatabase>>,
+    tweak: impl FnOnce(&mut Config),
+) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = Config::with_data_dir(dir.path());
     tweak(&mut config);
-    start(dir, config).await
+    start(dir, database, config).await
 }
 
-async fn start(dir: tempfile::TempDir, mut config: Config) -> TestApp {
+async fn start(
+    dir: tempfile::TempDir,
+    database: Option<std::sync::Arc<tandem_storage::pg::testing::TempDatabase>>,
+    mut config: Config,
+) -> TestApp {
     config.data_dir = dir.path().to_path_buf();
+    if let Some(database) = &database {
+        config.database_url = Some(database.url().parse().expect("a database URL"));
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -126,6 +156,7 @@ async fn start(dir: tempfile::TempDir, mut config: Config) -> TestApp {
     TestApp {
         addr,
         dir,
+        database,
         shutdown: Some(tx),
         server: Some(server),
     }
@@ -220,11 +251,12 @@ impl TestApp {
         std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"))
     }
 
-    /// Shuts down gracefully and starts again on the same data dir with `config`.
+    /// Shuts down gracefully and starts again on the same data dir (or database) with
+    /// `config`.
     pub async fn restart_with(mut self, config: Config) -> TestApp {
         self.shutdown_and_wait().await;
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
-        start(dir, config).await
+        start(dir, self.database.take(), config).await
     }
 
     async fn shutdown_and_wait(&mut self) {

@@ -3,10 +3,9 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use super::{text_of_update, Served};
+use super::{text_of_update, Backing, Served};
 
 /// A `tandem` process.
 pub struct ServerProcess {
@@ -15,13 +14,12 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts `tandem serve` on a free port with the data in `dir` and the flags `extra`, and
-    /// waits until it listens.
-    pub fn start(dir: &Path, extra: &[&str]) -> ServerProcess {
+    /// Starts `tandem serve` on a free port with its data in `backing` and the flags `extra`,
+    /// and waits until it listens.
+    pub fn start(backing: &Backing, extra: &[&str]) -> ServerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
             .args(["serve", "--bind", "127.0.0.1:0", "--log-format", "json"])
-            .arg("--data-dir")
-            .arg(dir)
+            .args(backing.args())
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
