@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Auth, AuthConfigError, AuthSettings};
+use crate::cluster::{Cluster, ClusterSettings};
 use crate::config::Config;
 use crate::dashboard::{Hub, HubObserver, HubSettings};
 use crate::docs::Rooms;
@@ -32,6 +33,9 @@ pub struct Stores {
     pub events: Arc<dyn EventStore>,
     /// The dashboard's per-user records.
     pub state: Arc<dyn StateStore>,
+    /// What this server's writes to a shared store are keyed by (a fresh id per boot; 0 for
+    /// a store of its own): a cluster's messages carry it too.
+    pub origin: i64,
 }
 
 /// Why the server could not run.
@@ -46,6 +50,8 @@ pub enum ServeError {
     },
     #[error("could not open the PostgreSQL database: {0}")]
     Database(StoreError),
+    #[error("could not join the cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("invalid auth configuration: {0}")]
     Auth(#[from] AuthConfigError),
     #[error("server failed: {0}")]
@@ -117,6 +123,33 @@ pub async fn serve_with_stores(
     ));
     hub.attach_rooms(&rooms);
     rooms.observe_with(Arc::new(HubObserver(Arc::clone(&hub))));
+    let cluster_stop = CancellationToken::new();
+    let cluster = match &config.redis_url {
+        Some(url) => {
+            let settings = ClusterSettings {
+                name: config.cluster_name.clone(),
+                node_id: config
+                    .node_id
+                    .clone()
+                    .unwrap_or_else(|| format!("node-{:x}", stores.origin)),
+                origin: stores.origin,
+                node_ttl: Duration::from_millis(config.node_ttl_ms),
+                timeout: config.storage_timeout().min(Duration::from_secs(2)),
+                addr: addr.to_string(),
+            };
+            let cluster = Cluster::join(
+                url.expose(),
+                settings,
+                &rooms,
+                Arc::clone(&durability),
+                cluster_stop.clone(),
+            )
+            .await?;
+            rooms.connect_bus(Arc::clone(&cluster) as Arc<dyn crate::docs::RoomBus>);
+            Some(cluster)
+        }
+        None => None,
+    };
     let connections = Connections::new(config.reconnect_window());
     let client_errors = Arc::new(ClientErrorLimit::per_minute(
         config.client_errors_per_minute,
@@ -138,13 +171,21 @@ pub async fn serve_with_stores(
         connections,
         client_errors,
         storage_probe: Arc::default(),
+        cluster: cluster.clone(),
         tasks: tasks.clone(),
         shutdown: token.clone(),
     };
 
-    match config.database_url {
-        Some(_) => tracing::info!(%addr, store = "postgres", "tandem listening"),
-        None => tracing::info!(
+    match (&config.database_url, &cluster) {
+        (Some(_), Some(cluster)) => tracing::info!(
+            %addr,
+            store = "postgres",
+            node = %cluster.me().node_id,
+            cluster = %config.cluster_name,
+            "tandem listening"
+        ),
+        (Some(_), None) => tracing::info!(%addr, store = "postgres", "tandem listening"),
+        (None, _) => tracing::info!(
             %addr,
             store = "sled",
             data_dir = %config.data_dir.display(),
@@ -184,6 +225,10 @@ pub async fn serve_with_stores(
         tracing::warn!("some connections did not close in time");
     }
     rooms.unload_all().await;
+    cluster_stop.cancel();
+    if let Some(cluster) = &cluster {
+        cluster.stopped().await;
+    }
     background.stop().await;
     if let Err(err) = durability.flush_now(stores.docs.as_ref()).await {
         tracing::error!(error = %err, "final flush failed");

@@ -50,6 +50,25 @@ pub struct Config {
     #[arg(long, env = "TANDEM_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<Secret>,
 
+    /// Join a cluster through this Redis (`redis://HOST:PORT`): the node shares documents,
+    /// awareness and node liveness with every other node of the same `--cluster-name`.
+    /// Requires `--database-url` (the nodes' shared store).
+    #[arg(long, env = "TANDEM_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<Secret>,
+
+    /// Prefixes every Redis key and channel, so several clusters can share one Redis.
+    #[arg(long, env = "TANDEM_CLUSTER_NAME", default_value = "tandem")]
+    pub cluster_name: String,
+
+    /// This node's name in logs and the admin API (default: a fresh one per boot).
+    #[arg(long, env = "TANDEM_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// A node of the cluster not heard of for this long is dead: the others drop its clients'
+    /// awareness and repair their rooms from PostgreSQL. Heartbeats go every third of it.
+    #[arg(long, env = "TANDEM_NODE_TTL_MS", default_value_t = Config::DEFAULT_NODE_TTL_MS)]
+    pub node_ttl_ms: u64,
+
     /// Connections to PostgreSQL.
     #[arg(long, env = "TANDEM_DATABASE_POOL_SIZE", default_value_t = Config::DEFAULT_DATABASE_POOL_SIZE)]
     pub database_pool_size: usize,
@@ -306,6 +325,7 @@ impl Config {
     pub const DEFAULT_PING_TIMEOUT_MS: u64 = 45_000;
     pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 5_000;
     pub const DEFAULT_DATABASE_POOL_SIZE: usize = 16;
+    pub const DEFAULT_NODE_TTL_MS: u64 = 10_000;
     pub const DEFAULT_STORAGE_TIMEOUT_MS: u64 = 10_000;
 
     /// The defaults, with the database in `data_dir`.
@@ -436,6 +456,27 @@ impl Config {
                     .into(),
             );
         }
+        if config.redis_url.is_some() && config.database_url.is_none() {
+            return Err(
+                "--redis-url needs --database-url: the nodes of a cluster share their documents \
+                 and events through PostgreSQL (Redis only carries messages, and may lose them)"
+                    .into(),
+            );
+        }
+        if config.cluster_name.is_empty()
+            || !config
+                .cluster_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(
+                "--cluster-name must be letters, digits, '-', '_' or '.' (it prefixes Redis keys)"
+                    .into(),
+            );
+        }
+        if config.node_ttl_ms < 300 {
+            return Err("--node-ttl-ms must be at least 300".into());
+        }
         if config.realtime_plans.iter().all(|p| p.trim().is_empty()) {
             return Err("--realtime-plans must name at least one plan".into());
         }
@@ -449,6 +490,10 @@ impl Default for Config {
             bind: SocketAddr::from(([127, 0, 0, 1], 8000)),
             data_dir: PathBuf::from("./tandem-data"),
             database_url: None,
+            redis_url: None,
+            cluster_name: "tandem".to_owned(),
+            node_id: None,
+            node_ttl_ms: Config::DEFAULT_NODE_TTL_MS,
             database_pool_size: Config::DEFAULT_DATABASE_POOL_SIZE,
             storage_timeout_ms: Config::DEFAULT_STORAGE_TIMEOUT_MS,
             max_frame_bytes: Config::DEFAULT_MAX_FRAME_BYTES,

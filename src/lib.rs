@@ -37,6 +37,7 @@
 mod app;
 pub mod auth;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod dashboard;
 pub mod docname;
@@ -90,13 +91,15 @@ fn sled_stores(config: &Config) -> Result<Stores, ServeError> {
         events: Arc::new(store.events().map_err(storage_error)?),
         state: Arc::new(store.state().map_err(storage_error)?),
         docs: Arc::new(store),
+        origin: 0,
     })
 }
 
 /// The PostgreSQL database at `url`, migrated to this build's schema.
 async fn postgres_stores(url: &str, config: &Config) -> Result<Stores, ServeError> {
+    let origin = boot_id();
     let options = PgOptions {
-        origin: boot_id(),
+        origin,
         merge: Arc::new(tandem_crdt::merge_updates),
         pool_size: config.database_pool_size,
         timeout: config.storage_timeout(),
@@ -114,6 +117,7 @@ async fn postgres_stores(url: &str, config: &Config) -> Result<Stores, ServeErro
         events: Arc::new(events),
         state: Arc::new(store.state()),
         docs: Arc::new(store),
+        origin,
     })
 }
 

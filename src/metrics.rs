@@ -121,6 +121,14 @@ pub struct Metrics {
     /// Bytes appended to the update log (what its flushes write).
     pub update_log_bytes: Counter,
     pub client_errors: Counter,
+    /// Messages received from and published to the cluster's bus.
+    pub bus_in: Counter,
+    pub bus_out: Counter,
+    /// Rooms repaired from the store after a lost bus message, and how long each took.
+    pub gaps_repaired: Counter,
+    pub repair: Histogram,
+    /// Nodes of the cluster this node sees alive, itself included.
+    pub nodes_alive: Gauge,
 }
 
 impl Metrics {
@@ -213,6 +221,11 @@ pub fn get() -> &'static Metrics {
             event_log_flush: metrics::histogram!("tandem_storage_flush_seconds", "log" => "events"),
             update_log_bytes: counter!("tandem_storage_written_bytes_total", "log" => "updates"),
             client_errors: counter!("tandem_client_errors_total"),
+            bus_in: counter!("tandem_cluster_bus_messages_total", "direction" => "in"),
+            bus_out: counter!("tandem_cluster_bus_messages_total", "direction" => "out"),
+            gaps_repaired: counter!("tandem_cluster_gaps_repaired_total"),
+            repair: metrics::histogram!("tandem_cluster_repair_seconds"),
+            nodes_alive: metrics::gauge!("tandem_cluster_nodes_alive"),
         }
     })
 }
@@ -289,6 +302,23 @@ fn describe() {
     describe_counter!(
         "tandem_client_errors_total",
         "Errors reported by clients (POST /api/v1/client-errors)"
+    );
+    describe_counter!(
+        "tandem_cluster_bus_messages_total",
+        "Messages received from (in) and published to (out) the cluster's Redis bus"
+    );
+    describe_counter!(
+        "tandem_cluster_gaps_repaired_total",
+        "Rooms repaired from PostgreSQL after a lost bus message, a Redis reconnect or a dead node"
+    );
+    describe_histogram!(
+        "tandem_cluster_repair_seconds",
+        Unit::Seconds,
+        "Repairing one room from PostgreSQL"
+    );
+    describe_gauge!(
+        "tandem_cluster_nodes_alive",
+        "Nodes of the cluster this node sees alive, itself included"
     );
     describe_counter!(
         "tandem_auth_refusals_total",

@@ -448,6 +448,20 @@ impl Room {
         Ok(outbox)
     }
 
+    /// Applies an update another server already accepted and stored (a node of the cluster, or
+    /// the shared store when the room repairs itself from it), and returns the frame to send
+    /// to this room's peers when it changed anything. No size limit: refusing what is already
+    /// stored would only make this copy of the document diverge.
+    ///
+    /// # Errors
+    /// The update does not decode or yrs rejects it, or the room is poisoned.
+    pub fn integrate(&mut self, update: &[u8]) -> Result<Option<Bytes>, RoomError> {
+        let limit = std::mem::replace(&mut self.limits.max_doc_bytes, usize::MAX);
+        let applied = self.apply(update);
+        self.limits.max_doc_bytes = limit;
+        Ok(applied?.then(|| message::encode_update(update)))
+    }
+
     /// The whole document as one v1 update: what a snapshot stores. The room's size restarts
     /// from it, since a snapshot replaces the log it covers.
     pub fn snapshot(&mut self) -> Vec<u8> {

@@ -2,13 +2,16 @@
 //! document, in [`rooms`]), the peers of each (connections and HTTP pollers), and what happens
 //! around a room: delivery to the peers' queues ([`delivery`]), persistence, compaction and
 //! unload (`persist`), pollers ([`pollers`]), the server's own awareness states
-//! (`server_awareness`), and the `/ws/{doc}` connection ([`socket`]).
+//! (`server_awareness`), what other servers of a cluster tell the rooms ([`remote`], through the
+//! [`RoomBus`] seam the cluster implements), and the `/ws/{doc}` connection ([`socket`]).
 
 pub mod delivery;
 mod persist;
 pub mod pollers;
+pub mod remote;
 pub mod rooms;
 mod server_awareness;
 pub mod socket;
 
-pub use rooms::{RoomHandle, RoomObserver, RoomOpError, RoomSummary, Rooms};
+pub use remote::Remote;
+pub use rooms::{RoomBus, RoomHandle, RoomObserver, RoomOpError, RoomSummary, Rooms};

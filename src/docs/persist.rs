@@ -24,6 +24,10 @@ impl Rooms {
             max_awareness_per_peer: self.config.max_awareness_per_connection,
         };
         let started = Instant::now();
+        if let Some(bus) = self.bus.get() {
+            // Before the read: an update committed after it is then heard of over the bus.
+            bus.subscribe(name).await;
+        }
         let stored = self.store.load(name.as_str()).await?;
         let snapshot = stored.snapshot.as_ref().map(|s| s.bytes.as_slice());
         let log = stored.log.iter().map(|(_, u)| u.as_slice());
@@ -53,6 +57,8 @@ impl Rooms {
             log_updates: stored.log.len(),
             log_bytes: stored.log.iter().map(|(_, u)| u.len()).sum(),
             compacting: false,
+            remote_seqs: HashMap::new(),
+            mirrors: HashMap::new(),
             unload_pending: false,
             activity: 0,
         }))
@@ -181,6 +187,9 @@ impl Rooms {
             })
             .is_some();
         if removed {
+            if let Some(bus) = self.bus.get() {
+                bus.unsubscribe(&handle.name);
+            }
             if let Err(err) = self.compact_now(handle).await {
                 // The log still holds every update; the next load replays it.
                 tracing::warn!(doc = %handle.name, error = %err, "snapshot on unload failed");

@@ -73,12 +73,13 @@ impl Rooms {
                     // Under the room's lock, so the sweep cannot miss this poller.
                     self.polled.insert(name.clone());
                     if known.is_none() {
-                        evicted = self.evict_pollers_over_limit(state, &request.user);
+                        evicted = self.evict_pollers_over_limit(name, state, &request.user);
                     }
                 } else if known.is_none() {
                     // A refused first round leaves nothing behind.
                     let Departure { removal, clients } = state.room.leave(peer);
                     outbox.broadcast.extend(removal);
+                    self.tell_left(name, peer);
                     evicted.push((Arc::clone(&request.user), clients));
                 }
                 let delivered =
@@ -109,6 +110,7 @@ impl Rooms {
     /// the awareness clients that went with them; the room's peers are told.
     fn evict_pollers_over_limit(
         &self,
+        handle_name: &DocName,
         state: &mut RoomState,
         user: &Arc<str>,
     ) -> Vec<(Arc<str>, Vec<u64>)> {
@@ -129,6 +131,7 @@ impl Rooms {
                 if let Some(removal) = removal {
                     self.broadcast_detached(state, removal);
                 }
+                self.tell_left(handle_name, poller.peer);
                 gone.push((key.0, clients));
             }
         }
@@ -170,6 +173,7 @@ impl Rooms {
                 if let Some(removal) = removal {
                     self.broadcast_detached(&state, removal);
                 }
+                self.tell_left(&name, poller.peer);
                 gone.push((key.0, clients));
             }
             if state.pollers.is_empty() {

@@ -55,6 +55,25 @@ pub trait RoomObserver: Send + Sync + 'static {
     fn prepare<'a>(&'a self, doc: &'a DocName) -> BoxFuture<'a, ()>;
 }
 
+/// The other servers of a cluster, as the rooms see them: told what happens in this server's
+/// rooms, so the rooms of the same documents elsewhere hear it (`cluster::Bus`). Called
+/// outside any room's lock, except [`RoomBus::updated`], [`RoomBus::awareness`] and
+/// [`RoomBus::left`], which must only queue.
+pub trait RoomBus: Send + Sync + 'static {
+    /// `doc` is about to be read from storage for a load: whatever is published about it from
+    /// now on must reach this server (so nothing committed after the read is missed).
+    fn subscribe<'a>(&'a self, doc: &'a DocName) -> BoxFuture<'a, ()>;
+    /// `doc` was unloaded: nothing more about it is needed.
+    fn unsubscribe(&self, doc: &DocName);
+    /// An update of `doc` was appended to the store at `seq`; it is committed once `ticket`
+    /// is durable, and only then may others hear of it.
+    fn updated(&self, doc: &DocName, seq: Seq, update: Bytes, ticket: Ticket);
+    /// An awareness frame from this server's `peer` (of `user`) in `doc`.
+    fn awareness(&self, doc: &DocName, peer: PeerId, user: &str, frame: Bytes);
+    /// This server's `peer` left `doc`; its awareness clients go with it.
+    fn left(&self, doc: &DocName, peer: PeerId);
+}
+
 /// What the admin API says of a loaded room.
 #[derive(Debug, Clone, Serialize)]
 pub struct RoomSummary {
@@ -87,6 +106,10 @@ pub struct Rooms {
     pub(super) server_awareness: DashMap<DocName, HashMap<u64, Arc<str>>>,
     /// The loaded rooms that have HTTP pollers, for the sweep that lets lapsed ones go.
     pub(super) polled: DashSet<DocName>,
+    /// The other servers of the cluster, when there are any.
+    pub(super) bus: OnceLock<Arc<dyn RoomBus>>,
+    /// Peer ids for the mirrors of other servers' peers, above every connection's.
+    pub(super) next_mirror: std::sync::atomic::AtomicU64,
 }
 
 /// A client syncing over HTTP.
@@ -116,6 +139,12 @@ pub(super) struct RoomState {
     pub(super) log_updates: usize,
     pub(super) log_bytes: usize,
     pub(super) compacting: bool,
+    /// Per server of the cluster (its origin id): the sequence number of its newest update
+    /// this room holds, to tell a lost message from the next one.
+    pub(super) remote_seqs: HashMap<i64, u64>,
+    /// Other servers' peers of this document, mirrored here so their awareness is owned and
+    /// removed as theirs: (origin, their peer id) → our peer id and their user.
+    pub(super) mirrors: HashMap<(i64, u64), (PeerId, Arc<str>)>,
     /// Whether an unload timer is running for this room.
     pub(super) unload_pending: bool,
     /// Bumped whenever the room is used, so a pending unload can tell it went stale.
@@ -125,12 +154,21 @@ pub(super) struct RoomState {
 impl RoomState {
     /// The user of a peer of the room: a connection or a poller.
     pub(super) fn user_of(&self, peer: PeerId) -> Option<&Arc<str>> {
-        self.peers.get(&peer).map(|link| &link.user).or_else(|| {
-            self.pollers
-                .iter()
-                .find(|(_, p)| p.peer == peer)
-                .map(|((user, _), _)| user)
-        })
+        self.peers
+            .get(&peer)
+            .map(|link| &link.user)
+            .or_else(|| {
+                self.pollers
+                    .iter()
+                    .find(|(_, p)| p.peer == peer)
+                    .map(|((user, _), _)| user)
+            })
+            .or_else(|| {
+                self.mirrors
+                    .values()
+                    .find(|(p, _)| *p == peer)
+                    .map(|(_, user)| user)
+            })
     }
 
     /// Whether nobody is in the room: no connection and no live poller.
@@ -138,6 +176,9 @@ impl RoomState {
         self.peers.is_empty() && self.pollers.is_empty()
     }
 }
+
+/// Mirrored peers' ids start here, far above any connection's.
+const MIRROR_PEER_BASE: u64 = 1 << 62;
 
 impl Rooms {
     pub fn new(
@@ -158,7 +199,15 @@ impl Rooms {
             observer: OnceLock::new(),
             server_awareness: DashMap::new(),
             polled: DashSet::new(),
+            bus: OnceLock::new(),
+            next_mirror: std::sync::atomic::AtomicU64::new(MIRROR_PEER_BASE),
         }
+    }
+
+    /// Tells `bus` what happens in the rooms from now on (set once, before any room is
+    /// loaded).
+    pub fn connect_bus(&self, bus: Arc<dyn RoomBus>) {
+        let _ = self.bus.set(bus);
     }
 
     /// The store the documents live in.
@@ -366,6 +415,7 @@ impl Rooms {
         if let Some(removal) = removal {
             self.broadcast_detached(&state, removal);
         }
+        self.tell_left(&handle.name, peer);
         let unload = (state.is_vacant() && !state.closed).then_some(state.activity);
         drop(state);
         self.report_gone(&handle.name, &link.user, clients);
@@ -449,13 +499,29 @@ impl Rooms {
     ) -> Result<Option<Ticket>, RoomOpError> {
         let mut ticket = None;
         let stored = crate::metrics::get();
+        let bus = self.bus.get();
         for update in &outbox.persist {
             // The update is in the log before anyone else sees it.
             state.last_seq = self.store.append(handle.name.as_str(), update)?;
             state.log_updates += 1;
             state.log_bytes += update.len();
             stored.update_log_bytes.increment(update.len() as u64);
-            ticket = Some(self.durability.appended());
+            let appended = self.durability.appended();
+            ticket = Some(appended);
+            if let Some(bus) = bus {
+                bus.updated(&handle.name, state.last_seq, update.clone(), appended);
+            }
+        }
+        if let (Some(bus), Some(peer)) = (bus, from) {
+            // What a peer said of its awareness goes to the other servers' rooms too.
+            let awareness = outbox.broadcast.iter().filter(|frame| {
+                frame.first() == Some(&(tandem_sync::message::MSG_AWARENESS as u8))
+            });
+            if let Some(user) = state.user_of(peer) {
+                for frame in awareness {
+                    bus.awareness(&handle.name, peer, user, frame.clone());
+                }
+            }
         }
         if let Some(sender) = from.and_then(|p| state.peers.get(&p)) {
             for frame in outbox.reply {
@@ -538,7 +604,16 @@ impl Rooms {
         for link in state.peers.values() {
             link.closer.close(CloseReason::Reloading);
         }
-        // Whoever observes awareness hears that every client went.
+        // The other servers forget this server's peers of the room; whoever observes awareness
+        // hears that every client went.
+        let locals = state
+            .peers
+            .keys()
+            .copied()
+            .chain(state.pollers.values().map(|p| p.peer));
+        for peer in locals {
+            self.tell_left(&handle.name, peer);
+        }
         let departed: Vec<(Arc<str>, Vec<u64>)> = state
             .room
             .leave_all()
@@ -551,9 +626,21 @@ impl Rooms {
         for (user, clients) in departed {
             self.report_gone(&handle.name, &user, clients);
         }
-        self.map
-            .remove_if(&handle.name, |_, h| Arc::ptr_eq(h, handle));
+        let removed = self
+            .map
+            .remove_if(&handle.name, |_, h| Arc::ptr_eq(h, handle))
+            .is_some();
+        if let (true, Some(bus)) = (removed, self.bus.get()) {
+            bus.unsubscribe(&handle.name);
+        }
         tracing::error!(doc = %handle.name, "room discarded after a yrs failure; it reloads from storage");
+    }
+
+    /// Tells the other servers that `peer` left `name`.
+    pub(super) fn tell_left(&self, name: &DocName, peer: PeerId) {
+        if let Some(bus) = self.bus.get() {
+            bus.left(name, peer);
+        }
     }
 
     pub(super) fn discard_by_name(&self, name: &DocName) {

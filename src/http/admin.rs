@@ -87,6 +87,19 @@ pub async fn rooms(State(app): State<AppState>, Admin(scope): Admin) -> Json<Val
     Json(json!({ "rooms": app.rooms.list(scope.as_deref()) }))
 }
 
+/// `GET /api/v1/admin/nodes`: the nodes of the cluster this node sees alive, itself first
+/// (only itself, with `cluster: null`, when it runs alone). Nodes hold no workspace's data,
+/// so every admin sees them all.
+pub async fn nodes(State(app): State<AppState>, Admin(_): Admin) -> Json<Value> {
+    match &app.cluster {
+        Some(cluster) => Json(json!({
+            "cluster": cluster.settings().name,
+            "nodes": cluster.nodes(),
+        })),
+        None => Json(json!({ "cluster": null, "nodes": [] })),
+    }
+}
+
 /// `POST /api/v1/admin/rooms/{doc}/compact`: compacts a document now.
 pub async fn compact(
     State(app): State<AppState>,

@@ -40,6 +40,10 @@ pub fn router(state: AppState) -> Router {
             labelled("admin_kick", delete(admin::kick)),
         )
         .route(
+            "/api/v1/admin/nodes",
+            labelled("admin_nodes", get(admin::nodes)),
+        )
+        .route(
             "/api/v1/admin/rooms",
             labelled("admin_rooms", get(admin::rooms)),
         )

@@ -35,6 +35,8 @@ pub struct AppState {
     pub client_errors: Arc<ClientErrorLimit>,
     /// The readiness check's last look at the store.
     pub storage_probe: Arc<StorageProbe>,
+    /// This node's membership of a cluster, when it is in one.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Connection tasks, awaited at shutdown.
     pub tasks: TaskTracker,
     /// Cancelled when shutdown starts.

@@ -4,10 +4,12 @@
 //! Node.js runner ([`node`]).
 
 pub mod backing;
+pub mod cluster;
 pub mod dash;
 pub mod node;
 pub mod postgres;
 pub mod process;
+pub mod redis;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -24,6 +26,13 @@ use yrs::{Doc, GetString, Text, Transact, Update};
 pub use backing::Backing;
 pub use dash::Dash;
 pub use node::node;
+
+/// Nanoseconds since the Unix epoch, for names no other run uses.
+pub fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
 
 /// How long a test waits for anything before failing.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -126,7 +135,7 @@ pub async fn spawn_on_sled(tweak: impl FnOnce(&mut Config)) -> TestApp {
     spawn_on(None, tweak).await
 }
 
-async fn spawn_on(
+pub(crate) async fn spawn_on(
     database: Option<std::sync::Arc<tandem_storage::pg::testing::TempDatabase>>,
     tweak: impl FnOnce(&mut Config),
 ) -> TestApp {

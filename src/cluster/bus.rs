@@ -1,0 +1,385 @@
+//! The documents over Redis: [`Cluster`] as the rooms' [`RoomBus`], the ordered subscriptions,
+//! the publisher that waits for each update's group commit, the receiver of other nodes'
+//! messages, and the repairs of rooms from PostgreSQL.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use redis::{PushInfo, PushKind, Value};
+use tandem_crdt::PeerId;
+use tandem_storage::Seq;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::wire::{DocBody, DocMessage};
+use super::{Cluster, ClusterError};
+use crate::docname::DocName;
+use crate::docs::{Remote, RoomBus};
+use crate::durability::{DurabilityError, Ticket};
+
+/// A change of the node's subscriptions, applied in the order the rooms asked.
+pub(super) enum Subscription {
+    /// Subscribe, then say so.
+    Subscribe(Vec<u8>, oneshot::Sender<()>),
+    Unsubscribe(Vec<u8>),
+}
+
+/// Something to publish about a document.
+pub(super) enum Outgoing {
+    /// A local update, published once `ticket` is durable.
+    Update {
+        doc: DocName,
+        seq: u64,
+        update: Bytes,
+        ticket: Ticket,
+    },
+    /// Awareness or a departure, published in order with the updates.
+    Now { doc: DocName, body: DocBody },
+}
+
+/// Most messages one publish round sends (in one pipeline).
+const PUBLISH_BATCH: usize = 512;
+
+/// How long a repair request waits for others about the same room, so a burst of them costs
+/// one read of the store.
+const REPAIR_COALESCE: Duration = Duration::from_millis(20);
+
+/// How long a document's last published update is remembered for the next one's `prev`: far
+/// longer than heartbeats take to announce it.
+const REMEMBER_PUBLISHED: Duration = Duration::from_secs(120);
+
+impl RoomBus for Cluster {
+    fn subscribe<'a>(&'a self, doc: &'a DocName) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let channel = self.doc_channel(doc.as_str());
+            self.wanted.insert(channel.clone());
+            let (done, subscribed) = oneshot::channel();
+            if self
+                .subscriptions
+                .send(Subscription::Subscribe(channel, done))
+                .is_ok()
+            {
+                // Without Redis the room still loads: it is repaired once Redis is back.
+                let _ = tokio::time::timeout(self.settings.timeout, subscribed).await;
+            }
+        })
+    }
+
+    fn unsubscribe(&self, doc: &DocName) {
+        let channel = self.doc_channel(doc.as_str());
+        self.wanted.remove(&channel);
+        let _ = self.subscriptions.send(Subscription::Unsubscribe(channel));
+    }
+
+    fn updated(&self, doc: &DocName, seq: Seq, update: Bytes, ticket: Ticket) {
+        let _ = self.outgoing.send(Outgoing::Update {
+            doc: doc.clone(),
+            seq: seq.0,
+            update,
+            ticket,
+        });
+    }
+
+    fn awareness(&self, doc: &DocName, peer: PeerId, user: &str, frame: Bytes) {
+        let _ = self.outgoing.send(Outgoing::Now {
+            doc: doc.clone(),
+            body: DocBody::Awareness {
+                peer: peer.0,
+                user: user.to_owned(),
+                frame,
+            },
+        });
+    }
+
+    fn left(&self, doc: &DocName, peer: PeerId) {
+        let _ = self.outgoing.send(Outgoing::Now {
+            doc: doc.clone(),
+            body: DocBody::Left { peer: peer.0 },
+        });
+    }
+}
+
+impl Cluster {
+    /// The channel heartbeats go on.
+    pub(super) fn nodes_channel(&self) -> Vec<u8> {
+        self.key("nodes").into_bytes()
+    }
+
+    pub(super) async fn subscribe_nodes(&self) -> Result<(), ClusterError> {
+        let mut redis = self.redis.clone();
+        redis
+            .subscribe(self.nodes_channel())
+            .await
+            .map_err(ClusterError::Connect)
+    }
+
+    /// Applies subscription changes one at a time, in order.
+    pub(super) async fn subscribe_loop(
+        self: Arc<Self>,
+        mut changes: mpsc::UnboundedReceiver<Subscription>,
+        stop: CancellationToken,
+    ) {
+        let mut redis = self.redis.clone();
+        loop {
+            let change = tokio::select! {
+                _ = stop.cancelled() => return,
+                change = changes.recv() => change,
+            };
+            match change {
+                None => return,
+                Some(Subscription::Subscribe(channel, done)) => {
+                    let subscribed =
+                        tokio::time::timeout(self.settings.timeout, redis.subscribe(&channel))
+                            .await;
+                    if !matches!(subscribed, Ok(Ok(()))) {
+                        self.mark_down("a subscription failed");
+                    }
+                    let _ = done.send(());
+                }
+                Some(Subscription::Unsubscribe(channel)) => {
+                    // A room of the document loaded again meanwhile keeps its subscription.
+                    if !self.wanted.contains(&channel) {
+                        let _ = tokio::time::timeout(
+                            self.settings.timeout,
+                            redis.unsubscribe(&channel),
+                        )
+                        .await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publishes what the rooms queued, in order, each update once its group commit is done.
+    pub(super) async fn publish_loop(
+        self: Arc<Self>,
+        mut queued: mpsc::UnboundedReceiver<Outgoing>,
+        stop: CancellationToken,
+    ) {
+        let mut redis = self.redis.clone();
+        let mut batch = Vec::new();
+        loop {
+            let first = tokio::select! {
+                _ = stop.cancelled() => return,
+                first = queued.recv() => first,
+            };
+            let Some(first) = first else { return };
+            batch.push(first);
+            while batch.len() < PUBLISH_BATCH {
+                match queued.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            let newest = batch
+                .iter()
+                .filter_map(|item| match item {
+                    Outgoing::Update { ticket, .. } => Some(*ticket),
+                    Outgoing::Now { .. } => None,
+                })
+                .max();
+            if let Some(ticket) = newest {
+                // Only what is committed is announced; a commit that takes long (PostgreSQL
+                // down) holds everything behind it, in order.
+                loop {
+                    match self.durability.wait(ticket, self.settings.timeout).await {
+                        Ok(()) => break,
+                        Err(DurabilityError::Timeout(_)) if !stop.is_cancelled() => continue,
+                        Err(_) => return,
+                    }
+                }
+            }
+            let mut pipe = redis::pipe();
+            let count = batch.len();
+            for item in batch.drain(..) {
+                let (doc, body) = self.message_of(item);
+                let message = DocMessage {
+                    origin: self.settings.origin,
+                    body,
+                };
+                pipe.cmd("PUBLISH")
+                    .arg(self.doc_channel(doc.as_str()))
+                    .arg(message.encode().as_ref())
+                    .ignore();
+            }
+            if self.redis_down.load(Ordering::Acquire) {
+                // Lost, as Redis may lose anything: once it is back, every node repairs.
+                continue;
+            }
+            let sent =
+                tokio::time::timeout(self.settings.timeout, pipe.query_async::<()>(&mut redis))
+                    .await;
+            match sent {
+                Ok(Ok(())) => crate::metrics::get().bus_out.increment(count as u64),
+                Ok(Err(err)) => {
+                    tracing::warn!(error = %err, "publishing on the bus failed");
+                    self.mark_down("publishing failed");
+                }
+                Err(_) => self.mark_down("publishing timed out"),
+            }
+        }
+    }
+
+    /// The document and body of a queued item; an update gets its `prev` and is remembered
+    /// for the next heartbeat.
+    fn message_of(&self, item: Outgoing) -> (DocName, DocBody) {
+        match item {
+            Outgoing::Now { doc, body } => (doc, body),
+            Outgoing::Update {
+                doc, seq, update, ..
+            } => {
+                let now = tokio::time::Instant::now();
+                let prev = {
+                    let mut last = self
+                        .last_published
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    if last.len() > 4096 {
+                        last.retain(|_, (_, at)| now.duration_since(*at) < REMEMBER_PUBLISHED);
+                    }
+                    last.insert(doc.clone(), (seq, now))
+                        .map_or(0, |(prev, _)| prev)
+                };
+                self.announce
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(doc.as_str().to_owned(), seq);
+                (doc, DocBody::Update { seq, prev, update })
+            }
+        }
+    }
+
+    /// Hands what Redis pushes to the rooms and the nodes' view, in order.
+    pub(super) async fn receive(
+        self: Arc<Self>,
+        mut pushed: mpsc::UnboundedReceiver<PushInfo>,
+        stop: CancellationToken,
+    ) {
+        loop {
+            let push = tokio::select! {
+                _ = stop.cancelled() => return,
+                push = pushed.recv() => push,
+            };
+            let Some(push) = push else { return };
+            match push.kind {
+                PushKind::Disconnection => self.mark_down("the connection to Redis closed"),
+                PushKind::Message => {
+                    let mut data = push.data.into_iter();
+                    let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+                        (data.next(), data.next())
+                    else {
+                        continue;
+                    };
+                    crate::metrics::get().bus_in.increment(1);
+                    if channel == self.nodes_channel() {
+                        self.on_heartbeat(&payload);
+                    } else if let Some(doc) = self.doc_of_channel(&channel) {
+                        self.on_doc_message(doc, payload);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn on_doc_message(self: &Arc<Self>, doc: &str, payload: Vec<u8>) {
+        let Ok(name) = DocName::parse(doc) else {
+            return;
+        };
+        let message = match DocMessage::decode(Bytes::from(payload)) {
+            Ok(message) => message,
+            Err(err) => {
+                tracing::warn!(doc, error = %err, "an unreadable message on the bus");
+                return;
+            }
+        };
+        let origin = message.origin;
+        if origin == self.settings.origin {
+            return;
+        }
+        let Some(rooms) = self.rooms() else { return };
+        match message.body {
+            DocBody::Update { seq, prev, update } => {
+                if rooms.remote_update(&name, origin, seq, prev, &update) == Remote::Gap {
+                    tracing::debug!(doc = %name, origin, seq, prev, "a gap in a node's updates");
+                    self.schedule_repair(name);
+                }
+            }
+            DocBody::Awareness { peer, user, frame } => {
+                rooms.remote_awareness(&name, origin, peer, &user, frame);
+            }
+            DocBody::Left { peer } => rooms.remote_left(&name, origin, peer),
+        }
+    }
+
+    /// Repairs the room of `name` from the store soon (requests meanwhile share the repair).
+    pub(super) fn schedule_repair(self: &Arc<Self>, name: DocName) {
+        if !self.repairs.insert(name.clone()) {
+            return;
+        }
+        let this = Arc::clone(self);
+        self.tasks.spawn(async move {
+            tokio::time::sleep(REPAIR_COALESCE).await;
+            this.repairs.remove(&name);
+            let Some(rooms) = this.rooms() else { return };
+            let started = std::time::Instant::now();
+            match rooms.repair(&name).await {
+                Ok(changed) => {
+                    let metrics = crate::metrics::get();
+                    metrics.gaps_repaired.increment(1);
+                    metrics.repair.record(crate::metrics::secs(started.elapsed()));
+                    tracing::debug!(doc = %name, changed, elapsed = ?started.elapsed(), "room repaired from the store");
+                }
+                Err(err) => {
+                    tracing::warn!(doc = %name, error = %err, "repairing a room failed; retrying");
+                    tokio::time::sleep(this.settings.timeout).await;
+                    this.schedule_repair(name);
+                }
+            }
+        });
+    }
+
+    /// Repairs every loaded room (a node died, Redis came back, a heartbeat was lost).
+    pub(super) fn repair_all(self: &Arc<Self>, why: &str) {
+        let Some(rooms) = self.rooms() else { return };
+        let names = rooms.loaded_names();
+        tracing::info!(
+            rooms = names.len(),
+            why,
+            "repairing every loaded room from the store"
+        );
+        for name in names {
+            self.schedule_repair(name);
+        }
+    }
+
+    /// Notes that Redis is unreachable.
+    pub(super) fn mark_down(&self, why: &str) {
+        if !self.redis_down.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                why,
+                "lost Redis: publishing stops until it is back, then every room is repaired"
+            );
+        }
+    }
+
+    /// Redis answered again: subscribe to everything wanted (again), then repair every room,
+    /// which covers whatever was published meanwhile.
+    pub(super) async fn recovered(self: &Arc<Self>) {
+        let mut redis = self.redis.clone();
+        let mut channels: Vec<Vec<u8>> = self.wanted.iter().map(|c| c.key().clone()).collect();
+        channels.push(self.nodes_channel());
+        for channel in channels {
+            if let Err(err) = redis.subscribe(&channel).await {
+                tracing::warn!(error = %err, "subscribing again failed");
+                self.mark_down("subscribing again failed");
+                return;
+            }
+        }
+        tracing::info!("Redis is back");
+        self.repair_all("Redis reconnected");
+    }
+}

@@ -1,0 +1,452 @@
+//! Cluster mode: nodes sharing one PostgreSQL database and one Redis, each test with a
+//! database and a cluster name of its own. Nodes run in this process, or as processes where a
+//! test kills one; the Redis that a test stops is a private `redis-server`.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::cluster;
+use crate::support::{text_update, Served, TestApp, TIMEOUT};
+
+/// Waits until `check` holds for every client.
+async fn all_see(
+    clients: &[&tandem_sync::client::Client],
+    what: &'static str,
+    check: impl Fn(&tandem_sync::client::Client) -> bool + Copy,
+) {
+    for client in clients {
+        client
+            .wait_for(what, TIMEOUT, check)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
+}
+
+async fn post_update(node: &TestApp, doc: &str, update: Vec<u8>) -> u16 {
+    reqwest::Client::new()
+        .post(node.http_url(&format!("/api/v1/docs/{doc}/update")))
+        .body(update)
+        .send()
+        .await
+        .expect("post")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn clients_spread_over_three_nodes_converge() {
+    let (_db, nodes) = cluster::start(3, |_| {}).await;
+    let clients = [
+        nodes[0].join_as("acme/q1", 1).await,
+        nodes[1].join_as("acme/q1", 2).await,
+        nodes[2].join_as("acme/q1", 3).await,
+    ];
+    // Everyone types at once, on their own node.
+    for round in 0..20 {
+        for (i, client) in clients.iter().enumerate() {
+            client.push_text("t", &format!("<{i}:{round}>"));
+        }
+    }
+    let refs: Vec<_> = clients.iter().collect();
+    all_see(&refs, "sixty edits", |c| {
+        c.text("t").matches('<').count() == 60
+    })
+    .await;
+    let texts: Vec<String> = clients.iter().map(|c| c.text("t")).collect();
+    assert!(texts.iter().all(|t| *t == texts[0]), "{texts:?}");
+}
+
+#[tokio::test]
+async fn a_client_joining_on_another_node_gets_everything_acknowledged_in_its_first_sync() {
+    let (_db, nodes) = cluster::start(2, |_| {}).await;
+    // Acknowledged on node 0: committed in PostgreSQL.
+    assert_eq!(
+        post_update(&nodes[0], "acme/cold", text_update(5, "from node 0")).await,
+        200
+    );
+    let writer = nodes[0].join_as("acme/cold", 6).await;
+    writer.push_text("t", "+live");
+    let reader = nodes[0].join("acme/cold").await;
+    reader
+        .wait_for("the live edit", TIMEOUT, |c| c.text("t").contains("+live"))
+        .await
+        .unwrap();
+    // An HTTP write waits for its group commit, which covers the live edit before it.
+    assert_eq!(
+        post_update(&nodes[0], "acme/other", text_update(7, "x")).await,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Node 1 never had the document: its first step 2 holds all of it.
+    let joiner = nodes[1].join("acme/cold").await;
+    let text = joiner.text("t");
+    assert!(
+        text.contains("from node 0") && text.contains("+live"),
+        "{text:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_http_write_on_one_node_reaches_clients_on_the_others_live() {
+    let (_db, nodes) = cluster::start(3, |_| {}).await;
+    let on_1 = nodes[1].join("acme/live").await;
+    let on_2 = nodes[2].join("acme/live").await;
+    assert_eq!(
+        post_update(&nodes[0], "acme/live", text_update(9, "over http")).await,
+        200
+    );
+    all_see(&[&on_1, &on_2], "the HTTP write", |c| {
+        c.text("t") == "over http"
+    })
+    .await;
+    // And HTTP reads on every node see it.
+    for node in &nodes {
+        let body = reqwest::get(node.http_url("/api/v1/docs/acme/live"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(crate::support::text_of_update(&body), "over http");
+    }
+}
+
+#[tokio::test]
+async fn awareness_crosses_nodes_and_goes_with_its_connection() {
+    let (_db, nodes) = cluster::start(2, |_| {}).await;
+    let ada = nodes[0].join_as("acme/aw", 41).await;
+    let bob = nodes[1].join_as("acme/aw", 42).await;
+    ada.set_awareness(r#"{"user":{"name":"Ada"}}"#).unwrap();
+    bob.set_awareness(r#"{"user":{"name":"Bob"}}"#).unwrap();
+    bob.wait_for("Ada's cursor", TIMEOUT, |c| {
+        c.awareness().get(&41).map(String::as_str) == Some(r#"{"user":{"name":"Ada"}}"#)
+    })
+    .await
+    .unwrap();
+    ada.wait_for("Bob's cursor", TIMEOUT, |c| c.awareness().contains_key(&42))
+        .await
+        .unwrap();
+    // Ada's state changes, then her connection closes: Bob sees both.
+    ada.set_awareness(r#"{"user":{"name":"Ada"},"cursor":7}"#)
+        .unwrap();
+    bob.wait_for("Ada's new cursor", TIMEOUT, |c| {
+        c.awareness()
+            .get(&41)
+            .is_some_and(|s| s.contains("\"cursor\":7"))
+    })
+    .await
+    .unwrap();
+    ada.close().await;
+    bob.wait_for("Ada gone", TIMEOUT, |c| !c.awareness().contains_key(&41))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn rooms_unload_on_every_node_and_load_again_with_everything() {
+    let (_db, nodes) = cluster::start(2, |c| c.room_grace_ms = 100).await;
+    let a = nodes[0].join_as("acme/unload", 11).await;
+    let b = nodes[1].join_as("acme/unload", 12).await;
+    a.push_text("t", "a");
+    b.wait_for("a", TIMEOUT, |c| c.text("t") == "a")
+        .await
+        .unwrap();
+    b.close().await;
+    // Node 1's room unloads (and drops its subscription) while node 0 keeps writing.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let rooms = |node: &TestApp| {
+        let url = node.http_url("/api/v1/admin/rooms");
+        async move {
+            let listed: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+            listed["rooms"].as_array().map_or(0, Vec::len)
+        }
+    };
+    assert_eq!(rooms(&nodes[1]).await, 0);
+    a.push_text("t", "b");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let again = nodes[1].join("acme/unload").await;
+    again
+        .wait_for("both edits", TIMEOUT, |c| c.text("t") == "ab")
+        .await
+        .unwrap();
+    a.push_text("t", "c");
+    again
+        .wait_for("the edit after the reload", TIMEOUT, |c| {
+            c.text("t") == "abc"
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_admin_api_lists_the_live_nodes() {
+    let (_db, nodes) = cluster::start(3, |_| {}).await;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let listed: Value = reqwest::get(nodes[2].http_url("/api/v1/admin/nodes"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let ids: Vec<&str> = listed["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|n| n["node_id"].as_str())
+            .collect();
+        if ids == ["node-2", "node-0", "node-1"] {
+            assert!(listed["cluster"]
+                .as_str()
+                .unwrap()
+                .starts_with("tandem-test-"));
+            assert!(listed["nodes"][1]["addr"]
+                .as_str()
+                .unwrap()
+                .starts_with("127.0.0.1:"));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{listed}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_redis_restart_loses_nothing_and_rooms_reconverge_without_reconnecting() {
+    let mut redis = crate::support::redis::PrivateRedis::start();
+    let url = redis.url();
+    let database = std::sync::Arc::new(tandem_storage::pg::testing::TempDatabase::create().await);
+    let name = cluster::fresh_name();
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        nodes.push(
+            crate::support::spawn_on(Some(std::sync::Arc::clone(&database)), |config| {
+                cluster::join(config, &database, &url, &name);
+                config.node_id = Some(format!("node-{i}"));
+            })
+            .await,
+        );
+    }
+    let a = nodes[0].join_as("acme/bus", 21).await;
+    let b = nodes[1].join_as("acme/bus", 22).await;
+    a.push_text("t", "[before]");
+    b.wait_for("the first edit", TIMEOUT, |c| c.text("t") == "[before]")
+        .await
+        .unwrap();
+
+    redis.stop();
+    // Writes go on being acknowledged: PostgreSQL is up.
+    a.push_text("t", "[during]");
+    assert_eq!(
+        post_update(&nodes[0], "acme/bus", text_update(23, "[http]")).await,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    redis.resume();
+    // Node 1's room repairs itself from PostgreSQL once Redis is back; its client stays
+    // connected throughout.
+    b.wait_for("everything written while Redis was down", TIMEOUT, |c| {
+        let t = c.text("t");
+        t.contains("[during]") && t.contains("[http]")
+    })
+    .await
+    .unwrap();
+    assert!(b.close_info().is_none(), "{:?}", b.close_info());
+    // And the bus carries edits and awareness again.
+    a.push_text("t", "[after]");
+    a.set_awareness(r#"{"back":true}"#).unwrap();
+    b.wait_for("the edit and cursor after", TIMEOUT, |c| {
+        c.text("t").contains("[after]") && c.awareness().contains_key(&21)
+    })
+    .await
+    .unwrap();
+    assert_eq!(a.text("t"), b.text("t"));
+}
+
+#[tokio::test]
+async fn a_killed_node_s_clients_leave_the_others_and_its_acknowledged_writes_stay() {
+    use crate::support::process::ServerProcess;
+    use crate::support::Backing;
+    let backing = Backing::postgres().await;
+    let (redis, name) = (cluster::redis_url(), cluster::fresh_name());
+    let flags = |id: &'static str| {
+        vec![
+            "--redis-url".to_owned(),
+            redis.clone(),
+            "--cluster-name".to_owned(),
+            name.clone(),
+            "--node-ttl-ms".to_owned(),
+            "1500".to_owned(),
+            "--node-id".to_owned(),
+            id.to_owned(),
+        ]
+    };
+    let args_a = flags("doomed");
+    let args_b = flags("survivor");
+    let doomed = ServerProcess::start(
+        &backing,
+        &args_a.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let survivor = ServerProcess::start(
+        &backing,
+        &args_b.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let ada = tandem_sync::client::Client::connect_with(
+        &doomed.ws_url("acme/kill"),
+        tandem_sync::client::ClientOptions {
+            client_id: Some(31),
+        },
+    )
+    .await
+    .unwrap();
+    ada.synced(TIMEOUT).await.unwrap();
+    let bob = tandem_sync::client::Client::connect(&survivor.ws_url("acme/kill"))
+        .await
+        .unwrap();
+    bob.synced(TIMEOUT).await.unwrap();
+    ada.set_awareness(r#"{"user":{"name":"Ada"}}"#).unwrap();
+    bob.wait_for("Ada's cursor", TIMEOUT, |c| c.awareness().contains_key(&31))
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    for i in 0..10 {
+        assert!(
+            doomed
+                .post(&http, "acme/kill", text_update(100 + i, &format!("[{i}]")))
+                .await
+        );
+    }
+    doomed.kill();
+    // Within the node TTL (1.5 s) and a heartbeat, the survivor drops Ada and holds every
+    // acknowledged write.
+    bob.wait_for("Ada gone with her node", TIMEOUT, |c| {
+        !c.awareness().contains_key(&31)
+    })
+    .await
+    .unwrap();
+    bob.wait_for("every acknowledged write", TIMEOUT, |c| {
+        let t = c.text("t");
+        (0..10).all(|i| t.contains(&format!("[{i}]")))
+    })
+    .await
+    .unwrap();
+    let listed: Value = reqwest::get(survivor.http_url("/api/v1/admin/nodes"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = listed["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["node_id"].as_str())
+        .collect();
+    assert_eq!(ids, ["survivor"], "{listed}");
+}
+
+/// Publishes `payload` on `channel` of the test's Redis.
+async fn publish_raw(channel: String, payload: Vec<u8>) {
+    let client = redis::Client::open(cluster::redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(payload)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// Commits `update` of `doc` in the cluster's database as node `origin`'s `seq`, as a node
+/// whose message about it was then lost.
+async fn commit_behind_the_bus(
+    database: &tandem_storage::pg::testing::TempDatabase,
+    doc: &str,
+    origin: i64,
+    seq: i64,
+    update: Vec<u8>,
+) {
+    let (client, connection) = tokio_postgres::connect(database.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .execute(
+            "INSERT INTO doc_updates (doc, origin, seq, body) VALUES ($1, $2, $3, $4)",
+            &[&doc, &origin, &seq, &update],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_lost_update_is_repaired_from_postgres_on_the_next_message_or_heartbeat() {
+    use tandem::cluster::wire::{DocBody, DocMessage, Heartbeat, NodeInfo};
+    let (database, nodes) = cluster::start(1, |_| {}).await;
+    let name = {
+        let listed: Value = reqwest::get(nodes[0].http_url("/api/v1/admin/nodes"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        listed["cluster"].as_str().unwrap().to_owned()
+    };
+    let reader = nodes[0].join("acme/lost").await;
+    // A node (origin 77) commits update 1, whose message is lost, then publishes update 2
+    // naming 1 as its predecessor: the gap sends the room to PostgreSQL.
+    let writer = yrs::Doc::with_client_id(77);
+    let text = writer.get_or_insert_text("t");
+    let edit = |s: &str| {
+        use yrs::{Text, Transact};
+        let mut txn = writer.transact_mut();
+        let len = text.len(&txn);
+        text.insert(&mut txn, len, s);
+        txn.encode_update_v1()
+    };
+    let (first, second, third) = (edit("one "), edit("two "), edit("three"));
+    commit_behind_the_bus(&database, "acme/lost", 77, 1, first).await;
+    commit_behind_the_bus(&database, "acme/lost", 77, 2, second.clone()).await;
+    let message = DocMessage {
+        origin: 77,
+        body: DocBody::Update {
+            seq: 2,
+            prev: 1,
+            update: second.into(),
+        },
+    };
+    publish_raw(format!("{name}:doc:acme/lost"), message.encode().to_vec()).await;
+    reader
+        .wait_for("the lost update, repaired", TIMEOUT, |c| {
+            c.text("t") == "one two "
+        })
+        .await
+        .unwrap();
+
+    // Its update 3 is committed and its message lost too: its heartbeat names it.
+    commit_behind_the_bus(&database, "acme/lost", 77, 3, third).await;
+    let heartbeat = Heartbeat {
+        node: NodeInfo {
+            node_id: "ghost".into(),
+            origin: 77,
+            addr: "127.0.0.1:1".into(),
+            started_at: "2026-12-07T00:00:00Z".into(),
+        },
+        beat: 1,
+        published: vec![("acme/lost".into(), 3)],
+        leaving: false,
+    };
+    publish_raw(
+        format!("{name}:nodes"),
+        serde_json::to_vec(&heartbeat).unwrap(),
+    )
+    .await;
+    reader
+        .wait_for("the last update, repaired", TIMEOUT, |c| {
+            c.text("t") == "one two three"
+        })
+        .await
+        .unwrap();
+}
