@@ -141,11 +141,13 @@ pub async fn serve_with_stores(
                 url.expose(),
                 settings,
                 &rooms,
+                &hub,
                 Arc::clone(&durability),
                 cluster_stop.clone(),
             )
             .await?;
             rooms.connect_bus(Arc::clone(&cluster) as Arc<dyn crate::docs::RoomBus>);
+            hub.connect_bus(Arc::clone(&cluster) as Arc<dyn crate::dashboard::HubBus>);
             Some(cluster)
         }
         None => None,

@@ -107,7 +107,7 @@ async fn postgres_stores(url: &str, config: &Config) -> Result<Stores, ServeErro
     let store = PgStore::connect(url, options)
         .await
         .map_err(ServeError::Database)?;
-    let events = store.events().await.map_err(ServeError::Database)?;
+    let events = store.events();
     tracing::info!(
         schema = tandem_storage::pg::SCHEMA_VERSION,
         origin = store.origin(),

@@ -10,11 +10,11 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use redis::{PushInfo, PushKind, Value};
 use tandem_crdt::PeerId;
-use tandem_storage::Seq;
+use tandem_storage::{Seq, StoredEvent};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::wire::{DocBody, DocMessage};
+use super::wire::{DocBody, DocMessage, EventMessage};
 use super::{Cluster, ClusterError};
 use crate::docname::DocName;
 use crate::docs::{Remote, RoomBus};
@@ -38,6 +38,11 @@ pub(super) enum Outgoing {
     },
     /// Awareness or a departure, published in order with the updates.
     Now { doc: DocName, body: DocBody },
+    /// A committed event of this node's, released here.
+    Event {
+        workspace: String,
+        event: StoredEvent,
+    },
 }
 
 /// Most messages one publish round sends (in one pipeline).
@@ -178,7 +183,7 @@ impl Cluster {
                 .iter()
                 .filter_map(|item| match item {
                     Outgoing::Update { ticket, .. } => Some(*ticket),
-                    Outgoing::Now { .. } => None,
+                    Outgoing::Now { .. } | Outgoing::Event { .. } => None,
                 })
                 .max();
             if let Some(ticket) = newest {
@@ -195,14 +200,10 @@ impl Cluster {
             let mut pipe = redis::pipe();
             let count = batch.len();
             for item in batch.drain(..) {
-                let (doc, body) = self.message_of(item);
-                let message = DocMessage {
-                    origin: self.settings.origin,
-                    body,
-                };
+                let (channel, payload) = self.message_of(item);
                 pipe.cmd("PUBLISH")
-                    .arg(self.doc_channel(doc.as_str()))
-                    .arg(message.encode().as_ref())
+                    .arg(channel)
+                    .arg(payload.as_ref())
                     .ignore();
             }
             if self.redis_down.load(Ordering::Acquire) {
@@ -223,10 +224,20 @@ impl Cluster {
         }
     }
 
-    /// The document and body of a queued item; an update gets its `prev` and is remembered
-    /// for the next heartbeat.
-    fn message_of(&self, item: Outgoing) -> (DocName, DocBody) {
-        match item {
+    /// The channel and message of a queued item; an update gets its `prev` and is
+    /// remembered for the next heartbeat.
+    fn message_of(&self, item: Outgoing) -> (Vec<u8>, Bytes) {
+        let origin = self.settings.origin;
+        let (doc, body) = match item {
+            Outgoing::Event { workspace, event } => {
+                let message = EventMessage {
+                    origin,
+                    id: event.id,
+                    at_ms: event.at_ms,
+                    body: Bytes::from(event.body),
+                };
+                return (self.events_channel(&workspace), message.encode());
+            }
             Outgoing::Now { doc, body } => (doc, body),
             Outgoing::Update {
                 doc, seq, update, ..
@@ -249,7 +260,9 @@ impl Cluster {
                     .insert(doc.as_str().to_owned(), seq);
                 (doc, DocBody::Update { seq, prev, update })
             }
-        }
+        };
+        let message = DocMessage { origin, body };
+        (self.doc_channel(doc.as_str()), message.encode())
     }
 
     /// Hands what Redis pushes to the rooms and the nodes' view, in order.
@@ -278,6 +291,8 @@ impl Cluster {
                         self.on_heartbeat(&payload);
                     } else if let Some(doc) = self.doc_of_channel(&channel) {
                         self.on_doc_message(doc, payload);
+                    } else if let Some(workspace) = self.workspace_of_channel(&channel) {
+                        self.on_event(workspace, payload);
                     }
                 }
                 _ => {}

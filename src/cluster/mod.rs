@@ -7,6 +7,9 @@
 //!   document's channel before a room loads, publishing each update once it is committed, and
 //!   each peer's awareness and departure), the receiver that hands other nodes' messages to the
 //!   rooms, and the repairs from PostgreSQL;
+//! - `events`: the dashboard's events over Redis: [`Cluster`] is the hub's `HubBus` (each
+//!   released event of this node's goes to the others, which release it in id order), and the
+//!   checks that backfill from PostgreSQL what a lost message left out;
 //! - `nodes`: heartbeats, the live nodes, the death of one.
 //!
 //! Redis is a bus that may lose messages, never the store: a write is acknowledged once
@@ -17,6 +20,7 @@
 //! from PostgreSQL.
 
 mod bus;
+mod events;
 mod nodes;
 pub mod wire;
 
@@ -32,6 +36,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::dashboard::Hub;
 use crate::docname::DocName;
 use crate::docs::Rooms;
 use crate::durability::Durability;
@@ -71,6 +76,7 @@ pub struct Cluster {
     info: NodeInfo,
     redis: ConnectionManager,
     rooms: Weak<Rooms>,
+    hub: Weak<Hub>,
     durability: Arc<Durability>,
     /// Subscriptions, in the order the rooms ask for them.
     subscriptions: mpsc::UnboundedSender<bus::Subscription>,
@@ -104,6 +110,7 @@ impl Cluster {
         url: &str,
         settings: ClusterSettings,
         rooms: &Arc<Rooms>,
+        hub: &Arc<Hub>,
         durability: Arc<Durability>,
         stop: CancellationToken,
     ) -> Result<Arc<Cluster>, ClusterError> {
@@ -140,6 +147,7 @@ impl Cluster {
             info,
             redis,
             rooms: Arc::downgrade(rooms),
+            hub: Arc::downgrade(hub),
             durability,
             subscriptions: sub_tx,
             wanted: DashSet::new(),
@@ -157,6 +165,7 @@ impl Cluster {
         tasks.spawn(Arc::clone(&cluster).receive(push_rx, stop.clone()));
         tasks.spawn(Arc::clone(&cluster).subscribe_loop(sub_rx, stop.clone()));
         tasks.spawn(Arc::clone(&cluster).publish_loop(out_rx, stop.clone()));
+        tasks.spawn(Arc::clone(&cluster).event_checks(stop.clone()));
         tasks.spawn(Arc::clone(&cluster).heartbeat_loop(stop));
         tracing::info!(
             node = %cluster.settings.node_id,
@@ -206,5 +215,24 @@ impl Cluster {
 
     fn rooms(&self) -> Option<Arc<Rooms>> {
         self.rooms.upgrade()
+    }
+
+    fn hub(&self) -> Option<Arc<Hub>> {
+        self.hub.upgrade()
+    }
+
+    /// The channel of `workspace`'s events.
+    fn events_channel(&self, workspace: &str) -> Vec<u8> {
+        let mut channel = self.key("events:").into_bytes();
+        channel.extend_from_slice(workspace.as_bytes());
+        channel
+    }
+
+    /// The workspace a channel carries the events of, if it is one of this cluster's.
+    fn workspace_of_channel<'a>(&self, channel: &'a [u8]) -> Option<&'a str> {
+        let prefix = self.key("events:");
+        channel
+            .strip_prefix(prefix.as_bytes())
+            .and_then(|name| std::str::from_utf8(name).ok())
     }
 }

@@ -130,6 +130,48 @@ impl DocMessage {
     }
 }
 
+/// A committed event of a workspace, from the node `origin` that published it (binary: the
+/// kind byte 4, the origin, the id, the time, then the event's JSON).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventMessage {
+    pub origin: i64,
+    pub id: u64,
+    pub at_ms: u64,
+    pub body: Bytes,
+}
+
+const KIND_EVENT: u8 = 4;
+
+impl EventMessage {
+    pub fn encode(&self) -> Bytes {
+        let mut buf = BytesMut::with_capacity(25 + self.body.len());
+        buf.put_u8(KIND_EVENT);
+        buf.put_i64(self.origin);
+        buf.put_u64(self.id);
+        buf.put_u64(self.at_ms);
+        buf.put_slice(&self.body);
+        buf.freeze()
+    }
+
+    /// # Errors
+    /// The bytes are not an event message.
+    pub fn decode(mut bytes: Bytes) -> Result<EventMessage, WireError> {
+        if bytes.remaining() < 25 {
+            return Err(WireError::Truncated);
+        }
+        let kind = bytes.get_u8();
+        if kind != KIND_EVENT {
+            return Err(WireError::Kind(kind));
+        }
+        Ok(EventMessage {
+            origin: bytes.get_i64(),
+            id: bytes.get_u64(),
+            at_ms: bytes.get_u64(),
+            body: bytes,
+        })
+    }
+}
+
 /// What each node says every third of the node TTL on the nodes' channel (and keeps in the
 /// nodes' sorted set): that it lives, and the last update it published of each document it
 /// wrote since its previous heartbeat, so a node that lost that update's message repairs.
@@ -189,6 +231,17 @@ mod tests {
         for message in messages {
             assert_eq!(DocMessage::decode(message.encode()), Ok(message));
         }
+        let event = EventMessage {
+            origin: 5,
+            id: 42,
+            at_ms: 1_700_000_000_000,
+            body: Bytes::from_static(br#"{"type":"alert"}"#),
+        };
+        assert_eq!(EventMessage::decode(event.encode()), Ok(event));
+        assert_eq!(
+            EventMessage::decode(Bytes::from_static(b"\x04\x00")),
+            Err(WireError::Truncated)
+        );
     }
 
     #[test]

@@ -236,7 +236,7 @@ impl Hub {
             Since::Resync { oldest } => oldest,
             Since::Events(events) => match events.first() {
                 Some(first) => first.id,
-                None => self.store.last_id(workspace)?.saturating_add(1),
+                None => self.store.last_id(workspace).await?.saturating_add(1),
             },
         })
     }

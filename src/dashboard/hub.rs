@@ -16,7 +16,7 @@ use futures_util::future::BoxFuture;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tandem_crdt::AwarenessChange;
-use tandem_storage::{EventStore, Retention, StateStore, StoreError};
+use tandem_storage::{EventStore, Retention, StateStore, StoreError, StoredEvent};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, OnceCell};
 use tokio::time::Instant;
@@ -83,6 +83,16 @@ impl HubSettings {
     }
 }
 
+/// The other servers of a cluster, as the hub sees them (`cluster::Cluster`): told of this
+/// server's released events, so the other nodes release them too.
+pub trait HubBus: Send + Sync + 'static {
+    /// `workspace` is about to load: whatever is published about it from now on must reach
+    /// this server (so nothing committed after its log is read is missed).
+    fn subscribe<'a>(&'a self, workspace: &'a str) -> BoxFuture<'a, ()>;
+    /// This server's committed event `event` of `workspace` was released here. Must only queue.
+    fn released(&self, workspace: &str, event: &StoredEvent);
+}
+
 /// Why a publication failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -106,6 +116,8 @@ pub struct Hub {
     rooms: OnceLock<Weak<Rooms>>,
     /// Cancelled at shutdown: long-polls answer at once.
     pub(super) closing: CancellationToken,
+    /// The other servers of the cluster, when there are any.
+    bus: OnceLock<Arc<dyn HubBus>>,
 }
 
 /// The scope of a workspace's user records in the state store.
@@ -134,7 +146,18 @@ impl Hub {
             settings,
             rooms: OnceLock::new(),
             closing: CancellationToken::new(),
+            bus: OnceLock::new(),
         }
+    }
+
+    /// Tells `bus` of this server's released events from now on (set once, before any
+    /// workspace is loaded).
+    pub fn connect_bus(&self, bus: Arc<dyn HubBus>) {
+        let _ = self.bus.set(bus);
+    }
+
+    pub(super) fn bus(&self) -> Option<&Arc<dyn HubBus>> {
+        self.bus.get()
     }
 
     /// Closes every dashboard connection with `reason` and answers every long-poll (shutdown).
@@ -159,12 +182,12 @@ impl Hub {
     }
 
     /// The workspace `name` if it is loaded.
-    fn loaded(&self, name: &str) -> Option<Arc<Workspace>> {
+    pub(super) fn loaded(&self, name: &str) -> Option<Arc<Workspace>> {
         self.workspaces.get(name)?.get().cloned()
     }
 
     /// The workspaces loaded so far.
-    fn all_loaded(&self) -> Vec<Arc<Workspace>> {
+    pub(super) fn all_loaded(&self) -> Vec<Arc<Workspace>> {
         self.workspaces
             .iter()
             .filter_map(|entry| entry.value().get().cloned())
@@ -191,7 +214,11 @@ impl Hub {
     }
 
     async fn load(&self, name: &str) -> Result<Arc<Workspace>, StoreError> {
-        let released = self.store.last_id(name)?;
+        if let Some(bus) = self.bus.get() {
+            // Before the log is read: an event committed after it is then heard of.
+            bus.subscribe(name).await;
+        }
+        let released = self.store.last_id(name).await?;
         let mut users = HashMap::new();
         for (user, bytes) in self.state.scan(&users_scope(name)).await? {
             let record: UserRecord = serde_json::from_slice(&bytes).unwrap_or_else(|err| {

@@ -4,26 +4,31 @@
 //! to the inboxes of the users it names, and (query lifecycle events) into the query's
 //! document.
 //!
-//! Ordering and durability: an event is appended, given its id and queued in `pending` under
-//! the workspace's lock, so `pending` is in id order. It goes out only once the group commit has
-//! made it durable, and whoever sees the commit first releases every durable event at the front
-//! of `pending`, in order. So every connection receives a workspace's events in id order, never
-//! one that a crash could still take back, and a reconnecting client's `since` is an exact
-//! resume point.
+//! Ordering and durability: an event is appended and queued in `pending` under the workspace's
+//! lock; the group commit that makes it durable also gives it its id (in the order of the
+//! appends). Whoever sees the commit first moves every durable event at the front of
+//! `pending` into `ready`, by id, with the events other nodes of a cluster committed (heard of
+//! over the bus, or read back from the log when a message was lost: [`Hub::backfill`]), and
+//! releases from `ready` exactly the next ids, one after the other. So every connection
+//! receives a workspace's events in id order, each once, never one that a crash could still
+//! take back, and a reconnecting client's `since` is an exact resume point.
 
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
 use tandem_crdt::Any;
-use tandem_storage::StoreError;
+use tandem_storage::{Since, StoreError, StoredEvent};
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
 use super::catalogue::{self, Event};
 use super::delivery::Delivered;
 use super::hub::{Hub, PublishError};
-use super::workspace::{Pending, State, Workspace};
+use super::workspace::{Pending, Ready, State, Workspace};
 use crate::durability::{DurabilityError, Ticket};
+
+/// Events one read of a backfill takes.
+const BACKFILL_PAGE: usize = 500;
 
 impl Hub {
     /// Appends `event` to `workspace`'s log and, once it is durable, sends it to every
@@ -40,11 +45,14 @@ impl Hub {
     ) -> Result<u64, PublishError> {
         let ws = self.workspace(workspace).await?;
         let status = event.query_status(workspace);
-        let (id, ticket) = {
+        let (slot, ticket) = {
             let mut st = ws.lock();
             self.append(&ws, &mut st, event)?
         };
         self.settle(&ws, ticket).await?;
+        let id = slot
+            .id()
+            .ok_or_else(|| StoreError::Task("a committed event has no id".into()))?;
         if let (Some((doc, mut entries)), Some(rooms)) = (status, self.rooms()) {
             // Every editor of the query sees its state without a refresh. The event is already
             // durable; a failure here is logged, not the publisher's problem.
@@ -59,13 +67,14 @@ impl Hub {
         Ok(id)
     }
 
-    /// Appends with the workspace locked: the id, the `pending` order and the badges agree.
+    /// Appends with the workspace locked: the `pending` order, the ids the commit gives and the
+    /// badges agree.
     fn append(
         &self,
         ws: &Workspace,
         st: &mut State,
         mut event: Event,
-    ) -> Result<(u64, Ticket), StoreError> {
+    ) -> Result<(tandem_storage::EventSlot, Ticket), StoreError> {
         let published = Instant::now();
         let now = OffsetDateTime::now_utc();
         event.fields.insert(
@@ -73,9 +82,8 @@ impl Hub {
             Value::String(crate::clock::rfc3339_exact(now)),
         );
         let body = Value::Object(std::mem::take(&mut event.fields)).to_string();
-        let id = self
-            .store
-            .append(&ws.name, crate::clock::unix_ms(now), body.as_bytes())?;
+        let at_ms = crate::clock::unix_ms(now);
+        let slot = self.store.append(&ws.name, at_ms, body.as_bytes())?;
         let badge_users = if event.kind == "new_chat_message" {
             serde_json::from_str::<Map<String, Value>>(&body)
                 .map(|fields| self.raise_badges(ws, st, &fields, &event.user_ids))
@@ -86,10 +94,14 @@ impl Hub {
         let ticket = self.durability.appended();
         st.pending.push_back(Pending {
             ticket,
-            event: Arc::new(Delivered::live(id, &event, &body, published)),
+            slot: slot.clone(),
+            event,
+            body,
+            at_ms,
+            published,
             badge_users,
         });
-        Ok((id, ticket))
+        Ok((slot, ticket))
     }
 
     /// Appends one of the server's own events; a failure is logged (the state it reports is
@@ -126,43 +138,204 @@ impl Hub {
         });
     }
 
-    /// Sends every durable event at the front of `pending`, in order.
+    /// Moves every durable event at the front of `pending` into `ready` and releases what is
+    /// next in id order.
     pub(super) fn release(&self, ws: &Workspace) {
         let durable = self.durability.durable();
         let mut st = ws.lock();
-        let mut last = None;
-        let mut inboxes = Vec::new();
         while st.pending.front().is_some_and(|p| p.ticket <= durable) {
             let Some(pending) = st.pending.pop_front() else {
                 break;
             };
-            st.fan_out(&pending.event);
-            for user in &pending.badge_users {
+            let Some(id) = pending.slot.id() else {
+                tracing::error!(workspace = %ws.name, "a committed event has no id; skipped");
+                continue;
+            };
+            let delivered = Delivered::live(id, &pending.event, &pending.body, pending.published);
+            st.ready.insert(
+                id,
+                Ready {
+                    event: Some(Arc::new(delivered)),
+                    badge_users: pending.badge_users,
+                    local: Some(StoredEvent {
+                        id,
+                        at_ms: pending.at_ms,
+                        body: pending.body.into_bytes(),
+                    }),
+                },
+            );
+        }
+        self.release_ready(ws, &mut st);
+    }
+
+    /// Takes in an event another node committed (heard over the bus, or read back from the
+    /// log) and releases what is next in id order.
+    pub fn remote_event(&self, workspace: &str, stored: &StoredEvent) {
+        let Some(ws) = self.loaded(workspace) else {
+            return;
+        };
+        let mut st = ws.lock();
+        self.take_in(&ws, &mut st, stored);
+        self.release_ready(&ws, &mut st);
+    }
+
+    /// Queues another node's `stored` in `ready` (raising the chat badges it raises here).
+    fn take_in(&self, ws: &Workspace, st: &mut State, stored: &StoredEvent) {
+        if stored.id <= st.released || st.ready.contains_key(&stored.id) {
+            return;
+        }
+        let Some(delivered) = Delivered::from_stored(stored) else {
+            tracing::warn!(workspace = %ws.name, id = stored.id, "an unreadable event from the log");
+            // Its id still counts, or everything after it would wait forever.
+            st.ready.insert(stored.id, Ready::skipped());
+            return;
+        };
+        let badge_users = match serde_json::from_slice::<Map<String, Value>>(&stored.body) {
+            Ok(fields)
+                if fields.get("type").and_then(Value::as_str) == Some("new_chat_message") =>
+            {
+                let user_ids = delivered.user_ids().to_vec();
+                self.raise_badges(ws, st, &fields, &user_ids)
+            }
+            _ => Vec::new(),
+        };
+        st.ready.insert(
+            stored.id,
+            Ready {
+                event: Some(Arc::new(delivered)),
+                badge_users,
+                local: None,
+            },
+        );
+    }
+
+    /// Releases the events of `ready` that come next, in id order, to every connection that
+    /// sees them, the inboxes of the users they name, and (this node's own) the other nodes.
+    fn release_ready(&self, ws: &Workspace, st: &mut State) {
+        let mut inboxes = Vec::new();
+        let mut released = None;
+        loop {
+            let next = st.released + 1;
+            let Some(ready) = st.ready.remove(&next) else {
+                break;
+            };
+            st.released = next;
+            released = Some(next);
+            let Some(event) = ready.event else { continue };
+            st.fan_out(&event);
+            for user in &ready.badge_users {
                 st.push_badges(user);
                 inboxes.push(user.clone());
             }
-            for user in pending.event.user_ids() {
+            for user in event.user_ids() {
                 if let Some(entry) = st.users.get_mut(user) {
-                    if pending.event.muted_by(entry.muted) {
+                    if event.muted_by(entry.muted) {
                         continue;
                     }
-                    entry.record.inbox.notify(pending.event.frame.as_str());
+                    entry.record.inbox.notify(event.frame.as_str());
                     let record = entry.record.clone();
                     self.save(ws, user, &record);
                     inboxes.push(user.clone());
                 }
             }
-            last = Some(pending.event.id);
+            if let (Some(local), Some(bus)) = (&ready.local, self.bus()) {
+                bus.released(&ws.name, local);
+            }
+        }
+        // Anything at or below what went out was already released (a backfill and the bus
+        // both brought it).
+        let upto = st.released;
+        st.ready.retain(|id, _| *id > upto);
+        if st.ready.is_empty() {
+            st.gap_since = None;
+        } else if st.gap_since.is_none() {
+            st.gap_since = Some(Instant::now());
         }
         inboxes.sort();
         inboxes.dedup();
         for user in inboxes {
-            self.sync_inbox(ws, &st, &user);
+            self.sync_inbox(ws, st, &user);
         }
-        if let Some(id) = last {
-            st.released = id;
+        if let Some(id) = released {
             ws.released.send_replace(id);
         }
+    }
+
+    /// Reads the events after the last released one from the log and releases them: what a
+    /// lost bus message, or a gap that lasted, left out. Returns how many it found.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub async fn backfill(&self, workspace: &str) -> Result<usize, StoreError> {
+        let Some(ws) = self.loaded(workspace) else {
+            return Ok(0);
+        };
+        let mut found = 0;
+        loop {
+            let after = ws.lock().released;
+            let events = match self.store.since(workspace, after, BACKFILL_PAGE).await? {
+                Since::Events(events) => events,
+                Since::Resync { oldest } => {
+                    // Retention dropped what this node never released: nobody can have it.
+                    let mut st = ws.lock();
+                    if st.released < oldest.saturating_sub(1) {
+                        tracing::warn!(
+                            workspace,
+                            released = st.released,
+                            oldest,
+                            "events dropped by retention before this node released them"
+                        );
+                        st.released = oldest.saturating_sub(1);
+                    }
+                    drop(st);
+                    continue;
+                }
+            };
+            let page = events.len();
+            let mut st = ws.lock();
+            for stored in &events {
+                self.take_in(&ws, &mut st, stored);
+            }
+            self.release_ready(&ws, &mut st);
+            found += page;
+            if page < BACKFILL_PAGE || st.released == after {
+                return Ok(found);
+            }
+        }
+    }
+
+    /// The loaded workspaces whose next event has been missing for longer than `wait` while
+    /// later ones are ready: a lost bus message, or a publisher still committing.
+    pub fn stalled(&self, wait: std::time::Duration) -> Vec<String> {
+        self.all_loaded()
+            .into_iter()
+            .filter(|ws| {
+                ws.lock()
+                    .gap_since
+                    .is_some_and(|since| since.elapsed() >= wait)
+            })
+            .map(|ws| ws.name.clone())
+            .collect()
+    }
+
+    /// The id of `workspace`'s newest committed event, by any node.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub async fn committed_id(&self, workspace: &str) -> Result<u64, StoreError> {
+        self.store.last_id(workspace).await
+    }
+
+    /// The loaded workspaces and the last event each released, for the check that catches a
+    /// lost last message.
+    pub fn released_ids(&self) -> Vec<(String, u64)> {
+        self.all_loaded()
+            .into_iter()
+            .map(|ws| {
+                let released = ws.lock().released;
+                (ws.name.clone(), released)
+            })
+            .collect()
     }
 
     /// Raises the unread count of `new_chat_message`'s session for its recipients: the users it

@@ -3,15 +3,14 @@
 //! which document. All of it sits behind one `std::sync::Mutex`, never held across an
 //! `.await`; the hub's methods take it, change the state, and queue messages with `try_send`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
-use super::catalogue::Channel;
-use super::catalogue::ChannelSet;
+use super::catalogue::{Channel, ChannelSet, Event};
 use super::delivery::{Delivered, Viewer};
 use super::editing::Editing;
 use super::inbox::Inbox;
@@ -21,6 +20,7 @@ use super::presence::UserPresence;
 use super::protocol::ServerFrame;
 use crate::durability::Ticket;
 use crate::net::{CloseReason, Closer, ConnId};
+use tandem_storage::{EventSlot, StoredEvent};
 
 /// What a dashboard connection's queue carries, for its writer.
 #[derive(Debug, Clone)]
@@ -33,12 +33,37 @@ pub enum Outgoing {
     Ping,
 }
 
-/// An event that was appended and is waiting for its group commit.
+/// An event that was appended and is waiting for its group commit (which gives its id).
 pub(super) struct Pending {
     pub(super) ticket: Ticket,
-    pub(super) event: Arc<Delivered>,
+    pub(super) slot: EventSlot,
+    /// Its type, channel and addressees (its fields are in `body`).
+    pub(super) event: Event,
+    pub(super) body: String,
+    pub(super) at_ms: u64,
+    pub(super) published: tokio::time::Instant,
     /// Users whose chat badges it raised.
     pub(super) badge_users: Vec<String>,
+}
+
+/// A committed event waiting for its turn: released once every id before it was.
+pub(super) struct Ready {
+    /// `None` for an id whose record could not be read (its turn passes, nothing is sent).
+    pub(super) event: Option<Arc<Delivered>>,
+    /// Users whose chat badges it raised.
+    pub(super) badge_users: Vec<String>,
+    /// This node's own events, as stored, for the other nodes.
+    pub(super) local: Option<StoredEvent>,
+}
+
+impl Ready {
+    pub(super) fn skipped() -> Ready {
+        Ready {
+            event: None,
+            badge_users: Vec::new(),
+            local: None,
+        }
+    }
 }
 
 /// One workspace's dashboard state.
@@ -51,8 +76,12 @@ pub struct Workspace {
 
 pub(super) struct State {
     pub(super) conns: HashMap<ConnId, Conn>,
-    /// Appended, not yet durable, in id order.
+    /// Appended, not yet durable, in the order of the appends.
     pub(super) pending: VecDeque<Pending>,
+    /// Committed, waiting for the ids before them, by id.
+    pub(super) ready: BTreeMap<u64, Ready>,
+    /// Since when `ready` has waited for a missing id.
+    pub(super) gap_since: Option<tokio::time::Instant>,
     /// The last event id released to subscribers.
     pub(super) released: u64,
     pub(super) users: HashMap<String, User>,
@@ -118,6 +147,8 @@ impl Workspace {
             state: Mutex::new(State {
                 conns: HashMap::new(),
                 pending: VecDeque::new(),
+                ready: BTreeMap::new(),
+                gap_since: None,
                 released,
                 users,
                 locks,

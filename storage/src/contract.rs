@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::{Compaction, DocStore, EventStore, Retention, Since, StateStore, StoredDoc};
+use crate::{Compaction, DocStore, EventSlot, EventStore, Retention, Since, StateStore, StoredDoc};
 
 /// The merge the contract's updates follow: an update is a `+`-separated set of tokens, and
 /// merging takes their union (in order). For a backend that folds updates itself
@@ -96,25 +96,26 @@ fn ids(since: Since) -> Vec<u64> {
     }
 }
 
-/// What every [`EventStore`] does: ids per workspace from 1, reads after and before an
-/// id, retention by count and age with a resync below what it dropped, and ids that never
-/// go back.
+/// What every [`EventStore`] does: ids per workspace from 1, known once committed, reads
+/// after and before an id, retention by count and age with a resync below what it dropped,
+/// and ids that never go back.
 pub async fn event_store(store: &dyn EventStore) {
     assert_eq!(
         ids(store.since("acme", 0, 10).await.unwrap()),
         Vec::<u64>::new()
     );
+    let mut slots = Vec::new();
     for n in 1..=5u64 {
-        assert_eq!(
-            store
-                .append("acme", n * 1000, format!("{{\"n\":{n}}}").as_bytes())
-                .unwrap(),
-            n
-        );
+        let body = format!("{{\"n\":{n}}}");
+        slots.push(store.append("acme", n * 1000, body.as_bytes()).unwrap());
     }
     // Ids are per workspace; workspaces whose names share a prefix stay apart.
-    assert_eq!(store.append("acme2", 1000, b"{}").unwrap(), 1);
+    let other = store.append("acme2", 1000, b"{}").unwrap();
     store.flush().await.unwrap();
+    // Known once committed, in the order of the appends.
+    let given: Vec<Option<u64>> = slots.iter().map(EventSlot::id).collect();
+    assert_eq!(given, [Some(1), Some(2), Some(3), Some(4), Some(5)]);
+    assert_eq!(other.id(), Some(1));
 
     assert_eq!(
         ids(store.since("acme", 0, 10).await.unwrap()),
@@ -132,8 +133,8 @@ pub async fn event_store(store: &dyn EventStore) {
     assert_eq!(latest[1].at_ms, 5000);
     let before = store.before("acme", 4, 2).await.unwrap();
     assert_eq!(before.iter().map(|e| e.id).collect::<Vec<_>>(), vec![2, 3]);
-    assert_eq!(store.last_id("acme").unwrap(), 5);
-    assert_eq!(store.last_id("nobody").unwrap(), 0);
+    assert_eq!(store.last_id("acme").await.unwrap(), 5);
+    assert_eq!(store.last_id("nobody").await.unwrap(), 0);
 
     // Count: keep 3 newest. Age: at 10_000 with 6_500 ms, events at <= 3_500 go.
     let removed = store
@@ -192,8 +193,10 @@ pub async fn event_store(store: &dyn EventStore) {
         )
         .await
         .unwrap();
-    assert_eq!(store.last_id("acme").unwrap(), 5);
-    assert_eq!(store.append("acme", 11_000, b"{}").unwrap(), 6);
+    assert_eq!(store.last_id("acme").await.unwrap(), 5);
+    let next = store.append("acme", 11_000, b"{}").unwrap();
+    store.flush().await.unwrap();
+    assert_eq!(next.id(), Some(6));
     assert_eq!(ids(store.since("acme", 5, 10).await.unwrap()), vec![6]);
 }
 

@@ -24,6 +24,31 @@ pub struct StoredEvent {
     pub body: Vec<u8>,
 }
 
+/// An appended event's id: known at once in a store that is its log's only writer (sled,
+/// memory), once the flush that commits it is done in one that shares its log (PostgreSQL,
+/// where ids are handed out in the commit, so every node's ids are one gap-free sequence).
+#[derive(Debug, Clone, Default)]
+pub struct EventSlot(Arc<std::sync::OnceLock<u64>>);
+
+impl EventSlot {
+    /// A slot whose id is known.
+    pub fn assigned(id: u64) -> EventSlot {
+        let slot = EventSlot::default();
+        slot.fill(id);
+        slot
+    }
+
+    /// The id, once it is known.
+    pub fn id(&self) -> Option<u64> {
+        self.0.get().copied()
+    }
+
+    /// Records the id (the first one given stays).
+    pub fn fill(&self, id: u64) {
+        let _ = self.0.set(id);
+    }
+}
+
 /// What a workspace's log holds after a given id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Since {
@@ -46,14 +71,16 @@ pub struct Retention {
 /// Event persistence. Object-safe, so the server holds an `Arc<dyn EventStore>`.
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
-    /// Appends `body` to `workspace`'s log and returns its id. Durable once a later
-    /// [`EventStore::flush`] returns.
+    /// Appends `body` to `workspace`'s log. Durable once a later [`EventStore::flush`]
+    /// returns, and its id known (in the returned slot) by then at the latest; ids of one
+    /// workspace are 1, 2, 3, … with no gap, in the order of the flushes, and of the appends
+    /// within one.
     ///
     /// # Errors
     /// The backend refused the write.
-    fn append(&self, workspace: &str, at_ms: u64, body: &[u8]) -> Result<u64, StoreError>;
+    fn append(&self, workspace: &str, at_ms: u64, body: &[u8]) -> Result<EventSlot, StoreError>;
 
-    /// Makes every appended event durable.
+    /// Makes every appended event durable, and its id known.
     ///
     /// # Errors
     /// The backend could not write or sync.
@@ -84,11 +111,12 @@ pub trait EventStore: Send + Sync + 'static {
         self.before(workspace, u64::MAX, limit).await
     }
 
-    /// The id of `workspace`'s newest event, 0 when it has none (retention does not lower it).
+    /// The id of `workspace`'s newest committed event, 0 when it has none (retention does not
+    /// lower it).
     ///
     /// # Errors
     /// The backend failed or a record is corrupt.
-    fn last_id(&self, workspace: &str) -> Result<u64, StoreError>;
+    async fn last_id(&self, workspace: &str) -> Result<u64, StoreError>;
 
     /// Drops what `retention` no longer keeps, as of `now_ms`; returns how many events went.
     ///
@@ -196,7 +224,7 @@ impl SledEventStore {
 
 #[async_trait]
 impl EventStore for SledEventStore {
-    fn append(&self, workspace: &str, at_ms: u64, body: &[u8]) -> Result<u64, StoreError> {
+    fn append(&self, workspace: &str, at_ms: u64, body: &[u8]) -> Result<EventSlot, StoreError> {
         let mut last_ids = self.last_ids();
         let last = match last_ids.get(workspace) {
             Some(last) => *last,
@@ -208,7 +236,7 @@ impl EventStore for SledEventStore {
         value.extend_from_slice(body);
         self.inner.events.insert(numbered(workspace, id), value)?;
         last_ids.insert(workspace.to_owned(), id);
-        Ok(id)
+        Ok(EventSlot::assigned(id))
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
@@ -262,7 +290,7 @@ impl EventStore for SledEventStore {
         .await
     }
 
-    fn last_id(&self, workspace: &str) -> Result<u64, StoreError> {
+    async fn last_id(&self, workspace: &str) -> Result<u64, StoreError> {
         let mut last_ids = self.last_ids();
         if let Some(last) = last_ids.get(workspace) {
             return Ok(*last);
@@ -353,12 +381,12 @@ impl MemoryLog {
 
 #[async_trait]
 impl EventStore for MemoryEventStore {
-    fn append(&self, workspace: &str, at_ms: u64, body: &[u8]) -> Result<u64, StoreError> {
+    fn append(&self, workspace: &str, at_ms: u64, body: &[u8]) -> Result<EventSlot, StoreError> {
         let mut logs = self.lock();
         let log = logs.entry(workspace.to_owned()).or_default();
         log.last_id += 1;
         log.events.insert(log.last_id, (at_ms, body.to_vec()));
-        Ok(log.last_id)
+        Ok(EventSlot::assigned(log.last_id))
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
@@ -404,7 +432,7 @@ impl EventStore for MemoryEventStore {
         Ok(events)
     }
 
-    fn last_id(&self, workspace: &str) -> Result<u64, StoreError> {
+    async fn last_id(&self, workspace: &str) -> Result<u64, StoreError> {
         Ok(self.lock().get(workspace).map_or(0, |log| log.last_id))
     }
 
@@ -450,8 +478,8 @@ mod tests {
         let store = crate::sled_store::tests::reopen(dir.path())
             .events()
             .unwrap();
-        assert_eq!(store.append("acme", 12_000, b"{}").unwrap(), 7);
-        assert_eq!(store.append("acme2", 12_000, b"{}").unwrap(), 2);
+        assert_eq!(store.append("acme", 12_000, b"{}").unwrap().id(), Some(7));
+        assert_eq!(store.append("acme2", 12_000, b"{}").unwrap().id(), Some(2));
         assert_eq!(store.latest("acme", 10).await.unwrap().len(), 2);
     }
 }

@@ -30,7 +30,9 @@ pub mod pg;
 mod sled_store;
 mod state;
 
-pub use events::{EventStore, MemoryEventStore, Retention, Since, SledEventStore, StoredEvent};
+pub use events::{
+    EventSlot, EventStore, MemoryEventStore, Retention, Since, SledEventStore, StoredEvent,
+};
 pub use memory::MemoryStore;
 pub use pg::{Merge, PgEventStore, PgOptions, PgStateStore, PgStore};
 pub use sled_store::{SledOptions, SledStore};

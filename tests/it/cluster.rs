@@ -450,3 +450,131 @@ async fn a_lost_update_is_repaired_from_postgres_on_the_next_message_or_heartbea
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn events_published_on_every_node_reach_every_subscriber_once_in_order() {
+    let (_db, nodes) = cluster::start(3, |_| {}).await;
+    let mut subscribers = Vec::new();
+    for node in &nodes {
+        let mut dash = node.dash("workspace=acme&user=watcher").await;
+        dash.subscribe(&["workflows"], None).await;
+        subscribers.push(dash);
+    }
+    // Ten publications on each node, all at once.
+    let http = reqwest::Client::new();
+    let mut posts = Vec::new();
+    for round in 0..10 {
+        for node in &nodes {
+            let request = http
+                .post(node.http_url("/api/v1/events?workspace=acme"))
+                .json(&serde_json::json!({"type":"workflow_triggered","workflow_id":format!("wf-{round}")}))
+                .send();
+            posts.push(tokio::spawn(request));
+        }
+    }
+    let mut acknowledged = Vec::new();
+    for post in posts {
+        let response = post.await.unwrap().unwrap();
+        assert_eq!(response.status(), 201);
+        let body: Value = response.json().await.unwrap();
+        acknowledged.push(body["id"].as_u64().unwrap());
+    }
+    acknowledged.sort_unstable();
+    acknowledged.dedup();
+    assert_eq!(acknowledged.len(), 30);
+    for (i, dash) in subscribers.iter_mut().enumerate() {
+        let mut ids = Vec::new();
+        while ids.len() < 30 {
+            let event = dash.next_of("workflow_triggered").await;
+            ids.push(event["id"].as_u64().unwrap());
+        }
+        assert_eq!(
+            ids, acknowledged,
+            "subscriber on node {i}: each once, in id order"
+        );
+        assert!(
+            dash.next_within(Duration::from_millis(300)).await.is_none(),
+            "nothing twice on node {i}"
+        );
+    }
+    // The ids of the whole log (the watchers' presence events among them) have no gap.
+    let mut late = nodes[2].dash("workspace=acme&user=late").await;
+    let everything: Vec<u64> = late
+        .subscribe(&["workflows", "presence"], Some(0))
+        .await
+        .iter()
+        .filter_map(|e| e["id"].as_u64())
+        .collect();
+    let last = *acknowledged.last().unwrap();
+    assert_eq!(
+        everything[..last as usize],
+        (1..=last).collect::<Vec<u64>>()
+    );
+    // A resume with `since` and a long-poll work on any node.
+    let mut resumed = nodes[0].dash("workspace=acme&user=resumed").await;
+    let replayed: Vec<u64> = resumed
+        .subscribe(&["workflows"], Some(acknowledged[19]))
+        .await
+        .iter()
+        .filter_map(|e| e["id"].as_u64())
+        .collect();
+    assert_eq!(replayed, acknowledged[20..]);
+    let page: Value = reqwest::get(nodes[1].http_url(&format!(
+        "/api/v1/events?workspace=acme&channels=workflows&since={}&timeout=1",
+        acknowledged[26]
+    )))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let polled: Vec<u64> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["id"].as_u64())
+        .collect();
+    assert_eq!(polled, acknowledged[27..]);
+}
+
+#[tokio::test]
+async fn a_lost_event_message_is_backfilled_from_postgres() {
+    let (database, nodes) = cluster::start(2, |_| {}).await;
+    let mut dash = nodes[1].dash("workspace=acme&user=watcher").await;
+    dash.subscribe(&["workflows"], None).await;
+    // An event committed by a node whose message was then lost: node 1 reads it from the
+    // log within about a second, with nothing else published.
+    let (client, connection) = tokio_postgres::connect(database.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let lost: i64 = client
+        .query_one(
+            r#"WITH bumped AS (
+                   INSERT INTO event_counters AS c (workspace, last_id) VALUES ('acme', 1)
+                   ON CONFLICT (workspace) DO UPDATE SET last_id = c.last_id + 1
+                   RETURNING last_id
+               )
+               INSERT INTO events (workspace, id, at_ms, body, origin, seq)
+               SELECT 'acme', last_id, 1, '{"type":"workflow_triggered","workflow_id":"lost"}', 99, 1
+               FROM bumped RETURNING id"#,
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let event = dash.next_of("workflow_triggered").await;
+    assert_eq!(event["id"].as_i64(), Some(lost));
+    assert_eq!(event["workflow_id"], "lost");
+    // The next one, published on node 0, follows in order.
+    let response = reqwest::Client::new()
+        .post(nodes[0].http_url("/api/v1/events?workspace=acme"))
+        .json(&serde_json::json!({"type":"workflow_triggered","workflow_id":"next"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let event = dash.next_of("workflow_triggered").await;
+    assert!(event["id"].as_i64() > Some(lost), "{event}");
+    assert_eq!(event["workflow_id"], "next");
+}

@@ -1,18 +1,20 @@
-//! The dashboard's event log in PostgreSQL.
+//! The dashboard's event log in PostgreSQL, which every node of a cluster appends to.
 //!
-//! Ids are handed out at `append` from each workspace's counter (read from `event_counters`
-//! when the store opens), and each flush writes the buffered events and raises the counters in
-//! one statement. Reads see this node's buffered events, as the trait wants. This node is then the only writer of the log: a cluster allocates ids in
-//! the commit instead.
+//! Ids are handed out in the commit: each flush is one statement that raises the counter row
+//! of every workspace it writes (`event_counters`, locked until the commit, so flushes of one
+//! workspace from any node take their ids one after the other, gap-free and in commit order)
+//! and inserts the events numbered below it. A retried flush whose first attempt did commit
+//! finds its events by (origin, seq) and takes their ids instead of new ones. A sequence would
+//! leave gaps; the counter row does not.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
 use super::{backend, big, no_nul, unsigned, Db};
-use crate::{EventStore, Retention, Since, StoreError, StoredEvent};
+use crate::{EventSlot, EventStore, Retention, Since, StoreError, StoredEvent};
 
 /// Events in PostgreSQL.
 #[derive(Clone)]
@@ -24,19 +26,15 @@ pub struct PgEventStore {
 /// One appended event not yet committed.
 struct Row {
     workspace: String,
-    id: u64,
     at_ms: u64,
     body: Vec<u8>,
     seq: u64,
+    slot: EventSlot,
 }
 
 #[derive(Default)]
 struct Buffer {
     pending: Vec<Row>,
-    /// Being written by the current flush.
-    inflight: Arc<Vec<Row>>,
-    /// Per workspace: the last id handed out.
-    last_ids: HashMap<String, u64>,
 }
 
 struct Inner {
@@ -46,19 +44,31 @@ struct Inner {
 }
 
 const INSERT_EVENTS: &str = "WITH batch AS (
-         SELECT * FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::bytea[], $6::bigint[])
-             AS b(workspace, id, at_ms, body, seq)
+         SELECT * FROM unnest($2::text[], $3::bigint[], $4::bytea[], $5::bigint[])
+             WITH ORDINALITY AS b(workspace, at_ms, body, seq, ord)
+     ), done AS (
+         SELECT e.seq, e.id FROM events e
+         WHERE e.origin = $1 AND e.seq IN (SELECT seq FROM batch)
+     ), fresh AS (
+         SELECT * FROM batch WHERE seq NOT IN (SELECT seq FROM done)
+     ), counts AS (
+         SELECT workspace, count(*) AS n FROM fresh GROUP BY workspace
+     ), bumped AS (
+         INSERT INTO event_counters AS c (workspace, last_id)
+         SELECT workspace, n FROM counts ORDER BY workspace
+         ON CONFLICT (workspace) DO UPDATE SET last_id = c.last_id + EXCLUDED.last_id
+         RETURNING c.workspace, c.last_id
+     ), numbered AS (
+         SELECT f.workspace, f.at_ms, f.body, f.seq,
+                b.last_id - n.n + row_number() OVER (PARTITION BY f.workspace ORDER BY f.ord) AS id
+         FROM fresh f JOIN bumped b USING (workspace) JOIN counts n USING (workspace)
      ), inserted AS (
          INSERT INTO events (workspace, id, at_ms, body, origin, seq)
-         SELECT workspace, id, at_ms, body, $1, seq FROM batch
-         ON CONFLICT (origin, seq) DO NOTHING
+         SELECT workspace, id, at_ms, body, $1, seq FROM numbered
+         RETURNING seq, id
      )
-     INSERT INTO event_counters (workspace, last_id)
-     SELECT workspace, max(id) FROM batch GROUP BY workspace
-     ON CONFLICT (workspace) DO UPDATE SET last_id = GREATEST(event_counters.last_id, EXCLUDED.last_id)";
+     SELECT seq, id FROM inserted UNION ALL SELECT seq, id FROM done";
 
-/// The floor and the events after an id, in one statement (one view of the log): a trim
-/// committing meanwhile is seen whole or not at all.
 const SINCE: &str = "SELECT f.floor, e.id, e.at_ms, e.body
      FROM (SELECT coalesce((SELECT floor FROM event_counters WHERE workspace = $1), 0) AS floor) f
      LEFT JOIN LATERAL (
@@ -93,92 +103,48 @@ fn event(row: &tokio_postgres::Row, first: usize) -> StoredEvent {
 }
 
 impl PgEventStore {
-    pub(super) async fn open(db: Db) -> Result<PgEventStore, StoreError> {
-        let rows = db
-            .run(|db| async move {
-                let client = db.client().await?;
-                client
-                    .query("SELECT workspace, last_id FROM event_counters", &[])
-                    .await
-                    .map_err(backend)
-            })
-            .await?;
-        let last_ids = rows
-            .iter()
-            .map(|r| (r.get::<_, String>(0), unsigned(r.get(1))))
-            .collect();
-        Ok(PgEventStore {
+    pub(super) fn new(db: Db) -> PgEventStore {
+        PgEventStore {
             db,
             inner: Arc::new(Inner {
-                buffer: Mutex::new(Buffer {
-                    last_ids,
-                    ..Buffer::default()
-                }),
+                buffer: Mutex::new(Buffer::default()),
                 next_seq: AtomicU64::new(0),
                 flushing: tokio::sync::Mutex::new(()),
             }),
-        })
+        }
     }
 
     fn buffer(&self) -> MutexGuard<'_, Buffer> {
         // Plain data, changed in single steps.
         self.inner.buffer.lock().unwrap_or_else(|p| p.into_inner())
     }
-
-    /// `committed` with this node's buffered events of `workspace` whose ids `keep` accepts,
-    /// in id order (an event being committed may be in both).
-    fn with_buffered(
-        &self,
-        workspace: &str,
-        committed: Vec<StoredEvent>,
-        keep: impl Fn(u64) -> bool,
-    ) -> Vec<StoredEvent> {
-        let mut all: BTreeMap<u64, StoredEvent> =
-            committed.into_iter().map(|e| (e.id, e)).collect();
-        let buffer = self.buffer();
-        for row in buffer.inflight.iter().chain(buffer.pending.iter()) {
-            if row.workspace == workspace && keep(row.id) {
-                all.entry(row.id).or_insert_with(|| StoredEvent {
-                    id: row.id,
-                    at_ms: row.at_ms,
-                    body: row.body.clone(),
-                });
-            }
-        }
-        all.into_values().collect()
-    }
 }
 
 #[async_trait]
 impl EventStore for PgEventStore {
-    fn append(&self, workspace: &str, at_ms: u64, body: &[u8]) -> Result<u64, StoreError> {
+    fn append(&self, workspace: &str, at_ms: u64, body: &[u8]) -> Result<EventSlot, StoreError> {
         no_nul("workspace", workspace)?;
+        let slot = EventSlot::default();
         let mut buffer = self.buffer();
-        let last = buffer.last_ids.entry(workspace.to_owned()).or_insert(0);
-        *last += 1;
-        let id = *last;
+        // Taken under the buffer's lock, so the buffer is in sequence order.
         let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed) + 1;
         buffer.pending.push(Row {
             workspace: workspace.to_owned(),
-            id,
             at_ms,
             body: body.to_vec(),
             seq,
+            slot: slot.clone(),
         });
-        Ok(id)
+        Ok(slot)
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
         let _one = self.inner.flushing.lock().await;
-        let batch = {
-            let mut buffer = self.buffer();
-            if buffer.pending.is_empty() {
-                return Ok(());
-            }
-            let rows = std::mem::take(&mut buffer.pending);
-            buffer.inflight = Arc::new(rows);
-            Arc::clone(&buffer.inflight)
-        };
+        let batch = std::mem::take(&mut self.buffer().pending);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let batch = Arc::new(batch);
         let written = self
             .db
             .run(|db| {
@@ -191,41 +157,50 @@ impl EventStore for PgEventStore {
                         .map_err(backend)?;
                     let workspaces: Vec<&str> =
                         batch.iter().map(|r| r.workspace.as_str()).collect();
-                    let ids: Vec<i64> = batch.iter().map(|r| big(r.id)).collect();
                     let times: Vec<i64> = batch.iter().map(|r| big(r.at_ms)).collect();
                     let bodies: Vec<&[u8]> = batch.iter().map(|r| r.body.as_slice()).collect();
                     let seqs: Vec<i64> = batch.iter().map(|r| big(r.seq)).collect();
-                    client
-                        .execute(
-                            &insert,
-                            &[&db.origin, &workspaces, &ids, &times, &bodies, &seqs],
-                        )
+                    let rows = client
+                        .query(&insert, &[&db.origin, &workspaces, &times, &bodies, &seqs])
                         .await
                         .map_err(backend)?;
-                    Ok(())
+                    Ok(rows
+                        .iter()
+                        .map(|r| (unsigned(r.get(0)), unsigned(r.get(1))))
+                        .collect::<HashMap<u64, u64>>())
                 }
             })
             .await;
-        let mut buffer = self.buffer();
-        let inflight = std::mem::take(&mut buffer.inflight);
-        if written.is_err() {
-            // Back in front, in order; (origin, seq) makes the retry idempotent.
-            let mut rows = Arc::try_unwrap(inflight).unwrap_or_else(|shared| {
-                shared
-                    .iter()
-                    .map(|r| Row {
-                        workspace: r.workspace.clone(),
-                        id: r.id,
-                        at_ms: r.at_ms,
-                        body: r.body.clone(),
-                        seq: r.seq,
-                    })
-                    .collect()
-            });
-            rows.append(&mut buffer.pending);
-            buffer.pending = rows;
+        match written {
+            Ok(ids) => {
+                for row in batch.iter() {
+                    if let Some(id) = ids.get(&row.seq) {
+                        row.slot.fill(*id);
+                    }
+                }
+                Ok(())
+            }
+            Err(err) => {
+                // Back in front of what came since, in order: the retry finds what this
+                // attempt committed, if it did, by (origin, seq).
+                let mut buffer = self.buffer();
+                let mut rows = Arc::try_unwrap(batch).unwrap_or_else(|shared| {
+                    shared
+                        .iter()
+                        .map(|r| Row {
+                            workspace: r.workspace.clone(),
+                            at_ms: r.at_ms,
+                            body: r.body.clone(),
+                            seq: r.seq,
+                            slot: r.slot.clone(),
+                        })
+                        .collect()
+                });
+                rows.append(&mut buffer.pending);
+                buffer.pending = rows;
+                Err(err)
+            }
         }
-        written
     }
 
     async fn since(&self, workspace: &str, after: u64, limit: usize) -> Result<Since, StoreError> {
@@ -260,14 +235,12 @@ impl EventStore for PgEventStore {
                 oldest: unsigned(oldest.get(0)),
             });
         }
-        let committed = rows
-            .iter()
-            .filter(|r| r.get::<_, Option<i64>>(1).is_some())
-            .map(|r| event(r, 1))
-            .collect();
-        let mut events = self.with_buffered(workspace, committed, |id| id > after);
-        events.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-        Ok(Since::Events(events))
+        Ok(Since::Events(
+            rows.iter()
+                .filter(|r| r.get::<_, Option<i64>>(1).is_some())
+                .map(|r| event(r, 1))
+                .collect(),
+        ))
     }
 
     async fn before(
@@ -291,17 +264,26 @@ impl EventStore for PgEventStore {
                     .map_err(backend)
             })
             .await?;
-        let committed = rows.iter().map(|r| event(r, 0)).collect();
-        let mut events = self.with_buffered(workspace, committed, |id| id < before);
-        let excess = events
-            .len()
-            .saturating_sub(usize::try_from(limit).unwrap_or(usize::MAX));
-        events.drain(..excess);
+        let mut events: Vec<StoredEvent> = rows.iter().map(|r| event(r, 0)).collect();
+        events.reverse();
         Ok(events)
     }
 
-    fn last_id(&self, workspace: &str) -> Result<u64, StoreError> {
-        Ok(self.buffer().last_ids.get(workspace).copied().unwrap_or(0))
+    async fn last_id(&self, workspace: &str) -> Result<u64, StoreError> {
+        let row = self
+            .db
+            .run(|db| async move {
+                let client = db.client().await?;
+                client
+                    .query_opt(
+                        "SELECT last_id FROM event_counters WHERE workspace = $1",
+                        &[&workspace],
+                    )
+                    .await
+                    .map_err(backend)
+            })
+            .await?;
+        Ok(row.map_or(0, |r| unsigned(r.get(0))))
     }
 
     async fn trim(&self, retention: Retention, now_ms: u64) -> Result<usize, StoreError> {

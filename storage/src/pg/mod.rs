@@ -123,12 +123,9 @@ impl PgStore {
         })
     }
 
-    /// The event log in the same database. Reads the workspaces' counters.
-    ///
-    /// # Errors
-    /// The database failed.
-    pub async fn events(&self) -> Result<PgEventStore, StoreError> {
-        PgEventStore::open(self.inner.db.clone()).await
+    /// The event log in the same database.
+    pub fn events(&self) -> PgEventStore {
+        PgEventStore::new(self.inner.db.clone())
     }
 
     /// The per-user records in the same database.
@@ -196,7 +193,7 @@ fn no_nul(what: &str, value: &str) -> Result<(), StoreError> {
 mod tests {
     use super::testing::TempDatabase;
     use super::*;
-    use crate::{contract, Compaction, DocStore, EventStore, StateStore};
+    use crate::{contract, Compaction, DocStore, EventStore, Since, StateStore};
 
     async fn open(db: &TempDatabase, origin: i64, timeout: Duration) -> PgStore {
         PgStore::connect(
@@ -227,7 +224,7 @@ mod tests {
         let db = TempDatabase::create().await;
         let store = open(&db, 1, SECOND).await;
         contract::doc_store(&store).await;
-        contract::event_store(&store.events().await.unwrap()).await;
+        contract::event_store(&store.events()).await;
         contract::state_store(&store.state()).await;
     }
 
@@ -301,6 +298,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn nodes_publishing_to_one_workspace_share_one_gap_free_sequence() {
+        let db = TempDatabase::create().await;
+        let (a, b) = (
+            open(&db, 1, SECOND).await.events(),
+            open(&db, 2, SECOND).await.events(),
+        );
+        let mut slots = Vec::new();
+        for _ in 0..20 {
+            for (store, n) in [(&a, 3), (&b, 2)] {
+                for _ in 0..n {
+                    slots.push(store.append("acme", 1, b"{}").unwrap());
+                }
+            }
+            // Both commit at once: the counter row takes them one after the other.
+            let (ra, rb) = tokio::join!(a.flush(), b.flush());
+            ra.unwrap();
+            rb.unwrap();
+        }
+        let mut ids: Vec<u64> = slots.iter().map(|s| s.id().unwrap()).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (1..=100).collect::<Vec<u64>>());
+        assert_eq!(b.last_id("acme").await.unwrap(), 100);
+        let Since::Events(all) = a.since("acme", 0, 1000).await.unwrap() else {
+            panic!("resync")
+        };
+        assert_eq!(all.len(), 100);
+    }
+
+    #[tokio::test]
     async fn one_node_compacts_a_document_at_a_time() {
         let db = TempDatabase::create().await;
         let store = open(&db, 1, SECOND).await;
@@ -333,7 +359,7 @@ mod tests {
     async fn a_failed_group_commit_is_retried_without_duplicates() {
         let db = TempDatabase::create().await;
         let store = open(&db, 1, Duration::from_millis(300)).await;
-        let events = store.events().await.unwrap();
+        let events = store.events();
         let state = store.state();
         store.append("d", b"first").unwrap();
         events.append("acme", 1, b"{}").unwrap();
@@ -386,7 +412,7 @@ mod tests {
         );
         // A fresh node reads what was committed.
         let fresh = open(&db, 2, SECOND).await;
-        assert_eq!(fresh.events().await.unwrap().last_id("acme").unwrap(), 1);
+        assert_eq!(fresh.events().last_id("acme").await.unwrap(), 1);
         assert_eq!(
             fresh.state().scan("s").await.unwrap(),
             vec![("k".to_owned(), b"v2".to_vec())]
