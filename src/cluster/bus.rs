@@ -43,6 +43,8 @@ pub(super) enum Outgoing {
         workspace: String,
         event: StoredEvent,
     },
+    /// A lock this node's connection lets go of.
+    Unclaim { key: String, token: String },
 }
 
 /// Most messages one publish round sends (in one pipeline).
@@ -183,7 +185,9 @@ impl Cluster {
                 .iter()
                 .filter_map(|item| match item {
                     Outgoing::Update { ticket, .. } => Some(*ticket),
-                    Outgoing::Now { .. } | Outgoing::Event { .. } => None,
+                    Outgoing::Now { .. } | Outgoing::Event { .. } | Outgoing::Unclaim { .. } => {
+                        None
+                    }
                 })
                 .max();
             if let Some(ticket) = newest {
@@ -198,17 +202,40 @@ impl Cluster {
                 }
             }
             let mut pipe = redis::pipe();
-            let count = batch.len();
+            let count = batch
+                .iter()
+                .filter(|item| !matches!(item, Outgoing::Unclaim { .. }))
+                .count();
+            let mut unclaims = Vec::new();
             for item in batch.drain(..) {
-                let (channel, payload) = self.message_of(item);
+                if let Outgoing::Unclaim { key, token } = item {
+                    unclaims.push((key, token));
+                    continue;
+                }
+                let Some((channel, payload)) = self.message_of(item) else {
+                    continue;
+                };
                 pipe.cmd("PUBLISH")
                     .arg(channel)
                     .arg(payload.as_ref())
                     .ignore();
             }
             if self.redis_down.load(Ordering::Acquire) {
-                // Lost, as Redis may lose anything: once it is back, every node repairs.
+                // Lost, as Redis may lose anything: once it is back, every node repairs (and
+                // a lock not let go of lapses with its TTL).
                 continue;
+            }
+            for (key, token) in unclaims {
+                let mut unclaim = super::events::UNCLAIM.key(key);
+                unclaim.arg(token);
+                let released = tokio::time::timeout(
+                    self.settings.timeout,
+                    unclaim.invoke_async::<i64>(&mut redis),
+                )
+                .await;
+                if !matches!(released, Ok(Ok(_))) {
+                    tracing::debug!("letting go of a lock failed; it lapses with its TTL");
+                }
             }
             let sent =
                 tokio::time::timeout(self.settings.timeout, pipe.query_async::<()>(&mut redis))
@@ -224,9 +251,9 @@ impl Cluster {
         }
     }
 
-    /// The channel and message of a queued item; an update gets its `prev` and is
-    /// remembered for the next heartbeat.
-    fn message_of(&self, item: Outgoing) -> (Vec<u8>, Bytes) {
+    /// The channel and message of a queued item (none for what is not a message); an update
+    /// gets its `prev` and is remembered for the next heartbeat.
+    fn message_of(&self, item: Outgoing) -> Option<(Vec<u8>, Bytes)> {
         let origin = self.settings.origin;
         let (doc, body) = match item {
             Outgoing::Event { workspace, event } => {
@@ -236,8 +263,9 @@ impl Cluster {
                     at_ms: event.at_ms,
                     body: Bytes::from(event.body),
                 };
-                return (self.events_channel(&workspace), message.encode());
+                return Some((self.events_channel(&workspace), message.encode()));
             }
+            Outgoing::Unclaim { .. } => return None,
             Outgoing::Now { doc, body } => (doc, body),
             Outgoing::Update {
                 doc, seq, update, ..
@@ -262,7 +290,7 @@ impl Cluster {
             }
         };
         let message = DocMessage { origin, body };
-        (self.doc_channel(doc.as_str()), message.encode())
+        Some((self.doc_channel(doc.as_str()), message.encode()))
     }
 
     /// Hands what Redis pushes to the rooms and the nodes' view, in order.

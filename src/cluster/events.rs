@@ -1,7 +1,10 @@
-//! The dashboard's events over Redis: [`Cluster`] as the hub's [`HubBus`], the receiver's
-//! part for events, and the checks that backfill from PostgreSQL what a lost message left
-//! out: a gap that lasts (a later event came, an earlier one did not), and a last event that
-//! never came (the log's last id is ahead of what was released, twice in a row).
+//! The dashboard over Redis: [`Cluster`] as the hub's [`HubBus`]: events (the receiver's
+//! part, and the checks that backfill from PostgreSQL what a lost message left out: a gap
+//! that lasts, a later event came and an earlier one did not, and a last event that never
+//! came, the log's last id ahead of what was released twice in a row), and locks, one holder
+//! cluster-wide: a key per lock holding its holder's token (this node's origin and the
+//! connection) and the lock's JSON, taken with `SET NX PX`, renewed and released only by the
+//! token that holds it; a dead node's locks lapse with their TTL.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +20,7 @@ use super::bus::{Outgoing, Subscription};
 use super::wire::EventMessage;
 use super::Cluster;
 use crate::dashboard::HubBus;
+use crate::net::ConnId;
 
 /// How long a workspace waits for a missing event before reading it from the log.
 const GAP_WAIT: Duration = Duration::from_millis(200);
@@ -49,9 +53,92 @@ impl HubBus for Cluster {
             event: event.clone(),
         });
     }
+
+    fn claim<'a>(
+        &'a self,
+        workspace: &'a str,
+        resource: &'a str,
+        conn: ConnId,
+        info: String,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Option<String>, String>> {
+        Box::pin(async move {
+            let token = self.lock_token(conn);
+            let mut redis = self.redis.clone();
+            let mut claim = CLAIM.key(self.lock_key(workspace, resource));
+            claim
+                .arg(&token)
+                .arg(format!("{token}\n{info}"))
+                .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+            let claimed = tokio::time::timeout(
+                self.settings.timeout,
+                claim.invoke_async::<Option<String>>(&mut redis),
+            )
+            .await;
+            match claimed {
+                Ok(Ok(None)) => Ok(None),
+                // Someone else's: their token, a newline, their lock's JSON.
+                Ok(Ok(Some(held))) => Ok(Some(
+                    held.split_once('\n')
+                        .map(|(_, info)| info.to_owned())
+                        .unwrap_or_default(),
+                )),
+                Ok(Err(err)) => Err(err.to_string()),
+                Err(_) => Err("Redis did not answer in time".to_owned()),
+            }
+        })
+    }
+
+    fn unclaim(&self, workspace: &str, resource: &str, conn: ConnId) {
+        let _ = self.outgoing.send(Outgoing::Unclaim {
+            key: self.lock_key(workspace, resource),
+            token: self.lock_token(conn),
+        });
+    }
 }
 
+/// Takes the lock (`SET NX PX`), or renews it when the caller's token holds it; otherwise
+/// answers the value that holds it. KEYS[1]: the lock; ARGV: token, value, TTL in ms.
+static CLAIM: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        if redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[3]) then
+            return false
+        end
+        local held = redis.call('GET', KEYS[1])
+        if held and string.sub(held, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. '\n' then
+            redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+            return false
+        end
+        return held
+        ",
+    )
+});
+
+/// Deletes the lock if the token holds it. KEYS[1]: the lock; ARGV[1]: the token.
+pub(super) static UNCLAIM: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        local held = redis.call('GET', KEYS[1])
+        if held and string.sub(held, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. '\n' then
+            return redis.call('DEL', KEYS[1])
+        end
+        return 0
+        ",
+    )
+});
+
 impl Cluster {
+    /// The key of `resource`'s lock in `workspace`.
+    fn lock_key(&self, workspace: &str, resource: &str) -> String {
+        self.key(&format!("lock:{workspace}:{resource}"))
+    }
+
+    /// What this node's connection `conn` holds its locks with.
+    fn lock_token(&self, conn: ConnId) -> String {
+        format!("{}:{}", self.settings.origin, conn.0)
+    }
+
     /// Another node's event.
     pub(super) fn on_event(&self, workspace: &str, payload: Vec<u8>) {
         let message = match EventMessage::decode(Bytes::from(payload)) {

@@ -456,6 +456,16 @@ impl serde::Serialize for UserId {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for UserId {
+    /// Reads back what [`UserId`]'s `Serialize` writes: a number or a string.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<UserId, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        id_text(&value)
+            .map(UserId)
+            .ok_or_else(|| serde::de::Error::custom("a user id is a number or a string"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -91,6 +91,20 @@ pub trait HubBus: Send + Sync + 'static {
     fn subscribe<'a>(&'a self, workspace: &'a str) -> BoxFuture<'a, ()>;
     /// This server's committed event `event` of `workspace` was released here. Must only queue.
     fn released(&self, workspace: &str, event: &StoredEvent);
+    /// Claims the lock on `resource` of `workspace` for this server's connection `conn`, or
+    /// renews it when `conn` holds it already, for `ttl`, recording `info` (the lock's JSON)
+    /// as what others are told. `Ok(None)`: it is `conn`'s; `Ok(Some(info))`: someone else
+    /// holds it (their lock's JSON); `Err`: the cluster cannot say (Redis is unreachable).
+    fn claim<'a>(
+        &'a self,
+        workspace: &'a str,
+        resource: &'a str,
+        conn: ConnId,
+        info: String,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Option<String>, String>>;
+    /// Lets go of the lock on `resource` of `workspace` if `conn` holds it. Must only queue.
+    fn unclaim(&self, workspace: &str, resource: &str, conn: ConnId);
 }
 
 /// Why a publication failed.
@@ -331,16 +345,86 @@ impl Hub {
         }
     }
 
-    /// Takes or renews the lock on `resource` for `conn`: the frame that answers it.
-    pub fn lock(self: &Arc<Self>, ws: &Arc<Workspace>, conn: ConnId, resource: &str) -> Utf8Bytes {
+    /// Takes or renews the lock on `resource` for `conn`: the frame that answers it. In a
+    /// cluster the lock is claimed cluster-wide first (one holder across every node).
+    pub async fn lock(
+        self: &Arc<Self>,
+        ws: &Arc<Workspace>,
+        conn: ConnId,
+        resource: &str,
+    ) -> Utf8Bytes {
+        if let Some(bus) = self.bus() {
+            let claim = {
+                let st = ws.lock();
+                let Some(c) = st.conns.get(&conn) else {
+                    return lock_denied(resource, None);
+                };
+                let holder = Holder {
+                    user_id: UserId(c.user.clone()),
+                    name: c.name.clone(),
+                };
+                match st.locks.preview(
+                    conn,
+                    holder,
+                    resource,
+                    Instant::now(),
+                    OffsetDateTime::now_utc(),
+                ) {
+                    Some(info) => serde_json::to_string(&info).unwrap_or_default(),
+                    // Held here by another connection, or too many: answered as always.
+                    None => String::new(),
+                }
+            };
+            if !claim.is_empty() {
+                let ttl = self.settings.lock_ttl;
+                match bus.claim(&ws.name, resource, conn, claim, ttl).await {
+                    Ok(None) => {}
+                    Ok(Some(held)) => return self.denied_elsewhere(ws, conn, resource, &held),
+                    Err(err) => {
+                        tracing::warn!(workspace = %ws.name, resource, error = %err, "cannot claim a lock");
+                        return ProtocolError::new(
+                            "locks_unavailable",
+                            "locks cannot be taken right now; try again shortly",
+                        )
+                        .frame();
+                    }
+                }
+            }
+        }
+        self.lock_here(ws, conn, resource)
+    }
+
+    /// Someone on another node holds `resource` (`held`: their lock's JSON): `conn` is told,
+    /// and loses it here if it thought it still held it (its lease lapsed in between).
+    fn denied_elsewhere(
+        self: &Arc<Self>,
+        ws: &Arc<Workspace>,
+        conn: ConnId,
+        resource: &str,
+        held: &str,
+    ) -> Utf8Bytes {
+        let mut st = ws.lock();
+        let lost = st.locks.release(conn, resource).ok();
+        let ticket = self.lock_released(ws, &mut st, lost.into_iter().collect(), "expired", false);
+        drop(st);
+        self.settle_later(ws, ticket);
+        let held: Option<super::locks::LockInfo> = serde_json::from_str(held).ok();
+        match &held {
+            Some(info) => ServerFrame::LockDenied {
+                resource,
+                holder: Some(&info.holder),
+                expires_at: Some(&info.expires_at),
+            }
+            .text(),
+            None => lock_denied(resource, None),
+        }
+    }
+
+    /// Takes or renews the lock on `resource` for `conn` in this node's state.
+    fn lock_here(self: &Arc<Self>, ws: &Arc<Workspace>, conn: ConnId, resource: &str) -> Utf8Bytes {
         let mut st = ws.lock();
         let Some(c) = st.conns.get(&conn) else {
-            let frame = ServerFrame::LockDenied {
-                resource,
-                holder: None,
-                expires_at: None,
-            };
-            return frame.text();
+            return lock_denied(resource, None);
         };
         let holder = Holder {
             user_id: UserId(c.user.clone()),
@@ -435,6 +519,9 @@ impl Hub {
     ) -> Option<Ticket> {
         let mut ticket = None;
         for lock in released {
+            if let Some(bus) = self.bus() {
+                bus.unclaim(&ws.name, &lock.resource, lock.conn);
+            }
             ticket = self.emit(ws, st, lock.event(reason)).or(ticket);
             if let Some(c) = st.conns.get(&lock.conn).filter(|_| tell_holder) {
                 let frame = ServerFrame::LockReleased {
@@ -561,6 +648,16 @@ impl Hub {
             .trim(self.settings.retention, crate::clock::now_ms())
             .await
     }
+}
+
+/// `lock_denied` for `resource`, naming no holder.
+fn lock_denied(resource: &str, holder: Option<&Holder>) -> Utf8Bytes {
+    ServerFrame::LockDenied {
+        resource,
+        holder,
+        expires_at: None,
+    }
+    .text()
 }
 
 /// The hub as the rooms' awareness observer.

@@ -35,7 +35,7 @@ struct Lease {
 }
 
 /// Who holds a lock, as frames and events name them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Holder {
     pub user_id: UserId,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -43,7 +43,7 @@ pub struct Holder {
 }
 
 /// A lock as frames and events carry it: `{"resource","user_id","name"?,"expires_at"}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct LockInfo {
     pub resource: String,
     #[serde(flatten)]
@@ -173,6 +173,35 @@ impl Locks {
             renewed,
             lapsed,
         }
+    }
+
+    /// What [`Locks::acquire`] would make of the lock if it succeeds, without taking it;
+    /// `None` when it would not (held here by another connection, or too many).
+    pub fn preview(
+        &self,
+        conn: ConnId,
+        holder: Holder,
+        resource: &str,
+        now: Instant,
+        wall: OffsetDateTime,
+    ) -> Option<LockInfo> {
+        let renewed = self.leases.get(resource).is_some_and(|l| l.conn == conn);
+        let held = self.leases.values().filter(|l| l.conn == conn).count();
+        if !renewed && held >= self.max_per_conn {
+            return None;
+        }
+        if self
+            .leases
+            .get(resource)
+            .is_some_and(|l| l.conn != conn && l.expires > now)
+        {
+            return None;
+        }
+        Some(LockInfo {
+            resource: resource.to_owned(),
+            holder,
+            expires_at: crate::clock::rfc3339(wall + self.ttl).unwrap_or_default(),
+        })
     }
 
     /// Releases `conn`'s lock on `resource`.

@@ -346,7 +346,7 @@ impl Session<'_> {
             Action::Ping => self.reply(ServerFrame::Pong.text()),
             Action::Presence(update) => hub.presence(ws, user, source, &update, true),
             Action::MarkRead { session_id } => hub.mark_read(ws, user, &session_id),
-            Action::Lock { resource } => self.reply(hub.lock(ws, self.conn, &resource)),
+            Action::Lock { resource } => self.reply(hub.lock(ws, self.conn, &resource).await),
             Action::Unlock { resource } => match hub.unlock(ws, self.conn, &resource) {
                 Ok(frame) => self.reply(frame),
                 // A lost race for a lock is not abuse: answered, not counted.

@@ -281,6 +281,8 @@ async fn a_killed_node_s_clients_leave_the_others_and_its_acknowledged_writes_st
             "1500".to_owned(),
             "--node-id".to_owned(),
             id.to_owned(),
+            "--lock-ttl-ms".to_owned(),
+            "1500".to_owned(),
         ]
     };
     let args_a = flags("doomed");
@@ -310,6 +312,17 @@ async fn a_killed_node_s_clients_leave_the_others_and_its_acknowledged_writes_st
     bob.wait_for("Ada's cursor", TIMEOUT, |c| c.awareness().contains_key(&31))
         .await
         .unwrap();
+    // Ada also holds a lock, through her node.
+    let resource = "acme/queries/kill#title";
+    let lock = serde_json::json!({"action":"lock","resource":resource});
+    let mut ada_dash =
+        crate::support::Dash::connect(&doomed.dash_url("workspace=acme&user=ada")).await;
+    ada_dash.send(lock.clone()).await;
+    ada_dash.next_of("lock_acquired").await;
+    let mut bob_dash =
+        crate::support::Dash::connect(&survivor.dash_url("workspace=acme&user=bob")).await;
+    bob_dash.send(lock.clone()).await;
+    bob_dash.next_of("lock_denied").await;
     let http = reqwest::Client::new();
     for i in 0..10 {
         assert!(
@@ -332,6 +345,18 @@ async fn a_killed_node_s_clients_leave_the_others_and_its_acknowledged_writes_st
     })
     .await
     .unwrap();
+    // Her lock lapses with its TTL: Bob gets it.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        bob_dash.send(lock.clone()).await;
+        let answer = bob_dash.next().await;
+        if answer["type"] == "lock_acquired" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{answer}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(ada_dash);
     let listed: Value = reqwest::get(survivor.http_url("/api/v1/admin/nodes"))
         .await
         .unwrap()
@@ -577,4 +602,43 @@ async fn a_lost_event_message_is_backfilled_from_postgres() {
     let event = dash.next_of("workflow_triggered").await;
     assert!(event["id"].as_i64() > Some(lost), "{event}");
     assert_eq!(event["workflow_id"], "next");
+}
+
+#[tokio::test]
+async fn a_lock_has_one_holder_across_the_cluster() {
+    use serde_json::json;
+    let (_db, nodes) = cluster::start(2, |c| c.lock_ttl_ms = 1_500).await;
+    let resource = "acme/queries/7#title";
+    let mut ada = nodes[0].dash("workspace=acme&user=ada&name=Ada").await;
+    let mut bob = nodes[1].dash("workspace=acme&user=bob&name=Bob").await;
+    bob.subscribe(&["presence"], None).await;
+
+    ada.send(json!({"action":"lock","resource":resource})).await;
+    assert_eq!(ada.next_of("lock_acquired").await["renewed"], false);
+    bob.send(json!({"action":"lock","resource":resource})).await;
+    let denied = bob.next_of("lock_denied").await;
+    assert_eq!(
+        denied["holder"],
+        json!({"user_id": "ada", "name": "Ada"}),
+        "{denied}"
+    );
+    assert!(denied["expires_at"].is_string());
+    // Renewing is the holder sending lock again, on its own node.
+    ada.send(json!({"action":"lock","resource":resource})).await;
+    assert_eq!(ada.next_of("lock_acquired").await["renewed"], true);
+
+    // Ada's connection goes: every node hears it, and the lock is Bob's to take.
+    ada.close().await;
+    let released = bob.next_of("lock_released").await;
+    assert_eq!(released["reason"], "disconnect");
+    bob.send(json!({"action":"lock","resource":resource})).await;
+    assert_eq!(bob.next_of("lock_acquired").await["user_id"], "bob");
+
+    // A holder that stops renewing loses it after the TTL, cluster-wide.
+    let mut carol = nodes[0].dash("workspace=acme&user=carol").await;
+    tokio::time::sleep(Duration::from_millis(1_700)).await;
+    carol
+        .send(json!({"action":"lock","resource":resource}))
+        .await;
+    assert_eq!(carol.next_of("lock_acquired").await["user_id"], "carol");
 }
