@@ -129,6 +129,8 @@ pub struct Metrics {
     pub repair: Histogram,
     /// Nodes of the cluster this node sees alive, itself included.
     pub nodes_alive: Gauge,
+    /// A query's round trip to the shared store, timed at each heartbeat.
+    pub store_roundtrip: Histogram,
 }
 
 impl Metrics {
@@ -226,6 +228,7 @@ pub fn get() -> &'static Metrics {
             gaps_repaired: counter!("tandem_cluster_gaps_repaired_total"),
             repair: metrics::histogram!("tandem_cluster_repair_seconds"),
             nodes_alive: metrics::gauge!("tandem_cluster_nodes_alive"),
+            store_roundtrip: metrics::histogram!("tandem_cluster_postgres_roundtrip_seconds"),
         }
     })
 }
@@ -319,6 +322,11 @@ fn describe() {
     describe_gauge!(
         "tandem_cluster_nodes_alive",
         "Nodes of the cluster this node sees alive, itself included"
+    );
+    describe_histogram!(
+        "tandem_cluster_postgres_roundtrip_seconds",
+        Unit::Seconds,
+        "A query's round trip to PostgreSQL, timed at each heartbeat (commits: tandem_storage_flush_seconds)"
     );
     describe_counter!(
         "tandem_auth_refusals_total",

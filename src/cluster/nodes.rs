@@ -45,6 +45,7 @@ impl Cluster {
             }
             self.beat(false).await;
             self.sweep_dead();
+            self.time_the_store().await;
         }
         self.beat(true).await;
     }
@@ -112,6 +113,17 @@ impl Cluster {
                 self.mark_down("a heartbeat failed");
             }
             Err(_) => self.mark_down("a heartbeat timed out"),
+        }
+    }
+
+    /// Times a round trip to the shared store, for the metrics.
+    async fn time_the_store(&self) {
+        let Some(rooms) = self.rooms() else { return };
+        let started = std::time::Instant::now();
+        if rooms.store().probe().await.is_ok() {
+            crate::metrics::get()
+                .store_roundtrip
+                .record(crate::metrics::secs(started.elapsed()));
         }
     }
 

@@ -642,3 +642,149 @@ async fn a_lock_has_one_holder_across_the_cluster() {
         .await;
     assert_eq!(carol.next_of("lock_acquired").await["user_id"], "carol");
 }
+
+#[tokio::test]
+async fn the_cluster_s_metrics_are_exported() {
+    let (_db, nodes) = cluster::start(2, |_| {}).await;
+    let a = nodes[0].join_as("acme/metrics", 71).await;
+    let b = nodes[1].join_as("acme/metrics", 72).await;
+    a.push_text("t", "x");
+    b.wait_for("the edit", TIMEOUT, |c| c.text("t") == "x")
+        .await
+        .unwrap();
+    // Heartbeats time PostgreSQL every third of the TTL (500 ms here).
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let text = reqwest::get(nodes[1].http_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "tandem_cluster_bus_messages_total{direction=\"in\"}",
+        "tandem_cluster_bus_messages_total{direction=\"out\"}",
+        "tandem_cluster_nodes_alive",
+        "tandem_cluster_postgres_roundtrip_seconds_count",
+        "tandem_storage_flush_seconds_count{log=\"updates\"}",
+    ] {
+        assert!(text.contains(name), "{name} in\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn compactions_on_one_node_lose_nothing_another_appends_meanwhile() {
+    let (database, nodes) = cluster::start(2, |c| c.compact_after_updates = 3).await;
+    let a = nodes[0].join_as("acme/compact", 51).await;
+    let b = nodes[1].join_as("acme/compact", 52).await;
+    let http = reqwest::Client::new();
+    let compact = nodes[0].http_url("/api/v1/admin/rooms/acme/compact/compact");
+    // Both nodes write (and compact every third update of their own), and node 0 is also
+    // made to compact on demand, while node 1's updates keep committing.
+    for i in 0..40 {
+        a.push_text("t", &format!("<a{i}>"));
+        b.push_text("t", &format!("<b{i}>"));
+        if i % 5 == 0 {
+            let response = http.post(&compact).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+        }
+    }
+    let all = |c: &tandem_sync::client::Client| {
+        let t = c.text("t");
+        (0..40).all(|i| t.contains(&format!("<a{i}>")) && t.contains(&format!("<b{i}>")))
+    };
+    all_see(&[&a, &b], "every edit", all).await;
+    // An HTTP write waits for its node's group commit: what it covers is committed.
+    assert_eq!(
+        post_update(&nodes[0], "acme/x", text_update(1, "x")).await,
+        200
+    );
+    assert_eq!(
+        post_update(&nodes[1], "acme/x", text_update(2, "y")).await,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // What PostgreSQL holds (snapshot and log) has every edit: a third node loads it cold.
+    let (redis, name) = (cluster::redis_url(), {
+        let listed: Value = reqwest::get(nodes[0].http_url("/api/v1/admin/nodes"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        listed["cluster"].as_str().unwrap().to_owned()
+    });
+    let third = crate::support::spawn_on(Some(std::sync::Arc::clone(&database)), |config| {
+        cluster::join(config, &database, &redis, &name);
+    })
+    .await;
+    let cold = third.join("acme/compact").await;
+    assert!(all(&cold), "{}", cold.text("t"));
+}
+
+#[tokio::test]
+async fn a_postgres_restart_under_writes_loses_nothing_and_lands_everything_once() {
+    let postgres = crate::support::postgres::PrivatePostgres::start();
+    let url = postgres.url();
+    let (redis, name) = (cluster::redis_url(), cluster::fresh_name());
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        nodes.push(
+            crate::support::spawn_on(None, |config| {
+                config.database_url = Some(url.parse().unwrap());
+                config.redis_url = Some(redis.parse().unwrap());
+                config.cluster_name = name.clone();
+                config.node_ttl_ms = 1_500;
+                config.storage_timeout_ms = 1_000;
+                config.node_id = Some(format!("node-{i}"));
+            })
+            .await,
+        );
+    }
+    let a = nodes[0].join_as("acme/pg", 61).await;
+    let b = nodes[1].join_as("acme/pg", 62).await;
+    a.push_text("t", "[a-up]");
+    b.wait_for("the first edit", TIMEOUT, |c| c.text("t") == "[a-up]")
+        .await
+        .unwrap();
+
+    postgres.stop();
+    a.push_text("t", "[a-down]");
+    b.push_text("t", "[b-down]");
+    // Nothing is acknowledged while PostgreSQL is down.
+    assert_eq!(
+        post_update(&nodes[1], "acme/pg", text_update(63, "[http-down]")).await,
+        503
+    );
+    postgres.resume();
+    // Once it is back, the buffered updates commit and cross to the other node.
+    let everything = |c: &tandem_sync::client::Client| {
+        let t = c.text("t");
+        ["[a-up]", "[a-down]", "[b-down]", "[http-down]"]
+            .iter()
+            .all(|part| t.contains(part))
+    };
+    all_see(
+        &[&a, &b],
+        "everything written while PostgreSQL was down",
+        everything,
+    )
+    .await;
+    assert_eq!(
+        post_update(&nodes[0], "acme/pg", text_update(64, "[http-back]")).await,
+        200
+    );
+    // Each update is in the log once.
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let duplicates: i64 = client
+        .query_one(
+            "SELECT count(*) FROM (SELECT origin, seq FROM doc_updates GROUP BY origin, seq HAVING count(*) > 1) d",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(duplicates, 0);
+}
