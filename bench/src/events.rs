@@ -15,14 +15,15 @@ use tokio::sync::{watch, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::measure::{cpu_seconds, print_deliveries, server_cpu, Latency};
+use crate::measure::{print_deliveries, server_cpu, Latency};
 
 /// Options of `tandem-bench events`.
 #[derive(Debug, clap::Args)]
 pub struct EventsArgs {
-    /// The server's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8000")]
-    pub url: String,
+    /// The server's base URL. Repeat it for the nodes of a cluster: subscribers and
+    /// publications are spread over them in turn (so most events cross nodes).
+    #[arg(long = "url", default_value = "http://127.0.0.1:8000", num_args = 1)]
+    pub urls: Vec<String>,
     /// The workspace (for a server without authentication; tokens carry their own).
     #[arg(long, default_value = "bench")]
     pub workspace: String,
@@ -47,9 +48,10 @@ pub struct EventsArgs {
     /// A member token for the subscribers (none: `?user=sub-N` on an open server).
     #[arg(long)]
     pub subscriber_token: Option<String>,
-    /// PID of the server, to measure its CPU time per delivered event.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// PID of the server, to measure its CPU time per delivered event (repeat it for the
+    /// nodes of a cluster: their CPU times are summed).
+    #[arg(long = "server-pid", num_args = 1)]
+    pub server_pids: Vec<u32>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -200,15 +202,23 @@ pub async fn run(args: EventsArgs) -> Result<EventsReport, String> {
         return Err("--rate and --duration must be positive".into());
     }
     let total = (args.rate * args.duration).ceil() as u64;
-    let base_url = args.url.trim_end_matches('/').to_owned();
-    let ws_base = base_url
-        .replacen("http://", "ws://", 1)
-        .replacen("https://", "wss://", 1);
+    if args.urls.is_empty() {
+        return Err("need at least one --url".into());
+    }
+    let base_urls: Vec<String> = args
+        .urls
+        .iter()
+        .map(|url| url.trim_end_matches('/').to_owned())
+        .collect();
 
     eprintln!("events: connecting {} subscribers", args.subscribers);
     let connecting = Arc::new(Semaphore::new(64));
     let mut joins = Vec::with_capacity(args.subscribers);
     for i in 0..args.subscribers {
+        // The node after the one its publications go to first, so events cross nodes.
+        let ws_base = base_urls[(i + 1) % base_urls.len()]
+            .replacen("http://", "ws://", 1)
+            .replacen("https://", "wss://", 1);
         let url = match &args.subscriber_token {
             Some(token) => format!("{ws_base}/ws?token={token}"),
             None => format!("{ws_base}/ws?workspace={}&user=sub-{i}", args.workspace),
@@ -230,7 +240,7 @@ pub async fn run(args: EventsArgs) -> Result<EventsReport, String> {
     let base = Instant::now();
     let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let cpu_before = args.server_pid.map(cpu_seconds).transpose()?;
+    let cpu_before = crate::measure::total_cpu(&args.server_pids)?;
     let receivers: Vec<_> = sockets
         .into_iter()
         .map(|socket| {
@@ -249,10 +259,13 @@ pub async fn run(args: EventsArgs) -> Result<EventsReport, String> {
         args.rate, args.subscribers
     );
     let http = reqwest::Client::new();
-    let publish_url = match &args.publisher_token {
-        Some(_) => format!("{base_url}/api/v1/events"),
-        None => format!("{base_url}/api/v1/events?workspace={}", args.workspace),
-    };
+    let publish_urls: Vec<String> = base_urls
+        .iter()
+        .map(|base_url| match &args.publisher_token {
+            Some(_) => format!("{base_url}/api/v1/events"),
+            None => format!("{base_url}/api/v1/events?workspace={}", args.workspace),
+        })
+        .collect();
     let in_flight = Arc::new(Semaphore::new(args.concurrency));
     let published = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -268,7 +281,7 @@ pub async fn run(args: EventsArgs) -> Result<EventsReport, String> {
         let body =
             format!(r#"{{"type":"workflow_triggered","workflow_id":"bench","bench_seq":{seq}}}"#);
         let mut request = http
-            .post(&publish_url)
+            .post(&publish_urls[seq as usize % publish_urls.len()])
             .header("content-type", "application/json")
             .body(body);
         if let Some(token) = &args.publisher_token {
@@ -310,7 +323,7 @@ pub async fn run(args: EventsArgs) -> Result<EventsReport, String> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = stop_tx.send(true);
-    let cpu_after = args.server_pid.map(cpu_seconds).transpose()?;
+    let cpu_after = crate::measure::total_cpu(&args.server_pids)?;
     let mut histogram = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
     let (mut delivered, mut duplicates, mut frames) = (0, 0, 0);
     for receiver in receivers {

@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::sync::{watch, Semaphore};
 use yrs::{Doc, Text, Transact};
 
-use crate::measure::{cpu_seconds, print_deliveries, server_cpu, Latency};
+use crate::measure::{print_deliveries, server_cpu, Latency};
 use crate::probe::{Probe, ProbeStream};
 use crate::Protocol;
 
@@ -21,8 +21,9 @@ use crate::Protocol;
 #[derive(Debug, clap::Args)]
 pub struct FanoutArgs {
     /// Server URL up to the room name (`ws://127.0.0.1:8000/ws`); for Hocuspocus the server URL.
-    #[arg(long, default_value = "ws://127.0.0.1:8000/ws")]
-    pub url: String,
+    /// Repeat it for the nodes of a cluster: each room's clients are spread over them in turn.
+    #[arg(long = "url", default_value = "ws://127.0.0.1:8000/ws", num_args = 1)]
+    pub urls: Vec<String>,
     /// Wire protocol of the server.
     #[arg(long, value_enum, default_value_t = Protocol::YWebsocket)]
     pub protocol: Protocol,
@@ -47,9 +48,10 @@ pub struct FanoutArgs {
     /// Handshakes in flight at once while connecting.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
-    /// PID of the server, to measure its CPU time per delivered update.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// PID of the server, to measure its CPU time per delivered update (repeat it for the
+    /// nodes of a cluster: their CPU times are summed).
+    #[arg(long = "server-pid", num_args = 1)]
+    pub server_pids: Vec<u32>,
     /// Prefix of the room names, so runs do not share documents.
     #[arg(long, default_value = "fanout")]
     pub room_prefix: String,
@@ -119,6 +121,9 @@ fn markers_in(bytes: &[u8], mut found: impl FnMut(u64)) {
 /// # Errors
 /// Bad arguments, or connections that could not be opened.
 pub async fn run(args: FanoutArgs) -> Result<FanoutReport, String> {
+    if args.urls.is_empty() {
+        return Err("need at least one --url".into());
+    }
     if args.rooms == 0 || args.clients == 0 || args.writers == 0 || args.writers > args.clients {
         return Err("need --rooms >= 1 and 1 <= --writers <= --clients".into());
     }
@@ -136,7 +141,9 @@ pub async fn run(args: FanoutArgs) -> Result<FanoutReport, String> {
     for room in 0..args.rooms {
         for client in 0..args.clients {
             let doc = format!("{}-{room}", args.room_prefix);
-            let (url, framing) = args.protocol.endpoint(&args.url, &doc);
+            // Round-robin over the nodes, so a room's clients sit on different ones.
+            let node = &args.urls[(room * args.clients + client) % args.urls.len()];
+            let (url, framing) = args.protocol.endpoint(node, &doc);
             let permits = Arc::clone(&permits);
             joins.push(tokio::spawn(async move {
                 let _permit = permits.acquire_owned().await.map_err(|e| e.to_string())?;
@@ -163,7 +170,7 @@ pub async fn run(args: FanoutArgs) -> Result<FanoutReport, String> {
             .collect(),
     );
     let (stop_tx, stop_rx) = watch::channel(false);
-    let cpu_before = args.server_pid.map(cpu_seconds).transpose()?;
+    let cpu_before = crate::measure::total_cpu(&args.server_pids)?;
 
     let mut receivers = Vec::new();
     let mut writers = Vec::new();
@@ -243,7 +250,7 @@ pub async fn run(args: FanoutArgs) -> Result<FanoutReport, String> {
         }
     }
     let _ = stop_tx.send(true);
-    let cpu_after = args.server_pid.map(cpu_seconds).transpose()?;
+    let cpu_after = crate::measure::total_cpu(&args.server_pids)?;
     for receiver in pending.drain(..) {
         results.push(receiver.await.map_err(|e| e.to_string())?);
     }

@@ -17,6 +17,22 @@ pub fn server_cpu(
     (cpu, per)
 }
 
+/// The CPU seconds of every process in `pids` together (the nodes of a cluster); `None`
+/// without any.
+///
+/// # Errors
+/// A process's CPU time cannot be read.
+pub fn total_cpu(pids: &[u32]) -> Result<Option<f64>, String> {
+    if pids.is_empty() {
+        return Ok(None);
+    }
+    let mut total = 0.0;
+    for pid in pids {
+        total += cpu_seconds(*pid)?;
+    }
+    Ok(Some(total))
+}
+
 /// Percentiles of a latency, in milliseconds (as the JSON reports name them).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Latency {

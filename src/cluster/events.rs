@@ -183,14 +183,19 @@ impl Cluster {
                 continue;
             }
             next_last_check = tokio::time::Instant::now() + LAST_CHECK;
-            for (workspace, released) in hub.released_ids() {
-                let last = match hub.committed_id(&workspace).await {
-                    Ok(last) => last,
-                    Err(err) => {
-                        tracing::debug!(workspace, error = %err, "cannot read the log's last id");
-                        continue;
-                    }
-                };
+            let (workspaces, released): (Vec<String>, Vec<u64>) =
+                hub.released_ids().into_iter().unzip();
+            if workspaces.is_empty() {
+                continue;
+            }
+            let lasts = match hub.committed_ids(&workspaces).await {
+                Ok(lasts) => lasts,
+                Err(err) => {
+                    tracing::debug!(error = %err, "cannot read the logs' last ids");
+                    continue;
+                }
+            };
+            for ((workspace, released), last) in workspaces.into_iter().zip(released).zip(lasts) {
                 if last <= released {
                     behind.remove(&workspace);
                 } else if behind.get(&workspace) == Some(&released) {

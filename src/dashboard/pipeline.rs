@@ -318,12 +318,13 @@ impl Hub {
             .collect()
     }
 
-    /// The id of `workspace`'s newest committed event, by any node.
+    /// The ids of the newest committed event of each of `workspaces`, by any node (one round
+    /// trip).
     ///
     /// # Errors
     /// The store failed.
-    pub async fn committed_id(&self, workspace: &str) -> Result<u64, StoreError> {
-        self.store.last_id(workspace).await
+    pub async fn committed_ids(&self, workspaces: &[String]) -> Result<Vec<u64>, StoreError> {
+        self.store.last_ids(workspaces).await
     }
 
     /// The loaded workspaces and the last event each released, for the check that catches a

@@ -135,6 +135,13 @@ pub async fn event_store(store: &dyn EventStore) {
     assert_eq!(before.iter().map(|e| e.id).collect::<Vec<_>>(), vec![2, 3]);
     assert_eq!(store.last_id("acme").await.unwrap(), 5);
     assert_eq!(store.last_id("nobody").await.unwrap(), 0);
+    assert_eq!(
+        store
+            .last_ids(&["nobody".into(), "acme".into(), "acme2".into()])
+            .await
+            .unwrap(),
+        [0, 5, 1]
+    );
 
     // Count: keep 3 newest. Age: at 10_000 with 6_500 ms, events at <= 3_500 go.
     let removed = store

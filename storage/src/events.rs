@@ -118,6 +118,19 @@ pub trait EventStore: Send + Sync + 'static {
     /// The backend failed or a record is corrupt.
     async fn last_id(&self, workspace: &str) -> Result<u64, StoreError>;
 
+    /// [`EventStore::last_id`] of each of `workspaces`, in their order (one round trip where
+    /// the backend can).
+    ///
+    /// # Errors
+    /// The backend failed or a record is corrupt.
+    async fn last_ids(&self, workspaces: &[String]) -> Result<Vec<u64>, StoreError> {
+        let mut ids = Vec::with_capacity(workspaces.len());
+        for workspace in workspaces {
+            ids.push(self.last_id(workspace).await?);
+        }
+        Ok(ids)
+    }
+
     /// Drops what `retention` no longer keeps, as of `now_ms`; returns how many events went.
     ///
     /// # Errors

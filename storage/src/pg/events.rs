@@ -286,6 +286,30 @@ impl EventStore for PgEventStore {
         Ok(row.map_or(0, |r| unsigned(r.get(0))))
     }
 
+    async fn last_ids(&self, workspaces: &[String]) -> Result<Vec<u64>, StoreError> {
+        let rows = self
+            .db
+            .run(|db| async move {
+                let client = db.client().await?;
+                client
+                    .query(
+                        "SELECT workspace, last_id FROM event_counters WHERE workspace = ANY($1)",
+                        &[&workspaces],
+                    )
+                    .await
+                    .map_err(backend)
+            })
+            .await?;
+        let known: HashMap<String, u64> = rows
+            .iter()
+            .map(|r| (r.get(0), unsigned(r.get(1))))
+            .collect();
+        Ok(workspaces
+            .iter()
+            .map(|w| known.get(w).copied().unwrap_or(0))
+            .collect())
+    }
+
     async fn trim(&self, retention: Retention, now_ms: u64) -> Result<usize, StoreError> {
         let keep = big(retention.max_events as u64);
         // Too old: more than `max_age_ms` before now.
