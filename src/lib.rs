@@ -18,6 +18,9 @@
 //! - [`dashboard`]: the event catalogue, the `/ws` protocol, the per-workspace hub (delivery
 //!   pipeline, history, locks, inbox and badges, who is editing, presence, preferences) and
 //!   the `/ws` endpoint.
+//! - [`cluster`]: the nodes of a cluster over Redis (documents, events, locks, heartbeats),
+//!   above the rooms and the hub, which tell it what happens through `docs::RoomBus` and
+//!   `dashboard::HubBus`.
 //! - [`http`]: the router, its shared state, its extractors and one module per API area.
 //! - `app`: the composition root ([`serve_with_stores`]) and the background work.
 //!
@@ -31,8 +34,8 @@
 //! whole picture, the path of a dashboard event too.
 //!
 //! Two entry points: [`serve`] takes a bound listener, a [`Config`] and a shutdown future and
-//! opens sled in the configured data directory; [`serve_with_stores`] takes the [`Stores`] to
-//! use instead.
+//! opens sled in the configured data directory (or PostgreSQL with `--database-url`, and joins
+//! a cluster with `--redis-url`); [`serve_with_stores`] takes the [`Stores`] to use instead.
 
 mod app;
 pub mod auth;

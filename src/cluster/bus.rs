@@ -60,19 +60,7 @@ const REMEMBER_PUBLISHED: Duration = Duration::from_secs(120);
 
 impl RoomBus for Cluster {
     fn subscribe<'a>(&'a self, doc: &'a DocName) -> BoxFuture<'a, ()> {
-        Box::pin(async move {
-            let channel = self.doc_channel(doc.as_str());
-            self.wanted.insert(channel.clone());
-            let (done, subscribed) = oneshot::channel();
-            if self
-                .subscriptions
-                .send(Subscription::Subscribe(channel, done))
-                .is_ok()
-            {
-                // Without Redis the room still loads: it is repaired once Redis is back.
-                let _ = tokio::time::timeout(self.settings.timeout, subscribed).await;
-            }
-        })
+        Box::pin(self.subscribe_to(self.doc_channel(doc.as_str())))
     }
 
     fn unsubscribe(&self, doc: &DocName) {
@@ -121,6 +109,21 @@ impl Cluster {
             .subscribe(self.nodes_channel())
             .await
             .map_err(ClusterError::Connect)
+    }
+
+    /// Subscribes to `channel` (through the ordered subscriptions) and waits until Redis says
+    /// so, or the Redis timeout: without Redis a room or workspace still loads, and is
+    /// repaired once Redis is back.
+    pub(super) async fn subscribe_to(&self, channel: Vec<u8>) {
+        self.wanted.insert(channel.clone());
+        let (done, subscribed) = oneshot::channel();
+        if self
+            .subscriptions
+            .send(Subscription::Subscribe(channel, done))
+            .is_ok()
+        {
+            let _ = tokio::time::timeout(self.settings.timeout, subscribed).await;
+        }
     }
 
     /// Applies subscription changes one at a time, in order.

@@ -13,10 +13,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use tandem_storage::StoredEvent;
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::bus::{Outgoing, Subscription};
+use super::bus::Outgoing;
 use super::wire::EventMessage;
 use super::Cluster;
 use crate::dashboard::HubBus;
@@ -33,18 +32,7 @@ const LAST_CHECK: Duration = Duration::from_secs(1);
 
 impl HubBus for Cluster {
     fn subscribe<'a>(&'a self, workspace: &'a str) -> BoxFuture<'a, ()> {
-        Box::pin(async move {
-            let channel = self.events_channel(workspace);
-            self.wanted.insert(channel.clone());
-            let (done, subscribed) = oneshot::channel();
-            if self
-                .subscriptions
-                .send(Subscription::Subscribe(channel, done))
-                .is_ok()
-            {
-                let _ = tokio::time::timeout(self.settings.timeout, subscribed).await;
-            }
-        })
+        Box::pin(self.subscribe_to(self.events_channel(workspace)))
     }
 
     fn released(&self, workspace: &str, event: &StoredEvent) {

@@ -151,17 +151,26 @@ impl Hub {
                 tracing::error!(workspace = %ws.name, "a committed event has no id; skipped");
                 continue;
             };
+            let stored = StoredEvent {
+                id,
+                at_ms: pending.at_ms,
+                body: pending.body.clone().into_bytes(),
+            };
+            if id <= st.released {
+                // A backfill read it from the log first (its commit took a while to be
+                // seen here): it went out then; the other nodes still hear it from us.
+                if let Some(bus) = self.bus() {
+                    bus.released(&ws.name, &stored);
+                }
+                continue;
+            }
             let delivered = Delivered::live(id, &pending.event, &pending.body, pending.published);
             st.ready.insert(
                 id,
                 Ready {
                     event: Some(Arc::new(delivered)),
                     badge_users: pending.badge_users,
-                    local: Some(StoredEvent {
-                        id,
-                        at_ms: pending.at_ms,
-                        body: pending.body.into_bytes(),
-                    }),
+                    local: Some(stored),
                 },
             );
         }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::cluster;
+use crate::support::cluster::{self, Services};
 use crate::support::{text_update, Served, TestApp, TIMEOUT};
 
 /// Waits until `check` holds for every client.
@@ -36,7 +36,7 @@ async fn post_update(node: &TestApp, doc: &str, update: Vec<u8>) -> u16 {
 
 #[tokio::test]
 async fn clients_spread_over_three_nodes_converge() {
-    let (_db, nodes) = cluster::start(3, |_| {}).await;
+    let (_services, nodes) = cluster::start(3, |_| {}).await;
     let clients = [
         nodes[0].join_as("acme/q1", 1).await,
         nodes[1].join_as("acme/q1", 2).await,
@@ -59,7 +59,7 @@ async fn clients_spread_over_three_nodes_converge() {
 
 #[tokio::test]
 async fn a_client_joining_on_another_node_gets_everything_acknowledged_in_its_first_sync() {
-    let (_db, nodes) = cluster::start(2, |_| {}).await;
+    let (_services, nodes) = cluster::start(2, |_| {}).await;
     // Acknowledged on node 0: committed in PostgreSQL.
     assert_eq!(
         post_update(&nodes[0], "acme/cold", text_update(5, "from node 0")).await,
@@ -89,7 +89,7 @@ async fn a_client_joining_on_another_node_gets_everything_acknowledged_in_its_fi
 
 #[tokio::test]
 async fn an_http_write_on_one_node_reaches_clients_on_the_others_live() {
-    let (_db, nodes) = cluster::start(3, |_| {}).await;
+    let (_services, nodes) = cluster::start(3, |_| {}).await;
     let on_1 = nodes[1].join("acme/live").await;
     let on_2 = nodes[2].join("acme/live").await;
     assert_eq!(
@@ -114,7 +114,7 @@ async fn an_http_write_on_one_node_reaches_clients_on_the_others_live() {
 
 #[tokio::test]
 async fn awareness_crosses_nodes_and_goes_with_its_connection() {
-    let (_db, nodes) = cluster::start(2, |_| {}).await;
+    let (_services, nodes) = cluster::start(2, |_| {}).await;
     let ada = nodes[0].join_as("acme/aw", 41).await;
     let bob = nodes[1].join_as("acme/aw", 42).await;
     ada.set_awareness(r#"{"user":{"name":"Ada"}}"#).unwrap();
@@ -145,7 +145,7 @@ async fn awareness_crosses_nodes_and_goes_with_its_connection() {
 
 #[tokio::test]
 async fn rooms_unload_on_every_node_and_load_again_with_everything() {
-    let (_db, nodes) = cluster::start(2, |c| c.room_grace_ms = 100).await;
+    let (_services, nodes) = cluster::start(2, |c| c.room_grace_ms = 100).await;
     let a = nodes[0].join_as("acme/unload", 11).await;
     let b = nodes[1].join_as("acme/unload", 12).await;
     a.push_text("t", "a");
@@ -181,7 +181,7 @@ async fn rooms_unload_on_every_node_and_load_again_with_everything() {
 
 #[tokio::test]
 async fn the_admin_api_lists_the_live_nodes() {
-    let (_db, nodes) = cluster::start(3, |_| {}).await;
+    let (_services, nodes) = cluster::start(3, |_| {}).await;
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     loop {
         let listed: Value = reqwest::get(nodes[2].http_url("/api/v1/admin/nodes"))
@@ -215,19 +215,11 @@ async fn the_admin_api_lists_the_live_nodes() {
 #[tokio::test]
 async fn a_redis_restart_loses_nothing_and_rooms_reconverge_without_reconnecting() {
     let mut redis = crate::support::redis::PrivateRedis::start();
-    let url = redis.url();
-    let database = std::sync::Arc::new(tandem_storage::pg::testing::TempDatabase::create().await);
-    let name = cluster::fresh_name();
-    let mut nodes = Vec::new();
-    for i in 0..2 {
-        nodes.push(
-            crate::support::spawn_on(Some(std::sync::Arc::clone(&database)), |config| {
-                cluster::join(config, &database, &url, &name);
-                config.node_id = Some(format!("node-{i}"));
-            })
-            .await,
-        );
-    }
+    let services = Services {
+        redis_url: redis.url(),
+        ..Services::fresh().await
+    };
+    let nodes = services.nodes(2, |_| {}).await;
     let a = nodes[0].join_as("acme/bus", 21).await;
     let b = nodes[1].join_as("acme/bus", 22).await;
     a.push_text("t", "[before]");
@@ -387,15 +379,16 @@ async fn publish_raw(channel: String, payload: Vec<u8>) {
 /// Commits `update` of `doc` in the cluster's database as node `origin`'s `seq`, as a node
 /// whose message about it was then lost.
 async fn commit_behind_the_bus(
-    database: &tandem_storage::pg::testing::TempDatabase,
+    services: &Services,
     doc: &str,
     origin: i64,
     seq: i64,
     update: Vec<u8>,
 ) {
-    let (client, connection) = tokio_postgres::connect(database.url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
+    let (client, connection) =
+        tokio_postgres::connect(&services.database_url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
     tokio::spawn(connection);
     client
         .execute(
@@ -409,16 +402,8 @@ async fn commit_behind_the_bus(
 #[tokio::test]
 async fn a_lost_update_is_repaired_from_postgres_on_the_next_message_or_heartbeat() {
     use tandem::cluster::wire::{DocBody, DocMessage, Heartbeat, NodeInfo};
-    let (database, nodes) = cluster::start(1, |_| {}).await;
-    let name = {
-        let listed: Value = reqwest::get(nodes[0].http_url("/api/v1/admin/nodes"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        listed["cluster"].as_str().unwrap().to_owned()
-    };
+    let (services, nodes) = cluster::start(1, |_| {}).await;
+    let name = &services.name;
     let reader = nodes[0].join("acme/lost").await;
     // A node (origin 77) commits update 1, whose message is lost, then publishes update 2
     // naming 1 as its predecessor: the gap sends the room to PostgreSQL.
@@ -432,8 +417,8 @@ async fn a_lost_update_is_repaired_from_postgres_on_the_next_message_or_heartbea
         txn.encode_update_v1()
     };
     let (first, second, third) = (edit("one "), edit("two "), edit("three"));
-    commit_behind_the_bus(&database, "acme/lost", 77, 1, first).await;
-    commit_behind_the_bus(&database, "acme/lost", 77, 2, second.clone()).await;
+    commit_behind_the_bus(&services, "acme/lost", 77, 1, first).await;
+    commit_behind_the_bus(&services, "acme/lost", 77, 2, second.clone()).await;
     let message = DocMessage {
         origin: 77,
         body: DocBody::Update {
@@ -451,7 +436,7 @@ async fn a_lost_update_is_repaired_from_postgres_on_the_next_message_or_heartbea
         .unwrap();
 
     // Its update 3 is committed and its message lost too: its heartbeat names it.
-    commit_behind_the_bus(&database, "acme/lost", 77, 3, third).await;
+    commit_behind_the_bus(&services, "acme/lost", 77, 3, third).await;
     let heartbeat = Heartbeat {
         node: NodeInfo {
             node_id: "ghost".into(),
@@ -478,7 +463,7 @@ async fn a_lost_update_is_repaired_from_postgres_on_the_next_message_or_heartbea
 
 #[tokio::test]
 async fn events_published_on_every_node_reach_every_subscriber_once_in_order() {
-    let (_db, nodes) = cluster::start(3, |_| {}).await;
+    let (_services, nodes) = cluster::start(3, |_| {}).await;
     let mut subscribers = Vec::new();
     for node in &nodes {
         let mut dash = node.dash("workspace=acme&user=watcher").await;
@@ -564,14 +549,15 @@ async fn events_published_on_every_node_reach_every_subscriber_once_in_order() {
 
 #[tokio::test]
 async fn a_lost_event_message_is_backfilled_from_postgres() {
-    let (database, nodes) = cluster::start(2, |_| {}).await;
+    let (services, nodes) = cluster::start(2, |_| {}).await;
     let mut dash = nodes[1].dash("workspace=acme&user=watcher").await;
     dash.subscribe(&["workflows"], None).await;
     // An event committed by a node whose message was then lost: node 1 reads it from the
     // log within about a second, with nothing else published.
-    let (client, connection) = tokio_postgres::connect(database.url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
+    let (client, connection) =
+        tokio_postgres::connect(&services.database_url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
     tokio::spawn(connection);
     let lost: i64 = client
         .query_one(
@@ -607,7 +593,7 @@ async fn a_lost_event_message_is_backfilled_from_postgres() {
 #[tokio::test]
 async fn a_lock_has_one_holder_across_the_cluster() {
     use serde_json::json;
-    let (_db, nodes) = cluster::start(2, |c| c.lock_ttl_ms = 1_500).await;
+    let (_services, nodes) = cluster::start(2, |c| c.lock_ttl_ms = 1_500).await;
     let resource = "acme/queries/7#title";
     let mut ada = nodes[0].dash("workspace=acme&user=ada&name=Ada").await;
     let mut bob = nodes[1].dash("workspace=acme&user=bob&name=Bob").await;
@@ -645,7 +631,7 @@ async fn a_lock_has_one_holder_across_the_cluster() {
 
 #[tokio::test]
 async fn the_cluster_s_metrics_are_exported() {
-    let (_db, nodes) = cluster::start(2, |_| {}).await;
+    let (_services, nodes) = cluster::start(2, |_| {}).await;
     let a = nodes[0].join_as("acme/metrics", 71).await;
     let b = nodes[1].join_as("acme/metrics", 72).await;
     a.push_text("t", "x");
@@ -673,7 +659,7 @@ async fn the_cluster_s_metrics_are_exported() {
 
 #[tokio::test]
 async fn compactions_on_one_node_lose_nothing_another_appends_meanwhile() {
-    let (database, nodes) = cluster::start(2, |c| c.compact_after_updates = 3).await;
+    let (services, nodes) = cluster::start(2, |c| c.compact_after_updates = 3).await;
     let a = nodes[0].join_as("acme/compact", 51).await;
     let b = nodes[1].join_as("acme/compact", 52).await;
     let http = reqwest::Client::new();
@@ -704,19 +690,7 @@ async fn compactions_on_one_node_lose_nothing_another_appends_meanwhile() {
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
     // What PostgreSQL holds (snapshot and log) has every edit: a third node loads it cold.
-    let (redis, name) = (cluster::redis_url(), {
-        let listed: Value = reqwest::get(nodes[0].http_url("/api/v1/admin/nodes"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        listed["cluster"].as_str().unwrap().to_owned()
-    });
-    let third = crate::support::spawn_on(Some(std::sync::Arc::clone(&database)), |config| {
-        cluster::join(config, &database, &redis, &name);
-    })
-    .await;
+    let third = services.node("node-2", |_| {}).await;
     let cold = third.join("acme/compact").await;
     assert!(all(&cold), "{}", cold.text("t"));
 }
@@ -725,21 +699,10 @@ async fn compactions_on_one_node_lose_nothing_another_appends_meanwhile() {
 async fn a_postgres_restart_under_writes_loses_nothing_and_lands_everything_once() {
     let postgres = crate::support::postgres::PrivatePostgres::start();
     let url = postgres.url();
-    let (redis, name) = (cluster::redis_url(), cluster::fresh_name());
-    let mut nodes = Vec::new();
-    for i in 0..2 {
-        nodes.push(
-            crate::support::spawn_on(None, |config| {
-                config.database_url = Some(url.parse().unwrap());
-                config.redis_url = Some(redis.parse().unwrap());
-                config.cluster_name = name.clone();
-                config.node_ttl_ms = 1_500;
-                config.storage_timeout_ms = 1_000;
-                config.node_id = Some(format!("node-{i}"));
-            })
-            .await,
-        );
-    }
+    let services = Services::on(url.clone(), cluster::redis_url());
+    let nodes = services
+        .nodes(2, |config| config.storage_timeout_ms = 1_000)
+        .await;
     let a = nodes[0].join_as("acme/pg", 61).await;
     let b = nodes[1].join_as("acme/pg", 62).await;
     a.push_text("t", "[a-up]");

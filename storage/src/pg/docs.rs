@@ -10,6 +10,7 @@ use super::{backend, big, no_nul, unsigned, Db, Merge, PgStore};
 use crate::{Compaction, DocStore, Seq, Snapshot, StoreError, StoredDoc};
 
 /// One appended update not yet committed.
+#[derive(Clone)]
 struct Row {
     doc: String,
     seq: u64,
@@ -104,42 +105,23 @@ impl DocStore for PgStore {
             buffer.inflight = Arc::new(rows);
             Arc::clone(&buffer.inflight)
         };
-        let written = docs
-            .db
-            .run(|db| {
-                let batch = Arc::clone(&batch);
-                async move {
-                    let client = db.client().await?;
-                    let insert = client
-                        .prepare_cached(INSERT_UPDATES)
-                        .await
-                        .map_err(backend)?;
-                    let names: Vec<&str> = batch.iter().map(|r| r.doc.as_str()).collect();
-                    let seqs: Vec<i64> = batch.iter().map(|r| big(r.seq)).collect();
-                    let bodies: Vec<&[u8]> = batch.iter().map(|r| r.body.as_slice()).collect();
-                    client
-                        .execute(&insert, &[&db.origin, &names, &seqs, &bodies])
-                        .await
-                        .map_err(backend)?;
-                    Ok(())
-                }
-            })
-            .await;
+        let written = {
+            let names: Vec<&str> = batch.iter().map(|r| r.doc.as_str()).collect();
+            let seqs: Vec<i64> = batch.iter().map(|r| big(r.seq)).collect();
+            let bodies: Vec<&[u8]> = batch.iter().map(|r| r.body.as_slice()).collect();
+            docs.db
+                .query(INSERT_UPDATES, &[&docs.db.origin, &names, &seqs, &bodies])
+                .await
+                .map(drop)
+        };
+        // The buffer's is then the only reference: a failure takes the rows back uncopied.
+        drop(batch);
         let mut buffer = docs.buffer();
         let inflight = std::mem::take(&mut buffer.inflight);
         if written.is_err() {
             // Back in front of what came since, in order; the retry's (origin, seq) keys make
             // it insert nothing twice if this attempt did commit.
-            let mut rows = Arc::try_unwrap(inflight).unwrap_or_else(|shared| {
-                shared
-                    .iter()
-                    .map(|r| Row {
-                        doc: r.doc.clone(),
-                        seq: r.seq,
-                        body: r.body.clone(),
-                    })
-                    .collect()
-            });
+            let mut rows = Arc::unwrap_or_clone(inflight);
             rows.append(&mut buffer.pending);
             buffer.pending = rows;
         }
@@ -148,14 +130,7 @@ impl DocStore for PgStore {
 
     async fn load(&self, doc: &str) -> Result<StoredDoc, StoreError> {
         let docs = &self.inner;
-        let rows = docs
-            .db
-            .run(|db| async move {
-                let client = db.client().await?;
-                let load = client.prepare_cached(LOAD).await.map_err(backend)?;
-                client.query(&load, &[&doc]).await.map_err(backend)
-            })
-            .await?;
+        let rows = docs.db.query(LOAD, &[&doc]).await?;
         let mut stored = StoredDoc::default();
         let mut committed = HashSet::new();
         for row in rows {
@@ -288,17 +263,11 @@ impl DocStore for PgStore {
         let docs = &self.inner;
         let rows = docs
             .db
-            .run(|db| async move {
-                let client = db.client().await?;
-                client
-                    .query(
-                        "SELECT doc FROM doc_snapshots WHERE body IS NOT NULL
+            .query(
+                "SELECT doc FROM doc_snapshots WHERE body IS NOT NULL
                          UNION SELECT DISTINCT doc FROM doc_updates",
-                        &[],
-                    )
-                    .await
-                    .map_err(backend)
-            })
+                &[],
+            )
             .await?;
         let mut names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
         {

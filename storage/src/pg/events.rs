@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use super::{backend, big, no_nul, unsigned, Db};
+use super::{big, no_nul, unsigned, Db};
 use crate::{EventSlot, EventStore, Retention, Since, StoreError, StoredEvent};
 
 /// Events in PostgreSQL.
@@ -144,33 +144,23 @@ impl EventStore for PgEventStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let batch = Arc::new(batch);
-        let written = self
-            .db
-            .run(|db| {
-                let batch = Arc::clone(&batch);
-                async move {
-                    let client = db.client().await?;
-                    let insert = client
-                        .prepare_cached(INSERT_EVENTS)
-                        .await
-                        .map_err(backend)?;
-                    let workspaces: Vec<&str> =
-                        batch.iter().map(|r| r.workspace.as_str()).collect();
-                    let times: Vec<i64> = batch.iter().map(|r| big(r.at_ms)).collect();
-                    let bodies: Vec<&[u8]> = batch.iter().map(|r| r.body.as_slice()).collect();
-                    let seqs: Vec<i64> = batch.iter().map(|r| big(r.seq)).collect();
-                    let rows = client
-                        .query(&insert, &[&db.origin, &workspaces, &times, &bodies, &seqs])
-                        .await
-                        .map_err(backend)?;
-                    Ok(rows
-                        .iter()
+        let written = {
+            let workspaces: Vec<&str> = batch.iter().map(|r| r.workspace.as_str()).collect();
+            let times: Vec<i64> = batch.iter().map(|r| big(r.at_ms)).collect();
+            let bodies: Vec<&[u8]> = batch.iter().map(|r| r.body.as_slice()).collect();
+            let seqs: Vec<i64> = batch.iter().map(|r| big(r.seq)).collect();
+            self.db
+                .query(
+                    INSERT_EVENTS,
+                    &[&self.db.origin, &workspaces, &times, &bodies, &seqs],
+                )
+                .await
+                .map(|rows| {
+                    rows.iter()
                         .map(|r| (unsigned(r.get(0)), unsigned(r.get(1))))
-                        .collect::<HashMap<u64, u64>>())
-                }
-            })
-            .await;
+                        .collect::<HashMap<u64, u64>>()
+                })
+        };
         match written {
             Ok(ids) => {
                 for row in batch.iter() {
@@ -184,18 +174,7 @@ impl EventStore for PgEventStore {
                 // Back in front of what came since, in order: the retry finds what this
                 // attempt committed, if it did, by (origin, seq).
                 let mut buffer = self.buffer();
-                let mut rows = Arc::try_unwrap(batch).unwrap_or_else(|shared| {
-                    shared
-                        .iter()
-                        .map(|r| Row {
-                            workspace: r.workspace.clone(),
-                            at_ms: r.at_ms,
-                            body: r.body.clone(),
-                            seq: r.seq,
-                            slot: r.slot.clone(),
-                        })
-                        .collect()
-                });
+                let mut rows = batch;
                 rows.append(&mut buffer.pending);
                 buffer.pending = rows;
                 Err(err)
@@ -207,29 +186,16 @@ impl EventStore for PgEventStore {
         let limit = big(limit as u64);
         let rows = self
             .db
-            .run(|db| async move {
-                let client = db.client().await?;
-                let since = client.prepare_cached(SINCE).await.map_err(backend)?;
-                client
-                    .query(&since, &[&workspace, &big(after), &limit])
-                    .await
-                    .map_err(backend)
-            })
+            .query(SINCE, &[&workspace, &big(after), &limit])
             .await?;
         let floor = rows.first().map_or(0, |r| unsigned(r.get(0)));
         if after < floor {
             let oldest = self
                 .db
-                .run(|db| async move {
-                    let client = db.client().await?;
-                    client
-                        .query_one(
-                            "SELECT coalesce(min(id), 0) FROM events WHERE workspace = $1",
-                            &[&workspace],
-                        )
-                        .await
-                        .map_err(backend)
-                })
+                .query_one(
+                    "SELECT coalesce(min(id), 0) FROM events WHERE workspace = $1",
+                    &[&workspace],
+                )
                 .await?;
             return Ok(Since::Resync {
                 oldest: unsigned(oldest.get(0)),
@@ -252,17 +218,11 @@ impl EventStore for PgEventStore {
         let limit = big(limit as u64);
         let rows = self
             .db
-            .run(|db| async move {
-                let client = db.client().await?;
-                client
-                    .query(
-                        "SELECT id, at_ms, body FROM events WHERE workspace = $1 AND id < $2
+            .query(
+                "SELECT id, at_ms, body FROM events WHERE workspace = $1 AND id < $2
                          ORDER BY id DESC LIMIT $3",
-                        &[&workspace, &big(before), &limit],
-                    )
-                    .await
-                    .map_err(backend)
-            })
+                &[&workspace, &big(before), &limit],
+            )
             .await?;
         let mut events: Vec<StoredEvent> = rows.iter().map(|r| event(r, 0)).collect();
         events.reverse();
@@ -272,33 +232,22 @@ impl EventStore for PgEventStore {
     async fn last_id(&self, workspace: &str) -> Result<u64, StoreError> {
         let row = self
             .db
-            .run(|db| async move {
-                let client = db.client().await?;
-                client
-                    .query_opt(
-                        "SELECT last_id FROM event_counters WHERE workspace = $1",
-                        &[&workspace],
-                    )
-                    .await
-                    .map_err(backend)
-            })
-            .await?;
+            .query(
+                "SELECT last_id FROM event_counters WHERE workspace = $1",
+                &[&workspace],
+            )
+            .await
+            .map(|rows| rows.into_iter().next())?;
         Ok(row.map_or(0, |r| unsigned(r.get(0))))
     }
 
     async fn last_ids(&self, workspaces: &[String]) -> Result<Vec<u64>, StoreError> {
         let rows = self
             .db
-            .run(|db| async move {
-                let client = db.client().await?;
-                client
-                    .query(
-                        "SELECT workspace, last_id FROM event_counters WHERE workspace = ANY($1)",
-                        &[&workspaces],
-                    )
-                    .await
-                    .map_err(backend)
-            })
+            .query(
+                "SELECT workspace, last_id FROM event_counters WHERE workspace = ANY($1)",
+                &[&workspaces],
+            )
             .await?;
         let known: HashMap<String, u64> = rows
             .iter()
@@ -314,16 +263,7 @@ impl EventStore for PgEventStore {
         let keep = big(retention.max_events as u64);
         // Too old: more than `max_age_ms` before now.
         let cutoff = big(now_ms.saturating_sub(retention.max_age_ms));
-        let removed = self
-            .db
-            .run(|db| async move {
-                let client = db.client().await?;
-                client
-                    .query_one(TRIM, &[&keep, &cutoff])
-                    .await
-                    .map_err(backend)
-            })
-            .await?;
+        let removed = self.db.query_one(TRIM, &[&keep, &cutoff]).await?;
         Ok(usize::try_from(removed.get::<_, i64>(0)).unwrap_or(0))
     }
 }

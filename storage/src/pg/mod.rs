@@ -145,6 +145,36 @@ impl Db {
         self.pool.get().await.map_err(backend)
     }
 
+    /// Runs one statement (prepared once per connection) and returns its rows, within the
+    /// store's time limit.
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        self.run(|db| async move {
+            let client = db.client().await?;
+            let statement = client.prepare_cached(sql).await.map_err(backend)?;
+            client.query(&statement, params).await.map_err(backend)
+        })
+        .await
+    }
+
+    /// [`Db::query`] of a statement that returns exactly one row.
+    async fn query_one(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<tokio_postgres::Row, StoreError> {
+        self.query(sql, params)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                StoreError::Backend(format!("no row from a query that returns one: {sql}").into())
+            })
+    }
+
     /// Runs `op` with the store's time limit. PostgreSQL enforces it on each statement; this
     /// one, with some slack, is for a database that does not answer at all.
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use super::{backend, no_nul, Db};
+use super::{no_nul, Db};
 use crate::{StateStore, StoreError};
 
 /// (scope, key) → the value to write, or `None` to remove it.
@@ -71,16 +71,10 @@ impl StateStore for PgStateStore {
     async fn scan(&self, scope: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let rows = self
             .db
-            .run(|db| async move {
-                let client = db.client().await?;
-                client
-                    .query(
-                        "SELECT key, value FROM dashboard_state WHERE scope = $1",
-                        &[&scope],
-                    )
-                    .await
-                    .map_err(backend)
-            })
+            .query(
+                "SELECT key, value FROM dashboard_state WHERE scope = $1",
+                &[&scope],
+            )
             .await?;
         let mut entries: BTreeMap<String, Vec<u8>> =
             rows.iter().map(|r| (r.get(0), r.get(1))).collect();
@@ -109,41 +103,34 @@ impl StateStore for PgStateStore {
             buffer.inflight = Arc::new(writes);
             Arc::clone(&buffer.inflight)
         };
-        let written = self
-            .db
-            .run(|db| {
-                let batch = Arc::clone(&batch);
-                async move {
-                    let (mut gone_scopes, mut gone_keys) = (Vec::new(), Vec::new());
-                    let (mut scopes, mut keys, mut values) = (Vec::new(), Vec::new(), Vec::new());
-                    for ((scope, key), value) in batch.iter() {
-                        match value {
-                            Some(value) => {
-                                scopes.push(scope.as_str());
-                                keys.push(key.as_str());
-                                values.push(value.as_slice());
-                            }
-                            None => {
-                                gone_scopes.push(scope.as_str());
-                                gone_keys.push(key.as_str());
-                            }
-                        }
+        let written = {
+            let (mut gone_scopes, mut gone_keys) = (Vec::new(), Vec::new());
+            let (mut scopes, mut keys, mut values) = (Vec::new(), Vec::new(), Vec::new());
+            for ((scope, key), value) in batch.iter() {
+                match value {
+                    Some(value) => {
+                        scopes.push(scope.as_str());
+                        keys.push(key.as_str());
+                        values.push(value.as_slice());
                     }
-                    let client = db.client().await?;
-                    let write = client.prepare_cached(WRITE).await.map_err(backend)?;
-                    client
-                        .execute(&write, &[&gone_scopes, &gone_keys, &scopes, &keys, &values])
-                        .await
-                        .map_err(backend)?;
-                    Ok(())
+                    None => {
+                        gone_scopes.push(scope.as_str());
+                        gone_keys.push(key.as_str());
+                    }
                 }
-            })
-            .await;
+            }
+            self.db
+                .query(WRITE, &[&gone_scopes, &gone_keys, &scopes, &keys, &values])
+                .await
+                .map(drop)
+        };
+        // The buffer's is then the only reference: a failure takes the writes back uncopied.
+        drop(batch);
         let mut buffer = self.buffer();
         let inflight = std::mem::take(&mut buffer.inflight);
         if written.is_err() {
             // Back into the buffer, except where a newer write replaced it meanwhile.
-            let writes = Arc::try_unwrap(inflight).unwrap_or_else(|shared| (*shared).clone());
+            let writes = Arc::unwrap_or_clone(inflight);
             for (key, value) in writes {
                 buffer.pending.entry(key).or_insert(value);
             }

@@ -1,6 +1,7 @@
-//! Several nodes of one cluster in this process: one PostgreSQL database of the test's own, a
-//! cluster name of its own on the machine's Redis (`TANDEM_TEST_REDIS_URL`, default
-//! `redis://127.0.0.1:6379`), so tests run side by side.
+//! Several nodes of one cluster in this process: by default one PostgreSQL database of the
+//! test's own and a cluster name of its own on the machine's Redis (`TANDEM_TEST_REDIS_URL`,
+//! default `redis://127.0.0.1:6379`), so tests run side by side; or the private services of a
+//! test that stops them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,28 +27,64 @@ pub fn fresh_name() -> String {
     )
 }
 
-/// The settings every node of a test cluster shares: its database, its Redis and name, a
-/// short node TTL.
-pub fn join(config: &mut Config, database: &TempDatabase, redis: &str, name: &str) {
-    config.database_url = Some(database.url().parse().expect("database url"));
-    config.redis_url = Some(redis.parse().expect("redis url"));
-    config.cluster_name = name.to_owned();
-    config.node_ttl_ms = 1_500;
+/// What the nodes of a test cluster share.
+#[derive(Clone)]
+pub struct Services {
+    pub database_url: String,
+    pub redis_url: String,
+    pub name: String,
+    /// The test's own database, kept as long as a node may use it.
+    pub database: Option<Arc<TempDatabase>>,
 }
 
-/// `n` nodes of a new cluster, each with its configuration adjusted by `tweak`.
-pub async fn start(n: usize, tweak: impl Fn(&mut Config)) -> (Arc<TempDatabase>, Vec<TestApp>) {
-    let database = Arc::new(TempDatabase::create().await);
-    let (redis, name) = (redis_url(), fresh_name());
-    let mut nodes = Vec::new();
-    for i in 0..n {
-        let node = super::spawn_on(Some(Arc::clone(&database)), |config| {
-            join(config, &database, &redis, &name);
-            config.node_id = Some(format!("node-{i}"));
+impl Services {
+    /// A fresh database and cluster name on the machine's PostgreSQL and Redis.
+    pub async fn fresh() -> Services {
+        let database = Arc::new(TempDatabase::create().await);
+        Services {
+            database_url: database.url().to_owned(),
+            redis_url: redis_url(),
+            name: fresh_name(),
+            database: Some(database),
+        }
+    }
+
+    /// A cluster on `database_url` and `redis_url` (private servers of the test's).
+    pub fn on(database_url: String, redis_url: String) -> Services {
+        Services {
+            database_url,
+            redis_url,
+            name: fresh_name(),
+            database: None,
+        }
+    }
+
+    /// Starts node `id` of the cluster, its configuration adjusted by `tweak`.
+    pub async fn node(&self, id: &str, tweak: impl FnOnce(&mut Config)) -> TestApp {
+        super::spawn_on(self.database.clone(), |config| {
+            config.database_url = Some(self.database_url.parse().expect("database url"));
+            config.redis_url = Some(self.redis_url.parse().expect("redis url"));
+            config.cluster_name = self.name.clone();
+            config.node_ttl_ms = 1_500;
+            config.node_id = Some(id.to_owned());
             tweak(config);
         })
-        .await;
-        nodes.push(node);
+        .await
     }
-    (database, nodes)
+
+    /// `n` nodes, `node-0` to `node-{n-1}`, each adjusted by `tweak`.
+    pub async fn nodes(&self, n: usize, tweak: impl Fn(&mut Config)) -> Vec<TestApp> {
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            nodes.push(self.node(&format!("node-{i}"), &tweak).await);
+        }
+        nodes
+    }
+}
+
+/// `n` nodes of a new cluster on fresh services, each adjusted by `tweak`.
+pub async fn start(n: usize, tweak: impl Fn(&mut Config)) -> (Services, Vec<TestApp>) {
+    let services = Services::fresh().await;
+    let nodes = services.nodes(n, tweak).await;
+    (services, nodes)
 }
