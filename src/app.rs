@@ -227,16 +227,18 @@ pub async fn serve_with_stores(
         tracing::warn!("some connections did not close in time");
     }
     rooms.unload_all().await;
-    cluster_stop.cancel();
-    if let Some(cluster) = &cluster {
-        cluster.stopped().await;
-    }
     background.stop().await;
     if let Err(err) = durability.flush_now(stores.docs.as_ref()).await {
         tracing::error!(error = %err, "final flush failed");
     }
     if let Err(err) = event_durability.flush_now(dashboard_stores.as_ref()).await {
         tracing::error!(error = %err, "final flush of the event log failed");
+    }
+    // Last: what is committed is published, then the node says it leaves (the others repair
+    // from what is now all in PostgreSQL).
+    cluster_stop.cancel();
+    if let Some(cluster) = &cluster {
+        cluster.stopped().await;
     }
     tracing::info!("shut down");
     Ok(())

@@ -69,18 +69,33 @@ enum LogFormat {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let config = match cli.command {
+        Some(Command::Serve(config)) => *config,
+        None => cli.serve,
+        Some(Command::Token(args)) => {
+            init_logging(cli.log_format, None);
+            println!("{}", mint_token(args)?);
+            return Ok(());
+        }
+    };
+    let mut config = config;
+    if config.redis_url.is_some() && config.node_id.is_none() {
+        // A node of a cluster is named in every log line: a fresh name per boot by default.
+        config.node_id = Some(format!("node-{:06x}", fresh_suffix()));
+    }
+    init_logging(cli.log_format, config.node_id.as_deref());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    match cli.command {
-        Some(Command::Serve(config)) => runtime.block_on(run(*config)),
-        None => runtime.block_on(run(cli.serve)),
-        Some(Command::Token(args)) => {
-            println!("{}", mint_token(args)?);
-            Ok(())
-        }
-    }
+    runtime.block_on(run(config))
+}
+
+/// 24 random bits, for a node's default name.
+fn fresh_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.finish() & 0xff_ffff
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
@@ -116,12 +131,62 @@ fn mint_token(args: TokenArgs) -> anyhow::Result<String> {
     Ok(tandem::auth::mint(&args.secret, &claims)?)
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs to stdout in `format`; with `node`, every line names the node (`node=…` first in
+/// pretty lines, a `"node"` field in JSON ones).
+fn init_logging(format: LogFormat, node: Option<&str>) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let node = node.map(str::to_owned);
     match format {
-        LogFormat::Pretty => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Pretty => {
+            let inner = tracing_subscriber::fmt::format::Format::default();
+            builder.event_format(WithNode { node, inner }).init();
+        }
+        LogFormat::Json => {
+            let inner = tracing_subscriber::fmt::format::Format::default().json();
+            builder
+                .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                .event_format(WithNode { node, inner })
+                .init();
+        }
+    }
+}
+
+/// An event format that names the node in every line.
+struct WithNode<F> {
+    node: Option<String>,
+    inner: F,
+}
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for WithNode<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let Some(node) = &self.node else {
+            return self.inner.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.inner.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        match line.strip_prefix('{') {
+            // A JSON object: the node is its first field.
+            Some(rest) => {
+                let node = serde_json::to_string(node).map_err(|_| std::fmt::Error)?;
+                write!(writer, "{{\"node\":{node},{rest}")
+            }
+            None => write!(writer, "node={node} {line}"),
+        }
     }
 }
 

@@ -43,8 +43,6 @@ pub(super) enum Outgoing {
         workspace: String,
         event: StoredEvent,
     },
-    /// A lock this node's connection lets go of.
-    Unclaim { key: String, token: String },
 }
 
 /// Most messages one publish round sends (in one pipeline).
@@ -172,9 +170,12 @@ impl Cluster {
         let mut redis = self.redis.clone();
         let mut batch = Vec::new();
         loop {
+            // What is queued goes out even once stopping (shutdown stops the cluster after
+            // its final commit).
             let first = tokio::select! {
-                _ = stop.cancelled() => return,
+                biased;
                 first = queued.recv() => first,
+                _ = stop.cancelled() => return,
             };
             let Some(first) = first else { return };
             batch.push(first);
@@ -188,9 +189,7 @@ impl Cluster {
                 .iter()
                 .filter_map(|item| match item {
                     Outgoing::Update { ticket, .. } => Some(*ticket),
-                    Outgoing::Now { .. } | Outgoing::Event { .. } | Outgoing::Unclaim { .. } => {
-                        None
-                    }
+                    Outgoing::Now { .. } | Outgoing::Event { .. } => None,
                 })
                 .max();
             if let Some(ticket) = newest {
@@ -205,40 +204,17 @@ impl Cluster {
                 }
             }
             let mut pipe = redis::pipe();
-            let count = batch
-                .iter()
-                .filter(|item| !matches!(item, Outgoing::Unclaim { .. }))
-                .count();
-            let mut unclaims = Vec::new();
+            let count = batch.len();
             for item in batch.drain(..) {
-                if let Outgoing::Unclaim { key, token } = item {
-                    unclaims.push((key, token));
-                    continue;
-                }
-                let Some((channel, payload)) = self.message_of(item) else {
-                    continue;
-                };
+                let (channel, payload) = self.message_of(item);
                 pipe.cmd("PUBLISH")
                     .arg(channel)
                     .arg(payload.as_ref())
                     .ignore();
             }
             if self.redis_down.load(Ordering::Acquire) {
-                // Lost, as Redis may lose anything: once it is back, every node repairs (and
-                // a lock not let go of lapses with its TTL).
+                // Lost, as Redis may lose anything: once it is back, every node repairs.
                 continue;
-            }
-            for (key, token) in unclaims {
-                let mut unclaim = super::events::UNCLAIM.key(key);
-                unclaim.arg(token);
-                let released = tokio::time::timeout(
-                    self.settings.timeout,
-                    unclaim.invoke_async::<i64>(&mut redis),
-                )
-                .await;
-                if !matches!(released, Ok(Ok(_))) {
-                    tracing::debug!("letting go of a lock failed; it lapses with its TTL");
-                }
             }
             let sent =
                 tokio::time::timeout(self.settings.timeout, pipe.query_async::<()>(&mut redis))
@@ -254,9 +230,9 @@ impl Cluster {
         }
     }
 
-    /// The channel and message of a queued item (none for what is not a message); an update
-    /// gets its `prev` and is remembered for the next heartbeat.
-    fn message_of(&self, item: Outgoing) -> Option<(Vec<u8>, Bytes)> {
+    /// The channel and message of a queued item; an update gets its `prev` and is remembered
+    /// for the next heartbeat.
+    fn message_of(&self, item: Outgoing) -> (Vec<u8>, Bytes) {
         let origin = self.settings.origin;
         let (doc, body) = match item {
             Outgoing::Event { workspace, event } => {
@@ -266,9 +242,8 @@ impl Cluster {
                     at_ms: event.at_ms,
                     body: Bytes::from(event.body),
                 };
-                return Some((self.events_channel(&workspace), message.encode()));
+                return (self.events_channel(&workspace), message.encode());
             }
-            Outgoing::Unclaim { .. } => return None,
             Outgoing::Now { doc, body } => (doc, body),
             Outgoing::Update {
                 doc, seq, update, ..
@@ -293,7 +268,7 @@ impl Cluster {
             }
         };
         let message = DocMessage { origin, body };
-        Some((self.doc_channel(doc.as_str()), message.encode()))
+        (self.doc_channel(doc.as_str()), message.encode())
     }
 
     /// Hands what Redis pushes to the rooms and the nodes' view, in order.
@@ -349,9 +324,14 @@ impl Cluster {
         let Some(rooms) = self.rooms() else { return };
         match message.body {
             DocBody::Update { seq, prev, update } => {
-                if rooms.remote_update(&name, origin, seq, prev, &update) == Remote::Gap {
-                    tracing::debug!(doc = %name, origin, seq, prev, "a gap in a node's updates");
-                    self.schedule_repair(name);
+                match rooms.remote_update(&name, origin, seq, prev, &update) {
+                    Remote::Gap => {
+                        tracing::debug!(doc = %name, origin, seq, prev, "a gap in a node's updates");
+                        self.schedule_repair(name);
+                    }
+                    // Its load may have read the store before this was committed.
+                    Remote::NotLoaded if rooms.is_loading(&name) => self.schedule_repair(name),
+                    _ => {}
                 }
             }
             DocBody::Awareness { peer, user, frame } => {

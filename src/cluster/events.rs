@@ -51,20 +51,31 @@ impl HubBus for Cluster {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<Option<String>, String>> {
         Box::pin(async move {
-            let token = self.lock_token(conn);
-            let mut redis = self.redis.clone();
-            let mut claim = CLAIM.key(self.lock_key(workspace, resource));
+            let key = self.lock_key(workspace, resource);
+            // A lease of its own: a late release of the connection's previous lease of this
+            // lock cannot delete this one.
+            let lease = (key.clone(), conn);
+            let (token, fresh) = match self.leases.get(&lease) {
+                Some(token) => (token.clone(), false),
+                None => (self.lease_token(conn), true),
+            };
+            let mut claim = CLAIM.key(&key);
             claim
-                .arg(&token)
+                .arg(self.holder_prefix(conn))
                 .arg(format!("{token}\n{info}"))
                 .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
             let claimed = tokio::time::timeout(
                 self.settings.timeout,
-                claim.invoke_async::<Option<String>>(&mut redis),
+                claim.invoke_async::<Option<String>>(&mut self.redis.clone()),
             )
             .await;
             match claimed {
-                Ok(Ok(None)) => Ok(None),
+                Ok(Ok(None)) => {
+                    if fresh {
+                        self.leases.insert(lease, token);
+                    }
+                    Ok(None)
+                }
                 // Someone else's: their token, a newline, their lock's JSON.
                 Ok(Ok(Some(held))) => Ok(Some(
                     held.split_once('\n')
@@ -78,15 +89,31 @@ impl HubBus for Cluster {
     }
 
     fn unclaim(&self, workspace: &str, resource: &str, conn: ConnId) {
-        let _ = self.outgoing.send(Outgoing::Unclaim {
-            key: self.lock_key(workspace, resource),
-            token: self.lock_token(conn),
+        let key = self.lock_key(workspace, resource);
+        let Some((_, token)) = self.leases.remove(&(key.clone(), conn)) else {
+            return;
+        };
+        if self.redis_down.load(std::sync::atomic::Ordering::Acquire) {
+            // It lapses with its TTL.
+            return;
+        }
+        let (mut redis, timeout) = (self.redis.clone(), self.settings.timeout);
+        self.tasks.spawn(async move {
+            let mut unclaim = UNCLAIM.key(key);
+            unclaim.arg(token);
+            let released =
+                tokio::time::timeout(timeout, unclaim.invoke_async::<i64>(&mut redis)).await;
+            if !matches!(released, Ok(Ok(_))) {
+                tracing::debug!("letting go of a lock failed; it lapses with its TTL");
+            }
         });
     }
 }
 
-/// Takes the lock (`SET NX PX`), or renews it when the caller's token holds it; otherwise
-/// answers the value that holds it. KEYS[1]: the lock; ARGV: token, value, TTL in ms.
+/// Takes the lock (`SET NX PX`), or renews it when the caller's connection holds it (its
+/// value starts with the connection's prefix: this lease or a previous one of it); otherwise
+/// answers the value that holds it. KEYS[1]: the lock; ARGV: the connection's prefix (ending
+/// in ':'), the value (the lease's token, a newline, the lock's JSON), the TTL in ms.
 static CLAIM: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
         r"
@@ -94,7 +121,7 @@ static CLAIM: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
             return false
         end
         local held = redis.call('GET', KEYS[1])
-        if held and string.sub(held, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. '\n' then
+        if held and string.sub(held, 1, string.len(ARGV[1])) == ARGV[1] then
             redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
             return false
         end
@@ -103,8 +130,8 @@ static CLAIM: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     )
 });
 
-/// Deletes the lock if the token holds it. KEYS[1]: the lock; ARGV[1]: the token.
-pub(super) static UNCLAIM: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+/// Deletes the lock if the lease's token holds it. KEYS[1]: the lock; ARGV[1]: the token.
+static UNCLAIM: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
         r"
         local held = redis.call('GET', KEYS[1])
@@ -122,9 +149,17 @@ impl Cluster {
         self.key(&format!("lock:{workspace}:{resource}"))
     }
 
-    /// What this node's connection `conn` holds its locks with.
-    fn lock_token(&self, conn: ConnId) -> String {
-        format!("{}:{}", self.settings.origin, conn.0)
+    /// How the tokens of this node's connection `conn` start.
+    fn holder_prefix(&self, conn: ConnId) -> String {
+        format!("{}:{}:", self.settings.origin, conn.0)
+    }
+
+    /// A token for a new lease of `conn`.
+    fn lease_token(&self, conn: ConnId) -> String {
+        let lease = self
+            .lease_count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}{lease}", self.holder_prefix(conn))
     }
 
     /// Another node's event.

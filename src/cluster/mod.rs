@@ -96,6 +96,9 @@ pub struct Cluster {
     repairs: DashSet<DocName>,
     /// The other nodes, by origin.
     nodes: DashMap<i64, NodeView>,
+    /// The locks this node's connections hold, by (key, connection): each lease's token.
+    leases: DashMap<(String, crate::net::ConnId), String>,
+    lease_count: AtomicU64,
     beat: AtomicU64,
     tasks: TaskTracker,
 }
@@ -157,6 +160,8 @@ impl Cluster {
             redis_down: AtomicBool::new(false),
             repairs: DashSet::new(),
             nodes: DashMap::new(),
+            leases: DashMap::new(),
+            lease_count: AtomicU64::new(0),
             beat: AtomicU64::new(0),
             tasks: TaskTracker::new(),
         });

@@ -193,7 +193,7 @@ impl Cluster {
             let Ok(name) = DocName::parse(&doc) else {
                 continue;
             };
-            if rooms.lacks(&name, origin, seq) {
+            if rooms.lacks(&name, origin, seq) || rooms.is_loading(&name) {
                 tracing::debug!(doc = %name, origin, seq, "a node's last update was lost on the bus");
                 self.schedule_repair(name);
             }

@@ -65,6 +65,9 @@ impl Hub {
         channels: ChannelSet,
         since: Option<u64>,
     ) -> Result<(), StoreError> {
+        if let Some(since) = since {
+            self.catch_up(ws, since).await;
+        }
         let (user, muted, tx, closer, upto, live, fresh, since) = {
             let mut st = ws.lock();
             let upto = st.released;
@@ -230,6 +233,26 @@ impl Hub {
         Ok(page)
     }
 
+    /// A `since` ahead of what this server released (another node of a cluster gave it, and
+    /// its events have not come here yet) is caught up from the log first, so it does not
+    /// look like an id the log never gave.
+    async fn catch_up(&self, ws: &Workspace, since: u64) {
+        if since <= ws.lock().released {
+            return;
+        }
+        match self.store.last_id(&ws.name).await {
+            Ok(last) if since <= last => {
+                if let Err(err) = self.backfill(&ws.name).await {
+                    tracing::warn!(workspace = %ws.name, error = %err, "cannot catch up from the log");
+                }
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(workspace = %ws.name, error = %err, "cannot read the log's last id")
+            }
+        }
+    }
+
     /// The oldest id the log still holds (the next one when it holds none).
     async fn oldest_kept(&self, workspace: &str) -> Result<u64, StoreError> {
         Ok(match self.store.since(workspace, 0, 1).await? {
@@ -266,6 +289,9 @@ impl Hub {
             channels,
             muted,
         };
+        if let Some(since) = since {
+            self.catch_up(&ws, since).await;
+        }
         let now = *released.borrow();
         if since.is_some_and(|since| since > now) {
             // An id this log never gave (it was restored or wiped since): start over.

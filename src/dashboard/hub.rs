@@ -378,7 +378,14 @@ impl Hub {
             if !claim.is_empty() {
                 let ttl = self.settings.lock_ttl;
                 match bus.claim(&ws.name, resource, conn, claim, ttl).await {
-                    Ok(None) => {}
+                    Ok(None) => {
+                        let (frame, acquired) = self.lock_here(ws, conn, resource);
+                        if !acquired {
+                            // Gone, or took too many meanwhile: the claim is nobody's.
+                            bus.unclaim(&ws.name, resource, conn);
+                        }
+                        return frame;
+                    }
                     Ok(Some(held)) => return self.denied_elsewhere(ws, conn, resource, &held),
                     Err(err) => {
                         tracing::warn!(workspace = %ws.name, resource, error = %err, "cannot claim a lock");
@@ -391,7 +398,7 @@ impl Hub {
                 }
             }
         }
-        self.lock_here(ws, conn, resource)
+        self.lock_here(ws, conn, resource).0
     }
 
     /// Someone on another node holds `resource` (`held`: their lock's JSON): `conn` is told,
@@ -420,11 +427,17 @@ impl Hub {
         }
     }
 
-    /// Takes or renews the lock on `resource` for `conn` in this node's state.
-    fn lock_here(self: &Arc<Self>, ws: &Arc<Workspace>, conn: ConnId, resource: &str) -> Utf8Bytes {
+    /// Takes or renews the lock on `resource` for `conn` in this node's state: the frame
+    /// that answers it, and whether `conn` holds the lock now.
+    fn lock_here(
+        self: &Arc<Self>,
+        ws: &Arc<Workspace>,
+        conn: ConnId,
+        resource: &str,
+    ) -> (Utf8Bytes, bool) {
         let mut st = ws.lock();
         let Some(c) = st.conns.get(&conn) else {
-            return lock_denied(resource, None);
+            return (lock_denied(resource, None), false);
         };
         let holder = Holder {
             user_id: UserId(c.user.clone()),
@@ -437,6 +450,7 @@ impl Hub {
             Instant::now(),
             OffsetDateTime::now_utc(),
         );
+        let acquired = matches!(outcome, LockOutcome::Acquired { .. });
         let (frame, ticket) = match outcome {
             LockOutcome::TooMany { limit } => {
                 let error = ProtocolError::new(
@@ -474,7 +488,7 @@ impl Hub {
         };
         drop(st);
         self.settle_later(ws, ticket);
-        frame
+        (frame, acquired)
     }
 
     /// Releases `conn`'s lock on `resource`: the frame that answers it.

@@ -193,6 +193,11 @@ impl Hub {
         if stored.id <= st.released || st.ready.contains_key(&stored.id) {
             return;
         }
+        // One of this node's own, committed but not yet seen so here: its own release brings
+        // it (with the badges its append raised).
+        if st.pending.iter().any(|p| p.slot.id() == Some(stored.id)) {
+            return;
+        }
         let Some(delivered) = Delivered::from_stored(stored) else {
             tracing::warn!(workspace = %ws.name, id = stored.id, "an unreadable event from the log");
             // Its id still counts, or everything after it would wait forever.
@@ -255,9 +260,11 @@ impl Hub {
         // both brought it).
         let upto = st.released;
         st.ready.retain(|id, _| *id > upto);
-        if st.ready.is_empty() {
+        if st.ready.is_empty() || released.is_some() {
+            // A gap is timed from when the releases stopped.
             st.gap_since = None;
-        } else if st.gap_since.is_none() {
+        }
+        if !st.ready.is_empty() && st.gap_since.is_none() {
             st.gap_since = Some(Instant::now());
         }
         inboxes.sort();
@@ -286,17 +293,26 @@ impl Hub {
                 Since::Events(events) => events,
                 Since::Resync { oldest } => {
                     // Retention dropped what this node never released: nobody can have it.
+                    // Skip to just below the oldest kept event (past the last one when none
+                    // is kept).
+                    let target = match oldest {
+                        0 => self.store.last_id(workspace).await?,
+                        oldest => oldest - 1,
+                    };
                     let mut st = ws.lock();
-                    if st.released < oldest.saturating_sub(1) {
-                        tracing::warn!(
-                            workspace,
-                            released = st.released,
-                            oldest,
-                            "events dropped by retention before this node released them"
-                        );
-                        st.released = oldest.saturating_sub(1);
+                    if target <= st.released {
+                        return Ok(found);
                     }
-                    drop(st);
+                    tracing::warn!(
+                        workspace,
+                        released = st.released,
+                        target,
+                        "events dropped by retention before this node released them"
+                    );
+                    st.released = target;
+                    st.ready.retain(|id, _| *id > target);
+                    self.release_ready(&ws, &mut st);
+                    ws.released.send_replace(st.released);
                     continue;
                 }
             };

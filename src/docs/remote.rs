@@ -37,6 +37,14 @@ impl Rooms {
         handle.state.get().is_some().then_some(handle)
     }
 
+    /// Whether the room of `name` is being loaded right now (what is said of it meanwhile may
+    /// have missed the read: the caller repairs it once loaded).
+    pub fn is_loading(&self, name: &DocName) -> bool {
+        self.map
+            .get(name)
+            .is_some_and(|e| e.value().state.get().is_none())
+    }
+
     /// The names of every loaded room.
     pub fn loaded_names(&self) -> Vec<DocName> {
         self.map
@@ -201,6 +209,11 @@ impl Rooms {
     /// # Errors
     /// The store failed or holds what yrs cannot load.
     pub async fn repair(&self, name: &DocName) -> Result<bool, RoomOpError> {
+        // A room still loading is repaired once loaded (its read may predate what was said).
+        let deadline = tokio::time::Instant::now() + self.config.storage_timeout();
+        while self.is_loading(name) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         if self.loaded(name).is_none() {
             return Ok(false);
         }

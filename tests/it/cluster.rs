@@ -287,6 +287,8 @@ async fn a_killed_node_s_clients_leave_the_others_and_its_acknowledged_writes_st
         &backing,
         &args_b.iter().map(String::as_str).collect::<Vec<_>>(),
     );
+    // Every log line of a node names it.
+    assert_eq!(survivor.listening["node"], "survivor", "{}", survivor.listening);
     let ada = tandem_sync::client::Client::connect_with(
         &doomed.ws_url("acme/kill"),
         tandem_sync::client::ClientOptions {
@@ -574,6 +576,18 @@ async fn a_lost_event_message_is_backfilled_from_postgres() {
         .await
         .unwrap()
         .get(0);
+    // A client that heard of it elsewhere resumes from it on node 0, which has not released
+    // it yet: caught up from the log, not told to start over.
+    let page: Value = reqwest::get(nodes[0].http_url(&format!(
+        "/api/v1/events?workspace=acme&channels=workflows&since={lost}&timeout=0"
+    )))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert!(page.get("resync_required").is_none(), "{page}");
+    assert_eq!(page["last_id"].as_i64(), Some(lost), "{page}");
     let event = dash.next_of("workflow_triggered").await;
     assert_eq!(event["id"].as_i64(), Some(lost));
     assert_eq!(event["workflow_id"], "lost");

@@ -50,15 +50,14 @@ impl Docs {
         self.buffer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The buffered updates of `doc` that `committed` (this origin's sequence numbers found
-    /// in the database) does not already hold, oldest first.
-    fn buffered(&self, doc: &str, committed: &HashSet<u64>) -> Vec<(Seq, Vec<u8>)> {
+    /// The buffered updates of `doc`, oldest first.
+    fn buffered(&self, doc: &str) -> Vec<(Seq, Vec<u8>)> {
         let buffer = self.buffer();
         buffer
             .inflight
             .iter()
             .chain(buffer.pending.iter())
-            .filter(|row| row.doc == doc && !committed.contains(&row.seq))
+            .filter(|row| row.doc == doc)
             .map(|row| (Seq(row.seq), row.body.clone()))
             .collect()
     }
@@ -130,6 +129,9 @@ impl DocStore for PgStore {
 
     async fn load(&self, doc: &str) -> Result<StoredDoc, StoreError> {
         let docs = &self.inner;
+        // What is buffered is taken before the read: a flush committing meanwhile then has its
+        // rows in one of the two (in both, they are kept once).
+        let buffered = docs.buffered(doc);
         let rows = docs.db.query(LOAD, &[&doc]).await?;
         let mut stored = StoredDoc::default();
         let mut committed = HashSet::new();
@@ -150,7 +152,11 @@ impl DocStore for PgStore {
                 stored.log.push((Seq(seq), body));
             }
         }
-        stored.log.extend(docs.buffered(doc, &committed));
+        stored.log.extend(
+            buffered
+                .into_iter()
+                .filter(|(seq, _)| !committed.contains(&seq.0)),
+        );
         Ok(stored)
     }
 

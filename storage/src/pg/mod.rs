@@ -62,6 +62,9 @@ pub struct PgOptions {
 #[derive(Clone)]
 pub struct PgStore {
     inner: Arc<docs::Docs>,
+    /// One of each per store: their sequence numbers, with the origin, key the rows.
+    events: PgEventStore,
+    state: PgStateStore,
 }
 
 /// What the three stores share: the pool and how long a call may take.
@@ -86,11 +89,12 @@ impl PgStore {
         config.application_name("tandem");
         // PostgreSQL ends a statement that waits longer than the store's time limit itself
         // (a lock, a full disk), so the connection comes back usable; commits are durable
-        // (synchronous_commit on, whatever the server's default).
+        // (synchronous_commit on, whatever the server's default); notices (a migration's
+        // "already exists, skipping") stay out of the log.
         let limit_ms = options.timeout.as_millis().max(1);
         config.options(format!(
             "-c statement_timeout={limit_ms} -c idle_in_transaction_session_timeout={} \
-             -c synchronous_commit=on",
+             -c synchronous_commit=on -c client_min_messages=warning",
             limit_ms.saturating_mul(2)
         ));
         let manager = Manager::from_config(
@@ -119,18 +123,20 @@ impl PgStore {
         })
         .await?;
         Ok(PgStore {
+            events: PgEventStore::new(db.clone()),
+            state: PgStateStore::new(db.clone()),
             inner: Arc::new(docs::Docs::new(db, options.merge)),
         })
     }
 
-    /// The event log in the same database.
+    /// The event log in the same database (the same one at every call).
     pub fn events(&self) -> PgEventStore {
-        PgEventStore::new(self.inner.db.clone())
+        self.events.clone()
     }
 
-    /// The per-user records in the same database.
+    /// The per-user records in the same database (the same ones at every call).
     pub fn state(&self) -> PgStateStore {
-        PgStateStore::new(self.inner.db.clone())
+        self.state.clone()
     }
 
     /// This node's origin id.

@@ -69,6 +69,17 @@ impl StateStore for PgStateStore {
     }
 
     async fn scan(&self, scope: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        // What is being written, then what came since (the newest write wins), taken before
+        // the read: a flush committing meanwhile then has its writes in one of the two.
+        let buffered: Vec<(String, Option<Vec<u8>>)> = {
+            let buffer = self.buffer();
+            [&*buffer.inflight, &buffer.pending]
+                .into_iter()
+                .flat_map(|writes| writes.iter())
+                .filter(|((s, _), _)| s == scope)
+                .map(|((_, key), value)| (key.clone(), value.clone()))
+                .collect()
+        };
         let rows = self
             .db
             .query(
@@ -78,16 +89,11 @@ impl StateStore for PgStateStore {
             .await?;
         let mut entries: BTreeMap<String, Vec<u8>> =
             rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-        let buffer = self.buffer();
-        // What is being written, then what came since: the newest write wins.
-        for writes in [&*buffer.inflight, &buffer.pending] {
-            for ((s, key), value) in writes.iter().filter(|((s, _), _)| s == scope) {
-                debug_assert_eq!(s, scope);
-                match value {
-                    Some(value) => entries.insert(key.clone(), value.clone()),
-                    None => entries.remove(key),
-                };
-            }
+        for (key, value) in buffered {
+            match value {
+                Some(value) => entries.insert(key, value),
+                None => entries.remove(&key),
+            };
         }
         Ok(entries.into_iter().collect())
     }

@@ -11,6 +11,8 @@ use super::{text_of_update, Backing, Served};
 pub struct ServerProcess {
     child: Child,
     addr: SocketAddr,
+    /// Its "tandem listening" log line.
+    pub listening: serde_json::Value,
 }
 
 impl ServerProcess {
@@ -27,7 +29,7 @@ impl ServerProcess {
             .expect("start tandem");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let addr = loop {
+        let (addr, listening) = loop {
             let line = lines
                 .next()
                 .expect("tandem exited before listening")
@@ -36,16 +38,21 @@ impl ServerProcess {
                 continue;
             };
             if entry["fields"]["message"] == "tandem listening" {
-                break entry["fields"]["addr"]
+                let addr = entry["fields"]["addr"]
                     .as_str()
                     .expect("addr field")
                     .parse()
                     .expect("socket address");
+                break (addr, entry);
             }
         };
         // Keep draining the log so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        ServerProcess { child, addr }
+        ServerProcess {
+            child,
+            addr,
+            listening,
+        }
     }
 
     /// SIGKILL: no shutdown, no final flush.
