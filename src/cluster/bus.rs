@@ -63,7 +63,11 @@ impl RoomBus for Cluster {
 
     fn unsubscribe(&self, doc: &DocName) {
         let channel = self.doc_channel(doc.as_str());
-        self.wanted.remove(&channel);
+        // The last load that wanted it lets go (a new load may already want it again).
+        self.wanted.remove_if_mut(&channel, |_, wanting| {
+            *wanting = wanting.saturating_sub(1);
+            *wanting == 0
+        });
         let _ = self.subscriptions.send(Subscription::Unsubscribe(channel));
     }
 
@@ -113,7 +117,7 @@ impl Cluster {
     /// so, or the Redis timeout: without Redis a room or workspace still loads, and is
     /// repaired once Redis is back.
     pub(super) async fn subscribe_to(&self, channel: Vec<u8>) {
-        self.wanted.insert(channel.clone());
+        *self.wanted.entry(channel.clone()).or_insert(0) += 1;
         let (done, subscribed) = oneshot::channel();
         if self
             .subscriptions
@@ -149,7 +153,7 @@ impl Cluster {
                 }
                 Some(Subscription::Unsubscribe(channel)) => {
                     // A room of the document loaded again meanwhile keeps its subscription.
-                    if !self.wanted.contains(&channel) {
+                    if !self.wanted.contains_key(&channel) {
                         let _ = tokio::time::timeout(
                             self.settings.timeout,
                             redis.unsubscribe(&channel),
@@ -192,9 +196,17 @@ impl Cluster {
                     Outgoing::Now { .. } | Outgoing::Event { .. } => None,
                 })
                 .max();
-            if let Some(ticket) = newest {
-                // Only what is committed is announced; a commit that takes long (PostgreSQL
-                // down) holds everything behind it, in order.
+            if let Some(ticket) = newest.filter(|t| *t > self.durability.durable()) {
+                // Only what is committed is announced: while a commit takes long (PostgreSQL
+                // down), awareness, departures and events go out at once and the updates wait,
+                // in order.
+                let (waiting, now): (Vec<_>, Vec<_>) = batch
+                    .drain(..)
+                    .partition(|item| matches!(item, Outgoing::Update { .. }));
+                if !now.is_empty() {
+                    self.publish(&mut redis, now).await;
+                }
+                batch = waiting;
                 loop {
                     match self.durability.wait(ticket, self.settings.timeout).await {
                         Ok(()) => break,
@@ -203,30 +215,35 @@ impl Cluster {
                     }
                 }
             }
-            let mut pipe = redis::pipe();
-            let count = batch.len();
-            for item in batch.drain(..) {
-                let (channel, payload) = self.message_of(item);
-                pipe.cmd("PUBLISH")
-                    .arg(channel)
-                    .arg(payload.as_ref())
-                    .ignore();
+            self.publish(&mut redis, std::mem::take(&mut batch)).await;
+        }
+    }
+
+    /// Publishes `items` in order, in one pipeline.
+    async fn publish(&self, redis: &mut redis::aio::ConnectionManager, items: Vec<Outgoing>) {
+        let mut pipe = redis::pipe();
+        let count = items.len();
+        for item in items {
+            // Numbered even when it cannot go out, so the next update names it as its
+            // predecessor and whoever missed it repairs.
+            let (channel, payload) = self.message_of(item);
+            pipe.cmd("PUBLISH")
+                .arg(channel)
+                .arg(payload.as_ref())
+                .ignore();
+        }
+        if self.redis_down.load(Ordering::Acquire) {
+            // Lost, as Redis may lose anything: once it is back, every node repairs.
+            return;
+        }
+        let sent = tokio::time::timeout(self.settings.timeout, pipe.query_async::<()>(redis)).await;
+        match sent {
+            Ok(Ok(())) => crate::metrics::get().bus_out.increment(count as u64),
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "publishing on the bus failed");
+                self.mark_down("publishing failed");
             }
-            if self.redis_down.load(Ordering::Acquire) {
-                // Lost, as Redis may lose anything: once it is back, every node repairs.
-                continue;
-            }
-            let sent =
-                tokio::time::timeout(self.settings.timeout, pipe.query_async::<()>(&mut redis))
-                    .await;
-            match sent {
-                Ok(Ok(())) => crate::metrics::get().bus_out.increment(count as u64),
-                Ok(Err(err)) => {
-                    tracing::warn!(error = %err, "publishing on the bus failed");
-                    self.mark_down("publishing failed");
-                }
-                Err(_) => self.mark_down("publishing timed out"),
-            }
+            Err(_) => self.mark_down("publishing timed out"),
         }
     }
 
@@ -349,6 +366,8 @@ impl Cluster {
         let this = Arc::clone(self);
         self.tasks.spawn(async move {
             tokio::time::sleep(REPAIR_COALESCE).await;
+            // A closed semaphore never happens (it is never closed).
+            let _permit = this.repairing.acquire().await;
             this.repairs.remove(&name);
             let Some(rooms) = this.rooms() else { return };
             let started = std::time::Instant::now();

@@ -44,6 +44,10 @@ use crate::durability::Durability;
 pub use nodes::NodeView;
 pub use wire::NodeInfo;
 
+/// Repairs from PostgreSQL running at once: a reconnect repairs every loaded room, and the
+/// pool has a few connections for everything else too.
+const REPAIRS_AT_ONCE: usize = 4;
+
 /// How this node takes part.
 #[derive(Debug, Clone)]
 pub struct ClusterSettings {
@@ -80,8 +84,9 @@ pub struct Cluster {
     durability: Arc<Durability>,
     /// Subscriptions, in the order the rooms ask for them.
     subscriptions: mpsc::UnboundedSender<bus::Subscription>,
-    /// The channels this node wants (its loaded rooms'), re-subscribed after a reconnect.
-    wanted: DashSet<Vec<u8>>,
+    /// The channels this node wants (its loaded rooms' and workspaces'), with how many loads
+    /// want each: re-subscribed after a reconnect, unsubscribed when none does.
+    wanted: DashMap<Vec<u8>, usize>,
     /// What to publish, in order; updates wait for their group commit.
     outgoing: mpsc::UnboundedSender<bus::Outgoing>,
     /// Per document, the last update this node published (and when), for the next one's
@@ -94,6 +99,8 @@ pub struct Cluster {
     redis_down: AtomicBool,
     /// Rooms waiting for a repair.
     repairs: DashSet<DocName>,
+    /// Bounds the repairs running at once (after a reconnect every loaded room wants one).
+    repairing: tokio::sync::Semaphore,
     /// The other nodes, by origin.
     nodes: DashMap<i64, NodeView>,
     /// The locks this node's connections hold, by (key, connection): each lease's token.
@@ -153,12 +160,13 @@ impl Cluster {
             hub: Arc::downgrade(hub),
             durability,
             subscriptions: sub_tx,
-            wanted: DashSet::new(),
+            wanted: DashMap::new(),
             outgoing: out_tx,
             last_published: Mutex::new(HashMap::new()),
             announce: Mutex::new(HashMap::new()),
             redis_down: AtomicBool::new(false),
             repairs: DashSet::new(),
+            repairing: tokio::sync::Semaphore::new(REPAIRS_AT_ONCE),
             nodes: DashMap::new(),
             leases: DashMap::new(),
             lease_count: AtomicU64::new(0),

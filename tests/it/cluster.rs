@@ -288,7 +288,11 @@ async fn a_killed_node_s_clients_leave_the_others_and_its_acknowledged_writes_st
         &args_b.iter().map(String::as_str).collect::<Vec<_>>(),
     );
     // Every log line of a node names it.
-    assert_eq!(survivor.listening["node"], "survivor", "{}", survivor.listening);
+    assert_eq!(
+        survivor.listening["node"], "survivor",
+        "{}",
+        survivor.listening
+    );
     let ada = tandem_sync::client::Client::connect_with(
         &doomed.ws_url("acme/kill"),
         tandem_sync::client::ClientOptions {
@@ -727,6 +731,13 @@ async fn a_postgres_restart_under_writes_loses_nothing_and_lands_everything_once
     postgres.stop();
     a.push_text("t", "[a-down]");
     b.push_text("t", "[b-down]");
+    // Cursors are not held back behind the commits that wait for PostgreSQL.
+    a.set_awareness(r#"{"user":{"name":"A"}}"#).unwrap();
+    b.wait_for("A's cursor while PostgreSQL is down", TIMEOUT, |c| {
+        c.awareness().contains_key(&61)
+    })
+    .await
+    .unwrap();
     // Nothing is acknowledged while PostgreSQL is down.
     assert_eq!(
         post_update(&nodes[1], "acme/pg", text_update(63, "[http-down]")).await,

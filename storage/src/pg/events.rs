@@ -76,11 +76,14 @@ const SINCE: &str = "SELECT f.floor, e.id, e.at_ms, e.body
      ) e ON true";
 
 /// Per workspace, everything up to the newest event that is beyond the count or too old goes
-/// (so no hole is left below what is kept), and the floor rises to it.
-const TRIM: &str = "WITH ranked AS (
+/// (so no hole is left below what is kept), and the floor rises to it. One node at a time (a
+/// transaction-scoped advisory lock; the others' trims find it taken and do nothing).
+const TRIM: &str = "WITH turn AS (
+         SELECT pg_try_advisory_xact_lock(7612345, 1) AS mine
+     ), ranked AS (
          SELECT workspace, id, at_ms,
                 row_number() OVER (PARTITION BY workspace ORDER BY id DESC) AS rank
-         FROM events
+         FROM events WHERE (SELECT mine FROM turn)
      ), cut AS (
          SELECT workspace, max(id) AS upto FROM ranked
          WHERE rank > $1 OR at_ms < $2 GROUP BY workspace
