@@ -28,10 +28,23 @@ impl Rooms {
             // Before the read: an update committed after it is then heard of over the bus.
             bus.subscribe(name).await;
         }
-        let stored = self.store.load(name.as_str()).await?;
-        let snapshot = stored.snapshot.as_ref().map(|s| s.bytes.as_slice());
-        let log = stored.log.iter().map(|(_, u)| u.as_slice());
-        let mut room = Room::load(limits, snapshot, log)?;
+        let read = async {
+            let stored = self.store.load(name.as_str()).await?;
+            let snapshot = stored.snapshot.as_ref().map(|s| s.bytes.as_slice());
+            let log = stored.log.iter().map(|(_, u)| u.as_slice());
+            let room = Room::load(limits, snapshot, log)?;
+            Ok::<_, RoomOpError>((stored, room))
+        };
+        let (stored, mut room) = match read.await {
+            Ok(read) => read,
+            Err(err) => {
+                // No room: nothing wants its messages (the next load subscribes again).
+                if let Some(bus) = self.bus.get() {
+                    bus.unsubscribe(name);
+                }
+                return Err(err);
+            }
+        };
         if self.observer.get().is_some() {
             room.observe();
         }
