@@ -300,7 +300,6 @@ impl Drop for Registration {
         }
         let m = metrics::get();
         let kind = m.kind(info.kind);
-        kind.active.decrement(1.0);
         kind.duration.record(metrics::secs(self.opened.elapsed()));
         let reason = info.closer.as_ref().and_then(|c| c.reason().cloned());
         let (label, failure) = close_label(reason.as_ref());
@@ -308,6 +307,8 @@ impl Drop for Registration {
         if let Some(failure) = failure {
             m.failed(failure);
         }
+        // Last: a scrape that no longer counts the connection as active sees why it closed.
+        kind.active.decrement(1.0);
         if info.kind != Kind::LongPoll {
             self.registry.recent.insert(
                 (

@@ -591,7 +591,8 @@ async fn a_lost_event_message_is_backfilled_from_postgres() {
     .await
     .unwrap();
     assert!(page.get("resync_required").is_none(), "{page}");
-    assert_eq!(page["last_id"].as_i64(), Some(lost), "{page}");
+    // Caught up to the log's end (the watcher's own presence event may follow the lost one).
+    assert!(page["last_id"].as_i64() >= Some(lost), "{page}");
     let event = dash.next_of("workflow_triggered").await;
     assert_eq!(event["id"].as_i64(), Some(lost));
     assert_eq!(event["workflow_id"], "lost");
