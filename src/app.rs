@@ -125,6 +125,14 @@ pub async fn serve_with_stores(
     rooms.observe_with(Arc::new(HubObserver(Arc::clone(&hub))));
     let cluster_stop = CancellationToken::new();
     let cluster = match &config.redis_url {
+        // Every node's messages are told apart by the origin its store writes with.
+        Some(_) if stores.origin == 0 => {
+            return Err(ServeError::Config(
+                "--redis-url needs stores keyed by this boot's origin (the PostgreSQL store of \
+                 --database-url)"
+                    .into(),
+            ));
+        }
         Some(url) => {
             let settings = ClusterSettings {
                 name: config.cluster_name.clone(),
