@@ -124,8 +124,9 @@ async fn postgres_stores(url: &str, config: &Config) -> Result<Stores, ServeErro
     })
 }
 
-/// A random id for this boot of the server: what its writes to a shared database are keyed by.
-fn boot_id() -> i64 {
+/// A random id for this boot of the server: what its writes to a shared database are keyed by
+/// (and, shortened, a cluster node's default name).
+pub fn boot_id() -> i64 {
     use std::hash::{BuildHasher, Hasher};
     // RandomState is seeded from the operating system's randomness.
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();

@@ -81,21 +81,13 @@ fn main() -> anyhow::Result<()> {
     let mut config = config;
     if config.redis_url.is_some() && config.node_id.is_none() {
         // A node of a cluster is named in every log line: a fresh name per boot by default.
-        config.node_id = Some(format!("node-{:06x}", fresh_suffix()));
+        config.node_id = Some(format!("node-{:06x}", tandem::boot_id() & 0xff_ffff));
     }
     init_logging(cli.log_format, config.node_id.as_deref());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(run(config))
-}
-
-/// 24 random bits, for a node's default name.
-fn fresh_suffix() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u32(std::process::id());
-    hasher.finish() & 0xff_ffff
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
