@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::wire::{DocBody, DocMessage, EventMessage};
 use super::{Cluster, ClusterError};
+use crate::dashboard::roster::Heard;
 use crate::docname::DocName;
 use crate::docs::{Remote, RoomBus};
 use crate::durability::{DurabilityError, Ticket};
@@ -43,6 +44,8 @@ pub(super) enum Outgoing {
         workspace: String,
         event: StoredEvent,
     },
+    /// Something this node tells of a workspace (`roster`).
+    Told { workspace: String, heard: Heard },
 }
 
 /// Most messages one publish round sends (in one pipeline).
@@ -193,7 +196,7 @@ impl Cluster {
                 .iter()
                 .filter_map(|item| match item {
                     Outgoing::Update { ticket, .. } => Some(*ticket),
-                    Outgoing::Now { .. } | Outgoing::Event { .. } => None,
+                    Outgoing::Now { .. } | Outgoing::Event { .. } | Outgoing::Told { .. } => None,
                 })
                 .max();
             if let Some(ticket) = newest.filter(|t| *t > self.durability.durable()) {
@@ -224,6 +227,10 @@ impl Cluster {
         let mut pipe = redis::pipe();
         let count = items.len();
         for item in items {
+            if let Outgoing::Told { workspace, heard } = item {
+                self.add_told(&mut pipe, &workspace, heard);
+                continue;
+            }
             // Numbered even when it cannot go out, so the next update names it as its
             // predecessor and whoever missed it repairs.
             let (channel, payload) = self.message_of(item);
@@ -252,6 +259,13 @@ impl Cluster {
     fn message_of(&self, item: Outgoing) -> (Vec<u8>, Bytes) {
         let origin = self.settings.origin;
         let (doc, body) = match item {
+            Outgoing::Told { workspace, heard } => {
+                // Not reached: `publish` runs these as scripts. Published plainly, it still
+                // reads right (without its entry in the roster hash).
+                let seq = self.told_seq.get(&workspace).map_or(0, |s| *s);
+                let message = super::wire::RosterMessage { origin, seq, heard };
+                return (self.events_channel(&workspace), message.encode());
+            }
             Outgoing::Event { workspace, event } => {
                 let message = EventMessage {
                     origin,
@@ -315,7 +329,11 @@ impl Cluster {
                     } else if let Some(doc) = self.doc_of_channel(&channel) {
                         self.on_doc_message(doc, payload);
                     } else if let Some(workspace) = self.workspace_of_channel(&channel) {
-                        self.on_event(workspace, payload);
+                        if super::wire::is_roster(&payload) {
+                            self.on_told(workspace, payload);
+                        } else {
+                            self.on_event(workspace, payload);
+                        }
                     }
                 }
                 _ => {}
@@ -426,5 +444,6 @@ impl Cluster {
         }
         tracing::info!("Redis is back");
         self.repair_all("Redis reconnected");
+        self.tell_all_again();
     }
 }

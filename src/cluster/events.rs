@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::bus::Outgoing;
 use super::wire::EventMessage;
 use super::Cluster;
+use crate::dashboard::roster::{Heard, Told};
 use crate::dashboard::HubBus;
 use crate::net::ConnId;
 
@@ -86,6 +87,24 @@ impl HubBus for Cluster {
                 Err(_) => Err("Redis did not answer in time".to_owned()),
             }
         })
+    }
+
+    fn origin(&self) -> i64 {
+        self.settings.origin
+    }
+
+    fn tell(&self, workspace: &str, key: &str, value: Option<String>) {
+        let _ = self.outgoing.send(Outgoing::Told {
+            workspace: workspace.to_owned(),
+            heard: Heard::Set {
+                key: key.to_owned(),
+                value,
+            },
+        });
+    }
+
+    fn roster<'a>(&'a self, workspace: &'a str) -> BoxFuture<'a, Result<Vec<(i64, Told)>, String>> {
+        Box::pin(self.read_roster(workspace))
     }
 
     fn unclaim(&self, workspace: &str, resource: &str, conn: ConnId) {

@@ -10,6 +10,9 @@
 //! - `events`: the dashboard's events over Redis: [`Cluster`] is the hub's `HubBus` (each
 //!   released event of this node's goes to the others, which release it in id order), and the
 //!   checks that backfill from PostgreSQL what a lost message left out;
+//! - `roster`: what the nodes tell each other of a workspace (who is present and editing
+//!   through each), kept in a Redis hash beside the messages so a node that missed one reads
+//!   it all again;
 //! - `nodes`: heartbeats, the live nodes, the death of one.
 //!
 //! Redis is a bus that may lose messages, never the store: a write is acknowledged once
@@ -22,6 +25,7 @@
 mod bus;
 mod events;
 mod nodes;
+mod roster;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -106,6 +110,12 @@ pub struct Cluster {
     /// The locks this node's connections hold, by (key, connection): each lease's token.
     leases: DashMap<(String, crate::net::ConnId), String>,
     lease_count: AtomicU64,
+    /// Per workspace, the number of this node's last roster message.
+    told_seq: DashMap<String, u64>,
+    /// Workspaces told something of since the last heartbeat, with their last number.
+    announce_told: Mutex<HashMap<String, u64>>,
+    /// Workspaces whose roster is to be read again.
+    rereads: DashSet<String>,
     beat: AtomicU64,
     tasks: TaskTracker,
 }
@@ -170,6 +180,9 @@ impl Cluster {
             nodes: DashMap::new(),
             leases: DashMap::new(),
             lease_count: AtomicU64::new(0),
+            told_seq: DashMap::new(),
+            announce_told: Mutex::new(HashMap::new()),
+            rereads: DashSet::new(),
             beat: AtomicU64::new(0),
             tasks: TaskTracker::new(),
         });

@@ -26,7 +26,7 @@ pub struct NodeView {
 }
 
 impl Cluster {
-    fn nodes_key(&self) -> String {
+    pub(super) fn nodes_key(&self) -> String {
         self.key("nodes")
     }
 
@@ -57,10 +57,15 @@ impl Cluster {
             std::mem::take(&mut *self.announce.lock().unwrap_or_else(|p| p.into_inner()))
                 .into_iter()
                 .collect();
+        let told: Vec<(String, u64)> =
+            std::mem::take(&mut *self.announce_told.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_iter()
+                .collect();
         let heartbeat = Heartbeat {
             node: self.info.clone(),
             beat: self.beat.fetch_add(1, Ordering::Relaxed) + 1,
             published,
+            told,
             leaving,
         };
         let member = serde_json::to_string(&self.info).unwrap_or_default();
@@ -186,8 +191,14 @@ impl Cluster {
         if lost_beat {
             // What it announced in the lost one is unknown.
             self.repair_all("a heartbeat was lost");
+            if let Some(hub) = self.hub() {
+                for workspace in hub.loaded_names() {
+                    self.schedule_reread(workspace);
+                }
+            }
             return;
         }
+        self.check_told(origin, heartbeat.told);
         let Some(rooms) = self.rooms() else { return };
         for (doc, seq) in heartbeat.published {
             let Ok(name) = DocName::parse(&doc) else {
@@ -217,12 +228,14 @@ impl Cluster {
         self.count_alive();
     }
 
-    /// `origin` is gone: its peers leave every room, and every room is repaired from the store
-    /// (it may have committed updates it never published).
+    /// `origin` is gone: its peers leave every room and what it told of each workspace goes
+    /// (its users' presence there, the documents they were in), and every room is repaired
+    /// from the store (it may have committed updates it never published).
     fn gone(self: &Arc<Self>, origin: i64) {
         if let Some(rooms) = self.rooms() {
             rooms.forget_origin(origin);
         }
+        self.forget_told(origin);
         self.repair_all("a node is gone");
     }
 

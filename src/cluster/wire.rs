@@ -5,6 +5,8 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
+use crate::dashboard::roster::Heard;
+
 const KIND_UPDATE: u8 = 1;
 const KIND_AWARENESS: u8 = 2;
 const KIND_LEFT: u8 = 3;
@@ -40,6 +42,8 @@ pub enum WireError {
     Kind(u8),
     #[error("a user id that is not UTF-8")]
     User,
+    #[error("unreadable JSON")]
+    Json,
 }
 
 impl DocMessage {
@@ -172,6 +176,51 @@ impl EventMessage {
     }
 }
 
+/// What a node tells the others of a workspace (`dashboard::roster`), its `seq`-th message
+/// about it (binary: the kind byte 5, the origin, the number, then what it says as JSON).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RosterMessage {
+    pub origin: i64,
+    pub seq: u64,
+    pub heard: Heard,
+}
+
+const KIND_ROSTER: u8 = 5;
+
+/// Whether a message on a workspace's channel is a [`RosterMessage`] (else an
+/// [`EventMessage`]).
+pub fn is_roster(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&KIND_ROSTER)
+}
+
+impl RosterMessage {
+    pub fn encode(&self) -> Bytes {
+        let json = serde_json::to_vec(&self.heard).unwrap_or_default();
+        let mut buf = BytesMut::with_capacity(17 + json.len());
+        buf.put_u8(KIND_ROSTER);
+        buf.put_i64(self.origin);
+        buf.put_u64(self.seq);
+        buf.put_slice(&json);
+        buf.freeze()
+    }
+
+    /// # Errors
+    /// The bytes are not a roster message.
+    pub fn decode(mut bytes: Bytes) -> Result<RosterMessage, WireError> {
+        if bytes.remaining() < 17 {
+            return Err(WireError::Truncated);
+        }
+        let kind = bytes.get_u8();
+        if kind != KIND_ROSTER {
+            return Err(WireError::Kind(kind));
+        }
+        let origin = bytes.get_i64();
+        let seq = bytes.get_u64();
+        let heard = serde_json::from_slice(&bytes).map_err(|_| WireError::Json)?;
+        Ok(RosterMessage { origin, seq, heard })
+    }
+}
+
 /// What each node says every third of the node TTL on the nodes' channel (and keeps in the
 /// nodes' sorted set): that it lives, and the last update it published of each document it
 /// wrote since its previous heartbeat, so a node that lost that update's message repairs.
@@ -184,6 +233,10 @@ pub struct Heartbeat {
     /// (document, the origin's last update sequence number published for it).
     #[serde(default)]
     pub published: Vec<(String, u64)>,
+    /// (workspace, the number of the origin's last message about it) for the workspaces it
+    /// told something of since its previous heartbeat.
+    #[serde(default)]
+    pub told: Vec<(String, u64)>,
     /// Set on the last heartbeat of a node that is shutting down.
     #[serde(default)]
     pub leaving: bool,
@@ -238,6 +291,16 @@ mod tests {
             body: Bytes::from_static(br#"{"type":"alert"}"#),
         };
         assert_eq!(EventMessage::decode(event.encode()), Ok(event));
+        let told = RosterMessage {
+            origin: 9,
+            seq: 3,
+            heard: Heard::Set {
+                key: "p/ada".into(),
+                value: Some(r#"{"status":"online"}"#.into()),
+            },
+        };
+        assert!(is_roster(&told.encode()));
+        assert_eq!(RosterMessage::decode(told.encode()), Ok(told));
         assert_eq!(
             EventMessage::decode(Bytes::from_static(b"\x04\x00")),
             Err(WireError::Truncated)

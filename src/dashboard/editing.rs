@@ -2,11 +2,15 @@
 //! and who of them changed their cursor or selection lately (active). [`Editing`] is plain
 //! state: it says when the list of a document changed ([`Editors`]), and the hub publishes that
 //! as an `editing` event.
+//!
+//! In a cluster each node sees the awareness of its own connections: it tells the others who
+//! is in each document through it ([`Editing::told`]) and hears what they say
+//! ([`Editing::set_remote`]); a document's list is all of it together.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tandem_crdt::AwarenessChange;
 use tokio::time::Instant;
@@ -20,6 +24,9 @@ use crate::docname::DocName;
 #[derive(Debug)]
 pub struct Editing {
     docs: HashMap<String, DocEditing>,
+    /// What changed of who is in each document through this node, to tell the others: the
+    /// document and its new list (empty: nobody any more).
+    telling: Vec<(String, Vec<NodeEditor>)>,
     /// A user is active while their awareness changed within this.
     idle: Duration,
 }
@@ -29,8 +36,21 @@ pub struct Editing {
 struct DocEditing {
     /// By awareness client id: an id belongs to the connection that announced it last.
     clients: HashMap<u64, Editor>,
+    /// Who is in it through the other nodes of a cluster, by origin.
+    remote: HashMap<i64, Vec<NodeEditor>>,
+    /// Who is in it through this node, as last told to the others.
+    told: Vec<NodeEditor>,
     /// (user, active) as last published.
     published: Vec<(String, bool)>,
+}
+
+/// One user in a document through one node, as that node tells the others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEditor {
+    pub user: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub active: bool,
 }
 
 #[derive(Debug)]
@@ -76,6 +96,7 @@ impl Editing {
     pub fn new(idle: Duration) -> Editing {
         Editing {
             docs: HashMap::new(),
+            telling: Vec::new(),
             idle,
         }
     }
@@ -120,6 +141,58 @@ impl Editing {
         self.due(doc, now)
     }
 
+    /// What the node `origin` says of who is in `doc` through it (empty: nobody); the
+    /// document's new list when it changed.
+    pub fn set_remote(
+        &mut self,
+        doc: &str,
+        origin: i64,
+        editors: Vec<NodeEditor>,
+        now: Instant,
+    ) -> Option<Editors> {
+        if editors.is_empty() && !self.docs.contains_key(doc) {
+            return None;
+        }
+        let entry = self.docs.entry(doc.to_owned()).or_default();
+        if editors.is_empty() {
+            entry.remote.remove(&origin);
+        } else {
+            entry.remote.insert(origin, editors);
+        }
+        self.due(doc, now)
+    }
+
+    /// Forgets everything the node `origin` said (it is gone): the lists that changed.
+    pub fn forget(&mut self, origin: i64, now: Instant) -> Vec<Editors> {
+        let docs: Vec<String> = self
+            .docs
+            .iter()
+            .filter(|(_, entry)| entry.remote.contains_key(&origin))
+            .map(|(doc, _)| doc.clone())
+            .collect();
+        docs.iter()
+            .filter_map(|doc| {
+                self.docs.get_mut(doc)?.remote.remove(&origin);
+                self.due(doc, now)
+            })
+            .collect()
+    }
+
+    /// What to tell the other nodes: each document whose list through this node changed, with
+    /// that list.
+    pub fn told(&mut self) -> Vec<(String, Vec<NodeEditor>)> {
+        std::mem::take(&mut self.telling)
+    }
+
+    /// Who is in each document through this node, as last told (to tell it all again).
+    pub fn local(&self) -> Vec<(String, Vec<NodeEditor>)> {
+        self.docs
+            .iter()
+            .filter(|(_, entry)| !entry.told.is_empty())
+            .map(|(doc, entry)| (doc.clone(), entry.told.clone()))
+            .collect()
+    }
+
     /// The lists that changed by themselves since they were last said (users who turned
     /// inactive).
     pub fn tick(&mut self, now: Instant) -> Vec<Editors> {
@@ -133,7 +206,7 @@ impl Editing {
         let mut docs: Vec<(&String, &DocEditing)> = self
             .docs
             .iter()
-            .filter(|(_, entry)| !entry.clients.is_empty())
+            .filter(|(_, entry)| !entry.clients.is_empty() || !entry.remote.is_empty())
             .collect();
         docs.sort_by_key(|(doc, _)| *doc);
         docs.into_iter()
@@ -144,8 +217,13 @@ impl Editing {
     /// `doc`'s list, when it differs from what was last said; a document nobody is in goes.
     fn due(&mut self, doc: &str, now: Instant) -> Option<Editors> {
         let entry = self.docs.get_mut(doc)?;
+        let local = local_editors(entry, now, self.idle);
+        if local != entry.told {
+            entry.told.clone_from(&local);
+            self.telling.push((doc.to_owned(), local));
+        }
         let (summary, list) = editors(doc, entry, now, self.idle);
-        let gone = entry.clients.is_empty();
+        let gone = entry.clients.is_empty() && entry.remote.is_empty();
         let news = summary != entry.published;
         entry.published = summary;
         if gone {
@@ -155,7 +233,27 @@ impl Editing {
     }
 }
 
-/// Who is in `doc`: the summary to compare with what was published, and the list.
+/// Who is in a document through this node: each user once, by user id.
+fn local_editors(entry: &DocEditing, now: Instant, idle: Duration) -> Vec<NodeEditor> {
+    let mut users: BTreeMap<&str, (Option<&str>, bool)> = BTreeMap::new();
+    for editor in entry.clients.values() {
+        let active = now.duration_since(editor.last_change) < idle;
+        let seen = users.entry(&editor.user).or_insert((None, false));
+        seen.0 = seen.0.or(editor.name.as_deref());
+        seen.1 |= active;
+    }
+    users
+        .into_iter()
+        .map(|(user, (name, active))| NodeEditor {
+            user: user.to_owned(),
+            name: name.map(str::to_owned),
+            active,
+        })
+        .collect()
+}
+
+/// Who is in `doc` through every node: the summary to compare with what was published, and
+/// the list.
 fn editors(
     doc: &str,
     entry: &DocEditing,
@@ -163,11 +261,11 @@ fn editors(
     idle: Duration,
 ) -> (Vec<(String, bool)>, Editors) {
     let mut users: BTreeMap<&str, (Option<&str>, bool)> = BTreeMap::new();
-    for editor in entry.clients.values() {
-        let active = now.duration_since(editor.last_change) < idle;
+    let local = local_editors(entry, now, idle);
+    for editor in local.iter().chain(entry.remote.values().flatten()) {
         let seen = users.entry(&editor.user).or_insert((None, false));
         seen.0 = seen.0.or(editor.name.as_deref());
-        seen.1 |= active;
+        seen.1 |= editor.active;
     }
     let summary = users
         .iter()
@@ -246,6 +344,46 @@ mod tests {
         assert!(gone.users.is_empty());
         assert!(editing.now(later).is_empty());
         assert!(editing.tick(later).is_empty());
+    }
+
+    #[test]
+    fn a_document_lists_who_is_in_it_through_every_node() {
+        let mut editing = Editing::new(IDLE);
+        let t0 = Instant::now();
+        let doc = "acme/queries/7";
+        let ada = NodeEditor {
+            user: "ada".into(),
+            name: Some("Ada".into()),
+            active: true,
+        };
+        let listed = editing
+            .set_remote(doc, 2, vec![ada.clone()], t0)
+            .expect("Ada came in on another node");
+        assert_eq!(listed.users.len(), 1);
+        assert!(
+            editing.told().is_empty(),
+            "nobody is in it through this node"
+        );
+        let both = editing
+            .apply(doc, "bob", vec![change(3, Some("{}"))], t0)
+            .expect("Bob came in here");
+        let users: Vec<&str> = both.users.iter().map(|u| u.user_id.0.as_str()).collect();
+        assert_eq!(users, ["ada", "bob"]);
+        let told = editing.told();
+        assert_eq!(told.len(), 1);
+        assert_eq!(told[0].1[0].user, "bob");
+        assert_eq!(editing.now(t0).len(), 1);
+        // Ada's node goes: she goes with it; Bob leaves: the document goes, told once.
+        let left = editing.forget(2, t0);
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].users.len(), 1);
+        let gone = editing
+            .apply(doc, "bob", vec![change(3, None)], t0)
+            .expect("Bob left");
+        assert!(gone.users.is_empty());
+        assert_eq!(editing.told(), vec![(doc.to_owned(), Vec::new())]);
+        assert!(editing.now(t0).is_empty());
+        assert_eq!(editing.set_remote(doc, 2, Vec::new(), t0), None);
     }
 
     #[test]

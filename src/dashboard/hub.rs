@@ -28,6 +28,7 @@ use super::locks::{Holder, LockOutcome, Locks, Released, UnlockError};
 use super::preferences::Muted;
 use super::presence::{self, PresenceSettings, Source, UserPresence};
 use super::protocol::{PresenceStatus, ProtocolError, ServerFrame};
+use super::roster::{Told, NODE_KEY};
 use super::workspace::{Conn, Outgoing, State, User, UserRecord, Workspace};
 use crate::config::Config;
 use crate::docname::{DocName, RoomKind};
@@ -105,6 +106,13 @@ pub trait HubBus: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Option<String>, String>>;
     /// Lets go of the lock on `resource` of `workspace` if `conn` holds it. Must only queue.
     fn unclaim(&self, workspace: &str, resource: &str, conn: ConnId);
+    /// This node's origin.
+    fn origin(&self) -> i64;
+    /// Tells the other nodes that this node's entry `key` of `workspace` is now `value`
+    /// (`None`: gone; see [`roster`](super::roster)). Must only queue.
+    fn tell(&self, workspace: &str, key: &str, value: Option<String>);
+    /// What every live node told of `workspace` (but this one), by origin.
+    fn roster<'a>(&'a self, workspace: &'a str) -> BoxFuture<'a, Result<Vec<(i64, Told)>, String>>;
 }
 
 /// Why a publication failed.
@@ -228,9 +236,16 @@ impl Hub {
     }
 
     async fn load(&self, name: &str) -> Result<Arc<Workspace>, StoreError> {
+        let mut told = Vec::new();
         if let Some(bus) = self.bus.get() {
             // Before the log is read: an event committed after it is then heard of.
             bus.subscribe(name).await;
+            // Likewise what the other nodes tell of it: a message missed in between shows
+            // as a gap.
+            told = bus.roster(name).await.unwrap_or_else(|err| {
+                tracing::warn!(workspace = name, error = %err, "cannot read what the other nodes say of the workspace; reading it again once Redis answers");
+                Vec::new()
+            });
         }
         let released = self.store.last_id(name).await?;
         let mut users = HashMap::new();
@@ -253,13 +268,22 @@ impl Hub {
             );
         }
         let settings = &self.settings;
-        Ok(Arc::new(Workspace::new(
+        let ws = Arc::new(Workspace::new(
             name,
             released,
             users,
             Locks::new(settings.lock_ttl, settings.max_locks_per_connection),
             Editing::new(settings.editing_idle),
-        )))
+        ));
+        if let Some(bus) = self.bus.get() {
+            let mut st = ws.lock();
+            for (origin, changes) in st.roster.reread(told) {
+                // Said already, by whichever node spoke for the workspace.
+                self.apply_told(&ws, &mut st, origin, changes, false);
+            }
+            bus.tell(name, NODE_KEY, Some("1".to_owned()));
+        }
+        Ok(ws)
     }
 
     /// Whether `publisher` may publish to `workspace` now; otherwise how long to wait.
@@ -596,7 +620,10 @@ impl Hub {
                 let news = st
                     .editing
                     .apply(doc.as_str(), user, changes, Instant::now());
-                let ticket = news.and_then(|editors| self.emit(ws, &mut st, editors.event()));
+                self.tell_editing(ws, &mut st);
+                let ticket = news
+                    .filter(|_| self.speaks(&st))
+                    .and_then(|editors| self.emit(ws, &mut st, editors.event()));
                 drop(st);
                 self.settle_later(ws, ticket);
             }
@@ -637,9 +664,13 @@ impl Hub {
             for user in users {
                 ticket = self.presence_due(&ws, &mut st, &user).or(ticket);
             }
+            let speaks = self.speaks(&st);
             for editors in st.editing.tick(now) {
-                ticket = self.emit(&ws, &mut st, editors.event()).or(ticket);
+                if speaks {
+                    ticket = self.emit(&ws, &mut st, editors.event()).or(ticket);
+                }
             }
+            self.tell_editing(&ws, &mut st);
             let stuck = !st.pending.is_empty();
             drop(st);
             self.settle_later(&ws, ticket);

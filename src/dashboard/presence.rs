@@ -3,10 +3,16 @@
 //!
 //! Pure logic over explicit instants, so the idle and debounce rules are tested without
 //! waiting. The hub decides when to look ([`UserPresence::due`]) and publishes what it returns.
+//!
+//! In a cluster each node knows the sources connected to it, tells the others what they say
+//! ([`UserPresence::tell`], a [`NodePresence`]), and hears what the others' say
+//! ([`UserPresence::set_remote`]): a user's presence is all of it together, online while any
+//! node has them online.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use tokio::time::Instant;
@@ -121,6 +127,34 @@ pub fn from_awareness(json: &str) -> PresenceUpdate {
     }
 }
 
+/// What one node of a cluster says of a user: the presence its own sources give.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodePresence {
+    /// `status` is online or idle (a node none of whose sources speaks for the user says
+    /// nothing).
+    #[serde(flatten)]
+    pub fields: PresenceUpdate,
+    /// Their latest activity there, in Unix milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_active_ms: Option<u64>,
+    /// Whether a dashboard connection or a poller speaks for them there (not only a Yjs
+    /// client in the presence room): then every node mirrors them into that room.
+    #[serde(default)]
+    pub direct: bool,
+}
+
+impl NodePresence {
+    /// Whether `other` says the same, but for the time of the latest activity (which moves
+    /// with every frame and is not worth telling the cluster about each time).
+    fn same_as(&self, other: &NodePresence) -> bool {
+        self.fields == other.fields && self.direct == other.direct
+    }
+}
+
+fn wall(ms: u64) -> Option<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+}
+
 /// What was last published for a user.
 #[derive(Debug, Clone, PartialEq)]
 struct Emitted {
@@ -135,7 +169,12 @@ struct Emitted {
 /// One user's presence.
 #[derive(Debug, Default)]
 pub struct UserPresence {
+    /// This node's sources.
     sources: HashMap<Source, Seen>,
+    /// What the other nodes of a cluster say, by origin.
+    remote: HashMap<i64, NodePresence>,
+    /// What this node last told the others.
+    told: Option<NodePresence>,
     /// Wall time of the latest activity, for `last_active`.
     last_active_wall: Option<OffsetDateTime>,
     /// When the last source went (persisted by the hub).
@@ -209,11 +248,68 @@ impl UserPresence {
         }
     }
 
-    /// Forgets `source`; the last one going makes the user offline.
+    /// Forgets `source`; the last one going anywhere makes the user offline.
     pub fn remove(&mut self, source: &Source) {
-        if self.sources.remove(source).is_some() && self.sources.is_empty() {
+        if self.sources.remove(source).is_some() && !self.is_connected() {
             self.last_seen = Some(OffsetDateTime::now_utc());
         }
+    }
+
+    /// What the node `origin` says of the user now (`None`: none of its sources speaks for
+    /// them any more; the last one going anywhere makes the user offline).
+    pub fn set_remote(&mut self, origin: i64, said: Option<NodePresence>) {
+        match said {
+            Some(node) => {
+                if node.fields.name.is_some() {
+                    self.last_name.clone_from(&node.fields.name);
+                }
+                self.remote.insert(origin, node);
+            }
+            None => {
+                if self.remote.remove(&origin).is_some() && !self.is_connected() {
+                    self.last_seen = Some(OffsetDateTime::now_utc());
+                }
+            }
+        }
+    }
+
+    /// What this node should tell the others of the user, when it changed since it last did:
+    /// `Some(None)` once none of its sources speaks for them any more.
+    pub fn tell(
+        &mut self,
+        now: Instant,
+        settings: &PresenceSettings,
+    ) -> Option<Option<NodePresence>> {
+        let local = (!self.sources.is_empty()).then(|| {
+            let view = self.view(now, settings, false);
+            NodePresence {
+                fields: PresenceUpdate {
+                    status: Some(view.status),
+                    workspace: view.workspace,
+                    current_page: view.current_page,
+                    name: view.name,
+                    avatar: view.avatar,
+                    color: view.color,
+                },
+                last_active_ms: view.last_active.map(crate::clock::unix_ms),
+                direct: self.has_local_direct_source(),
+            }
+        });
+        let same = match (&self.told, &local) {
+            (None, None) => true,
+            (Some(told), Some(local)) => told.same_as(local),
+            _ => false,
+        };
+        if same {
+            return None;
+        }
+        self.told.clone_from(&local);
+        Some(local)
+    }
+
+    /// What this node told the others last.
+    pub fn told(&self) -> Option<&NodePresence> {
+        self.told.as_ref()
     }
 
     /// Drops pollers that stopped renewing.
@@ -230,35 +326,70 @@ impl UserPresence {
     }
 
     /// Whether something other than awareness in the presence room speaks for the user (a
-    /// dashboard connection or a poller): then the server mirrors the user into that room.
+    /// dashboard connection or a poller) on any node: then the server mirrors the user into
+    /// that room.
     pub fn has_direct_source(&self) -> bool {
+        self.has_local_direct_source() || self.remote.values().any(|node| node.direct)
+    }
+
+    fn has_local_direct_source(&self) -> bool {
         self.sources
             .keys()
             .any(|source| !matches!(source, Source::Awareness { .. }))
     }
 
+    /// Whether anything speaks for the user, here or on another node.
     pub fn is_connected(&self) -> bool {
-        !self.sources.is_empty()
+        !self.sources.is_empty() || !self.remote.is_empty()
     }
 
-    /// The user's presence now: online when any source is online and active within the idle
-    /// timeout, idle when connected otherwise, offline when nothing speaks for them. The text
-    /// fields come from the most recently active source that has them.
+    /// The user's presence now, across the cluster: online when any source is online and
+    /// active within the idle timeout (or another node says so), idle when connected
+    /// otherwise, offline when nothing speaks for them. The text fields come from the most
+    /// recently active source that has them.
     pub fn current(&self, now: Instant, settings: &PresenceSettings) -> Snapshot {
-        let mut sources: Vec<&Seen> = self.sources.values().collect();
-        sources.sort_by_key(|seen| std::cmp::Reverse(seen.last_active));
-        let online = sources.iter().any(|seen| {
-            seen.status == PresenceStatus::Online
-                && now.duration_since(seen.last_active) < settings.idle_after
+        self.view(now, settings, true)
+    }
+
+    /// The user's presence from this node's sources, and `with_remote` the other nodes' too.
+    fn view(&self, now: Instant, settings: &PresenceSettings, with_remote: bool) -> Snapshot {
+        let wall_now = crate::clock::now_ms();
+        let local = self.sources.values().map(|seen| {
+            let quiet = now.saturating_duration_since(seen.last_active);
+            let status = if seen.status == PresenceStatus::Online && quiet < settings.idle_after {
+                PresenceStatus::Online
+            } else {
+                PresenceStatus::Idle
+            };
+            let quiet_ms = u64::try_from(quiet.as_millis()).unwrap_or(u64::MAX);
+            (wall_now.saturating_sub(quiet_ms), status, &seen.fields)
         });
-        let status = match (sources.is_empty(), online) {
-            (true, _) => PresenceStatus::Offline,
-            (false, true) => PresenceStatus::Online,
-            (false, false) => PresenceStatus::Idle,
+        let remote = self.remote.values().filter(|_| with_remote).map(|node| {
+            let status = node.fields.status.unwrap_or(PresenceStatus::Online);
+            (node.last_active_ms.unwrap_or(0), status, &node.fields)
+        });
+        let mut views: Vec<(u64, PresenceStatus, &PresenceUpdate)> = local.chain(remote).collect();
+        // The most recently active first.
+        views.sort_by_key(|(at, ..)| std::cmp::Reverse(*at));
+        let status = if views.is_empty() {
+            PresenceStatus::Offline
+        } else if views
+            .iter()
+            .any(|(_, status, _)| *status == PresenceStatus::Online)
+        {
+            PresenceStatus::Online
+        } else {
+            PresenceStatus::Idle
         };
         let pick = |get: fn(&PresenceUpdate) -> &Option<String>| {
-            sources.iter().find_map(|seen| get(&seen.fields).clone())
+            views.iter().find_map(|(_, _, fields)| get(fields).clone())
         };
+        let remote_active = self
+            .remote
+            .values()
+            .filter(|_| with_remote)
+            .filter_map(|node| node.last_active_ms.and_then(wall))
+            .max();
         Snapshot {
             status,
             workspace: pick(|f| &f.workspace),
@@ -267,7 +398,7 @@ impl UserPresence {
             name: pick(|f| &f.name).or_else(|| self.last_name.clone()),
             avatar: pick(|f| &f.avatar),
             color: pick(|f| &f.color),
-            last_active: self.last_active_wall,
+            last_active: self.last_active_wall.max(remote_active),
             last_seen: (status == PresenceStatus::Offline)
                 .then_some(self.last_seen)
                 .flatten(),
@@ -467,6 +598,69 @@ mod tests {
         );
         user.update(Source::Dashboard(ConnId(1)), &page("/b"), true, t0);
         assert_eq!(user.due(t0, &SETTINGS), None, "a change: debounced");
+    }
+
+    #[test]
+    fn a_user_is_online_while_any_node_has_them_and_offline_once_the_last_goes() {
+        let t0 = Instant::now();
+        let mut here = UserPresence::default();
+        here.update(Source::Dashboard(ConnId(1)), &page("/a"), true, t0);
+        let told = here
+            .tell(t0, &SETTINGS)
+            .expect("news for the cluster")
+            .expect("connected here");
+        assert_eq!(told.fields.status, Some(PresenceStatus::Online));
+        assert_eq!(told.fields.current_page.as_deref(), Some("/a"));
+        assert!(told.direct);
+        assert_eq!(here.tell(t0, &SETTINGS), None, "told once");
+        // Activity alone is not worth a message; a new page is.
+        here.touch(&Source::Dashboard(ConnId(1)), t0);
+        assert_eq!(here.tell(t0, &SETTINGS), None);
+
+        // What that node told, heard on another one where the user is connected too.
+        let mut there = UserPresence::default();
+        there.set_remote(7, Some(told));
+        assert_eq!(there.current(t0, &SETTINGS).status, PresenceStatus::Online);
+        assert!(there.has_direct_source(), "mirrored everywhere");
+        let idle = PresenceUpdate {
+            status: Some(PresenceStatus::Idle),
+            current_page: Some("/b".into()),
+            ..PresenceUpdate::default()
+        };
+        there.update(Source::Poller, &idle, true, t0);
+        let merged = there.current(t0, &SETTINGS);
+        assert_eq!(
+            merged.status,
+            PresenceStatus::Online,
+            "online on the other node"
+        );
+        assert_eq!(
+            merged.current_page.as_deref(),
+            Some("/b"),
+            "the latest active"
+        );
+        assert!(there.due(t0, &SETTINGS).is_some());
+        assert!(there.tell(t0, &SETTINGS).is_some_and(|told| told.is_some()));
+
+        // The poller goes: still online through the other node.
+        there.remove(&Source::Poller);
+        assert_eq!(there.current(t0, &SETTINGS).status, PresenceStatus::Online);
+        assert_eq!(
+            there.tell(t0, &SETTINGS),
+            Some(None),
+            "nothing here any more"
+        );
+        assert_eq!(
+            there.due(t0, &SETTINGS),
+            None,
+            "same status; the page debounced"
+        );
+        // The other node's last source goes: offline, with when.
+        there.set_remote(7, None);
+        let gone = there.due(t0, &SETTINGS).expect("offline is news");
+        assert_eq!(gone.status, PresenceStatus::Offline);
+        assert!(gone.last_seen.is_some());
+        assert_eq!(gone.current_page, None);
     }
 
     #[test]

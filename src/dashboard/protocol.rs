@@ -46,19 +46,26 @@ pub enum Action {
     },
 }
 
-/// What a client says about its user's presence; absent fields stay as they were.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// What a client says about its user's presence; absent fields stay as they were. (Also what
+/// one node of a cluster tells the others of a user's presence there.)
+#[derive(Debug, Clone, PartialEq, Default, Serialize, serde::Deserialize)]
 pub struct PresenceUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<PresenceStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_page: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub avatar: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub color: Option<String>,
 }
 
 /// A user's presence status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PresenceStatus {
     Online,

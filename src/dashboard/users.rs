@@ -137,18 +137,39 @@ impl Hub {
         self.with_presence(ws, user, |presence, _| presence.remove(source));
     }
 
-    /// Publishes `user`'s presence if it changed enough; persists `last_seen` when they go
-    /// offline.
+    /// Publishes `user`'s presence if it changed enough (where this node speaks for the
+    /// workspace); persists `last_seen` when they go offline; tells the other nodes of a
+    /// cluster what changed here.
     pub(super) fn presence_due(
         &self,
         ws: &Workspace,
         st: &mut State,
         user: &str,
     ) -> Option<Ticket> {
+        self.presence_news(ws, st, user, true)
+    }
+
+    /// [`Hub::presence_due`]; without `emit` what changed is taken as already said (by the
+    /// node that spoke for the workspace) and only mirrored.
+    pub(super) fn presence_news(
+        &self,
+        ws: &Workspace,
+        st: &mut State,
+        user: &str,
+        emit: bool,
+    ) -> Option<Ticket> {
         let settings = self.settings.presence;
+        let speaks = emit && self.speaks(st);
         let entry = st.users.get_mut(user)?;
+        let now = Instant::now();
+        if let Some(bus) = self.bus() {
+            if let Some(told) = entry.presence.tell(now, &settings) {
+                let value = told.and_then(|told| serde_json::to_string(&told).ok());
+                bus.tell(&ws.name, &super::roster::presence_key(user), value);
+            }
+        }
         let direct = entry.presence.has_direct_source();
-        let Some(snapshot) = entry.presence.due(Instant::now(), &settings) else {
+        let Some(snapshot) = entry.presence.due(now, &settings) else {
             if !direct && entry.mirrored {
                 entry.mirrored = false;
                 self.mirror(ws, user, None);
@@ -163,6 +184,9 @@ impl Hub {
         if mirrored.is_some() || entry.mirrored {
             entry.mirrored = mirrored.is_some();
             self.mirror(ws, user, mirrored);
+        }
+        if !speaks {
+            return None;
         }
         let seen = match snapshot.status {
             // Seen for the first time: recorded now, so that a crash before they leave still

@@ -18,6 +18,7 @@ use super::locks::Locks;
 use super::preferences::Muted;
 use super::presence::UserPresence;
 use super::protocol::ServerFrame;
+use super::roster::Roster;
 use crate::durability::Ticket;
 use crate::net::{CloseReason, Closer, ConnId};
 use tandem_storage::{EventSlot, StoredEvent};
@@ -90,6 +91,8 @@ pub(super) struct State {
     pub(super) editing: Editing,
     /// The user each awareness client of the presence room speaks for.
     pub(super) presence_clients: HashMap<u64, String>,
+    /// What the other nodes of a cluster say of the workspace.
+    pub(super) roster: Roster,
 }
 
 /// A dashboard connection as the hub sees it.
@@ -154,6 +157,7 @@ impl Workspace {
                 locks,
                 editing,
                 presence_clients: HashMap::new(),
+                roster: Roster::default(),
             }),
             released: watch::Sender::new(released),
         }

@@ -7,7 +7,8 @@
 //! one that does not has missed something and repairs itself from the store, where everything
 //! announced is committed. A peer of another server is mirrored here by a peer id of our own
 //! (tagged with its user), so its awareness clients are owned, limited and removed as a local
-//! connection's would be.
+//! connection's would be. The hub is not told of them: each node tells the others its own
+//! peers' presence and editing (`dashboard::roster`).
 
 use std::sync::Arc;
 
@@ -139,14 +140,10 @@ impl Rooms {
         if let Err(err) = result {
             tracing::debug!(doc = %name, origin, error = %err, "a remote awareness frame was refused");
         }
+        // The hub hears of another node's peers from that node (what it tells of the
+        // workspace), not from here.
         for frame in outbox.broadcast {
             self.broadcast_detached(&state, frame);
-        }
-        let changes = std::mem::take(&mut outbox.awareness);
-        let user: Arc<str> = Arc::from(user);
-        drop(state);
-        if let (Some(observer), false) = (self.observer.get(), changes.is_empty()) {
-            observer.awareness(name, &user, changes);
         }
     }
 
@@ -156,15 +153,13 @@ impl Rooms {
             return;
         };
         let mut state = handle.lock();
-        let Some((mirror, user)) = state.mirrors.remove(&(origin, peer)) else {
+        let Some((mirror, _)) = state.mirrors.remove(&(origin, peer)) else {
             return;
         };
         let departure = state.room.leave(mirror);
         if let Some(removal) = departure.removal {
             self.broadcast_detached(&state, removal);
         }
-        drop(state);
-        self.report_gone(name, &user, departure.clients);
     }
 
     /// `origin` is gone (its server stopped or died): every peer it had in every room leaves.

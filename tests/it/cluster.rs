@@ -321,6 +321,23 @@ async fn a_killed_node_s_clients_leave_the_others_and_its_acknowledged_writes_st
         crate::support::Dash::connect(&survivor.dash_url("workspace=acme&user=bob")).await;
     bob_dash.send(lock.clone()).await;
     bob_dash.next_of("lock_denied").await;
+    // The survivor lists Ada online through her node.
+    let presence = survivor.http_url("/api/v1/presence?workspace=acme");
+    let ada_listed = |listing: &Value| {
+        listing["users"]
+            .as_array()
+            .and_then(|users| users.iter().find(|u| u["user_id"] == "ada").cloned())
+    };
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let listing: Value = reqwest::get(&presence).await.unwrap().json().await.unwrap();
+        if ada_listed(&listing).is_some_and(|ada| ada["status"] == "online") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{listing}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bob_dash.subscribe(&["presence"], None).await;
     let http = reqwest::Client::new();
     for i in 0..10 {
         assert!(
@@ -343,6 +360,16 @@ async fn a_killed_node_s_clients_leave_the_others_and_its_acknowledged_writes_st
     })
     .await
     .unwrap();
+    // Her presence goes with her node: offline, said on the survivor, listed so there.
+    loop {
+        let update = bob_dash.next_of("presence_update").await;
+        if update["user_id"] == "ada" && update["status"] == "offline" {
+            assert!(update["last_seen"].is_string(), "{update}");
+            break;
+        }
+    }
+    let listing: Value = reqwest::get(&presence).await.unwrap().json().await.unwrap();
+    assert!(ada_listed(&listing).is_none(), "{listing}");
     // Her lock lapses with its TTL: Bob gets it.
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     loop {
@@ -452,6 +479,7 @@ async fn a_lost_update_is_repaired_from_postgres_on_the_next_message_or_heartbea
         },
         beat: 1,
         published: vec![("acme/lost".into(), 3)],
+        told: Vec::new(),
         leaving: false,
     };
     publish_raw(
@@ -776,4 +804,138 @@ async fn a_postgres_restart_under_writes_loses_nothing_and_lands_everything_once
         .unwrap()
         .get(0);
     assert_eq!(duplicates, 0);
+}
+
+/// What `GET path` on `node` answers.
+async fn get_json(node: &TestApp, path: &str) -> Value {
+    reqwest::get(node.http_url(path))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json")
+}
+
+/// Waits until `GET path` on every node answers what `check` accepts.
+async fn every_node_answers(
+    nodes: &[TestApp],
+    path: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) {
+    for node in nodes {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let answer = get_json(node, path).await;
+            if check(&answer) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: {} answers {answer}",
+                node.addr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// `user`'s entry in a presence listing.
+fn listed<'a>(listing: &'a Value, user: &str) -> Option<&'a Value> {
+    listing["users"]
+        .as_array()?
+        .iter()
+        .find(|u| u["user_id"] == user)
+}
+
+#[tokio::test]
+async fn presence_is_per_user_across_the_cluster() {
+    use serde_json::json;
+    let (_services, nodes) = cluster::start(3, |_| {}).await;
+    let mut watcher = nodes[2].dash("workspace=acme&user=watcher").await;
+    watcher.subscribe(&["presence"], None).await;
+    let online = "/api/v1/presence?workspace=acme";
+
+    // Ada comes online on node A: every node lists her.
+    let ada_a = nodes[0].dash("workspace=acme&user=ada&name=Ada").await;
+    every_node_answers(&nodes, online, "Ada online", |l| {
+        listed(l, "ada").is_some_and(|u| u["status"] == "online" && u["name"] == "Ada")
+    })
+    .await;
+    // She opens a second tab, on node B, and goes to a page there: every node sees where.
+    let mut ada_b = nodes[1].dash("workspace=acme&user=ada&name=Ada").await;
+    ada_b
+        .send(json!({"action":"presence","status":"online","current_page":"/queries/9"}))
+        .await;
+    every_node_answers(&nodes, online, "Ada's page", |l| {
+        listed(l, "ada").is_some_and(|u| u["current_page"] == "/queries/9")
+    })
+    .await;
+    // Her first tab closes: still online, everywhere.
+    ada_a.close().await;
+    every_node_answers(&nodes, online, "Ada still online", |l| {
+        listed(l, "ada").is_some_and(|u| u["status"] == "online")
+    })
+    .await;
+    // Her last connection anywhere goes: offline, with when, everywhere.
+    ada_b.close().await;
+    every_node_answers(&nodes, online, "Ada gone", |l| listed(l, "ada").is_none()).await;
+    every_node_answers(
+        &nodes,
+        "/api/v1/presence?workspace=acme&include_offline=true",
+        "Ada offline since",
+        |l| {
+            listed(l, "ada").is_some_and(|u| u["status"] == "offline" && u["last_seen"].is_string())
+        },
+    )
+    .await;
+
+    // Each change was said once, by one node: online, her page, offline.
+    let mut said = Vec::new();
+    while said.last().map(|(status, _)| status) != Some(&"offline".to_owned()) {
+        let update = watcher.next_of("presence_update").await;
+        if update["user_id"] == "ada" {
+            said.push((
+                update["status"].as_str().unwrap_or_default().to_owned(),
+                update["current_page"].clone(),
+            ));
+        }
+    }
+    assert_eq!(
+        said,
+        [
+            ("online".to_owned(), Value::Null),
+            ("online".to_owned(), json!("/queries/9")),
+            ("offline".to_owned(), Value::Null),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn who_is_editing_is_seen_on_every_node() {
+    use serde_json::json;
+    let (_services, nodes) = cluster::start(3, |_| {}).await;
+    let mut watcher = nodes[2].dash("workspace=acme&user=watcher").await;
+    watcher.subscribe(&["presence"], None).await;
+    let editing = "/api/v1/editing?workspace=acme";
+    let doc = "acme/queries/9";
+    let ada = nodes[0].join_as(doc, 81).await;
+    ada.set_awareness(r#"{"user":{"name":"Ada"},"cursor":1}"#)
+        .unwrap();
+    every_node_answers(&nodes, editing, "Ada editing", |now| {
+        now["documents"][0]["users"]
+            == json!([{"user_id": "anonymous", "name": "Ada", "active": true}])
+    })
+    .await;
+    let said = watcher.next_of("editing").await;
+    assert_eq!(said["document"], doc);
+    assert_eq!(said["query_id"], 9);
+    // She leaves: the document goes, everywhere, said once more.
+    ada.close().await;
+    every_node_answers(&nodes, editing, "nobody editing", |now| {
+        now["documents"] == json!([])
+    })
+    .await;
+    let said = watcher.next_of("editing").await;
+    assert_eq!(said["users"], json!([]), "{said}");
 }
