@@ -28,6 +28,11 @@ pub fn rfc3339_exact(at: OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
+/// Reads an RFC 3339 time.
+pub fn parse_rfc3339(text: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -69,16 +69,6 @@ impl Delivered {
         }
     }
 
-    /// The users it is addressed to; empty for everyone who sees its channel.
-    pub(super) fn user_ids(&self) -> &[String] {
-        &self.user_ids
-    }
-
-    /// Whether muting `muted` keeps it from its addressees' inboxes.
-    pub(super) fn muted_by(&self, muted: Muted) -> bool {
-        muted.mutes(self.type_index)
-    }
-
     /// This many subscribers will each hand it over once.
     pub(super) fn expect_recipients(&self, recipients: usize) {
         self.remaining.store(recipients, Ordering::Release);
@@ -93,7 +83,7 @@ impl Delivered {
 }
 
 /// The frame of a stored event: its JSON object with `"id"` first.
-fn frame_with_id(id: u64, body: &[u8]) -> Option<String> {
+pub(super) fn frame_with_id(id: u64, body: &[u8]) -> Option<String> {
     let rest = std::str::from_utf8(body).ok()?.strip_prefix('{')?;
     Some(if rest.trim_start().starts_with('}') {
         format!("{{\"id\":{id}}}")

@@ -224,6 +224,8 @@ impl Hub {
                 match Delivered::from_stored(&stored) {
                     Some(event) if wants(&event) => page.events.push(Arc::new(event)),
                     Some(_) => {}
+                    // Changes to the users' records, for no subscriber.
+                    None if super::records::is_internal(&stored.body) => {}
                     None => {
                         tracing::warn!(workspace, id = stored.id, "skipping an unreadable event")
                     }

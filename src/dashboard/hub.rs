@@ -248,8 +248,10 @@ impl Hub {
             });
         }
         let released = self.store.last_id(name).await?;
+        // The checkpoint before the records: the records are at least as new.
+        let checkpoint = self.checkpoint(name).await?;
         let mut users = HashMap::new();
-        for (user, bytes) in self.state.scan(&users_scope(name)).await? {
+        for (user, bytes) in self.stored_records(name).await? {
             let record: UserRecord = serde_json::from_slice(&bytes).unwrap_or_else(|err| {
                 tracing::warn!(workspace = name, %user, error = %err, "unreadable user record; starting afresh");
                 UserRecord::default()
@@ -260,6 +262,7 @@ impl Hub {
             users.insert(
                 user,
                 User {
+                    known: true,
                     muted: Muted::of(&record.muted),
                     presence: UserPresence::offline_since(last_seen, record.name.clone()),
                     record,
@@ -275,6 +278,19 @@ impl Hub {
             Locks::new(settings.lock_ttl, settings.max_locks_per_connection),
             Editing::new(settings.editing_idle),
         ));
+        // What the last releases changed may not all have been flushed when the records were
+        // read: applied again from the checkpoint. Without one, from the start, but records
+        // from before checkpoints (none has seen an event) are as new as the log.
+        let legacy = {
+            let st = ws.lock();
+            !st.users.is_empty() && st.users.values().all(|u| u.record.through == 0)
+        };
+        let from = match checkpoint {
+            Some(checkpoint) => checkpoint,
+            None if legacy => released,
+            None => 0,
+        };
+        self.replay_records(&ws, from, released).await?;
         if let Some(bus) = self.bus.get() {
             let mut st = ws.lock();
             for (origin, changes) in st.roster.reread(told) {
@@ -307,23 +323,11 @@ impl Hub {
         closer: Closer,
     ) {
         let mut st = ws.lock();
-        let muted = match st.users.get(user) {
-            Some(known) => known.muted,
-            None => {
-                // Known from now on: chat badges are kept for every user of the workspace.
-                let record = UserRecord::default();
-                self.save(ws, user, &record);
-                self.durability.appended();
-                st.users.insert(
-                    user.to_owned(),
-                    User {
-                        record,
-                        ..User::default()
-                    },
-                );
-                Muted::default()
-            }
-        };
+        // A user seen for the first time has a record once their presence is said (`records`).
+        let muted = st
+            .users
+            .get(user)
+            .map_or(Muted::default(), |known| known.muted);
         st.conns.insert(
             conn,
             Conn {

@@ -63,6 +63,11 @@ impl Inbox {
         }
     }
 
+    /// Whether `session` has unread messages.
+    pub fn has_badge(&self, session: &str) -> bool {
+        self.badges.contains_key(session)
+    }
+
     /// The user read `session`: its badge goes. False when it had none.
     pub fn mark_read(&mut self, session: &str) -> bool {
         if self.badges.remove(session).is_none() {

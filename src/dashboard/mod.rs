@@ -4,7 +4,7 @@
 //! (`pipeline`), who gets it ([`delivery`]), what a client reads back ([`history`]), and the
 //! plain state it keeps: locks ([`locks`]), inboxes and badges ([`inbox`]), who is editing
 //! ([`editing`]), presence ([`presence`]), preferences ([`preferences`]) and the users' records
-//! (`users`), and what the nodes of a cluster tell each other of a workspace ([`roster`]). The `/ws` connection itself is [`session`].
+//! (`users`, kept as a fold over the event log: `records`), and what the nodes of a cluster tell each other of a workspace ([`roster`]). The `/ws` connection itself is [`session`].
 
 pub mod catalogue;
 pub mod delivery;
@@ -17,6 +17,7 @@ mod pipeline;
 pub mod preferences;
 pub mod presence;
 pub mod protocol;
+mod records;
 pub mod roster;
 pub mod session;
 mod users;

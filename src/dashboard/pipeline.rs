@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tandem_crdt::Any;
 use tandem_storage::{Since, StoreError, StoredEvent};
 use time::OffsetDateTime;
@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use super::catalogue::{self, Event};
 use super::delivery::Delivered;
 use super::hub::{Hub, PublishError};
+use super::records::{self, Change, Touched};
 use super::workspace::{Pending, Ready, State, Workspace};
 use crate::durability::{DurabilityError, Ticket};
 
@@ -69,7 +70,7 @@ impl Hub {
 
     /// Appends with the workspace locked: the `pending` order, the ids the commit gives and the
     /// badges agree.
-    fn append(
+    pub(super) fn append(
         &self,
         ws: &Workspace,
         st: &mut State,
@@ -84,13 +85,6 @@ impl Hub {
         let body = Value::Object(std::mem::take(&mut event.fields)).to_string();
         let at_ms = crate::clock::unix_ms(now);
         let slot = self.store.append(&ws.name, at_ms, body.as_bytes())?;
-        let badge_users = if event.kind == "new_chat_message" {
-            serde_json::from_str::<Map<String, Value>>(&body)
-                .map(|fields| self.raise_badges(ws, st, &fields, &event.user_ids))
-                .unwrap_or_default()
-        } else {
-            Vec::new()
-        };
         let ticket = self.durability.appended();
         st.pending.push_back(Pending {
             ticket,
@@ -99,7 +93,6 @@ impl Hub {
             body,
             at_ms,
             published,
-            badge_users,
         });
         Ok((slot, ticket))
     }
@@ -164,12 +157,19 @@ impl Hub {
                 }
                 continue;
             }
-            let delivered = Delivered::live(id, &pending.event, &pending.body, pending.published);
+            let delivered = (!records::is_internal(&stored.body)).then(|| {
+                Arc::new(Delivered::live(
+                    id,
+                    &pending.event,
+                    &pending.body,
+                    pending.published,
+                ))
+            });
             st.ready.insert(
                 id,
                 Ready {
-                    event: Some(Arc::new(delivered)),
-                    badge_users: pending.badge_users,
+                    event: delivered,
+                    changes: Change::of(id, &stored.body),
                     local: Some(stored),
                 },
             );
@@ -188,45 +188,42 @@ impl Hub {
         self.release_ready(&ws, &mut st);
     }
 
-    /// Queues another node's `stored` in `ready` (raising the chat badges it raises here).
+    /// Queues another node's `stored` in `ready`.
     fn take_in(&self, ws: &Workspace, st: &mut State, stored: &StoredEvent) {
         if stored.id <= st.released || st.ready.contains_key(&stored.id) {
             return;
         }
         // One of this node's own, committed but not yet seen so here: its own release brings
-        // it (with the badges its append raised).
+        // it.
         if st.pending.iter().any(|p| p.slot.id() == Some(stored.id)) {
             return;
         }
-        let Some(delivered) = Delivered::from_stored(stored) else {
-            tracing::warn!(workspace = %ws.name, id = stored.id, "an unreadable event from the log");
-            // Its id still counts, or everything after it would wait forever.
-            st.ready.insert(stored.id, Ready::skipped());
-            return;
-        };
-        let badge_users = match serde_json::from_slice::<Map<String, Value>>(&stored.body) {
-            Ok(fields)
-                if fields.get("type").and_then(Value::as_str) == Some("new_chat_message") =>
-            {
-                let user_ids = delivered.user_ids().to_vec();
-                self.raise_badges(ws, st, &fields, &user_ids)
+        let changes = Change::of(stored.id, &stored.body);
+        let event = if records::is_internal(&stored.body) {
+            None
+        } else {
+            let delivered = Delivered::from_stored(stored);
+            if delivered.is_none() {
+                // Its id still counts, or everything after it would wait forever.
+                tracing::warn!(workspace = %ws.name, id = stored.id, "an unreadable event from the log");
             }
-            _ => Vec::new(),
+            delivered.map(Arc::new)
         };
         st.ready.insert(
             stored.id,
             Ready {
-                event: Some(Arc::new(delivered)),
-                badge_users,
+                event,
+                changes,
                 local: None,
             },
         );
     }
 
-    /// Releases the events of `ready` that come next, in id order, to every connection that
-    /// sees them, the inboxes of the users they name, and (this node's own) the other nodes.
+    /// Releases the events of `ready` that come next, in id order: each changes the users'
+    /// records (`records`), goes to every connection that sees it, and (this node's own) to
+    /// the other nodes.
     fn release_ready(&self, ws: &Workspace, st: &mut State) {
-        let mut inboxes = Vec::new();
+        let mut touched = Touched::default();
         let mut released = None;
         loop {
             let next = st.released + 1;
@@ -235,22 +232,15 @@ impl Hub {
             };
             st.released = next;
             released = Some(next);
-            let Some(event) = ready.event else { continue };
-            st.fan_out(&event);
-            for user in &ready.badge_users {
-                st.push_badges(user);
-                inboxes.push(user.clone());
-            }
-            for user in event.user_ids() {
-                if let Some(entry) = st.users.get_mut(user) {
-                    if event.muted_by(entry.muted) {
-                        continue;
-                    }
-                    entry.record.inbox.notify(event.frame.as_str());
-                    let record = entry.record.clone();
-                    self.save(ws, user, &record);
-                    inboxes.push(user.clone());
-                }
+            records::apply(
+                st,
+                next,
+                ready.changes,
+                self.settings.max_chat_badges,
+                &mut touched,
+            );
+            if let Some(event) = &ready.event {
+                st.fan_out(event);
             }
             if let (Some(local), Some(bus)) = (&ready.local, self.bus()) {
                 bus.released(&ws.name, local);
@@ -267,14 +257,19 @@ impl Hub {
         if !st.ready.is_empty() && st.gap_since.is_none() {
             st.gap_since = Some(Instant::now());
         }
-        inboxes.sort();
-        inboxes.dedup();
-        for user in inboxes {
-            self.sync_inbox(ws, st, &user);
+        let Some(id) = released else { return };
+        self.save_records(ws, st, &touched, id);
+        touched.badges.sort();
+        touched.badges.dedup();
+        for user in &touched.badges {
+            st.push_badges(user);
         }
-        if let Some(id) = released {
-            ws.released.send_replace(id);
+        touched.inboxes.sort();
+        touched.inboxes.dedup();
+        for user in &touched.inboxes {
+            self.sync_inbox(ws, st, user);
         }
+        ws.released.send_replace(id);
     }
 
     /// Reads the events after the last released one from the log and releases them: what a
@@ -362,38 +357,5 @@ impl Hub {
                 (ws.name.clone(), released)
             })
             .collect()
-    }
-
-    /// Raises the unread count of `new_chat_message`'s session for its recipients: the users it
-    /// names, or everyone known in the workspace; never its sender.
-    fn raise_badges(
-        &self,
-        ws: &Workspace,
-        st: &mut State,
-        fields: &Map<String, Value>,
-        user_ids: &[String],
-    ) -> Vec<String> {
-        let Some(session) = fields.get("session_id").and_then(catalogue::id_text) else {
-            return Vec::new();
-        };
-        let sender = fields.get("sender").and_then(catalogue::id_text);
-        let recipients: Vec<String> = if user_ids.is_empty() {
-            st.users.keys().cloned().collect()
-        } else {
-            user_ids.to_vec()
-        };
-        let recipients: Vec<String> = recipients
-            .into_iter()
-            .filter(|u| Some(u) != sender.as_ref())
-            .collect();
-        for user in &recipients {
-            let entry = st.users.entry(user.clone()).or_default();
-            entry
-                .record
-                .inbox
-                .raise_badge(&session, self.settings.max_chat_badges);
-            self.save(ws, user, &entry.record);
-        }
-        recipients
     }
 }

@@ -16,6 +16,7 @@ use super::inbox::ChatBadges;
 use super::preferences::{Muted, Preferences};
 use super::presence::{Snapshot, Source, UserPresence};
 use super::protocol::{PresenceStatus, PresenceUpdate};
+use super::records;
 use super::workspace::{State, UserRecord, Workspace};
 use crate::docname::DocName;
 use crate::durability::Ticket;
@@ -57,20 +58,26 @@ impl Hub {
         }
     }
 
-    /// Clears a user's unread count for a chat session and pushes the new counts.
-    pub fn mark_read(&self, ws: &Workspace, user: &str, session: &str) {
+    /// Clears a user's unread count for a chat session: said in the log (`records`), so
+    /// every node clears it, and pushed once it is durable.
+    pub fn mark_read(self: &Arc<Self>, ws: &Arc<Workspace>, user: &str, session: &str) {
         let mut st = ws.lock();
-        let Some(entry) = st.users.get_mut(user) else {
-            return;
-        };
-        if !entry.record.inbox.mark_read(session) {
+        let unread = st
+            .users
+            .get(user)
+            .is_some_and(|entry| entry.record.inbox.has_badge(session));
+        if !unread {
             return;
         }
-        let record = entry.record.clone();
-        self.save(ws, user, &record);
-        self.durability.appended();
-        st.push_badges(user);
-        self.sync_inbox(ws, &st, user);
+        let mut fields = Map::new();
+        fields.insert("session_id".into(), Value::String(session.into()));
+        let ticket = self.emit(
+            ws,
+            &mut st,
+            records::internal(records::CHAT_READ, user, fields),
+        );
+        drop(st);
+        self.settle_later(ws, ticket);
     }
 
     /// Writes `user`'s inbox state (latest notifications, chat badges) into their inbox room.
@@ -188,23 +195,7 @@ impl Hub {
         if !speaks {
             return None;
         }
-        let seen = match snapshot.status {
-            // Seen for the first time: recorded now, so that a crash before they leave still
-            // lists them as offline afterwards.
-            PresenceStatus::Online | PresenceStatus::Idle
-                if entry.record.last_seen_ms.is_none() =>
-            {
-                Some(time::OffsetDateTime::now_utc())
-            }
-            PresenceStatus::Offline => snapshot.last_seen,
-            _ => None,
-        };
-        if let Some(seen) = seen {
-            entry.record.last_seen_ms = i64::try_from(crate::clock::unix_ms(seen)).ok();
-            entry.record.name.clone_from(&snapshot.name);
-            let record = entry.record.clone();
-            self.save(ws, user, &record);
-        }
+        // The event records when they were seen (`records`).
         self.emit(
             ws,
             st,
@@ -275,7 +266,8 @@ impl Hub {
     }
 
     /// Changes some of a user's preferences (`{"realtime":{"agent_executed":false}}`) and
-    /// returns them all once durable.
+    /// returns them all once durable. The change is said in the log (`records`), so every
+    /// node applies it, and two made at once on different nodes both hold.
     ///
     /// # Errors
     /// [`PreferencesError::Invalid`] for a bad request (checked before anything changes),
@@ -293,26 +285,29 @@ impl Hub {
             .workspace(workspace)
             .await
             .map_err(PublishError::Store)?;
-        let muted = {
+        let (muted, ticket) = {
             let mut st = ws.lock();
-            let entry = st.users.entry(user.to_owned()).or_default();
-            entry.muted = entry
-                .muted
+            let muted = st
+                .users
+                .get(user)
+                .map_or(Muted::default(), |entry| entry.muted)
                 .with(realtime)
                 .map_err(PreferencesError::Invalid)?;
-            entry.record.muted = entry.muted.names();
-            let (muted, record) = (entry.muted, entry.record.clone());
-            self.save(&ws, user, &record);
-            for c in st.conns.values_mut().filter(|c| c.user == user) {
-                c.muted = muted;
-            }
-            muted
+            let mut fields = Map::new();
+            fields.insert("realtime".into(), Value::Object(realtime.clone()));
+            let event = records::internal(records::PREFERENCES_CHANGED, user, fields);
+            let (_, ticket) = self
+                .append(&ws, &mut st, event)
+                .map_err(PublishError::Store)?;
+            (muted, ticket)
         };
-        let ticket = self.durability.appended();
-        self.durability
+        let waited = self
+            .durability
             .wait(ticket, self.settings.durability_timeout)
-            .await
-            .map_err(PublishError::NotDurable)?;
+            .await;
+        // Applied here before the answer: a read that follows sees it.
+        self.release(&ws);
+        waited.map_err(PublishError::NotDurable)?;
         Ok(muted.preferences())
     }
 }

@@ -18,6 +18,7 @@ use super::locks::Locks;
 use super::preferences::Muted;
 use super::presence::UserPresence;
 use super::protocol::ServerFrame;
+use super::records::Change;
 use super::roster::Roster;
 use crate::durability::Ticket;
 use crate::net::{CloseReason, Closer, ConnId};
@@ -43,28 +44,17 @@ pub(super) struct Pending {
     pub(super) body: String,
     pub(super) at_ms: u64,
     pub(super) published: tokio::time::Instant,
-    /// Users whose chat badges it raised.
-    pub(super) badge_users: Vec<String>,
 }
 
 /// A committed event waiting for its turn: released once every id before it was.
 pub(super) struct Ready {
-    /// `None` for an id whose record could not be read (its turn passes, nothing is sent).
+    /// `None` for an internal event, or an id whose record could not be read (its turn
+    /// passes, nothing is sent).
     pub(super) event: Option<Arc<Delivered>>,
-    /// Users whose chat badges it raised.
-    pub(super) badge_users: Vec<String>,
+    /// What it changes in the users' records.
+    pub(super) changes: Vec<Change>,
     /// This node's own events, as stored, for the other nodes.
     pub(super) local: Option<StoredEvent>,
-}
-
-impl Ready {
-    pub(super) fn skipped() -> Ready {
-        Ready {
-            event: None,
-            badge_users: Vec::new(),
-            local: None,
-        }
-    }
 }
 
 /// One workspace's dashboard state.
@@ -93,6 +83,8 @@ pub(super) struct State {
     pub(super) presence_clients: HashMap<u64, String>,
     /// What the other nodes of a cluster say of the workspace.
     pub(super) roster: Roster,
+    /// Whether this node spoke for the workspace at the last release (it saves the records).
+    pub(super) spoke: bool,
 }
 
 /// A dashboard connection as the hub sees it.
@@ -111,6 +103,9 @@ pub(super) struct Conn {
 /// What the hub keeps of a user.
 #[derive(Default)]
 pub(super) struct User {
+    /// Whether the user has a record (stored, or made by an event): a user of the workspace,
+    /// who gets the chat badges of messages to everyone. Someone only present does not.
+    pub(super) known: bool,
     pub(super) record: UserRecord,
     pub(super) muted: Muted,
     pub(super) presence: UserPresence,
@@ -134,6 +129,13 @@ pub(super) struct UserRecord {
     /// The name they went by when last seen, to list them by while they are offline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) name: Option<String>,
+    /// The last event applied to the record (`records`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(super) through: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Workspace {
@@ -158,6 +160,7 @@ impl Workspace {
                 editing,
                 presence_clients: HashMap::new(),
                 roster: Roster::default(),
+                spoke: false,
             }),
             released: watch::Sender::new(released),
         }
@@ -166,6 +169,26 @@ impl Workspace {
     pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         // The state is plain data changed in whole steps; a panic elsewhere leaves it usable.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+impl State {
+    /// An empty workspace's state.
+    pub(super) fn for_tests() -> State {
+        State {
+            conns: HashMap::new(),
+            pending: VecDeque::new(),
+            ready: BTreeMap::new(),
+            gap_since: None,
+            released: 0,
+            users: HashMap::new(),
+            locks: Locks::new(std::time::Duration::from_secs(30), 10),
+            editing: Editing::new(std::time::Duration::from_secs(60)),
+            presence_clients: HashMap::new(),
+            roster: Roster::default(),
+            spoke: false,
+        }
     }
 }
 

@@ -939,3 +939,105 @@ async fn who_is_editing_is_seen_on_every_node() {
     let said = watcher.next_of("editing").await;
     assert_eq!(said["users"], json!([]), "{said}");
 }
+
+#[tokio::test]
+async fn chat_badges_and_preferences_are_shared_across_the_cluster() {
+    use serde_json::json;
+    let (services, nodes) = cluster::start(3, |_| {}).await;
+    let http = reqwest::Client::new();
+    let publish = |node: &TestApp, event: Value| {
+        http.post(node.http_url("/api/v1/events?workspace=acme"))
+            .json(&event)
+            .send()
+    };
+    let badges = "/api/v1/badges?workspace=acme&user=bob";
+    // Bob is a user of the workspace, seen on node B.
+    let mut bob_b = nodes[1].dash("workspace=acme&user=bob").await;
+    bob_b.subscribe(&["chat_sessions"], None).await;
+    every_node_answers(
+        &nodes,
+        "/api/v1/presence?workspace=acme",
+        "Bob online",
+        |l| listed(l, "bob").is_some(),
+    )
+    .await;
+
+    // A message to everyone, published on node A: Bob's badge is pushed on node B and every
+    // node counts it once.
+    let chat = |session: u64| json!({"type":"new_chat_message","session_id":session,"message":"hi","sender":"ada"});
+    let response = publish(&nodes[0], chat(9)).await.unwrap();
+    assert_eq!(response.status(), 201);
+    loop {
+        let pushed = bob_b.next_of("chat_badges").await;
+        if pushed["total"] == 1 {
+            assert_eq!(pushed["unread"], json!({"9": 1}));
+            break;
+        }
+    }
+    // One more in another session, published on node C.
+    let response = publish(&nodes[2], chat(10)).await.unwrap();
+    assert_eq!(response.status(), 201);
+    every_node_answers(&nodes, badges, "two unread", |b| {
+        b["unread"] == json!({"9": 1, "10": 1})
+    })
+    .await;
+
+    // Bob reads session 9 in a tab on node C: read everywhere.
+    let mut bob_c = nodes[2].dash("workspace=acme&user=bob").await;
+    bob_c.subscribe(&["chat_sessions"], None).await;
+    bob_c
+        .send(json!({"action":"mark_read","session_id":9}))
+        .await;
+    every_node_answers(&nodes, badges, "session 9 read", |b| {
+        b["unread"] == json!({"10": 1})
+    })
+    .await;
+
+    // Two preferences changed at once on two nodes: both hold, everywhere.
+    let put = |node: &TestApp, realtime: Value| {
+        http.put(node.http_url("/api/v1/preferences?workspace=acme&user=bob"))
+            .json(&json!({ "realtime": realtime }))
+            .send()
+    };
+    let (a, b) = tokio::join!(
+        put(&nodes[0], json!({"agent_executed": false})),
+        put(&nodes[1], json!({"query_started": false}))
+    );
+    assert_eq!(
+        (a.unwrap().status().as_u16(), b.unwrap().status().as_u16()),
+        (200, 200)
+    );
+    let both = |p: &Value| {
+        p["realtime"]["agent_executed"] == false
+            && p["realtime"]["query_started"] == false
+            && p["realtime"]["query_completed"] == true
+    };
+    every_node_answers(
+        &nodes,
+        "/api/v1/preferences?workspace=acme&user=bob",
+        "both preferences",
+        both,
+    )
+    .await;
+    // Node C honours them: a muted type is not pushed to Bob there, the others are.
+    bob_c.subscribe(&["queries"], None).await;
+    for event in [
+        json!({"type":"query_started","query_id":1,"started_by":"ada"}),
+        json!({"type":"query_completed","query_id":1,"result_count":3,"execution_time":0.5}),
+    ] {
+        let response = publish(&nodes[0], event).await.unwrap();
+        assert_eq!(response.status(), 201);
+    }
+    let seen = bob_c.until("query_completed").await;
+    assert!(
+        !seen.iter().any(|frame| frame["type"] == "query_started"),
+        "{seen:?}"
+    );
+
+    // A node that joins later reads the same from PostgreSQL.
+    let late = services.node("late", |_| {}).await;
+    let answer = get_json(&late, badges).await;
+    assert_eq!(answer["unread"], json!({"10": 1}), "{answer}");
+    let answer = get_json(&late, "/api/v1/preferences?workspace=acme&user=bob").await;
+    assert!(both(&answer), "{answer}");
+}

@@ -162,8 +162,31 @@ async fn a_scripted_session_moves_each_metric() {
     };
     assert_eq!(closed, 1013);
 
-    // Bob leaves and comes back: a reconnect.
+    // Bob leaves and comes back: a reconnect (once the server saw him leave).
     bob.close().await;
+    let admin = token("root", Role::Admin);
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let listed: serde_json::Value = reqwest::Client::new()
+            .get(app.http_url("/api/v1/admin/connections"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let gone = !listed["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["user"] == "bob" && c["kind"] == "document");
+        if gone {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{listed}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let bob = doc_client(&app, "acme/doc", "bob").await;
 
     // A dashboard subscriber gets an event; a long-poll; a client error.
