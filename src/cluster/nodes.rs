@@ -25,6 +25,10 @@ pub struct NodeView {
     pub beat: Option<u64>,
 }
 
+/// A mirrored peer of another node not heard of for this long left (its departure was lost):
+/// clients renew their awareness every 15 s and drop a state not renewed for 30 s.
+const MIRROR_QUIET: std::time::Duration = std::time::Duration::from_secs(45);
+
 impl Cluster {
     pub(super) fn nodes_key(&self) -> String {
         self.key("nodes")
@@ -45,6 +49,9 @@ impl Cluster {
             }
             self.beat(false).await;
             self.sweep_dead();
+            if let Some(rooms) = self.rooms() {
+                rooms.expire_mirrors(MIRROR_QUIET);
+            }
             self.time_the_store().await;
         }
         self.beat(true).await;

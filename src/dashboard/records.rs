@@ -99,19 +99,34 @@ pub enum Change {
 impl Change {
     /// What the event `id` (stored as `body`) changes, if anything.
     pub fn of(id: u64, body: &[u8]) -> Vec<Change> {
-        let Ok(fields) = serde_json::from_slice::<Map<String, Value>>(body) else {
+        // Most events change nothing: their type and addressees are read, not the rest.
+        #[derive(serde::Deserialize)]
+        struct Head<'a> {
+            #[serde(rename = "type", borrow)]
+            kind: std::borrow::Cow<'a, str>,
+            #[serde(default)]
+            user_ids: Vec<Value>,
+        }
+        let Ok(head) = serde_json::from_slice::<Head>(body) else {
             return Vec::new();
+        };
+        let kind = head.kind.as_ref();
+        let to: Vec<String> = head
+            .user_ids
+            .iter()
+            .filter_map(catalogue::id_text)
+            .collect();
+        let mut changes = Vec::new();
+        let changes_records = matches!(
+            kind,
+            "new_chat_message" | CHAT_READ | PREFERENCES_CHANGED | "presence_update"
+        );
+        let fields = if changes_records {
+            serde_json::from_slice::<Map<String, Value>>(body).unwrap_or_default()
+        } else {
+            Map::new()
         };
         let text = |key: &str| fields.get(key).and_then(catalogue::id_text);
-        let Some(kind) = fields.get("type").and_then(Value::as_str) else {
-            return Vec::new();
-        };
-        let to: Vec<String> = fields
-            .get("user_ids")
-            .and_then(Value::as_array)
-            .map(|ids| ids.iter().filter_map(catalogue::id_text).collect())
-            .unwrap_or_default();
-        let mut changes = Vec::new();
         match kind {
             "new_chat_message" => {
                 if let Some(session) = text("session_id") {

@@ -153,7 +153,7 @@ impl Rooms {
             return;
         };
         let mut state = handle.lock();
-        let Some((mirror, _)) = state.mirrors.remove(&(origin, peer)) else {
+        let Some((mirror, _, _)) = state.mirrors.remove(&(origin, peer)) else {
             return;
         };
         let departure = state.room.leave(mirror);
@@ -181,9 +181,31 @@ impl Rooms {
         }
     }
 
-    /// Our peer id for `origin`'s `peer`, made on first sight.
+    /// Removes the mirrored peers of other nodes not heard of for `quiet` (their departure
+    /// was lost on the bus: a live client renews its awareness every 15 s).
+    pub fn expire_mirrors(&self, quiet: std::time::Duration) {
+        for name in self.loaded_names() {
+            let stale: Vec<(i64, u64)> = match self.loaded(&name) {
+                Some(handle) => handle
+                    .lock()
+                    .mirrors
+                    .iter()
+                    .filter(|(_, (_, _, heard))| heard.elapsed() >= quiet)
+                    .map(|(key, _)| *key)
+                    .collect(),
+                None => continue,
+            };
+            for (origin, peer) in stale {
+                tracing::debug!(doc = %name, origin, peer, "a mirrored peer went quiet; removing it");
+                self.remote_left(&name, origin, peer);
+            }
+        }
+    }
+
+    /// Our peer id for `origin`'s `peer`, made on first sight; heard of now.
     fn mirror(&self, state: &mut RoomState, origin: i64, peer: u64, user: &str) -> PeerId {
-        if let Some((mirror, _)) = state.mirrors.get(&(origin, peer)) {
+        if let Some((mirror, _, heard)) = state.mirrors.get_mut(&(origin, peer)) {
+            *heard = std::time::Instant::now();
             return *mirror;
         }
         let mirror = PeerId(
@@ -193,7 +215,9 @@ impl Rooms {
         let user: Arc<str> = Arc::from(user);
         state.room.tag_peer(mirror, Arc::clone(&user));
         state.room.join(mirror);
-        state.mirrors.insert((origin, peer), (mirror, user));
+        state
+            .mirrors
+            .insert((origin, peer), (mirror, user, std::time::Instant::now()));
         mirror
     }
 
@@ -217,12 +241,17 @@ impl Rooms {
             max_doc_bytes: usize::MAX,
             max_awareness_per_peer: 0,
         };
-        let snapshot = stored.snapshot.as_ref().map(|s| s.bytes.as_slice());
-        let copy = Room::load(
-            limits,
-            snapshot,
-            stored.log.iter().map(|(_, u)| u.as_slice()),
-        )?;
+        // Loading a large document takes a while: off the async workers.
+        let copy = tokio::task::spawn_blocking(move || {
+            let snapshot = stored.snapshot.as_ref().map(|s| s.bytes.as_slice());
+            Room::load(
+                limits,
+                snapshot,
+                stored.log.iter().map(|(_, u)| u.as_slice()),
+            )
+        })
+        .await
+        .map_err(|err| RoomOpError::Store(tandem_storage::StoreError::Task(err.to_string())))??;
         let Some(handle) = self.loaded(name) else {
             return Ok(false);
         };

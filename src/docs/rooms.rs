@@ -143,8 +143,9 @@ pub(super) struct RoomState {
     /// this room holds, to tell a lost message from the next one.
     pub(super) remote_seqs: HashMap<i64, u64>,
     /// Other servers' peers of this document, mirrored here so their awareness is owned and
-    /// removed as theirs: (origin, their peer id) → our peer id and their user.
-    pub(super) mirrors: HashMap<(i64, u64), (PeerId, Arc<str>)>,
+    /// removed as theirs: (origin, their peer id) → our peer id, their user, and when they
+    /// were last heard of.
+    pub(super) mirrors: HashMap<(i64, u64), (PeerId, Arc<str>, std::time::Instant)>,
     /// Whether an unload timer is running for this room.
     pub(super) unload_pending: bool,
     /// Bumped whenever the room is used, so a pending unload can tell it went stale.
@@ -166,8 +167,8 @@ impl RoomState {
             .or_else(|| {
                 self.mirrors
                     .values()
-                    .find(|(p, _)| *p == peer)
-                    .map(|(_, user)| user)
+                    .find(|(p, _, _)| *p == peer)
+                    .map(|(_, user, _)| user)
             })
     }
 
