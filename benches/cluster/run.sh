@@ -49,7 +49,7 @@ done
 PID_ARGS=()
 for pid in "${PIDS[@]}"; do PID_ARGS+=(--server-pid "$pid"); done
 
-# Group commits of the update log, summed over the nodes.
+# Group commits of the update log, summed over the nodes, and the seconds they took.
 flushes() {
   local total=0 n
   for port in "${PORTS[@]}"; do
@@ -59,25 +59,33 @@ flushes() {
   done
   echo "$total"
 }
+flush_seconds() {
+  for port in "${PORTS[@]}"; do
+    curl -s "http://127.0.0.1:$port/metrics" |
+      awk '/^tandem_storage_flush_seconds_sum\{log="updates"\}/ {print $2}'
+  done | awk '{s += $1} END {printf "%.6f", s}'
+}
 commits() { psql "$PG/$DB" -qAtc "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"; }
 
 fanout() {
   local scenario=$1; shift
   echo "== $scenario" >&2
-  local f0 c0 f1 c1
-  f0=$(flushes) c0=$(commits)
+  local f0 c0 f1 c1 s0 s1
+  f0=$(flushes) c0=$(commits) s0=$(flush_seconds)
   "${PIN_BENCH[@]}" "${BENCH[@]}" fanout --rooms 100 --clients 10 --writers 1 --rate 10 \
     --duration "$DURATION" --room-prefix "$scenario" "${PID_ARGS[@]}" "$@" --json \
     >"$OUT/$scenario.json" || echo "   ($scenario reported a failure; see the JSON)" >&2
   sleep 1
-  f1=$(flushes) c1=$(commits)
-  python3 - "$OUT/$scenario.json" "$((f1 - f0))" "$((c1 - c0))" <<'PY'
+  f1=$(flushes) c1=$(commits) s1=$(flush_seconds)
+  python3 - "$OUT/$scenario.json" "$((f1 - f0))" "$((c1 - c0))" "$s0" "$s1" <<'PY'
 import json, sys
 path, flushes, commits = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+seconds = float(sys.argv[5]) - float(sys.argv[4])
 report = json.load(open(path))
 report["group_commits"] = flushes
 report["postgres_transactions"] = commits
 report["transactions_per_group_commit"] = round(commits / flushes, 2) if flushes else None
+report["group_commit_mean_ms"] = round(1000 * seconds / flushes, 2) if flushes else None
 json.dump(report, open(path, "w"), indent=1)
 PY
 }
@@ -94,14 +102,23 @@ echo "== events across nodes" >&2
 python3 - "$OUT" <<'PY'
 import json, os, sys
 out = sys.argv[1]
-print(f"{'scenario':<14}{'p50 ms':>9}{'p99 ms':>9}{'cpu us/deliv':>14}{'lost':>7}{'dup':>6}{'tx/commit':>11}")
+print(f"{'scenario':<14}{'p50 ms':>9}{'p99 ms':>9}{'cpu us/deliv':>14}{'lost':>7}{'dup':>6}{'tx/commit':>11}{'commit ms':>11}")
+reports = {}
 for name in ["one-node", "spread", "events-spread"]:
     path = os.path.join(out, f"{name}.json")
     if not os.path.exists(path):
         continue
-    r = json.load(open(path))
+    r = reports[name] = json.load(open(path))
     cpu = r.get("server_cpu_us_per_delivery")
     print(f"{name:<14}{r['latency_p50_ms']:>9.2f}{r['latency_p99_ms']:>9.2f}"
           f"{(cpu if cpu is not None else float('nan')):>14.1f}{r.get('lost', 0):>7}"
-          f"{r.get('duplicates', 0):>6}{str(r.get('transactions_per_group_commit', '-')):>11}")
+          f"{r.get('duplicates', 0):>6}{str(r.get('transactions_per_group_commit', '-')):>11}"
+          f"{str(r.get('group_commit_mean_ms', '-')):>11}")
+if "one-node" in reports and "spread" in reports:
+    # The issue's target: cross-node p99 within 2x the single-node p99 plus one group-commit
+    # interval (the update log's flush interval, 5 ms by default).
+    interval = float(os.environ.get("FLUSH_INTERVAL_MS", "5"))
+    target = 2 * reports["one-node"]["latency_p99_ms"] + interval
+    spread = reports["spread"]["latency_p99_ms"]
+    print(f"target: spread p99 {spread:.2f} ms within 2 x {reports['one-node']['latency_p99_ms']:.2f} + {interval:g} = {target:.2f} ms: {'met' if spread <= target else 'NOT met'}")
 PY

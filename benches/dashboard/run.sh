@@ -6,6 +6,7 @@
 #
 # usage: benches/dashboard/run.sh                     (from the repository root; needs taskset)
 #        RATES="10 100" SUBSCRIBERS=500 benches/dashboard/run.sh
+#        TANDEM_BIN=/tmp/old/tandem benches/dashboard/run.sh    (another build of tandem)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -16,6 +17,7 @@ OUT=${OUT:-bench-results/dashboard-$(date +%Y%m%d-%H%M%S)}
 SERVER_CPU=${SERVER_CPU:-0}
 BENCH_CPU=${BENCH_CPU:-1}
 PORT=${PORT:-18300}
+TANDEM_BIN=${TANDEM_BIN:-./target/release/tandem}
 mkdir -p "$OUT"
 
 echo "== building" >&2
@@ -26,7 +28,7 @@ source benches/common.sh
 for rate in $RATES; do
   DATA=$(mktemp -d)
   # The publishing limits are for tenants, not for the benchmark.
-  taskset -c "$SERVER_CPU" ./target/release/tandem serve --bind "127.0.0.1:$PORT" --data-dir "$DATA" \
+  taskset -c "$SERVER_CPU" "$TANDEM_BIN" serve --bind "127.0.0.1:$PORT" --data-dir "$DATA" \
     --publish-rate-workspace 1000000 --publish-rate-user 1000000 >"$OUT/server-$rate.log" 2>&1 &
   PID=$!
   wait_port "$PORT"

@@ -11,8 +11,8 @@
 //!
 //! Each record remembers the last event applied to it (`through`), so applying an event twice
 //! changes nothing. Where a node speaks for the workspace (`roster`), it saves what changed,
-//! and after each release a checkpoint: every change of every event up to it is saved or
-//! about to be in the same flush. A workspace that loads applies the events after the
+//! and with it a checkpoint: every change of every event up to it is saved or about to be in
+//! the same flush. A workspace that loads applies the events after the
 //! checkpoint again (the last changes may not have been flushed when it was read).
 
 use serde_json::{Map, Value};
@@ -349,6 +349,11 @@ impl Hub {
         let started = speaks && !st.spoke;
         st.spoke = speaks;
         if !speaks {
+            return;
+        }
+        if !started && touched.records.is_empty() {
+            // Nothing changed: the checkpoint stays where the last change was (replaying the
+            // events since changes nothing), and the flush has nothing more to write.
             return;
         }
         let users: Vec<String> = if started {
