@@ -103,6 +103,12 @@ impl HubBus for Cluster {
         });
     }
 
+    fn loaded(&self, workspace: &str) {
+        if let Some(this) = self.me.upgrade() {
+            this.schedule_reread(workspace.to_owned());
+        }
+    }
+
     fn roster<'a>(&'a self, workspace: &'a str) -> BoxFuture<'a, Result<Vec<(i64, Told)>, String>> {
         Box::pin(self.read_roster(workspace))
     }

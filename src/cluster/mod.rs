@@ -80,6 +80,8 @@ pub enum ClusterError {
 
 /// This node's membership of the cluster.
 pub struct Cluster {
+    /// Itself, for work that outlives a call made through a trait (`HubBus::loaded`).
+    me: Weak<Cluster>,
     settings: ClusterSettings,
     info: NodeInfo,
     redis: ConnectionManager,
@@ -162,7 +164,8 @@ impl Cluster {
             addr: settings.addr.clone(),
             started_at: crate::clock::rfc3339_exact(time::OffsetDateTime::now_utc()),
         };
-        let cluster = Arc::new(Cluster {
+        let cluster = Arc::new_cyclic(|me| Cluster {
+            me: me.clone(),
             settings,
             info,
             redis,

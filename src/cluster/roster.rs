@@ -85,7 +85,8 @@ impl Cluster {
         seq
     }
 
-    /// Adds a [`Outgoing::Tell`] or [`Outgoing::TellAll`] to `pipe`.
+    /// Adds an [`Outgoing::Told`] to `pipe`, as a script that updates the roster hash and
+    /// publishes the message.
     pub(super) fn add_told(&self, pipe: &mut redis::Pipeline, workspace: &str, heard: Heard) {
         let origin = self.settings.origin;
         let seq = self.next_told(workspace);
@@ -250,22 +251,26 @@ impl Cluster {
         let this = Arc::clone(self);
         self.tasks.spawn(async move {
             tokio::time::sleep(REREAD_COALESCE).await;
+            // A workspace still loading is read once loaded (it asks then, too).
+            let Some(hub) = this.hub() else { return };
+            let mut waited = Duration::ZERO;
+            while !hub.is_loaded(&workspace) && waited < this.settings.timeout {
+                tokio::time::sleep(REREAD_COALESCE).await;
+                waited += REREAD_COALESCE;
+            }
             this.rereads.remove(&workspace);
             match this.read_roster(&workspace).await {
-                Ok(read) => {
-                    if let Some(hub) = this.hub() {
-                        hub.reread_told(&workspace, read);
-                    }
-                }
+                Ok(read) => hub.reread_told(&workspace, read),
                 Err(err) => {
-                    tracing::debug!(workspace, error = %err, "reading a roster failed; Redis being back reads it again");
+                    // Once Redis answers again, every roster is read again.
+                    tracing::debug!(workspace, error = %err, "reading a roster failed");
+                    this.mark_down("reading a roster failed");
                 }
             }
         });
     }
 
-    /// Redis is back (or lost a heartbeat of someone): this node tells everything again, and
-    /// reads what the others told.
+    /// Redis is back: this node tells everything again, and reads what the others told.
     pub(super) fn tell_all_again(self: &Arc<Self>) {
         let Some(hub) = self.hub() else { return };
         for workspace in hub.loaded_names() {

@@ -162,22 +162,6 @@ impl Editing {
         self.due(doc, now)
     }
 
-    /// Forgets everything the node `origin` said (it is gone): the lists that changed.
-    pub fn forget(&mut self, origin: i64, now: Instant) -> Vec<Editors> {
-        let docs: Vec<String> = self
-            .docs
-            .iter()
-            .filter(|(_, entry)| entry.remote.contains_key(&origin))
-            .map(|(doc, _)| doc.clone())
-            .collect();
-        docs.iter()
-            .filter_map(|doc| {
-                self.docs.get_mut(doc)?.remote.remove(&origin);
-                self.due(doc, now)
-            })
-            .collect()
-    }
-
     /// What to tell the other nodes: each document whose list through this node changed, with
     /// that list.
     pub fn told(&mut self) -> Vec<(String, Vec<NodeEditor>)> {
@@ -374,9 +358,10 @@ mod tests {
         assert_eq!(told[0].1[0].user, "bob");
         assert_eq!(editing.now(t0).len(), 1);
         // Ada's node goes: she goes with it; Bob leaves: the document goes, told once.
-        let left = editing.forget(2, t0);
-        assert_eq!(left.len(), 1);
-        assert_eq!(left[0].users.len(), 1);
+        let left = editing
+            .set_remote(doc, 2, Vec::new(), t0)
+            .expect("Ada left with her node");
+        assert_eq!(left.users.len(), 1);
         let gone = editing
             .apply(doc, "bob", vec![change(3, None)], t0)
             .expect("Bob left");

@@ -111,6 +111,9 @@ pub trait HubBus: Send + Sync + 'static {
     /// Tells the other nodes that this node's entry `key` of `workspace` is now `value`
     /// (`None`: gone; see [`roster`](super::roster)). Must only queue.
     fn tell(&self, workspace: &str, key: &str, value: Option<String>);
+    /// `workspace` finished loading here: what the other nodes said of it meanwhile is read
+    /// again. Must only queue.
+    fn loaded(&self, workspace: &str);
     /// What every live node told of `workspace` (but this one), by origin.
     fn roster<'a>(&'a self, workspace: &'a str) -> BoxFuture<'a, Result<Vec<(i64, Told)>, String>>;
 }
@@ -243,7 +246,7 @@ impl Hub {
             // Likewise what the other nodes tell of it: a message missed in between shows
             // as a gap.
             told = bus.roster(name).await.unwrap_or_else(|err| {
-                tracing::warn!(workspace = name, error = %err, "cannot read what the other nodes say of the workspace; reading it again once Redis answers");
+                tracing::warn!(workspace = name, error = %err, "cannot read what the other nodes say of the workspace; reading it again once loaded");
                 Vec::new()
             });
         }
@@ -291,6 +294,16 @@ impl Hub {
             None => 0,
         };
         self.replay_records(&ws, from, released).await?;
+        {
+            // Everyone is offline, since when the records (replayed) say.
+            let mut st = ws.lock();
+            for entry in st.users.values_mut() {
+                let last_seen = entry.record.last_seen_ms.and_then(|ms| {
+                    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+                });
+                entry.presence = UserPresence::offline_since(last_seen, entry.record.name.clone());
+            }
+        }
         if let Some(bus) = self.bus.get() {
             let mut st = ws.lock();
             for (origin, changes) in st.roster.reread(told) {
@@ -298,6 +311,7 @@ impl Hub {
                 self.apply_told(&ws, &mut st, origin, changes, false);
             }
             bus.tell(name, NODE_KEY, Some("1".to_owned()));
+            bus.loaded(name);
         }
         Ok(ws)
     }

@@ -68,8 +68,8 @@ impl Hub {
         Ok(id)
     }
 
-    /// Appends with the workspace locked: the `pending` order, the ids the commit gives and the
-    /// badges agree.
+    /// Appends with the workspace locked, so the `pending` order and the ids the commit gives
+    /// agree.
     pub(super) fn append(
         &self,
         ws: &Workspace,

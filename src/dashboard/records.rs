@@ -15,6 +15,8 @@
 //! the same flush. A workspace that loads applies the events after the
 //! checkpoint again (the last changes may not have been flushed when it was read).
 
+use std::collections::BTreeSet;
+
 use serde_json::{Map, Value};
 use tandem_storage::{Since, StoreError};
 
@@ -29,6 +31,10 @@ pub const PREFERENCES_CHANGED: &str = "preferences_changed";
 
 /// Events in the log that no subscriber receives.
 const INTERNAL: &[&str] = &[CHAT_READ, PREFERENCES_CHANGED];
+
+/// Releases that change no record before the checkpoint moves anyway (so a load does not
+/// apply again every event since the last change).
+const CHECKPOINT_EVERY: u32 = 1000;
 
 /// Events one read of the replay at load takes.
 const REPLAY_PAGE: usize = 500;
@@ -190,7 +196,7 @@ impl Change {
 #[derive(Debug, Default)]
 pub struct Touched {
     /// Whose records changed (saved where this node speaks).
-    pub records: Vec<String>,
+    pub records: BTreeSet<String>,
     /// Whose chat badges changed (pushed to their connections).
     pub badges: Vec<String>,
     /// Whose inbox changed (written into their inbox room).
@@ -199,8 +205,8 @@ pub struct Touched {
 
 impl Touched {
     fn record(&mut self, user: &str) {
-        if !self.records.iter().any(|u| u == user) {
-            self.records.push(user.to_owned());
+        if !self.records.contains(user) {
+            self.records.insert(user.to_owned());
         }
     }
 }
@@ -295,13 +301,14 @@ pub fn apply(
                 let entry = known(st, &user);
                 // Offline: since when. Online: recorded when first seen, so that a crash
                 // before they leave still lists them as offline afterwards.
+                // Otherwise (a page change, say) nothing to write.
                 if offline || entry.record.last_seen_ms.is_none() {
                     entry.record.last_seen_ms = at_ms.or(entry.record.last_seen_ms);
                     if name.is_some() {
                         entry.record.name = name;
                     }
+                    seen.push(user);
                 }
-                seen.push(user);
             }
             Change::Addressed {
                 to,
@@ -351,11 +358,13 @@ impl Hub {
         if !speaks {
             return;
         }
-        if !started && touched.records.is_empty() {
+        st.unchecked = st.unchecked.saturating_add(1);
+        if !started && touched.records.is_empty() && st.unchecked < CHECKPOINT_EVERY {
             // Nothing changed: the checkpoint stays where the last change was (replaying the
             // events since changes nothing), and the flush has nothing more to write.
             return;
         }
+        st.unchecked = 0;
         let users: Vec<String> = if started {
             st.users
                 .iter()
@@ -363,7 +372,7 @@ impl Hub {
                 .map(|(user, _)| user.clone())
                 .collect()
         } else {
-            touched.records.clone()
+            touched.records.iter().cloned().collect()
         };
         for user in &users {
             if let Some(entry) = st.users.get(user) {
@@ -373,6 +382,7 @@ impl Hub {
         if let Err(err) = self.state.put(
             &checkpoint_scope(&ws.name),
             CHECKPOINT_KEY,
+            through,
             Some(through.to_string().as_bytes()),
         ) {
             tracing::error!(workspace = %ws.name, error = %err, "cannot save the records' checkpoint");
@@ -499,6 +509,6 @@ mod tests {
             br#"{"type":"preferences_changed","user_id":"bob","realtime":{"query_started":false}}"#;
         apply(&mut st, 5, Change::of(5, prefs), 10, &mut touched);
         assert_eq!(st.users["bob"].record.muted, ["query_started"]);
-        assert_eq!(touched.records, ["bob"]);
+        assert_eq!(touched.records, BTreeSet::from(["bob".to_owned()]));
     }
 }

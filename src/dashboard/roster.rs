@@ -89,13 +89,15 @@ impl Roster {
     }
 
     /// What the cluster holds of the workspace, read again: the entries that change, by
-    /// origin. A node whose read is no newer than what was heard keeps what was heard; a node
-    /// missing from the read (Redis lost it) keeps its entries until it tells them again.
+    /// origin. The hash holds a node's entries as of the number it names (one script sets
+    /// both), so a read at the number last heard is exact and replaces what a lost message
+    /// left wrong; an older read is skipped. A node missing from the read (Redis lost it)
+    /// keeps its entries until it tells them again.
     pub fn reread(&mut self, read: Vec<(i64, Told)>) -> Vec<(i64, Changes)> {
         let mut changed = Vec::new();
         for (origin, fresh) in read {
             let told = self.remote.entry(origin).or_default();
-            if fresh.seq <= told.seq {
+            if fresh.seq < told.seq {
                 continue;
             }
             told.seq = fresh.seq;
@@ -187,6 +189,11 @@ impl Hub {
             }
         }
         entries
+    }
+
+    /// Whether `workspace` is loaded here.
+    pub fn is_loaded(&self, workspace: &str) -> bool {
+        self.loaded(workspace).is_some()
     }
 
     /// The names of the workspaces loaded here.
@@ -335,9 +342,36 @@ mod tests {
             vec![(3, vec![("e/acme/q".to_owned(), Some("[]".to_owned()))])]
         );
         assert!(roster.reread(vec![(3, read)]).is_empty());
+        // A read at the number of the message that showed a gap repairs what the lost one
+        // said.
+        roster.hear(3, 6, set("p/bob", Some("{}")));
+        let read = Told {
+            seq: 6,
+            entries: HashMap::from([
+                (NODE_KEY.to_owned(), "1".to_owned()),
+                ("p/bob".to_owned(), "{}".to_owned()),
+            ]),
+        };
+        let mut changed = roster.reread(vec![(3, read)]);
+        changed[0].1.sort();
+        assert_eq!(
+            changed,
+            vec![(
+                3,
+                vec![("e/acme/q".to_owned(), None), ("p/ada".to_owned(), None)]
+            )]
+        );
+        let stale = Told {
+            seq: 5,
+            entries: HashMap::new(),
+        };
+        assert!(
+            roster.reread(vec![(3, stale)]).is_empty(),
+            "older than heard"
+        );
         let mut keys = roster.forget(3);
         keys.sort();
-        assert_eq!(keys, ["e/acme/q", "n", "p/ada"]);
+        assert_eq!(keys, ["n", "p/bob"]);
         assert!(roster.speaks(5));
     }
 

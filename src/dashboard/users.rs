@@ -53,7 +53,12 @@ impl Hub {
                 return;
             }
         };
-        if let Err(err) = self.state.put(&users_scope(&ws.name), user, Some(&bytes)) {
+        // As of the last event applied to it: of two nodes saving it, the newer state stays.
+        let version = record.through;
+        if let Err(err) = self
+            .state
+            .put(&users_scope(&ws.name), user, version, Some(&bytes))
+        {
             tracing::error!(workspace = %ws.name, %user, error = %err, "cannot save a user record");
         }
     }
@@ -61,23 +66,48 @@ impl Hub {
     /// Clears a user's unread count for a chat session: said in the log (`records`), so
     /// every node clears it, and pushed once it is durable.
     pub fn mark_read(self: &Arc<Self>, ws: &Arc<Workspace>, user: &str, session: &str) {
+        let ticket = self.append_read(ws, user, session);
+        self.settle_later(ws, ticket);
+    }
+
+    /// [`Hub::mark_read`], returning once the read is durable and applied here.
+    ///
+    /// # Errors
+    /// It was not durable in time.
+    pub async fn mark_read_durable(
+        &self,
+        ws: &Workspace,
+        user: &str,
+        session: &str,
+    ) -> Result<(), PublishError> {
+        let Some(ticket) = self.append_read(ws, user, session) else {
+            return Ok(());
+        };
+        let waited = self
+            .durability
+            .wait(ticket, self.settings.durability_timeout)
+            .await;
+        self.release(ws);
+        waited.map_err(PublishError::NotDurable)
+    }
+
+    /// Appends the `chat_read` of `session` by `user`, if it has a badge here.
+    fn append_read(&self, ws: &Workspace, user: &str, session: &str) -> Option<Ticket> {
         let mut st = ws.lock();
         let unread = st
             .users
             .get(user)
             .is_some_and(|entry| entry.record.inbox.has_badge(session));
         if !unread {
-            return;
+            return None;
         }
         let mut fields = Map::new();
         fields.insert("session_id".into(), Value::String(session.into()));
-        let ticket = self.emit(
+        self.emit(
             ws,
             &mut st,
             records::internal(records::CHAT_READ, user, fields),
-        );
-        drop(st);
-        self.settle_later(ws, ticket);
+        )
     }
 
     /// Writes `user`'s inbox state (latest notifications, chat badges) into their inbox room.
@@ -145,8 +175,8 @@ impl Hub {
     }
 
     /// Publishes `user`'s presence if it changed enough (where this node speaks for the
-    /// workspace); persists `last_seen` when they go offline; tells the other nodes of a
-    /// cluster what changed here.
+    /// workspace: the event records when they were seen, `records`); tells the other nodes of
+    /// a cluster what changed here.
     pub(super) fn presence_due(
         &self,
         ws: &Workspace,
@@ -287,12 +317,15 @@ impl Hub {
             .map_err(PublishError::Store)?;
         let (muted, ticket) = {
             let mut st = ws.lock();
-            let muted = st
+            let current = st
                 .users
                 .get(user)
-                .map_or(Muted::default(), |entry| entry.muted)
-                .with(realtime)
-                .map_err(PreferencesError::Invalid)?;
+                .map_or(Muted::default(), |entry| entry.muted);
+            let muted = current.with(realtime).map_err(PreferencesError::Invalid)?;
+            if muted == current {
+                // Nothing to change (as far as this node knows): nothing to log.
+                return Ok(muted.preferences());
+            }
             let mut fields = Map::new();
             fields.insert("realtime".into(), Value::Object(realtime.clone()));
             let event = records::internal(records::PREFERENCES_CHANGED, user, fields);
@@ -305,7 +338,8 @@ impl Hub {
             .durability
             .wait(ticket, self.settings.durability_timeout)
             .await;
-        // Applied here before the answer: a read that follows sees it.
+        // Applied here before the answer (unless an earlier event from another node has not
+        // arrived yet): a read that follows on this node sees it.
         self.release(&ws);
         waited.map_err(PublishError::NotDurable)?;
         Ok(muted.preferences())

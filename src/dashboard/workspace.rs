@@ -85,6 +85,8 @@ pub(super) struct State {
     pub(super) roster: Roster,
     /// Whether this node spoke for the workspace at the last release (it saves the records).
     pub(super) spoke: bool,
+    /// Releases since the records' checkpoint last moved.
+    pub(super) unchecked: u32,
 }
 
 /// A dashboard connection as the hub sees it.
@@ -161,6 +163,7 @@ impl Workspace {
                 presence_clients: HashMap::new(),
                 roster: Roster::default(),
                 spoke: false,
+                unchecked: 0,
             }),
             released: watch::Sender::new(released),
         }
@@ -188,6 +191,7 @@ impl State {
             presence_clients: HashMap::new(),
             roster: Roster::default(),
             spoke: false,
+            unchecked: 0,
         }
     }
 }

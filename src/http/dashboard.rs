@@ -193,6 +193,9 @@ pub async fn post_badges_read(
             )
         })?;
     let ws = app.hub.workspace(&who.workspace).await?;
-    app.hub.mark_read(&ws, &who.user, &session);
+    app.hub
+        .mark_read_durable(&ws, &who.user, &session)
+        .await
+        .map_err(|err| publish_error(&who.workspace, err))?;
     Ok(badges(&app, &ws, &who.user))
 }

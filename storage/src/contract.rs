@@ -208,12 +208,13 @@ pub async fn event_store(store: &dyn EventStore) {
 }
 
 /// What every [`StateStore`] does: scopes stay apart (also those whose names share a prefix),
-/// a removal removes, a scan lists in key order.
+/// a removal removes, a scan lists in key order, a write older than the stored one is dropped
+/// (before and after a flush).
 pub async fn state_store(store: &dyn StateStore) {
-    store.put("badges/acme", "u1", Some(b"1")).unwrap();
-    store.put("badges/acme", "u2", Some(b"2")).unwrap();
-    store.put("badges/acme2", "u1", Some(b"3")).unwrap();
-    store.put("badges/acme", "u2", None).unwrap();
+    store.put("badges/acme", "u1", 0, Some(b"1")).unwrap();
+    store.put("badges/acme", "u2", 0, Some(b"2")).unwrap();
+    store.put("badges/acme2", "u1", 0, Some(b"3")).unwrap();
+    store.put("badges/acme", "u2", 0, None).unwrap();
     store.flush().await.unwrap();
     assert_eq!(
         store.scan("badges/acme").await.unwrap(),
@@ -221,7 +222,7 @@ pub async fn state_store(store: &dyn StateStore) {
     );
     assert_eq!(store.scan("badges/acme2").await.unwrap().len(), 1);
     assert!(store.scan("badges").await.unwrap().is_empty());
-    store.put("badges/acme", "u0", Some(b"0")).unwrap();
+    store.put("badges/acme", "u0", 0, Some(b"0")).unwrap();
     let keys: Vec<String> = store
         .scan("badges/acme")
         .await
@@ -230,6 +231,37 @@ pub async fn state_store(store: &dyn StateStore) {
         .map(|(k, _)| k)
         .collect();
     assert_eq!(keys, ["u0", "u1"]);
-    store.put("badges/acme", "u0", None).unwrap();
+    store.put("badges/acme", "u0", 0, None).unwrap();
     store.flush().await.unwrap();
+
+    let value = |scan: Vec<(String, Vec<u8>)>| {
+        scan.into_iter()
+            .find(|(k, _)| k == "v")
+            .map(|(_, v)| String::from_utf8(v).unwrap())
+    };
+    store.put("records/acme", "v", 5, Some(b"five")).unwrap();
+    store.put("records/acme", "v", 3, Some(b"three")).unwrap();
+    assert_eq!(
+        value(store.scan("records/acme").await.unwrap()).as_deref(),
+        Some("five")
+    );
+    store.flush().await.unwrap();
+    store.put("records/acme", "v", 4, Some(b"four")).unwrap();
+    store.flush().await.unwrap();
+    assert_eq!(
+        value(store.scan("records/acme").await.unwrap()).as_deref(),
+        Some("five")
+    );
+    store
+        .put("records/acme", "v", 5, Some(b"five again"))
+        .unwrap();
+    store.put("records/acme", "v", 9, Some(b"nine")).unwrap();
+    store.flush().await.unwrap();
+    assert_eq!(
+        value(store.scan("records/acme").await.unwrap()).as_deref(),
+        Some("nine")
+    );
+    store.put("records/acme", "v", 9, None).unwrap();
+    store.flush().await.unwrap();
+    assert_eq!(value(store.scan("records/acme").await.unwrap()), None);
 }

@@ -15,12 +15,21 @@ use crate::StoreError;
 /// Small records by scope and key. Object-safe, so the server holds an `Arc<dyn StateStore>`.
 #[async_trait]
 pub trait StateStore: Send + Sync + 'static {
-    /// Sets (or with `None` removes) `key` in `scope`. Cheap and non-blocking: later reads see
-    /// it at once, and it is durable once a later [`StateStore::flush`] returns.
+    /// Sets (or with `None` removes) `key` in `scope`, as of `version`: a write whose version
+    /// is below the one stored for the key is dropped, so of two writers that save the same
+    /// record the newer state wins whatever order their writes land in (a removal forgets the
+    /// version). Cheap and non-blocking: later reads see it at once, and it is durable once a
+    /// later [`StateStore::flush`] returns.
     ///
     /// # Errors
     /// The backend refused the write.
-    fn put(&self, scope: &str, key: &str, value: Option<&[u8]>) -> Result<(), StoreError>;
+    fn put(
+        &self,
+        scope: &str,
+        key: &str,
+        version: u64,
+        value: Option<&[u8]>,
+    ) -> Result<(), StoreError>;
 
     /// Every key of `scope` with its value, in key order.
     ///
@@ -40,12 +49,22 @@ pub trait StateStore: Send + Sync + 'static {
 pub struct SledStateStore {
     db: sled::Db,
     tree: sled::Tree,
+    /// The same keys → the version each was written at (8 bytes, big-endian).
+    versions: sled::Tree,
+    /// A version's check and the write it allows happen together.
+    writing: Arc<Mutex<()>>,
 }
 
 impl SledStateStore {
     pub(crate) fn open(db: sled::Db) -> Result<SledStateStore, StoreError> {
         let tree = db.open_tree("dashboard_state")?;
-        Ok(SledStateStore { db, tree })
+        let versions = db.open_tree("dashboard_state_versions")?;
+        Ok(SledStateStore {
+            db,
+            tree,
+            versions,
+            writing: Arc::new(Mutex::new(())),
+        })
     }
 }
 
@@ -57,11 +76,32 @@ fn scoped(scope: &str, key: &str) -> Vec<u8> {
 
 #[async_trait]
 impl StateStore for SledStateStore {
-    fn put(&self, scope: &str, key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
+    fn put(
+        &self,
+        scope: &str,
+        key: &str,
+        version: u64,
+        value: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
         let full = scoped(scope, key);
+        let _one = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let stored = self
+            .versions
+            .get(&full)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes);
+        if version < stored {
+            return Ok(());
+        }
         match value {
-            Some(value) => self.tree.insert(full, value)?,
-            None => self.tree.remove(full)?,
+            Some(value) => {
+                self.tree.insert(&full, value)?;
+                self.versions.insert(&full, &version.to_be_bytes())?;
+            }
+            None => {
+                self.tree.remove(&full)?;
+                self.versions.remove(&full)?;
+            }
         };
         Ok(())
     }
@@ -92,8 +132,8 @@ impl StateStore for SledStateStore {
     }
 }
 
-/// (scope, key) → value.
-type Entries = BTreeMap<(String, String), Vec<u8>>;
+/// (scope, key) → version and value.
+type Entries = BTreeMap<(String, String), (u64, Vec<u8>)>;
 
 /// State in memory, for tests and benches.
 #[derive(Default, Clone)]
@@ -110,11 +150,23 @@ impl MemoryStateStore {
 
 #[async_trait]
 impl StateStore for MemoryStateStore {
-    fn put(&self, scope: &str, key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
+    fn put(
+        &self,
+        scope: &str,
+        key: &str,
+        version: u64,
+        value: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
         let key = (scope.to_owned(), key.to_owned());
         let mut entries = self.lock();
+        if entries
+            .get(&key)
+            .is_some_and(|(stored, _)| *stored > version)
+        {
+            return Ok(());
+        }
         match value {
-            Some(value) => entries.insert(key, value.to_vec()),
+            Some(value) => entries.insert(key, (version, value.to_vec())),
             None => entries.remove(&key),
         };
         Ok(())
@@ -125,7 +177,7 @@ impl StateStore for MemoryStateStore {
             .lock()
             .iter()
             .filter(|((s, _), _)| s == scope)
-            .map(|((_, key), value)| (key.clone(), value.clone()))
+            .map(|((_, key), (_, value))| (key.clone(), value.clone()))
             .collect())
     }
 

@@ -1041,3 +1041,93 @@ async fn chat_badges_and_preferences_are_shared_across_the_cluster() {
     let answer = get_json(&late, "/api/v1/preferences?workspace=acme&user=bob").await;
     assert!(both(&answer), "{answer}");
 }
+
+#[tokio::test]
+async fn a_lost_roster_message_is_read_again_from_redis() {
+    use tandem::cluster::wire::{Heartbeat, NodeInfo, RosterMessage};
+    use tandem::dashboard::roster::Heard;
+    let (services, nodes) = cluster::start(1, |_| {}).await;
+    let name = &services.name;
+    let mut watcher = nodes[0].dash("workspace=acme&user=watcher").await;
+    watcher.subscribe(&["presence"], None).await;
+    let ghost = NodeInfo {
+        node_id: "ghost".into(),
+        origin: 78,
+        addr: "127.0.0.1:1".into(),
+        started_at: "2026-12-07T00:00:00Z".into(),
+    };
+    let client = redis::Client::open(cluster::redis_url()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    // The ghost node is alive (in the nodes' set) and has Ada online in the roster hash, as
+    // its script would have written it, but the messages saying so were lost.
+    let alive_until = tandem::clock::now_ms() + 60_000;
+    redis::cmd("ZADD")
+        .arg(format!("{name}:nodes"))
+        .arg(alive_until)
+        .arg(serde_json::to_string(&ghost).unwrap())
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    let ada = r#"{"status":"online","name":"Ada","direct":true}"#;
+    redis::cmd("HSET")
+        .arg(format!("{name}:roster:acme"))
+        .arg("78")
+        .arg("2")
+        .arg("78/n")
+        .arg("1")
+        .arg("78/p/ada")
+        .arg(ada)
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    // Its heartbeat names its last message about the workspace: the node reads the roster.
+    let heartbeat = Heartbeat {
+        node: ghost.clone(),
+        beat: 1,
+        published: Vec::new(),
+        told: vec![("acme".into(), 2)],
+        leaving: false,
+    };
+    publish_raw(
+        format!("{name}:nodes"),
+        serde_json::to_vec(&heartbeat).unwrap(),
+    )
+    .await;
+    every_node_answers(
+        &nodes,
+        "/api/v1/presence?workspace=acme",
+        "Ada, read back",
+        |l| listed(l, "ada").is_some_and(|u| u["status"] == "online" && u["name"] == "Ada"),
+    )
+    .await;
+    // Its next message (3, she leaves) is lost too, and 4 shows the gap: read again, she is
+    // gone (the ghost speaks for nothing: this node's origin may be higher, so only the
+    // listing is checked).
+    redis::cmd("HSET")
+        .arg(format!("{name}:roster:acme"))
+        .arg("78")
+        .arg("4")
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    redis::cmd("HDEL")
+        .arg(format!("{name}:roster:acme"))
+        .arg("78/p/ada")
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    let fourth = RosterMessage {
+        origin: 78,
+        seq: 4,
+        heard: Heard::Set {
+            key: "n".into(),
+            value: Some("1".into()),
+        },
+    };
+    publish_raw(format!("{name}:events:acme"), fourth.encode().to_vec()).await;
+    every_node_answers(&nodes, "/api/v1/presence?workspace=acme", "Ada gone", |l| {
+        listed(l, "ada").is_none()
+    })
+    .await;
+    drop(watcher);
+}

@@ -392,6 +392,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn of_two_nodes_saving_one_record_the_newer_version_stays() {
+        let db = TempDatabase::create().await;
+        let (a, b) = (
+            open(&db, 1, Duration::from_secs(5)).await.state(),
+            open(&db, 2, Duration::from_secs(5)).await.state(),
+        );
+        a.put("users/acme", "ada", 7, Some(b"seven")).unwrap();
+        a.flush().await.unwrap();
+        // The other node is behind: its write lands later and is dropped.
+        b.put("users/acme", "ada", 6, Some(b"six")).unwrap();
+        b.flush().await.unwrap();
+        assert_eq!(
+            b.scan("users/acme").await.unwrap(),
+            vec![("ada".to_owned(), b"seven".to_vec())]
+        );
+        b.put("users/acme", "ada", 8, Some(b"eight")).unwrap();
+        b.flush().await.unwrap();
+        assert_eq!(
+            a.scan("users/acme").await.unwrap(),
+            vec![("ada".to_owned(), b"eight".to_vec())]
+        );
+    }
+
+    #[tokio::test]
     async fn a_failed_group_commit_is_retried_without_duplicates() {
         let db = TempDatabase::create().await;
         let store = open(&db, 1, Duration::from_millis(300)).await;
@@ -399,7 +423,7 @@ mod tests {
         let state = store.state();
         store.append("d", b"first").unwrap();
         events.append("acme", 1, b"{}").unwrap();
-        state.put("s", "k", Some(b"v1")).unwrap();
+        state.put("s", "k", 1, Some(b"v1")).unwrap();
         // Another session locks the tables against writes: the flushes time out, and the
         // buffers keep the rows, which reads still see.
         let mut other = raw(&db).await;
@@ -413,7 +437,7 @@ mod tests {
         assert!(events.flush().await.is_err());
         assert!(state.flush().await.is_err());
         store.append("d", b"second").unwrap();
-        state.put("s", "k", Some(b"v2")).unwrap();
+        state.put("s", "k", 2, Some(b"v2")).unwrap();
         assert_eq!(store.load("d").await.unwrap().log.len(), 2);
         tx.commit().await.unwrap();
 
@@ -460,7 +484,7 @@ mod tests {
         let db = TempDatabase::create().await;
         let store = open(&db, 1, SECOND).await;
         assert!(store.append("a\0b", b"x").is_err());
-        assert!(store.state().put("s", "k\0", Some(b"v")).is_err());
+        assert!(store.state().put("s", "k\0", 0, Some(b"v")).is_err());
         // Nothing was buffered, so the next group commit goes through.
         store.flush().await.unwrap();
         store.state().flush().await.unwrap();

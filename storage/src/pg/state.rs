@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use super::{no_nul, Db};
 use crate::{StateStore, StoreError};
 
-/// (scope, key) → the value to write, or `None` to remove it.
-type Writes = BTreeMap<(String, String), Option<Vec<u8>>>;
+/// (scope, key) → the version and the value to write, or `None` to remove it.
+type Writes = BTreeMap<(String, String), (u64, Option<Vec<u8>>)>;
 
 /// Records in PostgreSQL.
 #[derive(Clone)]
@@ -31,13 +31,17 @@ struct Inner {
     flushing: tokio::sync::Mutex<()>,
 }
 
+/// One flush: the removals, then the writes, each only over an older version (another node's
+/// newer write stays).
 const WRITE: &str = "WITH removed AS (
-         DELETE FROM dashboard_state
-         WHERE (scope, key) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+         DELETE FROM dashboard_state d
+         USING unnest($1::text[], $2::text[], $3::bigint[]) AS gone (scope, key, version)
+         WHERE d.scope = gone.scope AND d.key = gone.key AND d.version <= gone.version
      )
-     INSERT INTO dashboard_state (scope, key, value)
-     SELECT * FROM unnest($3::text[], $4::text[], $5::bytea[])
-     ON CONFLICT (scope, key) DO UPDATE SET value = EXCLUDED.value";
+     INSERT INTO dashboard_state (scope, key, value, version)
+     SELECT * FROM unnest($4::text[], $5::text[], $6::bytea[], $7::bigint[])
+     ON CONFLICT (scope, key) DO UPDATE SET value = EXCLUDED.value, version = EXCLUDED.version
+     WHERE dashboard_state.version <= EXCLUDED.version";
 
 impl PgStateStore {
     pub(super) fn new(db: Db) -> PgStateStore {
@@ -58,13 +62,29 @@ impl PgStateStore {
 
 #[async_trait]
 impl StateStore for PgStateStore {
-    fn put(&self, scope: &str, key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
+    fn put(
+        &self,
+        scope: &str,
+        key: &str,
+        version: u64,
+        value: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
         no_nul("scope", scope)?;
         no_nul("key", key)?;
-        self.buffer().pending.insert(
-            (scope.to_owned(), key.to_owned()),
-            value.map(<[u8]>::to_vec),
-        );
+        if i64::try_from(version).is_err() {
+            return Err(StoreError::Task(format!(
+                "state version {version} is beyond PostgreSQL's bigint"
+            )));
+        }
+        let mut buffer = self.buffer();
+        let key = (scope.to_owned(), key.to_owned());
+        let older = |writes: &Writes| writes.get(&key).is_some_and(|(v, _)| *v > version);
+        if older(&buffer.pending) || older(&buffer.inflight) {
+            return Ok(());
+        }
+        buffer
+            .pending
+            .insert(key, (version, value.map(<[u8]>::to_vec)));
         Ok(())
     }
 
@@ -77,7 +97,7 @@ impl StateStore for PgStateStore {
                 .into_iter()
                 .flat_map(|writes| writes.iter())
                 .filter(|((s, _), _)| s == scope)
-                .map(|((_, key), value)| (key.clone(), value.clone()))
+                .map(|((_, key), (_, value))| (key.clone(), value.clone()))
                 .collect()
         };
         let rows = self
@@ -110,23 +130,40 @@ impl StateStore for PgStateStore {
             Arc::clone(&buffer.inflight)
         };
         let written = {
-            let (mut gone_scopes, mut gone_keys) = (Vec::new(), Vec::new());
-            let (mut scopes, mut keys, mut values) = (Vec::new(), Vec::new(), Vec::new());
-            for ((scope, key), value) in batch.iter() {
+            let (mut gone_scopes, mut gone_keys, mut gone_versions) =
+                (Vec::new(), Vec::new(), Vec::new());
+            let (mut scopes, mut keys, mut values, mut versions) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for ((scope, key), (version, value)) in batch.iter() {
+                // Checked when put.
+                let version = i64::try_from(*version).unwrap_or(i64::MAX);
                 match value {
                     Some(value) => {
                         scopes.push(scope.as_str());
                         keys.push(key.as_str());
                         values.push(value.as_slice());
+                        versions.push(version);
                     }
                     None => {
                         gone_scopes.push(scope.as_str());
                         gone_keys.push(key.as_str());
+                        gone_versions.push(version);
                     }
                 }
             }
             self.db
-                .query(WRITE, &[&gone_scopes, &gone_keys, &scopes, &keys, &values])
+                .query(
+                    WRITE,
+                    &[
+                        &gone_scopes,
+                        &gone_keys,
+                        &gone_versions,
+                        &scopes,
+                        &keys,
+                        &values,
+                        &versions,
+                    ],
+                )
                 .await
                 .map(drop)
         };
