@@ -144,6 +144,10 @@ pub async fn serve_with_stores(
                 node_ttl: Duration::from_millis(config.node_ttl_ms),
                 timeout: config.storage_timeout().min(Duration::from_secs(2)),
                 addr: addr.to_string(),
+                // Clients renew their awareness every 15 s; an HTTP poller lives as long as
+                // its TTL without it.
+                mirror_quiet: Duration::from_secs(45)
+                    .max(config.doc_poll_ttl() + Duration::from_secs(15)),
             };
             let cluster = Cluster::join(
                 url.expose(),

@@ -67,6 +67,9 @@ pub struct ClusterSettings {
     pub timeout: Duration,
     /// Where this node's HTTP listener is.
     pub addr: String,
+    /// A mirrored peer of another node not heard of for this long left (its departure was
+    /// lost on the bus).
+    pub mirror_quiet: Duration,
 }
 
 /// Why joining failed.
@@ -112,6 +115,9 @@ pub struct Cluster {
     /// The locks this node's connections hold, by (key, connection): each lease's token.
     leases: DashMap<(String, crate::net::ConnId), String>,
     lease_count: AtomicU64,
+    /// When the last heartbeat went through: a node silent for longer than the TTL may have
+    /// been declared dead by the others (who dropped what it told them).
+    last_beat: Mutex<Option<tokio::time::Instant>>,
     /// Per workspace, the number of this node's last roster message.
     told_seq: DashMap<String, u64>,
     /// Workspaces told something of since the last heartbeat, with their last number.
@@ -183,6 +189,7 @@ impl Cluster {
             nodes: DashMap::new(),
             leases: DashMap::new(),
             lease_count: AtomicU64::new(0),
+            last_beat: Mutex::new(None),
             told_seq: DashMap::new(),
             announce_told: Mutex::new(HashMap::new()),
             rereads: DashSet::new(),

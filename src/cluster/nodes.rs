@@ -25,10 +25,6 @@ pub struct NodeView {
     pub beat: Option<u64>,
 }
 
-/// A mirrored peer of another node not heard of for this long left (its departure was lost):
-/// clients renew their awareness every 15 s and drop a state not renewed for 30 s.
-const MIRROR_QUIET: std::time::Duration = std::time::Duration::from_secs(45);
-
 impl Cluster {
     pub(super) fn nodes_key(&self) -> String {
         self.key("nodes")
@@ -50,7 +46,7 @@ impl Cluster {
             self.beat(false).await;
             self.sweep_dead();
             if let Some(rooms) = self.rooms() {
-                rooms.expire_mirrors(MIRROR_QUIET);
+                rooms.expire_mirrors(self.settings.mirror_quiet);
             }
             self.time_the_store().await;
         }
@@ -115,8 +111,18 @@ impl Cluster {
         .await;
         match answer {
             Ok(Ok((members,))) => {
+                let now = tokio::time::Instant::now();
+                let silent = self
+                    .last_beat
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .replace(now)
+                    .is_some_and(|last| now.duration_since(last) > self.settings.node_ttl);
                 if self.redis_down.swap(false, Ordering::AcqRel) {
                     self.recovered().await;
+                } else if silent {
+                    tracing::warn!("this node was silent for longer than the node TTL: the others may have counted it dead; telling them everything again");
+                    self.tell_all_again();
                 }
                 self.saw_members(members);
             }
