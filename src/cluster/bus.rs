@@ -175,50 +175,66 @@ impl Cluster {
         stop: CancellationToken,
     ) {
         let mut redis = self.redis.clone();
-        let mut batch = Vec::new();
+        // Queued since the last round, and updates whose commit is not done yet (in order).
+        let (mut incoming, mut waiting) = (Vec::new(), Vec::new());
         loop {
-            // What is queued goes out even once stopping (shutdown stops the cluster after
-            // its final commit).
-            let first = tokio::select! {
-                biased;
-                first = queued.recv() => first,
-                _ = stop.cancelled() => return,
-            };
-            let Some(first) = first else { return };
-            batch.push(first);
-            while batch.len() < PUBLISH_BATCH {
+            if waiting.is_empty() {
+                // What is queued goes out even once stopping (shutdown stops the cluster after
+                // its final commit).
+                let first = tokio::select! {
+                    biased;
+                    first = queued.recv() => first,
+                    _ = stop.cancelled() => return,
+                };
+                let Some(first) = first else { return };
+                incoming.push(first);
+            } else {
+                // Only what is committed is announced: updates wait for the next commit,
+                // while awareness, departures and events queued meanwhile go out at once
+                // (PostgreSQL down: they keep flowing).
+                let next = waiting
+                    .iter()
+                    .filter_map(|item| match item {
+                        Outgoing::Update { ticket, .. } => Some(*ticket),
+                        _ => None,
+                    })
+                    .min()
+                    .unwrap_or_else(|| self.durability.durable());
+                tokio::select! {
+                    biased;
+                    done = self.durability.wait(next, self.settings.timeout) => match done {
+                        Ok(()) => {}
+                        Err(DurabilityError::Timeout(_)) if !stop.is_cancelled() => {}
+                        Err(_) => return,
+                    },
+                    item = queued.recv() => match item {
+                        Some(item) => incoming.push(item),
+                        None => return,
+                    },
+                }
+            }
+            while incoming.len() < PUBLISH_BATCH {
                 match queued.try_recv() {
-                    Ok(next) => batch.push(next),
+                    Ok(next) => incoming.push(next),
                     Err(_) => break,
                 }
             }
-            let newest = batch
-                .iter()
-                .filter_map(|item| match item {
-                    Outgoing::Update { ticket, .. } => Some(*ticket),
-                    Outgoing::Now { .. } | Outgoing::Event { .. } | Outgoing::Told { .. } => None,
-                })
-                .max();
-            if let Some(ticket) = newest.filter(|t| *t > self.durability.durable()) {
-                // Only what is committed is announced: while a commit takes long (PostgreSQL
-                // down), awareness, departures and events go out at once and the updates wait,
-                // in order.
-                let (waiting, now): (Vec<_>, Vec<_>) = batch
-                    .drain(..)
-                    .partition(|item| matches!(item, Outgoing::Update { .. }));
-                if !now.is_empty() {
-                    self.publish(&mut redis, now).await;
-                }
-                batch = waiting;
-                loop {
-                    match self.durability.wait(ticket, self.settings.timeout).await {
-                        Ok(()) => break,
-                        Err(DurabilityError::Timeout(_)) if !stop.is_cancelled() => continue,
-                        Err(_) => return,
-                    }
+            // Each update goes out right after its own commit (not with later ones); a
+            // document's updates are committed in order, so its messages stay in order.
+            let durable = self.durability.durable();
+            let mut ready = Vec::new();
+            for item in std::mem::take(&mut waiting)
+                .into_iter()
+                .chain(incoming.drain(..))
+            {
+                match &item {
+                    Outgoing::Update { ticket, .. } if *ticket > durable => waiting.push(item),
+                    _ => ready.push(item),
                 }
             }
-            self.publish(&mut redis, std::mem::take(&mut batch)).await;
+            if !ready.is_empty() {
+                self.publish(&mut redis, ready).await;
+            }
         }
     }
 
