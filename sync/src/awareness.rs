@@ -61,6 +61,12 @@ impl AwarenessEntry {
     }
 }
 
+/// Whether `json` is one JSON object (what y-protocols writes for a state).
+fn is_json_object(json: &str) -> bool {
+    json.trim_start().starts_with('{')
+        && serde_json::from_str::<serde::de::IgnoredAny>(json).is_ok()
+}
+
 impl AwarenessUpdate {
     /// Decodes an awareness payload.
     ///
@@ -91,7 +97,13 @@ impl AwarenessUpdate {
             let json = cursor
                 .read_string()
                 .map_err(|e| DecodeError::from_read(e, "awareness state"))?;
-            let state = (json != "null").then(|| Arc::from(json));
+            let state = if json.trim() == "null" {
+                None
+            } else if is_json_object(json) {
+                Some(Arc::from(json))
+            } else {
+                return Err(DecodeError::AwarenessState(client_id));
+            };
             entries.push(AwarenessEntry {
                 client_id,
                 clock,
@@ -145,6 +157,33 @@ mod tests {
 
     // awarenessProtocol.encodeAwarenessUpdate from y-protocols 1.0.7 for a doc whose clientID is
     // 4294967297 (2^32 + 1), clock 1, local state {"a":1}; see tests/js/vectors.mjs.
+    #[test]
+    fn a_state_that_is_not_a_json_object_is_refused() {
+        let entry = |state: &str| {
+            let update = AwarenessUpdate {
+                entries: vec![AwarenessEntry {
+                    client_id: 7,
+                    clock: 1,
+                    state: Some(state.into()),
+                }],
+            };
+            AwarenessUpdate::decode(&update.encode())
+        };
+        for bad in [
+            "not json", "{\"a\":", "[1,2]", "\"text\"", "12", "{} {}", "",
+        ] {
+            assert_eq!(entry(bad), Err(DecodeError::AwarenessState(7)), "{bad:?}");
+        }
+        for good in [
+            "{}",
+            r#"{"user":{"name":"Ada"},"cursor":null}"#,
+            " {\"a\":1} ",
+        ] {
+            assert!(entry(good).is_ok(), "{good:?}");
+        }
+        assert_eq!(entry("null").unwrap().entries[0].state, None);
+    }
+
     #[test]
     fn decodes_bytes_from_y_protocols() {
         let bytes = [

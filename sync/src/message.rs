@@ -90,6 +90,10 @@ pub enum DecodeError {
     ClientIdOutOfRange(u64),
     #[error("awareness update announces {0} entries but the message is too short for them")]
     TooManyEntries(u64),
+    /// y-protocols writes each state as `JSON.stringify` of an object, or `null`; clients
+    /// `JSON.parse` what they receive, and a Node.js client dies of a state that does not parse.
+    #[error("awareness state of client {0} is not a JSON object or null")]
+    AwarenessState(u64),
     #[error("malformed state vector: {0}")]
     StateVector(String),
 }

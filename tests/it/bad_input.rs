@@ -276,3 +276,51 @@ async fn the_document_is_intact_after_a_storm_of_rejected_frames() {
     wait_text(&reader, "t", "kept").await;
     assert!(reader.errors().is_empty());
 }
+
+/// An awareness frame announcing `state` for client `client`.
+fn awareness_frame(client: u64, state: &str) -> Vec<u8> {
+    use tandem_sync::{AwarenessEntry, AwarenessUpdate};
+    let update = AwarenessUpdate {
+        entries: vec![AwarenessEntry {
+            client_id: client,
+            clock: 1,
+            state: Some(state.into()),
+        }],
+    };
+    tandem_sync::message::encode_awareness(&update.encode()).to_vec()
+}
+
+#[tokio::test]
+async fn an_awareness_state_that_is_not_a_json_object_is_refused_and_never_relayed() {
+    // y-websocket clients JSON.parse every state they hear: in Node.js one that does not parse
+    // ends the process. The offender is closed; nobody hears its state (a raw socket listens,
+    // so the client codec's own check cannot hide a relay).
+    let app = spawn_app().await;
+    for (client, state) in [(901, "not json"), (902, "[1,2,3]"), (903, "{\"a\":")] {
+        let (mut watcher, _) = tokio_tungstenite::connect_async(app.ws_url("victim"))
+            .await
+            .unwrap();
+        offender_is_closed_alone(&app, awareness_frame(client, state), 1002).await;
+        // A valid state from someone else arrives; the refused one never did.
+        let marker = format!(r#"{{"marker":{client}}}"#);
+        let fine = app.join("victim").await;
+        fine.send_raw(awareness_frame(client + 50, &marker))
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, watcher.next())
+                .await
+                .expect("the valid state in time")
+                .expect("open")
+                .expect("a frame");
+            let WsMessage::Binary(bytes) = frame else {
+                continue;
+            };
+            let has = |needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+            assert!(!has(state), "{state:?} was relayed");
+            if has(&marker) {
+                break;
+            }
+        }
+    }
+}
