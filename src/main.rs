@@ -119,6 +119,8 @@ fn mint_token(args: TokenArgs) -> anyhow::Result<String> {
         role: args.role,
         docs: (!docs.is_empty()).then_some(docs),
         exp: tandem::auth::now_secs() + args.ttl_secs,
+        iat: Some(tandem::auth::now_secs()),
+        nbf: None,
     };
     Ok(tandem::auth::mint(&args.secret, &claims)?)
 }

@@ -156,6 +156,8 @@ impl Auth {
             role: Role::Member,
             docs: None,
             exp: now_secs() + DEV_TOKEN_SECS,
+            iat: Some(now_secs()),
+            nbf: None,
         };
         mint(secret, &claims).ok().map(|token| (token, user))
     }
@@ -205,6 +207,7 @@ impl Auth {
             })?;
         let mut validation = Validation::new(*algorithm);
         validation.leeway = self.leeway_secs;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp"]);
         match &self.audience {
             Some(audience) => validation.set_audience(&[audience]),
@@ -230,6 +233,15 @@ impl Auth {
             return Err(AuthError::InvalidToken(
                 "the workspace claim is empty".into(),
             ));
+        }
+        if claims.sub.is_empty() {
+            return Err(AuthError::InvalidToken("the sub claim is empty".into()));
+        }
+        if claims
+            .iat
+            .is_some_and(|iat| iat > now_secs().saturating_add(self.leeway_secs))
+        {
+            return Err(AuthError::InvalidToken("issued in the future".into()));
         }
         Ok(Principal {
             user: claims.sub,
@@ -413,6 +425,8 @@ mod tests {
                 role: Role::Member,
                 docs: None,
                 exp: now_secs() - 3600,
+                iat: None,
+                nbf: None,
             },
         )
         .unwrap();
@@ -435,6 +449,8 @@ mod tests {
             role: Role::Member,
             docs: None,
             exp: now_secs() + 600,
+            iat: None,
+            nbf: None,
         }
     }
 
@@ -475,6 +491,8 @@ mod tests {
         );
         let expired = Claims {
             exp: now_secs() - 10,
+            iat: None,
+            nbf: None,
             ..claims()
         };
         assert_eq!(

@@ -49,6 +49,13 @@ pub struct Claims {
     pub docs: Option<BTreeMap<String, DocPermission>>,
     /// Expiry, seconds since the epoch. Required.
     pub exp: u64,
+    /// When it was issued, seconds since the epoch: one issued in the future (beyond the
+    /// leeway) is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    /// Not valid before, seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
 }
 
 fn string_or_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {

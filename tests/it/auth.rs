@@ -53,6 +53,33 @@ fn refusals() -> Vec<(&'static str, Option<String>, u16, &'static str)> {
             "token_expired",
         ),
         (
+            "not valid yet",
+            Some(token(&Claims {
+                nbf: Some(now_secs() + 3600),
+                ..claims("acme")
+            })),
+            401,
+            "invalid_token",
+        ),
+        (
+            "issued in the future",
+            Some(token(&Claims {
+                iat: Some(now_secs() + 3600),
+                ..claims("acme")
+            })),
+            401,
+            "invalid_token",
+        ),
+        (
+            "empty sub",
+            Some(token(&Claims {
+                sub: String::new(),
+                ..claims("acme")
+            })),
+            401,
+            "invalid_token",
+        ),
+        (
             "other workspace",
             Some(token(&claims("globex"))),
             403,

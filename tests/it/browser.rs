@@ -153,6 +153,8 @@ async fn with_auth_on_the_page_takes_its_token_from_the_embedding_app_or_the_url
                 DocPermission::Read,
             )])),
             exp: tandem::auth::now_secs() + 600,
+            iat: None,
+            nbf: None,
         },
     )
     .unwrap();

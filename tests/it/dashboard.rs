@@ -407,6 +407,8 @@ async fn the_dashboard_refuses_bad_tokens_before_upgrading() {
             role: Role::Member,
             docs: None,
             exp: now_secs() + 600,
+            iat: None,
+            nbf: None,
         }
     };
     assert_eq!(

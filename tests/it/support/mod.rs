@@ -55,6 +55,8 @@ pub fn claims(workspace: &str, sub: &str, role: Role) -> Claims {
         role,
         docs: None,
         exp: now_secs() + 600,
+        iat: None,
+        nbf: None,
     }
 }
 
