@@ -129,3 +129,34 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// `text` fit for a log line: control characters (line breaks, escape sequences) written as
+/// escapes, so what a client sends cannot forge or garble log lines.
+pub fn log_safe(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::log_safe;
+
+    #[test]
+    fn control_characters_are_escaped_for_logs() {
+        assert_eq!(log_safe("plain text, ünïcode"), "plain text, ünïcode");
+        assert_eq!(
+            log_safe("boom\n2026-12-07T00:00:00Z  INFO forged\r\u{1b}[31m"),
+            "boom\\n2026-12-07T00:00:00Z  INFO forged\\r\\u{1b}[31m"
+        );
+    }
+}

@@ -39,7 +39,7 @@ pub enum IdentityError {
     Auth(#[from] AuthError),
     #[error("a workspace name is one segment of a document name (no `/`)")]
     BadWorkspace,
-    #[error("a user id is 1 to {MAX_USER_BYTES} bytes")]
+    #[error("a user id is 1 to {MAX_USER_BYTES} bytes, without control characters")]
     BadUser,
 }
 

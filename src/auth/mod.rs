@@ -234,8 +234,13 @@ impl Auth {
                 "the workspace claim is empty".into(),
             ));
         }
-        if claims.sub.is_empty() {
-            return Err(AuthError::InvalidToken("the sub claim is empty".into()));
+        if claims.sub.is_empty()
+            || claims.sub.len() > MAX_USER_BYTES
+            || claims.sub.chars().any(char::is_control)
+        {
+            return Err(AuthError::InvalidToken(format!(
+                "the sub claim must be 1 to {MAX_USER_BYTES} bytes without control characters"
+            )));
         }
         if claims
             .iat
@@ -348,7 +353,7 @@ impl Auth {
             (Some(user), true) => user.clone(),
             _ => principal.user,
         };
-        if user.is_empty() || user.len() > MAX_USER_BYTES {
+        if user.is_empty() || user.len() > MAX_USER_BYTES || user.chars().any(char::is_control) {
             return Err(IdentityError::BadUser);
         }
         let name = match (principal.name, open) {

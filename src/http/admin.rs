@@ -171,11 +171,12 @@ pub async fn client_error(
     let bytes = body.bytes;
     let report: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request("bad_json", format!("the body is not JSON: {e}")))?;
+    // Escaped: a line break in a report must not forge a log line.
     let text = |key: &str| -> Option<String> {
         report
             .get(key)
             .and_then(Value::as_str)
-            .map(|s| s.chars().take(MAX_FIELD_CHARS).collect())
+            .map(|s| crate::error::log_safe(&s.chars().take(MAX_FIELD_CHARS).collect::<String>()))
     };
     let Some(message) = text("message").filter(|m| !m.is_empty()) else {
         return Err(ApiError::new(

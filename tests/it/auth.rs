@@ -80,6 +80,15 @@ fn refusals() -> Vec<(&'static str, Option<String>, u16, &'static str)> {
             "invalid_token",
         ),
         (
+            "sub with a line break",
+            Some(token(&Claims {
+                sub: "ada\n2026-12-07T00:00:00Z INFO forged".into(),
+                ..claims("acme")
+            })),
+            401,
+            "invalid_token",
+        ),
+        (
             "other workspace",
             Some(token(&claims("globex"))),
             403,
