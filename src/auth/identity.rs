@@ -17,6 +17,24 @@ pub struct Identity {
     pub name: Option<String>,
     pub role: Role,
     pub expires_in: Option<Duration>,
+    /// The token's document globs (`None`: the whole workspace, read-write).
+    pub docs: Option<Vec<(String, super::DocPermission)>>,
+}
+
+impl Identity {
+    /// Whether the caller may write `doc` (a document of its workspace; any other name is
+    /// refused).
+    pub fn may_write(&self, doc: &DocName) -> bool {
+        doc.workspace() == self.workspace
+            && matches!(doc.kind(), crate::docname::RoomKind::Document)
+            && super::granted(self.docs.as_deref(), doc)
+                .is_ok_and(|access| access == tandem_crdt::Access::ReadWrite)
+    }
+
+    /// Whether the caller may read `doc` (a document of its workspace).
+    pub fn may_read(&self, doc: &DocName) -> bool {
+        doc.workspace() == self.workspace && super::granted(self.docs.as_deref(), doc).is_ok()
+    }
 }
 
 /// The query parameters that name who is asking.

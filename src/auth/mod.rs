@@ -306,23 +306,7 @@ impl Auth {
             RoomKind::Inbox { user } if user == principal.user => return Ok(Access::ReadOnly),
             RoomKind::Inbox { .. } => return Err(AuthError::DocumentForbidden),
         }
-        // `docs` narrows any role; without it the whole workspace is read-write.
-        let Some(patterns) = &principal.docs else {
-            return Ok(Access::ReadWrite);
-        };
-        // The most specific matching pattern decides (the one with the most literal
-        // characters); between equally specific ones, read-only wins.
-        let best = patterns
-            .iter()
-            .filter(|(pattern, _)| glob_match(pattern, doc.as_str()))
-            .max_by(|(a, pa), (b, pb)| {
-                literal_len(a).cmp(&literal_len(b)).then_with(|| pb.cmp(pa))
-            });
-        match best {
-            Some((_, DocPermission::Write)) => Ok(Access::ReadWrite),
-            Some((_, DocPermission::Read)) => Ok(Access::ReadOnly),
-            None => Err(AuthError::DocumentForbidden),
-        }
+        granted(principal.docs.as_deref(), doc)
     }
 
     /// Checks the token of a dashboard request and says who it speaks for.
@@ -367,6 +351,7 @@ impl Auth {
             name,
             role: principal.role,
             expires_in,
+            docs: principal.docs,
         })
     }
 
@@ -383,6 +368,32 @@ impl Auth {
         self.check_plan(&principal)?;
         let access = self.doc_access(&principal, doc)?;
         Ok((principal, access))
+    }
+}
+
+/// The access `docs` (a token's document globs; `None`: the whole workspace) grants to `doc`
+/// of the token's own workspace.
+///
+/// # Errors
+/// [`AuthError::DocumentForbidden`] when no glob matches.
+pub fn granted(
+    docs: Option<&[(String, DocPermission)]>,
+    doc: &DocName,
+) -> Result<Access, AuthError> {
+    // `docs` narrows any role; without it the whole workspace is read-write.
+    let Some(patterns) = docs else {
+        return Ok(Access::ReadWrite);
+    };
+    // The most specific matching pattern decides (the one with the most literal
+    // characters); between equally specific ones, read-only wins.
+    let best = patterns
+        .iter()
+        .filter(|(pattern, _)| glob_match(pattern, doc.as_str()))
+        .max_by(|(a, pa), (b, pb)| literal_len(a).cmp(&literal_len(b)).then_with(|| pb.cmp(pa)));
+    match best {
+        Some((_, DocPermission::Write)) => Ok(Access::ReadWrite),
+        Some((_, DocPermission::Read)) => Ok(Access::ReadOnly),
+        None => Err(AuthError::DocumentForbidden),
     }
 }
 

@@ -346,7 +346,19 @@ impl Session<'_> {
             Action::Ping => self.reply(ServerFrame::Pong.text()),
             Action::Presence(update) => hub.presence(ws, user, source, &update, true),
             Action::MarkRead { session_id } => hub.mark_read(ws, user, &session_id),
-            Action::Lock { resource } => self.reply(hub.lock(ws, self.conn, &resource).await),
+            Action::Lock { resource } => {
+                if !may_lock(self.who, &resource) {
+                    self.reply(
+                        ProtocolError::new(
+                            "forbidden",
+                            "a lock needs write access to its document",
+                        )
+                        .frame(),
+                    );
+                    return;
+                }
+                self.reply(hub.lock(ws, self.conn, &resource).await);
+            }
             Action::Unlock { resource } => match hub.unlock(ws, self.conn, &resource) {
                 Ok(frame) => self.reply(frame),
                 // A lost race for a lock is not abuse: answered, not counted.
@@ -459,5 +471,16 @@ impl Outbound for DashboardOutbound {
         if std::mem::take(&mut self.sent_event) {
             self.last_event = Some(Instant::now());
         }
+    }
+}
+
+/// Whether `who` may lock `resource` (`{document}#{field}`): it needs write access to the
+/// document; a resource that names no document of the workspace needs write access to all of
+/// it.
+fn may_lock(who: &Identity, resource: &str) -> bool {
+    let doc = resource.split('#').next().unwrap_or(resource);
+    match crate::docname::DocName::parse(doc) {
+        Ok(doc) if doc.workspace() == who.workspace => who.may_write(&doc),
+        _ => who.docs.is_none(),
     }
 }

@@ -1386,3 +1386,51 @@ async fn a_yjs_client_that_reconnects_with_its_client_id_keeps_its_user_online()
     second.close().await;
     assert_eq!(next_for_123(&mut watcher).await["status"], "offline");
 }
+
+#[tokio::test]
+async fn a_lock_needs_write_access_to_its_document() {
+    use std::collections::BTreeMap;
+    use tandem::auth::DocPermission;
+    let app = spawn_app_with(secured).await;
+    let with_docs = |docs: &[(&str, DocPermission)]| {
+        let claims = Claims {
+            docs: Some(
+                docs.iter()
+                    .map(|(glob, permission)| ((*glob).to_owned(), *permission))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
+            ..support::claims("acme", "7", Role::Member)
+        };
+        format!("token={}", support::sign(&claims))
+    };
+    let lock = |resource: &str| json!({"action":"lock","resource":resource});
+    // Read-only on queries: no lock there; write on reports: a lock there.
+    let mut rex = app
+        .dash(&with_docs(&[
+            ("acme/queries/*", DocPermission::Read),
+            ("acme/reports/*", DocPermission::Write),
+        ]))
+        .await;
+    for resource in [
+        "acme/queries/1#title",
+        "acme/dashboards/2#name",
+        "free-form",
+    ] {
+        rex.send(lock(resource)).await;
+        let answer = rex.next().await;
+        assert_eq!(
+            (answer["type"].as_str(), answer["code"].as_str()),
+            (Some("error"), Some("forbidden")),
+            "{resource}: {answer}"
+        );
+    }
+    rex.send(lock("acme/reports/3#title")).await;
+    assert_eq!(
+        rex.next_of("lock_acquired").await["resource"],
+        "acme/reports/3#title"
+    );
+    // Nobody else was blocked by the refused ones.
+    let mut ada = app.dash(&member("acme", "1")).await;
+    ada.send(lock("acme/queries/1#title")).await;
+    assert_eq!(ada.next_of("lock_acquired").await["user_id"], 1);
+}
