@@ -84,15 +84,12 @@ pub async fn poll(
         remote,
         closer: None,
     });
+    // Never past the token's expiry: a socket closes with 4401 then, a long-poll answers.
+    let wait = std::time::Duration::from_secs_f64(timeout);
+    let wait = who.expires_in.map_or(wait, |left| wait.min(left));
     let page = app
         .hub
-        .poll(
-            &who.workspace,
-            &who.user,
-            channels,
-            params.since,
-            std::time::Duration::from_secs_f64(timeout),
-        )
+        .poll(&who.workspace, &who.user, channels, params.since, wait)
         .await?;
     let mut body = String::from(r#"{"events":["#);
     for (i, event) in page.events.iter().enumerate() {

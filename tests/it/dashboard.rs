@@ -1434,3 +1434,39 @@ async fn a_lock_needs_write_access_to_its_document() {
     ada.send(lock("acme/queries/1#title")).await;
     assert_eq!(ada.next_of("lock_acquired").await["user_id"], 1);
 }
+
+#[tokio::test]
+async fn a_long_poll_answers_by_its_token_s_expiry() {
+    // Sockets close with 4401 when their token expires; a long-poll must not go on waiting
+    // (and deliver events) past it either.
+    let app = spawn_app_with(secured).await;
+    let expiring = support::sign(&Claims {
+        exp: now_secs() + 2,
+        ..support::claims("acme", "7", Role::Member)
+    });
+    let url = app.http_url("/api/v1/events?channels=workflows&since=0&timeout=30");
+    let waiting = tokio::spawn(async move {
+        reqwest::Client::new()
+            .get(url)
+            .bearer_auth(expiring)
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    });
+    // Well after the expiry, an event comes: the poll had answered by then, without it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    publish(
+        &app,
+        "acme",
+        json!({"type":"workflow_triggered","workflow_id":"late"}),
+    )
+    .await;
+    let page = tokio::time::timeout(TIMEOUT, waiting)
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(page["events"], json!([]), "{page}");
+}
