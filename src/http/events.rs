@@ -35,6 +35,17 @@ pub async fn publish(
         )
     })?;
     let kind = event.kind;
+    // A query event writes the query's document (its status map): only with write access
+    // to it, as `POST …/update` needs.
+    if let Some((doc, _)) = event.query_status(&who.workspace) {
+        if !who.may_write(&doc) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("a {kind} event writes {doc}, which this token may not write"),
+            ));
+        }
+    }
     let id = app
         .hub
         .publish(&who.workspace, event)

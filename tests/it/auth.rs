@@ -397,6 +397,37 @@ async fn service_tokens_write_their_own_workspace_only() {
         stored_text(&app, "acme/queries/4").await,
         "from the backend"
     );
+    // A service token narrowed to reports may not write a query's document through the
+    // status map of a query event either; one that may write it does.
+    let narrowed = |glob: &str| {
+        token(&Claims {
+            role: Role::Service,
+            plan: None,
+            docs: Some(BTreeMap::from([(glob.to_string(), DocPermission::Write)])),
+            ..claims("acme")
+        })
+    };
+    let started = serde_json::json!({"type":"query_started","query_id":4,"started_by":"ada"});
+    assert_json_refusal(
+        http.post(app.http_url("/api/v1/events"))
+            .bearer_auth(narrowed("acme/reports/*"))
+            .json(&started)
+            .send()
+            .await
+            .unwrap(),
+        403,
+        "forbidden",
+        "a query event outside the token's docs",
+    )
+    .await;
+    let allowed = http
+        .post(app.http_url("/api/v1/events"))
+        .bearer_auth(narrowed("acme/queries/*"))
+        .json(&started)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), 201);
 }
 
 #[tokio::test]
