@@ -12,6 +12,8 @@ use tokio::time::Instant;
 use super::catalogue::ChannelSet;
 use super::catalogue::{self, Channel, Event};
 use super::preferences::Muted;
+use crate::auth::DocPermission;
+use crate::docname::DocName;
 
 /// An event ready to send: its frame (the stored object with its `id`) and what decides who
 /// gets it.
@@ -21,6 +23,9 @@ pub struct Delivered {
     type_index: usize,
     channel: Channel,
     user_ids: Vec<String>,
+    /// The document it names (who is editing it, a lock on one of its fields): only those who
+    /// may read that document see it.
+    document: Option<String>,
     pub frame: Utf8Bytes,
     /// When it was published (live events only), for the delivery delay.
     pub published: Option<Instant>,
@@ -37,6 +42,10 @@ impl Delivered {
             kind: String,
             #[serde(default)]
             user_ids: Vec<Value>,
+            #[serde(default)]
+            document: Option<Value>,
+            #[serde(default)]
+            resource: Option<Value>,
         }
         let head: Head = serde_json::from_slice(&stored.body).ok()?;
         Some(Delivered {
@@ -48,6 +57,7 @@ impl Delivered {
                 .iter()
                 .filter_map(catalogue::id_text)
                 .collect(),
+            document: document_of(&head.kind, head.document.as_ref(), head.resource.as_ref()),
             frame: frame_with_id(stored.id, &stored.body)?.into(),
             published: None,
             remaining: AtomicUsize::new(0),
@@ -61,6 +71,13 @@ impl Delivered {
             type_index: catalogue::type_index(event.kind).unwrap_or(0),
             channel: event.channel,
             user_ids: event.user_ids.clone(),
+            // The event's fields are in `body` by now.
+            document: matches!(event.kind, "editing" | "lock_acquired" | "lock_released")
+                .then(|| serde_json::from_str::<serde_json::Map<String, Value>>(body).ok())
+                .flatten()
+                .and_then(|fields| {
+                    document_of(event.kind, fields.get("document"), fields.get("resource"))
+                }),
             frame: frame_with_id(id, body.as_bytes())
                 .unwrap_or_default()
                 .into(),
@@ -82,6 +99,19 @@ impl Delivered {
     }
 }
 
+/// The document a server event names: `document` of `editing`, the document of a lock's
+/// `resource` (`{document}#{field}`).
+fn document_of(kind: &str, document: Option<&Value>, resource: Option<&Value>) -> Option<String> {
+    match kind {
+        "editing" => document?.as_str().map(str::to_owned),
+        "lock_acquired" | "lock_released" => {
+            let resource = resource?.as_str()?;
+            Some(resource.split('#').next().unwrap_or(resource).to_owned())
+        }
+        _ => None,
+    }
+}
+
 /// The frame of a stored event: its JSON object with `"id"` first.
 pub(super) fn frame_with_id(id: u64, body: &[u8]) -> Option<String> {
     let rest = std::str::from_utf8(body).ok()?.strip_prefix('{')?;
@@ -98,6 +128,8 @@ pub struct Viewer<'a> {
     pub user: &'a str,
     pub channels: ChannelSet,
     pub muted: Muted,
+    /// The viewer's token's document grants (`None`: the whole workspace).
+    pub docs: Option<&'a [(String, DocPermission)]>,
 }
 
 impl Viewer<'_> {
@@ -107,6 +139,14 @@ impl Viewer<'_> {
     pub(super) fn sees(&self, event: &Delivered) -> bool {
         if self.muted.mutes(event.type_index) {
             return false;
+        }
+        if let (Some(document), Some(docs)) = (&event.document, self.docs) {
+            // Who is in a document, or holds one of its fields, is for those who may read it.
+            let readable = DocName::parse(document)
+                .is_ok_and(|doc| crate::auth::granted(Some(docs), &doc).is_ok());
+            if !readable {
+                return false;
+            }
         }
         if event.user_ids.is_empty() {
             self.channels.contains(event.channel)
@@ -144,6 +184,7 @@ mod tests {
             type_index: catalogue::type_index(kind).unwrap(),
             channel: catalogue::channel_of(kind).unwrap(),
             user_ids: user_ids.iter().map(|u| u.to_string()).collect(),
+            document: None,
             frame: "{}".into(),
             published: None,
             remaining: AtomicUsize::new(0),
@@ -156,6 +197,7 @@ mod tests {
             user: "1",
             channels: ChannelSet::of(&[Channel::Queries]),
             muted: Muted::default(),
+            docs: None,
         };
         assert!(queries.sees(&delivered("query_started", &[])));
         assert!(!queries.sees(&delivered("agent_executed", &[])));
@@ -165,6 +207,7 @@ mod tests {
             user: "2",
             channels: ChannelSet::of(&[Channel::Notifications]),
             muted: Muted::default(),
+            docs: None,
         };
         assert!(inbox.sees(&delivered("agent_executed", &["2"])));
         assert!(!inbox.sees(&delivered("agent_executed", &[])));

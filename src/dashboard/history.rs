@@ -21,6 +21,7 @@ use super::hub::Hub;
 use super::preferences::Muted;
 use super::protocol::ServerFrame;
 use super::workspace::{Outgoing, Workspace};
+use crate::auth::DocPermission;
 use crate::net::{CloseReason, Closer, ConnId};
 
 /// Events read from the log at a time.
@@ -68,7 +69,7 @@ impl Hub {
         if let Some(since) = since {
             self.catch_up(ws, since).await;
         }
-        let (user, muted, tx, closer, upto, live, fresh, since) = {
+        let (user, muted, docs, tx, closer, upto, live, fresh, since) = {
             let mut st = ws.lock();
             let upto = st.released;
             let Some(c) = st.conns.get_mut(&conn) else {
@@ -85,6 +86,7 @@ impl Hub {
             let picked = (
                 c.user.clone(),
                 c.muted,
+                c.docs.clone(),
                 c.tx.clone(),
                 c.closer.clone(),
                 upto,
@@ -105,12 +107,14 @@ impl Hub {
             user: &user,
             channels: fresh,
             muted,
+            docs: docs.as_deref(),
         };
         // An event addressed to the user already came through a live `notifications`.
         let delivered = Viewer {
             user: &user,
             channels: live,
             muted,
+            docs: docs.as_deref(),
         };
         let wants = |event: &Delivered| wanted.sees(event) && !delivered.sees(event);
         let replayed = self.replay(ws, &wants, since, upto, &tx, &closer).await;
@@ -275,6 +279,7 @@ impl Hub {
         &self,
         workspace: &str,
         user: &str,
+        docs: Option<&[(String, DocPermission)]>,
         channels: ChannelSet,
         since: Option<u64>,
         timeout: Duration,
@@ -290,6 +295,7 @@ impl Hub {
             user,
             channels,
             muted,
+            docs,
         };
         if let Some(since) = since {
             self.catch_up(&ws, since).await;
@@ -347,12 +353,14 @@ impl Hub {
         &self,
         workspace: &str,
         user: &str,
+        docs: Option<&[(String, DocPermission)]>,
         limit: usize,
     ) -> Result<History, StoreError> {
         let viewer = Viewer {
             user,
             channels: ChannelSet::of(&[Channel::Activity]),
             muted: Muted::default(),
+            docs,
         };
         self.latest(workspace, &viewer, limit, |_| true).await
     }
@@ -367,6 +375,7 @@ impl Hub {
         &self,
         workspace: &str,
         user: &str,
+        docs: Option<&[(String, DocPermission)]>,
         limit: usize,
     ) -> Result<History, StoreError> {
         let muted = {
@@ -382,6 +391,7 @@ impl Hub {
             user,
             channels: ChannelSet::of(&channels),
             muted,
+            docs,
         };
         // One addressed to the user comes through `notifications` whatever its channel: an
         // activity event is still activity.

@@ -327,12 +327,14 @@ impl Hub {
     }
 
     /// Registers a dashboard connection.
+    #[allow(clippy::too_many_arguments)]
     pub fn join(
         &self,
         ws: &Workspace,
         conn: ConnId,
         user: &str,
         name: Option<String>,
+        docs: Option<Vec<(String, crate::auth::DocPermission)>>,
         tx: mpsc::Sender<Outgoing>,
         closer: Closer,
     ) {
@@ -349,6 +351,7 @@ impl Hub {
                 name,
                 channels: ChannelSet::default(),
                 muted,
+                docs,
                 tx,
                 closer,
                 held: None,

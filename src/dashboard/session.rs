@@ -153,6 +153,7 @@ async fn run(
         conn,
         &who.user,
         who.name.clone(),
+        who.docs.clone(),
         tx.clone(),
         closer.clone(),
     );

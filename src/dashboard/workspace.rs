@@ -96,6 +96,8 @@ pub(super) struct Conn {
     pub(super) channels: ChannelSet,
     /// The user's muted event types.
     pub(super) muted: Muted,
+    /// The token's document grants (`None`: the whole workspace).
+    pub(super) docs: Option<Vec<(String, crate::auth::DocPermission)>>,
     pub(super) tx: mpsc::Sender<Outgoing>,
     pub(super) closer: Closer,
     /// While a replay runs: live events that follow it.
@@ -202,6 +204,7 @@ impl Conn {
             user: &self.user,
             channels: self.channels,
             muted: self.muted,
+            docs: self.docs.as_deref(),
         }
     }
 

@@ -78,7 +78,16 @@ pub async fn get_editing(
     State(app): State<AppState>,
     Caller(who): Caller,
 ) -> Result<Json<Value>, ApiError> {
-    let documents = app.hub.editing_now(&who.workspace).await?;
+    // Who is in a document is for those who may read it.
+    let documents: Vec<_> = app
+        .hub
+        .editing_now(&who.workspace)
+        .await?
+        .into_iter()
+        .filter(|editors| {
+            crate::docname::DocName::parse(&editors.document).is_ok_and(|doc| who.may_read(&doc))
+        })
+        .collect();
     Ok(Json(json!({ "documents": documents })))
 }
 
@@ -88,7 +97,10 @@ pub async fn get_activity(
     Caller(who): Caller,
     HistoryLimit(limit): HistoryLimit,
 ) -> Result<History, ApiError> {
-    Ok(app.hub.activity(&who.workspace, &who.user, limit).await?)
+    Ok(app
+        .hub
+        .activity(&who.workspace, &who.user, who.docs.as_deref(), limit)
+        .await?)
 }
 
 /// `GET /api/v1/notifications?limit=N`: the latest events of every channel but presence and
@@ -100,7 +112,7 @@ pub async fn get_notifications(
 ) -> Result<History, ApiError> {
     Ok(app
         .hub
-        .notifications(&who.workspace, &who.user, limit)
+        .notifications(&who.workspace, &who.user, who.docs.as_deref(), limit)
         .await?)
 }
 

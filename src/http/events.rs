@@ -100,7 +100,14 @@ pub async fn poll(
     let wait = who.expires_in.map_or(wait, |left| wait.min(left));
     let page = app
         .hub
-        .poll(&who.workspace, &who.user, channels, params.since, wait)
+        .poll(
+            &who.workspace,
+            &who.user,
+            who.docs.as_deref(),
+            channels,
+            params.since,
+            wait,
+        )
         .await?;
     let mut body = String::from(r#"{"events":["#);
     for (i, event) in page.events.iter().enumerate() {

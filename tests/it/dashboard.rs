@@ -1470,3 +1470,60 @@ async fn a_long_poll_answers_by_its_token_s_expiry() {
         .unwrap();
     assert_eq!(page["events"], json!([]), "{page}");
 }
+
+#[tokio::test]
+async fn who_is_in_a_document_is_told_only_to_those_who_may_read_it() {
+    use std::collections::BTreeMap;
+    use tandem::auth::DocPermission;
+    let app = spawn_app_with(secured).await;
+    // Rex may read reports only.
+    let rex_claims = Claims {
+        docs: Some(BTreeMap::from([(
+            "acme/reports/*".to_owned(),
+            DocPermission::Read,
+        )])),
+        ..support::claims("acme", "9", Role::Member)
+    };
+    let rex_token = support::sign(&rex_claims);
+    let mut rex = app.dash(&format!("token={rex_token}")).await;
+    rex.subscribe(&["presence"], None).await;
+    let mut watcher = app.dash(&member("acme", "1")).await;
+    watcher.subscribe(&["presence"], None).await;
+
+    // Ada edits a query and locks its title: everyone else hears it, Rex does not.
+    let ada = yjs(&app, "acme/queries/5", &token("acme", "123", Role::Member)).await;
+    ada.set_awareness(r#"{"user":{"name":"Ada"}}"#).unwrap();
+    let mut ada_dash = app.dash(&member("acme", "123")).await;
+    ada_dash
+        .send(json!({"action":"lock","resource":"acme/queries/5#title"}))
+        .await;
+    ada_dash.next_of("lock_acquired").await;
+    watcher.next_of("lock_acquired").await;
+    // Then a report, which Rex may read: the first thing of the kind he hears is about it.
+    let report = yjs(&app, "acme/reports/2", &token("acme", "123", Role::Member)).await;
+    report.set_awareness(r#"{"user":{"name":"Ada"}}"#).unwrap();
+    let heard = rex.until("editing").await;
+    assert!(
+        !heard.iter().any(|e| e["type"] == "lock_acquired"),
+        "{heard:?}"
+    );
+    let editing = heard.last().unwrap();
+    assert_eq!(editing["document"], "acme/reports/2", "{editing}");
+    let (_, now) = app.get("/api/v1/editing", &rex_token).await;
+    let documents: Vec<&str> = now["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["document"].as_str())
+        .collect();
+    assert_eq!(documents, ["acme/reports/2"], "{now}");
+    // A replay tells him no more than the live stream did.
+    let mut again = app.dash(&format!("token={rex_token}")).await;
+    let replayed = again.subscribe(&["presence"], Some(0)).await;
+    assert!(
+        replayed
+            .iter()
+            .all(|e| e["document"] != "acme/queries/5" && e["resource"] != "acme/queries/5#title"),
+        "{replayed:?}"
+    );
+}
