@@ -223,6 +223,12 @@ pub struct Config {
     #[arg(long, env = "TANDEM_LONG_POLL_MAX_SECS", default_value_t = Config::DEFAULT_LONG_POLL_MAX_SECS)]
     pub long_poll_max_secs: u64,
 
+    /// Origins (`https://app.example.com`, comma-separated) whose pages may call the HTTP API
+    /// from the browser (CORS). None by default: the dashboard page is same-origin, and a
+    /// browser refuses other origins' pages.
+    #[arg(long, env = "TANDEM_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
     /// How many documents may be compacted at once.
     #[arg(long, env = "TANDEM_COMPACTION_CONCURRENCY", default_value_t = Config::DEFAULT_COMPACTION_CONCURRENCY)]
     pub compaction_concurrency: usize,
@@ -381,6 +387,15 @@ impl Config {
     /// # Errors
     /// What is wrong, naming the flag.
     pub fn validate(&self) -> Result<(), String> {
+        for origin in &self.cors_origins {
+            let valid = matches!(origin.split_once("://"), Some(("http" | "https", host))
+                if !host.is_empty() && !host.contains('/') && !host.contains(char::is_whitespace));
+            if !valid {
+                return Err(format!(
+                    "--cors-origins: {origin:?} is not an origin (scheme://host[:port], no path)"
+                ));
+            }
+        }
         let config = self;
         let positive = [
             ("max-frame-bytes", config.max_frame_bytes as u64),
@@ -527,6 +542,7 @@ impl Default for Config {
             doc_poll_ttl_ms: Config::DEFAULT_DOC_POLL_TTL_MS,
             max_pollers_per_user: Config::DEFAULT_MAX_POLLERS_PER_USER,
             long_poll_max_secs: Config::DEFAULT_LONG_POLL_MAX_SECS,
+            cors_origins: Vec::new(),
             editing_idle_ms: Config::DEFAULT_EDITING_IDLE_MS,
             reconnect_window_ms: Config::DEFAULT_RECONNECT_WINDOW_MS,
             client_errors_per_minute: Config::DEFAULT_CLIENT_ERRORS_PER_MINUTE,

@@ -100,6 +100,7 @@ pub fn router(state: AppState) -> Router {
         .route("/queries/{id}", get(web::page))
         .route("/assets/{file}", get(web::file))
         .fallback(not_found)
+        .layer(cors(&state.config.cors_origins))
         .with_state(state)
 }
 
@@ -116,4 +117,23 @@ async fn healthz() -> Json<serde_json::Value> {
 /// Any other path.
 async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint")
+}
+
+/// The CORS policy: pages of `origins` may call the API (with a bearer token; no cookies are
+/// used); without any, no CORS headers at all, so browsers keep other origins' pages out.
+fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use axum::http::{header, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let allowed: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|origin| HeaderValue::from_str(origin).ok())
+        .collect();
+    if allowed.is_empty() {
+        return CorsLayer::new();
+    }
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(allowed))
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .max_age(std::time::Duration::from_secs(600))
 }

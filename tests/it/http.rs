@@ -552,3 +552,55 @@ async fn a_user_keeps_a_bounded_number_of_pollers_and_no_one_else_s_client() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn cors_is_refused_by_default_and_allowed_for_the_configured_origins() {
+    let http = reqwest::Client::new();
+    let preflight = |app: &crate::support::TestApp, origin: &str| {
+        http.request(reqwest::Method::OPTIONS, app.http_url("/api/v1/events"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .send()
+    };
+    let allowed = |response: &reqwest::Response| {
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    // The default: no CORS at all, so a browser keeps other origins' pages out.
+    let app = crate::support::spawn_app().await;
+    let answer = preflight(&app, "https://evil.example").await.unwrap();
+    assert_eq!(allowed(&answer), None);
+    let answer = http
+        .get(app.http_url("/healthz"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed(&answer), None);
+
+    let app = crate::support::spawn_app_with(|c| {
+        c.cors_origins = vec!["https://app.example".into()];
+    })
+    .await;
+    let answer = preflight(&app, "https://app.example").await.unwrap();
+    assert_eq!(allowed(&answer).as_deref(), Some("https://app.example"));
+    let methods = answer.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(methods.contains("POST"), "{methods}");
+    let answer = preflight(&app, "https://evil.example").await.unwrap();
+    assert_eq!(allowed(&answer), None, "only the configured origins");
+    assert!(tandem::Config {
+        cors_origins: vec!["app.example/path".into()],
+        ..tandem::Config::with_data_dir(std::path::Path::new("/tmp"))
+    }
+    .validate()
+    .is_err());
+}
