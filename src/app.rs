@@ -164,7 +164,13 @@ pub async fn serve_with_stores(
         }
         None => None,
     };
-    let connections = Connections::new(config.reconnect_window());
+    let connections = Connections::new(
+        config.reconnect_window(),
+        crate::net::registry::Caps {
+            per_ip: config.max_connections_per_ip,
+            per_user: config.max_connections_per_user,
+        },
+    );
     let client_errors = Arc::new(ClientErrorLimit::per_minute(
         config.client_errors_per_minute,
     ));

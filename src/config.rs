@@ -223,6 +223,16 @@ pub struct Config {
     #[arg(long, env = "TANDEM_LONG_POLL_MAX_SECS", default_value_t = Config::DEFAULT_LONG_POLL_MAX_SECS)]
     pub long_poll_max_secs: u64,
 
+    /// Connections (documents, dashboards, long-polls) one client address may hold open at
+    /// once; more are refused with 429. 0: no cap.
+    #[arg(long, env = "TANDEM_MAX_CONNECTIONS_PER_IP", default_value_t = Config::DEFAULT_MAX_CONNECTIONS_PER_IP)]
+    pub max_connections_per_ip: usize,
+
+    /// Connections one user of a workspace may hold open at once (with authentication); more
+    /// are refused with 429. 0: no cap.
+    #[arg(long, env = "TANDEM_MAX_CONNECTIONS_PER_USER", default_value_t = Config::DEFAULT_MAX_CONNECTIONS_PER_USER)]
+    pub max_connections_per_user: usize,
+
     /// Origins (`https://app.example.com`, comma-separated) whose pages may call the HTTP API
     /// from the browser (CORS). None by default: the dashboard page is same-origin, and a
     /// browser refuses other origins' pages.
@@ -300,6 +310,8 @@ impl Config {
     pub const DEFAULT_WS_READ_BUFFER_BYTES: usize = 2048;
     pub const DEFAULT_LAG_TIMEOUT_MS: u64 = 2_000;
     pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 5;
+    pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1024;
+    pub const DEFAULT_MAX_CONNECTIONS_PER_USER: usize = 256;
     pub const DEFAULT_COMPACT_AFTER_UPDATES: usize = 1000;
     pub const DEFAULT_COMPACT_AFTER_BYTES: usize = 1024 * 1024;
     pub const DEFAULT_JOURNAL_CHECKPOINT_BYTES: usize = 4 * 1024 * 1024;
@@ -543,6 +555,8 @@ impl Default for Config {
             max_pollers_per_user: Config::DEFAULT_MAX_POLLERS_PER_USER,
             long_poll_max_secs: Config::DEFAULT_LONG_POLL_MAX_SECS,
             cors_origins: Vec::new(),
+            max_connections_per_ip: Config::DEFAULT_MAX_CONNECTIONS_PER_IP,
+            max_connections_per_user: Config::DEFAULT_MAX_CONNECTIONS_PER_USER,
             editing_idle_ms: Config::DEFAULT_EDITING_IDLE_MS,
             reconnect_window_ms: Config::DEFAULT_RECONNECT_WINDOW_MS,
             client_errors_per_minute: Config::DEFAULT_CLIENT_ERRORS_PER_MINUTE,

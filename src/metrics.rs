@@ -51,10 +51,12 @@ pub enum Failure {
     Timeout,
     /// Storage failed.
     Storage,
+    /// Refused by a cap on connections (per address, per user).
+    Limited,
 }
 
 impl Failure {
-    const ALL: [Failure; 7] = [
+    const ALL: [Failure; 8] = [
         Failure::Auth,
         Failure::Plan,
         Failure::BadRequest,
@@ -62,6 +64,7 @@ impl Failure {
         Failure::Overflow,
         Failure::Timeout,
         Failure::Storage,
+        Failure::Limited,
     ];
 
     pub fn label(self) -> &'static str {
@@ -73,6 +76,7 @@ impl Failure {
             Failure::Overflow => "overflow",
             Failure::Timeout => "timeout",
             Failure::Storage => "storage",
+            Failure::Limited => "limited",
         }
     }
 }

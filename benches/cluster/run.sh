@@ -40,7 +40,7 @@ trap cleanup EXIT
 
 PORTS=(8101 8102 8103)
 for i in 0 1 2; do
-  "${PIN_SERVER[@]}" "$TANDEM" serve --bind "127.0.0.1:${PORTS[$i]}" \
+  TANDEM_MAX_CONNECTIONS_PER_IP=0 "${PIN_SERVER[@]}" "$TANDEM" serve --bind "127.0.0.1:${PORTS[$i]}" \
     --database-url "$PG/$DB" --redis-url "$REDIS" --cluster-name "$NAME" --node-id "n$i" \
     --log-format json >"$OUT/node-$i.log" 2>&1 &
   PIDS+=($!)

@@ -31,7 +31,7 @@ start_server() {
   case $name in
     tandem)
       DATA=$(mktemp -d)
-      taskset -c "$SERVER_CPU" ./target/release/tandem serve --bind 127.0.0.1:18200 --data-dir "$DATA" \
+      TANDEM_MAX_CONNECTIONS_PER_IP=0 taskset -c "$SERVER_CPU" ./target/release/tandem serve --bind 127.0.0.1:18200 --data-dir "$DATA" \
         >"$OUT/$name.log" 2>&1 &
       PORT=18200 URL=ws://127.0.0.1:18200/ws PROTOCOL=y-websocket ;;
     reference)

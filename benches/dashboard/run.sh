@@ -28,7 +28,7 @@ source benches/common.sh
 for rate in $RATES; do
   DATA=$(mktemp -d)
   # The publishing limits are for tenants, not for the benchmark.
-  taskset -c "$SERVER_CPU" "$TANDEM_BIN" serve --bind "127.0.0.1:$PORT" --data-dir "$DATA" \
+  TANDEM_MAX_CONNECTIONS_PER_IP=0 taskset -c "$SERVER_CPU" "$TANDEM_BIN" serve --bind "127.0.0.1:$PORT" --data-dir "$DATA" \
     --publish-rate-workspace 1000000 --publish-rate-user 1000000 >"$OUT/server-$rate.log" 2>&1 &
   PID=$!
   wait_port "$PORT"

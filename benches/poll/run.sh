@@ -27,7 +27,7 @@ source benches/common.sh
 for clients in $CLIENTS; do
   DATA=$(mktemp -d)
   # Without tokens every client is the same user here: the per-user poller cap is for tenants.
-  taskset -c "$SERVER_CPU" ./target/release/tandem serve --bind "127.0.0.1:$PORT" --data-dir "$DATA" \
+  TANDEM_MAX_CONNECTIONS_PER_IP=0 taskset -c "$SERVER_CPU" ./target/release/tandem serve --bind "127.0.0.1:$PORT" --data-dir "$DATA" \
     --max-pollers-per-user 1000000 >"$OUT/server-$clients.log" 2>&1 &
   PID=$!
   wait_port "$PORT"

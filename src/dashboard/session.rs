@@ -79,6 +79,11 @@ pub async fn upgrade(
         Ok(ws) => ws,
         Err(err) => return refused(ApiError::storage(&err)),
     };
+    let user = (!server.auth.is_open()).then_some(who.user.as_str());
+    let admission = match server.connections.admit(remote, &who.workspace, user) {
+        Ok(admission) => admission,
+        Err(crowded) => return crate::http::extract::crowded(crowded),
+    };
     upgrade
         .max_message_size(server.config.max_frame_bytes)
         .max_frame_size(server.config.max_frame_bytes)
@@ -100,6 +105,7 @@ pub async fn upgrade(
                 target: "dashboard".into(),
                 remote,
                 closer: Some(closer.clone()),
+                admission: Some(admission),
             });
             let connection = Box::new(Connection {
                 conn,

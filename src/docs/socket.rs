@@ -77,6 +77,13 @@ pub async fn upgrade(
             return ApiError::refusal(err, "ws_doc", Some(&name)).into_response();
         }
     };
+    // Anonymous clients of a server without authentication are nobody in particular: only
+    // their address is capped.
+    let user = (!server.auth.is_open()).then_some(principal.user.as_str());
+    let admission = match server.connections.admit(remote, name.workspace(), user) {
+        Ok(admission) => admission,
+        Err(crowded) => return crate::http::extract::crowded(crowded),
+    };
     let max = server.config.max_frame_bytes;
     upgrade
         .max_message_size(max)
@@ -95,6 +102,7 @@ pub async fn upgrade(
                 target: name.as_str().to_owned(),
                 remote,
                 closer: Some(closer.clone()),
+                admission: Some(admission),
             });
             let session = Box::new(Session {
                 name,

@@ -85,7 +85,12 @@ pub async fn poll(
             format!("timeout is 0 to {max} seconds"),
         ));
     }
-    // A long-poll is a connection while it waits.
+    // A long-poll is a connection while it waits, under the same caps.
+    let user = (!app.auth.is_open()).then_some(who.user.as_str());
+    let admission = match app.connections.admit(remote, &who.workspace, user) {
+        Ok(admission) => admission,
+        Err(crowded) => return Ok(super::extract::crowded(crowded)),
+    };
     let registration = app.connections.register(NewConn {
         id: ConnId::next(),
         kind: Kind::LongPoll,
@@ -94,6 +99,7 @@ pub async fn poll(
         target: "long_poll".into(),
         remote,
         closer: None,
+        admission: Some(admission),
     });
     // Never past the token's expiry: a socket closes with 4401 then, a long-poll answers.
     let wait = std::time::Duration::from_secs_f64(timeout);

@@ -134,6 +134,22 @@ pub fn too_many(what: &str, wait: std::time::Duration) -> Response {
     response
 }
 
+/// 429 `too_many_connections`: a cap of `--max-connections-per-ip` or `-per-user`, with
+/// `Retry-After`.
+pub fn crowded(why: crate::net::registry::Crowded) -> Response {
+    crate::metrics::get().failed(crate::metrics::Failure::Limited);
+    let mut response = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_connections",
+        format!("{why}; close one, or retry later"),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("10"));
+    response
+}
+
 /// Any valid token (`Authorization: Bearer`).
 pub struct Authenticated(pub Principal);
 

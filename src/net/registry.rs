@@ -7,7 +7,7 @@
 //! user and target for the reconnect window.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -139,11 +139,60 @@ pub struct NewConn {
     pub target: String,
     pub remote: Option<SocketAddr>,
     pub closer: Option<Closer>,
+    /// Its place under the caps ([`Connections::admit`]), held as long as it is registered.
+    pub admission: Option<Admission>,
+}
+
+/// Caps on open connections (documents, dashboards and long-polls together); 0: none.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Caps {
+    /// From one client address.
+    pub per_ip: usize,
+    /// Of one user of a workspace.
+    pub per_user: usize,
+}
+
+/// Why a connection may not open now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Crowded {
+    #[error("this address has {0} connections open, the most allowed")]
+    Ip(usize),
+    #[error("this user has {0} connections open, the most allowed")]
+    User(usize),
+}
+
+/// The place a connection takes under the caps, from before its upgrade for as long as it
+/// lives: given back when dropped.
+pub struct Admission {
+    registry: Arc<Connections>,
+    ip: Option<IpAddr>,
+    user: Option<(String, String)>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if let Some(ip) = self.ip {
+            self.registry.per_ip.remove_if_mut(&ip, |_, n| {
+                *n = n.saturating_sub(1);
+                *n == 0
+            });
+        }
+        if let Some(user) = &self.user {
+            self.registry.per_user.remove_if_mut(user, |_, n| {
+                *n = n.saturating_sub(1);
+                *n == 0
+            });
+        }
+    }
 }
 
 /// The registry.
 pub struct Connections {
     conns: DashMap<ConnId, Arc<ConnInfo>>,
+    caps: Caps,
+    /// Open connections per client address and per (workspace, user), while caps apply.
+    per_ip: DashMap<IpAddr, usize>,
+    per_user: DashMap<(String, String), usize>,
     /// (workspace, user, target) → when they last left and how many reconnects that was.
     recent: DashMap<(String, String, String), (Instant, u32)>,
     window: Duration,
@@ -165,13 +214,18 @@ pub struct Registration {
     registry: Arc<Connections>,
     pub info: Arc<ConnInfo>,
     opened: Instant,
+    /// Its place under the caps, given back with the registration.
+    _admission: Option<Admission>,
 }
 
 impl Connections {
     /// A registry whose reconnect window is `window`.
-    pub fn new(window: Duration) -> Arc<Connections> {
+    pub fn new(window: Duration, caps: Caps) -> Arc<Connections> {
         Arc::new(Connections {
             conns: DashMap::new(),
+            caps,
+            per_ip: DashMap::new(),
+            per_user: DashMap::new(),
             recent: DashMap::new(),
             window,
             retired: Default::default(),
@@ -203,6 +257,44 @@ impl Connections {
             k.messages_in.absolute(messages_in);
             k.messages_out.absolute(messages_out);
         }
+    }
+
+    /// Takes a place for a connection from `remote` of `user` (in `workspace`; `None`: nobody
+    /// in particular, an anonymous client of a server without authentication) under the caps.
+    ///
+    /// # Errors
+    /// The address or the user has as many connections open as allowed.
+    pub fn admit(
+        self: &Arc<Self>,
+        remote: Option<SocketAddr>,
+        workspace: &str,
+        user: Option<&str>,
+    ) -> Result<Admission, Crowded> {
+        let mut admission = Admission {
+            registry: Arc::clone(self),
+            ip: None,
+            user: None,
+        };
+        if let (Some(remote), cap @ 1..) = (remote, self.caps.per_ip) {
+            let ip = remote.ip();
+            let mut open = self.per_ip.entry(ip).or_insert(0);
+            if *open >= cap {
+                return Err(Crowded::Ip(cap));
+            }
+            *open += 1;
+            admission.ip = Some(ip);
+        }
+        if let (Some(user), cap @ 1..) = (user, self.caps.per_user) {
+            let key = (workspace.to_owned(), user.to_owned());
+            let mut open = self.per_user.entry(key.clone()).or_insert(0);
+            if *open >= cap {
+                // The address's place goes back as `admission` drops.
+                return Err(Crowded::User(cap));
+            }
+            *open += 1;
+            admission.user = Some(key);
+        }
+        Ok(admission)
     }
 
     /// Registers a connection that just opened.
@@ -246,6 +338,7 @@ impl Connections {
             registry: Arc::clone(self),
             info,
             opened: now,
+            _admission: new.admission,
         }
     }
 

@@ -604,3 +604,59 @@ async fn cors_is_refused_by_default_and_allowed_for_the_configured_origins() {
     .validate()
     .is_err());
 }
+
+#[tokio::test]
+async fn connections_are_capped_per_address_and_per_user() {
+    use tandem::auth::Role;
+    let refused = |result: Result<_, tokio_tungstenite::tungstenite::Error>| match result {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let status = response.status().as_u16();
+            let retry = response.headers().get("retry-after").is_some();
+            let body: serde_json::Value =
+                serde_json::from_slice(response.body().as_deref().unwrap_or(b"{}")).unwrap();
+            (
+                status,
+                retry,
+                body["error"].as_str().unwrap_or("").to_owned(),
+            )
+        }
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("admitted"),
+    };
+    // Per address: two sockets, not a third, until one closes.
+    let app = crate::support::spawn_app_with(|c| c.max_connections_per_ip = 2).await;
+    let first = app.join("capped").await;
+    let _second = app.join("capped").await;
+    let third = tokio_tungstenite::connect_async(app.ws_url("capped")).await;
+    assert_eq!(refused(third), (429, true, "too_many_connections".into()));
+    first.close().await;
+    let deadline = tokio::time::Instant::now() + crate::support::TIMEOUT;
+    loop {
+        if tokio_tungstenite::connect_async(app.ws_url("capped"))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "its place came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // Per user, across kinds: one socket each; another user is not affected.
+    let app = crate::support::spawn_app_with(|c| {
+        c.auth_secret = Some(crate::support::secret());
+        c.max_connections_per_user = 1;
+    })
+    .await;
+    let ada = crate::support::token("acme", "ada", Role::Member);
+    let url = |token: &str| format!("{}?token={token}", app.ws_url("acme/queries/1"));
+    let _held = tokio_tungstenite::connect_async(url(&ada)).await.unwrap();
+    let again =
+        tokio_tungstenite::connect_async(format!("ws://{}/ws?token={ada}", app.addr())).await;
+    assert_eq!(refused(again), (429, true, "too_many_connections".into()));
+    let bob = crate::support::token("acme", "bob", Role::Member);
+    assert!(tokio_tungstenite::connect_async(url(&bob)).await.is_ok());
+}
