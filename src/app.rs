@@ -7,7 +7,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tandem_storage::{DocStore, EventStore, StateStore, StoreError};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -214,24 +213,18 @@ pub async fn serve_with_stores(
     }
     let cancel = token.clone();
     let (closing_rooms, closing_hub) = (Arc::clone(&rooms), Arc::clone(&hub));
-    // Small frames must leave at once: without TCP_NODELAY, Nagle's algorithm holds them back
-    // until the previous one is acknowledged, and delayed acks turn that into tens of ms.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(
+    serve_http(
         listener,
-        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        router(state),
+        Duration::from_millis(config.http_header_timeout_ms),
+        async move {
+            shutdown.await;
+            cancel.cancel();
+            closing_rooms.close_all_peers(&CloseReason::ShuttingDown);
+            closing_hub.close_all(&CloseReason::ShuttingDown);
+        },
     )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        cancel.cancel();
-        closing_rooms.close_all_peers(&CloseReason::ShuttingDown);
-        closing_hub.close_all(&CloseReason::ShuttingDown);
-    })
-    .await?;
+    .await;
 
     tracing::info!("shutting down: closing connections");
     token.cancel();
@@ -344,4 +337,65 @@ impl Timers {
             }
         }
     }
+}
+
+/// Serves `router` on `listener` (HTTP/1 and HTTP/2, with WebSocket upgrades) until `shutdown`
+/// completes, then waits for the requests in flight. Each connection gets `TCP_NODELAY`, its
+/// peer's address (`ConnectInfo`), and `header_timeout` to send each request's headers: one
+/// that dribbles them, or sends none, is closed.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    header_timeout: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors, say: wait a little rather than spin.
+                    tracing::warn!(error = %err, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Small frames must leave at once: without TCP_NODELAY, Nagle's algorithm holds them
+        // back until the previous one is acknowledged, and delayed acks turn that into tens of
+        // ms.
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+        }
+        let service = tower_http::add_extension::AddExtension::new(
+            router.clone(),
+            axum::extract::ConnectInfo(remote),
+        );
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(service))
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%remote, error = %err, "an HTTP connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    // Upgraded sockets are no longer HTTP connections: the rooms and the hub close them.
+    graceful.shutdown().await;
 }

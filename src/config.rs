@@ -223,6 +223,11 @@ pub struct Config {
     #[arg(long, env = "TANDEM_LONG_POLL_MAX_SECS", default_value_t = Config::DEFAULT_LONG_POLL_MAX_SECS)]
     pub long_poll_max_secs: u64,
 
+    /// How long a client may take to send a request's headers, in milliseconds: a connection
+    /// that dribbles them (or sends none) is closed, so it holds nothing for long.
+    #[arg(long, env = "TANDEM_HTTP_HEADER_TIMEOUT_MS", default_value_t = Config::DEFAULT_HTTP_HEADER_TIMEOUT_MS)]
+    pub http_header_timeout_ms: u64,
+
     /// Connections (documents, dashboards, long-polls) one client address may hold open at
     /// once; more are refused with 429. 0: no cap.
     #[arg(long, env = "TANDEM_MAX_CONNECTIONS_PER_IP", default_value_t = Config::DEFAULT_MAX_CONNECTIONS_PER_IP)]
@@ -311,6 +316,7 @@ impl Config {
     pub const DEFAULT_LAG_TIMEOUT_MS: u64 = 2_000;
     pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 5;
     pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1024;
+    pub const DEFAULT_HTTP_HEADER_TIMEOUT_MS: u64 = 10_000;
     pub const DEFAULT_MAX_CONNECTIONS_PER_USER: usize = 256;
     pub const DEFAULT_COMPACT_AFTER_UPDATES: usize = 1000;
     pub const DEFAULT_COMPACT_AFTER_BYTES: usize = 1024 * 1024;
@@ -410,6 +416,7 @@ impl Config {
         }
         let config = self;
         let positive = [
+            ("http-header-timeout-ms", config.http_header_timeout_ms),
             ("max-frame-bytes", config.max_frame_bytes as u64),
             ("max-doc-bytes", config.max_doc_bytes as u64),
             ("outbound-queue", config.outbound_queue as u64),
@@ -555,6 +562,7 @@ impl Default for Config {
             max_pollers_per_user: Config::DEFAULT_MAX_POLLERS_PER_USER,
             long_poll_max_secs: Config::DEFAULT_LONG_POLL_MAX_SECS,
             cors_origins: Vec::new(),
+            http_header_timeout_ms: Config::DEFAULT_HTTP_HEADER_TIMEOUT_MS,
             max_connections_per_ip: Config::DEFAULT_MAX_CONNECTIONS_PER_IP,
             max_connections_per_user: Config::DEFAULT_MAX_CONNECTIONS_PER_USER,
             editing_idle_ms: Config::DEFAULT_EDITING_IDLE_MS,

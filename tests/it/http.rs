@@ -660,3 +660,28 @@ async fn connections_are_capped_per_address_and_per_user() {
     let bob = crate::support::token("acme", "bob", Role::Member);
     assert!(tokio_tungstenite::connect_async(url(&bob)).await.is_ok());
 }
+
+#[tokio::test]
+async fn a_client_that_dribbles_its_headers_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = crate::support::spawn_app_with(|c| c.http_header_timeout_ms = 300).await;
+    let mut slow = tokio::net::TcpStream::connect(app.addr()).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // The headers never end: the server closes the connection (it answers 408 first, or not).
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(crate::support::TIMEOUT, slow.read_to_end(&mut answer))
+        .await
+        .expect("closed by the server");
+    assert!(
+        read.is_err()
+            || String::from_utf8_lossy(&answer).is_empty()
+            || String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 408"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    // A client that sends its request in time is served.
+    let response = reqwest::get(app.http_url("/healthz")).await.unwrap();
+    assert_eq!(response.status(), 200);
+}
