@@ -9,8 +9,13 @@ use std::sync::Arc;
 use crate::awareness::Changes;
 use crate::peer::PeerId;
 
-/// How many departed awareness clients keep their user: a reconnect comes within seconds.
+/// How many departed awareness clients keep their user, in all: a reconnect comes within
+/// seconds.
 const DEPARTED_CLIENTS: usize = 1024;
+
+/// How many of them one user's: a user who announces and removes throwaway ids pushes out
+/// only their own, not everyone's.
+const DEPARTED_PER_USER: usize = 32;
 
 /// The awareness clients of a room's peers.
 #[derive(Debug, Default)]
@@ -25,7 +30,11 @@ pub(crate) struct Owners {
     /// alive and, for the last [`DEPARTED_CLIENTS`] that went, after (so that another user
     /// cannot take over a client id while its user reconnects).
     client_tags: HashMap<u64, Arc<str>>,
-    departed: VecDeque<u64>,
+    /// The departed clients still protected, per user, oldest first.
+    departed: HashMap<Arc<str>, VecDeque<u64>>,
+    /// All of them, oldest first; an entry already pushed out by its user's cap is skipped.
+    departed_order: VecDeque<(Arc<str>, u64)>,
+    departed_count: usize,
 }
 
 impl Owners {
@@ -114,15 +123,46 @@ impl Owners {
             return;
         }
         self.owners.remove(&client);
-        if self.client_tags.contains_key(&client) {
-            self.departed.push_back(client);
-            while self.departed.len() > DEPARTED_CLIENTS {
-                if let Some(oldest) = self.departed.pop_front() {
-                    if !self.owners.contains_key(&oldest) {
-                        self.client_tags.remove(&oldest);
-                    }
-                }
+        let Some(tag) = self.client_tags.get(&client).cloned() else {
+            return;
+        };
+        let mine = self.departed.entry(Arc::clone(&tag)).or_default();
+        mine.push_back(client);
+        self.departed_order.push_back((tag.clone(), client));
+        self.departed_count += 1;
+        if mine.len() > DEPARTED_PER_USER {
+            if let Some(oldest) = mine.pop_front() {
+                self.departed_count -= 1;
+                self.forget(oldest);
             }
+        }
+        while self.departed_count > DEPARTED_CLIENTS {
+            let Some((tag, oldest)) = self.departed_order.pop_front() else {
+                break;
+            };
+            // The user's oldest, unless their cap pushed it out already.
+            let theirs = self.departed.get_mut(&tag);
+            if let Some(queue) = theirs.filter(|q| q.front() == Some(&oldest)) {
+                queue.pop_front();
+                if queue.is_empty() {
+                    self.departed.remove(&tag);
+                }
+                self.departed_count -= 1;
+                self.forget(oldest);
+            }
+        }
+        // Entries pushed out by a user's cap stay in the order until reached: bounded.
+        if self.departed_order.len() > 4 * DEPARTED_CLIENTS {
+            let departed = &self.departed;
+            self.departed_order
+                .retain(|(tag, client)| departed.get(tag).is_some_and(|q| q.contains(client)));
+        }
+    }
+
+    /// A departed `client` is nobody's any more (unless it came back meanwhile).
+    fn forget(&mut self, client: u64) {
+        if !self.owners.contains_key(&client) {
+            self.client_tags.remove(&client);
         }
     }
 }
@@ -156,6 +196,31 @@ mod tests {
         owners.track(ada2, &updated(&[7]));
         assert_eq!(owners.owner(7), Some(ada2));
         assert_eq!(owners.leave(ada), None);
+    }
+
+    #[test]
+    fn one_user_s_throwaway_clients_do_not_push_out_another_s_protection() {
+        let mut owners = Owners::default();
+        let (ada, bob, bob2) = (PeerId(1), PeerId(2), PeerId(3));
+        owners.tag(ada, Arc::from("ada"));
+        owners.tag(bob, Arc::from("bob"));
+        owners.tag(bob2, Arc::from("bob"));
+        owners.track(ada, &updated(&[7]));
+        owners.leave(ada);
+        // Bob announces and removes thousands of ids.
+        for id in 1000..(1000 + 4 * DEPARTED_CLIENTS as u64) {
+            owners.track(bob, &updated(&[id]));
+            owners.track(
+                bob,
+                &Changes {
+                    removed: vec![id],
+                    ..Changes::default()
+                },
+            );
+        }
+        assert!(!owners.may_announce(bob2, 7), "Ada's client is still hers");
+        assert!(owners.client_tags.len() <= DEPARTED_CLIENTS + 1);
+        assert!(owners.departed_order.len() <= 4 * DEPARTED_CLIENTS + 1);
     }
 
     #[test]
