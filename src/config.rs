@@ -261,6 +261,11 @@ pub struct Config {
     #[arg(long, env = "TANDEM_PING_TIMEOUT_MS", default_value_t = Config::DEFAULT_PING_TIMEOUT_MS)]
     pub ping_timeout_ms: u64,
 
+    /// How long a dashboard workspace nobody uses (no connection, nobody present, nothing
+    /// waiting) stays in memory, in milliseconds.
+    #[arg(long, env = "TANDEM_WORKSPACE_IDLE_MS", default_value_t = Config::DEFAULT_WORKSPACE_IDLE_MS)]
+    pub workspace_idle_ms: u64,
+
     /// How long a room stays loaded after its last client left, in milliseconds.
     #[arg(long, env = "TANDEM_ROOM_GRACE_MS", default_value_t = Config::DEFAULT_ROOM_GRACE_MS)]
     pub room_grace_ms: u64,
@@ -324,6 +329,7 @@ impl Config {
     pub const DEFAULT_COMPACTION_CONCURRENCY: usize = 1;
     pub const DEFAULT_MAX_EVENT_BYTES: usize = 64 * 1024;
     pub const DEFAULT_ROOM_GRACE_MS: u64 = 10_000;
+    pub const DEFAULT_WORKSPACE_IDLE_MS: u64 = 300_000;
     pub const DEFAULT_MAX_DASHBOARD_FRAME_BYTES: usize = 16 * 1024;
     pub const DEFAULT_MAX_BAD_FRAMES: u32 = 20;
     pub const DEFAULT_DASHBOARD_BATCH_MS: u64 = 10;
@@ -543,6 +549,7 @@ impl Default for Config {
             compaction_concurrency: Config::DEFAULT_COMPACTION_CONCURRENCY,
             max_event_bytes: Config::DEFAULT_MAX_EVENT_BYTES,
             room_grace_ms: Config::DEFAULT_ROOM_GRACE_MS,
+            workspace_idle_ms: Config::DEFAULT_WORKSPACE_IDLE_MS,
             max_dashboard_frame_bytes: Config::DEFAULT_MAX_DASHBOARD_FRAME_BYTES,
             max_bad_frames: Config::DEFAULT_MAX_BAD_FRAMES,
             dashboard_batch_ms: Config::DEFAULT_DASHBOARD_BATCH_MS,

@@ -119,6 +119,7 @@ pub struct Metrics {
     /// Event published → handed to the last subscriber's socket.
     pub event_delivery: Histogram,
     pub rooms_loaded: Gauge,
+    pub workspaces_loaded: Gauge,
     pub room_load: Histogram,
     pub update_log_flush: Histogram,
     pub event_log_flush: Histogram,
@@ -222,6 +223,7 @@ pub fn get() -> &'static Metrics {
             propagation: metrics::histogram!("tandem_update_propagation_seconds"),
             event_delivery: metrics::histogram!("tandem_event_delivery_seconds"),
             rooms_loaded: metrics::gauge!("tandem_rooms_loaded"),
+            workspaces_loaded: metrics::gauge!("tandem_workspaces_loaded"),
             room_load: metrics::histogram!("tandem_document_load_seconds"),
             update_log_flush: metrics::histogram!("tandem_storage_flush_seconds", "log" => "updates"),
             event_log_flush: metrics::histogram!("tandem_storage_flush_seconds", "log" => "events"),
@@ -291,6 +293,7 @@ fn describe() {
         "From an event's publication to its hand-over to the last subscriber's socket"
     );
     describe_gauge!("tandem_rooms_loaded", "Documents in memory");
+    describe_gauge!("tandem_workspaces_loaded", "Dashboard workspaces in memory");
     describe_histogram!(
         "tandem_document_load_seconds",
         Unit::Seconds,

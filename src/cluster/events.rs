@@ -89,6 +89,24 @@ impl HubBus for Cluster {
         })
     }
 
+    fn unloaded(&self, workspace: &str) {
+        // The others stop counting this node for the workspace (who speaks for it).
+        let _ = self.outgoing.send(Outgoing::Told {
+            workspace: workspace.to_owned(),
+            heard: Heard::All {
+                entries: std::collections::HashMap::new(),
+            },
+        });
+        let channel = self.events_channel(workspace);
+        self.wanted.remove_if_mut(&channel, |_, wanting| {
+            *wanting = wanting.saturating_sub(1);
+            *wanting == 0
+        });
+        let _ = self
+            .subscriptions
+            .send(super::bus::Subscription::Unsubscribe(channel));
+    }
+
     fn origin(&self) -> i64 {
         self.settings.origin
     }

@@ -177,6 +177,11 @@ impl Editing {
             .collect()
     }
 
+    /// Whether nobody is in any document (here or, as far as told, elsewhere).
+    pub fn is_empty(&self) -> bool {
+        self.docs.is_empty()
+    }
+
     /// The lists that changed by themselves since they were last said (users who turned
     /// inactive).
     pub fn tick(&mut self, now: Instant) -> Vec<Editors> {

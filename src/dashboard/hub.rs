@@ -57,6 +57,8 @@ pub struct HubSettings {
     pub max_locks_per_connection: usize,
     /// Chat sessions with unread messages kept per user.
     pub max_chat_badges: usize,
+    /// A workspace nobody uses is unloaded after this.
+    pub workspace_idle: Duration,
 }
 
 impl HubSettings {
@@ -80,6 +82,7 @@ impl HubSettings {
             editing_idle: Duration::from_millis(config.editing_idle_ms),
             max_locks_per_connection: config.max_locks_per_connection,
             max_chat_badges: config.max_chat_badges_per_user,
+            workspace_idle: Duration::from_millis(config.workspace_idle_ms),
         }
     }
 }
@@ -106,6 +109,9 @@ pub trait HubBus: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Option<String>, String>>;
     /// Lets go of the lock on `resource` of `workspace` if `conn` holds it. Must only queue.
     fn unclaim(&self, workspace: &str, resource: &str, conn: ConnId);
+    /// `workspace` was unloaded here: its channel is no longer wanted, and the others are
+    /// told it is gone. Must only queue.
+    fn unloaded(&self, workspace: &str);
     /// This node's origin.
     fn origin(&self) -> i64;
     /// Tells the other nodes that this node's entry `key` of `workspace` is now `value`
@@ -235,7 +241,9 @@ impl Hub {
     /// The store failed.
     pub async fn workspace(&self, name: &str) -> Result<Arc<Workspace>, StoreError> {
         let cell = Arc::clone(self.workspaces.entry(name.to_owned()).or_default().value());
-        cell.get_or_try_init(|| self.load(name)).await.cloned()
+        let ws = cell.get_or_try_init(|| self.load(name)).await.cloned()?;
+        ws.touch();
+        Ok(ws)
     }
 
     async fn load(&self, name: &str) -> Result<Arc<Workspace>, StoreError> {
@@ -703,6 +711,46 @@ impl Hub {
         }
         self.workspace_rate.retain_recent();
         self.user_rate.retain_recent();
+        self.unload_idle();
+    }
+
+    /// Unloads the workspaces nobody used for `workspace_idle`: no connection, nobody present
+    /// here or on another node, no lock, nothing waiting for its commit or its turn, and no
+    /// one else holding it (a long-poll, a session starting).
+    fn unload_idle(&self) {
+        let idle = self.settings.workspace_idle;
+        let quiet = |ws: &Workspace| {
+            // Never waits for the workspace's lock here (the map's is held): a busy one is
+            // not idle.
+            let Ok(st) = ws.try_lock() else { return false };
+            st.conns.is_empty()
+                && st.pending.is_empty()
+                && st.ready.is_empty()
+                && st.locks.is_empty()
+                && st.editing.is_empty()
+                && !st.roster.has_users()
+                && st.users.values().all(|u| !u.presence.is_connected())
+        };
+        let mut unloaded = Vec::new();
+        self.workspaces.retain(|name, cell| {
+            let Some(ws) = cell.get() else { return true };
+            // The map's own reference (in the cell) is the only one: no session, long-poll or
+            // task holds it.
+            let idle = Arc::strong_count(ws) == 1 && ws.idle_for() >= idle && quiet(ws);
+            if idle {
+                unloaded.push(name.clone());
+            }
+            !idle
+        });
+        for name in unloaded {
+            tracing::debug!(workspace = %name, "unloaded an idle workspace");
+            if let Some(bus) = self.bus() {
+                bus.unloaded(&name);
+            }
+        }
+        crate::metrics::get()
+            .workspaces_loaded
+            .set(self.workspaces.len() as f64);
     }
 
     /// Drops what retention no longer keeps.

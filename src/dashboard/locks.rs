@@ -130,6 +130,11 @@ impl Locks {
         }
     }
 
+    /// Whether nobody holds a lock.
+    pub fn is_empty(&self) -> bool {
+        self.leases.is_empty()
+    }
+
     /// Takes or renews `resource` for `conn` (of `holder`) at `now` (`wall` is the same time
     /// on the wall clock, for `expires_at`).
     pub fn acquire(

@@ -125,6 +125,13 @@ impl Roster {
             .all(|(origin, _)| *origin > me)
     }
 
+    /// Whether another node says anyone is present or editing in the workspace.
+    pub fn has_users(&self) -> bool {
+        self.remote
+            .values()
+            .any(|told| told.entries.keys().any(|key| key != NODE_KEY))
+    }
+
     /// Whether `origin`'s message `seq` was not heard yet.
     pub fn behind(&self, origin: i64, seq: u64) -> bool {
         self.remote.get(&origin).map_or(0, |told| told.seq) < seq

@@ -63,6 +63,8 @@ pub struct Workspace {
     state: Mutex<State>,
     /// The last released event id, for long-polls to wait on.
     pub(super) released: watch::Sender<u64>,
+    /// When it was last asked for (`Hub::workspace`), for unloading it once idle.
+    last_used: Mutex<std::time::Instant>,
 }
 
 pub(super) struct State {
@@ -168,6 +170,29 @@ impl Workspace {
                 unchecked: 0,
             }),
             released: watch::Sender::new(released),
+            last_used: Mutex::new(std::time::Instant::now()),
+        }
+    }
+
+    /// Notes that it is in use.
+    pub(super) fn touch(&self) {
+        *self.last_used.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
+    }
+
+    /// How long since it was last asked for.
+    pub(super) fn idle_for(&self) -> std::time::Duration {
+        self.last_used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+    }
+
+    /// The state, if nobody holds it right now.
+    pub(super) fn try_lock(&self) -> Result<MutexGuard<'_, State>, ()> {
+        match self.state.try_lock() {
+            Ok(st) => Ok(st),
+            Err(std::sync::TryLockError::Poisoned(p)) => Ok(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => Err(()),
         }
     }
 

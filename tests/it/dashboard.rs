@@ -1527,3 +1527,60 @@ async fn who_is_in_a_document_is_told_only_to_those_who_may_read_it() {
         "{replayed:?}"
     );
 }
+
+#[tokio::test]
+async fn a_workspace_nobody_uses_leaves_memory_and_comes_back_whole() {
+    let app = spawn_app_with(|c| {
+        secured(c);
+        c.workspace_idle_ms = 200;
+    })
+    .await;
+    let loaded = || async {
+        let text = reqwest::get(app.http_url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("tandem_workspaces_loaded "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let mut ada = app.dash(&member("acme", "123")).await;
+    ada.subscribe(&["workflows"], None).await;
+    let id = publish(
+        &app,
+        "acme",
+        json!({"type":"workflow_triggered","workflow_id":"w"}),
+    )
+    .await;
+    ada.next_of("workflow_triggered").await;
+    // While she is connected it stays; once she is gone and the workspace idle, it goes.
+    ada.close().await;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while loaded().await > 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the workspace stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Loaded again on the next use: the log, and her record (offline since she left).
+    let mut again = app.dash(&member("acme", "1")).await;
+    let replayed = again.subscribe(&["workflows"], Some(0)).await;
+    assert!(replayed.iter().any(|e| e["id"] == id), "{replayed:?}");
+    let bearer = token("acme", "1", Role::Member);
+    let (_, listed) = app
+        .get("/api/v1/presence?include_offline=true", &bearer)
+        .await;
+    let ada = listed["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["user_id"] == 123)
+        .cloned()
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert_eq!(ada["status"], "offline");
+    assert!(ada["last_seen"].is_string(), "{ada}");
+}
