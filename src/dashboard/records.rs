@@ -211,6 +211,15 @@ impl Touched {
     }
 }
 
+/// The users of the workspace: those with a record.
+fn known_users(st: &State) -> Vec<String> {
+    st.users
+        .iter()
+        .filter(|(_, u)| u.known)
+        .map(|(user, _)| user.clone())
+        .collect()
+}
+
 /// The user `user`'s entry, known (a record) from now on.
 fn known<'a>(st: &'a mut State, user: &str) -> &'a mut User {
     let entry = st.users.entry(user.to_owned()).or_default();
@@ -237,15 +246,7 @@ pub fn apply(
                 sender,
                 to,
             } => {
-                let recipients: Vec<String> = if to.is_empty() {
-                    st.users
-                        .iter()
-                        .filter(|(_, u)| u.known)
-                        .map(|(user, _)| user.clone())
-                        .collect()
-                } else {
-                    to
-                };
+                let recipients = if to.is_empty() { known_users(st) } else { to };
                 for user in recipients.iter().filter(|u| Some(*u) != sender.as_ref()) {
                     if !fresh(st, user) {
                         continue;
@@ -366,11 +367,7 @@ impl Hub {
         }
         st.unchecked = 0;
         let users: Vec<String> = if started {
-            st.users
-                .iter()
-                .filter(|(_, u)| u.known)
-                .map(|(user, _)| user.clone())
-                .collect()
+            known_users(st)
         } else {
             touched.records.iter().cloned().collect()
         };
