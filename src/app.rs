@@ -217,6 +217,7 @@ pub async fn serve_with_stores(
         listener,
         router(state),
         Duration::from_millis(config.http_header_timeout_ms),
+        config.shutdown_timeout(),
         async move {
             shutdown.await;
             cancel.cancel();
@@ -340,13 +341,14 @@ impl Timers {
 }
 
 /// Serves `router` on `listener` (HTTP/1 and HTTP/2, with WebSocket upgrades) until `shutdown`
-/// completes, then waits for the requests in flight. Each connection gets `TCP_NODELAY`, its
+/// completes, then waits up to `drain_timeout` for the requests in flight. Each connection gets `TCP_NODELAY`, its
 /// peer's address (`ConnectInfo`), and `header_timeout` to send each request's headers: one
 /// that dribbles them, or sends none, is closed.
 async fn serve_http(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     header_timeout: Duration,
+    drain_timeout: Duration,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -396,6 +398,12 @@ async fn serve_http(
         });
     }
     drop(listener);
-    // Upgraded sockets are no longer HTTP connections: the rooms and the hub close them.
-    graceful.shutdown().await;
+    // Upgraded sockets are no longer HTTP connections: the rooms and the hub close them. A
+    // request still being sent after `drain_timeout` is abandoned.
+    if tokio::time::timeout(drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some HTTP requests did not finish in time");
+    }
 }
