@@ -168,6 +168,7 @@ pub async fn serve_with_stores(
         crate::net::registry::Caps {
             per_ip: config.max_connections_per_ip,
             per_user: config.max_connections_per_user,
+            docs_per_user: config.max_docs_per_user,
         },
     );
     let client_errors = Arc::new(ClientErrorLimit::per_minute(

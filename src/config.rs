@@ -238,6 +238,12 @@ pub struct Config {
     #[arg(long, env = "TANDEM_MAX_CONNECTIONS_PER_USER", default_value_t = Config::DEFAULT_MAX_CONNECTIONS_PER_USER)]
     pub max_connections_per_user: usize,
 
+    /// Distinct documents one user of a workspace may hold open at once (with authentication),
+    /// over WebSocket connections and HTTP pollers together; a new one past it is refused with
+    /// 429 `too_many_documents`. 0: no cap.
+    #[arg(long, env = "TANDEM_MAX_DOCS_PER_USER", default_value_t = Config::DEFAULT_MAX_DOCS_PER_USER)]
+    pub max_docs_per_user: usize,
+
     /// Origins (`https://app.example.com`, comma-separated) whose pages may call the HTTP API
     /// from the browser (CORS). None by default: the dashboard page is same-origin, and a
     /// browser refuses other origins' pages.
@@ -323,6 +329,7 @@ impl Config {
     pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1024;
     pub const DEFAULT_HTTP_HEADER_TIMEOUT_MS: u64 = 10_000;
     pub const DEFAULT_MAX_CONNECTIONS_PER_USER: usize = 256;
+    pub const DEFAULT_MAX_DOCS_PER_USER: usize = 128;
     pub const DEFAULT_COMPACT_AFTER_UPDATES: usize = 1000;
     pub const DEFAULT_COMPACT_AFTER_BYTES: usize = 1024 * 1024;
     pub const DEFAULT_JOURNAL_CHECKPOINT_BYTES: usize = 4 * 1024 * 1024;
@@ -572,6 +579,7 @@ impl Default for Config {
             http_header_timeout_ms: Config::DEFAULT_HTTP_HEADER_TIMEOUT_MS,
             max_connections_per_ip: Config::DEFAULT_MAX_CONNECTIONS_PER_IP,
             max_connections_per_user: Config::DEFAULT_MAX_CONNECTIONS_PER_USER,
+            max_docs_per_user: Config::DEFAULT_MAX_DOCS_PER_USER,
             editing_idle_ms: Config::DEFAULT_EDITING_IDLE_MS,
             reconnect_window_ms: Config::DEFAULT_RECONNECT_WINDOW_MS,
             client_errors_per_minute: Config::DEFAULT_CLIENT_ERRORS_PER_MINUTE,

@@ -20,6 +20,8 @@ pub struct ApiError {
     pub message: String,
     /// More fields for the body (e.g. the plans a refusal requires).
     pub details: serde_json::Map<String, serde_json::Value>,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -29,7 +31,14 @@ impl ApiError {
             code,
             message: message.into(),
             details: serde_json::Map::new(),
+            retry_after: None,
         }
+    }
+
+    /// Tells the client to retry after `secs` seconds (`Retry-After`).
+    pub fn retry_after(mut self, secs: u64) -> ApiError {
+        self.retry_after = Some(secs);
+        self
     }
 
     /// Adds a field to the body.
@@ -125,6 +134,11 @@ impl IntoResponse for ApiError {
                 axum::http::header::WWW_AUTHENTICATE,
                 axum::http::HeaderValue::from_static("Bearer"),
             );
+        }
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
         }
         response
     }

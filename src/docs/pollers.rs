@@ -13,6 +13,7 @@ use super::delivery::Overflow;
 use super::rooms::{Poller, RoomOpError, RoomState, Rooms};
 use crate::docname::DocName;
 use crate::durability::Ticket;
+use crate::net::registry::DocHold;
 use crate::net::ConnId;
 
 /// One round of a client syncing a document over HTTP (`POST /api/v1/docs/{doc}/sync`).
@@ -29,6 +30,8 @@ pub struct PollRequest {
     /// Its awareness (cursor, name), as an encoded awareness update.
     pub awareness: Option<Bytes>,
     pub access: Access,
+    /// The user's hold on the document (with authentication), kept as long as the poller is.
+    pub hold: Option<DocHold>,
 }
 
 impl Rooms {
@@ -48,6 +51,7 @@ impl Rooms {
         let received = Instant::now();
         let expires = received + self.config.doc_poll_ttl();
         let key = (Arc::clone(&request.user), request.client);
+        let mut hold = request.hold;
         let (result, awareness, evicted, overflow) = self
             .with_state(name, |handle, state| {
                 let mut overflow = Overflow::default();
@@ -69,7 +73,14 @@ impl Rooms {
                 let awareness = std::mem::take(&mut outbox.awareness);
                 let mut evicted = Vec::new();
                 if polled.is_ok() {
-                    state.pollers.insert(key.clone(), Poller { peer, expires });
+                    state.pollers.insert(
+                        key.clone(),
+                        Poller {
+                            peer,
+                            expires,
+                            _hold: hold.take(),
+                        },
+                    );
                     // Under the room's lock, so the sweep cannot miss this poller.
                     self.polled.insert(name.clone());
                     if known.is_none() {

@@ -116,6 +116,8 @@ pub struct Rooms {
 pub(super) struct Poller {
     pub(super) peer: PeerId,
     pub(super) expires: Instant,
+    /// Its user's hold on the document, under the cap on documents per user.
+    pub(super) _hold: Option<crate::net::registry::DocHold>,
 }
 
 /// One document's room. Its state is loaded once, on first use.

@@ -28,7 +28,7 @@ use crate::docname::DocName;
 use crate::error::ApiError;
 use crate::metrics::{self, Failure, Kind};
 use crate::net::liveness::Liveness;
-use crate::net::registry::{NewConn, Registration};
+use crate::net::registry::{DocHold, NewConn, Registration};
 use crate::net::socket::{self, Outbound, Reader};
 use crate::net::{websocket_required, CloseReason, Closer, ConnId, Remote, Server};
 
@@ -84,6 +84,15 @@ pub async fn upgrade(
         Ok(admission) => admission,
         Err(crowded) => return crate::http::extract::crowded(crowded),
     };
+    let hold = match user.map(|u| {
+        server
+            .connections
+            .hold_doc(name.workspace(), u, name.as_str())
+    }) {
+        Some(Err(crowded)) => return crate::http::extract::crowded(crowded),
+        Some(Ok(hold)) => Some(hold),
+        None => None,
+    };
     let max = server.config.max_frame_bytes;
     upgrade
         .max_message_size(max)
@@ -111,6 +120,7 @@ pub async fn upgrade(
                 principal,
                 closer,
                 registration,
+                _hold: hold,
             });
             // Split here: a WebSocket held by value as an argument of `run` would stay in the
             // connection task's state for its whole life, even once moved out.
@@ -134,6 +144,8 @@ struct Session {
     closer: Closer,
     /// Unregisters the connection when the session ends.
     registration: Registration,
+    /// The user's hold on the document, under `--max-docs-per-user`.
+    _hold: Option<DocHold>,
 }
 
 /// Serves one connection until it closes.

@@ -201,6 +201,16 @@ async fn sync(
             ));
         }
     }
+    // A poller holds its document like a connection does (without authentication, nobody in
+    // particular is capped).
+    let hold = match app.auth.is_open() {
+        true => None,
+        false => Some(
+            app.connections
+                .hold_doc(name.workspace(), &principal.user, name.as_str())
+                .map_err(crate::http::extract::crowded_error)?,
+        ),
+    };
     let (polled, ticket) = app
         .rooms
         .poll(
@@ -212,6 +222,7 @@ async fn sync(
                 update,
                 awareness,
                 access,
+                hold,
             },
         )
         .await

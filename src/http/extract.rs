@@ -125,29 +125,28 @@ impl FromRequestParts<AppState> for Publisher {
 pub fn too_many(what: &str, wait: std::time::Duration) -> Response {
     let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
     let message = format!("{what}; retry in {secs} s");
-    let mut response = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
         .with_detail("retry_after_ms", serde_json::json!(wait.as_millis()))
-        .into_response();
-    if let Ok(value) = header::HeaderValue::from_str(&secs.to_string()) {
-        response.headers_mut().insert(header::RETRY_AFTER, value);
-    }
-    response
+        .retry_after(secs)
+        .into_response()
 }
 
-/// 429 `too_many_connections`: a cap of `--max-connections-per-ip` or `-per-user`, with
-/// `Retry-After`.
+/// 429 `too_many_connections` (a cap of `--max-connections-per-ip` or `-per-user`) or
+/// `too_many_documents` (`--max-docs-per-user`), with `Retry-After`.
 pub fn crowded(why: crate::net::registry::Crowded) -> Response {
+    crowded_error(why).into_response()
+}
+
+/// The refusal of a request over a cap on what one client or user holds open: 429 with
+/// `Retry-After`, counted as `limited`.
+pub fn crowded_error(why: crate::net::registry::Crowded) -> ApiError {
     crate::metrics::get().failed(crate::metrics::Failure::Limited);
-    let mut response = ApiError::new(
+    ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
-        "too_many_connections",
+        why.code(),
         format!("{why}; close one, or retry later"),
     )
-    .into_response();
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("10"));
-    response
+    .retry_after(10)
 }
 
 /// Any valid token (`Authorization: Bearer`).

@@ -6,6 +6,7 @@
 //! connection ends) unregisters it, records its duration and why it closed, and remembers the
 //! user and target for the reconnect window.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -143,13 +144,17 @@ pub struct NewConn {
     pub admission: Option<Admission>,
 }
 
-/// Caps on open connections (documents, dashboards and long-polls together); 0: none.
+/// Caps on open connections (documents, dashboards and long-polls together) and on the
+/// documents one user holds open; 0: none.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Caps {
     /// From one client address.
     pub per_ip: usize,
     /// Of one user of a workspace.
     pub per_user: usize,
+    /// Distinct documents one user of a workspace holds open, over WebSocket connections and
+    /// HTTP pollers together.
+    pub docs_per_user: usize,
 }
 
 /// Why a connection may not open now.
@@ -159,6 +164,18 @@ pub enum Crowded {
     Ip(usize),
     #[error("this user has {0} connections open, the most allowed")]
     User(usize),
+    #[error("this user has {0} documents open, the most allowed")]
+    Documents(usize),
+}
+
+impl Crowded {
+    /// The `error` of the refusal.
+    pub fn code(self) -> &'static str {
+        match self {
+            Crowded::Ip(_) | Crowded::User(_) => "too_many_connections",
+            Crowded::Documents(_) => "too_many_documents",
+        }
+    }
 }
 
 /// The place a connection takes under the caps, from before its upgrade for as long as it
@@ -186,6 +203,38 @@ impl Drop for Admission {
     }
 }
 
+/// A user's hold on a document they have open (a connection to it, or a live HTTP poller):
+/// the document counts towards their cap until the last hold on it drops.
+pub struct DocHold {
+    registry: Arc<Connections>,
+    key: (String, String),
+    doc: String,
+}
+
+impl fmt::Debug for DocHold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DocHold")
+            .field("workspace", &self.key.0)
+            .field("user", &self.key.1)
+            .field("doc", &self.doc)
+            .finish()
+    }
+}
+
+impl Drop for DocHold {
+    fn drop(&mut self) {
+        self.registry.docs.remove_if_mut(&self.key, |_, open| {
+            if let Some(holds) = open.get_mut(&self.doc) {
+                *holds = holds.saturating_sub(1);
+                if *holds == 0 {
+                    open.remove(&self.doc);
+                }
+            }
+            open.is_empty()
+        });
+    }
+}
+
 /// The registry.
 pub struct Connections {
     conns: DashMap<ConnId, Arc<ConnInfo>>,
@@ -193,6 +242,8 @@ pub struct Connections {
     /// Open connections per client address and per (workspace, user), while caps apply.
     per_ip: DashMap<IpAddr, usize>,
     per_user: DashMap<(String, String), usize>,
+    /// (workspace, user) → the documents they hold open, with how many holds each.
+    docs: DashMap<(String, String), HashMap<String, usize>>,
     /// (workspace, user, target) → when they last left and how many reconnects that was.
     recent: DashMap<(String, String, String), (Instant, u32)>,
     window: Duration,
@@ -226,6 +277,7 @@ impl Connections {
             caps,
             per_ip: DashMap::new(),
             per_user: DashMap::new(),
+            docs: DashMap::new(),
             recent: DashMap::new(),
             window,
             retired: Default::default(),
@@ -295,6 +347,35 @@ impl Connections {
             admission.user = Some(key);
         }
         Ok(admission)
+    }
+
+    /// Takes a hold on document `doc` for `user` of `workspace`: a document they already hold
+    /// is always granted, a new one only under the cap on documents per user.
+    ///
+    /// # Errors
+    /// The user holds as many documents as allowed.
+    pub fn hold_doc(
+        self: &Arc<Self>,
+        workspace: &str,
+        user: &str,
+        doc: &str,
+    ) -> Result<DocHold, Crowded> {
+        let key = (workspace.to_owned(), user.to_owned());
+        let cap = self.caps.docs_per_user;
+        let mut open = self.docs.entry(key.clone()).or_default();
+        let held = open.len();
+        match open.get_mut(doc) {
+            Some(holds) => *holds += 1,
+            None if cap > 0 && held >= cap => return Err(Crowded::Documents(cap)),
+            None => {
+                open.insert(doc.to_owned(), 1);
+            }
+        }
+        Ok(DocHold {
+            registry: Arc::clone(self),
+            key,
+            doc: doc.to_owned(),
+        })
     }
 
     /// Registers a connection that just opened.

@@ -662,6 +662,78 @@ async fn connections_are_capped_per_address_and_per_user() {
 }
 
 #[tokio::test]
+async fn one_user_holds_at_most_so_many_documents_over_sockets_and_pollers() {
+    use tandem::auth::Role;
+    let app = crate::support::spawn_app_with(|c| {
+        c.auth_secret = Some(crate::support::secret());
+        c.max_docs_per_user = 2;
+        c.doc_poll_ttl_ms = 300;
+    })
+    .await;
+    let ada = crate::support::token("acme", "ada", Role::Member);
+    let url = |doc: &str| format!("{}?token={ada}", app.ws_url(&format!("acme/queries/{doc}")));
+    let http = reqwest::Client::new();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let poll = |doc: &str| {
+        http.post(app.http_url(&format!("/api/v1/docs/acme/queries/{doc}/sync")))
+            .bearer_auth(&ada)
+            .json(&serde_json::json!({ "client_id": 7, "state_vector": b64.encode([0u8]) }))
+            .send()
+    };
+    let refused = |result: Result<_, tokio_tungstenite::tungstenite::Error>| match result {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let body: serde_json::Value =
+                serde_json::from_slice(response.body().as_deref().unwrap_or(b"{}")).unwrap();
+            (
+                response.status().as_u16(),
+                response.headers().get("retry-after").is_some(),
+                body["error"].as_str().unwrap_or("").to_owned(),
+            )
+        }
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("admitted"),
+    };
+    // A socket on one document and a poller of another: two documents.
+    let (first, _) = tokio_tungstenite::connect_async(url("1")).await.unwrap();
+    assert_eq!(poll("2").await.unwrap().status(), 200);
+    // More of what they hold is fine: a second socket on the first, a poll of it.
+    let _again = tokio_tungstenite::connect_async(url("1")).await.unwrap();
+    assert_eq!(poll("1").await.unwrap().status(), 200);
+    // A third document is not, by socket or by poll; another user is not affected.
+    assert_eq!(
+        refused(tokio_tungstenite::connect_async(url("3")).await),
+        (429, true, "too_many_documents".into())
+    );
+    let answer = poll("3").await.unwrap();
+    assert_eq!(answer.status(), 429);
+    assert!(answer.headers().get("retry-after").is_some());
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["error"], "too_many_documents", "{body}");
+    let bob = crate::support::token("acme", "bob", Role::Member);
+    let bobs = format!("{}?token={bob}", app.ws_url("acme/queries/3"));
+    assert!(tokio_tungstenite::connect_async(bobs).await.is_ok());
+    // Once the poller of the second lapses and the sockets of the first close, both places
+    // come back.
+    drop(first);
+    drop(_again);
+    let deadline = tokio::time::Instant::now() + crate::support::TIMEOUT;
+    let mut admitted = Vec::new();
+    for doc in ["3", "4"] {
+        loop {
+            if let Ok((socket, _)) = tokio_tungstenite::connect_async(url(doc)).await {
+                admitted.push(socket);
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the place of document {doc} came back"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_client_that_dribbles_its_headers_is_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = crate::support::spawn_app_with(|c| c.http_header_timeout_ms = 300).await;
