@@ -228,6 +228,11 @@ pub struct Config {
     #[arg(long, env = "TANDEM_HTTP_HEADER_TIMEOUT_MS", default_value_t = Config::DEFAULT_HTTP_HEADER_TIMEOUT_MS)]
     pub http_header_timeout_ms: u64,
 
+    /// How long a client may take to send a request's body once its headers are in, in
+    /// milliseconds: past it the request is answered 408 and the connection closed.
+    #[arg(long, env = "TANDEM_HTTP_BODY_TIMEOUT_MS", default_value_t = Config::DEFAULT_HTTP_BODY_TIMEOUT_MS)]
+    pub http_body_timeout_ms: u64,
+
     /// Connections (documents, dashboards, long-polls) one client address may hold open at
     /// once; more are refused with 429. 0: no cap.
     #[arg(long, env = "TANDEM_MAX_CONNECTIONS_PER_IP", default_value_t = Config::DEFAULT_MAX_CONNECTIONS_PER_IP)]
@@ -328,6 +333,7 @@ impl Config {
     pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 5;
     pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1024;
     pub const DEFAULT_HTTP_HEADER_TIMEOUT_MS: u64 = 10_000;
+    pub const DEFAULT_HTTP_BODY_TIMEOUT_MS: u64 = 30_000;
     pub const DEFAULT_MAX_CONNECTIONS_PER_USER: usize = 256;
     pub const DEFAULT_MAX_DOCS_PER_USER: usize = 128;
     pub const DEFAULT_COMPACT_AFTER_UPDATES: usize = 1000;
@@ -389,6 +395,10 @@ impl Config {
         Duration::from_millis(self.ping_timeout_ms)
     }
 
+    pub(crate) fn http_body_timeout(&self) -> Duration {
+        Duration::from_millis(self.http_body_timeout_ms)
+    }
+
     pub(crate) fn doc_poll_ttl(&self) -> Duration {
         Duration::from_millis(self.doc_poll_ttl_ms)
     }
@@ -430,6 +440,7 @@ impl Config {
         let config = self;
         let positive = [
             ("http-header-timeout-ms", config.http_header_timeout_ms),
+            ("http-body-timeout-ms", config.http_body_timeout_ms),
             ("max-frame-bytes", config.max_frame_bytes as u64),
             ("max-doc-bytes", config.max_doc_bytes as u64),
             ("outbound-queue", config.outbound_queue as u64),
@@ -577,6 +588,7 @@ impl Default for Config {
             long_poll_max_secs: Config::DEFAULT_LONG_POLL_MAX_SECS,
             cors_origins: Vec::new(),
             http_header_timeout_ms: Config::DEFAULT_HTTP_HEADER_TIMEOUT_MS,
+            http_body_timeout_ms: Config::DEFAULT_HTTP_BODY_TIMEOUT_MS,
             max_connections_per_ip: Config::DEFAULT_MAX_CONNECTIONS_PER_IP,
             max_connections_per_user: Config::DEFAULT_MAX_CONNECTIONS_PER_USER,
             max_docs_per_user: Config::DEFAULT_MAX_DOCS_PER_USER,

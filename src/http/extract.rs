@@ -251,7 +251,7 @@ impl FromRequest<AppState> for DocPost {
         if sync {
             // base64 takes 4 bytes for 3, and the update and awareness share the body.
             let limit = config.max_frame_bytes / 3 * 4 + 64 * 1024;
-            let body = read(body, limit).await?;
+            let body = read(body, limit, config).await?;
             return Ok(DocPost::Sync {
                 name,
                 principal,
@@ -262,7 +262,7 @@ impl FromRequest<AppState> for DocPost {
         if access != Access::ReadWrite {
             return Err(ApiError::refusal(AuthError::ReadOnly, route, Some(&name)));
         }
-        let update = read(body, config.max_frame_bytes).await?;
+        let update = read(body, config.max_frame_bytes, config).await?;
         if update.is_empty() {
             return Err(ApiError::bad_request(
                 "bad_update",
@@ -307,7 +307,7 @@ impl<L: BodyLimit> FromRequest<AppState> for Limited<L> {
 
     async fn from_request(request: Request, app: &AppState) -> Result<Self, ApiError> {
         Ok(Limited {
-            bytes: read(request.into_body(), L::bytes(&app.config)).await?,
+            bytes: read(request.into_body(), L::bytes(&app.config), &app.config).await?,
             limit: PhantomData,
         })
     }
@@ -339,9 +339,18 @@ impl FromRequest<AppState> for JsonObject {
     }
 }
 
-/// Reads a request body of at most `limit` bytes: 413 `too_large` past it.
-async fn read(body: axum::body::Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+/// Reads a request body of at most `limit` bytes: 413 `too_large` past it, 408 `body_timeout`
+/// when it has not all arrived within `--http-body-timeout-ms`.
+async fn read(body: axum::body::Body, limit: usize, config: &Config) -> Result<Bytes, ApiError> {
+    let within = config.http_body_timeout();
+    let Ok(read) = tokio::time::timeout(within, axum::body::to_bytes(body, limit)).await else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the body did not arrive within {} ms", within.as_millis()),
+        ));
+    };
+    read.map_err(|e| {
         let too_large = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if too_large {

@@ -734,6 +734,33 @@ async fn one_user_holds_at_most_so_many_documents_over_sockets_and_pollers() {
 }
 
 #[tokio::test]
+async fn a_client_that_dribbles_its_body_is_answered_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = crate::support::spawn_app_with(|c| c.http_body_timeout_ms = 300).await;
+    let mut slow = tokio::net::TcpStream::connect(app.addr()).await.unwrap();
+    slow.write_all(
+        b"POST /api/v1/docs/slow/update HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n\x01",
+    )
+    .await
+    .unwrap();
+    // The rest of the body never comes: 408 with the reason, and the connection closes.
+    let mut answer = Vec::new();
+    tokio::time::timeout(crate::support::TIMEOUT, slow.read_to_end(&mut answer))
+        .await
+        .expect("closed by the server")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+    // Nothing was written.
+    let stored = reqwest::get(app.http_url("/api/v1/docs/slow"))
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 200);
+    assert_eq!(stored.bytes().await.unwrap().as_ref(), [0, 0]);
+}
+
+#[tokio::test]
 async fn a_client_that_dribbles_its_headers_is_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = crate::support::spawn_app_with(|c| c.http_header_timeout_ms = 300).await;
