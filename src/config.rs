@@ -88,6 +88,13 @@ pub struct Config {
     #[arg(long, env = "TANDEM_MAX_DOC_BYTES", default_value_t = Config::DEFAULT_MAX_DOC_BYTES)]
     pub max_doc_bytes: usize,
 
+    /// The most shared types (nested maps, arrays, texts, XML nodes) a document may hold; an
+    /// update past it is refused (close 1009, HTTP 413). Types nest at most this deep, and
+    /// deleting nested types recurses once per level: the server's threads get stacks sized
+    /// for this bound ([`Config::thread_stack_bytes`]).
+    #[arg(long, env = "TANDEM_MAX_DOC_TYPES", default_value_t = Config::DEFAULT_MAX_DOC_TYPES)]
+    pub max_doc_types: u64,
+
     /// Read buffer of each WebSocket, in bytes: allocated up front for every connection (so it
     /// dominates the memory of idle ones) and the most read per syscall. Larger frames still
     /// arrive whole, in more reads.
@@ -326,6 +333,7 @@ pub struct Config {
 impl Config {
     pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
     pub const DEFAULT_MAX_DOC_BYTES: usize = 64 * 1024 * 1024;
+    pub const DEFAULT_MAX_DOC_TYPES: u64 = 100_000;
     pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
     pub const DEFAULT_MAX_AWARENESS_PER_CONNECTION: usize = 64;
     pub const DEFAULT_WS_READ_BUFFER_BYTES: usize = 2048;
@@ -395,6 +403,19 @@ impl Config {
         Duration::from_millis(self.ping_timeout_ms)
     }
 
+    /// The stack each of the server's threads needs: yrs deletes and garbage-collects nested
+    /// shared types by recursion, one frame per level (about 350 bytes measured in a release
+    /// build, 2 KiB in a debug one), and a document's types nest at most `--max-doc-types`
+    /// deep. The memory is reserved, not used, until a deep document needs it.
+    pub fn thread_stack_bytes(&self) -> usize {
+        let per_level: u64 = if cfg!(debug_assertions) { 4096 } else { 640 };
+        let needed = self.max_doc_types.saturating_mul(per_level);
+        (8 << 20)
+            + usize::try_from(needed)
+                .unwrap_or(usize::MAX / 2)
+                .min(4 << 30)
+    }
+
     pub(crate) fn http_body_timeout(&self) -> Duration {
         Duration::from_millis(self.http_body_timeout_ms)
     }
@@ -443,6 +464,7 @@ impl Config {
             ("http-body-timeout-ms", config.http_body_timeout_ms),
             ("max-frame-bytes", config.max_frame_bytes as u64),
             ("max-doc-bytes", config.max_doc_bytes as u64),
+            ("max-doc-types", config.max_doc_types),
             ("outbound-queue", config.outbound_queue as u64),
             (
                 "compaction-concurrency",
@@ -556,6 +578,7 @@ impl Default for Config {
             storage_timeout_ms: Config::DEFAULT_STORAGE_TIMEOUT_MS,
             max_frame_bytes: Config::DEFAULT_MAX_FRAME_BYTES,
             max_doc_bytes: Config::DEFAULT_MAX_DOC_BYTES,
+            max_doc_types: Config::DEFAULT_MAX_DOC_TYPES,
             outbound_queue: Config::DEFAULT_OUTBOUND_QUEUE,
             max_awareness_per_connection: Config::DEFAULT_MAX_AWARENESS_PER_CONNECTION,
             ws_read_buffer_bytes: Config::DEFAULT_WS_READ_BUFFER_BYTES,

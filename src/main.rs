@@ -86,6 +86,7 @@ fn main() -> anyhow::Result<()> {
     init_logging(cli.log_format, config.node_id.as_deref());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(config.thread_stack_bytes())
         .build()?;
     runtime.block_on(run(config))
 }

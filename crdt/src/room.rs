@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tandem_sync::message::{self, MSG_SYNC_STATUS_HEARTBEAT};
-use tandem_sync::{AuthMessage, AwarenessUpdate, DecodeError, Message, MessageReader, SyncMessage};
+use tandem_sync::{
+    inspect_v1, AuthMessage, AwarenessUpdate, DecodeError, Message, MessageReader, SyncMessage,
+};
 
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
@@ -27,6 +29,10 @@ pub struct RoomLimits {
     /// The most awareness client ids one peer may keep alive. A browser tab announces one; the
     /// limit keeps a single connection from filling the room's memory with made-up clients.
     pub max_awareness_per_peer: usize,
+    /// The most shared types (maps, arrays, texts, XML nodes nested in the document) it may
+    /// hold. Types nest at most this deep, and yrs deletes and collects nested types by
+    /// recursion: the bound keeps that recursion within the server's thread stacks.
+    pub max_types: u64,
 }
 
 impl Default for RoomLimits {
@@ -34,6 +40,7 @@ impl Default for RoomLimits {
         RoomLimits {
             max_doc_bytes: 64 * 1024 * 1024,
             max_awareness_per_peer: 64,
+            max_types: 100_000,
         }
     }
 }
@@ -51,6 +58,8 @@ pub enum RoomError {
     BadStateVector(String),
     #[error("the document would grow past its limit of {limit} bytes")]
     TooLarge { limit: usize },
+    #[error("the document would hold more than {limit} shared types")]
+    TooManyTypes { limit: u64 },
     #[error("unsupported message type {0}")]
     Unsupported(u64),
     #[error("a connection may announce at most {limit} awareness clients")]
@@ -68,6 +77,9 @@ pub struct Room {
     limits: RoomLimits,
     /// The document's stored size: its last snapshot plus the updates applied since.
     size_bytes: usize,
+    /// The shared types its last snapshot and the updates applied since created (deleted ones
+    /// still count until the next snapshot): at least as many as the document holds.
+    types: u64,
     /// Set when yrs panicked inside a transaction: its state can no longer be trusted.
     poisoned: bool,
     /// Whether awareness changes are reported in [`Outbox::awareness`].
@@ -87,6 +99,7 @@ impl Room {
             owners: Owners::default(),
             limits,
             size_bytes: 0,
+            types: 0,
             poisoned: false,
             observed: false,
         }
@@ -103,6 +116,7 @@ impl Room {
         log: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<Room, RoomError> {
         let mut room = Room::new(limits);
+        let mut types = 0;
         let result = catch_unwind(AssertUnwindSafe(|| -> Result<usize, RoomError> {
             let mut size = 0;
             let mut txn = room.doc.transact_mut();
@@ -111,6 +125,9 @@ impl Room {
                 if update == EMPTY_UPDATE {
                     continue;
                 }
+                // What is stored was checked when it came in (an update stored before the check
+                // existed loads as it always did).
+                types += inspect_v1(update).map_or(0, |shape| shape.types);
                 let decoded =
                     Update::decode_v1(update).map_err(|e| RoomError::BadUpdate(e.to_string()))?;
                 txn.apply_update(decoded)
@@ -122,6 +139,7 @@ impl Room {
             Ok(size) => size?,
             Err(_) => return Err(RoomError::Poisoned),
         };
+        room.types = types;
         Ok(room)
     }
 
@@ -456,9 +474,11 @@ impl Room {
     /// # Errors
     /// The update does not decode or yrs rejects it, or the room is poisoned.
     pub fn integrate(&mut self, update: &[u8]) -> Result<Option<Bytes>, RoomError> {
-        let limit = std::mem::replace(&mut self.limits.max_doc_bytes, usize::MAX);
+        let limits = self.limits;
+        self.limits.max_doc_bytes = usize::MAX;
+        self.limits.max_types = u64::MAX;
         let applied = self.apply(update);
-        self.limits.max_doc_bytes = limit;
+        self.limits = limits;
         Ok(applied?.then(|| message::encode_update(update)))
     }
 
@@ -470,6 +490,10 @@ impl Room {
             .transact()
             .encode_state_as_update_v1(&StateVector::default());
         self.size_bytes = state.len();
+        // Types deleted since the last snapshot are gone from it.
+        if let Ok(shape) = inspect_v1(&state) {
+            self.types = shape.types;
+        }
         state
     }
 
@@ -539,6 +563,15 @@ impl Room {
                 limit: self.limits.max_doc_bytes,
             });
         }
+        // yrs trusts the counts an update declares and decodes nested values by recursion:
+        // what could make it reserve gigabytes or overflow the stack goes no further.
+        let shape = inspect_v1(update).map_err(|e| RoomError::BadUpdate(e.to_string()))?;
+        let types = self.types.saturating_add(shape.types);
+        if types > self.limits.max_types {
+            return Err(RoomError::TooManyTypes {
+                limit: self.limits.max_types,
+            });
+        }
         let decoded = catch_unwind(|| Update::decode_v1(update))
             .map_err(|_| RoomError::BadUpdate("undecodable".into()))?;
         let decoded = decoded.map_err(|e| RoomError::BadUpdate(e.to_string()))?;
@@ -566,6 +599,7 @@ impl Room {
         };
         if changed {
             self.size_bytes += update.len();
+            self.types = types;
         }
         Ok(changed)
     }
@@ -1245,6 +1279,96 @@ mod tests {
             Err(RoomError::TooLarge { limit: 64 })
         ));
         assert_eq!(text_of(&room), "");
+    }
+
+    /// Maps nested `depth` deep under root `m`, as one update, and the update that deletes
+    /// them all (the outermost goes, the rest with it).
+    fn nested_maps(depth: usize) -> (Vec<u8>, Vec<u8>) {
+        use yrs::{MapPrelim, MapRef};
+        let doc = Doc::with_client_id(9);
+        let root = doc.get_or_insert_map("m");
+        let mut txn = doc.transact_mut();
+        let mut inner: MapRef = root.insert(&mut txn, "k", MapPrelim::default());
+        for _ in 1..depth {
+            inner = inner.insert(&mut txn, "k", MapPrelim::default());
+        }
+        let create = txn.encode_update_v1();
+        drop(txn);
+        let mut txn = doc.transact_mut();
+        root.remove(&mut txn, "k");
+        (create, txn.encode_update_v1())
+    }
+
+    #[test]
+    fn forged_counts_and_deep_values_are_refused_before_yrs_reads_them() {
+        let mut room = Room::new(RoomLimits::default());
+        room.apply_update(text_update(1, "kept").into()).unwrap();
+        // One client declaring 2^27 of them (yrs would reserve a table for that many first).
+        let bomb = vec![0x80, 0x80, 0x80, 0x40, 0, 0];
+        // An `Any` nested 100,000 deep in 200 kB: yrs's recursive decoder would overflow the
+        // stack, which aborts the process.
+        let mut deep = vec![1, 1, 5, 0, 8, 1, 1, b't', 1];
+        for _ in 0..100_000 {
+            deep.extend([117, 1]);
+        }
+        deep.extend([126, 0]);
+        for update in [bomb, deep] {
+            assert!(matches!(
+                room.apply_update(update.clone().into()),
+                Err(RoomError::BadUpdate(_))
+            ));
+            let mut outbox = Outbox::default();
+            room.join(PeerId(1));
+            let frame = message::encode_update(&update);
+            assert!(room
+                .receive(PeerId(1), frame, Access::ReadWrite, &mut outbox)
+                .is_err());
+            assert!(outbox.persist.is_empty() && outbox.broadcast.is_empty());
+        }
+        assert!(!room.is_poisoned());
+        assert_eq!(text_of(&room), "kept");
+    }
+
+    #[test]
+    fn shared_types_are_capped_so_nesting_cannot_overflow_the_stack() {
+        let limits = RoomLimits {
+            max_types: 300,
+            ..RoomLimits::default()
+        };
+        // Within the cap: created, then deleted (recursively, by yrs), then collected.
+        let mut room = Room::new(limits);
+        let (create, delete) = nested_maps(300);
+        room.apply_update(create.into()).unwrap();
+        room.apply_update(delete.into()).unwrap();
+        // The deleted types leave the count with the next snapshot.
+        let snapshot = room.snapshot();
+        let (again, _) = nested_maps(300);
+        let mut later = Room::load(limits, Some(&snapshot), []).unwrap();
+        assert!(later.apply_update(again.into()).is_ok());
+        // Past it: refused whole, nothing applied.
+        let mut room = Room::new(limits);
+        let (create, _) = nested_maps(301);
+        assert!(matches!(
+            room.apply_update(create.into()),
+            Err(RoomError::TooManyTypes { limit: 300 })
+        ));
+        assert_eq!(room.state_vector(), Room::new(limits).state_vector());
+        // A stored document is counted as it loads.
+        let (create, _) = nested_maps(200);
+        let mut loaded = Room::load(limits, None, [create.as_slice()]).unwrap();
+        let (more, _) = {
+            let doc = Doc::with_client_id(10);
+            let m = doc.get_or_insert_map("other");
+            let mut txn = doc.transact_mut();
+            for i in 0..101 {
+                m.insert(&mut txn, i.to_string(), yrs::MapPrelim::default());
+            }
+            (txn.encode_update_v1(), ())
+        };
+        assert!(matches!(
+            loaded.apply_update(more.into()),
+            Err(RoomError::TooManyTypes { limit: 300 })
+        ));
     }
 
     #[test]

@@ -22,6 +22,7 @@ impl Rooms {
         let limits = RoomLimits {
             max_doc_bytes: self.config.max_doc_bytes,
             max_awareness_per_peer: self.config.max_awareness_per_connection,
+            max_types: self.config.max_doc_types,
         };
         let started = Instant::now();
         if let Some(bus) = self.bus.get() {

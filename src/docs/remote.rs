@@ -240,6 +240,7 @@ impl Rooms {
         let limits = RoomLimits {
             max_doc_bytes: usize::MAX,
             max_awareness_per_peer: 0,
+            max_types: u64::MAX,
         };
         // Loading a large document takes a while: off the async workers.
         let copy = tokio::task::spawn_blocking(move || {

@@ -368,6 +368,9 @@ fn close_reason(err: &RoomOpError) -> CloseReason {
         RoomOpError::Room(RoomError::TooLarge { limit }) => {
             CloseReason::TooLarge(format!("document would exceed its limit of {limit} bytes"))
         }
+        RoomOpError::Room(RoomError::TooManyTypes { limit }) => CloseReason::TooLarge(format!(
+            "document would hold more than {limit} shared types"
+        )),
         RoomOpError::Room(RoomError::TooManyAwarenessClients { limit }) => CloseReason::Policy(
             format!("a connection may announce at most {limit} awareness clients"),
         ),

@@ -30,6 +30,11 @@ pub(super) fn room_error(err: RoomOpError) -> ApiError {
             "document_too_large",
             format!("the document would exceed its limit of {limit} bytes"),
         ),
+        RoomOpError::Room(RoomError::TooManyTypes { limit }) => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_types",
+            format!("the document would hold more than {limit} shared types"),
+        ),
         RoomOpError::Room(RoomError::BadStateVector(e)) => {
             ApiError::bad_request("bad_state_vector", format!("malformed state vector: {e}"))
         }

@@ -5,6 +5,7 @@
 //!   that carry several messages.
 //! - [`awareness`]: the awareness update payload, with 53-bit client ids, and the one rule that
 //!   says when an entry supersedes what is known of its client.
+//! - [`update`]: a v1 update's declared counts and nesting checked before yrs decodes it.
 //! - [`client`] (feature `client`): an async client (tokio-tungstenite) for tests and tools;
 //!   the only IO in the crate.
 //!
@@ -18,8 +19,10 @@ pub mod awareness;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod message;
+pub mod update;
 
 pub use awareness::{AwarenessEntry, AwarenessUpdate, Known};
 #[cfg(feature = "client")]
 pub use client::{Client, ClientError, CloseInfo};
 pub use message::{decode, AuthMessage, DecodeError, Message, MessageReader, SyncMessage};
+pub use update::{inspect_v1, UpdateError, UpdateShape};

@@ -324,3 +324,105 @@ async fn an_awareness_state_that_is_not_a_json_object_is_refused_and_never_relay
         }
     }
 }
+
+/// Maps nested `depth` deep under root `m` as one update, and the update that deletes the
+/// outermost (yrs deletes the rest with it, by recursion). Built on a thread with a large
+/// stack: the client's own yrs recurses as deep.
+fn nested_maps(depth: usize) -> (Vec<u8>, Vec<u8>) {
+    std::thread::Builder::new()
+        .stack_size(1 << 30)
+        .spawn(move || {
+            use yrs::updates::encoder::Encode;
+            use yrs::{Map, MapPrelim, MapRef, ReadTxn};
+            let doc = Doc::with_client_id(77);
+            let root = doc.get_or_insert_map("m");
+            let mut txn = doc.transact_mut();
+            let mut inner: MapRef = root.insert(&mut txn, "k", MapPrelim::default());
+            for _ in 1..depth {
+                inner = inner.insert(&mut txn, "k", MapPrelim::default());
+            }
+            let create = txn.encode_update_v1();
+            drop(txn);
+            let before = doc.transact().state_vector();
+            root.remove(&mut doc.transact_mut(), "k");
+            let delete = doc.transact().encode_diff_v1(&before);
+            let _ = before.encode_v1();
+            (create, delete)
+        })
+        .expect("a builder thread")
+        .join()
+        .expect("built")
+}
+
+#[tokio::test]
+async fn updates_that_would_exhaust_memory_or_the_stack_close_with_1003() {
+    let app = spawn_app().await;
+    // 2^27 clients declared in a few bytes: yrs reserves a table for that many before reading.
+    offender_is_closed_alone(&app, vec![0, 2, 5, 0x80, 0x80, 0x80, 0x40, 0, 0], 1003).await;
+    // A value nested 100,000 deep: yrs decodes it by recursion, and a stack overflow aborts
+    // the whole process.
+    let mut deep = vec![1, 1, 5, 0, 8, 1, 1, b't', 1];
+    for _ in 0..100_000 {
+        deep.extend([117, 1]);
+    }
+    deep.extend([126, 0]);
+    let frame = tandem_sync::message::encode_update(&deep).to_vec();
+    offender_is_closed_alone(&app, frame, 1003).await;
+    // Over HTTP too: 400 with the reason.
+    let answer = reqwest::Client::new()
+        .post(app.http_url("/api/v1/docs/victim/update"))
+        .body(deep)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 400);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("nests deeper"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn more_shared_types_than_allowed_close_with_1009() {
+    let app = spawn_app_with(|c| c.max_doc_types = 100).await;
+    let (create, _) = nested_maps(101);
+    let frame = tandem_sync::message::encode_update(&create).to_vec();
+    offender_is_closed_alone(&app, frame, 1009).await;
+    let answer = reqwest::Client::new()
+        .post(app.http_url("/api/v1/docs/victim/update"))
+        .body(create)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 413);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["error"], "too_many_types", "{body}");
+}
+
+#[tokio::test]
+async fn deleting_types_nested_twenty_thousand_deep_does_not_kill_the_server() {
+    use crate::support::process::ServerProcess;
+    use crate::support::Backing;
+    // The real binary, whose threads have stacks sized for --max-doc-types: yrs deletes nested
+    // types by recursion, a frame per level (a default 2 MiB stack ends at a few thousand).
+    let backing = Backing::sled();
+    let server = ServerProcess::start(&backing, &[]);
+    let (create, delete) = nested_maps(20_000);
+    let http = reqwest::Client::new();
+    for update in [create, delete] {
+        let answer = http
+            .post(format!("{}/update", server.doc_url("deep")))
+            .body(update)
+            .send()
+            .await
+            .expect("the server answers");
+        assert_eq!(answer.status(), 200);
+    }
+    let health = http.get(server.http_url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    server.kill();
+}

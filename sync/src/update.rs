@@ -1,0 +1,404 @@
+//! A v1 update's claims, checked before yrs decodes it.
+//!
+//! yrs reserves memory for the counts an update declares before it reads what they count (the
+//! clients, each client's blocks, an `Any` map's entries: a hash table's control bytes are
+//! written at once, so a few bytes claiming 2^27 entries cost hundreds of megabytes), and
+//! decodes nested `Any` values by recursion, so a value nested a few thousand levels deep
+//! overflows the thread's stack and aborts the process. [`inspect_v1`] walks the update the way
+//! yrs's decoder does, with the same readers, allocating nothing: every count must fit in the
+//! bytes left (each thing counted takes one byte at least) and `Any` values nest at most
+//! [`MAX_ANY_DEPTH`] deep. It also counts the shared types the update creates, which bound how
+//! deep types can nest in a document (yrs deletes and collects nested types by recursion too).
+
+use yrs::encoding::read::{Cursor, Read};
+
+/// How deep `Any` values (a map in an array in a map…) may nest in an update. JSON documents
+/// rarely go past a dozen levels; serde_json itself stops at 128.
+pub const MAX_ANY_DEPTH: usize = 64;
+
+/// What [`inspect_v1`] found in an update that yrs may decode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UpdateShape {
+    /// Blocks (items, garbage-collected ranges, skips), over every client.
+    pub blocks: u64,
+    /// Items that create a shared type (a map, array, text or XML node).
+    pub types: u64,
+}
+
+/// Why an update was refused before decoding.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpdateError {
+    #[error("the update ends inside {0}")]
+    Truncated(&'static str),
+    #[error("malformed variable-length integer in {0}")]
+    BadVarInt(&'static str),
+    #[error("the update declares {claimed} {what} in the {left} bytes left")]
+    Claim {
+        what: &'static str,
+        claimed: u64,
+        left: usize,
+    },
+    #[error("a value nests deeper than {MAX_ANY_DEPTH} levels")]
+    TooDeep,
+    #[error("unknown {what} {value}")]
+    Unknown { what: &'static str, value: u8 },
+}
+
+// The numbers of yrs's block and content kinds, and of its info bits (`yrs::block`).
+const BLOCK_GC: u8 = 0;
+const BLOCK_SKIP: u8 = 10;
+const HAS_ORIGIN: u8 = 0b1000_0000;
+const HAS_RIGHT_ORIGIN: u8 = 0b0100_0000;
+const HAS_PARENT_SUB: u8 = 0b0010_0000;
+const CONTENT_DELETED: u8 = 1;
+const CONTENT_JSON: u8 = 2;
+const CONTENT_BINARY: u8 = 3;
+const CONTENT_STRING: u8 = 4;
+const CONTENT_EMBED: u8 = 5;
+const CONTENT_FORMAT: u8 = 6;
+const CONTENT_TYPE: u8 = 7;
+const CONTENT_ANY: u8 = 8;
+const CONTENT_DOC: u8 = 9;
+// Shared type kinds (`yrs::types`): an XML element and hook carry a name.
+const TYPE_XML_ELEMENT: u8 = 3;
+const TYPE_XML_HOOK: u8 = 5;
+const KNOWN_TYPES: [u8; 9] = [0, 1, 2, 3, 4, 5, 6, 9, 15];
+
+/// Checks `update` (a v1 update) as described in the module docs and says what it holds.
+///
+/// An update this accepts may still be refused by yrs (a clock that overflows, an item yrs
+/// finds inconsistent); one it refuses, yrs would refuse too or could not decode safely.
+///
+/// # Errors
+/// A count larger than the bytes left, an `Any` nested too deep, or an update yrs's decoder
+/// would stop reading at the same place.
+pub fn inspect_v1(update: &[u8]) -> Result<UpdateShape, UpdateError> {
+    let mut walk = Walk {
+        cursor: Cursor::new(update),
+        shape: UpdateShape::default(),
+    };
+    walk.update()?;
+    Ok(walk.shape)
+}
+
+struct Walk<'a> {
+    cursor: Cursor<'a>,
+    shape: UpdateShape,
+}
+
+impl Walk<'_> {
+    fn left(&self) -> usize {
+        self.cursor.buf.len() - self.cursor.next
+    }
+
+    /// A count of things that take at least `each` bytes apiece.
+    fn count(&mut self, what: &'static str, claimed: u64, each: usize) -> Result<u64, UpdateError> {
+        let left = self.left();
+        if claimed > (left / each) as u64 {
+            return Err(UpdateError::Claim {
+                what,
+                claimed,
+                left,
+            });
+        }
+        Ok(claimed)
+    }
+
+    fn u8(&mut self, what: &'static str) -> Result<u8, UpdateError> {
+        self.cursor
+            .read_u8()
+            .map_err(|_| UpdateError::Truncated(what))
+    }
+
+    fn u32(&mut self, what: &'static str) -> Result<u32, UpdateError> {
+        self.cursor
+            .read_var::<u32>()
+            .map_err(|e| var_error(e, what))
+    }
+
+    fn u64(&mut self, what: &'static str) -> Result<u64, UpdateError> {
+        self.cursor
+            .read_var::<u64>()
+            .map_err(|e| var_error(e, what))
+    }
+
+    fn i64(&mut self, what: &'static str) -> Result<(), UpdateError> {
+        self.cursor
+            .read_var::<i64>()
+            .map(drop)
+            .map_err(|e| var_error(e, what))
+    }
+
+    fn skip(&mut self, len: usize, what: &'static str) -> Result<(), UpdateError> {
+        self.cursor
+            .read_exact(len)
+            .map(drop)
+            .map_err(|_| UpdateError::Truncated(what))
+    }
+
+    /// A length-prefixed buffer or string (yrs checks strings' UTF-8 itself).
+    fn buf(&mut self, what: &'static str) -> Result<(), UpdateError> {
+        let len = self.u32(what)?;
+        self.skip(len as usize, what)
+    }
+
+    fn update(&mut self) -> Result<(), UpdateError> {
+        let clients = self.u32("the client count")?;
+        // Each client takes three bytes at least: its block count, id and first clock.
+        let clients = self.count("clients", u64::from(clients), 3)?;
+        for _ in 0..clients {
+            let blocks = self.u32("a block count")?;
+            self.u64("a client id")?;
+            self.u32("a clock")?;
+            let blocks = self.count("blocks", u64::from(blocks), 1)?;
+            for _ in 0..blocks {
+                self.block()?;
+            }
+            self.shape.blocks += blocks;
+        }
+        // The delete set.
+        let clients = self.u32("the delete set")?;
+        let clients = self.count("deleting clients", u64::from(clients), 2)?;
+        for _ in 0..clients {
+            self.u64("a deleting client")?;
+            let ranges = self.u32("a range count")?;
+            let ranges = self.count("deleted ranges", u64::from(ranges), 2)?;
+            for _ in 0..ranges {
+                self.u32("a deleted clock")?;
+                self.u32("a deleted length")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn block(&mut self) -> Result<(), UpdateError> {
+        let info = self.u8("a block")?;
+        if info == BLOCK_GC || info == BLOCK_SKIP {
+            self.u32("a block length")?;
+            return Ok(());
+        }
+        let copies_parent = info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) != 0;
+        if info & HAS_ORIGIN != 0 {
+            self.u64("an origin")?;
+            self.u32("an origin")?;
+        }
+        if info & HAS_RIGHT_ORIGIN != 0 {
+            self.u64("a right origin")?;
+            self.u32("a right origin")?;
+        }
+        if !copies_parent {
+            if self.u32("a parent")? == 1 {
+                self.buf("a parent name")?;
+            } else {
+                self.u64("a parent")?;
+                self.u32("a parent")?;
+            }
+            if info & HAS_PARENT_SUB != 0 {
+                self.buf("a parent key")?;
+            }
+        }
+        self.content(info & 0b1111)
+    }
+
+    fn content(&mut self, kind: u8) -> Result<(), UpdateError> {
+        match kind {
+            CONTENT_DELETED => self.u32("a deleted length").map(drop),
+            CONTENT_JSON => {
+                // yrs reads one string more than the count says (and refuses a count that is
+                // negative as an i32).
+                let claimed = self.u32("a JSON count")?;
+                if i32::try_from(claimed).is_err() {
+                    return Err(UpdateError::Claim {
+                        what: "JSON values",
+                        claimed: u64::from(claimed),
+                        left: self.left(),
+                    });
+                }
+                let strings = self.count("JSON values", u64::from(claimed) + 1, 1)?;
+                for _ in 0..strings {
+                    self.buf("a JSON value")?;
+                }
+                Ok(())
+            }
+            CONTENT_BINARY | CONTENT_STRING | CONTENT_EMBED => self.buf("content"),
+            CONTENT_FORMAT => {
+                self.buf("a format key")?;
+                self.buf("a format value")
+            }
+            CONTENT_TYPE => {
+                self.shape.types += 1;
+                let kind = self.u8("a type")?;
+                if !KNOWN_TYPES.contains(&kind) {
+                    return Err(UpdateError::Unknown {
+                        what: "type",
+                        value: kind,
+                    });
+                }
+                if kind == TYPE_XML_ELEMENT || kind == TYPE_XML_HOOK {
+                    // yrs reads a name for both (Yjs writes none for a hook).
+                    self.buf("an element name")?;
+                }
+                Ok(())
+            }
+            CONTENT_ANY => {
+                let claimed = self.u64("an Any count")?;
+                let values = self.count("Any values", claimed, 1)?;
+                for _ in 0..values {
+                    self.any()?;
+                }
+                Ok(())
+            }
+            CONTENT_DOC => {
+                self.buf("a subdocument id")?;
+                self.any()
+            }
+            other => Err(UpdateError::Unknown {
+                what: "content",
+                value: other,
+            }),
+        }
+    }
+
+    /// One `Any` value, nested ones included, without recursion: `pending` holds how many
+    /// values (or map entries, each a key then a value) are still to read at each open level.
+    fn any(&mut self) -> Result<(), UpdateError> {
+        let mut pending: Vec<(u64, bool)> = vec![(1, false)];
+        while let Some(level) = pending.last_mut() {
+            if level.0 == 0 {
+                pending.pop();
+                continue;
+            }
+            level.0 -= 1;
+            if level.1 {
+                self.buf("a map key")?;
+            }
+            match self.u8("a value")? {
+                // undefined, null, false, true
+                127 | 126 | 121 | 120 => {}
+                125 => self.i64("an integer")?,
+                124 => self.skip(4, "a float")?,
+                123 | 122 => self.skip(8, "a number")?,
+                119 | 116 => self.buf("a value")?,
+                tag @ (118 | 117) => {
+                    let map = tag == 118;
+                    let claimed = self.u64("a collection size")?;
+                    // A map entry takes two bytes at least (a key and a value), an item one.
+                    let items = self.count("values", claimed, if map { 2 } else { 1 })?;
+                    if pending.len() >= MAX_ANY_DEPTH {
+                        return Err(UpdateError::TooDeep);
+                    }
+                    pending.push((items, map));
+                }
+                other => {
+                    return Err(UpdateError::Unknown {
+                        what: "value tag",
+                        value: other,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn var_error(err: yrs::encoding::read::Error, what: &'static str) -> UpdateError {
+    match err {
+        yrs::encoding::read::Error::EndOfBuffer(_) => UpdateError::Truncated(what),
+        _ => UpdateError::BadVarInt(what),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::{Any, Array, Doc, Map, MapPrelim, ReadTxn, StateVector, Text, Transact, XmlFragment};
+
+    fn whole(doc: &Doc) -> Vec<u8> {
+        doc.transact()
+            .encode_state_as_update_v1(&StateVector::default())
+    }
+
+    #[test]
+    fn what_yrs_writes_passes_and_its_types_are_counted() {
+        let doc = Doc::with_client_id(3);
+        let text = doc.get_or_insert_text("t");
+        let map = doc.get_or_insert_map("m");
+        let rows = doc.get_or_insert_array("a");
+        let xml = doc.get_or_insert_xml_fragment("x");
+        {
+            let mut txn = doc.transact_mut();
+            text.insert(&mut txn, 0, "hello world");
+            text.remove_range(&mut txn, 2, 3);
+            text.format(&mut txn, 0, 2, [("bold".into(), Any::Bool(true))].into());
+            map.insert(&mut txn, "n", 1.5);
+            map.insert(&mut txn, "big", Any::from(1i64 << 60));
+            map.insert(&mut txn, "nested", MapPrelim::from([("k", Any::from("v"))]));
+            rows.push_back(
+                &mut txn,
+                Any::from(vec![Any::Null, Any::Undefined, Any::from(vec![1u8, 2, 3])]),
+            );
+            xml.push_back(&mut txn, yrs::XmlElementPrelim::empty("p"));
+        }
+        let shape = inspect_v1(&whole(&doc)).expect("yrs's own encoding passes");
+        // The nested map and the paragraph.
+        assert_eq!(shape.types, 2);
+        assert!(shape.blocks >= 6);
+        assert_eq!(inspect_v1(&[0, 0]), Ok(UpdateShape::default()));
+    }
+
+    #[test]
+    fn claimed_counts_must_fit_in_the_bytes_left() {
+        // 2^27 clients in five bytes: yrs would reserve a table for them first.
+        let clients = [0x80, 0x80, 0x80, 0x40, 0, 0];
+        assert!(matches!(
+            inspect_v1(&clients),
+            Err(UpdateError::Claim {
+                what: "clients",
+                ..
+            })
+        ));
+        // One client with 2^28 blocks.
+        let blocks = [1, 0x80, 0x80, 0x80, 0x80, 0x01, 5, 0, 0];
+        assert!(matches!(
+            inspect_v1(&blocks),
+            Err(UpdateError::Claim { what: "blocks", .. })
+        ));
+        // An Any map claiming 2^40 entries.
+        let mut map = vec![1, 1, 5, 0, CONTENT_ANY, 1, 1, b't', 1, 118];
+        map.extend([0x80, 0x80, 0x80, 0x80, 0x80, 0x20, 0]);
+        assert!(matches!(
+            inspect_v1(&map),
+            Err(UpdateError::Claim { what: "values", .. })
+        ));
+    }
+
+    #[test]
+    fn nested_values_stop_at_the_depth_limit() {
+        let nested = |depth: usize| {
+            let mut update = vec![1, 1, 5, 0, CONTENT_ANY, 1, 1, b't', 1];
+            for _ in 0..depth {
+                update.extend([117, 1]);
+            }
+            update.extend([126, 0]);
+            update
+        };
+        assert!(inspect_v1(&nested(MAX_ANY_DEPTH - 1)).is_ok());
+        assert_eq!(
+            inspect_v1(&nested(MAX_ANY_DEPTH)),
+            Err(UpdateError::TooDeep)
+        );
+        // Thousands of levels in a few kilobytes: refused without recursion.
+        assert_eq!(inspect_v1(&nested(100_000)), Err(UpdateError::TooDeep));
+    }
+
+    #[test]
+    fn a_truncated_update_is_refused() {
+        let doc = Doc::with_client_id(3);
+        let text = doc.get_or_insert_text("t");
+        text.insert(&mut doc.transact_mut(), 0, "abc");
+        let update = whole(&doc);
+        for cut in 0..update.len() {
+            assert!(inspect_v1(&update[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+}
