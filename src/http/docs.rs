@@ -20,6 +20,7 @@ use super::extract::{DocPost, DocRead, Params};
 use super::refusals::room_error;
 use super::state::AppState;
 use crate::auth::{AuthError, Principal};
+use crate::config::Config;
 use crate::docname::DocName;
 use crate::docs::pollers::PollRequest;
 use crate::docs::RoomOpError;
@@ -118,6 +119,94 @@ struct SyncRequest {
     awareness: Option<String>,
 }
 
+/// A sync round's body, decoded and checked: every field within its limit, the awareness
+/// well-formed and only the client's own. Whether the caller may write is the handler's to
+/// check.
+#[derive(Debug)]
+pub struct SyncBody {
+    pub client_id: u64,
+    pub state_vector: Bytes,
+    pub update: Option<Bytes>,
+    pub awareness: Option<Bytes>,
+}
+
+impl SyncBody {
+    /// Decodes and checks `body`.
+    ///
+    /// # Errors
+    /// 400 for what is malformed, 413 for what is over its limit.
+    pub fn parse(body: &[u8], config: &Config) -> Result<SyncBody, ApiError> {
+        let request: SyncRequest = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request("bad_body", format!("not a sync request: {e}")))?;
+        if request.client_id >= tandem_crdt::SERVER_CLIENT_BASE {
+            return Err(ApiError::bad_request(
+                "bad_client_id",
+                "client_id must be a Yjs client id, below 2^53 - 2^32",
+            ));
+        }
+        let field = |code: &'static str, value: Option<&str>| {
+            value
+                .map(|value| {
+                    BASE64URL
+                        .decode(value.as_bytes())
+                        .map(Bytes::from)
+                        .map_err(|e| ApiError::bad_request(code, format!("not base64url: {e}")))
+                })
+                .transpose()
+        };
+        let state_vector =
+            field("bad_state_vector", Some(&request.state_vector))?.unwrap_or_default();
+        let update = field("bad_update", request.update.as_deref())?;
+        let awareness = field("bad_awareness", request.awareness.as_deref())?;
+        if update
+            .as_ref()
+            .is_some_and(|u| u.len() > config.max_frame_bytes)
+        {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "the update is over {} bytes; send it in parts",
+                    config.max_frame_bytes
+                ),
+            ));
+        }
+        if let Some(awareness) = &awareness {
+            // A cursor and a name are small; a connection's frame limit is no bound for a state
+            // that every poll of the room carries.
+            if awareness.len() > config.max_dashboard_frame_bytes {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!(
+                        "the awareness state is over {} bytes",
+                        config.max_dashboard_frame_bytes
+                    ),
+                ));
+            }
+            let decoded = AwarenessUpdate::decode(awareness).map_err(|e| {
+                ApiError::bad_request("bad_awareness", format!("malformed awareness update: {e}"))
+            })?;
+            if decoded
+                .entries
+                .iter()
+                .any(|e| e.client_id != request.client_id)
+            {
+                return Err(ApiError::bad_request(
+                    "bad_awareness",
+                    "a poller's awareness may only hold its own client_id",
+                ));
+            }
+        }
+        Ok(SyncBody {
+            client_id: request.client_id,
+            state_vector,
+            update,
+            awareness,
+        })
+    }
+}
+
 /// One round of a client that syncs a document over HTTP instead of a WebSocket (the
 /// dashboard's degraded mode). It posts its state vector, its pending edits and its awareness;
 /// the answer, once its edits are durable, holds what it lacks, the document's state vector
@@ -131,41 +220,12 @@ async fn sync(
     access: Access,
     body: &[u8],
 ) -> Result<Response, ApiError> {
-    let config = &app.config;
-    let request: SyncRequest = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request("bad_body", format!("not a sync request: {e}")))?;
-    if request.client_id >= tandem_crdt::SERVER_CLIENT_BASE {
-        return Err(ApiError::bad_request(
-            "bad_client_id",
-            "client_id must be a Yjs client id, below 2^53 - 2^32",
-        ));
-    }
-    let field = |code: &'static str, value: Option<&str>| {
-        value
-            .map(|value| {
-                BASE64URL
-                    .decode(value.as_bytes())
-                    .map(Bytes::from)
-                    .map_err(|e| ApiError::bad_request(code, format!("not base64url: {e}")))
-            })
-            .transpose()
-    };
-    let state_vector = field("bad_state_vector", Some(&request.state_vector))?.unwrap_or_default();
-    let update = field("bad_update", request.update.as_deref())?;
-    let awareness = field("bad_awareness", request.awareness.as_deref())?;
-    if update
-        .as_ref()
-        .is_some_and(|u| u.len() > config.max_frame_bytes)
-    {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!(
-                "the update is over {} bytes; send it in parts",
-                config.max_frame_bytes
-            ),
-        ));
-    }
+    let SyncBody {
+        client_id,
+        state_vector,
+        update,
+        awareness,
+    } = SyncBody::parse(body, &app.config)?;
     let writes = update.as_ref().is_some_and(|u| u.as_ref() != [0, 0]);
     if writes && access != Access::ReadWrite {
         return Err(ApiError::refusal(
@@ -173,33 +233,6 @@ async fn sync(
             "http_doc_sync",
             Some(&name),
         ));
-    }
-    if let Some(awareness) = &awareness {
-        // A cursor and a name are small; a connection's frame limit is no bound for a state
-        // that every poll of the room carries.
-        if awareness.len() > config.max_dashboard_frame_bytes {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!(
-                    "the awareness state is over {} bytes",
-                    config.max_dashboard_frame_bytes
-                ),
-            ));
-        }
-        let decoded = AwarenessUpdate::decode(awareness).map_err(|e| {
-            ApiError::bad_request("bad_awareness", format!("malformed awareness update: {e}"))
-        })?;
-        if decoded
-            .entries
-            .iter()
-            .any(|e| e.client_id != request.client_id)
-        {
-            return Err(ApiError::bad_request(
-                "bad_awareness",
-                "a poller's awareness may only hold its own client_id",
-            ));
-        }
     }
     // A poller holds its document like a connection does (without authentication, nobody in
     // particular is capped).
@@ -217,7 +250,7 @@ async fn sync(
             &name,
             PollRequest {
                 user: Arc::from(principal.user.as_str()),
-                client: request.client_id,
+                client: client_id,
                 state_vector: state_vector.to_vec(),
                 update,
                 awareness,
@@ -234,12 +267,12 @@ async fn sync(
         None if writes => durable(app, app.durability.barrier(), &name).await?,
         None => {}
     }
-    tracing::debug!(doc = %name, user = %principal.user, client = request.client_id, "polled");
+    tracing::debug!(doc = %name, user = %principal.user, client = client_id, "polled");
     Ok(Json(serde_json::json!({
         "update": BASE64URL.encode(&polled.update),
         "state_vector": BASE64URL.encode(&polled.state_vector),
         "awareness": polled.awareness.map(|a| BASE64URL.encode(a)),
-        "poll_ttl_ms": config.doc_poll_ttl_ms,
+        "poll_ttl_ms": app.config.doc_poll_ttl_ms,
         "access": if access == Access::ReadWrite { "read-write" } else { "read" },
     }))
     .into_response())
