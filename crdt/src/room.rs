@@ -579,18 +579,25 @@ impl Room {
         // document may be half-changed, so the room is marked poisoned and the caller reloads it
         // from storage, which holds only updates that applied cleanly.
         let doc = &self.doc;
-        let result = catch_unwind(AssertUnwindSafe(|| -> Result<bool, RoomError> {
+        // yrs can also refuse an update halfway through, with part of it integrated: the room
+        // then holds what will never be stored, so it is poisoned too, and the sender told why.
+        let result = catch_unwind(AssertUnwindSafe(|| -> (bool, Result<(), String>) {
             let mut txn = doc.transact_mut();
             let pending_before = pending_fingerprint(&txn);
-            txn.apply_update(decoded)
-                .map_err(|e| RoomError::Rejected(e.to_string()))?;
+            let applied = txn.apply_update(decoded).map_err(|e| e.to_string());
             let changed = txn.before_state() != txn.after_state()
                 || !txn.delete_set().is_empty()
                 || pending_fingerprint(&txn) != pending_before;
-            Ok(changed)
+            (changed, applied)
         }));
         let changed = match result {
-            Ok(changed) => changed?,
+            Ok((changed, Ok(()))) => changed,
+            Ok((false, Err(why))) => return Err(RoomError::Rejected(why)),
+            Ok((true, Err(why))) => {
+                self.poisoned = true;
+                tracing::error!(reason = %why, "yrs refused an update it had partly applied; room poisoned");
+                return Err(RoomError::Rejected(why));
+            }
             Err(_) => {
                 self.poisoned = true;
                 tracing::error!("yrs panicked while applying an update; room poisoned");
@@ -1327,6 +1334,33 @@ mod tests {
         }
         assert!(!room.is_poisoned());
         assert_eq!(text_of(&room), "kept");
+    }
+
+    /// Found by the `room` fuzz target: nine characters of client 8 in root `t`, then an item
+    /// whose parent is one of those characters (not a type). yrs integrates the nine, then
+    /// refuses the update.
+    const HALF_APPLIED: [u8; 56] = [
+        0x01, 0x0a, 0x08, 0x00, 0x04, 0x01, 0x01, 0x74, 0x01, 0x5c, 0x84, 0x08, 0x00, 0x01, 0x64,
+        0x84, 0x08, 0x01, 0x01, 0x6f, 0x84, 0x08, 0x02, 0x01, 0x63, 0x84, 0x08, 0x03, 0x01, 0x75,
+        0x84, 0x08, 0x04, 0x01, 0x6d, 0x84, 0x08, 0x05, 0x01, 0x65, 0x84, 0x08, 0x06, 0x01, 0x6e,
+        0x84, 0x08, 0x07, 0x01, 0x08, 0x01, 0x63, 0x08, 0x01, 0x63, 0x00,
+    ];
+
+    #[test]
+    fn an_update_yrs_refuses_halfway_through_poisons_the_room() {
+        let mut room = Room::new(RoomLimits::default());
+        room.apply_update(text_update(1, "kept").into()).unwrap();
+        assert!(matches!(
+            room.apply_update(Bytes::from_static(&HALF_APPLIED)),
+            Err(RoomError::Rejected(_))
+        ));
+        // What it integrated is in the room but will never be stored: the room must reload.
+        assert!(room.is_poisoned());
+        // One yrs refuses outright changes nothing and poisons nothing.
+        let mut room = Room::new(RoomLimits::default());
+        let refused = room.apply_update(Bytes::from_static(&[1, 1, 5, 0, 0x0f, 0, 0]));
+        assert!(refused.is_err(), "{refused:?}");
+        assert!(!room.is_poisoned());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use tandem_crdt::{Access, Departure, Outbox, PeerId, PollInput, Polled, RoomError};
+use tandem_crdt::{Access, Departure, Outbox, PeerId, PollInput, Polled};
 
 use super::delivery::Overflow;
 use super::rooms::{Poller, RoomOpError, RoomState, Rooms};
@@ -110,7 +110,8 @@ impl Rooms {
             self.report_gone(name, &user, clients);
         }
         overflow.deliver(self.config.lag_timeout()).await;
-        if let Err(RoomOpError::Room(RoomError::Poisoned)) = &result {
+        if let Err(RoomOpError::Room(_)) = &result {
+            // Only a poisoned room goes.
             self.discard_by_name(name);
         }
         result

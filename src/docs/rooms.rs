@@ -270,7 +270,8 @@ impl Rooms {
         if let Some((handle, activity)) = idle {
             self.schedule_unload(handle, activity);
         }
-        if let Err(RoomOpError::Room(RoomError::Poisoned)) = &result {
+        if let Err(RoomOpError::Room(_)) = &result {
+            // Only a poisoned room goes.
             self.discard_by_name(name);
         }
         result
@@ -399,11 +400,15 @@ impl Rooms {
         delivered?;
         match result {
             Ok(()) => Ok(()),
-            Err(RoomError::Poisoned) => {
-                self.discard(handle);
-                Err(RoomError::Poisoned.into())
+            Err(err) => {
+                // A yrs failure (a panic, or an update refused halfway through) leaves the room
+                // holding what was never stored: it reloads.
+                if handle.lock().room.is_poisoned() {
+                    // The sender is closed with the reason of its refusal, by the caller.
+                    self.discard_but(handle, Some(peer));
+                }
+                Err(err.into())
             }
-            Err(err) => Err(err.into()),
         }
     }
 
@@ -599,13 +604,21 @@ impl Rooms {
     /// Drops a poisoned room: closes its peers (they reconnect and resync against a fresh load
     /// from storage) and removes it from the registry.
     pub(super) fn discard(&self, handle: &Arc<RoomHandle>) {
+        self.discard_but(handle, None);
+    }
+
+    /// [`Rooms::discard`], leaving the closing of `sender` (whose input poisoned the room) to
+    /// its caller.
+    fn discard_but(&self, handle: &Arc<RoomHandle>, sender: Option<PeerId>) {
         let mut state = handle.lock();
         if !state.closed {
             crate::metrics::get().rooms_loaded.decrement(1.0);
         }
         state.closed = true;
-        for link in state.peers.values() {
-            link.closer.close(CloseReason::Reloading);
+        for (peer, link) in &state.peers {
+            if Some(*peer) != sender {
+                link.closer.close(CloseReason::Reloading);
+            }
         }
         // The other servers forget this server's peers of the room; whoever observes awareness
         // hears that every client went.

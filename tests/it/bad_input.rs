@@ -426,3 +426,56 @@ async fn deleting_types_nested_twenty_thousand_deep_does_not_kill_the_server() {
     assert_eq!(health.status(), 200);
     server.kill();
 }
+
+#[tokio::test]
+async fn an_update_yrs_refuses_halfway_leaves_nothing_behind() {
+    // Found by the `room` fuzz target: nine characters, then an item whose parent is one of
+    // them. yrs integrates the nine and refuses the update: the room held text that was never
+    // stored (and sent it to whoever synced next).
+    const HALF_APPLIED: [u8; 56] = [
+        0x01, 0x0a, 0x08, 0x00, 0x04, 0x01, 0x01, 0x74, 0x01, 0x5c, 0x84, 0x08, 0x00, 0x01, 0x64,
+        0x84, 0x08, 0x01, 0x01, 0x6f, 0x84, 0x08, 0x02, 0x01, 0x63, 0x84, 0x08, 0x03, 0x01, 0x75,
+        0x84, 0x08, 0x04, 0x01, 0x6d, 0x84, 0x08, 0x05, 0x01, 0x65, 0x84, 0x08, 0x06, 0x01, 0x6e,
+        0x84, 0x08, 0x07, 0x01, 0x08, 0x01, 0x63, 0x08, 0x01, 0x63, 0x00,
+    ];
+    let app = spawn_app().await;
+    let writer = app.join("half").await;
+    writer.push_text("t", "stored");
+    let reader = app.join("half").await;
+    reader
+        .wait_for("the text", TIMEOUT, |c| c.text("t") == "stored")
+        .await
+        .unwrap();
+    // Over HTTP: refused with the reason.
+    let answer = reqwest::Client::new()
+        .post(app.http_url("/api/v1/docs/half/update"))
+        .body(HALF_APPLIED.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 400);
+    // The room reloads from storage: its connections are told to reconnect (1013), and what
+    // anyone syncs afterwards is what was stored.
+    let close = reader.closed(TIMEOUT).await.unwrap();
+    assert_eq!(close.code, Some(1013), "{close:?}");
+    let fresh = app.join("half").await;
+    fresh
+        .wait_for("the stored text", TIMEOUT, |c| c.text("t") == "stored")
+        .await
+        .unwrap();
+    assert_eq!(fresh.text("t"), "stored");
+    // From a connection: closed with 1003, the room reloads the same way.
+    let offender = app.join("half").await;
+    offender
+        .send_raw(tandem_sync::message::encode_update(&HALF_APPLIED).to_vec())
+        .unwrap();
+    let close = offender.closed(TIMEOUT).await.unwrap();
+    assert_eq!(close.code, Some(1003), "{close:?}");
+    let after = app.join("half").await;
+    after
+        .wait_for("the stored text", TIMEOUT, |c| c.text("t") == "stored")
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(after.text("t"), "stored");
+}
