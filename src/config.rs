@@ -262,6 +262,13 @@ pub struct Config {
     #[arg(long, env = "TANDEM_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
 
+    /// Mebibytes kept free on the data directory's disk (sled): below it writes are refused
+    /// with 503 `storage_unavailable` and `/readyz` fails, and they resume by themselves once
+    /// space is freed. sled cannot recover from running out of space without a restart, so
+    /// the reserve keeps it from ever getting there. 0: no reserve.
+    #[arg(long, env = "TANDEM_MIN_FREE_DISK_MIB", default_value_t = Config::DEFAULT_MIN_FREE_DISK_MIB)]
+    pub min_free_disk_mib: u64,
+
     /// How many documents may be compacted at once.
     #[arg(long, env = "TANDEM_COMPACTION_CONCURRENCY", default_value_t = Config::DEFAULT_COMPACTION_CONCURRENCY)]
     pub compaction_concurrency: usize,
@@ -334,6 +341,7 @@ impl Config {
     pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
     pub const DEFAULT_MAX_DOC_BYTES: usize = 64 * 1024 * 1024;
     pub const DEFAULT_MAX_DOC_TYPES: u64 = 100_000;
+    pub const DEFAULT_MIN_FREE_DISK_MIB: u64 = 64;
     pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
     pub const DEFAULT_MAX_AWARENESS_PER_CONNECTION: usize = 64;
     pub const DEFAULT_WS_READ_BUFFER_BYTES: usize = 2048;
@@ -579,6 +587,7 @@ impl Default for Config {
             max_frame_bytes: Config::DEFAULT_MAX_FRAME_BYTES,
             max_doc_bytes: Config::DEFAULT_MAX_DOC_BYTES,
             max_doc_types: Config::DEFAULT_MAX_DOC_TYPES,
+            min_free_disk_mib: Config::DEFAULT_MIN_FREE_DISK_MIB,
             outbound_queue: Config::DEFAULT_OUTBOUND_QUEUE,
             max_awareness_per_connection: Config::DEFAULT_MAX_AWARENESS_PER_CONNECTION,
             ws_read_buffer_bytes: Config::DEFAULT_WS_READ_BUFFER_BYTES,

@@ -144,15 +144,26 @@ impl Durability {
             .record(crate::metrics::secs(started.elapsed()));
         match &result {
             Ok(()) => {
+                let mut failed = 0;
                 self.flushed.send_modify(|f| {
                     f.durable = f.durable.max(target);
-                    f.failures = 0;
+                    failed = std::mem::take(&mut f.failures);
                 });
+                if failed > 0 {
+                    tracing::info!(log = self.what, failed, "flushing works again");
+                }
                 tracing::trace!(log = self.what, target, elapsed = ?started.elapsed(), "log flushed");
             }
             Err(err) => {
-                self.flushed.send_modify(|f| f.failures += 1);
-                tracing::error!(log = self.what, error = %err, "flushing failed; retrying");
+                let mut failures = 0;
+                self.flushed.send_modify(|f| {
+                    f.failures += 1;
+                    failures = f.failures;
+                });
+                // Said when it starts failing and then now and again, not at every retry.
+                if failures == 1 || failures % 100 == 0 {
+                    tracing::error!(log = self.what, failures, error = %err, "flushing failed; retrying");
+                }
             }
         }
         result
@@ -174,11 +185,17 @@ impl Durability {
                         _ = stop.cancelled() => break,
                         _ = this.wake.notified() => {}
                     }
-                    let next = tokio::time::Instant::now() + interval;
-                    // A failure is logged and counted; waiters keep waiting and the next round
-                    // retries, since the appended updates are still in the buffer.
+                    let mut next = tokio::time::Instant::now() + interval;
+                    // A failure is logged and counted; waiters keep waiting and a later round
+                    // retries, since the appended updates are still in the buffer: sooner at
+                    // first, then at most every second (a full disk takes a while to clear).
                     let _ = this.flush_now(store.as_ref()).await;
-                    if this.is_failing() {
+                    let failures = this.flushed.borrow().failures;
+                    if failures > 0 {
+                        let backoff = interval
+                            .saturating_mul(1 << failures.min(10))
+                            .min(Duration::from_secs(1));
+                        next = tokio::time::Instant::now() + backoff;
                         this.wake.notify_one();
                     }
                     tokio::select! {

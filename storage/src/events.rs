@@ -152,6 +152,8 @@ pub struct SledEventStore {
 
 struct SledEvents {
     db: sled::Db,
+    /// Refuses writes while the disk is nearly full: sled does not survive running out.
+    space: crate::SpaceGuard,
     events: sled::Tree,
     /// Per workspace: the last id handed out, found on first use.
     last_ids: Mutex<HashMap<String, u64>>,
@@ -160,12 +162,16 @@ struct SledEvents {
 }
 
 impl SledEventStore {
-    pub(crate) fn open(db: sled::Db) -> Result<SledEventStore, StoreError> {
+    pub(crate) fn open(
+        db: sled::Db,
+        space: crate::SpaceGuard,
+    ) -> Result<SledEventStore, StoreError> {
         let events = db.open_tree("events")?;
         let floors = db.open_tree("events_floor")?;
         Ok(SledEventStore {
             inner: Arc::new(SledEvents {
                 db,
+                space,
                 events,
                 last_ids: Mutex::new(HashMap::new()),
                 floors,
@@ -238,6 +244,7 @@ impl SledEventStore {
 #[async_trait]
 impl EventStore for SledEventStore {
     fn append(&self, workspace: &str, at_ms: u64, body: &[u8]) -> Result<EventSlot, StoreError> {
+        self.inner.space.check()?;
         let mut last_ids = self.last_ids();
         let last = match last_ids.get(workspace) {
             Some(last) => *last,
@@ -254,6 +261,7 @@ impl EventStore for SledEventStore {
 
     async fn flush(&self) -> Result<(), StoreError> {
         self.blocking(|inner| {
+            inner.space.check()?;
             inner.db.flush()?;
             Ok(())
         })
@@ -314,6 +322,7 @@ impl EventStore for SledEventStore {
     }
 
     async fn trim(&self, retention: Retention, now_ms: u64) -> Result<usize, StoreError> {
+        self.inner.space.check()?;
         self.blocking(move |inner| {
             // Workspaces are the key prefixes; walk them one by one.
             let mut removed = 0;

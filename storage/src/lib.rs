@@ -28,6 +28,7 @@ mod keys;
 mod memory;
 pub mod pg;
 mod sled_store;
+mod space;
 mod state;
 
 pub use events::{
@@ -36,6 +37,7 @@ pub use events::{
 pub use memory::MemoryStore;
 pub use pg::{Merge, PgEventStore, PgOptions, PgStateStore, PgStore};
 pub use sled_store::{SledOptions, SledStore};
+pub use space::SpaceGuard;
 pub use state::{MemoryStateStore, SledStateStore, StateStore};
 
 use async_trait::async_trait;
@@ -56,6 +58,11 @@ pub enum StoreError {
     TooLarge { doc: String, bytes: usize },
     #[error("{0}")]
     Config(String),
+    #[error(
+        "the data directory's disk has {free} bytes free, less than the {reserve} kept in \
+         reserve: writes wait until space is freed"
+    )]
+    DiskFull { free: u64, reserve: u64 },
     #[error(
         "the database's schema is at version {found}, newer than version {known} that this \
          build of tandem knows: run a newer tandem (a downgrade would not understand the data)"

@@ -36,6 +36,7 @@ use async_trait::async_trait;
 
 use crate::journal::{self, JournalFile};
 use crate::keys::{self, corrupt, prefix as name_prefix, prefix_end};
+use crate::space::SpaceGuard;
 use crate::{Compaction, DocStore, Seq, Snapshot, StoreError, StoredDoc};
 
 /// Largest piece of a snapshot stored under one key: 16 of them stay well below sled's blob
@@ -62,12 +63,15 @@ pub struct SledOptions {
     /// Journaled bytes that make a flush move them into sled (a checkpoint). Bounds the memory
     /// the journal holds and the time a replay takes after a crash.
     pub checkpoint_bytes: usize,
+    /// Bytes kept free on the disk: writes are refused below it ([`SpaceGuard`]); 0: none.
+    pub reserve_bytes: u64,
 }
 
 impl Default for SledOptions {
     fn default() -> Self {
         SledOptions {
             checkpoint_bytes: 4 << 20,
+            reserve_bytes: 64 << 20,
         }
     }
 }
@@ -76,6 +80,8 @@ struct Inner {
     /// The database directory.
     dir: std::path::PathBuf,
     db: sled::Db,
+    /// Refuses writes while the disk is nearly full.
+    space: SpaceGuard,
     /// Records appended since the last flush, and the sequence numbers they take.
     pending: Mutex<Pending>,
     meta: sled::Tree,
@@ -172,6 +178,7 @@ impl SledStore {
         let inner = Inner {
             dir: dir.to_path_buf(),
             db,
+            space: SpaceGuard::new(dir.to_path_buf(), options.reserve_bytes),
             pending: Mutex::new(Pending {
                 records: Vec::new(),
                 next_seq,
@@ -188,7 +195,17 @@ impl SledStore {
             compaction: std::array::from_fn(|_| Mutex::new(())),
         };
         let replayed = journal::records(inner.lock_journal().file.unapplied()).count();
-        inner.checkpoint()?;
+        match inner.checkpoint() {
+            // On a nearly full disk the journal stays as it is: reads see its records, and the
+            // next checkpoint moves them once space returns.
+            Err(StoreError::DiskFull { free, .. }) => {
+                tracing::warn!(
+                    free,
+                    "the disk is nearly full: the journal is replayed later"
+                );
+            }
+            other => other?,
+        }
         if replayed > 0 {
             tracing::info!(records = replayed, "replayed the journal into the log");
         }
@@ -202,7 +219,7 @@ impl SledStore {
     /// # Errors
     /// Its trees cannot be opened.
     pub fn events(&self) -> Result<crate::SledEventStore, StoreError> {
-        crate::SledEventStore::open(self.inner.db.clone())
+        crate::SledEventStore::open(self.inner.db.clone(), self.inner.space.clone())
     }
 
     /// The dashboard's per-user records, in the same database.
@@ -210,7 +227,7 @@ impl SledStore {
     /// # Errors
     /// Its tree cannot be opened.
     pub fn state(&self) -> Result<crate::SledStateStore, StoreError> {
-        crate::SledStateStore::open(self.inner.db.clone())
+        crate::SledStateStore::open(self.inner.db.clone(), self.inner.space.clone())
     }
 
     async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -277,6 +294,7 @@ impl Inner {
 
     /// Makes every appended record durable and moves the journal into sled's log.
     fn checkpoint(&self) -> Result<(), StoreError> {
+        self.space.check()?;
         let mut journal = self.lock_journal();
         self.write_pending(&mut journal)?;
         // An earlier truncation whose sync failed is made durable first: until it is, a crash
@@ -410,6 +428,7 @@ impl DocStore for SledStore {
         let mut pending = self.inner.lock_pending();
         // Taken under the lock, so the journal holds records in sequence order.
         if pending.next_seq >= pending.ceiling {
+            self.inner.space.check()?;
             // Once per `SEQ_RESERVE` appends: persist the next range before using it.
             let ceiling = pending.next_seq + SEQ_RESERVE;
             self.inner
@@ -427,6 +446,9 @@ impl DocStore for SledStore {
     async fn flush(&self) -> Result<(), StoreError> {
         self.blocking(|inner| {
             let mut journal = inner.lock_journal();
+            if !inner.lock_pending().records.is_empty() {
+                inner.space.check()?;
+            }
             inner.write_pending(&mut journal)?;
             if journal.file.unapplied_bytes() >= inner.options.checkpoint_bytes {
                 drop(journal);
@@ -479,6 +501,7 @@ impl DocStore for SledStore {
             // No checkpoint: covered updates still in the journal are skipped when it is moved
             // into the log (and by loads); one that slips in anyway, read as uncovered just
             // before this commits, is only garbage, skipped by loads and removed next time.
+            inner.space.check()?;
             let _guard = inner.lock_compaction(&doc);
             if inner
                 .read_header(&doc)?
@@ -569,6 +592,7 @@ impl DocStore for SledStore {
     }
 
     async fn probe(&self) -> Result<(), StoreError> {
+        self.inner.space.check()?;
         let path = self
             .inner
             .dir
@@ -650,6 +674,7 @@ pub(crate) mod tests {
             dir.path(),
             SledOptions {
                 checkpoint_bytes: 200,
+                ..SledOptions::default()
             },
         )
         .unwrap();

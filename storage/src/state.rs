@@ -48,6 +48,8 @@ pub trait StateStore: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct SledStateStore {
     db: sled::Db,
+    /// Refuses writes while the disk is nearly full: sled does not survive running out.
+    space: crate::SpaceGuard,
     tree: sled::Tree,
     /// The same keys → the version each was written at (8 bytes, big-endian).
     versions: sled::Tree,
@@ -56,11 +58,15 @@ pub struct SledStateStore {
 }
 
 impl SledStateStore {
-    pub(crate) fn open(db: sled::Db) -> Result<SledStateStore, StoreError> {
+    pub(crate) fn open(
+        db: sled::Db,
+        space: crate::SpaceGuard,
+    ) -> Result<SledStateStore, StoreError> {
         let tree = db.open_tree("dashboard_state")?;
         let versions = db.open_tree("dashboard_state_versions")?;
         Ok(SledStateStore {
             db,
+            space,
             tree,
             versions,
             writing: Arc::new(Mutex::new(())),
@@ -83,6 +89,7 @@ impl StateStore for SledStateStore {
         version: u64,
         value: Option<&[u8]>,
     ) -> Result<(), StoreError> {
+        self.space.check()?;
         let full = scoped(scope, key);
         let _one = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let stored = self
@@ -125,6 +132,7 @@ impl StateStore for SledStateStore {
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
+        self.space.check()?;
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.flush().map(drop).map_err(StoreError::from))
             .await

@@ -158,6 +158,45 @@ async fn readyz_turns_503_when_the_data_dir_is_not_writable() {
 }
 
 #[tokio::test]
+async fn below_the_disk_reserve_writes_are_refused_and_readyz_says_why() {
+    // A reserve larger than any disk: as if it were full (benches/soak fills a real one and
+    // frees it again).
+    let app = support::spawn_on_sled(|c| {
+        c.min_free_disk_mib = 1 << 40;
+        c.storage_timeout_ms = 1000;
+    })
+    .await;
+    let response = reqwest::get(app.http_url("/readyz")).await.unwrap();
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["failing"][0]["part"], "storage", "{body}");
+    assert!(
+        body["failing"][0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("kept in reserve"),
+        "{body}"
+    );
+    let http = reqwest::Client::new();
+    let write = http
+        .post(app.http_url("/api/v1/docs/full/update"))
+        .body(support::text_update(5, "refused"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(write.status(), 503);
+    let body: Value = write.json().await.unwrap();
+    assert_eq!(body["error"], "storage_unavailable", "{body}");
+    // Reading still works.
+    let read = http
+        .get(app.http_url("/api/v1/docs/full"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+}
+
+#[tokio::test]
 async fn client_errors_are_accepted_bounded_and_rate_limited() {
     let app = secured().await;
     let post = |bearer: Option<String>, body: Value| {
