@@ -30,6 +30,7 @@ pub mod measure;
 pub mod poll;
 pub mod probe;
 pub mod replay;
+pub mod soak;
 pub mod trace;
 
 use probe::Framing;
@@ -47,6 +48,9 @@ pub enum Scenario {
     Events(events::EventsArgs),
     /// Clients syncing documents over HTTP polling, each editing every round.
     Poll(poll::PollArgs),
+    /// Mixed load on a server it runs and SIGKILLs at random moments, checking after every
+    /// restart that nothing acknowledged was lost (`--kills 0`: a steady soak with RSS samples).
+    Soak(soak::SoakArgs),
 }
 
 /// The wire protocol of the server under test.
@@ -116,6 +120,24 @@ pub async fn run(scenario: Scenario) -> Result<(), String> {
                 (0, 0) => Ok(()),
                 (diverged, errors) => Err(format!(
                     "{diverged} clients DIVERGED, {errors} rounds failed"
+                )),
+            }
+        }
+        Scenario::Soak(args) => {
+            let json = args.json;
+            let report = soak::run(args).await?;
+            emit(json, &report, soak::print)?;
+            let failed = report.lost
+                + report.duplicate_events
+                + report.event_id_gaps
+                + report.clients_diverged
+                + report.presence_unsettled;
+            match failed {
+                0 => Ok(()),
+                _ => Err(format!(
+                    "LOST {} acknowledged updates or events, {} problems in all",
+                    report.lost,
+                    report.problems.len()
                 )),
             }
         }

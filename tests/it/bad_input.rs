@@ -332,7 +332,6 @@ fn nested_maps(depth: usize) -> (Vec<u8>, Vec<u8>) {
     std::thread::Builder::new()
         .stack_size(1 << 30)
         .spawn(move || {
-            use yrs::updates::encoder::Encode;
             use yrs::{Map, MapPrelim, MapRef, ReadTxn};
             let doc = Doc::with_client_id(77);
             let root = doc.get_or_insert_map("m");
@@ -346,7 +345,6 @@ fn nested_maps(depth: usize) -> (Vec<u8>, Vec<u8>) {
             let before = doc.transact().state_vector();
             root.remove(&mut doc.transact_mut(), "k");
             let delete = doc.transact().encode_diff_v1(&before);
-            let _ = before.encode_v1();
             (create, delete)
         })
         .expect("a builder thread")
