@@ -4,6 +4,8 @@
 //! - `trace/one_update_per_edit`: every edit as its own sync-update frame through
 //!   `Room::receive`, the path a WebSocket frame takes (decode, apply, persist list, forward).
 //! - `trace/one_merged_update`: the finished document as one update into an empty room.
+//! - `trace/inspect_*`: the check every update passes before yrs decodes it
+//!   (`tandem_sync::inspect_v1`), alone: its share of the two above.
 //! - `codec/*`: encode/decode of sync messages.
 //! - `cold_load/*`: the finished document read from sled and loaded into a room.
 //!
@@ -78,6 +80,23 @@ fn trace(c: &mut Criterion) {
             },
             BatchSize::PerIteration,
         )
+    });
+    // The updates the frames carry.
+    let updates: Vec<Bytes> = trace
+        .updates(1, "t")
+        .expect("replay")
+        .into_iter()
+        .map(Bytes::from)
+        .collect();
+    group.bench_function("inspect_every_update", |b| {
+        b.iter(|| {
+            for update in &updates {
+                tandem_sync::inspect_v1(std::hint::black_box(update)).expect("passes");
+            }
+        })
+    });
+    group.bench_function("inspect_merged_update", |b| {
+        b.iter(|| tandem_sync::inspect_v1(std::hint::black_box(&merged)).expect("passes"))
     });
     group.finish();
 }
