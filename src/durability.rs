@@ -23,6 +23,9 @@ struct Flushed {
     durable: u64,
     /// Consecutive failed flushes; non-zero while the disk refuses writes.
     failures: u32,
+    /// Whether the last flush was refused for a disk that is nearly full: that lasts until
+    /// space is freed, so waiters are answered at once rather than at their timeout.
+    refusing: bool,
 }
 
 /// A position in the sequence of appends; durable once the flusher has passed it.
@@ -36,6 +39,8 @@ pub enum DurabilityError {
     Timeout(Duration),
     #[error("the flusher has stopped")]
     Stopped,
+    #[error("the log is not being flushed: {0}")]
+    Refused(String),
 }
 
 /// Something whose appends a group commit makes durable: the document log or the event log.
@@ -108,16 +113,22 @@ impl Durability {
     /// Waits until `ticket` is durable.
     ///
     /// # Errors
-    /// The flusher did not get there within `timeout` (the disk is failing), or it stopped.
+    /// The flusher did not get there within `timeout` (the disk is failing), or it stopped,
+    /// or the store refuses writes until space is freed (at once).
     pub async fn wait(&self, ticket: Ticket, timeout: Duration) -> Result<(), DurabilityError> {
         let mut rx = self.flushed.subscribe();
         let reached = tokio::time::timeout(timeout, async {
-            rx.wait_for(|f| f.durable >= ticket.0).await.is_ok()
+            rx.wait_for(|f| f.durable >= ticket.0 || f.refusing)
+                .await
+                .map(|f| *f)
         })
         .await;
         match reached {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(DurabilityError::Stopped),
+            Ok(Ok(f)) if f.durable >= ticket.0 => Ok(()),
+            Ok(Ok(_)) => Err(DurabilityError::Refused(
+                "the data directory's disk is nearly full".into(),
+            )),
+            Ok(Err(_)) => Err(DurabilityError::Stopped),
             Err(_) => Err(DurabilityError::Timeout(timeout)),
         }
     }
@@ -148,6 +159,7 @@ impl Durability {
                 self.flushed.send_modify(|f| {
                     f.durable = f.durable.max(target);
                     failed = std::mem::take(&mut f.failures);
+                    f.refusing = false;
                 });
                 if failed > 0 {
                     tracing::info!(log = self.what, failed, "flushing works again");
@@ -156,8 +168,10 @@ impl Durability {
             }
             Err(err) => {
                 let mut failures = 0;
+                let refusing = matches!(err, StoreError::DiskFull { .. });
                 self.flushed.send_modify(|f| {
                     f.failures += 1;
+                    f.refusing = refusing;
                     failures = f.failures;
                 });
                 // Said when it starts failing and then now and again, not at every retry.
@@ -234,6 +248,53 @@ mod tests {
         let third = durability.appended();
         durability
             .wait(third, Duration::from_secs(1))
+            .await
+            .unwrap();
+        stop.cancel();
+        flusher.await.unwrap();
+    }
+
+    /// A store whose disk is nearly full until `free` is set.
+    struct Full {
+        free: std::sync::atomic::AtomicBool,
+    }
+
+    impl Flush for Full {
+        fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+            let free = self.free.load(Ordering::Acquire);
+            Box::pin(async move {
+                match free {
+                    true => Ok(()),
+                    false => Err(StoreError::DiskFull {
+                        free: 1,
+                        reserve: 2,
+                    }),
+                }
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_a_full_disk_waiters_are_answered_at_once_and_writes_resume_when_it_frees() {
+        let durability = Durability::new();
+        let store = Arc::new(Full {
+            free: std::sync::atomic::AtomicBool::new(false),
+        });
+        let stop = CancellationToken::new();
+        let flusher =
+            durability.spawn_flusher(Arc::clone(&store), Duration::from_millis(5), stop.clone());
+        let ticket = durability.appended();
+        let started = tokio::time::Instant::now();
+        assert!(matches!(
+            durability.wait(ticket, Duration::from_secs(10)).await,
+            Err(DurabilityError::Refused(_))
+        ));
+        assert!(started.elapsed() < Duration::from_secs(1));
+        store.free.store(true, Ordering::Release);
+        // The flusher retries by itself (backing off to a second at most) and gets there.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        durability
+            .wait(ticket, Duration::from_secs(5))
             .await
             .unwrap();
         stop.cancel();

@@ -205,6 +205,10 @@ impl Cluster {
                     done = self.durability.wait(next, self.settings.timeout) => match done {
                         Ok(()) => {}
                         Err(DurabilityError::Timeout(_)) if !stop.is_cancelled() => {}
+                        // A store that refuses writes for now: try again shortly.
+                        Err(DurabilityError::Refused(_)) if !stop.is_cancelled() => {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
                         Err(_) => return,
                     },
                     item = queued.recv() => match item {

@@ -161,11 +161,7 @@ async fn readyz_turns_503_when_the_data_dir_is_not_writable() {
 async fn below_the_disk_reserve_writes_are_refused_and_readyz_says_why() {
     // A reserve larger than any disk: as if it were full (benches/soak fills a real one and
     // frees it again).
-    let app = support::spawn_on_sled(|c| {
-        c.min_free_disk_mib = 1 << 40;
-        c.storage_timeout_ms = 1000;
-    })
-    .await;
+    let app = support::spawn_on_sled(|c| c.min_free_disk_mib = 1 << 40).await;
     let response = reqwest::get(app.http_url("/readyz")).await.unwrap();
     assert_eq!(response.status(), 503);
     let body: Value = response.json().await.unwrap();
