@@ -32,7 +32,13 @@ for target in "${targets[@]}"; do
       2>"target/fuzz-$target.log"; then
     grep -E "^Done|stat::number_of_executed_units|stat::peak_rss_mb" "target/fuzz-$target.log" || true
   else
-    grep -E "panicked|ERROR|SUMMARY" -A4 "target/fuzz-$target.log" | head -20 || true
+    grep -E "panic escaped|ERROR|SUMMARY" -A4 "target/fuzz-$target.log" | head -30 || true
+    # The input itself, so a failure seen only in a CI log can be replayed here:
+    #   echo BASE64 | base64 -d > crash && cargo fuzz run -O TARGET crash
+    artifact=$(ls -t "artifacts/$target"/* 2>/dev/null | head -1 || true)
+    if [ -n "$artifact" ] && [ "$(stat -c %s "$artifact")" -le 16384 ]; then
+      echo "its input, base64: $(base64 -w0 "$artifact")"
+    fi
     echo "$target FAILED: its input is in fuzz/artifacts/$target/, its log in fuzz/target/fuzz-$target.log" >&2
     failed+=("$target")
   fi

@@ -3,6 +3,7 @@
 //! Bytes in, bytes out: the caller hands over a frame and delivers the [`Outbox`] it gets back
 //! (persist first, then reply and broadcast). No sockets, no storage, no tasks.
 
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
@@ -81,7 +82,7 @@ pub struct Room {
     /// still count until the next snapshot): at least as many as the document holds.
     types: u64,
     /// Set when yrs panicked inside a transaction: its state can no longer be trusted.
-    poisoned: bool,
+    poisoned: Cell<bool>,
     /// Whether awareness changes are reported in [`Outbox::awareness`].
     observed: bool,
 }
@@ -100,7 +101,7 @@ impl Room {
             limits,
             size_bytes: 0,
             types: 0,
-            poisoned: false,
+            poisoned: Cell::new(false),
             observed: false,
         }
     }
@@ -223,7 +224,7 @@ impl Room {
     /// # Errors
     /// The room is poisoned, or the document would grow past its limit.
     pub fn set_map(&mut self, map: &str, entries: Vec<(String, Any)>) -> Result<Outbox, RoomError> {
-        if self.poisoned {
+        if self.poisoned.get() {
             return Err(RoomError::Poisoned);
         }
         let doc = &self.doc;
@@ -244,7 +245,7 @@ impl Room {
         let update = match result {
             Ok(update) => update,
             Err(_) => {
-                self.poisoned = true;
+                self.poisoned.set(true);
                 return Err(RoomError::Poisoned);
             }
         };
@@ -447,7 +448,7 @@ impl Room {
         let mut states = self.awareness.full_update().unwrap_or_default();
         states.entries.extend(self.awareness.removal(client));
         Ok(Polled {
-            update: self.doc.transact().encode_state_as_update_v1(&sv),
+            update: self.encode_since(&sv)?,
             state_vector: self.state_vector(),
             awareness: (!states.entries.is_empty()).then(|| states.encode()),
         })
@@ -484,17 +485,17 @@ impl Room {
 
     /// The whole document as one v1 update: what a snapshot stores. The room's size restarts
     /// from it, since a snapshot replaces the log it covers.
-    pub fn snapshot(&mut self) -> Vec<u8> {
-        let state = self
-            .doc
-            .transact()
-            .encode_state_as_update_v1(&StateVector::default());
+    ///
+    /// # Errors
+    /// The room is poisoned (yrs could not write it).
+    pub fn snapshot(&mut self) -> Result<Vec<u8>, RoomError> {
+        let state = self.encode_since(&StateVector::default())?;
         self.size_bytes = state.len();
         // Types deleted since the last snapshot are gone from it.
         if let Ok(shape) = inspect_v1(&state) {
             self.types = shape.types;
         }
-        state
+        Ok(state)
     }
 
     /// What a peer with state vector `sv` lacks, as a v1 update.
@@ -503,7 +504,24 @@ impl Room {
     /// `sv` is not a valid encoded state vector.
     pub fn diff(&self, sv: &[u8]) -> Result<Vec<u8>, RoomError> {
         let sv = decode_state_vector(sv)?;
-        Ok(self.doc.transact().encode_state_as_update_v1(&sv))
+        self.encode_since(&sv)
+    }
+
+    /// What a peer at `sv` lacks. yrs has panicked writing content it had accepted (legacy
+    /// JSON content did, before the update check refused it): the panic is contained and the
+    /// room poisoned, so it reloads from what was stored rather than fail every sync.
+    fn encode_since(&self, sv: &StateVector) -> Result<Vec<u8>, RoomError> {
+        if self.poisoned.get() {
+            return Err(RoomError::Poisoned);
+        }
+        catch_unwind(AssertUnwindSafe(|| {
+            self.doc.transact().encode_state_as_update_v1(sv)
+        }))
+        .map_err(|_| {
+            self.poisoned.set(true);
+            tracing::error!("yrs panicked while encoding the document; room poisoned");
+            RoomError::Poisoned
+        })
     }
 
     /// The document's encoded state vector.
@@ -528,7 +546,7 @@ impl Room {
 
     /// Whether yrs failed inside this room; a poisoned room refuses all updates.
     pub fn is_poisoned(&self) -> bool {
-        self.poisoned
+        self.poisoned.get()
     }
 
     /// Refuses an awareness update that would leave `peer` with more live clients than allowed.
@@ -552,7 +570,7 @@ impl Room {
     /// Applies `update` and says whether it changed the document (or is waiting on missing
     /// dependencies, which must be kept too).
     fn apply(&mut self, update: &[u8]) -> Result<bool, RoomError> {
-        if self.poisoned {
+        if self.poisoned.get() {
             return Err(RoomError::Poisoned);
         }
         if update == EMPTY_UPDATE {
@@ -594,12 +612,12 @@ impl Room {
             Ok((changed, Ok(()))) => changed,
             Ok((false, Err(why))) => return Err(RoomError::Rejected(why)),
             Ok((true, Err(why))) => {
-                self.poisoned = true;
+                self.poisoned.set(true);
                 tracing::error!(reason = %why, "yrs refused an update it had partly applied; room poisoned");
                 return Err(RoomError::Rejected(why));
             }
             Err(_) => {
-                self.poisoned = true;
+                self.poisoned.set(true);
                 tracing::error!("yrs panicked while applying an update; room poisoned");
                 return Err(RoomError::Poisoned);
             }
@@ -1372,6 +1390,22 @@ mod tests {
     }
 
     #[test]
+    fn a_document_yrs_cannot_write_poisons_the_room_instead_of_panicking() {
+        // Legacy JSON content waiting on a missing origin, as a store written before the update
+        // check refused such content may hold: yrs panics whenever it writes the document.
+        static STORED: [u8; 13] = [1, 1, 7, 0, 0x82, 8, 0, 1, 1, b'1', 1, b'2', 0];
+        let mut room = Room::load(RoomLimits::default(), None, [&STORED[..]]).unwrap();
+        assert!(matches!(room.diff(&[0]), Err(RoomError::Poisoned)));
+        assert!(room.is_poisoned());
+        assert!(matches!(room.snapshot(), Err(RoomError::Poisoned)));
+        // And the update check refuses such content at the door.
+        assert!(matches!(
+            Room::new(RoomLimits::default()).apply_update(Bytes::from_static(&STORED)),
+            Err(RoomError::BadUpdate(_))
+        ));
+    }
+
+    #[test]
     fn updates_held_back_for_a_missing_one_are_all_stored() {
         // One client types four characters, one update each; the room gets them out of order,
         // the first last, so the others wait in yrs's pending set until it arrives.
@@ -1427,7 +1461,7 @@ mod tests {
         room.apply_update(create.into()).unwrap();
         room.apply_update(delete.into()).unwrap();
         // The deleted types leave the count with the next snapshot.
-        let snapshot = room.snapshot();
+        let snapshot = room.snapshot().unwrap();
         let (again, _) = nested_maps(300);
         let mut later = Room::load(limits, Some(&snapshot), []).unwrap();
         assert!(later.apply_update(again.into()).is_ok());
@@ -1461,7 +1495,7 @@ mod tests {
     fn snapshot_and_log_reload_to_the_same_state() {
         let mut room = Room::new(RoomLimits::default());
         room.apply_update(text_update(1, "one ").into()).unwrap();
-        let snapshot = room.snapshot();
+        let snapshot = room.snapshot().unwrap();
         let tail = {
             let doc = Doc::with_client_id(2);
             let m = doc.get_or_insert_map("m");

@@ -86,81 +86,84 @@ fn content(room: &Room) -> (Vec<(String, String)>, Vec<u8>, Option<Vec<(u64, u32
 
 fuzz_target!(|data: &[u8]| {
     tandem_fuzz::contain_panics();
-    let seed = seed();
-    let mut room = Room::load(LIMITS, Some(seed), []).expect("the seed loads");
-    let writer = PeerId(1);
-    let reader = PeerId(2);
-    room.join(writer);
-    room.join(reader);
-    let mut stored: Vec<Bytes> = Vec::new();
-    for (selector, bytes) in records(data) {
-        let before = state(&room);
-        let mut outbox = Outbox::default();
-        let single = MessageReader::new(Bytes::copy_from_slice(bytes))
-            .take(2)
-            .count()
-            <= 1;
-        let (result, allocated) = measure(|| match selector % 4 {
-            0 => room.receive(
-                writer,
-                Bytes::copy_from_slice(bytes),
-                Access::ReadWrite,
-                &mut outbox,
-            ),
-            1 => room.receive(
-                reader,
-                Bytes::copy_from_slice(bytes),
-                Access::ReadOnly,
-                &mut outbox,
-            ),
-            2 => room
-                .poll(
-                    PeerId(3),
-                    PollInput {
-                        client: 77,
-                        state_vector: bytes,
-                        update: None,
-                        awareness: None,
-                    },
+    tandem_fuzz::guarded(|| {
+        let seed = seed();
+        let mut room = Room::load(LIMITS, Some(seed), []).expect("the seed loads");
+        let writer = PeerId(1);
+        let reader = PeerId(2);
+        room.join(writer);
+        room.join(reader);
+        let mut stored: Vec<Bytes> = Vec::new();
+        for (selector, bytes) in records(data) {
+            let before = state(&room);
+            let mut outbox = Outbox::default();
+            let single = MessageReader::new(Bytes::copy_from_slice(bytes))
+                .take(2)
+                .count()
+                <= 1;
+            let (result, allocated) = measure(|| match selector % 4 {
+                0 => room.receive(
+                    writer,
+                    Bytes::copy_from_slice(bytes),
                     Access::ReadWrite,
                     &mut outbox,
-                )
-                .map(|_| ()),
-            _ => room
-                .apply_update(Bytes::copy_from_slice(bytes))
-                .map(|out| outbox = out),
-        });
-        check_bound("Room", bytes.len(), allocated, 512);
-        stored.extend(outbox.persist.iter().cloned());
-        if room.is_poisoned() {
-            // yrs failed inside: the server discards the room and reloads what was stored.
-            assert!(result.is_err(), "a poisoned room reported success");
-            return;
-        }
-        match result {
-            Ok(()) => {}
-            Err(RoomError::Poisoned) => unreachable!("checked above"),
-            Err(_) if single || selector % 4 >= 2 => {
-                assert!(
-                    outbox.persist.is_empty(),
-                    "a refused input asked to be stored"
-                );
-                let after = state(&room);
-                assert!(
-                    before == after,
-                    "a refused input changed the room ({:?})",
-                    result
-                );
+                ),
+                1 => room.receive(
+                    reader,
+                    Bytes::copy_from_slice(bytes),
+                    Access::ReadOnly,
+                    &mut outbox,
+                ),
+                2 => room
+                    .poll(
+                        PeerId(3),
+                        PollInput {
+                            client: 77,
+                            state_vector: bytes,
+                            update: None,
+                            awareness: None,
+                        },
+                        Access::ReadWrite,
+                        &mut outbox,
+                    )
+                    .map(|_| ()),
+                _ => room
+                    .apply_update(Bytes::copy_from_slice(bytes))
+                    .map(|out| outbox = out),
+            });
+            check_bound("Room", bytes.len(), allocated, 512);
+            stored.extend(outbox.persist.iter().cloned());
+            if room.is_poisoned() {
+                // yrs failed inside: the server discards the room and reloads what was stored.
+                assert!(result.is_err(), "a poisoned room reported success");
+                return;
             }
-            Err(_) => {}
+            match result {
+                Ok(()) => {}
+                Err(RoomError::Poisoned) => unreachable!("checked above"),
+                Err(_) if single || selector % 4 >= 2 => {
+                    assert!(
+                        outbox.persist.is_empty(),
+                        "a refused input asked to be stored"
+                    );
+                    let after = state(&room);
+                    assert!(
+                        before == after,
+                        "a refused input changed the room ({:?})",
+                        result
+                    );
+                }
+                Err(_) => {}
+            }
         }
-    }
-    // What storage would hold, loaded again, is the room.
-    let log: Vec<&[u8]> = stored.iter().map(|u| u.as_ref()).collect();
-    let reloaded = Room::load(RoomLimits::default(), Some(seed), log).expect("stored updates load");
-    assert_eq!(
-        content(&reloaded),
-        content(&room),
-        "the room and what it stored differ"
-    );
+        // What storage would hold, loaded again, is the room.
+        let log: Vec<&[u8]> = stored.iter().map(|u| u.as_ref()).collect();
+        let reloaded =
+            Room::load(RoomLimits::default(), Some(seed), log).expect("stored updates load");
+        assert_eq!(
+            content(&reloaded),
+            content(&room),
+            "the room and what it stored differ"
+        );
+    });
 });

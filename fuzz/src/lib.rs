@@ -91,19 +91,36 @@ pub fn records(mut data: &[u8]) -> Vec<(u8, &[u8])> {
 
 /// For targets whose code contains panics by design (the room catches yrs's panics and has the
 /// server reload the document): libFuzzer's panic hook aborts on every panic, caught or not, so
-/// it is replaced by one that stays silent (unless `TANDEM_FUZZ_SHOW_PANICS` is set). A panic
-/// that escapes still aborts: `fuzz_target!` aborts on any panic that reaches it.
+/// it is replaced by one that only remembers the panic (and prints it when
+/// `TANDEM_FUZZ_SHOW_PANICS` is set). Run the target's body in [`guarded`], so a panic that
+/// escapes is printed before `fuzz_target!` aborts on it.
 pub fn contain_panics() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let show = std::env::var_os("TANDEM_FUZZ_SHOW_PANICS").is_some();
         std::panic::set_hook(Box::new(move |info| {
+            let what = format!("{info}");
             if show {
                 eprintln!(
-                    "contained? {info}\n{}",
+                    "contained? {what}\n{}",
                     std::backtrace::Backtrace::force_capture()
                 );
             }
+            if let Ok(mut last) = LAST_PANIC.lock() {
+                *last = what;
+            }
         }));
     });
+}
+
+static LAST_PANIC: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+/// Runs a target's body; a panic that escapes it is printed (with where it happened, as the
+/// hook of [`contain_panics`] saw it) and passed on.
+pub fn guarded(body: impl FnOnce()) {
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        let last = LAST_PANIC.lock().map(|l| l.clone()).unwrap_or_default();
+        eprintln!("a panic escaped the code under test: {last}");
+        std::panic::resume_unwind(panic);
+    }
 }

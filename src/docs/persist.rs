@@ -104,13 +104,13 @@ impl Rooms {
                 state.compacting = false;
                 return Ok(0);
             }
+            let Ok(snapshot) = state.room.snapshot() else {
+                // yrs could not write it: poisoned, the room reloads on its next use.
+                state.compacting = false;
+                return Ok(0);
+            };
             state.compacting = true;
-            (
-                state.room.snapshot(),
-                state.last_seq,
-                state.log_updates,
-                state.log_bytes,
-            )
+            (snapshot, state.last_seq, state.log_updates, state.log_bytes)
         };
         let size = snapshot.len();
         let result = self

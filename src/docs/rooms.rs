@@ -481,14 +481,19 @@ impl Rooms {
         name: &DocName,
         f: impl Fn(&Room) -> T,
     ) -> Result<T, RoomOpError> {
-        let (value, idle) = self
+        let (value, idle, poisoned) = self
             .with_state(name, |handle, state| {
                 let idle = state
                     .is_vacant()
                     .then(|| (Arc::clone(handle), state.activity));
-                (f(&state.room), idle)
+                let value = f(&state.room);
+                (value, idle, state.room.is_poisoned())
             })
             .await?;
+        if poisoned {
+            self.discard_by_name(name);
+            return Ok(value);
+        }
         if let Some((handle, activity)) = idle {
             self.schedule_unload(handle, activity);
         }
