@@ -269,6 +269,12 @@ pub struct Config {
     #[arg(long, env = "TANDEM_MIN_FREE_DISK_MIB", default_value_t = Config::DEFAULT_MIN_FREE_DISK_MIB)]
     pub min_free_disk_mib: u64,
 
+    /// Mebibytes of sled's page cache. Documents in use live in their rooms; the cache only
+    /// speeds up loads and compactions, and sled's own default (a gibibyte) makes the
+    /// server's memory grow with the data stored.
+    #[arg(long, env = "TANDEM_SLED_CACHE_MIB", default_value_t = Config::DEFAULT_SLED_CACHE_MIB)]
+    pub sled_cache_mib: u64,
+
     /// How many documents may be compacted at once.
     #[arg(long, env = "TANDEM_COMPACTION_CONCURRENCY", default_value_t = Config::DEFAULT_COMPACTION_CONCURRENCY)]
     pub compaction_concurrency: usize,
@@ -342,6 +348,7 @@ impl Config {
     pub const DEFAULT_MAX_DOC_BYTES: usize = 64 * 1024 * 1024;
     pub const DEFAULT_MAX_DOC_TYPES: u64 = 100_000;
     pub const DEFAULT_MIN_FREE_DISK_MIB: u64 = 64;
+    pub const DEFAULT_SLED_CACHE_MIB: u64 = 64;
     pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
     pub const DEFAULT_MAX_AWARENESS_PER_CONNECTION: usize = 64;
     pub const DEFAULT_WS_READ_BUFFER_BYTES: usize = 2048;
@@ -588,6 +595,7 @@ impl Default for Config {
             max_doc_bytes: Config::DEFAULT_MAX_DOC_BYTES,
             max_doc_types: Config::DEFAULT_MAX_DOC_TYPES,
             min_free_disk_mib: Config::DEFAULT_MIN_FREE_DISK_MIB,
+            sled_cache_mib: Config::DEFAULT_SLED_CACHE_MIB,
             outbound_queue: Config::DEFAULT_OUTBOUND_QUEUE,
             max_awareness_per_connection: Config::DEFAULT_MAX_AWARENESS_PER_CONNECTION,
             ws_read_buffer_bytes: Config::DEFAULT_WS_READ_BUFFER_BYTES,

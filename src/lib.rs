@@ -85,6 +85,7 @@ fn sled_stores(config: &Config) -> Result<Stores, ServeError> {
     let options = SledOptions {
         checkpoint_bytes: config.journal_checkpoint_bytes,
         reserve_bytes: config.min_free_disk_mib.saturating_mul(1 << 20),
+        cache_bytes: config.sled_cache_mib.saturating_mul(1 << 20),
     };
     let storage_error = |source| ServeError::Storage {
         dir: config.data_dir.clone(),

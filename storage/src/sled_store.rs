@@ -65,6 +65,8 @@ pub struct SledOptions {
     pub checkpoint_bytes: usize,
     /// Bytes kept free on the disk: writes are refused below it ([`SpaceGuard`]); 0: none.
     pub reserve_bytes: u64,
+    /// Bytes of sled's page cache (its own default is a gibibyte).
+    pub cache_bytes: u64,
 }
 
 impl Default for SledOptions {
@@ -72,6 +74,7 @@ impl Default for SledOptions {
         SledOptions {
             checkpoint_bytes: 4 << 20,
             reserve_bytes: 64 << 20,
+            cache_bytes: 64 << 20,
         }
     }
 }
@@ -149,6 +152,7 @@ impl SledStore {
             // Sled is written at checkpoints, which flush it themselves; its own timer only
             // catches what else it keeps (its id counter).
             .flush_every_ms(Some(1000))
+            .cache_capacity(options.cache_bytes)
             .open()?;
         let log = db.open_tree("log")?;
         let snapshots = db.open_tree("snapshots")?;
