@@ -1,10 +1,13 @@
-//! `tandem-sync`: the y-websocket wire protocol.
+//! `tandem-sync`: the y-websocket wire protocol, and the Hocuspocus one around it.
 //!
 //! # Layout
 //! - [`message`]: the [`Message`] enum, pure `encode`/`decode`, and [`MessageReader`] for frames
 //!   that carry several messages.
 //! - [`awareness`]: the awareness update payload, with 53-bit client ids, and the one rule that
 //!   says when an entry supersedes what is known of its client.
+//! - [`hocuspocus`]: the Hocuspocus protocol's frames (a document address before each
+//!   y-websocket message, auth, stateless, close and sync status), for many documents on one
+//!   socket.
 //! - [`update`]: a v1 update's declared counts and nesting checked before yrs decodes it.
 //! - [`client`] (feature `client`): an async client (tokio-tungstenite) for tests and tools;
 //!   the only IO in the crate.
@@ -18,6 +21,7 @@
 pub mod awareness;
 #[cfg(feature = "client")]
 pub mod client;
+pub mod hocuspocus;
 pub mod message;
 pub mod update;
 
