@@ -97,6 +97,7 @@ impl Fixture {
                 user: Arc::from("bench"),
                 outbound,
                 closer: Closer::new(),
+                stateless: false,
             };
             let mut overflow = Overflow::default();
             let joined = self

@@ -256,6 +256,20 @@ pub struct Config {
     #[arg(long, env = "TANDEM_MAX_DOCS_PER_USER", default_value_t = Config::DEFAULT_MAX_DOCS_PER_USER)]
     pub max_docs_per_user: usize,
 
+    /// Documents one Hocuspocus socket (`/hocuspocus`) may have open at once; one more is
+    /// refused with PermissionDenied saying so.
+    #[arg(long, env = "TANDEM_MAX_DOCS_PER_SOCKET", default_value_t = Config::DEFAULT_MAX_DOCS_PER_SOCKET)]
+    pub max_docs_per_socket: usize,
+
+    /// Bytes of one Hocuspocus stateless message; a larger one closes its socket with 1009.
+    #[arg(long, env = "TANDEM_MAX_STATELESS_BYTES", default_value_t = Config::DEFAULT_MAX_STATELESS_BYTES)]
+    pub max_stateless_bytes: usize,
+
+    /// Hocuspocus stateless messages one socket may send per second (and in a burst); more
+    /// close it with 1008.
+    #[arg(long, env = "TANDEM_MAX_STATELESS_PER_SEC", default_value_t = Config::DEFAULT_MAX_STATELESS_PER_SEC)]
+    pub max_stateless_per_sec: u32,
+
     /// Origins (`https://app.example.com`, comma-separated) whose pages may call the HTTP API
     /// from the browser (CORS). None by default: the dashboard page is same-origin, and a
     /// browser refuses other origins' pages.
@@ -359,6 +373,9 @@ impl Config {
     pub const DEFAULT_HTTP_BODY_TIMEOUT_MS: u64 = 30_000;
     pub const DEFAULT_MAX_CONNECTIONS_PER_USER: usize = 256;
     pub const DEFAULT_MAX_DOCS_PER_USER: usize = 128;
+    pub const DEFAULT_MAX_DOCS_PER_SOCKET: usize = 64;
+    pub const DEFAULT_MAX_STATELESS_BYTES: usize = 64 * 1024;
+    pub const DEFAULT_MAX_STATELESS_PER_SEC: u32 = 50;
     pub const DEFAULT_COMPACT_AFTER_UPDATES: usize = 1000;
     pub const DEFAULT_COMPACT_AFTER_BYTES: usize = 1024 * 1024;
     pub const DEFAULT_JOURNAL_CHECKPOINT_BYTES: usize = 4 * 1024 * 1024;
@@ -507,6 +524,12 @@ impl Config {
             ("presence-poll-ttl-ms", config.presence_poll_ttl_ms),
             ("doc-poll-ttl-ms", config.doc_poll_ttl_ms),
             ("max-pollers-per-user", config.max_pollers_per_user as u64),
+            ("max-docs-per-socket", config.max_docs_per_socket as u64),
+            ("max-stateless-bytes", config.max_stateless_bytes as u64),
+            (
+                "max-stateless-per-sec",
+                u64::from(config.max_stateless_per_sec),
+            ),
             (
                 "publish-rate-workspace",
                 u64::from(config.publish_rate_workspace),
@@ -632,6 +655,9 @@ impl Default for Config {
             max_connections_per_ip: Config::DEFAULT_MAX_CONNECTIONS_PER_IP,
             max_connections_per_user: Config::DEFAULT_MAX_CONNECTIONS_PER_USER,
             max_docs_per_user: Config::DEFAULT_MAX_DOCS_PER_USER,
+            max_docs_per_socket: Config::DEFAULT_MAX_DOCS_PER_SOCKET,
+            max_stateless_bytes: Config::DEFAULT_MAX_STATELESS_BYTES,
+            max_stateless_per_sec: Config::DEFAULT_MAX_STATELESS_PER_SEC,
             editing_idle_ms: Config::DEFAULT_EDITING_IDLE_MS,
             reconnect_window_ms: Config::DEFAULT_RECONNECT_WINDOW_MS,
             client_errors_per_minute: Config::DEFAULT_CLIENT_ERRORS_PER_MINUTE,

@@ -22,6 +22,8 @@ pub enum Kind {
     Dashboard,
     /// A long-poll on `GET /api/v1/events`.
     LongPoll,
+    /// Documents over the Hocuspocus protocol (`/hocuspocus`), many on one socket.
+    Hocuspocus,
 }
 
 impl Kind {
@@ -30,6 +32,7 @@ impl Kind {
             Kind::Document => "document",
             Kind::Dashboard => "dashboard",
             Kind::LongPoll => "long_poll",
+            Kind::Hocuspocus => "hocuspocus",
         }
     }
 }
@@ -112,6 +115,7 @@ pub struct Metrics {
     pub document: KindMetrics,
     pub dashboard: KindMetrics,
     pub long_poll: KindMetrics,
+    pub hocuspocus: KindMetrics,
     failed: [Counter; Failure::ALL.len()],
     pub reconnects: Counter,
     /// Update received → handed to the last peer's socket.
@@ -144,6 +148,7 @@ impl Metrics {
             Kind::Document => &self.document,
             Kind::Dashboard => &self.dashboard,
             Kind::LongPoll => &self.long_poll,
+            Kind::Hocuspocus => &self.hocuspocus,
         }
     }
 
@@ -216,6 +221,7 @@ pub fn get() -> &'static Metrics {
             document: KindMetrics::new(Kind::Document),
             dashboard: KindMetrics::new(Kind::Dashboard),
             long_poll: KindMetrics::new(Kind::LongPoll),
+            hocuspocus: KindMetrics::new(Kind::Hocuspocus),
             failed: Failure::ALL.map(|f| {
                 counter!("tandem_connections_failed_total", "reason" => f.label())
             }),

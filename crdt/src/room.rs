@@ -524,6 +524,29 @@ impl Room {
         })
     }
 
+    /// Whether the document already holds everything `update` carries, its insertions and its
+    /// deletions: what a read-only client's answer to sync step 1 must satisfy to be told it is
+    /// in sync (it may not change the document). Anything that does not decode is not held.
+    pub fn covers(&self, update: &[u8]) -> bool {
+        if update == EMPTY_UPDATE {
+            return true;
+        }
+        if inspect_v1(update).is_err() {
+            return false;
+        }
+        let Ok(Ok(update)) = catch_unwind(|| Update::decode_v1(update)) else {
+            return false;
+        };
+        let txn = self.doc.transact();
+        let snapshot = txn.snapshot();
+        let mut held = IdSet::new();
+        for (&client, &clock) in snapshot.state_map.iter() {
+            held.insert(yrs::ID::new(client, 0), clock);
+        }
+        update.insertions(true).diff(&held).is_empty()
+            && update.delete_set().diff(&snapshot.delete_set).is_empty()
+    }
+
     /// The document's encoded state vector.
     pub fn state_vector(&self) -> Vec<u8> {
         self.doc.transact().state_vector().encode_v1()
@@ -1403,6 +1426,36 @@ mod tests {
             Room::new(RoomLimits::default()).apply_update(Bytes::from_static(&STORED)),
             Err(RoomError::BadUpdate(_))
         ));
+    }
+
+    #[test]
+    fn a_room_covers_the_updates_it_holds_and_no_others() {
+        let mut room = Room::new(RoomLimits::default());
+        let doc = Doc::with_client_id(7);
+        let text = doc.get_or_insert_text("t");
+        let typed = {
+            let mut txn = doc.transact_mut();
+            text.insert(&mut txn, 0, "hello");
+            txn.encode_update_v1()
+        };
+        let deleted = {
+            let mut txn = doc.transact_mut();
+            text.remove_range(&mut txn, 0, 2);
+            txn.encode_update_v1()
+        };
+        assert!(room.covers(&EMPTY_UPDATE));
+        assert!(!room.covers(&typed));
+        room.apply_update(typed.clone().into()).unwrap();
+        assert!(room.covers(&typed));
+        // The same insertions with a deletion the room has not seen.
+        assert!(!room.covers(&deleted));
+        room.apply_update(deleted.clone().into()).unwrap();
+        assert!(room.covers(&deleted));
+        let whole = doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        assert!(room.covers(&whole));
+        assert!(!room.covers(&[1, 2, 3]));
     }
 
     #[test]

@@ -59,6 +59,8 @@ pub struct PeerLink {
     pub user: Arc<str>,
     pub outbound: mpsc::Sender<Arc<Outgoing>>,
     pub closer: Closer,
+    /// Whether it speaks Hocuspocus, and so takes the document's stateless messages.
+    pub stateless: bool,
 }
 
 /// Messages that did not fit in a peer's queue at once. The caller waits for room outside the
@@ -176,6 +178,7 @@ mod tests {
             user: Arc::from("u"),
             outbound,
             closer: Closer::new(),
+            stateless: false,
         };
         let mut overflow = Overflow::default();
         for n in 0..4u8 {

@@ -3,9 +3,11 @@
 //! around a room: delivery to the peers' queues ([`delivery`]), persistence, compaction and
 //! unload (`persist`), pollers ([`pollers`]), the server's own awareness states
 //! (`server_awareness`), what other servers of a cluster tell the rooms ([`remote`], through the
-//! [`RoomBus`] seam the cluster implements), and the `/ws/{doc}` connection ([`socket`]).
+//! [`RoomBus`] seam the cluster implements), the `/ws/{doc}` connection ([`socket`]), and the Hocuspocus one, many documents on one socket
+//! ([`hocuspocus`]).
 
 pub mod delivery;
+pub mod hocuspocus;
 mod persist;
 pub mod pollers;
 pub mod remote;

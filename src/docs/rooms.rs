@@ -27,7 +27,7 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::docname::DocName;
-use crate::durability::{Durability, Ticket};
+use crate::durability::{Durability, DurabilityError, Ticket};
 use crate::net::CloseReason;
 
 use super::delivery::{deliver, Outgoing, Overflow, PeerLink};
@@ -359,6 +359,7 @@ impl Rooms {
     }
 
     /// Applies a frame from `peer`: persists what it changed, queues the replies and broadcasts.
+    /// Returns the ticket that says when what it changed is durable (`None`: it changed nothing).
     ///
     /// # Errors
     /// The room refused the frame (the caller closes the connection with the matching code) or
@@ -370,12 +371,12 @@ impl Rooms {
         frame: Bytes,
         access: Access,
         overflow: &mut Overflow,
-    ) -> Result<(), RoomOpError> {
+    ) -> Result<Option<Ticket>, RoomOpError> {
         let received = Instant::now();
         let mut state = handle.lock();
         if state.closed {
             // The room was poisoned by someone else's update; this peer was told to close.
-            return Ok(());
+            return Ok(None);
         }
         state.activity += 1;
         let mut outbox = Outbox::default();
@@ -397,9 +398,9 @@ impl Rooms {
         if let Some((observer, user, awareness)) = observed {
             observer.awareness(&handle.name, &user, awareness);
         }
-        delivered?;
+        let ticket = delivered?;
         match result {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(ticket),
             Err(err) => {
                 // A yrs failure (a panic, or an update refused halfway through) leaves the room
                 // holding what was never stored: it reloads.
@@ -410,6 +411,60 @@ impl Rooms {
                 Err(err.into())
             }
         }
+    }
+
+    /// A ticket for everything appended so far: what an update that changed nothing waits for
+    /// before it is acknowledged (the same update may be on its way to disk from someone else).
+    pub fn barrier(&self) -> Ticket {
+        self.durability.barrier()
+    }
+
+    /// Waits until `ticket` is durable, `--storage-timeout-ms` at most.
+    ///
+    /// # Errors
+    /// The store could not make it so in time, or refuses writes for now.
+    pub async fn durable(&self, ticket: Ticket) -> Result<(), DurabilityError> {
+        self.durability
+            .wait(ticket, self.config.storage_timeout())
+            .await
+    }
+
+    /// Hands a Hocuspocus stateless message (`body`: its type and payload, without an address)
+    /// to every peer of the room that speaks Hocuspocus, but `from`; returns how many. Nothing
+    /// is stored; a full queue holds the sender back as an update would (`overflow`).
+    pub fn stateless(
+        &self,
+        handle: &RoomHandle,
+        from: Option<PeerId>,
+        body: Bytes,
+        overflow: &mut Overflow,
+    ) -> usize {
+        let state = handle.lock();
+        if state.closed {
+            return 0;
+        }
+        let message = Arc::new(Outgoing::reply(body));
+        let mut delivered = 0;
+        for (id, link) in &state.peers {
+            if link.stateless && Some(*id) != from {
+                deliver(link, Arc::clone(&message), overflow);
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+
+    /// [`Rooms::stateless`] to the room of `name` if it is loaded (a room nobody is in has
+    /// nobody to tell), from a backend.
+    pub async fn stateless_by_name(&self, name: &DocName, body: Bytes) -> usize {
+        let handle = self.map.get(name).map(|e| Arc::clone(e.value()));
+        let Some(handle) = handle.filter(|h| h.state.get().is_some()) else {
+            return 0;
+        };
+        let mut overflow = Overflow::default();
+        let delivered = self.stateless(&handle, None, body, &mut overflow);
+        overflow.deliver(self.config.lag_timeout()).await;
+        delivered
     }
 
     /// Removes `peer` from the room, tells the others its awareness is gone, and schedules the

@@ -223,6 +223,7 @@ async fn connect(
         user: Arc::from(session.principal.user.as_str()),
         outbound,
         closer: closer.clone(),
+        stateless: false,
     };
     // A read-only connection is told so first (auth, "permission granted: read"), so its editor
     // can refuse edits up front; y-websocket ignores what it does not know of that message.
@@ -348,7 +349,7 @@ impl Outbound for DocOutbound {
 }
 
 /// What the client is told when a room refuses its frame.
-fn close_reason(err: &RoomOpError) -> CloseReason {
+pub(super) fn close_reason(err: &RoomOpError) -> CloseReason {
     match err {
         RoomOpError::Room(RoomError::Decode(e)) => {
             CloseReason::Protocol(format!("malformed message: {e}"))

@@ -68,6 +68,11 @@ pub async fn get(
 pub async fn post(State(app): State<AppState>, request: DocPost) -> Result<Response, ApiError> {
     match request {
         DocPost::Update { name, update } => self::update(&app, name, update).await,
+        DocPost::Stateless { name, payload } => {
+            let body = tandem_sync::hocuspocus::stateless_body(&payload);
+            let delivered = app.rooms.stateless_by_name(&name, body.into()).await;
+            Ok(Json(serde_json::json!({ "delivered": delivered })).into_response())
+        }
         DocPost::Sync {
             name,
             principal,

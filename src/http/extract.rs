@@ -208,8 +208,8 @@ impl FromRequestParts<AppState> for DocRead {
     }
 }
 
-/// `POST /api/v1/docs/{doc}/update` and `POST /api/v1/docs/{doc}/sync`, authorized, with their
-/// bodies.
+/// `POST /api/v1/docs/{doc}/update`, `POST /api/v1/docs/{doc}/sync` and
+/// `POST /api/v1/docs/{doc}/stateless`, authorized, with their bodies.
 pub enum DocPost {
     /// A v1 update (non-empty) from a caller who may write.
     Update { name: DocName, update: Bytes },
@@ -220,6 +220,9 @@ pub enum DocPost {
         access: Access,
         body: Bytes,
     },
+    /// A stateless message for the document's Hocuspocus clients, from a backend (a service
+    /// token that may write the document).
+    Stateless { name: DocName, payload: String },
 }
 
 impl FromRequest<AppState> for DocPost {
@@ -232,9 +235,11 @@ impl FromRequest<AppState> for DocPost {
             (doc, false)
         } else if let Some(doc) = raw.strip_suffix("/sync") {
             (doc, true)
+        } else if let Some(doc) = raw.strip_suffix("/stateless") {
+            return stateless(doc, &parts, body, app).await;
         } else {
             return Err(ApiError::not_found(
-                "documents are written with POST /api/v1/docs/{doc}/update or synced with POST /api/v1/docs/{doc}/sync",
+                "documents are written with POST /api/v1/docs/{doc}/update, synced with POST /api/v1/docs/{doc}/sync, and told of with POST /api/v1/docs/{doc}/stateless",
             ));
         };
         let name = doc_name(doc)?;
@@ -271,6 +276,33 @@ impl FromRequest<AppState> for DocPost {
         }
         Ok(DocPost::Update { name, update })
     }
+}
+
+/// `POST /api/v1/docs/{doc}/stateless`: a service token that may write `doc`, and a UTF-8 body
+/// of at most `--max-stateless-bytes`.
+async fn stateless(
+    doc: &str,
+    parts: &Parts,
+    body: axum::body::Body,
+    app: &AppState,
+) -> Result<DocPost, ApiError> {
+    const ROUTE: &str = "http_doc_stateless";
+    let name = doc_name(doc)?;
+    let (principal, access) = app
+        .auth
+        .authorize_doc(bearer(&parts.headers)?, &name)
+        .map_err(|e| ApiError::refusal(e, ROUTE, Some(&name)))?;
+    if !app.auth.is_open() && principal.role != Role::Service {
+        let refused = AuthError::RoleRequired(Role::Service);
+        return Err(ApiError::refusal(refused, ROUTE, Some(&name)));
+    }
+    if access != Access::ReadWrite {
+        return Err(ApiError::refusal(AuthError::ReadOnly, ROUTE, Some(&name)));
+    }
+    let body = read(body, app.config.max_stateless_bytes, &app.config).await?;
+    let payload = String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::bad_request("bad_payload", "a stateless message is UTF-8 text"))?;
+    Ok(DocPost::Stateless { name, payload })
 }
 
 /// How large a body may be, from the configuration.

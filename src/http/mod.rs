@@ -28,6 +28,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/ws/{*doc}", get(crate::docs::socket::upgrade))
         .route("/ws", get(crate::dashboard::session::upgrade))
+        .route("/hocuspocus", get(crate::docs::hocuspocus::upgrade))
         .route("/healthz", get(healthz))
         .route("/readyz", get(admin::readyz))
         .route("/metrics", get(admin::metrics))

@@ -51,6 +51,11 @@ impl Liveness {
             .map_or(self.next_ping, |at| at.min(self.next_ping))
     }
 
+    /// The connection expires at `at` (the earliest expiry of the tokens it holds), or never.
+    pub fn set_expiry(&mut self, at: Option<Instant>) {
+        self.expires_at = at;
+    }
+
     /// Something came from the peer.
     pub fn heard(&mut self) {
         self.heard = true;

@@ -248,7 +248,7 @@ pub struct Connections {
     recent: DashMap<(String, String, String), (Instant, u32)>,
     window: Duration,
     /// Bytes in and out, messages in and out, of the connections that closed, by kind.
-    retired: [[AtomicU64; 4]; 3],
+    retired: [[AtomicU64; 4]; 4],
 }
 
 /// The index of a kind in [`Connections::retired`].
@@ -257,6 +257,7 @@ fn kind_index(kind: Kind) -> usize {
         Kind::Document => 0,
         Kind::Dashboard => 1,
         Kind::LongPoll => 2,
+        Kind::Hocuspocus => 3,
     }
 }
 
@@ -287,7 +288,7 @@ impl Connections {
     /// Sets the byte and message totals of `/metrics`: what closed connections did plus what the
     /// open ones did so far.
     pub fn publish_totals(&self) {
-        let mut totals = [[0u64; 4]; 3];
+        let mut totals = [[0u64; 4]; 4];
         for (kind, retired) in totals.iter_mut().zip(&self.retired) {
             for (total, done) in kind.iter_mut().zip(retired) {
                 *total = done.load(Ordering::Relaxed);
@@ -301,7 +302,12 @@ impl Connections {
             }
         }
         let m = metrics::get();
-        for kind in [Kind::Document, Kind::Dashboard, Kind::LongPoll] {
+        for kind in [
+            Kind::Document,
+            Kind::Dashboard,
+            Kind::LongPoll,
+            Kind::Hocuspocus,
+        ] {
             let [bytes_in, bytes_out, messages_in, messages_out] = totals[kind_index(kind)];
             let k = m.kind(kind);
             k.bytes_in.absolute(bytes_in);
@@ -504,7 +510,7 @@ impl Drop for Registration {
 fn reconnect_target(kind: Kind, target: &str) -> String {
     match kind {
         Kind::Document => target.to_owned(),
-        Kind::Dashboard | Kind::LongPoll => kind.label().to_owned(),
+        Kind::Dashboard | Kind::LongPoll | Kind::Hocuspocus => kind.label().to_owned(),
     }
 }
 

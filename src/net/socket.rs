@@ -45,6 +45,13 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Makes the connection end at `at` (with 4401, as a token expiry), or never.
+    pub fn set_expiry(&mut self, at: Option<Instant>) {
+        self.liveness.set_expiry(at);
+        let deadline = self.liveness.deadline();
+        self.timer.as_mut().reset(deadline);
+    }
+
     /// The next text or binary message; `None` once the connection is over: closed by the
     /// server (the closer fired, the token expired, the client went silent, a read failed
     /// with a reason to give) or by the client. A due ping is handed to `ping` to queue.
@@ -132,11 +139,31 @@ pub trait Outbound: Send + 'static {
     fn written(&mut self) {}
 }
 
+/// Where a writer takes its items from: a connection's queue, or (for many documents on one
+/// socket) several queues read as one.
+pub trait Queue<T>: Send {
+    /// The next item; `None` once every sender is gone and nothing is left. Cancel-safe.
+    fn recv(&mut self) -> impl std::future::Future<Output = Option<T>> + Send;
+
+    /// The next item if one is ready.
+    fn try_recv(&mut self) -> Option<T>;
+}
+
+impl<T: Send> Queue<T> for mpsc::Receiver<T> {
+    fn recv(&mut self) -> impl std::future::Future<Output = Option<T>> + Send {
+        mpsc::Receiver::recv(self)
+    }
+
+    fn try_recv(&mut self) -> Option<T> {
+        mpsc::Receiver::try_recv(self).ok()
+    }
+}
+
 /// Sends queued items until the closer fires or every sender is gone, batching whatever is
 /// ready into one socket flush; then sends the close frame (`finish`).
 pub async fn write_loop<O: Outbound>(
     mut sink: SplitSink<WebSocket, WsMessage>,
-    mut queue: mpsc::Receiver<O::Item>,
+    mut queue: impl Queue<O::Item>,
     closer: Closer,
     mut outbound: O,
     conn: ConnId,
@@ -167,8 +194,8 @@ pub async fn write_loop<O: Outbound>(
         outbound.encode(first, &mut out);
         for _ in 1..O::BATCH {
             match queue.try_recv() {
-                Ok(item) => outbound.encode(item, &mut out),
-                Err(_) => break,
+                Some(item) => outbound.encode(item, &mut out),
+                None => break,
             }
         }
         outbound.end_batch(&mut out);

@@ -34,6 +34,7 @@ on_both_stores!(
     edits_synced_by_polling_survive_sigkill,
     client_updates_survive_sigkill_after_a_group_commit,
     client_updates_older_than_a_flush_interval_survive_sigkill,
+    an_edit_a_hocuspocus_provider_was_told_is_saved_survives_sigkill,
     sigkill_while_compactions_run_loses_nothing,
     published_events_acknowledged_before_sigkill_keep_their_ids,
     a_user_online_when_the_server_is_killed_is_listed_offline_afterwards,
@@ -168,6 +169,35 @@ async fn client_updates_older_than_a_flush_interval_survive_sigkill(backing: Bac
 
     let server = ServerProcess::start(&backing, &[]);
     assert_eq!(server.text("timed").await, markers(50));
+}
+
+async fn an_edit_a_hocuspocus_provider_was_told_is_saved_survives_sigkill(backing: Backing) {
+    // A group commit every two seconds: acknowledging on receipt, as Hocuspocus does, would tell
+    // the provider its edit is saved well before it is, and the kill below would lose it.
+    let server = ServerProcess::start(&backing, &["--flush-interval-ms", "2000"]);
+    // A write just before: its group commit starts the two seconds in which the provider's
+    // edit comes.
+    let mut writer = Writer::new(8);
+    assert!(
+        server
+            .post(&reqwest::Client::new(), "other", writer.next_update())
+            .await
+    );
+    let args = [
+        "save".to_string(),
+        format!("ws://{}", server.addr()),
+        String::new(),
+        "hp-saved".to_string(),
+        "saved;".to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // The script exits as soon as the provider's unsyncedChanges is back to 0.
+    let out = crate::support::node("tests/js", "hocuspocus.mjs", &args).await;
+    assert!(out.contains("saved;"), "{out}");
+    server.kill();
+
+    let server = ServerProcess::start(&backing, &[]);
+    assert_eq!(server.text("hp-saved").await, "saved;");
 }
 
 async fn sigkill_while_compactions_run_loses_nothing(backing: Backing) {

@@ -13,6 +13,7 @@ mod cluster;
 mod crash;
 mod dashboard;
 mod events;
+mod hocuspocus;
 mod http;
 mod js;
 mod metrics;
