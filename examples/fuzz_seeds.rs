@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use tandem::auth::{mint, Claims, Role, Secret};
+use tandem_sync::hocuspocus;
 use tandem_sync::message::{encode_awareness, encode_step1, encode_step2, encode_update};
 use tandem_sync::{AuthMessage, AwarenessEntry, AwarenessUpdate, Message};
 
@@ -77,6 +78,29 @@ fn main() -> anyhow::Result<()> {
     // Several messages in one frame.
     frames.push([encode_update(&updates[1]), encode_awareness(&awareness[0])].concat());
     write(&out, "sync_frame", &frames)?;
+    // The same on Hocuspocus addresses, and what a provider and a server say besides.
+    let mut hocuspocus_frames: Vec<Vec<u8>> = frames
+        .iter()
+        .take(12)
+        .map(|f| hocuspocus::on_address("acme/queries/456", f))
+        .collect();
+    hocuspocus_frames.extend([
+        hocuspocus::token(
+            "acme/queries/456",
+            "eyJhbGciOiJIUzI1NiJ9.e30.sig",
+            Some("4.8.0"),
+        ),
+        hocuspocus::token("docs/alpha\0rwsess1", "", None),
+        hocuspocus::authenticated("docs/alpha", hocuspocus::SCOPE_READ_ONLY),
+        hocuspocus::permission_denied("docs/alpha", "forbidden: no access"),
+        hocuspocus::stateless("docs/alpha", r#"{"saved":true}"#),
+        hocuspocus::close("docs/alpha", None),
+        hocuspocus::close("docs/alpha", Some("provider_initiated")),
+        hocuspocus::sync_status("docs/alpha", true),
+        vec![hocuspocus::PING],
+        vec![hocuspocus::PONG],
+    ]);
+    write(&out, "hocuspocus_frame", &hocuspocus_frames)?;
     write(
         &out,
         "awareness",

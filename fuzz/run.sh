@@ -13,7 +13,7 @@ seconds="${1:-30}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(sync_frame awareness update_v1 room dashboard_frame http_bodies jwt)
+  targets=(sync_frame awareness update_v1 room dashboard_frame http_bodies jwt hocuspocus_frame)
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "== installing cargo-fuzz"
