@@ -171,3 +171,17 @@ async fn with_auth_on_the_page_takes_its_token_from_the_embedding_app_or_the_url
     );
     assert_eq!(seen["errors"], serde_json::json!([]), "{seen}");
 }
+
+#[tokio::test]
+async fn a_hocuspocus_page_and_the_dashboard_editor_edit_one_query() {
+    let app = spawn_app().await;
+    let artifacts = artifacts();
+    let base = format!("http://{}", app.addr);
+    let seen = browse("hocuspocus.mjs", &[&base, &artifacts.display().to_string()]).await;
+    assert_eq!(
+        seen["hocuspocus"], "SELECT region FROM sales GROUP BY region;",
+        "{seen}"
+    );
+    assert_eq!(seen["dashboard"], seen["hocuspocus"], "{seen}");
+    assert!(artifacts.join("bob-hocuspocus.png").exists());
+}
