@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # Tandem side by side with the servers people use today, on this machine.
 #
-# Each server (Tandem, the reference y-websocket server, Hocuspocus, and a bare relay that only
-# forwards bytes: the ceiling) runs pinned to core 0 while `tandem-bench` drives it from core 1,
+# Each server (Tandem, Tandem's Hocuspocus endpoint, the reference y-websocket server,
+# Hocuspocus, and a bare relay that only forwards bytes: the ceiling) runs pinned to core 0 while `tandem-bench` drives it from core 1,
 # through the same scenarios. Results land as JSON in $OUT and as a table on stdout.
 #
 # usage: benches/compare/run.sh              (from the repository root; needs taskset, node, npm)
 #        DURATION=5 SERVERS="tandem relay" benches/compare/run.sh
+#        SERVERS="tandem-hp hocuspocus" benches/compare/run.sh
+#                                            (the Hocuspocus protocol: Tandem's /hocuspocus
+#                                            beside the Hocuspocus server)
 #        BASELINE_BIN=/tmp/old/tandem SERVERS="tandem baseline" benches/compare/run.sh
 #                                            (this build beside another build of tandem)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 DURATION=${DURATION:-10}
-SERVERS=${SERVERS:-"tandem reference hocuspocus relay"}
+SERVERS=${SERVERS:-"tandem tandem-hp reference hocuspocus relay"}
 OUT=${OUT:-bench-results/compare-$(date +%Y%m%d-%H%M%S)}
 SERVER_CPU=${SERVER_CPU:-0}
 BENCH_CPU=${BENCH_CPU:-1}
@@ -34,6 +37,11 @@ start_server() {
       TANDEM_MAX_CONNECTIONS_PER_IP=0 taskset -c "$SERVER_CPU" ./target/release/tandem serve --bind 127.0.0.1:18200 --data-dir "$DATA" \
         >"$OUT/$name.log" 2>&1 &
       PORT=18200 URL=ws://127.0.0.1:18200/ws PROTOCOL=y-websocket ;;
+    tandem-hp)
+      DATA=$(mktemp -d)
+      TANDEM_MAX_CONNECTIONS_PER_IP=0 taskset -c "$SERVER_CPU" ./target/release/tandem serve --bind 127.0.0.1:18205 --data-dir "$DATA" \
+        >"$OUT/$name.log" 2>&1 &
+      PORT=18205 URL=ws://127.0.0.1:18205/hocuspocus PROTOCOL=hocuspocus ;;
     reference)
       HOST=127.0.0.1 PORT=18201 taskset -c "$SERVER_CPU" node benches/compare/node_modules/@y/websocket-server/src/server.js \
         >"$OUT/$name.log" 2>&1 &

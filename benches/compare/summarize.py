@@ -9,8 +9,9 @@ import json
 import os
 import sys
 
-# "baseline": another build of tandem (BASELINE_BIN), to compare a change with.
-SERVERS = ["tandem", "baseline", "reference", "hocuspocus", "relay"]
+# "tandem-hp": Tandem's /hocuspocus endpoint. "baseline": another build of tandem (BASELINE_BIN),
+# to compare a change with.
+SERVERS = ["tandem", "tandem-hp", "baseline", "reference", "hocuspocus", "relay"]
 P99_LIMIT_MS = 50.0
 
 
