@@ -100,6 +100,13 @@ impl RoomBus for Cluster {
             body: DocBody::Left { peer: peer.0 },
         });
     }
+
+    fn stateless(&self, doc: &DocName, body: Bytes) {
+        let _ = self.outgoing.send(Outgoing::Now {
+            doc: doc.clone(),
+            body: DocBody::Stateless { body },
+        });
+    }
 }
 
 impl Cluster {
@@ -393,6 +400,7 @@ impl Cluster {
                 rooms.remote_awareness(&name, origin, peer, &user, frame);
             }
             DocBody::Left { peer } => rooms.remote_left(&name, origin, peer),
+            DocBody::Stateless { body } => rooms.remote_stateless(&name, body),
         }
     }
 

@@ -10,6 +10,8 @@ use crate::dashboard::roster::Heard;
 const KIND_UPDATE: u8 = 1;
 const KIND_AWARENESS: u8 = 2;
 const KIND_LEFT: u8 = 3;
+/// After 4 (an event) and 5 (a roster message), which go on workspace channels.
+const KIND_STATELESS: u8 = 6;
 
 /// A message about one document, from the node `origin`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +33,9 @@ pub enum DocBody {
     },
     /// The origin's `peer` left the document.
     Left { peer: u64 },
+    /// A Hocuspocus stateless message (its type and payload, no address) for the document's
+    /// Hocuspocus clients.
+    Stateless { body: Bytes },
 }
 
 /// Why a message could not be read.
@@ -71,6 +76,11 @@ impl DocMessage {
                 buf.put_i64(self.origin);
                 buf.put_u64(*peer);
             }
+            DocBody::Stateless { body } => {
+                buf.put_u8(KIND_STATELESS);
+                buf.put_i64(self.origin);
+                buf.put_slice(body);
+            }
         }
         buf.freeze()
     }
@@ -80,6 +90,7 @@ impl DocMessage {
             DocBody::Update { update, .. } => update.len(),
             DocBody::Awareness { user, frame, .. } => user.len() + frame.len(),
             DocBody::Left { .. } => 0,
+            DocBody::Stateless { body } => body.len(),
         }
     }
 
@@ -128,6 +139,7 @@ impl DocMessage {
                     peer: bytes.get_u64(),
                 }
             }
+            KIND_STATELESS => DocBody::Stateless { body: bytes },
             other => return Err(WireError::Kind(other)),
         };
         Ok(DocMessage { origin, body })
@@ -279,6 +291,12 @@ mod tests {
             DocMessage {
                 origin: 1,
                 body: DocBody::Left { peer: u64::MAX },
+            },
+            DocMessage {
+                origin: 2,
+                body: DocBody::Stateless {
+                    body: Bytes::from_static(b"\x05\x02hi"),
+                },
             },
         ];
         for message in messages {

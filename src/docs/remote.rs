@@ -162,6 +162,16 @@ impl Rooms {
         }
     }
 
+    /// A stateless message another node's client or backend sent: to this node's Hocuspocus
+    /// clients of the document.
+    pub fn remote_stateless(&self, name: &DocName, body: Bytes) {
+        let Some(handle) = self.loaded(name) else {
+            return;
+        };
+        let state = handle.lock();
+        self.deliver_detached(&state, body, |link| link.stateless);
+    }
+
     /// `origin` is gone (its server stopped or died): every peer it had in every room leaves.
     pub fn forget_origin(&self, origin: i64) {
         for name in self.loaded_names() {

@@ -72,6 +72,8 @@ pub trait RoomBus: Send + Sync + 'static {
     fn awareness(&self, doc: &DocName, peer: PeerId, user: &str, frame: Bytes);
     /// This server's `peer` left `doc`; its awareness clients go with it.
     fn left(&self, doc: &DocName, peer: PeerId);
+    /// A Hocuspocus stateless message (`body`: its type and payload) for `doc`'s clients.
+    fn stateless(&self, doc: &DocName, body: Bytes);
 }
 
 /// What the admin API says of a loaded room.
@@ -443,6 +445,9 @@ impl Rooms {
         if state.closed {
             return 0;
         }
+        if let Some(bus) = self.bus.get() {
+            bus.stateless(&handle.name, body.clone());
+        }
         let message = Arc::new(Outgoing::reply(body));
         let mut delivered = 0;
         for (id, link) in &state.peers {
@@ -732,9 +737,19 @@ impl Rooms {
     /// wait: full queues get it from a task of its own, with the same lag timeout as everyone
     /// else.
     pub(super) fn broadcast_detached(&self, state: &RoomState, encoded: Bytes) {
+        self.deliver_detached(state, encoded, |_| true);
+    }
+
+    /// [`Rooms::broadcast_detached`] to the peers `to` picks.
+    pub(super) fn deliver_detached(
+        &self,
+        state: &RoomState,
+        encoded: Bytes,
+        to: impl Fn(&PeerLink) -> bool,
+    ) {
         let message = Arc::new(Outgoing::reply(encoded));
         let mut overflow = Overflow::default();
-        for link in state.peers.values() {
+        for link in state.peers.values().filter(|link| to(link)) {
             deliver(link, Arc::clone(&message), &mut overflow);
         }
         if !overflow.is_empty() {

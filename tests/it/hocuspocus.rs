@@ -339,3 +339,51 @@ async fn stateless_messages_are_bounded_and_backends_can_send_them() {
     assert_eq!(heard, hocuspocus::stateless(doc, "hi"));
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
+
+#[tokio::test]
+async fn across_a_cluster_updates_are_acknowledged_and_stateless_messages_reach_every_node() {
+    let (_services, nodes) = crate::support::cluster::start(2, |_| {}).await;
+    let doc = "acme/cluster/hp";
+    let mut on_0 = Raw::connect(&nodes[0]).await;
+    let mut on_1 = Raw::connect(&nodes[1]).await;
+    for raw in [&mut on_0, &mut on_1] {
+        raw.send(hocuspocus::token(doc, "", None)).await;
+        raw.until(doc, hocuspocus::MSG_AUTH).await;
+    }
+    let ws = nodes[1].join(doc).await;
+    // An update through node 0, acknowledged once committed, reaches node 1's clients.
+    on_0.send(hocuspocus::on_address(doc, &update_body(11, "across;")))
+        .await;
+    on_0.until(doc, hocuspocus::MSG_SYNC_STATUS).await;
+    ws.wait_for("the update", TIMEOUT, |c| c.text("t") == "across;")
+        .await
+        .unwrap();
+    // Node 1's Hocuspocus client hears it as an update (after its sync step 1).
+    loop {
+        let frame = on_1.until(doc, hocuspocus::MSG_SYNC).await;
+        let body = &frame[hocuspocus::address_prefix(doc).len()..];
+        if let Ok(tandem_sync::Message::Sync(tandem_sync::SyncMessage::Update(update))) =
+            tandem_sync::decode(bytes::Bytes::copy_from_slice(body))
+        {
+            assert_eq!(support::text_of_update(&update), "across;");
+            break;
+        }
+    }
+    // A client's stateless message and a backend's, each through the other node.
+    on_0.send(hocuspocus::stateless(doc, "from-0")).await;
+    assert_eq!(
+        on_1.until(doc, hocuspocus::MSG_STATELESS).await,
+        hocuspocus::stateless(doc, "from-0")
+    );
+    let response = reqwest::Client::new()
+        .post(nodes[1].http_url(&format!("/api/v1/docs/{doc}/stateless")))
+        .body("from-backend")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        on_0.until(doc, hocuspocus::MSG_STATELESS).await,
+        hocuspocus::stateless(doc, "from-backend")
+    );
+}
