@@ -459,11 +459,14 @@ impl Rooms {
         delivered
     }
 
-    /// [`Rooms::stateless`] to the room of `name` if it is loaded (a room nobody is in has
-    /// nobody to tell), from a backend.
+    /// [`Rooms::stateless`] from a backend, to the room of `name` if it is loaded here (a room
+    /// nobody is in has nobody to tell) and to the other nodes of a cluster in any case.
     pub async fn stateless_by_name(&self, name: &DocName, body: Bytes) -> usize {
         let handle = self.map.get(name).map(|e| Arc::clone(e.value()));
         let Some(handle) = handle.filter(|h| h.state.get().is_some()) else {
+            if let Some(bus) = self.bus.get() {
+                bus.stateless(name, body);
+            }
             return 0;
         };
         let mut overflow = Overflow::default();

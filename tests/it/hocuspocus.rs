@@ -342,7 +342,7 @@ async fn stateless_messages_are_bounded_and_backends_can_send_them() {
 
 #[tokio::test]
 async fn across_a_cluster_updates_are_acknowledged_and_stateless_messages_reach_every_node() {
-    let (_services, nodes) = crate::support::cluster::start(2, |_| {}).await;
+    let (services, nodes) = crate::support::cluster::start(2, |_| {}).await;
     let doc = "acme/cluster/hp";
     let mut on_0 = Raw::connect(&nodes[0]).await;
     let mut on_1 = Raw::connect(&nodes[1]).await;
@@ -375,8 +375,10 @@ async fn across_a_cluster_updates_are_acknowledged_and_stateless_messages_reach_
         on_1.until(doc, hocuspocus::MSG_STATELESS).await,
         hocuspocus::stateless(doc, "from-0")
     );
+    // Through a third node that has not loaded the document.
+    let third = services.node("node-3", |_| {}).await;
     let response = reqwest::Client::new()
-        .post(nodes[1].http_url(&format!("/api/v1/docs/{doc}/stateless")))
+        .post(third.http_url(&format!("/api/v1/docs/{doc}/stateless")))
         .body("from-backend")
         .send()
         .await
