@@ -389,3 +389,51 @@ async fn across_a_cluster_updates_are_acknowledged_and_stateless_messages_reach_
         hocuspocus::stateless(doc, "from-backend")
     );
 }
+
+#[tokio::test]
+async fn a_document_s_awareness_goes_when_it_is_closed_and_the_rest_when_the_socket_goes() {
+    let app = spawn_app().await;
+    let watch_x = app.join("aw/x").await;
+    let watch_y = app.join("aw/y").await;
+    let mut raw = Raw::connect(&app).await;
+    for (doc, client) in [("aw/x", 301), ("aw/y", 302)] {
+        raw.send(hocuspocus::token(doc, "", Some("4.8.0"))).await;
+        raw.until(doc, hocuspocus::MSG_AUTH).await;
+        let state = tandem_sync::AwarenessUpdate {
+            entries: vec![tandem_sync::AwarenessEntry {
+                client_id: client,
+                clock: 1,
+                state: Some(r#"{"user":{"name":"hp"}}"#.into()),
+            }],
+        };
+        let message = tandem_sync::message::encode_awareness(&state.encode());
+        raw.send(hocuspocus::on_address(doc, &message)).await;
+        // Echoed to its sender too, as on /ws/{doc} and as Hocuspocus does.
+        raw.until(doc, hocuspocus::MSG_AWARENESS).await;
+    }
+    watch_x
+        .wait_for("x's state", TIMEOUT, |c| c.awareness().contains_key(&301))
+        .await
+        .unwrap();
+    watch_y
+        .wait_for("y's state", TIMEOUT, |c| c.awareness().contains_key(&302))
+        .await
+        .unwrap();
+    // Closing x removes what the socket announced there; y keeps its state.
+    raw.send(hocuspocus::close("aw/x", None)).await;
+    watch_x
+        .wait_for("x's state removed", TIMEOUT, |c| {
+            !c.awareness().contains_key(&301)
+        })
+        .await
+        .unwrap();
+    assert!(watch_y.awareness().contains_key(&302));
+    // The socket going removes the rest.
+    drop(raw);
+    watch_y
+        .wait_for("y's state removed", TIMEOUT, |c| {
+            !c.awareness().contains_key(&302)
+        })
+        .await
+        .unwrap();
+}
