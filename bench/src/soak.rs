@@ -70,6 +70,10 @@ pub struct SoakArgs {
     /// Seconds between samples of the server's RSS.
     #[arg(long, default_value_t = 10.0)]
     pub sample_secs: f64,
+    /// Seconds the server is left alone after the load (its rooms unload after their grace
+    /// time), its RSS still sampled: what it keeps once nobody uses it.
+    #[arg(long, default_value_t = 0.0)]
+    pub settle_secs: f64,
     /// Seed of the kill times and pauses.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -106,8 +110,13 @@ pub struct SoakReport {
     pub event_id_gaps: u64,
     pub clients_diverged: u64,
     pub presence_unsettled: u64,
-    /// (seconds since start, RSS in MiB) of the server.
+    /// (seconds since start, RSS in MiB) of the server, through the load and the settling
+    /// after it.
     pub rss_mib: Vec<(f64, f64)>,
+    /// When the load stopped (seconds since start); later samples are of an idle server.
+    pub load_stopped_secs: f64,
+    /// The data directory's size at the end, in MiB.
+    pub data_mib: f64,
     /// With `--fill`: what the server answered while its disk was full, and how long it took
     /// to recover once space came back.
     pub disk_full: Option<DiskFull>,
@@ -963,6 +972,8 @@ async fn disk_full(args: SoakArgs, ballast: PathBuf) -> Result<SoakReport, Strin
         clients_diverged: 0,
         presence_unsettled: 0,
         rss_mib: Vec::new(),
+        load_stopped_secs: 0.0,
+        data_mib: 0.0,
         disk_full: Some(report),
         problems,
     })
@@ -1190,14 +1201,23 @@ pub async fn run(mut args: SoakArgs) -> Result<SoakReport, String> {
             ));
         }
     }
-    if let Some(pid) = server.pid() {
-        if let Ok(bytes) = rss_bytes(pid) {
-            rss.push((
-                started.elapsed().as_secs_f64(),
-                bytes as f64 / (1 << 20) as f64,
-            ));
+    let load_stopped = started.elapsed();
+    let settle_until = load_stopped + Duration::from_secs_f64(server.args.settle_secs);
+    loop {
+        if let Some(pid) = server.pid() {
+            if let Ok(bytes) = rss_bytes(pid) {
+                rss.push((
+                    started.elapsed().as_secs_f64(),
+                    bytes as f64 / (1 << 20) as f64,
+                ));
+            }
         }
+        if started.elapsed() >= settle_until {
+            break;
+        }
+        tokio::time::sleep(sample.min(settle_until - started.elapsed())).await;
     }
+    let data_mib = dir_bytes(&server.args.data_dir) as f64 / (1 << 20) as f64;
     server.kill();
     let events_acked = {
         let ledger = shared.ledger.lock().unwrap_or_else(|p| p.into_inner());
@@ -1219,6 +1239,8 @@ pub async fn run(mut args: SoakArgs) -> Result<SoakReport, String> {
         clients_diverged: diverged,
         presence_unsettled: checks.unsettled,
         rss_mib: rss,
+        load_stopped_secs: load_stopped.as_secs_f64(),
+        data_mib,
         disk_full: None,
         problems: checks.problems,
     })
@@ -1253,12 +1275,35 @@ pub fn print(r: &SoakReport) {
         }
     }
     if !r.rss_mib.is_empty() {
-        println!("server RSS (MiB)");
+        println!(
+            "server RSS (MiB); the load stopped at {:.0} s; {:.1} MiB of data stored",
+            r.load_stopped_secs, r.data_mib
+        );
         for (at, mib) in &r.rss_mib {
-            println!("  {at:>7.0} s  {mib:>7.1}");
+            let idle = if *at > r.load_stopped_secs + 0.5 {
+                "  (idle)"
+            } else {
+                ""
+            };
+            println!("  {at:>7.0} s  {mib:>7.1}{idle}");
         }
     }
     for problem in &r.problems {
         println!("problem: {problem}");
     }
+}
+
+/// Bytes of the files under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => dir_bytes(&entry.path()),
+            Ok(meta) => meta.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }

@@ -4,10 +4,10 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tandem_crdt::PeerId;
 use tokio::sync::mpsc;
 
@@ -24,6 +24,9 @@ pub struct Outgoing {
     received: Option<Instant>,
     /// For a broadcast update: the peers yet to hand it to their socket (or to drop it).
     remaining: AtomicUsize,
+    /// The message with a Hocuspocus address put before it: made by the first peer on that
+    /// address to send it, and shared by the others (the peers of a room mostly use one).
+    addressed: OnceLock<(Bytes, Bytes)>,
 }
 
 impl Outgoing {
@@ -33,6 +36,7 @@ impl Outgoing {
             bytes,
             received: None,
             remaining: AtomicUsize::new(0),
+            addressed: OnceLock::new(),
         }
     }
 
@@ -42,7 +46,24 @@ impl Outgoing {
             bytes,
             received,
             remaining: AtomicUsize::new(peers),
+            addressed: OnceLock::new(),
         }
+    }
+
+    /// The message on the Hocuspocus address `prefix` (its varString): shared with the other
+    /// peers on the same address, made once.
+    pub fn addressed(&self, prefix: &Bytes) -> Bytes {
+        if let Some((on, frame)) = self.addressed.get() {
+            if on == prefix {
+                return frame.clone();
+            }
+        }
+        let mut frame = BytesMut::with_capacity(prefix.len() + self.bytes.len());
+        frame.extend_from_slice(prefix);
+        frame.extend_from_slice(&self.bytes);
+        let frame = frame.freeze();
+        let _ = self.addressed.set((prefix.clone(), frame.clone()));
+        frame
     }
 
     /// One peer is done with this message. For the last one, the update's arrival.

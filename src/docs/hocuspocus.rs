@@ -32,7 +32,7 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::StreamExt;
 use governor::{Quota, RateLimiter};
@@ -377,16 +377,11 @@ impl Session<'_> {
             Access::ReadWrite => hocuspocus::SCOPE_READ_WRITE,
             Access::ReadOnly => hocuspocus::SCOPE_READ_ONLY,
         };
-        // Authenticated goes out first, then the document's own queue: what the room says.
-        self.send(hocuspocus::authenticated(address, scope)).await;
+        // Authenticated goes first on the document's own queue, which the writer reads only
+        // once the peer is in its room: a client told it is in misses nothing said after.
         let (outbound, queue) = mpsc::channel(config.outbound_queue);
-        let _ = self
-            .control
-            .send(Control::Lane(Lane {
-                prefix: Bytes::from(hocuspocus::address_prefix(address)),
-                queue,
-            }))
-            .await;
+        let authenticated = hocuspocus::authenticated_body(scope);
+        let _ = outbound.try_send(Arc::new(Outgoing::reply(Bytes::from(authenticated))));
         let peer = PeerId(ConnId::next().0);
         let link = PeerLink {
             peer,
@@ -405,6 +400,13 @@ impl Session<'_> {
                 return Err(CloseReason::Storage);
             }
         };
+        let _ = self
+            .control
+            .send(Control::Lane(Lane {
+                prefix: Bytes::from(hocuspocus::address_prefix(address)),
+                queue,
+            }))
+            .await;
         tracing::debug!(doc = %name, user = %principal.user, %address, "document opened");
         self.docs.insert(
             address.to_owned(),
@@ -714,10 +716,7 @@ impl Outbound for HocuspocusOutbound {
                         .propagation
                         .record(metrics::secs(received.elapsed()));
                 }
-                let mut frame = BytesMut::with_capacity(prefix.len() + message.bytes.len());
-                frame.extend_from_slice(&prefix);
-                frame.extend_from_slice(&message.bytes);
-                out.push(WsMessage::Binary(frame.freeze()));
+                out.push(WsMessage::Binary(message.addressed(&prefix)));
             }
         }
     }

@@ -229,6 +229,15 @@ pub fn authenticated(address: &str, scope: &str) -> Vec<u8> {
     })
 }
 
+/// The body of `Authenticated(scope)`, without its address (what a document's queue carries).
+pub fn authenticated_body(scope: &str) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(scope.len() + 3);
+    buf.write_var(MSG_AUTH);
+    buf.write_var(AUTH_AUTHENTICATED);
+    buf.write_string(scope);
+    buf
+}
+
 /// `PermissionDenied(reason)` for `address`.
 pub fn permission_denied(address: &str, reason: &str) -> Vec<u8> {
     doc_message(address, MSG_AUTH, |buf| {
@@ -388,6 +397,10 @@ mod tests {
     fn what_the_server_sends_is_byte_for_byte_what_hocuspocus_sends() {
         assert_eq!(
             authenticated("docs/alpha", SCOPE_READ_WRITE),
+            hex(AUTHENTICATED)
+        );
+        assert_eq!(
+            on_address("docs/alpha", &authenticated_body(SCOPE_READ_WRITE)),
             hex(AUTHENTICATED)
         );
         assert_eq!(sync_status("docs/alpha", true), hex(SYNC_STATUS));
