@@ -44,6 +44,12 @@ pub enum UpdateError {
     Unknown { what: &'static str, value: u8 },
     #[error("{0} is not supported")]
     Unsupported(&'static str),
+    #[error("client {0} appears twice in the update")]
+    DuplicateClient(u64),
+    #[error("the blocks of client {0} run past the largest clock")]
+    ClockOverflow(u64),
+    #[error("a string that is not UTF-8")]
+    BadString,
 }
 
 // The numbers of yrs's block and content kinds, and of its info bits (`yrs::block`).
@@ -139,21 +145,39 @@ impl Walk<'_> {
 
     /// A length-prefixed buffer or string (yrs checks strings' UTF-8 itself).
     fn buf(&mut self, what: &'static str) -> Result<(), UpdateError> {
+        self.bytes(what).map(drop)
+    }
+
+    /// A length-prefixed buffer, read.
+    fn bytes(&mut self, what: &'static str) -> Result<&[u8], UpdateError> {
         let len = self.u32(what)?;
-        self.skip(len as usize, what)
+        self.cursor
+            .read_exact(len as usize)
+            .map_err(|_| UpdateError::Truncated(what))
     }
 
     fn update(&mut self) -> Result<(), UpdateError> {
         let clients = self.u32("the client count")?;
         // Each client takes three bytes at least: its block count, id and first clock.
         let clients = self.count("clients", u64::from(clients), 3)?;
+        // yrs appends a client named twice to the blocks it already read, and adds block
+        // lengths to a u32 clock that wraps: either way it can end up with two blocks on one
+        // clock, and its block store then frees an item others still point to (a
+        // use-after-free the room fuzz target found). Neither reaches it.
+        let mut seen = std::collections::HashSet::new();
         for _ in 0..clients {
             let blocks = self.u32("a block count")?;
-            self.u64("a client id")?;
-            self.u32("a clock")?;
+            let client = self.u64("a client id")?;
+            if !seen.insert(client) {
+                return Err(UpdateError::DuplicateClient(client));
+            }
+            let mut clock = u64::from(self.u32("a clock")?);
             let blocks = self.count("blocks", u64::from(blocks), 1)?;
             for _ in 0..blocks {
-                self.block()?;
+                clock += self.block()?;
+                if clock > u64::from(u32::MAX) {
+                    return Err(UpdateError::ClockOverflow(client));
+                }
             }
             self.shape.blocks += blocks;
         }
@@ -172,11 +196,11 @@ impl Walk<'_> {
         Ok(())
     }
 
-    fn block(&mut self) -> Result<(), UpdateError> {
+    /// One block; its length in clock ticks.
+    fn block(&mut self) -> Result<u64, UpdateError> {
         let info = self.u8("a block")?;
         if info == BLOCK_GC || info == BLOCK_SKIP {
-            self.u32("a block length")?;
-            return Ok(());
+            return self.u32("a block length").map(u64::from);
         }
         let copies_parent = info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) != 0;
         if info & HAS_ORIGIN != 0 {
@@ -201,18 +225,24 @@ impl Walk<'_> {
         self.content(info & 0b1111)
     }
 
-    fn content(&mut self, kind: u8) -> Result<(), UpdateError> {
+    /// One item's content; its length in clock ticks (a string's in UTF-16 code units).
+    fn content(&mut self, kind: u8) -> Result<u64, UpdateError> {
         match kind {
-            CONTENT_DELETED => self.u32("a deleted length").map(drop),
+            CONTENT_DELETED => self.u32("a deleted length").map(u64::from),
             // Legacy content no Yjs of this decade writes (it writes `Any`), and that yrs
             // cannot read back: it reads one string more than the count says and writes the
             // count of what it read, so a document holding some no longer decodes (a snapshot
             // that does not load, a sync answer that panics). Found by the room fuzz target.
             CONTENT_JSON => Err(UpdateError::Unsupported("legacy JSON content")),
-            CONTENT_BINARY | CONTENT_STRING | CONTENT_EMBED => self.buf("content"),
+            CONTENT_BINARY | CONTENT_EMBED => self.buf("content").map(|()| 1),
+            CONTENT_STRING => {
+                let text = std::str::from_utf8(self.bytes("a string")?)
+                    .map_err(|_| UpdateError::BadString)?;
+                Ok(text.encode_utf16().count() as u64)
+            }
             CONTENT_FORMAT => {
                 self.buf("a format key")?;
-                self.buf("a format value")
+                self.buf("a format value").map(|()| 1)
             }
             CONTENT_TYPE => {
                 self.shape.types += 1;
@@ -226,7 +256,7 @@ impl Walk<'_> {
                 if kind == TYPE_XML_ELEMENT {
                     self.buf("an element name")?;
                 }
-                Ok(())
+                Ok(1)
             }
             CONTENT_ANY => {
                 let claimed = self.u64("an Any count")?;
@@ -234,11 +264,11 @@ impl Walk<'_> {
                 for _ in 0..values {
                     self.any()?;
                 }
-                Ok(())
+                Ok(values)
             }
             CONTENT_DOC => {
                 self.buf("a subdocument id")?;
-                self.any()
+                self.any().map(|()| 1)
             }
             other => Err(UpdateError::Unknown {
                 what: "content",
@@ -364,6 +394,47 @@ mod tests {
             inspect_v1(&update),
             Err(UpdateError::Unsupported("legacy JSON content"))
         );
+    }
+
+    #[test]
+    fn clients_named_twice_and_clocks_past_u32_are_refused() {
+        // What the room fuzz target sent to make yrs free an item still in use: a deleted
+        // block of 2^32 - 2 ticks and more blocks after it on a clock that wraps.
+        let wrapping = [
+            1,
+            2,
+            7,
+            5,
+            CONTENT_DELETED,
+            1,
+            1,
+            b't',
+            0xfe,
+            0xff,
+            0xff,
+            0xff,
+            0x0f,
+            4,
+            1,
+            1,
+            b't',
+            1,
+            b'a',
+            0,
+        ];
+        // (yrs's decoder overflows on it: a panic in debug builds, a wrapped clock in release.)
+        assert_eq!(inspect_v1(&wrapping), Err(UpdateError::ClockOverflow(7)));
+        // One client's blocks in two places of the update, on clocks that overlap.
+        let twice = [
+            2, 1, 7, 0, 4, 1, 1, b't', 1, b'a', 1, 7, 0, 4, 1, 1, b't', 1, b'b', 0,
+        ];
+        assert!(Update::decode_v1(&twice).is_ok());
+        assert_eq!(inspect_v1(&twice), Err(UpdateError::DuplicateClient(7)));
+        // A string's length is counted as yrs counts it, in UTF-16 code units.
+        let doc = Doc::with_client_id(3);
+        let text = doc.get_or_insert_text("t");
+        text.insert(&mut doc.transact_mut(), 0, "héllo 🎉");
+        assert!(inspect_v1(&whole(&doc)).is_ok());
     }
 
     #[test]
