@@ -38,6 +38,7 @@ use futures_util::StreamExt;
 use governor::{Quota, RateLimiter};
 use tandem_crdt::{Access, PeerId};
 use tandem_sync::hocuspocus::{self, Body, Frame, FrameError};
+use tandem_sync::message::{MSG_SYNC_STEP_2, MSG_SYNC_UPDATE};
 use tandem_sync::{Message, SyncMessage};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -140,6 +141,7 @@ async fn run(
             waiting: HashMap::new(),
             waiting_frames: 0,
             waiting_bytes: 0,
+            tokens_changed: false,
             v4: false,
             stateless: RateLimiter::direct(Quota::per_second(per_sec)),
         };
@@ -171,6 +173,8 @@ struct Session<'a> {
     waiting: HashMap<String, Vec<Bytes>>,
     waiting_frames: usize,
     waiting_bytes: usize,
+    /// A document came, went, or had its token renewed: the socket's expiry is looked at again.
+    tokens_changed: bool,
     /// A 4.x provider spoke (its Auth carried its version): it answers the bare ping byte,
     /// which older ones fail on, and its liveness check counts only messages.
     v4: bool,
@@ -238,10 +242,12 @@ impl Session<'_> {
                 self.closer.close(reason);
                 return;
             }
-            let earliest = self.docs.values().filter_map(|d| d.expires_at).min();
-            if earliest != expires_at {
-                expires_at = earliest;
-                reader.set_expiry(earliest);
+            if std::mem::take(&mut self.tokens_changed) {
+                let earliest = self.docs.values().filter_map(|d| d.expires_at).min();
+                if earliest != expires_at {
+                    expires_at = earliest;
+                    reader.set_expiry(earliest);
+                }
             }
         }
     }
@@ -268,10 +274,14 @@ impl Session<'_> {
         match message {
             Body::Token { token, version } => {
                 self.v4 |= version.is_some();
+                self.tokens_changed = true;
                 return self.authenticate(address, token, replay).await;
             }
             // Only servers ask for tokens; from a client, an Auth without one.
-            Body::TokenRequest => return self.authenticate(address, "", replay).await,
+            Body::TokenRequest => {
+                self.tokens_changed = true;
+                return self.authenticate(address, "", replay).await;
+            }
             _ => {}
         }
         if !self.docs.contains_key(address) {
@@ -475,24 +485,24 @@ impl Session<'_> {
         let Some(doc) = self.docs.get(address) else {
             return Ok(());
         };
-        let mut acknowledge = false;
-        if kind == hocuspocus::MSG_SYNC {
-            let message = tandem_sync::decode(body.clone())
+        // A sync step 2 or update (its sub-type is the byte after the type): acknowledged once
+        // durable. The room reads the message itself; only a read-only one is read here.
+        let acknowledge = kind == hocuspocus::MSG_SYNC
+            && matches!(
+                body.get(1).map(|&sub| u64::from(sub)),
+                Some(MSG_SYNC_STEP_2 | MSG_SYNC_UPDATE)
+            );
+        if acknowledge && doc.access == Access::ReadOnly {
+            // Refused as Hocuspocus refuses it: not applied, SyncStatus 0 (the provider keeps
+            // it as unsynced). An answer to step 1 with nothing new is in sync.
+            let message = tandem_sync::decode(body)
                 .map_err(|e| CloseReason::Protocol(format!("malformed message: {e}")))?;
-            if let Message::Sync(sync @ (SyncMessage::Step2(_) | SyncMessage::Update(_))) = message
-            {
-                if doc.access == Access::ReadOnly {
-                    // Refused as Hocuspocus refuses it: not applied, SyncStatus 0 (the provider
-                    // keeps it as unsynced). An answer to step 1 with nothing new is in sync.
-                    let taken = match &sync {
-                        SyncMessage::Step2(update) => doc.handle.lock().room.covers(update),
-                        _ => false,
-                    };
-                    self.send(hocuspocus::sync_status(address, taken)).await;
-                    return Ok(());
-                }
-                acknowledge = true;
-            }
+            let taken = match message {
+                Message::Sync(SyncMessage::Step2(update)) => doc.handle.lock().room.covers(&update),
+                _ => false,
+            };
+            self.send(hocuspocus::sync_status(address, taken)).await;
+            return Ok(());
         }
         let mut overflow = Overflow::default();
         let received = self
@@ -547,6 +557,7 @@ impl Session<'_> {
     /// Leaves the document on `address` (the client detached it); the socket goes on.
     async fn detach(&mut self, address: &str) {
         if let Some(doc) = self.docs.remove(address) {
+            self.tokens_changed = true;
             self.rooms.leave(&doc.handle, doc.peer);
             tracing::debug!(doc = %doc.name, %address, "document closed");
             self.describe();
