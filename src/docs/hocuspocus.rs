@@ -80,31 +80,26 @@ pub async fn upgrade(
         Ok(admission) => admission,
         Err(crowded) => return crate::http::extract::crowded(crowded),
     };
-    let max = server.config.max_frame_bytes;
-    upgrade
-        .max_message_size(max)
-        .max_frame_size(max)
-        .read_buffer_size(server.config.ws_read_buffer_bytes)
-        .on_upgrade(move |ws| {
-            let conn = ConnId::next();
-            let span = tracing::info_span!("conn", %conn, protocol = "hocuspocus");
-            let closer = Closer::new();
-            let registration = server.connections.register(NewConn {
-                id: conn,
-                kind: Kind::Hocuspocus,
-                user: String::new(),
-                workspace: String::new(),
-                target: String::new(),
-                remote,
-                closer: Some(closer.clone()),
-                admission: Some(admission),
-            });
-            let tasks = server.tasks.clone();
-            let (sink, stream) = ws.split();
-            tasks.track_future(
-                run(server, rooms, sink, stream, conn, closer, registration).instrument(span),
-            )
-        })
+    crate::net::limited(upgrade, &server.config).on_upgrade(move |ws| {
+        let conn = ConnId::next();
+        let span = tracing::info_span!("conn", %conn, protocol = "hocuspocus");
+        let closer = Closer::new();
+        let registration = server.connections.register(NewConn {
+            id: conn,
+            kind: Kind::Hocuspocus,
+            user: String::new(),
+            workspace: String::new(),
+            target: String::new(),
+            remote,
+            closer: Some(closer.clone()),
+            admission: Some(admission),
+        });
+        let tasks = server.tasks.clone();
+        let (sink, stream) = ws.split();
+        tasks.track_future(
+            run(server, rooms, sink, stream, conn, closer, registration).instrument(span),
+        )
+    })
 }
 
 /// Serves one socket until it closes.

@@ -93,40 +93,35 @@ pub async fn upgrade(
         Some(Ok(hold)) => Some(hold),
         None => None,
     };
-    let max = server.config.max_frame_bytes;
-    upgrade
-        .max_message_size(max)
-        .max_frame_size(max)
-        .read_buffer_size(server.config.ws_read_buffer_bytes)
-        .on_upgrade(move |ws| {
-            let conn = ConnId::next();
-            let span = tracing::info_span!("conn", %conn, doc = %name, user = %principal.user);
-            let tasks = server.tasks.clone();
-            let closer = Closer::new();
-            let registration = server.connections.register(NewConn {
-                id: conn,
-                kind: Kind::Document,
-                user: principal.user.clone(),
-                workspace: name.workspace().to_owned(),
-                target: name.as_str().to_owned(),
-                remote,
-                closer: Some(closer.clone()),
-                admission: Some(admission),
-            });
-            let session = Box::new(Session {
-                name,
-                conn,
-                access,
-                principal,
-                closer,
-                registration,
-                _hold: hold,
-            });
-            // Split here: a WebSocket held by value as an argument of `run` would stay in the
-            // connection task's state for its whole life, even once moved out.
-            let (sink, stream) = ws.split();
-            tasks.track_future(run(server, rooms, sink, stream, session).instrument(span))
-        })
+    crate::net::limited(upgrade, &server.config).on_upgrade(move |ws| {
+        let conn = ConnId::next();
+        let span = tracing::info_span!("conn", %conn, doc = %name, user = %principal.user);
+        let tasks = server.tasks.clone();
+        let closer = Closer::new();
+        let registration = server.connections.register(NewConn {
+            id: conn,
+            kind: Kind::Document,
+            user: principal.user.clone(),
+            workspace: name.workspace().to_owned(),
+            target: name.as_str().to_owned(),
+            remote,
+            closer: Some(closer.clone()),
+            admission: Some(admission),
+        });
+        let session = Box::new(Session {
+            name,
+            conn,
+            access,
+            principal,
+            closer,
+            registration,
+            _hold: hold,
+        });
+        // Split here: a WebSocket held by value as an argument of `run` would stay in the
+        // connection task's state for its whole life, even once moved out.
+        let (sink, stream) = ws.split();
+        tasks.track_future(run(server, rooms, sink, stream, session).instrument(span))
+    })
 }
 
 /// The token of a WebSocket request: browsers cannot set headers, so it rides the URL.

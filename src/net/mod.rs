@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use tokio_util::sync::CancellationToken;
@@ -60,6 +61,16 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Remote {
 }
 
 /// The answer to a plain HTTP request on a WebSocket endpoint: 426 with what it speaks.
+/// A document socket's upgrade with the server's limits: `--max-frame-bytes` per message and
+/// frame, `--ws-read-buffer-bytes` of read buffer.
+pub fn limited(upgrade: WebSocketUpgrade, config: &Config) -> WebSocketUpgrade {
+    let max = config.max_frame_bytes;
+    upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(config.ws_read_buffer_bytes)
+}
+
 pub fn websocket_required(err: &WebSocketUpgradeRejection, speaks: &str) -> Response {
     ApiError::new(
         StatusCode::UPGRADE_REQUIRED,

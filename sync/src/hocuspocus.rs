@@ -184,17 +184,8 @@ fn read_str<'a>(
     cursor: &mut Cursor<'_>,
     what: &'static str,
 ) -> Result<&'a str, DecodeError> {
-    let len: u64 = cursor
-        .read_var()
-        .map_err(|e| DecodeError::from_read(e, what))?;
-    let start = cursor.next;
-    let end = usize::try_from(len)
-        .ok()
-        .and_then(|len| start.checked_add(len))
-        .filter(|&end| end <= frame.len())
-        .ok_or(DecodeError::Truncated(what))?;
-    cursor.next = end;
-    std::str::from_utf8(&frame[start..end]).map_err(|_| DecodeError::BadUtf8(what))
+    let range = crate::message::read_range(frame.len(), cursor, what)?;
+    std::str::from_utf8(&frame[range]).map_err(|_| DecodeError::BadUtf8(what))
 }
 
 /// The bytes that put a y-websocket message on `address`: its varString.

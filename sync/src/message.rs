@@ -327,6 +327,16 @@ fn read_payload(
     cursor: &mut Cursor<'_>,
     what: &'static str,
 ) -> Result<Bytes, DecodeError> {
+    read_range(frame.len(), cursor, what).map(|range| frame.slice(range))
+}
+
+/// Where the length-prefixed bytes at the cursor lie in a frame of `frame_len` bytes; the
+/// cursor moves past them.
+pub(crate) fn read_range(
+    frame_len: usize,
+    cursor: &mut Cursor<'_>,
+    what: &'static str,
+) -> Result<std::ops::Range<usize>, DecodeError> {
     let len = cursor
         .read_var::<u64>()
         .map_err(|e| DecodeError::from_read(e, what))?;
@@ -334,10 +344,10 @@ fn read_payload(
     let end = usize::try_from(len)
         .ok()
         .and_then(|len| start.checked_add(len))
-        .filter(|&end| end <= frame.len())
+        .filter(|&end| end <= frame_len)
         .ok_or(DecodeError::Truncated(what))?;
     cursor.next = end;
-    Ok(frame.slice(start..end))
+    Ok(start..end)
 }
 
 #[cfg(test)]
