@@ -127,8 +127,17 @@ impl Room {
                     continue;
                 }
                 // What is stored was checked when it came in (an update stored before the check
-                // existed loads as it always did).
-                types += inspect_v1(update).map_or(0, |shape| shape.types);
+                // existed loads as it always did, except one yrs would integrate past a hole:
+                // it would leave the document open to the use-after-free the check prevents).
+                if let Ok(shape) = inspect_v1(update) {
+                    types += shape.types;
+                    if !shape.must_follow.is_empty() {
+                        if let Err(err) = check_no_hole(&shape.must_follow, &txn.state_vector()) {
+                            tracing::warn!(error = %err, "a stored update is skipped on load");
+                            continue;
+                        }
+                    }
+                }
                 let decoded =
                     Update::decode_v1(update).map_err(|e| RoomError::BadUpdate(e.to_string()))?;
                 txn.apply_update(decoded)
@@ -622,19 +631,22 @@ impl Room {
         let doc = &self.doc;
         // yrs can also refuse an update halfway through, with part of it integrated: the room
         // then holds what will never be stored, so it is poisoned too, and the sender told why.
-        let result = catch_unwind(AssertUnwindSafe(|| -> (bool, Result<(), String>) {
+        let must_follow = &shape.must_follow;
+        let result = catch_unwind(AssertUnwindSafe(|| -> Result<_, RoomError> {
             let mut txn = doc.transact_mut();
+            check_no_hole(must_follow, txn.before_state())?;
             let pending_before = pending_fingerprint(&txn);
             let applied = txn.apply_update(decoded).map_err(|e| e.to_string());
             let changed = txn.before_state() != txn.after_state()
                 || !txn.delete_set().is_empty()
                 || pending_fingerprint(&txn) != pending_before;
-            (changed, applied)
+            Ok((changed, applied))
         }));
         let changed = match result {
-            Ok((changed, Ok(()))) => changed,
-            Ok((false, Err(why))) => return Err(RoomError::Rejected(why)),
-            Ok((true, Err(why))) => {
+            Ok(Err(refused)) => return Err(refused),
+            Ok(Ok((changed, Ok(())))) => changed,
+            Ok(Ok((false, Err(why)))) => return Err(RoomError::Rejected(why)),
+            Ok(Ok((true, Err(why)))) => {
                 self.poisoned.set(true);
                 tracing::error!(reason = %why, "yrs refused an update it had partly applied; room poisoned");
                 return Err(RoomError::Rejected(why));
@@ -676,6 +688,24 @@ fn pending_fingerprint(txn: &impl ReadTxn) -> Option<(IdSet, StateVector, Option
         pending.map(|p| p.missing.clone()).unwrap_or_default(),
         pending_ds.cloned(),
     ))
+}
+
+/// Refuses an update with a run of blocks yrs would integrate past a hole in its client's
+/// history (see [`tandem_sync::UpdateShape::must_follow`]): the document must already hold
+/// that client's clocks up to where the run starts. A client sends its updates in order, so
+/// only an update that lost its way (or a hostile one) meets this; a client told so
+/// reconnects and sends everything it has, hole included.
+fn check_no_hole(must_follow: &[(u64, u32)], held: &StateVector) -> Result<(), RoomError> {
+    for &(client, clock) in must_follow {
+        let has = held.get(&yrs::block::ClientID::new(client));
+        if has < clock {
+            return Err(RoomError::Rejected(format!(
+                "it starts client {client}'s edits at clock {clock} and the document holds \
+                 them up to {has}: send the earlier ones first"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A state vector from a peer, checked before yrs reserves room for it.
@@ -1500,6 +1530,37 @@ mod tests {
         .unwrap();
         assert_eq!(text_of(&reloaded), "abcd");
         assert_eq!(reloaded.state_vector(), room.state_vector());
+    }
+
+    #[test]
+    fn an_update_yrs_would_integrate_past_a_hole_is_refused_until_the_hole_is_filled() {
+        // Client 7's deleted item at clock 4, with no origin: yrs would integrate it at once,
+        // behind a skip for clocks 0..4, and a later update overlapping that skip made yrs
+        // free an item it still linked to (the room fuzz target's heap use-after-free,
+        // corpus/room/regress-uaf-parent-sub).
+        let early = [1, 1, 7, 4, 1, 1, 1, b't', 2, 0];
+        let mut room = Room::new(RoomLimits::default());
+        let before = room.state_vector();
+        let err = room
+            .apply_update(Bytes::copy_from_slice(&early))
+            .unwrap_err();
+        assert!(
+            matches!(&err, RoomError::Rejected(why) if why.contains("client 7") && why.contains("clock 4")),
+            "{err}"
+        );
+        assert_eq!(room.state_vector(), before);
+        // Once the client's first four clocks are there, it applies.
+        let doc = Doc::with_client_id(7);
+        let text = doc.get_or_insert_text("t");
+        text.insert(&mut doc.transact_mut(), 0, "abcd");
+        let first = doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        room.apply_update(first.into()).unwrap();
+        let outbox = room.apply_update(Bytes::copy_from_slice(&early)).unwrap();
+        assert_eq!(outbox.persist.len(), 1);
+        assert_eq!(text_of(&room), "abcd");
+        // Out-of-order typing still waits for what it follows, as before.
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The check every update passes before yrs decodes it (`tandem_sync::inspect_v1`), against
 //! yrs's own decoder: the check allocates (almost) nothing and never panics; what it accepts
 //! yrs decodes within the allocation bound (or refuses, or panics inside the room's guard);
-//! what it refuses for any reason but nesting, legacy JSON content, a client named twice or a
-//! clock past u32, yrs cannot decode either,
+//! what it refuses for any reason but nesting, legacy JSON content, a client named twice (or
+//! past 53 bits) or a clock past u32, yrs cannot decode either,
 //! so no valid update is lost to it.
 #![no_main]
 
@@ -32,12 +32,14 @@ fuzz_target!(|data: &[u8]| {
             // thing the check is for), so it is not asked.
             Err(UpdateError::Claim { .. }) => {}
             // Legacy JSON content: yrs reads it but cannot read back what it makes of it. A
-            // client named twice, or clocks past u32: yrs decodes them into blocks that
-            // overlap, which its block store then frees while in use.
+            // client named twice (or under an id past 53 bits, which yrs folds into another),
+            // or clocks past u32: yrs decodes them into blocks that overlap, which its block
+            // store then frees while in use.
             Err(
                 UpdateError::Unsupported(_)
                 | UpdateError::DuplicateClient(_)
-                | UpdateError::ClockOverflow(_),
+                | UpdateError::ClockOverflow(_)
+                | UpdateError::ClientTooLarge(_),
             ) => {}
             Err(err) => {
                 let (decoded, _) = decode();

@@ -17,12 +17,22 @@ use yrs::encoding::read::{Cursor, Read};
 pub const MAX_ANY_DEPTH: usize = 64;
 
 /// What [`inspect_v1`] found in an update that yrs may decode.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UpdateShape {
     /// Blocks (items, garbage-collected ranges, skips), over every client.
     pub blocks: u64,
     /// Items that create a shared type (a map, array, text or XML node).
     pub types: u64,
+    /// The runs of blocks that yrs would integrate at once even where the document lacks the
+    /// clocks before them, as `(client, clock)`: a client's first block, or one after a skip,
+    /// that starts past clock 0 and is not an item whose left origin is its own client's
+    /// previous clock (such an item waits for that clock in yrs's pending set, as Yjs makes
+    /// every out-of-order block wait). Integrated early, yrs fills the hole with a skip, and a
+    /// later update that overlaps it makes yrs free an item it still links to (a heap
+    /// use-after-free the room fuzz target found): the room refuses such an update unless the
+    /// document already holds the client's clocks up to `clock`. Empty for what clients send
+    /// in order, so this allocates nothing on the common path.
+    pub must_follow: Vec<(u64, u32)>,
 }
 
 /// Why an update was refused before decoding.
@@ -48,6 +58,8 @@ pub enum UpdateError {
     DuplicateClient(u64),
     #[error("the blocks of client {0} run past the largest clock")]
     ClockOverflow(u64),
+    #[error("client id {0} is past 2^53, which no Yjs client makes")]
+    ClientTooLarge(u64),
     #[error("a string that is not UTF-8")]
     BadString,
 }
@@ -86,6 +98,15 @@ pub fn inspect_v1(update: &[u8]) -> Result<UpdateShape, UpdateError> {
     };
     walk.update()?;
     Ok(walk.shape)
+}
+
+/// What the walk needs of a block.
+struct Block {
+    /// In clock ticks.
+    len: u64,
+    skip: bool,
+    /// An item's left origin, `(client, clock)`.
+    origin: Option<(u64, u32)>,
 }
 
 struct Walk<'a> {
@@ -129,6 +150,16 @@ impl Walk<'_> {
             .map_err(|e| var_error(e, what))
     }
 
+    /// A client id. yrs keeps 53 bits of it (what a JavaScript number holds exactly) and drops
+    /// the rest, so two ids that differ above would name one client: one beyond is refused.
+    fn client(&mut self, what: &'static str) -> Result<u64, UpdateError> {
+        let id = self.u64(what)?;
+        if id >= 1 << 53 {
+            return Err(UpdateError::ClientTooLarge(id));
+        }
+        Ok(id)
+    }
+
     fn i64(&mut self, what: &'static str) -> Result<(), UpdateError> {
         self.cursor
             .read_var::<i64>()
@@ -167,14 +198,27 @@ impl Walk<'_> {
         let mut seen = std::collections::HashSet::new();
         for _ in 0..clients {
             let blocks = self.u32("a block count")?;
-            let client = self.u64("a client id")?;
+            let client = self.client("a client id")?;
             if !seen.insert(client) {
                 return Err(UpdateError::DuplicateClient(client));
             }
             let mut clock = u64::from(self.u32("a clock")?);
             let blocks = self.count("blocks", u64::from(blocks), 1)?;
+            let mut run_starts = true;
             for _ in 0..blocks {
-                clock += self.block()?;
+                let block = self.block()?;
+                if run_starts && !block.skip && clock > 0 {
+                    let previous = clock.checked_sub(1).and_then(|c| u32::try_from(c).ok());
+                    let waits = block
+                        .origin
+                        .is_some_and(|(c, k)| c == client && Some(k) == previous);
+                    if !waits {
+                        // Below u32::MAX: checked after the previous block.
+                        self.shape.must_follow.push((client, clock as u32));
+                    }
+                }
+                run_starts = block.skip;
+                clock += block.len;
                 if clock > u64::from(u32::MAX) {
                     return Err(UpdateError::ClockOverflow(client));
                 }
@@ -185,7 +229,7 @@ impl Walk<'_> {
         let clients = self.u32("the delete set")?;
         let clients = self.count("deleting clients", u64::from(clients), 2)?;
         for _ in 0..clients {
-            self.u64("a deleting client")?;
+            self.client("a deleting client")?;
             let ranges = self.u32("a range count")?;
             let ranges = self.count("deleted ranges", u64::from(ranges), 2)?;
             for _ in 0..ranges {
@@ -196,33 +240,41 @@ impl Walk<'_> {
         Ok(())
     }
 
-    /// One block; its length in clock ticks.
-    fn block(&mut self) -> Result<u64, UpdateError> {
+    /// One block.
+    fn block(&mut self) -> Result<Block, UpdateError> {
         let info = self.u8("a block")?;
         if info == BLOCK_GC || info == BLOCK_SKIP {
-            return self.u32("a block length").map(u64::from);
+            return Ok(Block {
+                len: u64::from(self.u32("a block length")?),
+                skip: info == BLOCK_SKIP,
+                origin: None,
+            });
         }
         let copies_parent = info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) != 0;
+        let mut origin = None;
         if info & HAS_ORIGIN != 0 {
-            self.u64("an origin")?;
-            self.u32("an origin")?;
+            origin = Some((self.client("an origin")?, self.u32("an origin")?));
         }
         if info & HAS_RIGHT_ORIGIN != 0 {
-            self.u64("a right origin")?;
+            self.client("a right origin")?;
             self.u32("a right origin")?;
         }
         if !copies_parent {
             if self.u32("a parent")? == 1 {
                 self.buf("a parent name")?;
             } else {
-                self.u64("a parent")?;
+                self.client("a parent")?;
                 self.u32("a parent")?;
             }
             if info & HAS_PARENT_SUB != 0 {
                 self.buf("a parent key")?;
             }
         }
-        self.content(info & 0b1111)
+        Ok(Block {
+            len: self.content(info & 0b1111)?,
+            skip: false,
+            origin,
+        })
     }
 
     /// One item's content; its length in clock ticks (a string's in UTF-16 code units).
@@ -378,7 +430,8 @@ mod tests {
             inspect_v1(&update),
             Ok(UpdateShape {
                 blocks: 2,
-                types: 1
+                types: 1,
+                must_follow: Vec::new(),
             })
         );
     }
@@ -430,11 +483,78 @@ mod tests {
         ];
         assert!(Update::decode_v1(&twice).is_ok());
         assert_eq!(inspect_v1(&twice), Err(UpdateError::DuplicateClient(7)));
+        // Or twice under two ids yrs takes for one: it keeps their low 53 bits.
+        let mut aliased = vec![2, 1, 7, 0, 4, 1, 1, b't', 1, b'a', 1];
+        aliased.extend([0x87, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01]); // 7 + 2^56
+        aliased.extend([0, 4, 1, 1, b't', 1, b'b', 0]);
+        // (yrs's decoder asserts on such an id in debug builds and folds it in release.)
+        assert_eq!(
+            inspect_v1(&aliased),
+            Err(UpdateError::ClientTooLarge(7 + (1 << 56)))
+        );
         // A string's length is counted as yrs counts it, in UTF-16 code units.
         let doc = Doc::with_client_id(3);
         let text = doc.get_or_insert_text("t");
         text.insert(&mut doc.transact_mut(), 0, "héllo 🎉");
         assert!(inspect_v1(&whole(&doc)).is_ok());
+    }
+
+    #[test]
+    fn runs_yrs_would_integrate_past_a_hole_are_named() {
+        // Typing: each update's item follows its own client's previous character, so yrs
+        // holds it back until that one is there. Nothing to check.
+        let doc = Doc::with_client_id(7);
+        let text = doc.get_or_insert_text("t");
+        let typed: Vec<Vec<u8>> = ["a", "b"]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let mut txn = doc.transact_mut();
+                text.insert(&mut txn, i as u32, s);
+                txn.encode_update_v1()
+            })
+            .collect();
+        assert_eq!(inspect_v1(&typed[1]).map(|s| s.must_follow), Ok(vec![]));
+        // From clock 0 there is no hole to leave.
+        assert_eq!(inspect_v1(&typed[0]).map(|s| s.must_follow), Ok(vec![]));
+        // An item at clock 4 with no origin (the room fuzz target's), a garbage-collected
+        // range at clock 5, and an item after a skip: yrs takes each at once.
+        let no_origin = [1, 1, 7, 4, CONTENT_DELETED, 1, 1, b't', 2, 0];
+        assert_eq!(
+            inspect_v1(&no_origin).map(|s| s.must_follow),
+            Ok(vec![(7, 4)])
+        );
+        let collected = [1, 1, 7, 5, BLOCK_GC, 4, 0];
+        assert_eq!(
+            inspect_v1(&collected).map(|s| s.must_follow),
+            Ok(vec![(7, 5)])
+        );
+        // A string at clock 0, a skip of 3, then a string whose origin is another client's.
+        let after_skip = [
+            1,
+            3,
+            7,
+            0,
+            CONTENT_STRING,
+            1,
+            1,
+            b't',
+            1,
+            b'a',
+            BLOCK_SKIP,
+            3,
+            HAS_ORIGIN | CONTENT_STRING,
+            9,
+            0,
+            1,
+            b'b',
+            0,
+        ];
+        assert!(Update::decode_v1(&after_skip).is_ok());
+        assert_eq!(
+            inspect_v1(&after_skip).map(|s| s.must_follow),
+            Ok(vec![(7, 4)])
+        );
     }
 
     #[test]
