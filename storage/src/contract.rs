@@ -5,7 +5,10 @@
 
 use std::collections::BTreeSet;
 
-use crate::{Compaction, DocStore, EventSlot, EventStore, Retention, Since, StateStore, StoredDoc};
+use crate::{
+    Compaction, DocStore, EventSlot, EventStore, NewVersion, Retention, Since, StateStore,
+    StoredDoc, VersionReason, VersionRetention, VersionStore,
+};
 
 /// The merge the contract's updates follow: an update is a `+`-separated set of tokens, and
 /// merging takes their union (in order). For a backend that folds updates itself
@@ -264,4 +267,103 @@ pub async fn state_store(store: &dyn StateStore) {
     store.put("records/acme", "v", 9, None).unwrap();
     store.flush().await.unwrap();
     assert_eq!(value(store.scan("records/acme").await.unwrap()), None);
+}
+
+/// What every [`VersionStore`] does: versions list newest first and page with `before`,
+/// documents (also those whose names share a prefix) stay apart, content comes back as stored,
+/// ids grow, and retention by count and by age removes the oldest but never the newest.
+pub async fn version_store(store: &dyn VersionStore) {
+    let keep_all = VersionRetention {
+        keep: 100,
+        not_before_ms: None,
+    };
+    let new = |at_ms: i64, authors: &[&str], label: Option<&str>| NewVersion {
+        at_ms,
+        authors: authors.iter().map(|a| a.to_string()).collect(),
+        label: label.map(str::to_owned),
+        reason: VersionReason::Auto,
+    };
+    let doc = "acme/q/1";
+    let mut ids = Vec::new();
+    for n in 0..5i64 {
+        let content = vec![n as u8; 10 + n as usize];
+        let v = store
+            .put(
+                doc,
+                new(1_000 * n, &["ann", "bob"], None),
+                &content,
+                keep_all,
+            )
+            .await
+            .unwrap();
+        assert_eq!(v.bytes, content.len() as u64);
+        assert_eq!(v.authors, ["ann", "bob"]);
+        if let Some(last) = ids.last() {
+            assert!(v.id > *last, "ids grow");
+        }
+        ids.push(v.id);
+    }
+    let other = store
+        .put("acme/q/10", new(5, &[], Some("other")), b"o", keep_all)
+        .await
+        .unwrap();
+    assert_eq!(other.label.as_deref(), Some("other"));
+    let listed: Vec<u64> = store
+        .list(doc, None, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| v.id)
+        .collect();
+    let newest_first: Vec<u64> = ids.iter().rev().copied().collect();
+    assert_eq!(listed, newest_first);
+    let page: Vec<u64> = store
+        .list(doc, Some(ids[3]), 2)
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| v.id)
+        .collect();
+    assert_eq!(page, vec![ids[2], ids[1]]);
+    let (version, content) = store.get(doc, ids[2]).await.unwrap().unwrap();
+    assert_eq!(version.at_ms, 2_000);
+    assert_eq!(content, vec![2u8; 12]);
+    assert!(store.get(doc, other.id).await.unwrap().is_none());
+    assert!(store.get("acme/q/2", ids[0]).await.unwrap().is_none());
+
+    // By count: the two newest stay.
+    let removed = store
+        .prune(
+            doc,
+            VersionRetention {
+                keep: 2,
+                not_before_ms: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(removed, 3);
+    assert!(store.get(doc, ids[0]).await.unwrap().is_none());
+    // By age, at the next put: everything before 4,500 ms goes, but not the new one.
+    let latest = store
+        .put(
+            doc,
+            new(4_000, &[], Some("before release")),
+            b"v",
+            VersionRetention {
+                keep: 100,
+                not_before_ms: Some(4_500),
+            },
+        )
+        .await
+        .unwrap();
+    let left: Vec<u64> = store
+        .list(doc, None, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| v.id)
+        .collect();
+    assert_eq!(left, vec![latest.id]);
+    assert_eq!(store.list("acme/q/10", None, 100).await.unwrap().len(), 1);
 }

@@ -4,9 +4,12 @@
 //! - [`DocStore`] (here): an append-only update log per document plus a compacted snapshot.
 //! - [`EventStore`] ([`events`](crate::EventStore)): the dashboard's per-workspace event log.
 //! - [`StateStore`] ([`state`](crate::StateStore)): the dashboard's small per-user records.
+//! - [`VersionStore`] ([`versions`](crate::VersionStore)): documents' version history, whole
+//!   copies with who changed what since the one before.
 //! - `sled_store` + `journal`: [`SledStore`], the default backend: appends go to a write-ahead
 //!   journal (one `pwrite` + `fdatasync` per group commit) and move into sled at checkpoints;
-//!   [`SledStore::events`] and [`SledStore::state`] open the other two in the same database.
+//!   [`SledStore::events`], [`SledStore::state`] and [`SledStore::versions`] open the others in
+//!   the same database.
 //! - [`pg`]: [`PgStore`], [`PgEventStore`] and [`PgStateStore`], the three in PostgreSQL for a
 //!   node (or a cluster of them) on a shared database, with versioned migrations; its
 //!   `testing` module (`testing` feature) gives each test a database of its own.
@@ -30,15 +33,20 @@ pub mod pg;
 mod sled_store;
 mod space;
 mod state;
+mod versions;
 
 pub use events::{
     EventSlot, EventStore, MemoryEventStore, Retention, Since, SledEventStore, StoredEvent,
 };
 pub use memory::MemoryStore;
-pub use pg::{Merge, PgEventStore, PgOptions, PgStateStore, PgStore};
+pub use pg::{Merge, PgEventStore, PgOptions, PgStateStore, PgStore, PgVersionStore};
 pub use sled_store::{SledOptions, SledStore};
 pub use space::SpaceGuard;
 pub use state::{MemoryStateStore, SledStateStore, StateStore};
+pub use versions::{
+    MemoryVersionStore, NewVersion, SledVersionStore, Version, VersionReason, VersionRetention,
+    VersionStore,
+};
 
 use async_trait::async_trait;
 

@@ -234,6 +234,14 @@ impl SledStore {
         crate::SledStateStore::open(self.inner.db.clone(), self.inner.space.clone())
     }
 
+    /// Documents' version history, in the same database.
+    ///
+    /// # Errors
+    /// Its trees cannot be opened.
+    pub fn versions(&self) -> Result<crate::SledVersionStore, StoreError> {
+        crate::SledVersionStore::open(self.inner.db.clone(), self.inner.space.clone())
+    }
+
     async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,

@@ -7,6 +7,7 @@
 //!   an advisory lock, and the refusal of a schema newer than this build;
 //! - `docs`: [`PgStore`]'s [`DocStore`](crate::DocStore);
 //! - `events`, `state`: the dashboard's log and records;
+//! - `versions`: documents' version history;
 //! - `testing` (`testing` feature): a database of its own for each test.
 //!
 //! Writes are buffered as the traits want (`append` and `put` are cheap and synchronous) and a
@@ -27,6 +28,7 @@ mod schema;
 mod state;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+mod versions;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -37,6 +39,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 pub use events::PgEventStore;
 pub use schema::SCHEMA_VERSION;
 pub use state::PgStateStore;
+pub use versions::PgVersionStore;
 
 use crate::StoreError;
 
@@ -65,6 +68,7 @@ pub struct PgStore {
     /// One of each per store: their sequence numbers, with the origin, key the rows.
     events: PgEventStore,
     state: PgStateStore,
+    versions: PgVersionStore,
 }
 
 /// What the three stores share: the pool and how long a call may take.
@@ -125,6 +129,7 @@ impl PgStore {
         Ok(PgStore {
             events: PgEventStore::new(db.clone()),
             state: PgStateStore::new(db.clone()),
+            versions: PgVersionStore::new(db.clone()),
             inner: Arc::new(docs::Docs::new(db, options.merge)),
         })
     }
@@ -137,6 +142,11 @@ impl PgStore {
     /// The per-user records in the same database (the same ones at every call).
     pub fn state(&self) -> PgStateStore {
         self.state.clone()
+    }
+
+    /// Documents' version history in the same database.
+    pub fn versions(&self) -> PgVersionStore {
+        self.versions.clone()
     }
 
     /// This node's origin id.
@@ -262,6 +272,7 @@ mod tests {
         contract::doc_store(&store).await;
         contract::event_store(&store.events()).await;
         contract::state_store(&store.state()).await;
+        contract::version_store(&store.versions()).await;
     }
 
     #[tokio::test]

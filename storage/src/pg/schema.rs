@@ -17,6 +17,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "state_versions",
         include_str!("../../migrations/0002_state_versions.sql"),
     ),
+    (
+        3,
+        "versions",
+        include_str!("../../migrations/0003_versions.sql"),
+    ),
 ];
 
 /// The schema version this build writes.
