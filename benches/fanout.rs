@@ -71,6 +71,7 @@ impl Fixture {
         );
         let rooms = Arc::new(Rooms::new(
             store,
+            Arc::new(tandem_storage::MemoryVersionStore::default()),
             durability,
             config,
             TaskTracker::new(),

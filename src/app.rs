@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tandem_storage::{DocStore, EventStore, StateStore, StoreError};
+use tandem_storage::{DocStore, EventStore, StateStore, StoreError, VersionStore};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +32,8 @@ pub struct Stores {
     pub events: Arc<dyn EventStore>,
     /// The dashboard's per-user records.
     pub state: Arc<dyn StateStore>,
+    /// Documents' version history.
+    pub versions: Arc<dyn VersionStore>,
     /// What this server's writes to a shared store are keyed by (a fresh id per boot; 0 for
     /// a store of its own): a cluster's messages carry it too.
     pub origin: i64,
@@ -115,6 +117,7 @@ pub async fn serve_with_stores(
     ));
     let rooms = Arc::new(Rooms::new(
         Arc::clone(&stores.docs),
+        Arc::clone(&stores.versions),
         Arc::clone(&durability),
         Arc::clone(&config),
         tasks.clone(),
@@ -239,6 +242,8 @@ pub async fn serve_with_stores(
     {
         tracing::warn!("some connections did not close in time");
     }
+    // Changes no version holds yet get one, while the rooms are still loaded.
+    rooms.take_pending_versions().await;
     rooms.unload_all().await;
     background.stop().await;
     if let Err(err) = durability.flush_now(stores.docs.as_ref()).await {
@@ -319,6 +324,7 @@ impl Timers {
             self.hub.tick();
             self.connections.sweep();
             self.rooms.expire_pollers();
+            self.rooms.take_due_versions();
             self.client_errors.sweep();
             // Histogram samples wait in buckets until drained; drain them even when nobody
             // scrapes, so they cannot pile up.

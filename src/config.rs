@@ -270,6 +270,20 @@ pub struct Config {
     #[arg(long, env = "TANDEM_MAX_STATELESS_PER_SEC", default_value_t = Config::DEFAULT_MAX_STATELESS_PER_SEC)]
     pub max_stateless_per_sec: u32,
 
+    /// A document that changed gets a version this long after its first change since the
+    /// last one, so at most one per this many seconds of activity, in seconds.
+    #[arg(long, env = "TANDEM_VERSION_INTERVAL_SECS", default_value_t = Config::DEFAULT_VERSION_INTERVAL_SECS)]
+    pub version_interval_secs: u64,
+
+    /// Versions kept per document (the newest).
+    #[arg(long, env = "TANDEM_VERSIONS_KEEP", default_value_t = Config::DEFAULT_VERSIONS_KEEP)]
+    pub versions_keep: usize,
+
+    /// Versions older than this are removed (the newest of a document always stays), in
+    /// seconds; 0 keeps them whatever their age.
+    #[arg(long, env = "TANDEM_VERSIONS_MAX_AGE_SECS", default_value_t = Config::DEFAULT_VERSIONS_MAX_AGE_SECS)]
+    pub versions_max_age_secs: u64,
+
     /// Origins (`https://app.example.com`, comma-separated) whose pages may call the HTTP API
     /// from the browser (CORS). None by default: the dashboard page is same-origin, and a
     /// browser refuses other origins' pages.
@@ -376,6 +390,9 @@ impl Config {
     pub const DEFAULT_MAX_DOCS_PER_SOCKET: usize = 64;
     pub const DEFAULT_MAX_STATELESS_BYTES: usize = 64 * 1024;
     pub const DEFAULT_MAX_STATELESS_PER_SEC: u32 = 50;
+    pub const DEFAULT_VERSION_INTERVAL_SECS: u64 = 600;
+    pub const DEFAULT_VERSIONS_KEEP: usize = 100;
+    pub const DEFAULT_VERSIONS_MAX_AGE_SECS: u64 = 90 * 24 * 3600;
     pub const DEFAULT_COMPACT_AFTER_UPDATES: usize = 1000;
     pub const DEFAULT_COMPACT_AFTER_BYTES: usize = 1024 * 1024;
     pub const DEFAULT_JOURNAL_CHECKPOINT_BYTES: usize = 4 * 1024 * 1024;
@@ -460,6 +477,21 @@ impl Config {
         Duration::from_millis(self.room_grace_ms)
     }
 
+    pub(crate) fn version_interval(&self) -> Duration {
+        Duration::from_secs(self.version_interval_secs)
+    }
+
+    /// Which versions of a document are kept, as of now.
+    pub(crate) fn version_retention(&self) -> tandem_storage::VersionRetention {
+        let max_age_ms = i64::try_from(self.versions_max_age_secs.saturating_mul(1000)).ok();
+        tandem_storage::VersionRetention {
+            keep: self.versions_keep.max(1),
+            not_before_ms: max_age_ms
+                .filter(|&age| age > 0)
+                .map(|age| i64::try_from(crate::clock::now_ms()).unwrap_or(i64::MAX) - age),
+        }
+    }
+
     pub(crate) fn reconnect_window(&self) -> Duration {
         Duration::from_millis(self.reconnect_window_ms)
     }
@@ -535,6 +567,8 @@ impl Config {
                 u64::from(config.publish_rate_workspace),
             ),
             ("publish-rate-user", u64::from(config.publish_rate_user)),
+            ("version-interval-secs", config.version_interval_secs),
+            ("versions-keep", config.versions_keep as u64),
             ("event-retention-secs", config.event_retention_secs),
             ("event-trim-interval-ms", config.event_trim_interval_ms),
             (
@@ -658,6 +692,9 @@ impl Default for Config {
             max_docs_per_socket: Config::DEFAULT_MAX_DOCS_PER_SOCKET,
             max_stateless_bytes: Config::DEFAULT_MAX_STATELESS_BYTES,
             max_stateless_per_sec: Config::DEFAULT_MAX_STATELESS_PER_SEC,
+            version_interval_secs: Config::DEFAULT_VERSION_INTERVAL_SECS,
+            versions_keep: Config::DEFAULT_VERSIONS_KEEP,
+            versions_max_age_secs: Config::DEFAULT_VERSIONS_MAX_AGE_SECS,
             editing_idle_ms: Config::DEFAULT_EDITING_IDLE_MS,
             reconnect_window_ms: Config::DEFAULT_RECONNECT_WINDOW_MS,
             client_errors_per_minute: Config::DEFAULT_CLIENT_ERRORS_PER_MINUTE,

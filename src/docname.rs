@@ -36,7 +36,20 @@ pub enum DocNameError {
     TooLong(usize),
     #[error("document name contains a control character")]
     ControlCharacter,
+    #[error(
+        "a document name may not end in /update, /sync, /stateless or /versions, nor hold a \
+         segment \"versions\": the document API's routes end in them ({0:?})"
+    )]
+    Reserved(String),
 }
+
+/// The last segments of the document API's routes (`POST /api/v1/docs/{doc}/update`…): no
+/// document name ends in one, so a route is never read as a document's name.
+pub const RESERVED_LAST_SEGMENTS: [&str; 4] = ["update", "sync", "stateless", "versions"];
+
+/// The segment version routes start with (`…/{doc}/versions/{id}/restore`): no document name
+/// holds it anywhere.
+pub const VERSIONS_SEGMENT: &str = "versions";
 
 impl DocName {
     /// Validates an already URL-decoded name.
@@ -53,7 +66,20 @@ impl DocName {
         if name.chars().any(char::is_control) {
             return Err(DocNameError::ControlCharacter);
         }
-        Ok(DocName(name.to_owned()))
+        let name = DocName(name.to_owned());
+        // The server's own rooms are named after users, whatever their ids; the API does not
+        // write them.
+        let reserved = name.kind() == RoomKind::Document
+            && (name.0.split('/').any(|s| s == VERSIONS_SEGMENT)
+                || name
+                    .0
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|last| RESERVED_LAST_SEGMENTS.contains(&last)));
+        if reserved {
+            return Err(DocNameError::Reserved(name.0));
+        }
+        Ok(name)
     }
 
     /// The presence room of `workspace`: every user's presence as awareness states.
@@ -115,6 +141,33 @@ impl fmt::Display for DocName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_document_apis_route_segments_are_reserved() {
+        for name in [
+            "acme/q/update",
+            "acme/sync",
+            "acme/q/stateless",
+            "acme/q/versions",
+            "acme/versions/3",
+            "versions",
+        ] {
+            assert!(
+                matches!(DocName::parse(name), Err(DocNameError::Reserved(_))),
+                "{name}"
+            );
+        }
+        for name in [
+            "acme/update/q",
+            "acme/q/updates",
+            "acme/sync-notes",
+            "acme/version",
+        ] {
+            assert!(DocName::parse(name).is_ok(), "{name}");
+        }
+        // A user's inbox is named after the user, whatever the id.
+        assert!(DocName::inbox("acme", "update").is_ok());
+    }
 
     #[test]
     fn special_rooms_are_recognised() {

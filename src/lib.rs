@@ -95,6 +95,7 @@ fn sled_stores(config: &Config) -> Result<Stores, ServeError> {
     Ok(Stores {
         events: Arc::new(store.events().map_err(storage_error)?),
         state: Arc::new(store.state().map_err(storage_error)?),
+        versions: Arc::new(store.versions().map_err(storage_error)?),
         docs: Arc::new(store),
         origin: 0,
     })
@@ -121,6 +122,7 @@ async fn postgres_stores(url: &str, config: &Config) -> Result<Stores, ServeErro
     Ok(Stores {
         events: Arc::new(events),
         state: Arc::new(store.state()),
+        versions: Arc::new(store.versions()),
         docs: Arc::new(store),
         origin,
     })

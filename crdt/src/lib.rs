@@ -10,6 +10,7 @@
 //! - [`outbox`]: what a room hands back for the caller to deliver ([`Outbox`], [`Departure`],
 //!   [`Polled`]).
 //! - [`awareness`]: the room's awareness states, with a bounded memory of removed clients.
+//! - [`content`]: a document's content as JSON, and the edits that restore an earlier copy.
 //! - [`peer`]: a peer's id and what it may do; `owners`: which peer keeps which awareness
 //!   client, and whose each client is.
 //!
@@ -19,6 +20,7 @@
 //! appends the first to the log before it delivers the second.
 
 pub mod awareness;
+pub mod content;
 pub mod outbox;
 mod owners;
 pub mod peer;
@@ -27,6 +29,7 @@ pub mod room;
 pub use yrs::Any;
 
 pub use awareness::SERVER_CLIENT_BASE;
+pub use content::{content_json, restoring_update};
 pub use outbox::{AwarenessChange, Departure, Outbox, PollInput, Polled};
 pub use peer::{Access, PeerId};
 pub use room::{Room, RoomError, RoomLimits};

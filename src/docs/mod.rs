@@ -4,7 +4,7 @@
 //! unload (`persist`), pollers ([`pollers`]), the server's own awareness states
 //! (`server_awareness`), what other servers of a cluster tell the rooms ([`remote`], through the
 //! [`RoomBus`] seam the cluster implements), the `/ws/{doc}` connection ([`socket`]), and the Hocuspocus one, many documents on one socket
-//! ([`hocuspocus`]).
+//! ([`hocuspocus`]), and version history with restore ([`versions`]).
 
 pub mod delivery;
 pub mod hocuspocus;
@@ -14,6 +14,8 @@ pub mod remote;
 pub mod rooms;
 mod server_awareness;
 pub mod socket;
+pub mod versions;
 
 pub use remote::Remote;
 pub use rooms::{RoomBus, RoomHandle, RoomObserver, RoomOpError, RoomSummary, Rooms};
+pub use versions::{Restored, VersionError};

@@ -19,7 +19,7 @@ use dashmap::{DashMap, DashSet};
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 use tandem_crdt::{Access, Any, AwarenessChange, Departure, Outbox, PeerId, Room, RoomError};
-use tandem_storage::{DocStore, Seq, StoreError};
+use tandem_storage::{DocStore, Seq, StoreError, VersionStore};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -112,6 +112,12 @@ pub struct Rooms {
     pub(super) bus: OnceLock<Arc<dyn RoomBus>>,
     /// Peer ids for the mirrors of other servers' peers, above every connection's.
     pub(super) next_mirror: std::sync::atomic::AtomicU64,
+    /// Documents' version history.
+    pub(super) versions: Arc<dyn VersionStore>,
+    /// Documents with changes no version holds yet, and who made them.
+    pub(super) unversioned: DashMap<DocName, super::versions::Unversioned>,
+    /// Documents whose scheduled version is being taken.
+    pub(super) versioning: DashSet<DocName>,
 }
 
 /// A client syncing over HTTP.
@@ -188,6 +194,7 @@ const MIRROR_PEER_BASE: u64 = 1 << 62;
 impl Rooms {
     pub fn new(
         store: Arc<dyn DocStore>,
+        versions: Arc<dyn VersionStore>,
         durability: Arc<Durability>,
         config: Arc<Config>,
         tasks: TaskTracker,
@@ -206,6 +213,9 @@ impl Rooms {
             polled: DashSet::new(),
             bus: OnceLock::new(),
             next_mirror: std::sync::atomic::AtomicU64::new(MIRROR_PEER_BASE),
+            versions,
+            unversioned: DashMap::new(),
+            versioning: DashSet::new(),
         }
     }
 
@@ -250,6 +260,7 @@ impl Rooms {
     pub(super) async fn change(
         self: &Arc<Self>,
         name: &DocName,
+        author: Option<&str>,
         mut f: impl FnMut(&mut Room) -> Result<Outbox, RoomError>,
     ) -> Result<Option<Ticket>, RoomOpError> {
         let received = Instant::now();
@@ -271,6 +282,9 @@ impl Rooms {
         overflow.deliver(self.config.lag_timeout()).await;
         if let Some((handle, activity)) = idle {
             self.schedule_unload(handle, activity);
+        }
+        if let Ok(Some(_)) = &result {
+            self.note_change(name, author.map(Arc::from).as_ref());
         }
         if let Err(RoomOpError::Room(_)) = &result {
             // Only a poisoned room goes.
@@ -505,10 +519,11 @@ impl Rooms {
     pub async fn apply_update(
         self: &Arc<Self>,
         name: &DocName,
+        author: &str,
         update: Bytes,
     ) -> Result<(bool, Ticket), RoomOpError> {
         let ticket = self
-            .change(name, |room| room.apply_update(update.clone()))
+            .change(name, Some(author), |room| room.apply_update(update.clone()))
             .await?;
         Ok((
             ticket.is_some(),
@@ -528,7 +543,7 @@ impl Rooms {
         entries: Vec<(String, Any)>,
     ) -> Result<(), RoomOpError> {
         let mut entries = Some(entries);
-        self.change(name, |room| {
+        self.change(name, None, |room| {
             room.set_map(map, entries.take().unwrap_or_default())
         })
         .await
@@ -586,6 +601,11 @@ impl Rooms {
             ticket = Some(appended);
             if let Some(bus) = bus {
                 bus.updated(&handle.name, state.last_seq, update.clone(), appended);
+            }
+        }
+        if ticket.is_some() {
+            if let Some(peer) = from {
+                self.note_change(&handle.name, state.user_of(peer));
             }
         }
         if let (Some(bus), Some(peer)) = (bus, from) {

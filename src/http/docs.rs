@@ -1,6 +1,8 @@
 //! The document API: `GET /api/v1/docs/{doc}` (the document, or what a state vector lacks),
-//! `POST /api/v1/docs/{doc}/update` (a write answered once durable) and
-//! `POST /api/v1/docs/{doc}/sync` (one round of a client syncing over HTTP polling).
+//! `POST /api/v1/docs/{doc}/update` (a write answered once durable),
+//! `POST /api/v1/docs/{doc}/sync` (one round of a client syncing over HTTP polling), and the
+//! version history: `GET|POST …/versions` (list, take), `GET …/versions/{id}` (as it was, in
+//! Yjs or JSON) and `POST …/versions/{id}/restore`.
 
 use std::sync::Arc;
 
@@ -16,14 +18,14 @@ use serde::Deserialize;
 use tandem_crdt::Access;
 use tandem_sync::AwarenessUpdate;
 
-use super::extract::{DocPost, DocRead, Params};
+use super::extract::{DocGet, DocPost, Params};
 use super::refusals::room_error;
 use super::state::AppState;
 use crate::auth::{AuthError, Principal};
 use crate::config::Config;
 use crate::docname::DocName;
 use crate::docs::pollers::PollRequest;
-use crate::docs::RoomOpError;
+use crate::docs::{RoomOpError, VersionError};
 use crate::durability::Ticket;
 use crate::error::ApiError;
 
@@ -33,20 +35,66 @@ const BASE64URL: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
-/// How long an HTTP write waits for its group commit before answering 503.
-
 #[derive(Debug, Deserialize)]
 pub struct ReadParams {
     /// A base64url-encoded state vector: answer only what it lacks.
     sv: Option<String>,
+    /// Versions older than this one (a version id): the next page.
+    before: Option<u64>,
+    /// How many versions a page holds (50 when not given, at most 200).
+    limit: Option<usize>,
 }
 
-/// `GET /api/v1/docs/{doc}`: the document as one v1 update, or the diff against `?sv=`.
+/// The most versions one page lists.
+const MAX_VERSIONS_PAGE: usize = 200;
+
+/// `GET /api/v1/docs/{doc}` (the document as one v1 update, or the diff against `?sv=`),
+/// `GET …/versions` and `GET …/versions/{id}`.
 pub async fn get(
     State(app): State<AppState>,
-    DocRead(name): DocRead,
+    route: DocGet,
+    headers: axum::http::HeaderMap,
     Params(params): Params<ReadParams>,
 ) -> Result<Response, ApiError> {
+    let name = match route {
+        DocGet::Doc(name) => name,
+        DocGet::Versions(name) => {
+            let limit = params.limit.unwrap_or(50).clamp(1, MAX_VERSIONS_PAGE);
+            let versions = app
+                .rooms
+                .list_versions(&name, params.before, limit)
+                .await
+                .map_err(version_error)?;
+            // A full page may have more after it.
+            let next = (versions.len() == limit)
+                .then(|| versions.last().map(|v| v.id))
+                .flatten();
+            let listed: Vec<_> = versions.iter().map(version_json).collect();
+            return Ok(
+                Json(serde_json::json!({ "versions": listed, "next_before": next }))
+                    .into_response(),
+            );
+        }
+        DocGet::Version(name, id) => {
+            let (version, content) = app.rooms.version(&name, id).await.map_err(version_error)?;
+            if wants_json(&headers) {
+                let content = tandem_crdt::content_json(&content)
+                    .map_err(|e| room_error(RoomOpError::Room(e)))?;
+                let content: serde_json::Value = serde_json::from_str(&content)
+                    .map_err(|e| ApiError::bad_request("bad_version", e.to_string()))?;
+                return Ok(Json(serde_json::json!({
+                    "version": version_json(&version),
+                    "content": content,
+                }))
+                .into_response());
+            }
+            return Ok((
+                [(header::CONTENT_TYPE, "application/octet-stream")],
+                content,
+            )
+                .into_response());
+        }
+    };
     let sv = match params.sv {
         Some(sv) => BASE64URL.decode(sv.as_bytes()).map_err(|e| {
             ApiError::bad_request("bad_state_vector", format!("sv is not base64url: {e}"))
@@ -67,7 +115,52 @@ pub async fn get(
 /// (`sync`).
 pub async fn post(State(app): State<AppState>, request: DocPost) -> Result<Response, ApiError> {
     match request {
-        DocPost::Update { name, update } => self::update(&app, name, update).await,
+        DocPost::Update {
+            name,
+            principal,
+            update,
+        } => self::update(&app, name, &principal.user, update).await,
+        DocPost::TakeVersion {
+            name,
+            principal,
+            label,
+        } => {
+            let version = app
+                .rooms
+                .take_version(
+                    &name,
+                    tandem_storage::VersionReason::Named,
+                    label,
+                    Some(&principal.user),
+                )
+                .await
+                .map_err(version_error)?;
+            tracing::info!(doc = %name, user = %principal.user, id = version.id, "version taken");
+            Ok((
+                StatusCode::CREATED,
+                Json(serde_json::json!({ "version": version_json(&version) })),
+            )
+                .into_response())
+        }
+        DocPost::Restore {
+            name,
+            principal,
+            id,
+        } => {
+            let restored = app
+                .rooms
+                .restore(&name, id, &principal.user)
+                .await
+                .map_err(version_error)?;
+            tracing::info!(doc = %name, user = %principal.user, version = id, changed = restored.changed, "version restored");
+            Ok(Json(serde_json::json!({
+                "restored": id,
+                "changed": restored.changed,
+                "before": version_json(&restored.before),
+                "after": version_json(&restored.after),
+            }))
+            .into_response())
+        }
         DocPost::Stateless { name, payload } => {
             let body = tandem_sync::hocuspocus::stateless_body(&payload);
             let delivered = app.rooms.stateless_by_name(&name, body.into()).await;
@@ -83,14 +176,67 @@ pub async fn post(State(app): State<AppState>, request: DocPost) -> Result<Respo
 }
 
 /// Applies a v1 update, sends it to the document's clients and answers once it is durable.
-async fn update(app: &AppState, name: DocName, update: Bytes) -> Result<Response, ApiError> {
+async fn update(
+    app: &AppState,
+    name: DocName,
+    author: &str,
+    update: Bytes,
+) -> Result<Response, ApiError> {
     let (changed, ticket) = app
         .rooms
-        .apply_update(&name, update)
+        .apply_update(&name, author, update)
         .await
         .map_err(room_error)?;
     durable(app, ticket, &name).await?;
     Ok(Json(serde_json::json!({ "ok": true, "changed": changed })).into_response())
+}
+
+/// A version as the API shows it.
+fn version_json(version: &tandem_storage::Version) -> serde_json::Value {
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(version.at_ms) * 1_000_000)
+        .ok()
+        .map(crate::clock::rfc3339_exact);
+    serde_json::json!({
+        "id": version.id,
+        "at": at,
+        "label": version.label,
+        "authors": version.authors,
+        "bytes": version.bytes,
+        "reason": version.reason.as_str(),
+    })
+}
+
+/// Whether the client asked for JSON (`Accept: application/json`).
+fn wants_json(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().starts_with("application/json"))
+        })
+}
+
+/// The answer to a version request that failed.
+fn version_error(err: VersionError) -> ApiError {
+    match err {
+        VersionError::NotFound(id) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "version_not_found",
+            format!("no version {id} of this document (retention may have removed it)"),
+        ),
+        VersionError::Room(e) => room_error(e),
+        VersionError::Store(e) => ApiError::storage(&e),
+        VersionError::Durability(e) => {
+            tracing::error!(error = %e, "restore applied but not flushed");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                "the restore could not be made durable; it may still apply",
+            )
+        }
+    }
 }
 
 /// Waits until what `ticket` covers is on disk: 503 when the store cannot make it so.

@@ -1,5 +1,5 @@
 //! The extractors that let a handler read as what it does: who is calling ([`Caller`],
-//! [`Publisher`], [`Admin`], [`Authenticated`]), which document ([`DocRead`], [`DocPost`]), the
+//! [`Publisher`], [`Admin`], [`Authenticated`]), which document and route ([`DocGet`], [`DocPost`]), the
 //! query string ([`Params`]) and a body read only once the caller checked out, within its limit
 //! ([`Limited`], [`JsonObject`]). Each refuses with the JSON [`ApiError`] the API documents.
 //!
@@ -193,26 +193,101 @@ async fn doc_path(parts: &mut Parts, app: &AppState) -> Result<String, ApiError>
         .map_err(|e| ApiError::bad_request("bad_document_name", e.body_text()))
 }
 
-/// `GET /api/v1/docs/{doc}`: the document, readable by the caller.
-pub struct DocRead(pub DocName);
+/// What a path under `/api/v1/docs/` names after its document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DocRoute<'a> {
+    Doc,
+    Update,
+    Sync,
+    Stateless,
+    Versions,
+    Version(&'a str),
+    Restore(&'a str),
+    /// `…/versions/` followed by something no route takes.
+    Unknown,
+}
 
-impl FromRequestParts<AppState> for DocRead {
+/// Splits a path under `/api/v1/docs/` into the document's name and the route after it. No
+/// document name holds a segment `versions` or ends in another route's segment
+/// ([`DocName::parse`] refuses them), so the split is never ambiguous.
+fn doc_route(raw: &str) -> (&str, DocRoute<'_>) {
+    let versions = raw
+        .match_indices("/versions")
+        .find(|&(at, found)| matches!(raw.as_bytes().get(at + found.len()), None | Some(b'/')));
+    if let Some((at, found)) = versions {
+        let doc = &raw[..at];
+        let route = match raw[at + found.len()..].strip_prefix('/') {
+            None => DocRoute::Versions,
+            Some(rest) => match rest.split_once('/') {
+                None if !rest.is_empty() => DocRoute::Version(rest),
+                Some((id, "restore")) if !id.is_empty() => DocRoute::Restore(id),
+                _ => DocRoute::Unknown,
+            },
+        };
+        return (doc, route);
+    }
+    for (suffix, route) in [
+        ("/update", DocRoute::Update),
+        ("/sync", DocRoute::Sync),
+        ("/stateless", DocRoute::Stateless),
+    ] {
+        if let Some(doc) = raw.strip_suffix(suffix) {
+            return (doc, route);
+        }
+    }
+    (raw, DocRoute::Doc)
+}
+
+/// A version id from the path: 404 when it is none.
+fn version_id(raw: &str) -> Result<u64, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::not_found(format!("no version {raw:?}: version ids are numbers")))
+}
+
+const DOC_ROUTES: &str = "documents are read with GET /api/v1/docs/{doc}, written with POST …/update, synced with POST …/sync, told of with POST …/stateless; their versions are listed and taken at …/versions, read at GET …/versions/{id} and restored with POST …/versions/{id}/restore";
+
+/// `GET /api/v1/docs/{doc}` and its version routes, readable by the caller.
+pub enum DocGet {
+    /// The document.
+    Doc(DocName),
+    /// `…/versions`: its versions.
+    Versions(DocName),
+    /// `…/versions/{id}`: one version's content.
+    Version(DocName, u64),
+}
+
+impl FromRequestParts<AppState> for DocGet {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        let name = doc_name(&doc_path(parts, app).await?)?;
+        let raw = doc_path(parts, app).await?;
+        let (doc, route) = doc_route(&raw);
+        let name = doc_name(doc)?;
+        let (get, label) = match route {
+            DocRoute::Doc => (DocGet::Doc(name.clone()), "http_doc_read"),
+            DocRoute::Versions => (DocGet::Versions(name.clone()), "http_doc_versions"),
+            DocRoute::Version(id) => (
+                DocGet::Version(name.clone(), version_id(id)?),
+                "http_doc_versions",
+            ),
+            _ => return Err(ApiError::not_found(DOC_ROUTES)),
+        };
         app.auth
             .authorize_doc(bearer(&parts.headers)?, &name)
-            .map_err(|e| ApiError::refusal(e, "http_doc_read", Some(&name)))?;
-        Ok(DocRead(name))
+            .map_err(|e| ApiError::refusal(e, label, Some(&name)))?;
+        Ok(get)
     }
 }
 
-/// `POST /api/v1/docs/{doc}/update`, `POST /api/v1/docs/{doc}/sync` and
-/// `POST /api/v1/docs/{doc}/stateless`, authorized, with their bodies.
+/// `POST /api/v1/docs/{doc}/update`, `…/sync`, `…/stateless`, `…/versions` and
+/// `…/versions/{id}/restore`, authorized, with their bodies.
 pub enum DocPost {
     /// A v1 update (non-empty) from a caller who may write.
-    Update { name: DocName, update: Bytes },
+    Update {
+        name: DocName,
+        principal: Principal,
+        update: Bytes,
+    },
     /// One round of an HTTP poller: its JSON body, the caller and what it may do.
     Sync {
         name: DocName,
@@ -223,7 +298,22 @@ pub enum DocPost {
     /// A stateless message for the document's Hocuspocus clients, from a backend (a service
     /// token that may write the document).
     Stateless { name: DocName, payload: String },
+    /// A version to take now, with an optional label, by a caller who may write.
+    TakeVersion {
+        name: DocName,
+        principal: Principal,
+        label: Option<String>,
+    },
+    /// A version to restore, by a caller who may write.
+    Restore {
+        name: DocName,
+        principal: Principal,
+        id: u64,
+    },
 }
+
+/// The longest version label, in characters.
+const MAX_VERSION_LABEL_CHARS: usize = 200;
 
 impl FromRequest<AppState> for DocPost {
     type Rejection = ApiError;
@@ -231,29 +321,23 @@ impl FromRequest<AppState> for DocPost {
     async fn from_request(request: Request, app: &AppState) -> Result<Self, ApiError> {
         let (mut parts, body) = request.into_parts();
         let raw = doc_path(&mut parts, app).await?;
-        let (doc, sync) = if let Some(doc) = raw.strip_suffix("/update") {
-            (doc, false)
-        } else if let Some(doc) = raw.strip_suffix("/sync") {
-            (doc, true)
-        } else if let Some(doc) = raw.strip_suffix("/stateless") {
-            return stateless(doc, &parts, body, app).await;
-        } else {
-            return Err(ApiError::not_found(
-                "documents are written with POST /api/v1/docs/{doc}/update, synced with POST /api/v1/docs/{doc}/sync, and told of with POST /api/v1/docs/{doc}/stateless",
-            ));
+        let (doc, route) = doc_route(&raw);
+        let route_label = match route {
+            DocRoute::Update => "http_doc_write",
+            DocRoute::Sync => "http_doc_sync",
+            DocRoute::Stateless => return stateless(doc, &parts, body, app).await,
+            DocRoute::Versions | DocRoute::Restore(_) => "http_doc_versions",
+            DocRoute::Doc | DocRoute::Version(_) | DocRoute::Unknown => {
+                return Err(ApiError::not_found(DOC_ROUTES));
+            }
         };
         let name = doc_name(doc)?;
-        let route = if sync {
-            "http_doc_sync"
-        } else {
-            "http_doc_write"
-        };
         let (principal, access) = app
             .auth
             .authorize_doc(bearer(&parts.headers)?, &name)
-            .map_err(|e| ApiError::refusal(e, route, Some(&name)))?;
+            .map_err(|e| ApiError::refusal(e, route_label, Some(&name)))?;
         let config = &app.config;
-        if sync {
+        if route == DocRoute::Sync {
             // base64 takes 4 bytes for 3, and the update and awareness share the body.
             let limit = config.max_frame_bytes / 3 * 4 + 64 * 1024;
             let body = read(body, limit, config).await?;
@@ -265,17 +349,78 @@ impl FromRequest<AppState> for DocPost {
             });
         }
         if access != Access::ReadWrite {
-            return Err(ApiError::refusal(AuthError::ReadOnly, route, Some(&name)));
-        }
-        let update = read(body, config.max_frame_bytes, config).await?;
-        if update.is_empty() {
-            return Err(ApiError::bad_request(
-                "bad_update",
-                "the body must be a Yjs v1 update",
+            return Err(ApiError::refusal(
+                AuthError::ReadOnly,
+                route_label,
+                Some(&name),
             ));
         }
-        Ok(DocPost::Update { name, update })
+        match route {
+            DocRoute::Versions => {
+                let body = read(body, config.max_dashboard_frame_bytes, config).await?;
+                let label = version_label(&body)?;
+                Ok(DocPost::TakeVersion {
+                    name,
+                    principal,
+                    label,
+                })
+            }
+            DocRoute::Restore(id) => Ok(DocPost::Restore {
+                id: version_id(id)?,
+                name,
+                principal,
+            }),
+            _ => {
+                let update = read(body, config.max_frame_bytes, config).await?;
+                if update.is_empty() {
+                    return Err(ApiError::bad_request(
+                        "bad_update",
+                        "the body must be a Yjs v1 update",
+                    ));
+                }
+                Ok(DocPost::Update {
+                    name,
+                    principal,
+                    update,
+                })
+            }
+        }
     }
+}
+
+/// The label of `POST …/versions`: an empty body, or `{"label": "…"}` (at most 200
+/// characters, no control characters; `null` or blank is none).
+fn version_label(body: &[u8]) -> Result<Option<String>, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Take {
+        #[serde(default)]
+        label: Option<String>,
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let take: Take = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(
+            "bad_version",
+            format!("the body is {{\"label\": \"…\"}} or nothing: {e}"),
+        )
+    })?;
+    let label = take
+        .label
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty());
+    if let Some(label) = &label {
+        if label.chars().count() > MAX_VERSION_LABEL_CHARS || label.chars().any(char::is_control) {
+            return Err(ApiError::bad_request(
+                "bad_version",
+                format!(
+                    "a label is at most {MAX_VERSION_LABEL_CHARS} characters, without control characters"
+                ),
+            ));
+        }
+    }
+    Ok(label)
 }
 
 /// `POST /api/v1/docs/{doc}/stateless`: a service token that may write `doc`, and a UTF-8 body
@@ -439,5 +584,56 @@ impl FromRequestParts<AppState> for OpenMode {
                 "development tokens exist only on a server without authentication",
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_splits_into_its_document_and_route() {
+        assert_eq!(doc_route("acme/q/1"), ("acme/q/1", DocRoute::Doc));
+        assert_eq!(doc_route("acme/q/1/update"), ("acme/q/1", DocRoute::Update));
+        assert_eq!(doc_route("acme/q/1/sync"), ("acme/q/1", DocRoute::Sync));
+        assert_eq!(
+            doc_route("acme/q/1/versions"),
+            ("acme/q/1", DocRoute::Versions)
+        );
+        assert_eq!(
+            doc_route("acme/q/1/versions/42"),
+            ("acme/q/1", DocRoute::Version("42"))
+        );
+        assert_eq!(
+            doc_route("acme/q/1/versions/42/restore"),
+            ("acme/q/1", DocRoute::Restore("42"))
+        );
+        assert_eq!(
+            doc_route("acme/q/1/versions/42/undo"),
+            ("acme/q/1", DocRoute::Unknown)
+        );
+        assert_eq!(
+            doc_route("acme/q/1/versions/"),
+            ("acme/q/1", DocRoute::Unknown)
+        );
+        // Not the segment `versions`: part of the name.
+        assert_eq!(
+            doc_route("acme/versions2/x"),
+            ("acme/versions2/x", DocRoute::Doc)
+        );
+    }
+
+    #[test]
+    fn a_version_label_is_optional_and_bounded() {
+        assert_eq!(version_label(b"").unwrap(), None);
+        assert_eq!(version_label(b"{}").unwrap(), None);
+        assert_eq!(
+            version_label(br#"{"label":" before release "}"#).unwrap(),
+            Some("before release".into())
+        );
+        assert!(version_label(br#"{"label":"a\nb"}"#).is_err());
+        assert!(version_label(br#"{"name":"x"}"#).is_err());
+        let long = format!(r#"{{"label":"{}"}}"#, "x".repeat(201));
+        assert!(version_label(long.as_bytes()).is_err());
     }
 }

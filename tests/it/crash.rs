@@ -38,6 +38,7 @@ on_both_stores!(
     sigkill_while_compactions_run_loses_nothing,
     published_events_acknowledged_before_sigkill_keep_their_ids,
     a_user_online_when_the_server_is_killed_is_listed_offline_afterwards,
+    versions_and_restores_acknowledged_before_sigkill_survive,
 );
 
 /// A writer whose every edit appends `[n]` and is encoded as its own update, so a lost update
@@ -298,4 +299,58 @@ async fn a_user_online_when_the_server_is_killed_is_listed_offline_afterwards(ba
     assert_eq!(ada["status"], "offline");
     assert_eq!(ada["name"], "Ada");
     assert!(ada["last_seen"].is_string(), "{listed}");
+}
+
+async fn versions_and_restores_acknowledged_before_sigkill_survive(backing: Backing) {
+    let server = ServerProcess::start(&backing, &[]);
+    let http = reqwest::Client::new();
+    let mut writer = Writer::new(1);
+    for _ in 0..3 {
+        assert!(
+            server
+                .post(&http, "acme/history", writer.next_update())
+                .await
+        );
+    }
+    let versions = server.http_url("/api/v1/docs/acme/history/versions");
+    let taken: serde_json::Value = http
+        .post(&versions)
+        .json(&serde_json::json!({"label": "three"}))
+        .send()
+        .await
+        .expect("a version")
+        .json()
+        .await
+        .expect("json");
+    let id = taken["version"]["id"].clone();
+    for _ in 0..2 {
+        assert!(
+            server
+                .post(&http, "acme/history", writer.next_update())
+                .await
+        );
+    }
+    let restore = server.http_url(&format!("/api/v1/docs/acme/history/versions/{id}/restore"));
+    let restored = http.post(&restore).send().await.expect("a restore");
+    assert_eq!(restored.status(), 200);
+    server.kill();
+
+    let server = ServerProcess::start(&backing, &[]);
+    // The restore was acknowledged once durable, and so were its two versions.
+    assert_eq!(server.text("acme/history").await, markers(3));
+    let listed: serde_json::Value = http
+        .get(server.http_url("/api/v1/docs/acme/history/versions"))
+        .send()
+        .await
+        .expect("versions")
+        .json()
+        .await
+        .expect("json");
+    let reasons: Vec<&str> = listed["versions"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|v| v["reason"].as_str())
+        .collect();
+    assert_eq!(reasons, ["restore", "before_restore", "named"]);
 }

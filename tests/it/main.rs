@@ -19,3 +19,4 @@ mod js;
 mod metrics;
 mod postgres;
 mod sync;
+mod versions;
