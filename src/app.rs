@@ -23,6 +23,7 @@ use crate::http::state::ClientErrorLimit;
 use crate::http::{router, AppState};
 use crate::metrics;
 use crate::net::{CloseReason, Connections};
+use crate::webhooks::{Listener, WebhookSettings, Webhooks};
 
 /// Where the server keeps what it keeps.
 pub struct Stores {
@@ -125,6 +126,21 @@ pub async fn serve_with_stores(
     ));
     hub.attach_rooms(&rooms);
     rooms.observe_with(Arc::new(HubObserver(Arc::clone(&hub))));
+    let webhooks = Webhooks::open(
+        Arc::clone(&stores.state),
+        WebhookSettings::of(&config),
+        tasks.clone(),
+        token.clone(),
+    )
+    .await
+    .map_err(|source| ServeError::Storage {
+        dir: config.data_dir.clone(),
+        source,
+    })?;
+    webhooks.attach_rooms(&rooms);
+    webhooks.attach_hub(&hub);
+    rooms.hook(Arc::new(Listener(Arc::clone(&webhooks))));
+    hub.hook_events(Arc::new(Listener(Arc::clone(&webhooks))));
     let cluster_stop = CancellationToken::new();
     let cluster = match &config.redis_url {
         // Every node's messages are told apart by the origin its store writes with.
@@ -182,6 +198,7 @@ pub async fn serve_with_stores(
         rooms: Arc::clone(&rooms),
         connections: Arc::clone(&connections),
         client_errors: Arc::clone(&client_errors),
+        webhooks: Arc::clone(&webhooks),
         trim_every: Duration::from_millis(config.event_trim_interval_ms),
     };
     background.spawn(|stop| tokio::spawn(timers.run(stop)));
@@ -191,6 +208,7 @@ pub async fn serve_with_stores(
         rooms: Arc::clone(&rooms),
         durability: Arc::clone(&durability),
         hub: Arc::clone(&hub),
+        webhooks: Arc::clone(&webhooks),
         connections,
         client_errors,
         storage_probe: Arc::default(),
@@ -307,6 +325,7 @@ struct Timers {
     rooms: Arc<Rooms>,
     connections: Arc<Connections>,
     client_errors: Arc<ClientErrorLimit>,
+    webhooks: Arc<Webhooks>,
     trim_every: Duration,
 }
 
@@ -325,6 +344,7 @@ impl Timers {
             self.connections.sweep();
             self.rooms.expire_pollers();
             self.rooms.take_due_versions();
+            self.webhooks.tick();
             self.client_errors.sweep();
             // Histogram samples wait in buckets until drained; drain them even when nobody
             // scrapes, so they cannot pile up.

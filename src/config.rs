@@ -279,6 +279,42 @@ pub struct Config {
     #[arg(long, env = "TANDEM_VERSIONS_KEEP", default_value_t = Config::DEFAULT_VERSIONS_KEEP)]
     pub versions_keep: usize,
 
+    /// Deliver webhooks to private, loopback and link-local addresses too (tests, local
+    /// development); otherwise such endpoints are refused, against server-side request forgery.
+    #[arg(long, env = "TANDEM_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: bool,
+
+    /// A document's `document.updated` webhook goes out once it has not changed for this long
+    /// (or five times this after its first change, under continuous editing), in milliseconds.
+    #[arg(long, env = "TANDEM_WEBHOOK_DEBOUNCE_MS", default_value_t = Config::DEFAULT_WEBHOOK_DEBOUNCE_MS)]
+    pub webhook_debounce_ms: u64,
+
+    /// How long one webhook delivery attempt may take, connection included, in milliseconds.
+    #[arg(long, env = "TANDEM_WEBHOOK_TIMEOUT_MS", default_value_t = Config::DEFAULT_WEBHOOK_TIMEOUT_MS)]
+    pub webhook_timeout_ms: u64,
+
+    /// Attempts at one webhook message before it is given up.
+    #[arg(long, env = "TANDEM_WEBHOOK_MAX_ATTEMPTS", default_value_t = Config::DEFAULT_WEBHOOK_MAX_ATTEMPTS)]
+    pub webhook_max_attempts: u32,
+
+    /// The wait after a webhook's first failed attempt, doubling at each one after, in
+    /// milliseconds (with a fifth of jitter either way).
+    #[arg(long, env = "TANDEM_WEBHOOK_RETRY_BASE_MS", default_value_t = Config::DEFAULT_WEBHOOK_RETRY_BASE_MS)]
+    pub webhook_retry_base_ms: u64,
+
+    /// The longest wait between two attempts, in milliseconds.
+    #[arg(long, env = "TANDEM_WEBHOOK_RETRY_MAX_MS", default_value_t = Config::DEFAULT_WEBHOOK_RETRY_MAX_MS)]
+    pub webhook_retry_max_ms: u64,
+
+    /// An endpoint every attempt at which failed for this long is disabled, in seconds.
+    #[arg(long, env = "TANDEM_WEBHOOK_DISABLE_AFTER_SECS", default_value_t = Config::DEFAULT_WEBHOOK_DISABLE_AFTER_SECS)]
+    pub webhook_disable_after_secs: u64,
+
+    /// The largest document content a `document.updated` webhook carries (as JSON); a larger
+    /// one goes without it.
+    #[arg(long, env = "TANDEM_WEBHOOK_MAX_CONTENT_BYTES", default_value_t = Config::DEFAULT_WEBHOOK_MAX_CONTENT_BYTES)]
+    pub webhook_max_content_bytes: usize,
+
     /// Versions older than this are removed (the newest of a document always stays), in
     /// seconds; 0 keeps them whatever their age.
     #[arg(long, env = "TANDEM_VERSIONS_MAX_AGE_SECS", default_value_t = Config::DEFAULT_VERSIONS_MAX_AGE_SECS)]
@@ -391,6 +427,13 @@ impl Config {
     pub const DEFAULT_MAX_STATELESS_BYTES: usize = 64 * 1024;
     pub const DEFAULT_MAX_STATELESS_PER_SEC: u32 = 50;
     pub const DEFAULT_VERSION_INTERVAL_SECS: u64 = 600;
+    pub const DEFAULT_WEBHOOK_DEBOUNCE_MS: u64 = 2000;
+    pub const DEFAULT_WEBHOOK_TIMEOUT_MS: u64 = 10_000;
+    pub const DEFAULT_WEBHOOK_MAX_ATTEMPTS: u32 = 16;
+    pub const DEFAULT_WEBHOOK_RETRY_BASE_MS: u64 = 5_000;
+    pub const DEFAULT_WEBHOOK_RETRY_MAX_MS: u64 = 10 * 3600 * 1000;
+    pub const DEFAULT_WEBHOOK_DISABLE_AFTER_SECS: u64 = 24 * 3600;
+    pub const DEFAULT_WEBHOOK_MAX_CONTENT_BYTES: usize = 64 * 1024;
     pub const DEFAULT_VERSIONS_KEEP: usize = 100;
     pub const DEFAULT_VERSIONS_MAX_AGE_SECS: u64 = 90 * 24 * 3600;
     pub const DEFAULT_COMPACT_AFTER_UPDATES: usize = 1000;
@@ -569,6 +612,13 @@ impl Config {
             ("publish-rate-user", u64::from(config.publish_rate_user)),
             ("version-interval-secs", config.version_interval_secs),
             ("versions-keep", config.versions_keep as u64),
+            ("webhook-timeout-ms", config.webhook_timeout_ms),
+            (
+                "webhook-max-attempts",
+                u64::from(config.webhook_max_attempts),
+            ),
+            ("webhook-retry-base-ms", config.webhook_retry_base_ms),
+            ("webhook-retry-max-ms", config.webhook_retry_max_ms),
             ("event-retention-secs", config.event_retention_secs),
             ("event-trim-interval-ms", config.event_trim_interval_ms),
             (
@@ -693,6 +743,14 @@ impl Default for Config {
             max_stateless_bytes: Config::DEFAULT_MAX_STATELESS_BYTES,
             max_stateless_per_sec: Config::DEFAULT_MAX_STATELESS_PER_SEC,
             version_interval_secs: Config::DEFAULT_VERSION_INTERVAL_SECS,
+            webhook_allow_private: false,
+            webhook_debounce_ms: Config::DEFAULT_WEBHOOK_DEBOUNCE_MS,
+            webhook_timeout_ms: Config::DEFAULT_WEBHOOK_TIMEOUT_MS,
+            webhook_max_attempts: Config::DEFAULT_WEBHOOK_MAX_ATTEMPTS,
+            webhook_retry_base_ms: Config::DEFAULT_WEBHOOK_RETRY_BASE_MS,
+            webhook_retry_max_ms: Config::DEFAULT_WEBHOOK_RETRY_MAX_MS,
+            webhook_disable_after_secs: Config::DEFAULT_WEBHOOK_DISABLE_AFTER_SECS,
+            webhook_max_content_bytes: Config::DEFAULT_WEBHOOK_MAX_CONTENT_BYTES,
             versions_keep: Config::DEFAULT_VERSIONS_KEEP,
             versions_max_age_secs: Config::DEFAULT_VERSIONS_MAX_AGE_SECS,
             editing_idle_ms: Config::DEFAULT_EDITING_IDLE_MS,

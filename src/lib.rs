@@ -21,6 +21,9 @@
 //! - [`cluster`]: the nodes of a cluster over Redis (documents, events, locks, heartbeats),
 //!   above the rooms and the hub, which tell it what happens through `docs::RoomBus` and
 //!   `dashboard::HubBus`.
+//! - [`webhooks`]: the workspaces' endpoints, their durable outboxes and signed deliveries,
+//!   above the rooms and the hub, which tell it what happens through `docs::DocHooks` and
+//!   `dashboard::EventHook`.
 //! - [`http`]: the router, its shared state, its extractors and one module per API area.
 //! - `app`: the composition root ([`serve_with_stores`]) and the background work.
 //!
@@ -50,6 +53,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod net;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -140,6 +140,14 @@ pub struct Metrics {
     pub nodes_alive: Gauge,
     /// A query's round trip to the shared store, timed at each heartbeat.
     pub store_roundtrip: Histogram,
+    /// Webhook messages queued, attempts by outcome, each attempt's latency, and the
+    /// messages waiting in every outbox.
+    pub webhooks_queued: Counter,
+    pub webhook_deliveries_delivered: Counter,
+    pub webhook_deliveries_failed: Counter,
+    pub webhook_deliveries_gave_up: Counter,
+    pub webhook_latency: Histogram,
+    pub webhook_outbox_depth: Gauge,
 }
 
 impl Metrics {
@@ -241,6 +249,12 @@ pub fn get() -> &'static Metrics {
             repair: metrics::histogram!("tandem_cluster_repair_seconds"),
             nodes_alive: metrics::gauge!("tandem_cluster_nodes_alive"),
             store_roundtrip: metrics::histogram!("tandem_cluster_postgres_roundtrip_seconds"),
+            webhooks_queued: counter!("tandem_webhook_messages_total"),
+            webhook_deliveries_delivered: counter!("tandem_webhook_deliveries_total", "outcome" => "delivered"),
+            webhook_deliveries_failed: counter!("tandem_webhook_deliveries_total", "outcome" => "failed"),
+            webhook_deliveries_gave_up: counter!("tandem_webhook_deliveries_total", "outcome" => "gave_up"),
+            webhook_latency: metrics::histogram!("tandem_webhook_delivery_seconds"),
+            webhook_outbox_depth: metrics::gauge!("tandem_webhook_outbox_depth"),
         }
     })
 }
@@ -251,6 +265,23 @@ pub fn secs(duration: Duration) -> f64 {
 }
 
 fn describe() {
+    describe_counter!(
+        "tandem_webhook_messages_total",
+        "Webhook messages written to an endpoint's outbox"
+    );
+    describe_counter!(
+        "tandem_webhook_deliveries_total",
+        "Webhook delivery attempts, by outcome (delivered, failed and to be retried, gave_up)"
+    );
+    describe_histogram!(
+        "tandem_webhook_delivery_seconds",
+        Unit::Seconds,
+        "How long each webhook delivery attempt took"
+    );
+    describe_gauge!(
+        "tandem_webhook_outbox_depth",
+        "Webhook messages waiting to be delivered, over every endpoint"
+    );
     describe_gauge!("tandem_connections_active", "Open connections, by kind");
     describe_counter!(
         "tandem_connections_opened_total",

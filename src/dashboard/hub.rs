@@ -15,6 +15,7 @@ use dashmap::DashMap;
 use futures_util::future::BoxFuture;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde_json::{Map, Value};
 use tandem_crdt::AwarenessChange;
 use tandem_storage::{EventStore, Retention, StateStore, StoreError, StoredEvent};
 use time::OffsetDateTime;
@@ -149,6 +150,24 @@ pub struct Hub {
     pub(super) closing: CancellationToken,
     /// The other servers of the cluster, when there are any.
     bus: OnceLock<Arc<dyn HubBus>>,
+    /// Told of every event appended (webhooks listen).
+    pub(super) event_hook: OnceLock<Arc<dyn EventHook>>,
+}
+
+/// Told of the events appended to a workspace's log, with the users an addressed one found
+/// offline. Called with the workspace locked: cheap, what takes time is spawned.
+pub trait EventHook: Send + Sync + 'static {
+    /// Whether anything of `workspace` listens (when not, nothing is worked out for it).
+    fn wants(&self, workspace: &str) -> bool;
+    /// An event of `kind` with `fields` (as published) was appended; of the users it is
+    /// addressed to, `offline` were offline.
+    fn appended(
+        &self,
+        workspace: &str,
+        kind: &str,
+        fields: &Map<String, Value>,
+        offline: Vec<String>,
+    );
 }
 
 /// The scope of a workspace's user records in the state store.
@@ -178,7 +197,13 @@ impl Hub {
             rooms: OnceLock::new(),
             closing: CancellationToken::new(),
             bus: OnceLock::new(),
+            event_hook: OnceLock::new(),
         }
+    }
+
+    /// Tells `hook` of every event appended from now on (set once).
+    pub fn hook_events(&self, hook: Arc<dyn EventHook>) {
+        let _ = self.event_hook.set(hook);
     }
 
     /// Tells `bus` of this server's released events from now on (set once, before any

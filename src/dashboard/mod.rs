@@ -24,6 +24,6 @@ mod users;
 pub mod workspace;
 
 pub use catalogue::{ChannelSet, UserId};
-pub use hub::{Hub, HubBus, HubObserver, HubSettings};
+pub use hub::{EventHook, Hub, HubBus, HubObserver, HubSettings};
 pub use protocol::{parse, Action, PresenceStatus, PresenceUpdate, ProtocolError};
 pub use users::PreferencesError;

@@ -78,6 +78,10 @@ impl Hub {
     ) -> Result<(tandem_storage::EventSlot, Ticket), StoreError> {
         let published = Instant::now();
         let now = OffsetDateTime::now_utc();
+        if let Some(hook) = self.event_hook.get().filter(|h| h.wants(&ws.name)) {
+            let offline = self.offline_of(st, &event.user_ids);
+            hook.appended(&ws.name, event.kind, &event.fields, offline);
+        }
         event.fields.insert(
             "timestamp".into(),
             Value::String(crate::clock::rfc3339_exact(now)),
@@ -95,6 +99,24 @@ impl Hub {
             published,
         });
         Ok((slot, ticket))
+    }
+
+    /// Of `users`, those offline now.
+    fn offline_of(&self, st: &State, users: &[String]) -> Vec<String> {
+        if users.is_empty() {
+            return Vec::new();
+        }
+        let now = Instant::now();
+        users
+            .iter()
+            .filter(|user| {
+                st.users.get(*user).is_none_or(|entry| {
+                    entry.presence.current(now, &self.settings.presence).status
+                        == super::protocol::PresenceStatus::Offline
+                })
+            })
+            .cloned()
+            .collect()
     }
 
     /// Appends one of the server's own events; a failure is logged (the state it reports is

@@ -17,5 +17,5 @@ pub mod socket;
 pub mod versions;
 
 pub use remote::Remote;
-pub use rooms::{RoomBus, RoomHandle, RoomObserver, RoomOpError, RoomSummary, Rooms};
+pub use rooms::{DocHooks, RoomBus, RoomHandle, RoomObserver, RoomOpError, RoomSummary, Rooms};
 pub use versions::{Restored, VersionError};

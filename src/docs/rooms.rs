@@ -41,6 +41,17 @@ pub enum RoomOpError {
     Store(#[from] StoreError),
 }
 
+/// Told of documents' changes and versions (webhooks listen). Called outside any room's lock;
+/// cheap: what takes time is spawned.
+pub trait DocHooks: Send + Sync + 'static {
+    /// `doc` changed, by `author` (`None`: the server itself).
+    fn changed(&self, doc: &DocName, author: Option<&str>);
+    /// A version of `doc` was stored.
+    fn version_created(&self, doc: &DocName, version: &tandem_storage::Version);
+    /// `doc` was restored to version `id` by `user`.
+    fn restored(&self, doc: &DocName, id: u64, user: &str, restored: &super::Restored);
+}
+
 /// Told what happens in rooms' awareness: the dashboard derives presence and "who is editing"
 /// from it. Called outside any room's lock.
 pub trait RoomObserver: Send + Sync + 'static {
@@ -118,6 +129,8 @@ pub struct Rooms {
     pub(super) unversioned: DashMap<DocName, super::versions::Unversioned>,
     /// Documents whose scheduled version is being taken.
     pub(super) versioning: DashSet<DocName>,
+    /// Told of changes and versions.
+    pub(super) hooks: OnceLock<Arc<dyn DocHooks>>,
 }
 
 /// A client syncing over HTTP.
@@ -216,7 +229,13 @@ impl Rooms {
             versions,
             unversioned: DashMap::new(),
             versioning: DashSet::new(),
+            hooks: OnceLock::new(),
         }
+    }
+
+    /// Tells `hooks` of documents' changes and versions from now on (set once).
+    pub fn hook(&self, hooks: Arc<dyn DocHooks>) {
+        let _ = self.hooks.set(hooks);
     }
 
     /// Tells `bus` what happens in the rooms from now on (set once, before any room is

@@ -59,6 +59,9 @@ impl Rooms {
         if name.kind() != RoomKind::Document {
             return;
         }
+        if let Some(hooks) = self.hooks.get() {
+            hooks.changed(name, author.map(|a| &**a));
+        }
         let mut entry = self
             .unversioned
             .entry(name.clone())
@@ -170,6 +173,9 @@ impl Rooms {
             .await;
         match stored {
             Ok(version) => {
+                if let Some(hooks) = self.hooks.get() {
+                    hooks.version_created(name, &version);
+                }
                 tracing::debug!(doc = %name, id = version.id, bytes = version.bytes, reason = reason.as_str(), "version taken");
                 Ok(version)
             }
@@ -256,10 +262,14 @@ impl Rooms {
         let after = self
             .take_version(name, VersionReason::Restore, label, Some(author))
             .await?;
-        Ok(Restored {
+        let restored = Restored {
             before,
             after,
             changed,
-        })
+        };
+        if let Some(hooks) = self.hooks.get() {
+            hooks.restored(name, id, author, &restored);
+        }
+        Ok(restored)
     }
 }

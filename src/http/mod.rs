@@ -14,6 +14,7 @@ pub mod extract;
 mod refusals;
 pub mod state;
 pub mod web;
+pub mod webhooks;
 
 use axum::routing::{delete, get, post, MethodRouter};
 use axum::{Extension, Json, Router};
@@ -51,6 +52,18 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/admin/rooms/{*doc}",
             labelled("admin_compact", post(admin::compact)),
+        )
+        .route(
+            "/api/v1/admin/webhooks",
+            labelled("admin_webhooks", get(webhooks::list).post(webhooks::create)),
+        )
+        .route(
+            "/api/v1/admin/webhooks/{id}",
+            labelled("admin_webhooks", delete(webhooks::delete)),
+        )
+        .route(
+            "/api/v1/admin/webhooks/{id}/deliveries",
+            labelled("admin_webhooks", get(webhooks::deliveries)),
         )
         .route(
             "/api/v1/client-errors",

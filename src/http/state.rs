@@ -29,6 +29,8 @@ pub struct AppState {
     pub durability: Arc<Durability>,
     /// The dashboard: events, subscriptions, presence, badges, locks.
     pub hub: Arc<Hub>,
+    /// The workspaces' webhook endpoints and their deliveries.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
     /// The open connections, for the admin API and the connection metrics.
     pub connections: Arc<Connections>,
     /// How often each user may report client errors.

@@ -20,3 +20,4 @@ mod metrics;
 mod postgres;
 mod sync;
 mod versions;
+mod webhooks;
