@@ -6,8 +6,10 @@
 #   benches/soak/run.sh               all three (about 40 minutes)
 #   benches/soak/run.sh kills         20 SIGKILLs in 5 minutes
 #   benches/soak/run.sh disk          the data directory's disk fills up and frees (needs root)
-#   benches/soak/run.sh steady [S]    S seconds (1800) of steady load, RSS every 10 s, then a
-#                                     minute idle (the rooms unload)
+#   benches/soak/run.sh steady [S]    S seconds (1800) of steady load, RSS every 10 s, then
+#                                     SETTLE seconds (360) idle: past the room grace and
+#                                     --workspace-idle-ms (300 s), so rooms and workspaces
+#                                     unload and what stays is what the server keeps idle
 #
 # Results (tables, and JSON) go to bench-results/soak-*.
 set -euo pipefail
@@ -32,7 +34,8 @@ steady() {
   local secs="${1:-1800}"
   echo "== steady load for $secs s"
   "$bench" soak --server-bin "$bin" --data-dir "$work/steady" --port 18702 \
-    --kills 0 --duration "$secs" --sample-secs 10 --settle-secs 60 | tee "$out/soak-steady.txt"
+    --kills 0 --duration "$secs" --sample-secs 10 --settle-secs "${SETTLE:-360}" \
+    | tee "$out/soak-steady.txt"
 }
 
 disk() {
