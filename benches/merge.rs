@@ -8,6 +8,9 @@
 //!   (`tandem_sync::inspect_v1`), alone: its share of the two above.
 //! - `codec/*`: encode/decode of sync messages.
 //! - `cold_load/*`: the finished document read from sled and loaded into a room.
+//! - `versions/*`: what version history costs on the trace's document: a version's size (the
+//!   whole document, printed once), reading a version as JSON, and computing the restore of
+//!   the document as it was halfway through the trace (the edits, from the finished text).
 //!
 //! Run: `cargo bench --bench merge` (figures land in `target/criterion/`).
 
@@ -169,5 +172,33 @@ fn cold_load(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, trace, codec, cold_load);
+fn versions(c: &mut Criterion) {
+    let (_, frames) = trace_frames();
+    let finished = final_state(&frames);
+    let halfway = final_state(&frames[..frames.len() / 2]);
+    println!(
+        "versions: a version of the finished B4 document is {} bytes ({} halfway)",
+        finished.len(),
+        halfway.len()
+    );
+    let edits = tandem_crdt::restoring_update(&finished, &halfway, 1 << 52)
+        .expect("restore")
+        .expect("edits");
+    println!(
+        "versions: restoring the halfway version takes one update of {} bytes",
+        edits.len()
+    );
+    let mut group = c.benchmark_group("versions");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(10));
+    group.bench_function("restore_b4_to_halfway", |b| {
+        b.iter(|| tandem_crdt::restoring_update(&finished, &halfway, 1 << 52).expect("restore"))
+    });
+    group.bench_function("content_json_b4", |b| {
+        b.iter(|| tandem_crdt::content_json(&finished).expect("json"))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, trace, codec, cold_load, versions);
 criterion_main!(benches);

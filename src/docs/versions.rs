@@ -190,6 +190,14 @@ impl Rooms {
         }
     }
 
+    /// Who changed `name` since its last version (changes no version holds yet), sorted.
+    pub fn unversioned_authors(&self, name: &DocName) -> Vec<String> {
+        self.unversioned
+            .get(name)
+            .map(|u| u.authors.iter().map(|a| a.to_string()).collect())
+            .unwrap_or_default()
+    }
+
     /// `name`'s versions, newest first, at most `limit`, older than the version `before`.
     ///
     /// # Errors

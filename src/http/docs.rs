@@ -70,10 +70,15 @@ pub async fn get(
                 .then(|| versions.last().map(|v| v.id))
                 .flatten();
             let listed: Vec<_> = versions.iter().map(version_json).collect();
-            return Ok(
-                Json(serde_json::json!({ "versions": listed, "next_before": next }))
-                    .into_response(),
-            );
+            // Who changed the document since its newest version: what a restore would also
+            // replace, before any version names them.
+            let unversioned = app.rooms.unversioned_authors(&name);
+            return Ok(Json(serde_json::json!({
+                "versions": listed,
+                "next_before": next,
+                "unversioned_authors": unversioned,
+            }))
+            .into_response());
         }
         DocGet::Version(name, id) => {
             let (version, content) = app.rooms.version(&name, id).await.map_err(version_error)?;

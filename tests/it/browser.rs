@@ -185,3 +185,24 @@ async fn a_hocuspocus_page_and_the_dashboard_editor_edit_one_query() {
     assert_eq!(seen["dashboard"], seen["hocuspocus"], "{seen}");
     assert!(artifacts.join("bob-hocuspocus.png").exists());
 }
+
+#[tokio::test]
+async fn a_version_is_restored_from_the_history_panel_with_a_warning_naming_the_other_user() {
+    let app = spawn_app().await;
+    let artifacts = artifacts();
+    let base = format!("http://{}", app.addr);
+    let seen = browse("history.mjs", &[&base, &artifacts.display().to_string()]).await;
+    assert_eq!(
+        seen["warning"],
+        "Bob edited this query after that version: restoring replaces their changes.",
+        "{seen}"
+    );
+    assert_eq!(
+        seen["compared"],
+        serde_json::json!(["SELECT 1 + 2", "SELECT 1"]),
+        "{seen}"
+    );
+    assert!(seen["changed"].as_u64().is_some_and(|n| n >= 2), "{seen}");
+    assert_eq!(seen["overflow"], false, "{seen}");
+    assert_eq!(seen["errors"], serde_json::json!([]), "{seen}");
+}

@@ -1,5 +1,6 @@
 // The query editor: CodeMirror bound to the query document's Y.Text, with live cursors, the
-// "is editing" banner, the locked title and the live result panel; the document syncs over
+// "is editing" banner, the locked title, the live result panel and the history (versions,
+// compare, restore: `history.js`); the document syncs over
 // y-websocket, over HTTP polling while the socket fails, and is kept in IndexedDB offline.
 
 import * as Y from 'yjs'
@@ -14,6 +15,7 @@ import { $, el, colorOf, cssColor, time, wsBase } from './util.js'
 import { backoff, showConnection, BACKOFF_MAX_MS, DEGRADED_AFTER_FAILURES } from './status.js'
 import { sessionExpired, tokenListeners } from './session.js'
 import { DocPoller, HIDDEN_FLUSH_MS } from './poller.js'
+import { history } from './history.js'
 
 // The title lock is renewed at least this often while its field has the focus.
 const LOCK_RENEW_MS = 10000
@@ -85,13 +87,15 @@ export function editor (session, live, queryId) {
   const titleNote = el('span', { className: 'sub', id: 'title-lock' })
   const host = el('div', { id: 'editor' })
   const result = el('div', { className: 'result', id: 'result' })
+  const versions = history(session, docName, () => ({ query: doc.getText('query').toString(), title: doc.getText('title').toString() }))
   $('#app').className = 'editor'
   $('#app').replaceChildren(
     el('section', { className: 'card' },
       el('h2', { textContent: `Query ${queryId}` }), banner,
       el('label', { htmlFor: 'title', textContent: 'Title' }), title, titleNote, el('p'),
       el('label', { textContent: 'SQL', id: 'sql-label' }), host),
-    el('section', { className: 'card' }, el('h2', { textContent: 'Result' }), result))
+    el('section', { className: 'card' }, el('h2', { textContent: 'Result' }), result),
+    versions.card)
 
   const ytext = doc.getText('query')
   const editable = new Compartment()
@@ -195,7 +199,7 @@ export function editor (session, live, queryId) {
   }
   status.observe(showStatus)
   showStatus()
-  window.tandem = { Y, doc, provider, view, local, poller, live }
+  window.tandem = { Y, doc, provider, view, local, poller, live, versions }
 }
 
 
