@@ -224,3 +224,13 @@ async fn a_reconnecting_js_client_is_told_its_state_was_removed_and_comes_back()
     let seen: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
     assert_eq!(seen, serde_json::json!({"told": true, "back": true}));
 }
+
+#[tokio::test]
+async fn a_restore_under_concurrent_offline_editing_converges_for_js_clients() {
+    let app = support::spawn_app().await;
+    let base = format!("http://{}", app.addr);
+    let output = node("restore.mjs", &[&base, "acme/queries/restored"]).await;
+    let seen: serde_json::Value = serde_json::from_str(output.trim()).expect("one JSON line");
+    assert_eq!(seen["ok"], true, "{seen}");
+    assert_eq!(seen["text"], "SELECT region FROM sales LIMIT 10");
+}
