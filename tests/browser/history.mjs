@@ -56,11 +56,26 @@ try {
   const compared = await ada.$$eval('#compare pre', (nodes) => nodes.map((n) => n.innerText.trim()))
   const changed = await ada.$$eval('#compare .changed', (nodes) => nodes.length)
   await ada.screenshot({ path: `${artifacts}/history-compare.png`, fullPage: true })
+  step = 'offline merge'
+  // Bob's tab goes offline and he keeps typing; Ada changes the query meanwhile; when Bob's
+  // tab is back, it says whose changes his were merged with.
+  await bob.evaluate(() => window.tandem.provider.disconnect())
+  await bob.evaluate(() => { const t = window.tandem.doc.getText('query'); t.insert(t.length, ' -- bob offline') })
+  await ada.evaluate(() => window.tandem.doc.getText('query').insert(0, '/* ada */ '))
+  await sqlIs(ada, '/* ada */ SELECT 1')
+  await bob.evaluate(() => window.tandem.provider.connect())
+  await sqlIs(bob, '/* ada */ SELECT 1 -- bob offline')
+  await bob.waitForSelector('#merged-banner', { timeout: TIMEOUT })
+  const merged = await bob.$eval('#merged-banner', (n) => n.innerText)
+  await bob.click('#merged-compare')
+  await bob.waitForSelector('#compare:not([hidden]) pre', { timeout: TIMEOUT })
+  const mergedCompare = await bob.$$eval('#compare pre', (nodes) => nodes.map((n) => n.innerText.trim()))
+  await bob.screenshot({ path: `${artifacts}/history-merged.png`, fullPage: true })
   step = 'phone'
   await ada.setViewportSize({ width: 390, height: 844 })
   const overflow = await ada.evaluate(() => document.documentElement.scrollWidth > innerWidth + 1)
   await ada.screenshot({ path: `${artifacts}/history-phone.png`, fullPage: true })
-  console.log(JSON.stringify({ ok: true, warning, compared, changed, overflow, errors }))
+  console.log(JSON.stringify({ ok: true, warning, compared, changed, merged, mergedCompare, overflow, errors }))
 } catch (err) {
   const texts = []
   for (const context of browser.contexts()) {

@@ -203,6 +203,19 @@ async fn a_version_is_restored_from_the_history_panel_with_a_warning_naming_the_
         "{seen}"
     );
     assert!(seen["changed"].as_u64().is_some_and(|n| n >= 2), "{seen}");
+    // Bob's offline edits merged with Ada's: his tab says so, and compares with the newest
+    // version from before he went offline (the one the restore made).
+    assert!(
+        seen["merged"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Merged with changes by Ada while you were offline")),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["mergedCompare"],
+        serde_json::json!(["SELECT 1", "/* ada */ SELECT 1 -- bob offline"]),
+        "{seen}"
+    );
     assert_eq!(seen["overflow"], false, "{seen}");
     assert_eq!(seen["errors"], serde_json::json!([]), "{seen}");
 }

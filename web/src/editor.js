@@ -73,7 +73,31 @@ export function editor (session, live, queryId) {
       showConnection('document', provider.wsUnsuccessfulReconnects > 0 || everConnected ? 'disconnected' : 'connecting')
     }
   })
-  provider.on('sync', (synced) => { if (synced) everConnected = true })
+  // Offline edits merged with others': the history says so once the tab is back in sync.
+  let offlineSince = null
+  let editedOffline = false
+  let othersArrived = false
+  provider.on('status', ({ status }) => {
+    if (status === 'disconnected' && everConnected && offlineSince === null) {
+      offlineSince = Date.now()
+      editedOffline = false
+      othersArrived = false
+    }
+  })
+  doc.on('update', (_update, origin) => {
+    if (offlineSince === null) return
+    if (origin === provider || origin === poller) othersArrived = true
+    else if (origin !== local) editedOffline = true
+  })
+  provider.on('sync', (synced) => {
+    if (!synced) return
+    everConnected = true
+    if (offlineSince !== null) {
+      const since = offlineSince
+      offlineSince = null
+      if (editedOffline && othersArrived) versions.merged(since)
+    }
+  })
   const reconnect = () => { if (!provider.wsconnected && !provider.wsconnecting) provider.connect() }
   addEventListener('online', reconnect)
   tokenListeners.add((fresh) => {

@@ -129,6 +129,27 @@ export function history (session, docName, current) {
     refresh()
   })
 
+  /**
+   * After this tab edited offline since `since` (ms) and the merge with the server brought in
+   * others' changes: says who made them ("Merged with changes by Bob while you were offline")
+   * with a link comparing the newest version from before `since` with the query now.
+   */
+  const merged = async (since) => {
+    await refresh()
+    const during = versions.filter((v) => Date.parse(v.at) >= since).flatMap((v) => v.authors)
+    const people = [...new Set([...during, ...unversioned].map(String))].filter((id) => id !== String(session.user)).map(nameOf)
+    const before = versions.find((v) => Date.parse(v.at) < since)
+    const banner = el('p', { className: 'banner merged', id: 'merged-banner', role: 'status' },
+      `Merged with changes by ${people.length ? sentence(people) : 'others'} while you were offline`)
+    if (before) {
+      banner.append(' — ', el('button', { type: 'button', className: 'link', id: 'merged-compare', textContent: 'compare', onclick: () => show(before) }))
+    }
+    banner.append(el('button', { type: 'button', className: 'link', textContent: 'dismiss', onclick: () => banner.remove() }))
+    card.querySelector('#merged-banner')?.remove()
+    card.insertBefore(banner, card.children[1])
+    return banner
+  }
+
   refresh()
-  return { card, refresh }
+  return { card, refresh, merged }
 }
