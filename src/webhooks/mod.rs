@@ -144,6 +144,10 @@ pub struct NewEndpoint {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Message {
     seq: u64,
+    /// Its key in the outbox: the sequence number and the process that wrote it, so two nodes
+    /// of a cluster never write over each other's messages.
+    #[serde(default)]
+    key: String,
     /// `webhook-id`: the same at every attempt, so a receiver can drop duplicates.
     id: String,
     kind: String,
@@ -233,7 +237,15 @@ pub struct Webhooks {
     hub: OnceLock<Weak<crate::dashboard::Hub>>,
     tasks: TaskTracker,
     stop: CancellationToken,
+    /// This process, in its outbox keys.
+    instance: u64,
+    /// When the endpoints were last read again from the store.
+    synced: Mutex<Instant>,
 }
+
+/// How often each node reads the endpoints again, for those registered, changed or removed
+/// through another node of a cluster.
+const ENDPOINT_SYNC: Duration = Duration::from_secs(2);
 
 fn outbox_scope(endpoint: &str) -> String {
     format!("webhook_outbox/{endpoint}")
@@ -273,6 +285,8 @@ impl Webhooks {
             hub: OnceLock::new(),
             tasks,
             stop,
+            instance: crate::boot_id() as u64,
+            synced: Mutex::new(Instant::now()),
         });
         for (key, value) in this.store.scan(ENDPOINTS_SCOPE).await? {
             let endpoint: Endpoint =
@@ -281,14 +295,17 @@ impl Webhooks {
                     what: "webhook endpoint",
                 })?;
             let mut queue = VecDeque::new();
-            for (seq, value) in this.store.scan(&outbox_scope(&endpoint.id)).await? {
-                let message: Message =
+            for (key, value) in this.store.scan(&outbox_scope(&endpoint.id)).await? {
+                let mut message: Message =
                     serde_json::from_slice(&value).map_err(|_| StoreError::Corrupt {
-                        doc: seq,
+                        doc: key.clone(),
                         what: "webhook message",
                     })?;
+                message.key = key;
                 queue.push_back(message);
             }
+            // In the order they were made, whichever process wrote them.
+            queue.make_contiguous().sort_by_key(|m| m.seq);
             tracing::info!(endpoint = %endpoint.id, workspace = %endpoint.workspace, waiting = queue.len(), "webhook endpoint loaded");
             this.start_lane(endpoint, queue);
         }
@@ -306,7 +323,7 @@ impl Webhooks {
     }
 
     fn start_lane(self: &Arc<Self>, endpoint: Endpoint, queue: VecDeque<Message>) {
-        let next = queue.back().map_or(1, |m| m.seq + 1);
+        let next = queue.iter().map(|m| m.seq + 1).max().unwrap_or(1);
         let id = endpoint.id.clone();
         let lane = Arc::new(Lane {
             endpoint: Mutex::new(endpoint),
@@ -317,7 +334,13 @@ impl Webhooks {
             failing_since: Mutex::new(None),
             stop: self.stop.child_token(),
         });
-        self.lanes.insert(id.clone(), Arc::clone(&lane));
+        match self.lanes.entry(id.clone()) {
+            // Started already (a read of the store met it before its creator got here).
+            dashmap::Entry::Occupied(_) => return,
+            dashmap::Entry::Vacant(vacant) => {
+                vacant.insert(Arc::clone(&lane));
+            }
+        }
         let this = Arc::clone(self);
         self.tasks.spawn(
             async move { this.deliver(lane).await }
@@ -432,8 +455,7 @@ impl Webhooks {
         )?;
         let scope = outbox_scope(id);
         for message in lane.queue().drain(..) {
-            self.store
-                .put(&scope, &format!("{:020}", message.seq), u64::MAX, None)?;
+            self.store.put(&scope, &message.key, u64::MAX, None)?;
         }
         self.store.flush().await?;
         tracing::info!(workspace, endpoint = id, "webhook endpoint removed");
@@ -488,8 +510,10 @@ impl Webhooks {
                 fields.insert("content".into(), content.clone());
             }
             let body = json!({ "type": kind, "timestamp": timestamp, "data": data }).to_string();
+            let seq = lane.next_seq.fetch_add(1, Ordering::Relaxed);
             let message = Message {
-                seq: lane.next_seq.fetch_add(1, Ordering::Relaxed),
+                seq,
+                key: format!("{seq:020}-{:016x}", self.instance),
                 id: fresh_id("msg_"),
                 kind: kind.to_owned(),
                 body,
@@ -521,19 +545,16 @@ impl Webhooks {
             .map_err(|e| StoreError::Task(format!("cannot encode a message: {e}")))?;
         self.store.put(
             &outbox_scope(endpoint),
-            &format!("{:020}", message.seq),
+            &message.key,
             u64::from(message.attempts),
             Some(&value),
         )
     }
 
     fn forget(&self, endpoint: &str, message: &Message) {
-        let removed = self.store.put(
-            &outbox_scope(endpoint),
-            &format!("{:020}", message.seq),
-            u64::MAX,
-            None,
-        );
+        let removed = self
+            .store
+            .put(&outbox_scope(endpoint), &message.key, u64::MAX, None);
         if let Err(err) = removed {
             // It is delivered again after a restart: at least once.
             tracing::warn!(endpoint, error = %err, "a delivered message stays in the outbox");
@@ -800,6 +821,61 @@ impl Webhooks {
         crate::metrics::get()
             .webhook_outbox_depth
             .set(self.waiting() as f64);
+        let due = {
+            let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+            let due = synced.elapsed() >= ENDPOINT_SYNC;
+            if due {
+                *synced = Instant::now();
+            }
+            due
+        };
+        if due {
+            let this = Arc::clone(self);
+            self.tasks.spawn(async move {
+                if let Err(err) = this.sync_endpoints().await {
+                    tracing::warn!(error = %err, "could not read the webhook endpoints again");
+                }
+            });
+        }
+    }
+
+    /// Reads the endpoints again: one registered through another node gets a lane here (its
+    /// messages from this node go to it), one removed there goes, and a newer record (disabled)
+    /// replaces the one held.
+    async fn sync_endpoints(self: &Arc<Self>) -> Result<(), StoreError> {
+        let mut stored = HashMap::new();
+        for (key, value) in self.store.scan(ENDPOINTS_SCOPE).await? {
+            match serde_json::from_slice::<Endpoint>(&value) {
+                Ok(endpoint) => {
+                    stored.insert(endpoint.id.clone(), endpoint);
+                }
+                Err(_) => tracing::warn!(key, "an unreadable webhook endpoint is skipped"),
+            }
+        }
+        let gone: Vec<String> = self
+            .lanes
+            .iter()
+            .filter(|lane| !stored.contains_key(lane.key()))
+            .map(|lane| lane.key().clone())
+            .collect();
+        for id in gone {
+            if let Some((_, lane)) = self.lanes.remove(&id) {
+                lane.stop.cancel();
+                tracing::info!(endpoint = %id, "webhook endpoint removed through another node");
+            }
+        }
+        for (id, endpoint) in stored {
+            match self.lanes.get(&id) {
+                Some(lane) => {
+                    let mut held = lane.endpoint();
+                    if endpoint.revision > held.revision {
+                        *held = endpoint;
+                    }
+                }
+                None => self.start_lane(endpoint, VecDeque::new()),
+            }
+        }
+        Ok(())
     }
 
     async fn document_updated(&self, name: &DocName, authors: BTreeSet<String>) {

@@ -490,3 +490,44 @@ async fn an_endpoint_that_keeps_failing_is_disabled_and_the_workspace_told() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(receiver.seen.lock().unwrap().requests.len(), before);
 }
+
+#[tokio::test]
+async fn an_endpoint_registered_on_one_node_of_a_cluster_hears_from_every_node() {
+    let receiver = Receiver::start(None, 0).await;
+    let (_services, nodes) = crate::support::cluster::start(2, |c| {
+        c.auth_secret = Some(support::secret());
+        c.webhook_allow_private = true;
+    })
+    .await;
+    let admin = support::token("acme", "root", Role::Admin);
+    register(&nodes[0].http_url(""), Some(&admin), &receiver, "").await;
+    let ann = support::token("acme", "ann", Role::Member);
+    let http = reqwest::Client::new();
+    // Node 1 reads the endpoints again every two seconds: until it has, its version is not
+    // told; one taken after is. Bounded: a version a second for at most ten seconds.
+    let mut told = false;
+    for n in 0..10 {
+        let taken = http
+            .post(nodes[1].http_url("/api/v1/docs/acme/q/versions"))
+            .bearer_auth(&ann)
+            .json(&json!({ "label": format!("from node 1, {n}") }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(taken.status(), 201);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if receiver
+            .messages()
+            .iter()
+            .any(|(k, _)| k == "document.version_created")
+        {
+            told = true;
+            break;
+        }
+    }
+    assert!(
+        told,
+        "node 1 never delivered to the endpoint registered on node 0"
+    );
+    assert_eq!(receiver.seen.lock().unwrap().bad_signatures, 0);
+}
