@@ -169,6 +169,16 @@ pub fn restoring_update(
     Ok(changed.then(|| txn.encode_update_v1()))
 }
 
+/// How long a diff may look for the fewest edits before it settles for more: any diff turns
+/// one content into the other, a minimal one only writes fewer edits.
+const DIFF_BUDGET: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The edits from `old` to `new` (Myers' algorithm, within [`DIFF_BUDGET`]).
+fn diff<T: Eq + std::hash::Hash + Ord>(old: &[T], new: &[T]) -> Vec<similar::DiffOp> {
+    let deadline = std::time::Instant::now() + DIFF_BUDGET;
+    similar::capture_diff_slices_deadline(similar::Algorithm::Myers, old, new, Some(deadline))
+}
+
 /// A root of one kind, typed.
 enum Refs {
     Text(TextRef),
@@ -295,7 +305,7 @@ fn restore_text<T: ReadTxn>(
     let old_numbers: Vec<u32> = old.iter().map(&mut number).collect();
     let new_numbers: Vec<u32> = new.iter().map(&mut number).collect();
     let mut at = 0u32;
-    for op in similar::capture_diff_slices(similar::Algorithm::Myers, &old_numbers, &new_numbers) {
+    for op in diff(&old_numbers, &new_numbers) {
         match op {
             similar::DiffOp::Equal { old_index, len, .. } => {
                 at += old[old_index..old_index + len]
@@ -431,7 +441,7 @@ fn restore_array<T: ReadTxn>(
         return false;
     }
     let mut at = 0u32;
-    for op in similar::capture_diff_slices(similar::Algorithm::Myers, &old, &new) {
+    for op in diff(&old, &new) {
         let (delete, insert) = match op {
             similar::DiffOp::Equal { len, .. } => {
                 at += len as u32;

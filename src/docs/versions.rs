@@ -242,14 +242,19 @@ impl Rooms {
         let (_, target) = self.version(name, id).await?;
         // A client id of its own for each restore: two restores never write the same clocks.
         let client = RESTORE_CLIENT_BASE + (crate::boot_id() as u64 % (1 << 40));
-        let (current, edits) = self
-            .read(name, |room| {
-                let current = room.diff(&[0])?;
-                let edits = tandem_crdt::restoring_update(&current, &target, client)?;
-                Ok::<_, tandem_crdt::RoomError>((current, edits))
-            })
+        // The content now, under the room's lock; the edits are worked out away from it (on a
+        // large document that takes a while) and merge with anything typed meanwhile.
+        let current = self
+            .read(name, |room| room.diff(&[0]))
             .await?
             .map_err(|e| VersionError::Room(RoomOpError::Room(e)))?;
+        let (current, edits) = tokio::task::spawn_blocking(move || {
+            let edits = tandem_crdt::restoring_update(&current, &target, client);
+            (current, edits)
+        })
+        .await
+        .map_err(|e| VersionError::Store(tandem_storage::StoreError::Task(e.to_string())))?;
+        let edits = edits.map_err(|e| VersionError::Room(RoomOpError::Room(e)))?;
         let before = self
             .store_version(name, VersionReason::BeforeRestore, None, None, current)
             .await?;
