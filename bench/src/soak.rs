@@ -359,7 +359,10 @@ async fn editor(shared: Arc<Shared>, doc_index: usize, me: usize, rate: f64) -> 
         }
         tokio::time::sleep(period).await;
     }
-    drop(client);
+    // Closed, not dropped: a dropped client's socket task would keep the connection open.
+    if let Some((client, _)) = client {
+        client.close().await;
+    }
     doc
 }
 
@@ -1157,6 +1160,9 @@ pub async fn run(mut args: SoakArgs) -> Result<SoakReport, String> {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for client in clients {
+            client.close().await;
         }
     }
     // Every subscriber received every stored event after its first, once, in order.
