@@ -291,7 +291,7 @@ fn restore_text<T: ReadTxn>(
     then: &TextRef,
     then_txn: &T,
 ) -> bool {
-    let (old, _) = units(now, txn);
+    let (old, old_extra) = units(now, txn);
     let (new, new_extra) = units(then, then_txn);
     if old == new {
         return false;
@@ -305,6 +305,9 @@ fn restore_text<T: ReadTxn>(
     let old_numbers: Vec<u32> = old.iter().map(&mut number).collect();
     let new_numbers: Vec<u32> = new.iter().map(&mut number).collect();
     let mut at = 0u32;
+    // The formatting of the character just before `at`: what an insertion there would take
+    // on unless told otherwise.
+    let mut before: Option<yrs::types::Attrs> = None;
     for op in diff(&old_numbers, &new_numbers) {
         match op {
             similar::DiffOp::Equal { old_index, len, .. } => {
@@ -312,6 +315,7 @@ fn restore_text<T: ReadTxn>(
                     .iter()
                     .map(unit_len)
                     .sum::<u32>();
+                before = old_extra[old_index + len - 1].0.clone();
             }
             similar::DiffOp::Delete {
                 old_index, old_len, ..
@@ -331,6 +335,7 @@ fn restore_text<T: ReadTxn>(
                     at,
                     &new[new_index..new_index + new_len],
                     &new_extra[new_index..new_index + new_len],
+                    &mut before,
                 );
             }
             similar::DiffOp::Replace {
@@ -350,6 +355,7 @@ fn restore_text<T: ReadTxn>(
                     at,
                     &new[new_index..new_index + new_len],
                     &new_extra[new_index..new_index + new_len],
+                    &mut before,
                 );
             }
         }
@@ -365,11 +371,18 @@ fn insert_units(
     mut at: u32,
     units: &[Unit],
     extra: &[Insertable],
+    before: &mut Option<yrs::types::Attrs>,
 ) -> u32 {
     let start = at;
     let mut i = 0;
     while i < units.len() {
-        let attrs = extra[i].0.clone().unwrap_or_default();
+        let mut attrs = extra[i].0.clone().unwrap_or_default();
+        // Formatting in effect before the insertion that this run does not have is unset for
+        // it (null), or the run would take it on.
+        for key in before.iter().flat_map(|b| b.keys()) {
+            attrs.entry(Arc::clone(key)).or_insert(Any::Null);
+        }
+        *before = extra[i].0.clone();
         if let Some(embed) = &extra[i].1 {
             text.insert_embed_with_attributes(txn, at, embed.clone(), attrs);
             at += 1;
@@ -384,11 +397,7 @@ fn insert_units(
             }
             j += 1;
         }
-        if attrs.is_empty() {
-            text.insert(txn, at, &run);
-        } else {
-            text.insert_with_attributes(txn, at, &run, attrs);
-        }
+        text.insert_with_attributes(txn, at, &run, attrs);
         at += run.encode_utf16().count() as u32;
         i = j;
     }
@@ -599,6 +608,26 @@ mod tests {
         assert!(diff[0].attributes.is_some());
         // Already there: nothing to do.
         assert!(restoring_update(&then, &then, 99).unwrap().is_none());
+    }
+
+    #[test]
+    fn restored_plain_text_does_not_take_on_the_formatting_before_it() {
+        let doc = Doc::with_client_id(5);
+        let text = doc.get_or_insert_text("t");
+        {
+            let mut txn = doc.transact_mut();
+            text.insert(&mut txn, 0, "Title body");
+            text.format(&mut txn, 0, 5, [("bold".into(), Any::Bool(true))].into());
+        }
+        let then = whole(&doc);
+        text.remove_range(&mut doc.transact_mut(), 5, 5);
+        let (copy, _) = restored(&doc, &then);
+        let text = copy.get_or_insert_text("t");
+        let txn = copy.transact();
+        let diff = text.diff(&txn, YChange::identity);
+        assert_eq!(diff.len(), 2, "{diff:?}");
+        assert_eq!(diff[1].insert, Out::Any(Any::from(" body")));
+        assert!(diff[1].attributes.is_none(), "{diff:?}");
     }
 
     #[test]

@@ -129,6 +129,8 @@ pub struct Rooms {
     pub(super) unversioned: DashMap<DocName, super::versions::Unversioned>,
     /// Documents whose scheduled version is being taken.
     pub(super) versioning: DashSet<DocName>,
+    /// Documents being restored: one restore at a time each.
+    pub(super) restoring: DashSet<DocName>,
     /// Told of changes and versions.
     pub(super) hooks: OnceLock<Arc<dyn DocHooks>>,
 }
@@ -229,6 +231,7 @@ impl Rooms {
             versions,
             unversioned: DashMap::new(),
             versioning: DashSet::new(),
+            restoring: DashSet::new(),
             hooks: OnceLock::new(),
         }
     }

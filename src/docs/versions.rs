@@ -40,6 +40,17 @@ pub enum VersionError {
     NotFound(u64),
     #[error("the restore could not be made durable: {0}")]
     Durability(#[from] crate::durability::DurabilityError),
+    #[error("a restore of this document is under way; retry once it is done")]
+    Busy,
+}
+
+/// Holds a document's one restore; lets it go when dropped.
+struct Restoring<'a>(&'a dashmap::DashSet<DocName>, DocName);
+
+impl Drop for Restoring<'_> {
+    fn drop(&mut self) {
+        self.0.remove(&self.1);
+    }
 }
 
 /// What a restore made: the version taken just before it (restoring that one undoes it) and
@@ -239,6 +250,11 @@ impl Rooms {
         id: u64,
         author: &str,
     ) -> Result<Restored, VersionError> {
+        // Two restores worked out from the same content would both insert the version's text.
+        if !self.restoring.insert(name.clone()) {
+            return Err(VersionError::Busy);
+        }
+        let _one = Restoring(&self.restoring, name.clone());
         let (_, target) = self.version(name, id).await?;
         // A client id of its own for each restore: two restores never write the same clocks.
         let client = RESTORE_CLIENT_BASE + (crate::boot_id() as u64 % (1 << 40));

@@ -231,6 +231,11 @@ fn version_error(err: VersionError) -> ApiError {
             "version_not_found",
             format!("no version {id} of this document (retention may have removed it)"),
         ),
+        VersionError::Busy => ApiError::new(
+            StatusCode::CONFLICT,
+            "restore_in_progress",
+            "a restore of this document is under way; retry once it is done",
+        ),
         VersionError::Room(e) => room_error(e),
         VersionError::Store(e) => ApiError::storage(&e),
         VersionError::Durability(e) => {

@@ -193,6 +193,8 @@ struct Lane {
     /// Since when every attempt failed (ms since the epoch).
     failing_since: Mutex<Option<u64>>,
     stop: CancellationToken,
+    /// When this node started delivering to it.
+    started: Instant,
 }
 
 impl Lane {
@@ -204,9 +206,12 @@ impl Lane {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn wants(&self, kind: &str) -> bool {
+    /// Whether this endpoint is of `workspace`, enabled, and takes `kind` (one lock).
+    fn wants(&self, workspace: &str, kind: &str) -> bool {
         let endpoint = self.endpoint();
-        !endpoint.disabled && endpoint.events.iter().any(|e| e == kind)
+        endpoint.workspace == workspace
+            && !endpoint.disabled
+            && endpoint.events.iter().any(|e| e == kind)
     }
 
     fn record(&self, attempt: Attempt) {
@@ -239,8 +244,19 @@ pub struct Webhooks {
     stop: CancellationToken,
     /// This process, in its outbox keys.
     instance: u64,
+    /// Messages to emit, in the order they were made: one task writes them down, so they
+    /// are numbered in that order.
+    emits: tokio::sync::mpsc::UnboundedSender<Emit>,
     /// When the endpoints were last read again from the store.
     synced: Mutex<Instant>,
+}
+
+/// A message to emit.
+struct Emit {
+    workspace: String,
+    kind: &'static str,
+    data: Value,
+    content: Option<Value>,
 }
 
 /// How often each node reads the endpoints again, for those registered, changed or removed
@@ -259,9 +275,19 @@ fn now_text() -> String {
     crate::clock::rfc3339_exact(time::OffsetDateTime::now_utc())
 }
 
+/// 64 bits from the operating system's randomness.
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        // No randomness from the OS (it does not happen on Linux): a per-boot hash of the time.
+        return crate::boot_id() as u64;
+    }
+    u64::from_le_bytes(bytes)
+}
+
 /// A fresh id with `prefix`.
 fn fresh_id(prefix: &str) -> String {
-    format!("{prefix}{:016x}", crate::boot_id() as u64)
+    format!("{prefix}{:016x}", random_u64())
 }
 
 impl Webhooks {
@@ -275,6 +301,7 @@ impl Webhooks {
         tasks: TaskTracker,
         stop: CancellationToken,
     ) -> Result<Arc<Webhooks>, StoreError> {
+        let (emits, mut queued) = tokio::sync::mpsc::unbounded_channel::<Emit>();
         let this = Arc::new(Webhooks {
             store,
             settings,
@@ -285,8 +312,25 @@ impl Webhooks {
             hub: OnceLock::new(),
             tasks,
             stop,
-            instance: crate::boot_id() as u64,
+            instance: random_u64(),
+            emits,
             synced: Mutex::new(Instant::now()),
+        });
+        // Holds the webhooks only while it runs: it stops with the server.
+        let emitter = Arc::downgrade(&this);
+        let stop = this.stop.clone();
+        this.tasks.spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    next = queued.recv() => next,
+                };
+                let (Some(emit), Some(this)) = (next, emitter.upgrade()) else {
+                    return;
+                };
+                this.emit(&emit.workspace, emit.kind, emit.data, emit.content)
+                    .await;
+            }
         });
         for (key, value) in this.store.scan(ENDPOINTS_SCOPE).await? {
             let endpoint: Endpoint =
@@ -333,6 +377,7 @@ impl Webhooks {
             attempts: Mutex::new(VecDeque::new()),
             failing_since: Mutex::new(None),
             stop: self.stop.child_token(),
+            started: Instant::now(),
         });
         match self.lanes.entry(id.clone()) {
             // Started already (a read of the store met it before its creator got here).
@@ -398,7 +443,7 @@ impl Webhooks {
             events,
             description,
             include_content: new.include_content,
-            secret: sign::new_secret(),
+            secret: sign::new_secret().map_err(|e| WebhookError::Store(StoreError::Task(e)))?,
             created_at: now_text(),
             disabled: false,
             disabled_reason: None,
@@ -483,9 +528,17 @@ impl Webhooks {
 
     /// Whether any endpoint of `workspace` wants `kind`.
     pub fn wants(&self, workspace: &str, kind: &str) -> bool {
-        self.lanes
-            .iter()
-            .any(|lane| lane.endpoint().workspace == workspace && lane.wants(kind))
+        self.lanes.iter().any(|lane| lane.wants(workspace, kind))
+    }
+
+    /// Hands `kind` to the one task that writes messages down, after what was handed before.
+    fn queue_emit(&self, workspace: &str, kind: &'static str, data: Value, content: Option<Value>) {
+        let _ = self.emits.send(Emit {
+            workspace: workspace.to_owned(),
+            kind,
+            data,
+            content,
+        });
     }
 
     /// Queues `kind` with `data` for every endpoint of `workspace` that wants it (`content`
@@ -494,7 +547,7 @@ impl Webhooks {
         let lanes: Vec<Arc<Lane>> = self
             .lanes
             .iter()
-            .filter(|lane| lane.endpoint().workspace == workspace && lane.wants(kind))
+            .filter(|lane| lane.wants(workspace, kind))
             .map(|lane| Arc::clone(lane.value()))
             .collect();
         if lanes.is_empty() {
@@ -666,7 +719,7 @@ impl Webhooks {
         let delay = base
             .saturating_mul(1u64 << attempts.saturating_sub(1).min(40))
             .min(max);
-        let jitter = (crate::boot_id() as u64) % (delay / 5 * 2 + 1);
+        let jitter = random_u64() % (delay / 5 * 2 + 1);
         delay - delay / 5 + jitter
     }
 
@@ -729,6 +782,8 @@ impl Webhooks {
         let host = url.host_str().unwrap_or_default().to_owned();
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy from the environment would resolve the name itself, past the check.
+            .no_proxy()
             .timeout(self.settings.timeout)
             .connect_timeout(self.settings.timeout)
             .resolve(&host, addr)
@@ -843,6 +898,7 @@ impl Webhooks {
     /// messages from this node go to it), one removed there goes, and a newer record (disabled)
     /// replaces the one held.
     async fn sync_endpoints(self: &Arc<Self>) -> Result<(), StoreError> {
+        let scanned = Instant::now();
         let mut stored = HashMap::new();
         for (key, value) in self.store.scan(ENDPOINTS_SCOPE).await? {
             match serde_json::from_slice::<Endpoint>(&value) {
@@ -855,7 +911,8 @@ impl Webhooks {
         let gone: Vec<String> = self
             .lanes
             .iter()
-            .filter(|lane| !stored.contains_key(lane.key()))
+            // One started after the read began (registered here meanwhile) is not gone.
+            .filter(|lane| !stored.contains_key(lane.key()) && lane.started < scanned)
             .map(|lane| lane.key().clone())
             .collect();
         for id in gone {
@@ -882,12 +939,24 @@ impl Webhooks {
         let Some(rooms) = self.rooms.get().and_then(Weak::upgrade) else {
             return;
         };
+        let wants_content = self.lanes.iter().any(|lane| {
+            let endpoint = lane.endpoint();
+            endpoint.workspace == name.workspace()
+                && endpoint.include_content
+                && !endpoint.disabled
+                && endpoint.events.iter().any(|e| e == "document.updated")
+        });
+        // The whole document is encoded only for endpoints that take its content.
         let read = rooms
-            .read(name, |room| (room.state_vector(), room.diff(&[0])))
+            .read(name, |room| {
+                let whole = wants_content.then(|| room.diff(&[0]));
+                (room.state_vector(), whole)
+            })
             .await;
         let (state_vector, whole) = match read {
-            Ok((sv, Ok(whole))) => (sv, whole),
-            Ok((_, Err(err))) => {
+            Ok((sv, Some(Ok(whole)))) => (sv, Some(whole)),
+            Ok((sv, None)) => (sv, None),
+            Ok((_, Some(Err(err)))) => {
                 tracing::warn!(doc = %name, error = %err, "document.updated without content");
                 return;
             }
@@ -896,58 +965,51 @@ impl Webhooks {
                 return;
             }
         };
-        let wants_content = self.lanes.iter().any(|lane| {
-            let endpoint = lane.endpoint();
-            endpoint.workspace == name.workspace() && endpoint.include_content
-        });
         let mut data = json!({
             "document": name.as_str(),
             "authors": authors,
             "state_vector": base64_url(&state_vector),
         });
-        let content = if wants_content {
-            match tandem_crdt::content_json(&whole) {
-                Ok(json) if json.len() <= self.settings.max_content_bytes => {
-                    serde_json::from_str(&json).ok()
-                }
-                Ok(json) => {
-                    data["content_omitted"] = json!(format!(
-                        "{} bytes, over --webhook-max-content-bytes",
-                        json.len()
-                    ));
-                    None
-                }
-                Err(err) => {
-                    tracing::warn!(doc = %name, error = %err, "document content not readable");
-                    None
+        let content = match whole {
+            Some(whole) => {
+                // Reading a large document takes a while: off the async workers.
+                let json = tokio::task::spawn_blocking(move || tandem_crdt::content_json(&whole))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                match json {
+                    Ok(json) if json.len() <= self.settings.max_content_bytes => {
+                        serde_json::from_str(&json).ok()
+                    }
+                    Ok(json) => {
+                        data["content_omitted"] = json!(format!(
+                            "{} bytes, over --webhook-max-content-bytes",
+                            json.len()
+                        ));
+                        None
+                    }
+                    Err(err) => {
+                        tracing::warn!(doc = %name, error = %err, "document content not readable");
+                        None
+                    }
                 }
             }
-        } else {
-            None
+            None => None,
         };
-        self.emit(name.workspace(), "document.updated", data, content)
-            .await;
+        self.queue_emit(name.workspace(), "document.updated", data, content);
     }
 
     /// A version of `doc` was taken.
-    pub async fn version_created(&self, doc: &DocName, version: &Version) {
+    pub fn version_created(&self, doc: &DocName, version: &Version) {
         let data = json!({
             "document": doc.as_str(),
             "version": version_summary(version),
         });
-        self.emit(doc.workspace(), "document.version_created", data, None)
-            .await;
+        self.queue_emit(doc.workspace(), "document.version_created", data, None);
     }
 
     /// `doc` was restored to version `id` by `user`.
-    pub async fn restored(
-        &self,
-        doc: &DocName,
-        id: u64,
-        user: &str,
-        before: &Version,
-        after: &Version,
-    ) {
+    pub fn restored(&self, doc: &DocName, id: u64, user: &str, before: &Version, after: &Version) {
         let data = json!({
             "document": doc.as_str(),
             "restored_version": id,
@@ -955,8 +1017,7 @@ impl Webhooks {
             "before": version_summary(before),
             "after": version_summary(after),
         });
-        self.emit(doc.workspace(), "document.restored", data, None)
-            .await;
+        self.queue_emit(doc.workspace(), "document.restored", data, None);
     }
 
     /// An event was appended to `workspace`'s log: `editing` ones tell who entered and left
@@ -1011,17 +1072,9 @@ impl Webhooks {
                 json!({ "user_ids": offline, "event": event }),
             ));
         }
-        if emits.is_empty() {
-            return;
+        for (kind, data) in emits {
+            self.queue_emit(workspace, kind, data, None);
         }
-        let this = Arc::clone(self);
-        let workspace = workspace.to_owned();
-        // In order: one task emits them one after the other.
-        self.tasks.spawn(async move {
-            for (kind, data) in emits {
-                this.emit(&workspace, kind, data, None).await;
-            }
-        });
     }
 }
 
@@ -1037,22 +1090,15 @@ impl crate::docs::DocHooks for Listener {
         if !self.0.wants(doc.workspace(), "document.version_created") {
             return;
         }
-        let (this, doc, version) = (Arc::clone(&self.0), doc.clone(), version.clone());
-        self.0
-            .tasks
-            .spawn(async move { this.version_created(&doc, &version).await });
+        self.0.version_created(doc, version);
     }
 
     fn restored(&self, doc: &DocName, id: u64, user: &str, restored: &crate::docs::Restored) {
         if !self.0.wants(doc.workspace(), "document.restored") {
             return;
         }
-        let this = Arc::clone(&self.0);
-        let (doc, user) = (doc.clone(), user.to_owned());
-        let (before, after) = (restored.before.clone(), restored.after.clone());
-        self.0.tasks.spawn(async move {
-            this.restored(&doc, id, &user, &before, &after).await;
-        });
+        self.0
+            .restored(doc, id, user, &restored.before, &restored.after);
     }
 }
 

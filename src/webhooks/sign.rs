@@ -11,14 +11,15 @@ use sha2::Sha256;
 /// A secret's prefix.
 const PREFIX: &str = "whsec_";
 
-/// A new secret: 24 random bytes, as the specification's libraries make them.
-pub fn new_secret() -> String {
-    let mut bytes = Vec::with_capacity(24);
-    while bytes.len() < 24 {
-        bytes.extend_from_slice(&crate::boot_id().to_le_bytes());
-    }
-    bytes.truncate(24);
-    format!("{PREFIX}{}", STANDARD.encode(bytes))
+/// A new secret: 24 bytes from the operating system's randomness, as the specification's
+/// libraries make them.
+///
+/// # Errors
+/// The operating system gives no randomness (Linux always does).
+pub fn new_secret() -> Result<String, String> {
+    let mut bytes = [0u8; 24];
+    getrandom::getrandom(&mut bytes).map_err(|e| format!("no randomness for a secret: {e}"))?;
+    Ok(format!("{PREFIX}{}", STANDARD.encode(bytes)))
 }
 
 /// The `webhook-signature` header's value for a message.
@@ -60,7 +61,7 @@ mod tests {
 
     #[test]
     fn secrets_are_fresh_and_well_formed() {
-        let (a, b) = (new_secret(), new_secret());
+        let (a, b) = (new_secret().unwrap(), new_secret().unwrap());
         assert_ne!(a, b);
         assert!(a.starts_with(PREFIX));
         assert_eq!(STANDARD.decode(&a[PREFIX.len()..]).unwrap().len(), 24);

@@ -94,6 +94,7 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || a == 0
         || (a == 100 && (64..128).contains(&b))
         || (a == 192 && b == 0 && ip.octets()[2] == 0)
+        || (a == 198 && (18..20).contains(&b))
         || a >= 240)
 }
 
@@ -104,7 +105,10 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || ip.is_multicast()
         || (first & 0xfe00) == 0xfc00
         || (first & 0xffc0) == 0xfe80
-        || first == 0x2001 && ip.segments()[1] == 0x0db8)
+        || first == 0x2001 && ip.segments()[1] == 0x0db8
+        // 6to4 and NAT64 carry an IPv4 address: whatever it is, refused.
+        || first == 0x2002
+        || (first == 0x0064 && ip.segments()[1] == 0xff9b))
 }
 
 #[cfg(test)]
@@ -129,6 +133,9 @@ mod tests {
             "http://[::1]/",
             "http://[fd00::1]/",
             "http://100.64.0.1/",
+            "http://198.18.0.1/",
+            "http://[64:ff9b::7f00:1]/",
+            "http://[2002:7f00:1::]/",
             "not a url",
         ] {
             assert!(check_url(bad, false).is_err(), "{bad}");

@@ -85,7 +85,8 @@ export function editor (session, live, queryId) {
     }
   })
   doc.on('update', (_update, origin) => {
-    if (offlineSince === null) return
+    // Polling over HTTP keeps the tab in sync: what it sends and gets is not offline work.
+    if (offlineSince === null || poller.running) return
     if (origin === provider || origin === poller) othersArrived = true
     else if (origin !== local) editedOffline = true
   })
