@@ -309,56 +309,24 @@ fn restore_text<T: ReadTxn>(
     // on unless told otherwise.
     let mut before: Option<yrs::types::Attrs> = None;
     for op in diff(&old_numbers, &new_numbers) {
-        match op {
-            similar::DiffOp::Equal { old_index, len, .. } => {
-                at += old[old_index..old_index + len]
-                    .iter()
-                    .map(unit_len)
-                    .sum::<u32>();
-                before = old_extra[old_index + len - 1].0.clone();
-            }
-            similar::DiffOp::Delete {
-                old_index, old_len, ..
-            } => {
-                let len = old[old_index..old_index + old_len]
-                    .iter()
-                    .map(unit_len)
-                    .sum();
-                now.remove_range(txn, at, len);
-            }
-            similar::DiffOp::Insert {
-                new_index, new_len, ..
-            } => {
-                at += insert_units(
-                    txn,
-                    now,
-                    at,
-                    &new[new_index..new_index + new_len],
-                    &new_extra[new_index..new_index + new_len],
-                    &mut before,
-                );
-            }
-            similar::DiffOp::Replace {
-                old_index,
-                old_len,
-                new_index,
-                new_len,
-            } => {
-                let len = old[old_index..old_index + old_len]
-                    .iter()
-                    .map(unit_len)
-                    .sum();
-                now.remove_range(txn, at, len);
-                at += insert_units(
-                    txn,
-                    now,
-                    at,
-                    &new[new_index..new_index + new_len],
-                    &new_extra[new_index..new_index + new_len],
-                    &mut before,
-                );
-            }
+        // Every op is a run of the old text that stays or goes, and one of the new that comes.
+        let (tag, gone, came) = op.as_tag_tuple();
+        if tag == similar::DiffTag::Equal {
+            at += old[gone.clone()].iter().map(unit_len).sum::<u32>();
+            before = gone.last().and_then(|last| old_extra[last].0.clone());
+            continue;
         }
+        if !gone.is_empty() {
+            now.remove_range(txn, at, old[gone].iter().map(unit_len).sum());
+        }
+        at += insert_units(
+            txn,
+            now,
+            at,
+            &new[came.clone()],
+            &new_extra[came],
+            &mut before,
+        );
     }
     true
 }
