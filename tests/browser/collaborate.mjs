@@ -216,12 +216,12 @@ try {
     const node = [...document.querySelectorAll('#online-users button')].find((b) => b.innerText.includes('Bob'))?.querySelector('.avatar')
     return node && { style: node.getAttribute('style') ?? '', color: node.style.backgroundColor }
   })
-  await bob.evaluate(() => window.tandem.live.setPresence({ color: 'rgb(1, 2, 3)' }))
+  await bob.evaluate(() => window.tandem.client.presence.set({ color: 'rgb(1, 2, 3)' }))
   await carol.waitForFunction(() => [...document.querySelectorAll('#online-users .avatar')].some((a) => a.style.backgroundColor === 'rgb(1, 2, 3)'), null, { timeout: TIMEOUT })
   await bob.evaluate((color) => {
     window.tandem.provider.awareness.setLocalStateField('user', { name: 'Bob', color, colorLight: color })
     window.tandem.provider.awareness.setLocalStateField('probe', 'colour')
-    window.tandem.live.setPresence({ color })
+    window.tandem.client.presence.set({ color })
   }, smuggled)
   await ada.waitForFunction(() => [...window.tandem.provider.awareness.getStates().values()].some((s) => s.probe === 'colour'), null, { timeout: TIMEOUT })
   const carets = await ada.$$eval('.cm-ySelectionCaret, .cm-ySelection', (nodes) => nodes.map((n) => n.getAttribute('style') ?? ''))

@@ -42,7 +42,7 @@ try {
     await sleep(50)
   }
   await stopServer(server)
-  await page.waitForFunction(() => ['disconnected', 'degraded'].includes(document.querySelector('#connection')?.dataset.state), null, { timeout: TIMEOUT })
+  await page.waitForFunction(() => ['reconnecting', 'degraded', 'offline'].includes(document.querySelector('#connection')?.dataset.state), null, { timeout: TIMEOUT })
   const red = await page.$eval('#connection', (n) => n.dataset.state)
   await page.keyboard.type(' SELECT 2;')
   server = await startServer()

@@ -9,6 +9,7 @@ mod admin;
 mod auth;
 mod bad_input;
 mod browser;
+mod client;
 mod cluster;
 mod crash;
 mod dashboard;

@@ -6,9 +6,8 @@ import { el } from './util.js'
 
 const REASONS = { auto: 'saved automatically', named: 'saved', before_restore: 'before a restore', restore: 'restored' }
 
-export function history (session, docName, current) {
+export function history (t, session, docName, current) {
   const api = `/api/v1/docs/${docName.split('/').map(encodeURIComponent).join('/')}/versions`
-  const auth = () => ({ authorization: `Bearer ${session.token}` })
   const label = el('input', { type: 'text', id: 'version-label', placeholder: 'Label (optional)', maxLength: 200, autocomplete: 'off' })
   const save = el('button', { type: 'button', id: 'save-version', textContent: 'Save version' })
   const list = el('ol', { className: 'versions', id: 'versions', 'aria-live': 'polite' })
@@ -27,7 +26,7 @@ export function history (session, docName, current) {
   const sentence = (people) => people.length <= 1 ? people.join('') : `${people.slice(0, -1).join(', ')} and ${people.at(-1)}`
 
   const loadNames = async () => {
-    const response = await fetch('/api/v1/presence?include_offline=true', { headers: auth() })
+    const response = await t.request('/api/v1/presence?include_offline=true')
     if (!response.ok) return
     const { users } = await response.json()
     names = new Map(users.filter((u) => u.name).map((u) => [String(u.user_id), u.name]))
@@ -35,7 +34,7 @@ export function history (session, docName, current) {
 
   const refresh = async () => {
     try {
-      const response = await fetch(api, { headers: auth() })
+      const response = await t.request(api)
       if (!response.ok) throw new Error(`${response.status}`)
       const body = await response.json()
       versions = body.versions
@@ -59,7 +58,7 @@ export function history (session, docName, current) {
   }
 
   const content = async (v) => {
-    const response = await fetch(`${api}/${v.id}`, { headers: { ...auth(), accept: 'application/json' } })
+    const response = await t.request(`${api}/${v.id}`, { headers: { accept: 'application/json' } })
     if (!response.ok) throw new Error(response.status === 404 ? 'that version is gone' : `${response.status}`)
     return (await response.json()).content
   }
@@ -106,7 +105,7 @@ export function history (session, docName, current) {
 
   const restore = async (v) => {
     confirm.hidden = true
-    const response = await fetch(`${api}/${v.id}/restore`, { method: 'POST', headers: auth() })
+    const response = await t.request(`${api}/${v.id}/restore`, { method: 'POST' })
     if (response.ok) {
       const body = await response.json()
       note.textContent = `Restored the version of ${new Date(v.at).toLocaleString()}; to undo, restore "before a restore" (${new Date(body.before.at).toLocaleTimeString()}).`
@@ -118,7 +117,7 @@ export function history (session, docName, current) {
   }
 
   save.addEventListener('click', async () => {
-    const response = await fetch(api, { method: 'POST', headers: { ...auth(), 'content-type': 'application/json' }, body: JSON.stringify({ label: label.value }) })
+    const response = await t.request(api, { method: 'POST', json: { label: label.value } })
     if (response.ok) {
       label.value = ''
       note.textContent = 'Version saved.'

@@ -1,17 +1,19 @@
 // The browser dashboard of Tandem: who's online, the activity feed, notifications, chat badges,
-// the queries with who is in each, and the collaborative query editor. This module signs in and
-// shows the page the path names:
-// - session.js: signing in and expired tokens; status.js: the connection indicator and the
-//   retry rules; live.js: the dashboard connection (socket, long-poll fallback);
-//   activity.js: idle detection;
-// - dashboard.js: the dashboard's widgets; editor.js: the query editor; poller.js: document
-//   sync over HTTP for degraded mode; util.js: the DOM helpers.
+// the queries with who is in each, and the collaborative query editor, built on the client
+// library `@tandem/client` (clients/js), which holds the connections, presence, locks, badges,
+// the fallbacks and the offline store. This module signs in and shows the page the path names:
+// - session.js: signing in and fresh tokens; status.js: the connection indicator;
+// - dashboard.js: the dashboard's widgets; editor.js: the query editor; history.js: its
+//   versions; util.js: the DOM helpers.
+import { createTandem } from '@tandem/client'
+import { IndexeddbPersistence } from 'y-indexeddb'
 import { $, safeDecode } from './util.js'
-import { signIn, tokenListeners } from './session.js'
-import { Live } from './live.js'
-import { watchActivity } from './activity.js'
+import { signIn, tokenListeners, tokenSource } from './session.js'
+import { showConnection } from './status.js'
 import { dashboard, describe, toast } from './dashboard.js'
 import { editor } from './editor.js'
+
+const TOASTED = ['query_completed', 'query_failed', 'agent_executed', 'approval_request', 'new_chat_message', 'new_chat_session', 'system_alert', 'workflow_triggered']
 
 let started = false
 
@@ -21,27 +23,25 @@ function start (session) {
   started = true
   $('#me').textContent = `Signed in as ${session.name}`
   $('#connection').hidden = false
-  const live = new Live(session)
-  addEventListener('online', () => live.reconnectNow())
-  tokenListeners.add(() => live.reconnectNow())
-  watchActivity(live)
-  // A hidden tab shows its user as idle.
-  document.addEventListener('visibilitychange', () => {
-    live.setPresence({ status: document.hidden ? 'idle' : 'online' })
-  })
-  live.on((event) => {
-    if (['query_completed', 'query_failed', 'agent_executed', 'approval_request', 'new_chat_message', 'new_chat_session', 'system_alert', 'workflow_triggered'].includes(event.type)) {
-      toast(describe(event))
-    }
-  })
   const match = location.pathname.match(/^\/queries\/([^/]+)$/)
   const queryId = match && safeDecode(match[1])
-  if (queryId) {
-    editor(session, live, queryId)
-    live.connect()
-  } else {
-    dashboard(session, live)
-  }
+  const t = createTandem({
+    url: location.origin,
+    token: session.token,
+    getToken: tokenSource(session),
+    offline: IndexeddbPersistence,
+    presence: { status: 'online', current_page: location.pathname, workspace: queryId ? 'queries' : 'dashboard', name: session.name }
+  })
+  tokenListeners.add((fresh) => t.setToken(fresh))
+  t.on('token', (fresh) => { session.token = fresh })
+  t.on('status', (status, detail) => showConnection('dashboard', status, detail))
+  showConnection('dashboard', t.status, t.statusDetail)
+  // Live events only: what the history holds was seen before.
+  t.subscribe(['queries', 'agents', 'approvals', 'chat_sessions', 'system', 'workflows', 'notifications'], (event) => {
+    if (TOASTED.includes(event.type)) toast(describe(event))
+  })
+  if (queryId) editor(session, t, queryId)
+  else dashboard(session, t)
 }
 
 const session = await signIn({ start, started: () => started })

@@ -2,7 +2,6 @@
 // name), and what happens when the server says the session's token expired.
 
 import { $, el, params } from './util.js'
-import { showConnection } from './status.js'
 
 /** The claims of a JWT, unverified (the server verifies; the page only reads who it is). */
 function claimsOf (token) {
@@ -119,23 +118,29 @@ export async function signIn (app) {
 }
 
 
-/** What goes on with a fresh token: the connections, which use it from their next attempt. */
+/** What goes on with a fresh token: the client library, which uses it from its next attempt. */
 export const tokenListeners = new Set()
 
 /** `session` has a fresh token: whatever waits for one goes on at once. */
 function tokenRefreshed (session, fresh) {
   session.token = fresh
-  showConnection('session', 'connected')
-  for (const listener of tokenListeners) listener(fresh)
+  for (const listener of [...tokenListeners]) listener(fresh)
 }
 
+/** How long an embedded page waits for its app to answer a request for a fresh token. */
+const TOKEN_WAIT_MS = 10000
+
 /**
- * The server refused the session's token as expired (development tokens never are: they only
- * name the user). An embedded page asks its app for one (which answers as to the first); one
- * opened with `?token=` can only say so. Meanwhile the connections keep trying, with the token
- * of the time.
+ * The `getToken` of the client library for `session`: an embedded page asks its app (which
+ * answers as to the first token); a page opened with `?token=` or a development token has no
+ * other, and is signed out until the app hands one.
  */
-export function sessionExpired () {
-  showConnection('session', 'expired')
-  if (window.parent !== window) askForToken()
+export function tokenSource (session) {
+  if (window.parent === window) return undefined
+  return () => new Promise((resolve) => {
+    const take = (fresh) => { clearTimeout(timer); tokenListeners.delete(take); resolve(fresh) }
+    const timer = setTimeout(() => take(session.token), TOKEN_WAIT_MS)
+    tokenListeners.add(take)
+    askForToken()
+  })
 }

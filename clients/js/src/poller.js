@@ -3,18 +3,23 @@
 import * as Y from 'yjs'
 import * as awarenessProtocol from 'y-protocols/awareness'
 import * as decoding from 'lib0/decoding'
-import { POLL_MAX_MS, POLL_MIN_MS } from './status.js'
-import { sessionExpired } from './session.js'
+import { POLL_MAX_MS, POLL_MIN_MS } from './retry.js'
 
-// While the tab is hidden, cursor updates go out at most this often.
+/** While the tab is hidden, cursor updates go out at most this often. */
 export const HIDDEN_FLUSH_MS = 10000
+/** How long one sync request may take before it is given up (and retried). */
+const POLL_REQUEST_TIMEOUT_MS = 20000
+// Others drop a cursor not renewed for 30 s: a renewal goes out within this long.
+const RENEWAL_DELAY_MS = 10000
 
-const toBase64 = (bytes) => {
+export const hidden = () => typeof document !== 'undefined' && document.hidden
+
+export const toBase64 = (bytes) => {
   let binary = ''
   for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000))
   return btoa(binary).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '')
 }
-const fromBase64 = (text) => Uint8Array.from(atob(text.replace(/-/g, '+').replace(/_/g, '/')), (c) => c.charCodeAt(0))
+export const fromBase64 = (text) => Uint8Array.from(atob(text.replace(/-/g, '+').replace(/_/g, '/')), (c) => c.charCodeAt(0))
 
 /** The client ids an encoded awareness update holds. */
 function awarenessClients (update) {
@@ -35,11 +40,6 @@ function ahead (a, b) {
   return false
 }
 
-/** How long one sync request may take before it is given up (and retried). */
-const POLL_REQUEST_TIMEOUT_MS = 20000
-// Others drop a cursor not renewed for 30 s: a renewal goes out within this long.
-const RENEWAL_DELAY_MS = 10000
-
 /**
  * Keeps a document in sync through `POST /api/v1/docs/{doc}/sync` while WebSockets fail: each
  * round posts the state vector, the edits the server has not confirmed and our cursor, and
@@ -48,14 +48,24 @@ const RENEWAL_DELAY_MS = 10000
  * at once, and the renewal of our cursor (every 15 s) goes out within 10 s.
  */
 export class DocPoller {
-  constructor (docName, doc, awareness, session) {
-    this.url = `/api/v1/docs/${docName.split('/').map(encodeURIComponent).join('/')}/sync`
+  /**
+   * @param {import('./tandem.js').Tandem} t
+   * @param {string} name the document
+   * @param {Y.Doc} doc
+   * @param {awarenessProtocol.Awareness} awareness
+   * @param {{ result(ok: boolean): void, readOnly(): void }} report
+   */
+  constructor (t, name, doc, awareness, report) {
+    this.t = t
+    this.path = `/api/v1/docs/${name.split('/').map(encodeURIComponent).join('/')}/sync`
     this.doc = doc
     this.awareness = awareness
-    this.session = session
+    this.report = report
     this.running = false
     this.readOnly = false
     this.serverStateVector = null
+    this.timer = null
+    this.due = Infinity
     this.onUpdate = (update, origin) => {
       if (origin === this || this.readOnly) return
       this.pending = this.pending ? Y.mergeUpdates([this.pending, update]) : update
@@ -89,6 +99,7 @@ export class DocPoller {
     clearTimeout(this.timer)
     this.timer = null
     this.due = Infinity
+    this.abort?.abort()
     this.doc.off('update', this.onUpdate)
     this.awareness.off('change', this.onAwarenessChange)
     this.awareness.off('update', this.onAwarenessUpdate)
@@ -97,7 +108,7 @@ export class DocPoller {
   /** Polls within a moment (a hidden tab waits longer, to coalesce). */
   soon () {
     this.interval = POLL_MIN_MS
-    this.schedule(document.hidden ? HIDDEN_FLUSH_MS : 250)
+    this.schedule(hidden() ? HIDDEN_FLUSH_MS : 250)
   }
 
   schedule (delay) {
@@ -126,37 +137,31 @@ export class DocPoller {
       body.awareness = toBase64(awarenessProtocol.encodeAwarenessUpdate(this.awareness, [this.doc.clientID]))
     }
     let next
+    this.abort = new AbortController()
     try {
-      const response = await fetch(this.url, {
+      const response = await this.t.request(this.path, {
         method: 'POST',
-        headers: { authorization: `Bearer ${this.session.token}`, 'content-type': 'application/json' },
-        body: JSON.stringify(body),
-        signal: AbortSignal.timeout(POLL_REQUEST_TIMEOUT_MS)
+        json: body,
+        signal: AbortSignal.any([this.abort.signal, AbortSignal.timeout(POLL_REQUEST_TIMEOUT_MS)])
       })
       if (!response.ok) {
         const refusal = await response.json().catch(() => ({}))
         // A refused update is not retried: a read-only token never writes, and an update the
         // server cannot take (too large, say) would be refused again. It stays in this
-        // browser, and goes with the full sync of the next WebSocket.
+        // client, and goes with the full sync of the next WebSocket.
         if (sending && [403, 400, 413].includes(response.status)) {
-          if (refusal.error === 'read_only') {
-            this.readOnly = true
-            this.onReadOnly?.()
-          }
+          if (refusal.error === 'read_only') this.markReadOnly()
           this.refused = true
-          console.warn(`tandem: the server refused an update (${refusal.error}); it stays in this browser`)
+          console.warn(`tandem: the server refused an update (${refusal.error}); it stays in this client`)
+          this.report.result(true)
           next = this.interval
           return
         }
-        if (response.status === 401) sessionExpired()
         throw new Error(`sync answered ${response.status}`)
       }
       const answer = await response.json()
       if (!this.running) return
-      if (answer.access === 'read' && !this.readOnly) {
-        this.readOnly = true
-        this.onReadOnly?.()
-      }
+      if (answer.access === 'read') this.markReadOnly()
       let changed = false
       const mark = (_, origin) => { if (origin === this) changed = true }
       this.doc.on('update', mark)
@@ -176,16 +181,25 @@ export class DocPoller {
       }
       this.serverStateVector = theirs
       this.interval = changed || sending ? POLL_MIN_MS : Math.min(this.interval * 2, POLL_MAX_MS)
+      this.report.result(true)
     } catch (err) {
       // Unconfirmed edits are sent again, after the backoff (updates are idempotent).
       this.pending = sending && this.pending ? Y.mergeUpdates([sending, this.pending]) : (sending || this.pending)
+      if (!this.running) return
       this.interval = Math.min(this.interval * 2, POLL_MAX_MS)
       next = this.interval
+      this.report.result(false, next)
     } finally {
       this.inFlight = false
       if (this.again) next = Math.min(next ?? 250, 250)
       this.schedule(next ?? (this.pending ? 250 : this.interval))
     }
+  }
+
+  markReadOnly () {
+    if (this.readOnly) return
+    this.readOnly = true
+    this.report.readOnly()
   }
 
   /** Takes the room's awareness states; the clients it no longer holds have gone. */
