@@ -219,3 +219,12 @@ async fn a_version_is_restored_from_the_history_panel_with_a_warning_naming_the_
     assert_eq!(seen["overflow"], false, "{seen}");
     assert_eq!(seen["errors"], serde_json::json!([]), "{seen}");
 }
+
+#[tokio::test]
+async fn five_tabs_of_one_user_share_one_dashboard_connection_and_hand_over_without_a_gap() {
+    let app = spawn_app().await;
+    let base = format!("http://{}", app.addr);
+    let seen = browse("tabs.mjs", &[&base, &artifacts().display().to_string()]).await;
+    assert_eq!(seen["events"], 10, "{seen}");
+    assert_eq!(seen["status"], "online", "{seen}");
+}

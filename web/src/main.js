@@ -40,6 +40,7 @@ function start (session) {
   t.subscribe(['queries', 'agents', 'approvals', 'chat_sessions', 'system', 'workflows', 'notifications'], (event) => {
     if (TOASTED.includes(event.type)) toast(describe(event))
   })
+  window.tandem = { client: t }
   if (queryId) editor(session, t, queryId)
   else dashboard(session, t)
 }
