@@ -228,3 +228,28 @@ async fn five_tabs_of_one_user_share_one_dashboard_connection_and_hand_over_with
     assert_eq!(seen["events"], 10, "{seen}");
     assert_eq!(seen["status"], "online", "{seen}");
 }
+
+#[tokio::test]
+async fn the_client_library_example_page_shows_who_is_online_and_edits_a_query() {
+    // The example is served from an origin of its own, which the server lets in (CORS).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let origin = format!("http://127.0.0.1:{port}");
+    let app = spawn_app_with(|c| c.cors_origins = vec![origin]).await;
+    let base = format!("http://{}", app.addr);
+    let examples = support::node::npm_installed("clients/js/examples");
+    let seen = browse(
+        "example.mjs",
+        &[
+            &base,
+            &examples.display().to_string(),
+            &port.to_string(),
+            &artifacts().display().to_string(),
+        ],
+    )
+    .await;
+    assert!(seen["text"].as_str().unwrap().contains("SELECT 42"), "{seen}");
+}
