@@ -1,7 +1,8 @@
 // Tabs share one connection: five tabs of one user in one browser cost the server one dashboard
 // socket (the leader tab's, elected with the Web Locks API, relaying to the others over a
 // BroadcastChannel); every tab gets every event once and in order; closing the leader hands
-// over to another tab without a gap, still one socket.
+// over to another tab without a gap, still one socket. Without input in any tab the user turns
+// idle, and a mouse move in one makes her online again.
 //
 // usage: node tabs.mjs <server base URL> <artifacts dir>
 // Prints one JSON line with what it saw; exits 0 only when everything held.
@@ -102,13 +103,28 @@ try {
     if (JSON.stringify(seen) !== JSON.stringify(all)) throw new Error(`tab ${i} saw ${seen} after the handover, not ${all}`)
   }
   await settleOn(1, 'after the handover')
-  const online = await (await fetch(`${base}/api/v1/presence`)).json()
-  const ada = online.users.find((u) => u.user_id === 'ada')
+  const statusOfAda = async () => (await (await fetch(`${base}/api/v1/presence`)).json()).users.find((u) => u.user_id === 'ada')?.status
+  const presenceIs = async (wanted, what) => {
+    const deadline = Date.now() + TIMEOUT
+    while (await statusOfAda() !== wanted) {
+      if (Date.now() > deadline) throw new Error(`${what}: ada is ${await statusOfAda()}, not ${wanted}`)
+      await sleep(100)
+    }
+  }
+
+  // Nobody touches any tab: past the server's idle time the tabs say the user is idle; a
+  // mouse move in one of them makes her online again.
+  step = 'idle without input'
+  await presenceIs('idle', 'no input in any tab')
+  await rest[1].mouse.move(200, 200)
+  await rest[1].mouse.move(220, 240)
+  await presenceIs('online', 'a mouse move')
+  const status = await statusOfAda()
 
   step = 'the last tabs close'
   for (const page of rest) await page.close()
   await settleOn(0, 'every tab closed')
-  console.log(JSON.stringify({ ok: errors.length === 0, errors, tabs: TABS, events: all.length, status: ada?.status }))
+  console.log(JSON.stringify({ ok: errors.length === 0, errors, tabs: TABS, events: all.length, status }))
 } catch (err) {
   console.log(JSON.stringify({ ok: false, step, error: String(err.stack || err), errors }))
   process.exitCode = 1

@@ -222,7 +222,8 @@ async fn a_version_is_restored_from_the_history_panel_with_a_warning_naming_the_
 
 #[tokio::test]
 async fn five_tabs_of_one_user_share_one_dashboard_connection_and_hand_over_without_a_gap() {
-    let app = spawn_app().await;
+    // Idle after 4 s without input: the script waits for that, then moves the mouse.
+    let app = spawn_app_with(|c| c.presence_idle_ms = 4000).await;
     let base = format!("http://{}", app.addr);
     let seen = browse("tabs.mjs", &[&base, &artifacts().display().to_string()]).await;
     assert_eq!(seen["events"], 10, "{seen}");
