@@ -53,6 +53,14 @@ export class Tandem extends Emitter {
     this.editing = new Editing(this)
     this.listen('online', () => this.reconnectNow())
     this.listen('offline', () => { if (this.status !== 'connected') this.setStatus('offline', {}) })
+    // A tab that goes tells the leader at once (its presence and locks no longer count); one
+    // that comes back from the browser's page cache says it is there again.
+    this.listen('pagehide', () => this.group?.toLeader({ kind: 'bye' }))
+    this.listen('pageshow', (event) => {
+      if (!event.persisted) return
+      this.presence.announce(true)
+      this.locks.resend()
+    })
     /** Resolves once the client has loaded what it shows and is connecting. */
     this.ready = this.start()
   }
