@@ -46,7 +46,7 @@ export class TandemDoc extends Emitter {
     this.awareness = this.provider.awareness
     if (options.user) this.awareness.setLocalStateField('user', options.user)
     this.poller = new DocPoller(t, name, this.ydoc, this.awareness, {
-      result: (ok, retryIn) => this.setStatus(ok ? 'degraded' : 'offline', ok ? {} : { nextRetryAt: Date.now() + retryIn }),
+      result: (ok, retryIn) => this.setStatus(ok ? 'degraded' : (t.signedOut ? 'signed-out' : 'offline'), ok ? {} : { nextRetryAt: Date.now() + retryIn }),
       readOnly: () => this.markReadOnly()
     })
     this.whenSynced = new Promise((resolve) => { this.resolveSynced = resolve })

@@ -4,8 +4,9 @@
 
 import { DashboardLink } from './link.js'
 
-// A tab that has not said anything for this long is gone (closed without a word).
-const TAB_TIMEOUT_MS = 60000
+// A tab that has not said anything for this long is gone (closed without a word). Browsers run
+// the timers of a tab hidden for a while about once a minute: well past that.
+const TAB_TIMEOUT_MS = 180000
 const SWEEP_MS = 15000
 
 export class Hub {
@@ -17,7 +18,7 @@ export class Hub {
     /** resource → tab ids holding it */
     this.holds = new Map()
     this.sent = ''
-    this.current = { status: t.status }
+    this.current = { status: t.status, detail: t.statusDetail }
     this.link = new DashboardLink(t, this)
     this.sweeper = setInterval(() => this.sweep(), SWEEP_MS)
     // Every tab hears who leads now (and catches up from its last event).
@@ -28,17 +29,27 @@ export class Hub {
   // --- what the link reports
 
   frames (frames) {
+    for (const frame of frames) {
+      // A lock the server denied is nobody's here: no tab keeps asking for it, and a new
+      // connection does not take it again.
+      if (frame?.type === 'lock_denied') this.holds.delete(frame.resource)
+    }
     this.t.group.toAll({ kind: 'frames', frames })
   }
 
   status (status, detail = {}) {
-    this.current = { status, ...detail }
+    this.current = { status, detail }
     this.t.group.toAll({ kind: 'status', status, detail })
   }
 
   opened () {
     // Locks are the connection's: a new one takes again what the tabs hold.
     for (const resource of this.holds.keys()) this.link.send({ action: 'lock', resource })
+  }
+
+  /** The socket closed: the server released its locks, which the tabs ask for again. */
+  closed () {
+    if (this.holds.size) this.t.group.toAll({ kind: 'locks-lost' })
   }
 
   /** The user's presence: the tabs' merged (online when any is; the page of the latest active). */
@@ -52,7 +63,8 @@ export class Hub {
       for (const key of ['name', 'avatar', 'color']) if (tab.presence[key] !== undefined) fields[key] = tab.presence[key]
     }
     const merged = { ...fields, ...(latest?.presence ?? {}) }
-    merged.status = online ? 'online' : (latest ? 'idle' : 'online')
+    // Online when any tab is; otherwise what the latest active tab says (idle, away, busy).
+    merged.status = online ? 'online' : (latest?.presence.status ?? 'online')
     return merged
   }
 
@@ -91,7 +103,7 @@ export class Hub {
         this.letGo(tab, message.resource)
         break
       case 'hello':
-        this.t.group.toAll({ kind: 'status', status: this.current.status, detail: this.current })
+        this.t.group.toAll({ kind: 'status', status: this.current.status, detail: this.current.detail ?? {} })
         break
     }
   }

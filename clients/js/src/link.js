@@ -4,6 +4,7 @@
 
 import { CHANNELS } from './channels.js'
 import { backoff, pause, DEGRADED_AFTER_FAILURES, POLL_MAX_MS, POLL_MIN_MS } from './retry.js'
+import { anySignal, timeoutSignal } from './signals.js'
 
 // Long-poll rounds start at least this far apart, whatever the server answers.
 const POLL_GAP_MS = 500
@@ -32,23 +33,33 @@ export class DashboardLink {
     this.pollAbort = null
     this.destroyed = false
     this.everConnected = false
+    this.opening = false
+    this.refusals = 0
   }
 
+  /**
+   * Opens the socket (one at a time: while one is open or being opened, this does nothing).
+   * Signed out, it waits for a fresh token (`reconnectNow`).
+   */
   async connect () {
-    if (this.destroyed) return
+    if (this.destroyed || this.ws || this.opening) return
     clearTimeout(this.retry)
     this.retry = null
-    let token
+    this.opening = true
+    let token = null
     try {
       token = await this.t.tokens.current()
-    } catch {}
-    if (this.destroyed) return
-    // A token past its `exp` is refused before the upgrade, which a browser's WebSocket only
-    // reports as a failed connection: a fresh one is asked for first.
-    if (token && this.t.tokens.expired() && await this.t.tokenRefused(token)) token = this.t.tokens.value
-    if (this.destroyed) return
+      // A token past its `exp` is refused before the upgrade, which a browser's WebSocket
+      // only reports as a failed connection: a fresh one is asked for first.
+      if (token && this.t.tokens.expired()) token = await this.t.tokenRefused(token) ? this.t.tokens.value : null
+    } catch {
+      token = null
+    } finally {
+      this.opening = false
+    }
+    if (this.destroyed || this.ws) return
     if (!token) {
-      this.hub.status('signed-out')
+      this.signedOut()
       return
     }
     let ws
@@ -61,10 +72,7 @@ export class DashboardLink {
     this.ws = ws
     ws.onopen = () => {
       if (this.ws !== ws) return
-      this.failures = 0
       this.everConnected = true
-      this.stopPolling()
-      this.hub.status('connected')
       const since = this.t.resuming || this.t.lastId ? this.t.lastId : undefined
       this.sendNow({ action: 'subscribe', channels: CHANNELS, since })
       this.sendNow({ action: 'presence', ...this.hub.presence() })
@@ -78,14 +86,32 @@ export class DashboardLink {
       } catch {
         return
       }
-      if (frame && typeof frame === 'object') this.hub.frames([frame])
+      if (!frame || typeof frame !== 'object') return
+      if (frame.type === 'subscribed') {
+        // Connected once the server took the subscription (a socket it closes at once, 1013
+        // say, is a failure like any other, and leads to polling when it keeps happening).
+        this.failures = 0
+        this.refusals = 0
+        this.stopPolling()
+        this.hub.status('connected')
+      }
+      this.hub.frames([frame])
     }
     ws.onerror = () => {}
     ws.onclose = (event) => {
       if (this.ws !== ws) return
       this.ws = null
+      this.hub.closed()
       this.closed(event, token)
     }
+  }
+
+  /** No token the server takes: nothing is retried until a fresh one comes (`reconnectNow`). */
+  signedOut () {
+    clearTimeout(this.retry)
+    this.retry = null
+    this.stopPolling()
+    this.hub.status('signed-out')
   }
 
   /** The socket closed (or could not open): retried after the backoff, polled meanwhile once it keeps failing. */
@@ -93,20 +119,27 @@ export class DashboardLink {
     if (this.destroyed) return
     this.failures++
     if (event?.code === 4401) {
-      // Expired: a fresh token is tried at once; without one the client is signed out.
-      if (await this.t.tokenRefused(token)) {
-        if (!this.destroyed) this.connect()
+      // Expired: a fresh token is tried at once (then, if the server keeps refusing fresh
+      // ones, after a growing delay); without one the client is signed out.
+      this.refusals = (this.refusals ?? 0) + 1
+      if (!(await this.t.tokenRefused(token))) {
+        this.signedOut()
         return
       }
-      this.hub.status('signed-out')
+      if (this.destroyed || this.ws || this.opening) return
+      const delay = this.refusals > 1 ? backoff(this.refusals) : 0
+      this.retry = setTimeout(() => this.connect(), delay)
+      this.hub.status(this.everConnected ? 'reconnecting' : 'connecting', { nextRetryAt: Date.now() + delay })
+      return
     }
     const delay = backoff(this.failures)
+    clearTimeout(this.retry)
     this.retry = setTimeout(() => this.connect(), delay)
     if (this.failures >= DEGRADED_AFTER_FAILURES) {
       if (!this.polling) this.poll()
       // Degraded once a poll answers; offline once one fails too.
-      if (!this.pollWorks && event?.code !== 4401) this.hub.status(this.pollFailed ? 'offline' : (this.everConnected ? 'reconnecting' : 'connecting'), { nextRetryAt: Date.now() + delay })
-    } else if (event?.code !== 4401) {
+      if (!this.pollWorks) this.hub.status(this.pollFailed ? 'offline' : (this.everConnected ? 'reconnecting' : 'connecting'), { nextRetryAt: Date.now() + delay })
+    } else {
       this.hub.status(this.everConnected ? 'reconnecting' : 'connecting', { nextRetryAt: Date.now() + delay })
     }
   }
@@ -138,8 +171,7 @@ export class DashboardLink {
 
   /** The network (or a fresh token) is back: try now rather than at the end of the backoff. */
   reconnectNow () {
-    if (this.destroyed || this.ws) return
-    clearTimeout(this.retry)
+    if (this.destroyed || this.ws || this.opening) return
     this.connect()
   }
 
@@ -169,7 +201,7 @@ export class DashboardLink {
         // Without a last id, from now on.
         const since = this.t.resuming || this.t.lastId ? `&since=${this.t.lastId}` : ''
         const response = await this.t.request(`/api/v1/events?timeout=${POLL_WAIT_SECS}${since}`, {
-          signal: AbortSignal.any([abort.signal, AbortSignal.timeout(POLL_WAIT_SECS * 1000 + POLL_SLACK_MS)])
+          signal: anySignal([abort.signal, timeoutSignal(POLL_WAIT_SECS * 1000 + POLL_SLACK_MS)])
         })
         if (!response.ok) throw new Error(`events answered ${response.status}`)
         const page = await response.json()
@@ -180,12 +212,11 @@ export class DashboardLink {
           this.pollWorks = true
           this.hub.status('degraded')
         }
-        // From here on, from where this answer ends (even at 0, in a workspace without events).
-        this.t.resuming = true
+        // From here on, from where this answer ends (even at 0, in a workspace without events):
+        // the cursor goes through the frames' path, so every tab takes it in order.
         const frames = [...page.events]
-        if (page.resync_required) frames.push({ type: 'resync_required', oldest: page.oldest, latest: page.last_id })
+        frames.push(page.resync_required ? { type: 'resync_required', oldest: page.oldest, latest: page.last_id } : { type: 'cursor', last_id: page.last_id })
         this.hub.frames(frames)
-        this.t.lastId = Math.max(this.t.lastId, page.last_id)
         // Never a tight loop, whatever the answers.
         await pause(Math.max(0, POLL_GAP_MS - (Date.now() - began)), abort.signal)
       } catch (err) {
@@ -193,7 +224,8 @@ export class DashboardLink {
         errors++
         const wait = Math.min(POLL_MAX_MS, POLL_MIN_MS * 2 ** errors)
         if (this.t.signedOut) {
-          this.hub.status('signed-out')
+          this.signedOut()
+          return
         } else {
           this.pollWorks = false
           this.pollFailed = true

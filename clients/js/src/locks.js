@@ -19,7 +19,8 @@ export class LockHandle extends Emitter {
     this.holder = null
     this.expiresAt = null
     this.timer = null
-    this.answered = null
+    /** What waits for the next answer (every `acquire` before it). */
+    this.waiters = []
   }
 
   get held () { return this.state === 'held' }
@@ -37,8 +38,7 @@ export class LockHandle extends Emitter {
     const was = this.state
     Object.assign(this, fields)
     this.state = state
-    this.answered?.()
-    this.answered = null
+    if (state !== 'pending') for (const waiter of this.waiters.splice(0)) waiter()
     if (was !== state || state === 'denied') this.emit('change', this)
     if (was === 'held' && state === 'denied') this.emit('lost', this)
   }
@@ -67,8 +67,12 @@ export class Locks {
       this.handles.set(resource, handle)
     }
     const answered = new Promise((resolve) => {
-      const timer = setTimeout(resolve, timeoutMs)
-      handle.answered = () => { clearTimeout(timer); resolve() }
+      const done = () => { clearTimeout(timer); resolve() }
+      const timer = setTimeout(() => {
+        handle.waiters = handle.waiters.filter((waiter) => waiter !== done)
+        resolve()
+      }, timeoutMs)
+      handle.waiters.push(done)
     })
     this.ask(handle)
     return answered.then(() => handle)
@@ -85,9 +89,22 @@ export class Locks {
     if (handle.state === 'released') return
     clearTimeout(handle.timer)
     if (this.handles.get(handle.resource) === handle) this.handles.delete(handle.resource)
-    // A denied lock is someone else's: there is nothing to let go of.
-    if (handle.state !== 'denied') this.t.group?.toLeader({ kind: 'unlock', resource: handle.resource })
+    // The leader lets go of it on the server once no tab holds it (and not at all when the
+    // server denied it).
+    this.t.group?.toLeader({ kind: 'unlock', resource: handle.resource })
     handle.change('released')
+  }
+
+  /**
+   * The dashboard connection closed, and the server released its locks: a held one is
+   * pending again (asked for until the connection is back, then held or denied).
+   */
+  connectionLost () {
+    for (const handle of this.handles.values()) {
+      if (handle.state !== 'held') continue
+      handle.change('pending')
+      this.ask(handle)
+    }
   }
 
   /** A new leader (or connection): every lock held or wanted is asked for again. */
@@ -126,6 +143,10 @@ export class Locks {
 
   destroy () {
     if (typeof removeEventListener === 'function') removeEventListener('pagehide', this.onPageHide)
-    for (const handle of [...this.handles.values()]) handle.release()
+    for (const handle of [...this.handles.values()]) {
+      handle.release()
+      clearTimeout(handle.timer)
+      for (const waiter of handle.waiters.splice(0)) waiter()
+    }
   }
 }

@@ -4,6 +4,7 @@ import * as Y from 'yjs'
 import * as awarenessProtocol from 'y-protocols/awareness'
 import * as decoding from 'lib0/decoding'
 import { POLL_MAX_MS, POLL_MIN_MS } from './retry.js'
+import { anySignal, timeoutSignal } from './signals.js'
 
 /** While the tab is hidden, cursor updates go out at most this often. */
 export const HIDDEN_FLUSH_MS = 10000
@@ -142,7 +143,7 @@ export class DocPoller {
       const response = await this.t.request(this.path, {
         method: 'POST',
         json: body,
-        signal: AbortSignal.any([this.abort.signal, AbortSignal.timeout(POLL_REQUEST_TIMEOUT_MS)])
+        signal: anySignal([this.abort.signal, timeoutSignal(POLL_REQUEST_TIMEOUT_MS)])
       })
       if (!response.ok) {
         const refusal = await response.json().catch(() => ({}))

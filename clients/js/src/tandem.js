@@ -11,9 +11,15 @@ import { Badges, Editing, Notifications, activityFeed } from './feeds.js'
 import { Hub } from './hub.js'
 import { SoloGroup, TabGroup, canShare } from './tabs.js'
 import { TandemDoc } from './doc.js'
+import { backoff, pause } from './retry.js'
+import { timeoutSignal } from './signals.js'
 
-/** A follower tab asks for what it missed in pages of at most this many rounds. */
+/** A follower tab asks for what it missed in at most this many pages, */
 const CATCH_UP_ROUNDS = 50
+/** each request given this long, */
+const CATCH_UP_TIMEOUT_MS = 15000
+/** and this many failed requests in a row before what it missed counts as lost. */
+const CATCH_UP_ATTEMPTS = 5
 
 export class Tandem extends Emitter {
   constructor (options = {}) {
@@ -57,9 +63,9 @@ export class Tandem extends Emitter {
     // that comes back from the browser's page cache says it is there again.
     this.listen('pagehide', () => this.group?.toLeader({ kind: 'bye' }))
     this.listen('pageshow', (event) => {
-      if (!event.persisted) return
+      if (!event.persisted || !this.group) return
       this.presence.announce(true)
-      this.locks.resend()
+      if (!this.group.leader) this.catchUp()
     })
     /** Resolves once the client has loaded what it shows and is connecting. */
     this.ready = this.start()
@@ -77,12 +83,18 @@ export class Tandem extends Emitter {
   }
 
   async start () {
-    const token = await this.tokens.current()
+    let token = await this.tokens.current().catch(() => null)
     if (this.destroyed) return
     if (!token) {
+      // Signed out from the start: everything starts with the first token that comes
+      // (`setToken`, or `getToken` asked again by `reconnectNow`).
       this.signedOut = true
       this.setStatus('signed-out')
-      return
+      token = await new Promise((resolve) => {
+        this.waitingForToken = resolve
+      })
+      this.waitingForToken = null
+      if (this.destroyed || !token) return
     }
     this.tokens.schedule()
     this.notifications.restore()
@@ -115,6 +127,7 @@ export class Tandem extends Emitter {
     this.group.start()
     this.group.toLeader({ kind: 'hello' })
     this.presence.announce(true)
+    this.locks.resend()
     await this.catchUp()
   }
 
@@ -153,6 +166,9 @@ export class Tandem extends Emitter {
       case 'status':
         this.setStatus(message.status, message.detail)
         break
+      case 'locks-lost':
+        this.locks.connectionLost()
+        break
       case 'leader':
         if (message.tab === this.group.tab) break
         // A new leader: it hears this tab's presence and locks, and this tab catches up on
@@ -164,23 +180,41 @@ export class Tandem extends Emitter {
     }
   }
 
-  /** Asks the server for the events after the last one this tab has; what the leader relays meanwhile waits. */
+  /**
+   * Asks the server for the events after the last one this tab has; what the leader relays
+   * meanwhile waits. A request that fails is tried again after a backoff; when it keeps
+   * failing, what was missed is treated as lost (`resync`).
+   */
   async catchUp () {
+    if (this.catchingUp && this.catchUpRunning) return
     this.catchingUp = true
+    this.catchUpRunning = true
+    let failures = 0
     try {
-      for (let round = 0; round < CATCH_UP_ROUNDS && (this.resuming || this.lastId); round++) {
-        const response = await this.request(`/api/v1/events?since=${this.lastId}&timeout=0`)
-        if (!response.ok || this.destroyed) break
-        const page = await response.json()
+      for (let round = 0; round < CATCH_UP_ROUNDS && (this.resuming || this.lastId) && !this.destroyed;) {
+        let page
+        try {
+          const response = await this.request(`/api/v1/events?since=${this.lastId}&timeout=0`, { signal: timeoutSignal(CATCH_UP_TIMEOUT_MS) })
+          if (!response.ok) throw new Error(`events answered ${response.status}`)
+          page = await response.json()
+        } catch (err) {
+          if (++failures >= CATCH_UP_ATTEMPTS || this.signedOut) {
+            console.warn('tandem: could not catch up on events', err)
+            this.resync()
+            break
+          }
+          await pause(backoff(failures + 3))
+          continue
+        }
+        round++
         const frames = [...page.events]
-        if (page.resync_required) frames.push({ type: 'resync_required', oldest: page.oldest, latest: page.last_id })
+        frames.push(page.resync_required ? { type: 'resync_required', oldest: page.oldest, latest: page.last_id } : { type: 'cursor', last_id: page.last_id })
         this.deliverAll(frames)
         if (!page.events.length || page.resync_required) break
       }
-    } catch (err) {
-      console.warn('tandem: could not catch up on events', err)
     } finally {
       this.catchingUp = false
+      this.catchUpRunning = false
       const held = this.held
       this.held = []
       this.deliverAll(held)
@@ -217,6 +251,11 @@ export class Tandem extends Emitter {
         // The server could not replay what we missed (and the channels are live without it).
         if (event.code === 'storage_unavailable') this.resync()
         this.emit('server-error', event)
+        return
+      case 'cursor':
+        // Where a page of events ended: the next one goes on from there (even at 0).
+        if (typeof event.last_id === 'number' && event.last_id > this.lastId) this.lastId = event.last_id
+        this.resuming = true
         return
       case 'pong': case 'unsubscribed':
         return
@@ -277,6 +316,7 @@ export class Tandem extends Emitter {
 
   tokenChanged (token) {
     this.signedOut = false
+    this.waitingForToken?.(token)
     this.emit('token', token)
     this.reconnectNow()
     for (const doc of this.docs.values()) doc.tokenChanged(token)
@@ -284,6 +324,8 @@ export class Tandem extends Emitter {
 
   /** The network or a token is back: connect now rather than at the end of the backoff. */
   reconnectNow () {
+    // Signed out before it started: `getToken` may have one now.
+    if (this.waitingForToken) this.tokens.refresh(null).catch(() => {})
     this.hub?.reconnectNow()
     for (const doc of this.docs.values()) doc.reconnectNow()
   }
@@ -327,6 +369,7 @@ export class Tandem extends Emitter {
   /** Ends everything: sockets, polls, timers, listeners; locks are released. */
   destroy () {
     if (this.destroyed) return
+    this.waitingForToken?.(null)
     for (const doc of [...this.docs.values()]) doc.destroy()
     this.locks.destroy()
     this.group?.toLeader({ kind: 'bye' })

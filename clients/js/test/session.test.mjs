@@ -48,6 +48,25 @@ test('an expired token without getToken signs out; setToken brings it back', asy
   }
 })
 
+test('a client without a token at start is signed out, and starts with the first token it gets', async () => {
+  const server = await Server.start({ secret: secret() })
+  try {
+    let calls = 0
+    const getToken = () => { calls++; throw new Error('the app has no session yet') }
+    const t = client(server, 'ada', { token: undefined, getToken })
+    const seen = []
+    t.subscribe('queries', (event) => seen.push(event.id))
+    await until(() => t.status === 'signed-out', 'signed out')
+    assert.equal(calls, 1)
+    t.setToken(server.token('ada'))
+    await until(() => t.status === 'connected', 'connected with the token it got')
+    const id = await server.publish({ type: 'query_started', query_id: 1, started_by: 'backend' })
+    await until(() => seen.includes(id), 'an event')
+  } finally {
+    await server.stop()
+  }
+})
+
 test('a lock renews itself, is denied to others with its holder, and is released', async () => {
   // Leases of 1.5 s: held for 5 s only if renewed.
   const server = await Server.start({ secret: secret(), args: ['--lock-ttl-ms', '1500'] })

@@ -28,7 +28,8 @@ export interface TandemEvent {
 }
 
 export interface PresenceFields {
-  status?: 'online' | 'idle' | 'away' | 'busy' | string
+  /** What the server takes: `online`, `idle` or `offline` (to appear offline). */
+  status?: 'online' | 'idle' | 'offline'
   current_page?: string
   workspace?: string
   name?: string
@@ -38,7 +39,7 @@ export interface PresenceFields {
 
 export interface PresenceUser extends PresenceFields {
   user_id: string | number
-  status: string
+  status: 'online' | 'idle' | 'offline'
   last_active?: string
   last_seen?: string
 }
@@ -90,13 +91,15 @@ interface Events {
 
 export interface Presence extends Events {
   on (name: 'change', handler: (users: PresenceUser[], changed: PresenceUser | null) => void): Unsubscribe
+  /** This tab turned idle (no input for the server's idle time), or active again. */
+  on (name: 'idle' | 'active', handler: () => void): Unsubscribe
   /** Changes this tab's presence (merged with the user's other tabs: online when any is). */
   set (fields: PresenceFields): void
   list (): PresenceUser[]
   get (userId: string | number): PresenceUser | undefined
 }
 
-export interface LockHandle extends Events {
+export declare class LockHandle implements Events {
   readonly resource: string
   readonly state: 'pending' | 'held' | 'denied' | 'released'
   readonly held: boolean
@@ -104,6 +107,8 @@ export interface LockHandle extends Events {
   readonly holder: { user_id: string | number, name?: string } | null
   readonly expiresAt: string | null
   on (name: 'change' | 'lost' | 'available', handler: (handle: LockHandle) => void): Unsubscribe
+  on (name: string, handler: (...args: any[]) => void): Unsubscribe
+  off (name: string, handler: (...args: any[]) => void): void
   release (): void
   retry (): void
 }
@@ -170,7 +175,7 @@ export declare class TandemDoc implements Events {
 }
 
 export declare class Tandem implements Events {
-  constructor (options?: TandemOptions)
+  constructor (options: TandemOptions)
   readonly url: string
   readonly status: Status
   readonly statusDetail: StatusDetail
@@ -203,7 +208,7 @@ export declare class Tandem implements Events {
   destroy (): void
 }
 
-export function createTandem (options?: TandemOptions): Tandem
+export function createTandem (options: TandemOptions): Tandem
 
 export function devToken (url: string, name: string, options?: { fetch?: typeof globalThis.fetch }): Promise<{ token: string, user: string, name: string, workspace: string }>
 
