@@ -60,6 +60,9 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
+/// The file in the data directory that keeps the key of development tokens (open mode).
+pub const DEV_KEY_FILE: &str = "dev-token.key";
+
 /// [`serve`](crate::serve) with any stores: serves `listener` with `stores` until `shutdown`
 /// resolves.
 ///
@@ -78,6 +81,7 @@ pub async fn serve_with_stores(
         realtime_plans: &config.realtime_plans,
         leeway_secs: config.auth_leeway_secs,
         audience: config.auth_audience.as_deref(),
+        dev_key_file: Some(&config.data_dir.join(DEV_KEY_FILE)),
     })?);
     let addr = listener.local_addr()?;
     if auth.is_open() {

@@ -61,7 +61,7 @@ use std::sync::Arc;
 use tandem_storage::{PgOptions, PgStore, SledOptions, SledStore};
 use tokio::net::TcpListener;
 
-pub use app::{serve_with_stores, ServeError, Stores};
+pub use app::{serve_with_stores, ServeError, Stores, DEV_KEY_FILE};
 pub use config::Config;
 pub use docname::{DocName, DocNameError};
 

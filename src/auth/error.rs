@@ -70,4 +70,11 @@ pub enum AuthConfigError {
     },
     #[error("{path} is neither an Ed25519 nor an RSA public key in PEM form")]
     BadKey { path: String },
+    #[error("cannot read or make the key of development tokens {path}: {source}")]
+    DevKey {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} holds no key of development tokens (delete it to make a new one)")]
+    BadDevKey { path: String },
 }

@@ -90,6 +90,9 @@ pub struct AuthSettings<'a> {
     pub leeway_secs: u64,
     /// When set, tokens must carry this `aud`.
     pub audience: Option<&'a str>,
+    /// In open mode: the file that keeps the key of development tokens across restarts
+    /// (made on first start); `None`: a new key per start.
+    pub dev_key_file: Option<&'a std::path::Path>,
 }
 
 impl Auth {
@@ -119,7 +122,14 @@ impl Auth {
                 return Err(AuthConfigError::BadKey { path: shown });
             }
         }
-        let dev_secret = keys.is_empty().then(random_secret);
+        let dev_secret = if keys.is_empty() {
+            Some(match settings.dev_key_file {
+                Some(path) => dev_key(path)?,
+                None => random_secret(),
+            })
+        } else {
+            None
+        };
         Ok(Auth {
             keys,
             leeway_secs: settings.leeway_secs,
@@ -174,23 +184,29 @@ impl Auth {
     /// token.
     pub fn authenticate(&self, token: Option<&str>) -> Result<Principal, AuthError> {
         if self.is_open() {
-            // A development token names the user; anything else is the anonymous user. Open
-            // mode allows everything either way, so one past its expiry still names them (a tab
-            // left open for a week does not turn anonymous).
+            // No token is the anonymous user; a token must be one of this server's development
+            // tokens, which name the user (its key is kept across restarts). A token it cannot
+            // verify is refused, not taken as anonymous: the client learns it must sign in
+            // again rather than turning into someone else. Open mode allows everything, so one
+            // past its expiry still names them (a tab left open for a week does not turn
+            // anonymous).
+            let Some(token) = token.filter(|t| !t.is_empty()) else {
+                return Ok(Principal::open());
+            };
             let mut validation = Validation::new(Algorithm::HS256);
             validation.validate_exp = false;
-            let named = token
-                .filter(|t| !t.is_empty())
-                .zip(self.dev_secret.as_ref())
-                .and_then(|(token, secret)| {
-                    let key = DecodingKey::from_secret(secret.expose().as_bytes());
-                    jsonwebtoken::decode::<Claims>(token, &key, &validation).ok()
-                });
+            validation.set_required_spec_claims::<&str>(&[]);
+            let secret = self
+                .dev_secret
+                .as_ref()
+                .ok_or_else(|| AuthError::InvalidToken("no development key".into()))?;
+            let key = DecodingKey::from_secret(secret.expose().as_bytes());
+            let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|_| {
+                AuthError::InvalidToken("not a development token of this server".into())
+            })?;
             let mut principal = Principal::open();
-            if let Some(data) = named {
-                principal.user = data.claims.sub;
-                principal.name = data.claims.name;
-            }
+            principal.user = data.claims.sub;
+            principal.name = data.claims.name;
             return Ok(principal);
         }
         let token = token
@@ -397,6 +413,50 @@ pub fn granted(
     }
 }
 
+/// The key of development tokens kept in `path`: read when it is there, made (from the OS's
+/// randomness, readable by the owner only) when it is not.
+fn dev_key(path: &std::path::Path) -> Result<Secret, AuthConfigError> {
+    let shown = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            return text
+                .trim()
+                .parse()
+                .map_err(|_| AuthConfigError::BadDevKey { path: shown });
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(AuthConfigError::DevKey {
+                path: shown,
+                source,
+            })
+        }
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes).map_err(|e| AuthConfigError::DevKey {
+        path: shown.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let write = || -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        std::io::Write::write_all(&mut options.open(path)?, text.as_bytes())
+    };
+    write().map_err(|source| AuthConfigError::DevKey {
+        path: shown.clone(),
+        source,
+    })?;
+    tracing::info!(path = %shown, "made the key of development tokens");
+    text.parse()
+        .map_err(|_| AuthConfigError::BadDevKey { path: shown })
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -414,6 +474,7 @@ mod tests {
             realtime_plans: &plans,
             leeway_secs: 0,
             audience: None,
+            dev_key_file: None,
         })
         .unwrap();
         (auth, secret)
@@ -427,6 +488,7 @@ mod tests {
             realtime_plans: &[],
             leeway_secs: 0,
             audience: None,
+            dev_key_file: None,
         })
         .unwrap();
         let (fresh, user) = open.mint_dev("Ada").unwrap();

@@ -1,5 +1,6 @@
 // The server goes away and comes back while a user edits: the indicator turns red, then green
-// again, and nothing typed is lost, not even what was typed while disconnected. This script
+// again, and nothing typed is lost, not even what was typed while disconnected; the user is
+// still herself after the restart, never "anonymous". This script
 // runs the `tandem` binary itself (stopped with SIGTERM, started again on the same port and
 // data dir), so the browser reconnects to the address it knows.
 //
@@ -52,7 +53,13 @@ try {
   await other.goto(`${base}/queries/9?name=Bob`)
   await other.waitForFunction(() => document.querySelector('.cm-content')?.innerText.includes('SELECT 1; SELECT 2;'), null, { timeout: TIMEOUT })
   await page.screenshot({ path: `${artifacts}/after-restart.png` })
-  console.log(JSON.stringify({ ok: true, red, text: await other.$eval('.cm-content', (n) => n.innerText) }))
+  // Ada is still Ada after the restart (her token still verifies), never "anonymous".
+  const users = async () => (await (await fetch(`${base}/api/v1/presence`)).json()).users.map((u) => u.user_id)
+  const settled = Date.now() + TIMEOUT
+  while (!(await users()).includes('ada') && Date.now() < settled) await sleep(100)
+  const online = await users()
+  if (!online.includes('ada') || online.includes('anonymous')) throw new Error(`online after the restart: ${online}`)
+  console.log(JSON.stringify({ ok: true, red, online, text: await other.$eval('.cm-content', (n) => n.innerText) }))
 } catch (err) {
   console.log(JSON.stringify({ ok: false, error: String(err) }))
   process.exitCode = 1

@@ -581,3 +581,91 @@ async fn open_servers_mint_development_tokens_that_name_the_user() {
         .unwrap();
     assert_eq!(response.status(), 404);
 }
+
+/// The development token `name` gets from `app`.
+async fn dev_token(app: &TestApp, name: &str) -> String {
+    let minted: serde_json::Value = reqwest::Client::new()
+        .post(app.http_url("/api/v1/dev/token"))
+        .json(&serde_json::json!({ "name": name }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    minted["token"].as_str().unwrap().to_owned()
+}
+
+/// A long-poller's `POST /api/v1/presence` as the holder of `token` (or of none).
+async fn who_posts(app: &TestApp, token: Option<&str>) -> reqwest::Response {
+    let mut request = reqwest::Client::new()
+        .post(app.http_url("/api/v1/presence"))
+        .json(&serde_json::json!({"status": "online", "current_page": "/"}));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn open_mode_keeps_development_tokens_across_a_restart_and_refuses_tokens_it_cannot_verify() {
+    let app = support::spawn_app().await;
+    let token = dev_token(&app, "Ada").await;
+    assert_eq!(who_posts(&app, Some(&token)).await.status(), 200);
+    let config = tandem::Config::with_data_dir(app.dir.path());
+    let app = app.restart_with(config).await;
+
+    // After the restart Ada is still Ada: her token verifies with the key kept in the data
+    // directory.
+    assert_eq!(who_posts(&app, Some(&token)).await.status(), 200);
+    let presence: serde_json::Value = reqwest::Client::new()
+        .get(app.http_url("/api/v1/presence"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let users: Vec<&str> = presence["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u["user_id"].as_str())
+        .collect();
+    assert!(users.contains(&"ada"), "{presence}");
+    assert!(!users.contains(&"anonymous"), "{presence}");
+
+    // A token this server cannot verify is refused (it used to be taken as anonymous), over
+    // HTTP and before a WebSocket upgrade; no token at all is still the anonymous user.
+    let garbage = who_posts(&app, Some("garbage")).await;
+    assert_json_refusal(garbage, 401, "invalid_token", "garbage over HTTP").await;
+    let foreign = tandem::auth::mint(
+        &"another-servers-key".parse().unwrap(),
+        &tandem::auth::Claims {
+            sub: "ada".into(),
+            name: Some("Ada".into()),
+            workspace: "default".into(),
+            plan: None,
+            role: Role::Member,
+            docs: None,
+            exp: tandem::auth::now_secs() + 3600,
+            iat: None,
+            nbf: None,
+        },
+    )
+    .unwrap();
+    let refused = who_posts(&app, Some(&foreign)).await;
+    assert_json_refusal(refused, 401, "invalid_token", "another key over HTTP").await;
+    let url = ws_url(&app, "default/queries/1", Some("garbage"));
+    let err = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect_err("refused before the upgrade");
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(response) => {
+            assert_eq!(response.status(), 401)
+        }
+        other => panic!("expected a 401, got {other}"),
+    }
+    assert_eq!(who_posts(&app, None).await.status(), 200);
+    assert!(app.dir.path().join(tandem::DEV_KEY_FILE).exists());
+}

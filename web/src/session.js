@@ -20,7 +20,7 @@ async function devToken (name) {
   })
   if (!response.ok) throw new Error(`could not sign in: ${response.status}`)
   const minted = await response.json()
-  return { token: minted.token, user: minted.user, name: minted.name, workspace: minted.workspace }
+  return { token: minted.token, user: minted.user, name: minted.name, workspace: minted.workspace, dev: true }
 }
 
 function askName () {
@@ -98,7 +98,7 @@ export async function signIn (app) {
   }
   const wanted = params.get('name')
   const saved = JSON.parse(sessionStorage.getItem('tandem.session') || 'null')
-  if (saved && (!wanted || saved.name === wanted)) return saved
+  if (saved && (!wanted || saved.name === wanted)) return { ...saved, dev: true }
   let session
   try {
     session = await devToken(wanted || await askName())
@@ -136,6 +136,16 @@ const TOKEN_WAIT_MS = 10000
  * other, and is signed out until the app hands one.
  */
 export function tokenSource (session) {
+  if (session.dev) {
+    // A development token the server no longer takes (its data directory was wiped, say):
+    // the page signs in again under the same name, as a new one.
+    return async () => {
+      const fresh = await devToken(session.name)
+      Object.assign(session, fresh)
+      sessionStorage.setItem('tandem.session', JSON.stringify(session))
+      return fresh.token
+    }
+  }
   if (window.parent === window) return undefined
   return () => new Promise((resolve) => {
     const take = (fresh) => { clearTimeout(timer); tokenListeners.delete(take); resolve(fresh) }
