@@ -252,5 +252,8 @@ async fn the_client_library_example_page_shows_who_is_online_and_edits_a_query()
         ],
     )
     .await;
-    assert!(seen["text"].as_str().unwrap().contains("SELECT 42"), "{seen}");
+    assert!(
+        seen["text"].as_str().unwrap().contains("SELECT 42"),
+        "{seen}"
+    );
 }
