@@ -71,11 +71,32 @@ try {
   await bob.waitForSelector('#compare:not([hidden]) pre', { timeout: TIMEOUT })
   const mergedCompare = await bob.$$eval('#compare pre', (nodes) => nodes.map((n) => n.innerText.trim()))
   await bob.screenshot({ path: `${artifacts}/history-merged.png`, fullPage: true })
+  step = 'offline title'
+  // Bob edits the title offline while Ada edits it online: the two changes merge into one
+  // title, not two titles glued together.
+  const titleIs = (page, text) => page.waitForFunction((t) => window.tandem?.doc.getText('title').toString() === t, text, { timeout: TIMEOUT })
+  await ada.click('#title')
+  await ada.keyboard.type('Revenue by region')
+  await ada.click('.cm-content')
+  await titleIs(bob, 'Revenue by region')
+  await bob.evaluate(() => window.tandem.provider.disconnect())
+  await bob.click('#title')
+  await bob.keyboard.press('End')
+  await bob.keyboard.type(' (EMEA)')
+  await bob.click('.cm-content')
+  await ada.click('#title')
+  await ada.keyboard.press('End')
+  await ada.keyboard.type(' 2024')
+  await ada.click('.cm-content')
+  await titleIs(ada, 'Revenue by region 2024')
+  await bob.evaluate(() => window.tandem.provider.connect())
+  await ada.waitForFunction(() => window.tandem.doc.getText('title').toString().includes('(EMEA)'), null, { timeout: TIMEOUT })
+  const titles = [await ada.evaluate(() => window.tandem.doc.getText('title').toString()), await bob.evaluate(() => window.tandem.doc.getText('title').toString())]
   step = 'phone'
   await ada.setViewportSize({ width: 390, height: 844 })
   const overflow = await ada.evaluate(() => document.documentElement.scrollWidth > innerWidth + 1)
   await ada.screenshot({ path: `${artifacts}/history-phone.png`, fullPage: true })
-  console.log(JSON.stringify({ ok: true, warning, compared, changed, merged, mergedCompare, overflow, errors }))
+  console.log(JSON.stringify({ ok: true, warning, compared, changed, merged, mergedCompare, titles, overflow, errors }))
 } catch (err) {
   const texts = []
   for (const context of browser.contexts()) {

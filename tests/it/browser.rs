@@ -203,6 +203,13 @@ async fn a_version_is_restored_from_the_history_panel_with_a_warning_naming_the_
         "{seen}"
     );
     assert!(seen["changed"].as_u64().is_some_and(|n| n >= 2), "{seen}");
+    // Titles edited offline and online at once merge: one title, both changes, the same on
+    // both sides.
+    let titles = seen["titles"].as_array().unwrap();
+    assert_eq!(titles[0], titles[1], "{seen}");
+    let title = titles[0].as_str().unwrap();
+    assert_eq!(title.matches("Revenue by region").count(), 1, "{seen}");
+    assert!(title.contains("(EMEA)") && title.contains("2024"), "{seen}");
     // Bob's offline edits merged with Ada's: his tab says so, and compares with the newest
     // version from before he went offline (the one the restore made).
     assert!(

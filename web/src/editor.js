@@ -90,6 +90,11 @@ export function editor (session, t, queryId) {
   }
   title.addEventListener('focus', async () => {
     if (title.readOnly) return
+    // A tab out of sync gets no lock: what it types merges when it is back, as offline edits do.
+    if (shared.status !== 'connected') {
+      titleNote.textContent = 'Offline: your title edits merge with others\' when you are back'
+      return
+    }
     const handle = await t.locks.acquire(resource)
     if (handle.state === 'denied') lockedBy(handle.holder)
     handle.on('lost', () => lockedBy(handle.holder))
@@ -103,8 +108,19 @@ export function editor (session, t, queryId) {
   })
   // Someone gone idle in the field lets it go, so others may edit the title.
   t.presence.on('idle', () => title.blur())
+  // Only what changed goes into the Y.Text (as the SQL editor does), so concurrent or offline
+  // edits of the title merge instead of one whole title being glued to the other.
   title.addEventListener('input', () => {
-    doc.transact(() => { ytitle.delete(0, ytitle.length); ytitle.insert(0, title.value) })
+    const before = ytitle.toString()
+    const after = title.value
+    let start = 0
+    while (start < before.length && start < after.length && before[start] === after[start]) start++
+    let end = 0
+    while (end < before.length - start && end < after.length - start && before[before.length - 1 - end] === after[after.length - 1 - end]) end++
+    doc.transact(() => {
+      if (before.length - start - end > 0) ytitle.delete(start, before.length - start - end)
+      if (after.length - start - end > 0) ytitle.insert(start, after.slice(start, after.length - end))
+    })
   })
   // Others taking and releasing the title's lock.
   t.subscribe('presence', (event) => {
