@@ -74,6 +74,11 @@ try {
   // Ada's cursor, with her name, in Bob's editor; the banner says she is there.
   await bob.waitForFunction(() => [...document.querySelectorAll('.cm-ySelectionInfo')].some((n) => n.textContent === 'Ada'), null, { timeout: TIMEOUT })
   await bob.waitForFunction(() => (document.querySelector('#editing-banner')?.textContent ?? '').includes('Ada'), null, { timeout: TIMEOUT })
+  // Typing, she is editing (the server's `editing` event says she is active); Bob, who has
+  // not moved his cursor for a while (the test's server: 2 s), is viewing on her side.
+  await ada.keyboard.type(' ')
+  await bob.waitForFunction(() => (document.querySelector('#editing-banner')?.textContent ?? '').includes('Ada is editing'), null, { timeout: TIMEOUT })
+  await ada.waitForFunction(() => (document.querySelector('#editing-banner')?.textContent ?? '').includes('Bob is viewing'), null, { timeout: TIMEOUT })
   await bob.click('.cm-content')
   await bob.keyboard.press('End')
   await bob.keyboard.type(' WHERE paid')

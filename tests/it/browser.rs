@@ -27,7 +27,12 @@ async fn two_users_edit_one_query_and_see_each_other_and_its_result() {
     // Locks lapse quickly unless renewed (the page renews at a third of this, leaving a busy
     // CI machine two seconds of slack): the page must renew the one it holds.
     const LOCK_TTL_MS: u64 = 3000;
-    let app = spawn_app_with(|c| c.lock_ttl_ms = LOCK_TTL_MS).await;
+    let app = spawn_app_with(|c| {
+        c.lock_ttl_ms = LOCK_TTL_MS;
+        // Someone whose cursor has not moved for 2 s is viewing, not editing.
+        c.editing_idle_ms = 2000;
+    })
+    .await;
     let artifacts = artifacts();
     let base = format!("http://{}", app.addr);
     let seen = browse(

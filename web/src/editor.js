@@ -65,16 +65,33 @@ export function editor (session, t, queryId) {
   if (shared.readOnly) readOnly()
   view.contentDOM.setAttribute('aria-labelledby', 'sql-label')
 
-  // "User X is editing": everyone else in the document's awareness.
+  // "Bob is editing · Jay is viewing": everyone else in the document, editing when the server
+  // says their awareness changed lately (`active`), viewing otherwise; someone whose cursor
+  // is here before the server says so is viewing.
   const others = () => {
-    const names = []
+    const editing = []
+    const viewing = []
+    const seen = new Set()
+    for (const user of shared.editing) {
+      if (String(user.user_id) === session.user) continue
+      const name = user.name || String(user.user_id)
+      seen.add(name);
+      (user.active ? editing : viewing).push(name)
+    }
     awareness.getStates().forEach((state, client) => {
-      if (client !== doc.clientID && state.user?.name) names.push(state.user.name)
+      const name = state.user?.name
+      if (client !== doc.clientID && name && name !== session.name && !seen.has(name)) {
+        seen.add(name)
+        viewing.push(name)
+      }
     })
-    banner.hidden = names.length === 0
-    banner.textContent = names.length ? `${names.join(', ')} ${names.length > 1 ? 'are' : 'is'} editing` : ''
+    const say = (names, verb) => names.length ? `${names.join(', ')} ${names.length > 1 ? 'are' : 'is'} ${verb}` : null
+    const text = [say(editing, 'editing'), say(viewing, 'viewing')].filter(Boolean).join(' · ')
+    banner.hidden = !text
+    banner.textContent = text
   }
   awareness.on('change', others)
+  shared.on('editing', others)
 
   // The title is a Y.Text too, locked while someone edits it: the lock is held (and renewed by
   // the library) while the field has the focus.
