@@ -269,3 +269,25 @@ async fn the_client_library_example_page_shows_who_is_online_and_edits_a_query()
         "{seen}"
     );
 }
+
+#[tokio::test]
+async fn on_a_phone_the_page_is_one_column_with_a_short_header_and_toasts_that_keep_failures() {
+    let app = spawn_app().await;
+    let base = format!("http://{}", app.addr);
+    let seen = browse("phone.mjs", &[&base, &artifacts().display().to_string()]).await;
+    // The SQL editor takes the screen's width (it was squeezed into ~75 px), the header one
+    // line (it wrapped to four), nothing scrolls sideways.
+    assert!(seen["editor"]["width"].as_f64().unwrap() > 300.0, "{seen}");
+    for page in ["editor", "dashboard"] {
+        assert!(seen[page]["header"].as_f64().unwrap() < 60.0, "{seen}");
+        assert_eq!(seen[page]["overflow"], false, "{seen}");
+    }
+    assert_eq!(seen["dashboard"]["columns"], 1, "{seen}");
+    // A critical alert is an alert that stays; the failed query's toast opens the query;
+    // every toast closes; all of them take less than a quarter of the screen.
+    assert_eq!(seen["toasts"]["critical"], "alert", "{seen}");
+    assert_eq!(seen["toasts"]["failed"], "/queries/5", "{seen}");
+    assert_eq!(seen["toasts"]["closable"], true, "{seen}");
+    assert!(seen["toasts"]["share"].as_f64().unwrap() < 0.25, "{seen}");
+    assert_eq!(seen["closed"], true, "{seen}");
+}

@@ -5,6 +5,7 @@ import { $, el, colorOf, cssColor, initials, safeDecode, time } from './util.js'
 
 // Toasts shown at once; more are counted in one "+N more".
 const MAX_TOASTS = 4
+const MAX_TOASTS_PHONE = 2
 // Queries listed even when nobody is in them.
 const LISTED_QUERIES = ['1', '2', '3']
 
@@ -129,6 +130,10 @@ export function dashboard (session, t) {
     el('section', { className: 'card' }, el('h2', { textContent: 'Chat' }), badges, chat))
 
   t.presence.on('change', () => { renderUsers(); renderQueries() })
+  // While disconnected, who is online is what the page knew last: greyed out, as such.
+  const staleness = (status) => usersList.classList.toggle('stale', !['connected', 'degraded'].includes(status))
+  t.on('status', staleness)
+  staleness(t.status)
   t.editing.on('change', renderQueries)
   t.notifications.on('change', renderNotifications)
   t.activity.on('change', renderActivity)
@@ -154,11 +159,33 @@ export function describe (event) {
   }
 }
 
-/** A toast for 6 s; past a few at once, they are counted in one "+N more" instead. */
-export function toast (text) {
+/** How serious an event is, for its toast: `critical`, `error`, `warning` or `info`. */
+export function severityOf (event) {
+  if (event.type === 'system_alert' && ['critical', 'error', 'warning', 'info'].includes(event.severity)) return event.severity
+  if (event.type === 'query_failed') return 'error'
+  if (event.type === 'approval_request') return 'warning'
+  return 'info'
+}
+
+/** Where a click on an event's toast goes: its query, or the dashboard (chats, the rest). */
+function targetOf (event) {
+  if (event.query_id !== undefined && event.query_id !== null) return `/queries/${encodeURIComponent(event.query_id)}`
+  return null
+}
+
+/**
+ * A toast for `event`, styled by its severity, with a close button; a click opens what it is
+ * about. `critical` and `error` ones stay until closed; the others go after 6 s, and past a few
+ * at once they are counted in one "+N more" (a failure is never folded away).
+ */
+export function toast (event) {
   const toasts = $('#toasts')
-  const shown = toasts.querySelectorAll('.toast:not(.more)').length
-  if (shown >= MAX_TOASTS) {
+  const severity = severityOf(event)
+  const sticky = severity === 'critical' || severity === 'error'
+  const shown = toasts.querySelectorAll('.toast:not(.more):not(.sticky)').length
+  // A phone shows fewer at once.
+  const max = matchMedia('(max-width: 700px)').matches ? MAX_TOASTS_PHONE : MAX_TOASTS
+  if (!sticky && shown >= max) {
     let more = toasts.querySelector('.more')
     if (!more) {
       more = el('div', { className: 'toast more' })
@@ -171,7 +198,12 @@ export function toast (text) {
     more.timer = setTimeout(() => more.remove(), 6000)
     return
   }
-  const node = el('div', { className: 'toast', textContent: text })
+  const target = targetOf(event)
+  const text = target ? el('a', { href: target, className: 'toast-text', textContent: describe(event) }) : el('span', { className: 'toast-text', textContent: describe(event) })
+  const close = el('button', { type: 'button', className: 'toast-close', textContent: '×', ariaLabel: 'Dismiss' })
+  const node = el('div', { className: `toast ${severity}${sticky ? ' sticky' : ''}`, role: sticky ? 'alert' : 'status' }, text, close)
+  node.dataset.severity = severity
+  close.addEventListener('click', () => node.remove())
   toasts.insertBefore(node, toasts.querySelector('.more'))
-  setTimeout(() => node.remove(), 6000)
+  if (!sticky) setTimeout(() => node.remove(), 6000)
 }

@@ -10,7 +10,7 @@ import { IndexeddbPersistence } from 'y-indexeddb'
 import { $, safeDecode } from './util.js'
 import { signIn, tokenListeners, tokenSource } from './session.js'
 import { showConnection } from './status.js'
-import { dashboard, describe, toast } from './dashboard.js'
+import { dashboard, toast } from './dashboard.js'
 import { editor } from './editor.js'
 
 const TOASTED = ['query_completed', 'query_failed', 'agent_executed', 'approval_request', 'new_chat_message', 'new_chat_session', 'system_alert', 'workflow_triggered']
@@ -38,7 +38,7 @@ function start (session) {
   showConnection('dashboard', t.status, t.statusDetail)
   // Live events only: what the history holds was seen before.
   t.subscribe(['queries', 'agents', 'approvals', 'chat_sessions', 'system', 'workflows', 'notifications'], (event) => {
-    if (TOASTED.includes(event.type)) toast(describe(event))
+    if (TOASTED.includes(event.type)) toast(event)
   })
   window.tandem = { client: t }
   if (queryId) editor(session, t, queryId)
