@@ -513,9 +513,21 @@ mod tests {
             (principal.user.as_str(), principal.name.as_deref()),
             ("ada", Some("Ada"))
         );
-        // Not one signed by anyone else.
+        // One signed by anyone else is refused (not taken as anonymous); no token at all is
+        // the anonymous user.
         let forged = mint(&"other".parse().unwrap(), &claims()).unwrap();
-        assert_ne!(open.authenticate(Some(&forged)).unwrap().user, "123");
+        assert!(matches!(
+            open.authenticate(Some(&forged)),
+            Err(AuthError::InvalidToken(_))
+        ));
+        assert!(matches!(
+            open.authenticate(Some("garbage")),
+            Err(AuthError::InvalidToken(_))
+        ));
+        assert_eq!(
+            open.authenticate(None).unwrap().user,
+            Principal::open().user
+        );
     }
 
     fn claims() -> Claims {
