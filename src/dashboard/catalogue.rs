@@ -194,13 +194,19 @@ const TYPES: &[EventType] = &[
     },
 ];
 
-/// The server's own event types and their channels: presence, "who is editing" and locks.
+/// The server's own event types and their channels: presence, "who is editing", locks, and a
+/// user's decision on an approval (`POST /api/v1/approvals/{id}/decision`). New types go at the
+/// end: a type's position is its bit in stored preferences.
 const SERVER_TYPES: &[(&str, Channel)] = &[
     ("presence_update", Channel::Presence),
     ("editing", Channel::Presence),
     ("lock_acquired", Channel::Presence),
     ("lock_released", Channel::Presence),
+    ("approval_decided", Channel::Approvals),
 ];
+
+/// The decisions a user may take on an approval request.
+pub const DECISIONS: &[&str] = &["approved", "denied"];
 
 /// Every event type a client may receive, published ones first, with its channel. A type's
 /// position is its bit in a user's notification preferences.
@@ -237,7 +243,7 @@ pub struct Event {
 
 impl Event {
     /// One of the server's own events (`presence_update`, `editing`, `lock_acquired`,
-    /// `lock_released`), for everyone subscribed to its channel.
+    /// `lock_released`, `approval_decided`), for everyone subscribed to its channel.
     ///
     /// # Panics
     /// `kind` is not a server type: a bug in the caller.

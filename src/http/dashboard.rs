@@ -211,3 +211,64 @@ pub async fn post_badges_read(
         .map_err(|err| publish_error(&who.workspace, err))?;
     Ok(badges(&app, &ws, &who.user))
 }
+
+/// `POST /api/v1/approvals/{approval_id}/decision` with `{"decision":"approved"|"denied",
+/// "comment"?}`: the caller decides on an approval request. The decision is an
+/// `approval_decided` event on the `approvals` channel (with who decided), stored like any
+/// other and sent to webhooks as `approval.decided`; answered `201 {"id": N}`.
+pub async fn post_approval_decision(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+    axum::extract::Path(approval_id): axum::extract::Path<String>,
+    JsonObject(fields): JsonObject,
+) -> Result<Response, ApiError> {
+    use crate::dashboard::catalogue::{Event, DECISIONS};
+    let invalid = |message: &str| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_decision",
+            message.to_owned(),
+        )
+    };
+    if approval_id.is_empty() || approval_id.chars().count() > 128 {
+        return Err(invalid("the approval id is 1 to 128 characters"));
+    }
+    let decision = fields
+        .get("decision")
+        .and_then(Value::as_str)
+        .filter(|d| DECISIONS.contains(d))
+        .ok_or_else(|| invalid(r#"`decision` is "approved" or "denied""#))?;
+    let comment = match fields.get("comment") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(c)) if c.chars().count() <= 1000 => Some(c.clone()),
+        Some(_) => return Err(invalid("`comment` is text of at most 1,000 characters")),
+    };
+    // The id as the request named it: a number when it is one.
+    let id = approval_id
+        .parse::<u64>()
+        .map_or_else(|_| Value::String(approval_id.clone()), Value::from);
+    let mut event = serde_json::Map::new();
+    event.insert("approval_id".into(), id);
+    event.insert("decision".into(), decision.into());
+    event.insert("user_id".into(), who.user.clone().into());
+    if let Some(name) = &who.name {
+        event.insert("name".into(), name.clone().into());
+    }
+    if let Some(comment) = comment {
+        event.insert("comment".into(), comment.into());
+    }
+    let id = app
+        .hub
+        .publish(&who.workspace, Event::server("approval_decided", event))
+        .await
+        .map_err(|e| publish_error(&who.workspace, e))?;
+    tracing::info!(
+        workspace = %who.workspace,
+        user = %crate::error::log_safe(&who.user),
+        approval = %crate::error::log_safe(&approval_id),
+        decision,
+        event_id = id,
+        "approval decided"
+    );
+    Ok((StatusCode::CREATED, Json(json!({ "id": id }))).into_response())
+}

@@ -110,6 +110,10 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/badges/read",
             labelled("http_badges", post(dashboard::post_badges_read)),
         )
+        .route(
+            "/api/v1/approvals/{approval_id}/decision",
+            labelled("http_approvals", post(dashboard::post_approval_decision)),
+        )
         .route("/", get(web::page))
         .route("/queries/{id}", get(web::page))
         .route("/assets/{file}", get(web::file))

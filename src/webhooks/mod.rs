@@ -46,13 +46,14 @@ use crate::docname::{DocName, RoomKind};
 use crate::docs::Rooms;
 
 /// The event types an endpoint may subscribe to.
-pub const EVENT_TYPES: [&str; 6] = [
+pub const EVENT_TYPES: [&str; 7] = [
     "document.updated",
     "document.version_created",
     "document.restored",
     "user.entered",
     "user.left",
     "notification.undelivered",
+    "approval.decided",
 ];
 
 /// The state store's scope of every endpoint (key `{workspace}/{id}`).
@@ -1062,6 +1063,19 @@ impl Webhooks {
                     json!({ "document": document, "user_id": user }),
                 ));
             }
+        } else if kind == "approval_decided" {
+            let field = |name: &str| fields.get(name).cloned().unwrap_or(Value::Null);
+            emits.push((
+                "approval.decided",
+                json!({
+                    "approval_id": field("approval_id"),
+                    "decision": field("decision"),
+                    "user_id": field("user_id"),
+                    "name": field("name"),
+                    "comment": field("comment"),
+                    "event_id": field("id"),
+                }),
+            ));
         } else if !offline.is_empty() {
             let mut event = Value::Object(fields.clone());
             if let Value::Object(fields) = &mut event {

@@ -1584,3 +1584,59 @@ async fn a_workspace_nobody_uses_leaves_memory_and_comes_back_whole() {
     assert_eq!(ada["status"], "offline");
     assert!(ada["last_seen"].is_string(), "{ada}");
 }
+
+#[tokio::test]
+async fn a_decision_on_an_approval_is_an_event_naming_who_decided() {
+    let app = spawn_app_with(secured).await;
+    let mut bob = app.dash(&member("acme", "bob")).await;
+    bob.subscribe(&["approvals"], None).await;
+    let request = publish(
+        &app,
+        "acme",
+        json!({"type":"approval_request","approval_id":9,"title":"Drop the table"}),
+    )
+    .await;
+    assert_eq!(bob.next().await["id"].as_u64(), Some(request));
+
+    let http = reqwest::Client::new();
+    let decide = |body: Value| {
+        http.post(app.http_url("/api/v1/approvals/9/decision"))
+            .bearer_auth(token("acme", "ada", Role::Member))
+            .json(&body)
+            .send()
+    };
+    let answer = decide(json!({"decision": "approved"})).await.unwrap();
+    assert_eq!(answer.status(), 201);
+    let id = answer.json::<Value>().await.unwrap()["id"].as_u64();
+    let got = bob.next().await;
+    assert_eq!(got["id"].as_u64(), id);
+    assert_eq!(got["type"], "approval_decided");
+    assert_eq!(got["approval_id"], 9);
+    assert_eq!(got["decision"], "approved");
+    assert_eq!(got["user_id"], "ada");
+    assert_eq!(got["name"], "User ada");
+
+    // Anything but "approved" or "denied", or a comment that is not short text, is refused
+    // and publishes nothing.
+    for bad in [
+        json!({"decision": "maybe"}),
+        json!({}),
+        json!({"decision": "denied", "comment": 7}),
+    ] {
+        let refused = decide(bad.clone()).await.unwrap();
+        assert_eq!(refused.status(), 422, "{bad}");
+        assert_eq!(
+            refused.json::<Value>().await.unwrap()["error"],
+            "invalid_decision"
+        );
+    }
+    assert!(bob.next_within(Duration::from_millis(200)).await.is_none());
+    // Without a token, nothing.
+    let anonymous = http
+        .post(app.http_url("/api/v1/approvals/9/decision"))
+        .json(&json!({"decision": "approved"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+}

@@ -149,7 +149,7 @@ async fn register(base: &str, admin: Option<&str>, receiver: &Receiver, query: &
         .json(&json!({
             "url": receiver.url(),
             "events": ["document.updated", "document.version_created", "document.restored",
-                       "user.entered", "user.left", "notification.undelivered"],
+                       "user.entered", "user.left", "notification.undelivered", "approval.decided"],
             "description": "the test's receiver",
             "include_content": true,
         }));
@@ -268,6 +268,22 @@ async fn every_event_reaches_a_receiver_that_verifies_it_in_order_through_failur
         .await;
     assert_eq!(undelivered["user_ids"], json!(["zed"]));
     assert_eq!(undelivered["event"]["type"], "approval_request");
+
+    // Ann decides on it: `approval.decided`, naming her.
+    let decided = http
+        .post(app.http_url("/api/v1/approvals/7/decision"))
+        .bearer_auth(&ann_token)
+        .json(&json!({"decision": "denied", "comment": "not on a Friday"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(decided.status(), 201);
+    let decision = receiver
+        .wait_for("approval.decided", |d| d["approval_id"] == 7)
+        .await;
+    assert_eq!(decision["decision"], "denied");
+    assert_eq!(decision["user_id"], "ann");
+    assert_eq!(decision["comment"], "not on a Friday");
 
     bob.close().await;
     receiver

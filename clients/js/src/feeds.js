@@ -195,3 +195,55 @@ function storage () {
     return null
   }
 }
+
+/** Which event types are pushed to the user in real time (`GET`/`PUT /api/v1/preferences`). */
+export class Preferences extends Emitter {
+  constructor (t) {
+    super()
+    this.t = t
+    /** event type → pushed in real time */
+    this.realtime = {}
+  }
+
+  /** The user's preferences, from the server. */
+  async load () {
+    const response = await this.t.request('/api/v1/preferences')
+    if (!response.ok) throw new Error(`preferences answered ${response.status}`)
+    this.take(await response.json())
+    return this.realtime
+  }
+
+  /** Changes the types named (`{ agent_executed: false }`); resolves to all of them once stored. */
+  async set (realtime) {
+    const response = await this.t.request('/api/v1/preferences', { method: 'PUT', json: { realtime } })
+    if (!response.ok) throw new Error(`preferences answered ${response.status}`)
+    this.take(await response.json())
+    return this.realtime
+  }
+
+  take (body) {
+    this.realtime = body?.realtime && typeof body.realtime === 'object' ? { ...body.realtime } : {}
+    this.emit('change', this.realtime)
+  }
+}
+
+/** Decisions on approval requests (`POST /api/v1/approvals/{id}/decision`). */
+export class Approvals {
+  constructor (t) {
+    this.t = t
+  }
+
+  /**
+   * Decides on approval `approvalId` (`approved` or `denied`, with an optional comment): an
+   * `approval_decided` event every subscriber of `approvals` gets. Resolves to its id.
+   */
+  async decide (approvalId, decision, { comment } = {}) {
+    const body = comment ? { decision, comment } : { decision }
+    const response = await this.t.request(`/api/v1/approvals/${encodeURIComponent(approvalId)}/decision`, { method: 'POST', json: body })
+    if (!response.ok) {
+      const refusal = await response.json().catch(() => ({}))
+      throw new Error(refusal.message ?? `the decision was refused (${response.status})`)
+    }
+    return (await response.json()).id
+  }
+}

@@ -7,7 +7,7 @@ import { CHANNELS, matches } from './channels.js'
 import { TokenSource } from './token.js'
 import { Presence } from './presence.js'
 import { Locks } from './locks.js'
-import { Badges, Editing, Notifications, activityFeed } from './feeds.js'
+import { Approvals, Badges, Editing, Notifications, Preferences, activityFeed } from './feeds.js'
 import { Hub } from './hub.js'
 import { SoloGroup, TabGroup, canShare } from './tabs.js'
 import { TandemDoc } from './doc.js'
@@ -57,6 +57,8 @@ export class Tandem extends Emitter {
     this.notifications = new Notifications(this, { limit: options.historyLimit })
     this.activity = activityFeed(this, { limit: options.historyLimit })
     this.editing = new Editing(this)
+    this.preferences = new Preferences(this)
+    this.approvals = new Approvals(this)
     this.listen('online', () => this.reconnectNow())
     this.listen('offline', () => { if (this.status !== 'connected') this.setStatus('offline', {}) })
     // A tab that goes tells the leader at once (its presence and locks no longer count); one
@@ -381,6 +383,7 @@ export class Tandem extends Emitter {
     this.notifications.destroy()
     this.activity.clear()
     this.editing.clear()
+    this.preferences.clear()
     this.tokens.destroy()
     for (const cleanup of this.cleanups) cleanup()
     this.subscriptions.clear()

@@ -131,3 +131,47 @@ test('chat badges count unread messages and clear on every client of the user', 
     await server.stop()
   }
 })
+
+test('preferences: a muted event type is not pushed; the others are', async () => {
+  const server = await Server.start({ secret: secret() })
+  try {
+    const t = client(server, 'ada')
+    const seen = []
+    t.subscribe(['agents', 'queries'], (event) => seen.push(event.type))
+    await t.ready
+    await until(() => t.status === 'connected', 'connected')
+    const realtime = await t.preferences.set({ agent_executed: false })
+    assert.equal(realtime.agent_executed, false)
+    assert.equal((await t.preferences.load()).agent_executed, false)
+    await server.publish({ type: 'agent_executed', agent_id: 1, status: 'done', insights_found: 2, needs_approval: false })
+    const id = await server.publish({ type: 'query_started', query_id: 1, started_by: 'backend' })
+    await until(() => t.lastId >= id && seen.includes('query_started'), 'the query event')
+    assert.deepEqual(seen, ['query_started'])
+  } finally {
+    await server.stop()
+  }
+})
+
+test('approvals: a decision is an approval_decided event, with who decided, to everyone on approvals', async () => {
+  const server = await Server.start({ secret: secret() })
+  try {
+    const ada = client(server, 'ada')
+    const bob = client(server, 'bob')
+    const seen = []
+    bob.subscribe('approvals', (event) => seen.push(event))
+    await Promise.all([ada.ready, bob.ready])
+    await until(() => bob.status === 'connected', 'bob connected')
+    await server.publish({ type: 'approval_request', approval_id: 42, title: 'Run the migration' })
+    const id = await ada.approvals.decide(42, 'approved', { comment: 'go' })
+    await until(() => seen.some((e) => e.id === id), 'the decision')
+    const decided = seen.find((e) => e.id === id)
+    assert.equal(decided.type, 'approval_decided')
+    assert.equal(decided.approval_id, 42)
+    assert.equal(decided.decision, 'approved')
+    assert.equal(decided.user_id, 'ada')
+    assert.equal(decided.comment, 'go')
+    await assert.rejects(ada.approvals.decide(42, 'maybe'), /approved.*denied/)
+  } finally {
+    await server.stop()
+  }
+})

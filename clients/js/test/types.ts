@@ -17,6 +17,10 @@ async function example (): Promise<void> {
   console.log(t.badges.total, t.badges.unread['999'], t.notifications.unread)
   await t.badges.markRead(999)
   t.notifications.markRead()
+  const decided: number = await t.approvals.decide(42, 'approved', { comment: 'ok' })
+  console.log(decided)
+  const muted: Record<string, boolean> = await t.preferences.set({ agent_executed: false })
+  console.log(muted.agent_executed, (await t.preferences.load()).query_completed)
   const doc = t.doc('default/queries/1', { user: { name: 'Ada', color: '#b91c1c' } })
   const text: Y.Text = doc.ydoc.getText('query')
   await doc.whenSynced

@@ -146,6 +146,20 @@ export interface Editing extends Events {
   list (): EditingDocument[]
 }
 
+export interface Preferences extends Events {
+  /** Event type → pushed in real time (`false`: muted). */
+  readonly realtime: Record<string, boolean>
+  load (): Promise<Record<string, boolean>>
+  /** Changes the types named; resolves to all of them once stored. */
+  set (realtime: Record<string, boolean>): Promise<Record<string, boolean>>
+  on (name: 'change', handler: (realtime: Record<string, boolean>) => void): Unsubscribe
+}
+
+export interface Approvals {
+  /** Decides on an approval request: an `approval_decided` event (with who decided); resolves to its id. */
+  decide (approvalId: string | number, decision: 'approved' | 'denied', options?: { comment?: string }): Promise<number>
+}
+
 export interface DocOptions {
   ydoc?: Y.Doc
   /** Overrides `TandemOptions.offline` for this document (`null`: not stored). */
@@ -192,6 +206,8 @@ export declare class Tandem implements Events {
   readonly notifications: Notifications
   readonly activity: Feed
   readonly editing: Editing
+  readonly preferences: Preferences
+  readonly approvals: Approvals
   on (name: 'status', handler: (status: Status, detail: StatusDetail) => void): Unsubscribe
   on (name: 'resync' | 'leader', handler: () => void): Unsubscribe
   on (name: 'token', handler: (token: string) => void): Unsubscribe
