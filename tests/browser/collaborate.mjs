@@ -139,7 +139,7 @@ try {
     body: JSON.stringify({ type: 'query_executed', user_id: 'ada', query_id: 7 })
   })
   if (ran.status !== 201) throw new Error(`publish answered ${ran.status}`)
-  await carol.waitForFunction(() => (document.querySelector('#activity')?.innerText ?? '').includes('ada ran query 7'), null, { timeout: TIMEOUT })
+  await carol.waitForFunction(() => (document.querySelector('#activity')?.innerText ?? '').includes('Ada ran Query 7'), null, { timeout: TIMEOUT })
 
   step = 'chat badge'
   // A chat message raises Carol's badge; viewing the session clears it.

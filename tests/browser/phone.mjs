@@ -1,6 +1,7 @@
 // The page on a phone (390×844): one column, a header on one line, the SQL editor the width of
 // the screen; toasts small and styled by severity: a critical alert and a failed query stay
-// until closed and are never folded into "+N more", a query's toast links to the query.
+// until closed and are never folded into "+N more", a query's toast links to the query; the
+// settings mute an event type; an approval request is approved from its toast.
 //
 // usage: node phone.mjs <server base URL> <artifacts dir>
 // Prints one JSON line with what it saw; exits 0 only when everything held.
@@ -60,7 +61,29 @@ try {
     columns: new Set([...document.querySelectorAll('main > section')].map((s) => Math.round(s.getBoundingClientRect().left))).size
   }))
   await page.screenshot({ path: `${artifacts}/phone-dashboard.png` })
-  console.log(JSON.stringify({ ok: errors.length === 0, errors, editor, toasts, closed, dashboard }))
+
+  step = 'approve'
+  // An approval request's toast has Approve and Deny; approving is an event everyone sees.
+  await publish({ type: 'approval_request', approval_id: 77, title: 'Ship the release' })
+  await page.waitForSelector('#toasts .toast .approve', { timeout: TIMEOUT })
+  await page.click('#toasts .toast .approve')
+  await page.waitForFunction(() => (document.querySelector('#toasts')?.innerText ?? '').includes('Approved'), null, { timeout: TIMEOUT })
+  await page.waitForFunction(() => (document.querySelector('#unread')?.innerText ?? '').includes('Approval 77 approved by Ada'), null, { timeout: TIMEOUT })
+  const approved = true
+
+  step = 'settings'
+  // Muting system alerts in the settings: the next alert is not pushed, the failed query
+  // published after it is (events come in order, so its toast proves the alert's absence).
+  await page.click('#settings summary')
+  await page.waitForSelector('#pref-system_alert', { timeout: TIMEOUT })
+  await page.uncheck('#pref-system_alert')
+  await page.waitForFunction(() => /muted/.test(document.querySelector('#settings-note')?.textContent ?? ''), null, { timeout: TIMEOUT })
+  await page.evaluate(() => { for (const node of document.querySelectorAll('#toasts .toast')) node.remove() })
+  await publish({ type: 'system_alert', message: 'muted alert', severity: 'critical' })
+  await publish({ type: 'query_failed', query_id: 6, error: 'after the muted one' })
+  await page.waitForFunction(() => (document.querySelector('#toasts')?.innerText ?? '').includes('after the muted one'), null, { timeout: TIMEOUT })
+  const mutedShown = await page.evaluate(() => (document.querySelector('#toasts')?.innerText ?? '').includes('muted alert'))
+  console.log(JSON.stringify({ ok: errors.length === 0, errors, editor, toasts, closed, dashboard, mutedShown, approved }))
 } catch (err) {
   console.log(JSON.stringify({ ok: false, step, error: String(err.stack || err), errors }))
   process.exitCode = 1

@@ -46,6 +46,9 @@ try {
   await page.waitForFunction(() => ['reconnecting', 'degraded', 'offline'].includes(document.querySelector('#connection')?.dataset.state), null, { timeout: TIMEOUT })
   const red = await page.$eval('#connection', (n) => n.dataset.state)
   await page.keyboard.type(' SELECT 2;')
+  // The indicator says what the page keeps for the server meanwhile.
+  await page.waitForFunction(() => /edits? saved on this device/.test(document.querySelector('#connection .label')?.textContent ?? ''), null, { timeout: TIMEOUT })
+  const label = await page.$eval('#connection .label', (n) => n.textContent)
   server = await startServer()
   await page.waitForSelector('#connection[data-state=connected]', { timeout: 60000 })
   // A second window, opened after the restart, sees everything, the offline edit included.
@@ -59,7 +62,7 @@ try {
   while (!(await users()).includes('ada') && Date.now() < settled) await sleep(100)
   const online = await users()
   if (!online.includes('ada') || online.includes('anonymous')) throw new Error(`online after the restart: ${online}`)
-  console.log(JSON.stringify({ ok: true, red, online, text: await other.$eval('.cm-content', (n) => n.innerText) }))
+  console.log(JSON.stringify({ ok: true, red, label, online, text: await other.$eval('.cm-content', (n) => n.innerText) }))
 } catch (err) {
   console.log(JSON.stringify({ ok: false, error: String(err) }))
   process.exitCode = 1

@@ -89,6 +89,15 @@ async fn the_indicator_follows_a_server_restart_and_nothing_typed_is_lost() {
             .contains("SELECT 1; SELECT 2;"),
         "{seen}"
     );
+    // While the server was down: "Server unreachable: retrying in 4 s (10 edits saved on this
+    // device)", or "Disconnected: reconnecting…" with the same count.
+    assert!(
+        seen["label"]
+            .as_str()
+            .unwrap()
+            .contains("edits saved on this device"),
+        "{seen}"
+    );
 }
 
 #[tokio::test]
@@ -290,4 +299,6 @@ async fn on_a_phone_the_page_is_one_column_with_a_short_header_and_toasts_that_k
     assert_eq!(seen["toasts"]["closable"], true, "{seen}");
     assert!(seen["toasts"]["share"].as_f64().unwrap() < 0.25, "{seen}");
     assert_eq!(seen["closed"], true, "{seen}");
+    assert_eq!(seen["mutedShown"], false, "{seen}");
+    assert_eq!(seen["approved"], true, "{seen}");
 }

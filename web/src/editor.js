@@ -31,8 +31,23 @@ export function editor (session, t, queryId) {
       if (user.colorLight !== undefined && cssColor(user.colorLight, null) === null) user.colorLight = `${safe}33`
     }
   })
-  shared.on('status', (status, detail) => showConnection('document', status, detail))
-  showConnection('document', shared.status)
+  // Edits made while the document cannot reach the server are kept on this device (IndexedDB)
+  // and counted in the indicator until they are synced.
+  let unsynced = 0
+  let lastDetail = {}
+  const offline = () => !['connected', 'degraded'].includes(shared.status)
+  const report = () => showConnection('document', shared.status, { ...lastDetail, pending: unsynced })
+  shared.on('status', (status, detail) => {
+    lastDetail = detail
+    if (!offline()) unsynced = 0
+    report()
+  })
+  doc.on('update', (_update, origin) => {
+    if (!offline() || origin === provider || origin === shared.poller || origin === shared.local) return
+    unsynced++
+    report()
+  })
+  report()
 
   const banner = el('p', { className: 'banner', id: 'editing-banner', hidden: true })
   const title = el('input', { type: 'text', id: 'title', autocomplete: 'off' })

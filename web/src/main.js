@@ -7,13 +7,13 @@
 //   versions; util.js: the DOM helpers.
 import { createTandem } from '@tandem/client'
 import { IndexeddbPersistence } from 'y-indexeddb'
-import { $, safeDecode } from './util.js'
+import { $, el, safeDecode } from './util.js'
 import { signIn, tokenListeners, tokenSource } from './session.js'
 import { showConnection } from './status.js'
 import { dashboard, toast } from './dashboard.js'
 import { editor } from './editor.js'
 
-const TOASTED = ['query_completed', 'query_failed', 'agent_executed', 'approval_request', 'new_chat_message', 'new_chat_session', 'system_alert', 'workflow_triggered']
+const TOASTED = ['query_completed', 'query_failed', 'agent_executed', 'approval_request', 'approval_decided', 'new_chat_message', 'new_chat_session', 'system_alert', 'workflow_triggered']
 
 let started = false
 
@@ -38,8 +38,22 @@ function start (session) {
   showConnection('dashboard', t.status, t.statusDetail)
   // Live events only: what the history holds was seen before.
   t.subscribe(['queries', 'agents', 'approvals', 'chat_sessions', 'system', 'workflows', 'notifications'], (event) => {
-    if (TOASTED.includes(event.type)) toast(event)
+    if (TOASTED.includes(event.type)) toast(event, t)
   })
+  // Unread notifications and chat messages, on every page: a badge in the header that leads
+  // to the dashboard.
+  const headerBadge = el('a', { href: '/', className: 'badge header-badge', id: 'header-badge', hidden: true })
+  $('#me').before(headerBadge)
+  const showBadge = () => {
+    const notifications = t.notifications.unread
+    const chats = t.badges.total
+    headerBadge.hidden = notifications + chats === 0
+    headerBadge.textContent = String(notifications + chats)
+    headerBadge.ariaLabel = `${notifications} unread notifications, ${chats} unread chat messages`
+    headerBadge.title = headerBadge.ariaLabel
+  }
+  t.notifications.on('change', showBadge)
+  t.badges.on('change', showBadge)
   window.tandem = { client: t }
   if (queryId) editor(session, t, queryId)
   else dashboard(session, t)

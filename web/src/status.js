@@ -30,9 +30,12 @@ function render () {
   document.body.dataset.connection = worst.state
   const due = worst.detail?.nextRetryAt
   const seconds = due ? Math.ceil((due - Date.now()) / 1000) : 0
-  node.querySelector('.label').textContent = seconds > 0 && ['reconnecting', 'offline'].includes(worst.state)
+  // Edits kept on this device until the server has them, from any part that has some.
+  const pending = [...parts.values()].reduce((n, part) => n + (part.detail?.pending ?? 0), 0)
+  const saved = pending > 0 ? ` (${pending} edit${pending > 1 ? 's' : ''} saved on this device)` : ''
+  node.querySelector('.label').textContent = (seconds > 0 && ['reconnecting', 'offline'].includes(worst.state)
     ? `${LABELS[worst.state]} in ${seconds} s`
-    : `${LABELS[worst.state]}${['reconnecting', 'offline'].includes(worst.state) ? '…' : ''}`
+    : `${LABELS[worst.state]}${['reconnecting', 'offline'].includes(worst.state) ? '…' : ''}`) + saved
   // The countdown ticks while a retry is due.
   clearTimeout(ticker)
   if (seconds > 0) ticker = setTimeout(render, 1000)
