@@ -207,10 +207,10 @@ export function dashboard (session, t) {
   }
   t.preferences.on('change', renderSettings)
   t.preferences.load().catch((err) => { settingsNote.textContent = `Settings unavailable (${err.message})` })
-  const settings = el('details', { className: 'card settings-card', id: 'settings' },
+  const settings = el('section', { className: 'card settings-card' }, el('details', { id: 'settings' },
     el('summary', {}, el('h2', { textContent: 'Real-time notifications' })),
     el('p', { className: 'sub', textContent: 'Which events are pushed to you as they happen.' }),
-    settingsList, settingsNote)
+    settingsList, settingsNote))
 
   $('#app').className = ''
   $('#app').replaceChildren(
