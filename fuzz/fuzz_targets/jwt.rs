@@ -27,6 +27,7 @@ fn fixture() -> &'static Fixture {
             realtime_plans: &["scale".to_owned()],
             leeway_secs: 0,
             audience: None,
+            dev_key_file: None,
         })
         .expect("an HS256 verifier");
         let claims = Claims {
