@@ -127,7 +127,9 @@ try {
   // Both in the online widget of the dashboard, and in the query's entry.
   const carol = await open('Carol', '/')
   await carol.waitForFunction(() => ['Ada', 'Bob'].every((n) => (document.querySelector('#online-users')?.innerText ?? '').includes(n)), null, { timeout: TIMEOUT })
-  await carol.waitForFunction(() => /Query 7\s*·\s*(Ada, Bob|Bob, Ada)/.test((document.querySelector('#queries')?.innerText ?? '')), null, { timeout: TIMEOUT })
+  await carol.waitForFunction(() => /Query 7[^·]*·\s*(Ada, Bob|Bob, Ada)/.test((document.querySelector('#queries')?.innerText ?? '')), null, { timeout: TIMEOUT })
+  // The query's title, read from its document, in the list and in where Ada is.
+  await carol.waitForFunction(() => (document.querySelector('#queries')?.innerText ?? '').includes('“Paid orders”') && (document.querySelector('#online-users')?.innerText ?? '').includes('on “Paid orders”'), null, { timeout: TIMEOUT })
   const online = await textOf(carol, '#online-users')
   // The result that came before she opened the page is in her notifications all the same.
   await carol.waitForFunction(() => (document.querySelector('#unread')?.innerText ?? '').includes('Query 7 completed: 100 rows'), null, { timeout: TIMEOUT })

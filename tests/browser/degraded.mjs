@@ -75,7 +75,7 @@ try {
   step = 'the dashboard sees Ada'
   carol = await open('Carol', '/')
   await carol.waitForFunction(() => (document.querySelector('#online-users')?.innerText ?? '').includes('Ada'), null, { timeout: TIMEOUT })
-  await carol.waitForFunction(() => /Query 12\s*·.*Ada/.test((document.querySelector('#queries')?.innerText ?? '')), null, { timeout: TIMEOUT })
+  await carol.waitForFunction(() => /Query 12[^·]*·.*Ada/.test((document.querySelector('#queries')?.innerText ?? '')), null, { timeout: TIMEOUT })
   await ada.screenshot({ path: `${artifacts}/ada-degraded.png` })
   const degradedState = await state(ada)
 

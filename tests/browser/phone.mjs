@@ -71,6 +71,14 @@ try {
   await page.waitForFunction(() => (document.querySelector('#unread')?.innerText ?? '').includes('Approval 77 approved by Ada'), null, { timeout: TIMEOUT })
   const approved = true
 
+  step = 'chat toast'
+  // A chat message's toast opens its session.
+  await publish({ type: 'new_chat_message', session_id: 55, message: 'ping from the toast', sender: 'visitor' })
+  await page.waitForSelector('#toasts a[href="/?chat=55"]', { timeout: TIMEOUT })
+  await page.click('#toasts a[href="/?chat=55"]')
+  await page.waitForFunction(() => document.querySelector('#chat-session h3')?.textContent === 'Chat 55' && (document.querySelector('#chat-session')?.innerText ?? '').includes('ping from the toast'), null, { timeout: TIMEOUT })
+  const chatOpened = true
+
   step = 'settings'
   // Muting system alerts in the settings: the next alert is not pushed, the failed query
   // published after it is (events come in order, so its toast proves the alert's absence).
@@ -83,7 +91,7 @@ try {
   await publish({ type: 'query_failed', query_id: 6, error: 'after the muted one' })
   await page.waitForFunction(() => (document.querySelector('#toasts')?.innerText ?? '').includes('after the muted one'), null, { timeout: TIMEOUT })
   const mutedShown = await page.evaluate(() => (document.querySelector('#toasts')?.innerText ?? '').includes('muted alert'))
-  console.log(JSON.stringify({ ok: errors.length === 0, errors, editor, toasts, closed, dashboard, mutedShown, approved }))
+  console.log(JSON.stringify({ ok: errors.length === 0, errors, editor, toasts, closed, dashboard, mutedShown, approved, chatOpened }))
 } catch (err) {
   console.log(JSON.stringify({ ok: false, step, error: String(err.stack || err), errors }))
   process.exitCode = 1

@@ -301,4 +301,5 @@ async fn on_a_phone_the_page_is_one_column_with_a_short_header_and_toasts_that_k
     assert_eq!(seen["closed"], true, "{seen}");
     assert_eq!(seen["mutedShown"], false, "{seen}");
     assert_eq!(seen["approved"], true, "{seen}");
+    assert_eq!(seen["chatOpened"], true, "{seen}");
 }

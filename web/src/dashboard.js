@@ -1,7 +1,8 @@
 // The dashboard page: online users, the queries with who is in each, the live activity feed,
 // notifications (with toasts) and chat badges, all from the client library's state.
 
-import { $, el, ago, colorOf, cssColor, initials, pageLabel, safeAvatar, safeDecode, time } from './util.js'
+import * as Y from 'yjs'
+import { $, el, ago, colorOf, cssColor, initials, pageLabel, params, safeAvatar, safeDecode, time } from './util.js'
 
 // Toasts shown at once; more are counted in one "+N more".
 const MAX_TOASTS = 4
@@ -22,7 +23,8 @@ export function dashboard (session, t) {
   const unreadCount = el('span', { className: 'badge', id: 'unread-count' })
   const markRead = el('button', { type: 'button', className: 'link', textContent: 'Mark all read' })
   // The session open in the panel: it shows new messages as they come, and stays read.
-  let openChat = null
+  // A chat's toast opens the dashboard at `/?chat=ID`: that session is open.
+  let openChat = params.get('chat')
 
   const avatar = (u, name) => {
     const node = el('span', { className: 'avatar' }, initials(name), el('span', { className: `status ${u.status}`, title: u.status }))
@@ -42,10 +44,10 @@ export function dashboard (session, t) {
     const button = el('button', { className: 'user', type: 'button' },
       avatar(u, name),
       el('span', {}, el('strong', { textContent: name }), el('br'),
-        el('span', { className: 'sub', textContent: u.status === 'offline' ? `last seen ${ago(u.last_seen)}` : `${u.status} · ${pageLabel(u.current_page)}` })))
+        el('span', { className: 'sub', textContent: u.status === 'offline' ? `last seen ${ago(u.last_seen)}` : `${u.status} · ${whereIs(u.current_page)}` })))
     button.setAttribute('aria-label', `${name}, ${u.status}`)
     button.addEventListener('click', () => {
-      details.textContent = `${name}: ${u.status}, ${pageLabel(u.current_page) || 'no page'}, workspace ${u.workspace || '–'}, last active ${ago(u.last_active) || '–'}`
+      details.textContent = `${name}: ${u.status}, ${whereIs(u.current_page) || 'no page'}, workspace ${u.workspace || '–'}, last active ${ago(u.last_active) || '–'}`
     })
     return el('li', {}, button)
   }
@@ -60,6 +62,36 @@ export function dashboard (session, t) {
   }
   // Relative times ("3 min ago") move on by themselves.
   setInterval(renderUsers, 30000)
+  // Each listed query's title, read from its document (`GET /api/v1/docs/…`), read again when
+  // someone has been in it.
+  const titles = new Map()
+  const fetching = new Set()
+  const titleOf = (id) => {
+    if (!titles.has(id) && !fetching.has(id)) {
+      fetching.add(id)
+      const path = `/api/v1/docs/${[session.workspace, 'queries', id].map(encodeURIComponent).join('/')}`
+      t.request(path).then((r) => (r.ok ? r.arrayBuffer() : null)).then((bytes) => {
+        const doc = new Y.Doc()
+        if (bytes && bytes.byteLength) Y.applyUpdate(doc, new Uint8Array(bytes))
+        titles.set(id, doc.getText('title').toString().trim())
+        doc.destroy()
+        renderQueries()
+        renderUsers()
+      }).catch(() => {}).finally(() => fetching.delete(id))
+    }
+    return titles.get(id) || ''
+  }
+  t.editing.on('change', (document) => {
+    const id = typeof document === 'string' && document.startsWith(`${session.workspace}/queries/`) ? document.slice(session.workspace.length + 9) : null
+    if (id !== null) titles.delete(id)
+  })
+  /** "on “Revenue by region”" for a query page with a title, else what the page is. */
+  const whereIs = (page) => {
+    const query = /^\/queries\/([^/]+)$/.exec(page || '')
+    const id = query && safeDecode(query[1])
+    const title = id && titleOf(id)
+    return title ? `on “${title}”` : pageLabel(page)
+  }
   // The first queries, and any other someone is in: who is in a query is known from the
   // `editing` events of its document and from the pages in everyone's presence.
   const renderQueries = () => {
@@ -87,7 +119,9 @@ export function dashboard (session, t) {
     }
     queries.replaceChildren(...ids.map((id) => {
       const who = [...(inQuery.get(id) || new Map()).values()]
+      const title = titleOf(id)
       return el('li', {}, el('a', { href: `/queries/${encodeURIComponent(id)}`, textContent: `Query ${id}` }),
+        ...(title ? [el('span', { className: 'query-title', textContent: ` “${title}”` })] : []),
         el('span', { className: 'sub', textContent: who.length ? ` · ${who.map((u) => u.name || u.user_id).join(', ')}` : '' }))
     }))
   }
@@ -284,9 +318,10 @@ export function severityOf (event) {
   return 'info'
 }
 
-/** Where a click on an event's toast goes: its query, or the dashboard (chats, the rest). */
+/** Where a click on an event's toast goes: its query, its chat session on the dashboard, or nowhere. */
 function targetOf (event) {
   if (event.query_id !== undefined && event.query_id !== null) return `/queries/${encodeURIComponent(event.query_id)}`
+  if (['new_chat_message', 'new_chat_session'].includes(event.type) && event.session_id !== undefined) return `/?chat=${encodeURIComponent(event.session_id)}`
   return null
 }
 
