@@ -215,7 +215,8 @@ pub async fn post_badges_read(
 /// `POST /api/v1/approvals/{approval_id}/decision` with `{"decision":"approved"|"denied",
 /// "comment"?}`: the caller decides on an approval request. The decision is an
 /// `approval_decided` event on the `approvals` channel (with who decided), stored like any
-/// other and sent to webhooks as `approval.decided`; answered `201 {"id": N}`.
+/// other and sent to webhooks as `approval.decided`; answered `201 {"id": N}`, or 429 past the
+/// publishing rates (`--publish-rate-workspace`, `--publish-rate-user`).
 pub async fn post_approval_decision(
     State(app): State<AppState>,
     Caller(who): Caller,
@@ -223,6 +224,10 @@ pub async fn post_approval_decision(
     JsonObject(fields): JsonObject,
 ) -> Result<Response, ApiError> {
     use crate::dashboard::catalogue::{Event, DECISIONS};
+    // A decision is an event: within the publishing rates of the workspace and the user.
+    if let Err(wait) = app.hub.admit(&who.workspace, &who.user) {
+        return Ok(super::extract::too_many("too many decisions", wait));
+    }
     let invalid = |message: &str| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -1640,3 +1640,29 @@ async fn a_decision_on_an_approval_is_an_event_naming_who_decided() {
         .unwrap();
     assert_eq!(anonymous.status(), 401);
 }
+
+#[tokio::test]
+async fn decisions_are_held_to_the_publishing_rate_of_their_user() {
+    let app = spawn_app_with(|c| {
+        secured(c);
+        c.publish_rate_user = 3;
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let answer = http
+            .post(app.http_url("/api/v1/approvals/5/decision"))
+            .bearer_auth(token("acme", "ada", Role::Member))
+            .json(&json!({"decision": "denied"}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(answer.status().as_u16());
+        if answer.status() == 429 {
+            assert!(answer.headers().contains_key("retry-after"));
+        }
+    }
+    assert!(statuses.contains(&201), "{statuses:?}");
+    assert!(statuses.contains(&429), "{statuses:?}");
+}
