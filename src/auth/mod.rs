@@ -448,10 +448,17 @@ fn dev_key(path: &std::path::Path) -> Result<Secret, AuthConfigError> {
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         std::io::Write::write_all(&mut options.open(path)?, text.as_bytes())
     };
-    write().map_err(|source| AuthConfigError::DevKey {
-        path: shown.clone(),
-        source,
-    })?;
+    match write() {
+        Ok(()) => {}
+        // Another process made it first: theirs is the key.
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => return dev_key(path),
+        Err(source) => {
+            return Err(AuthConfigError::DevKey {
+                path: shown,
+                source,
+            })
+        }
+    }
     tracing::info!(path = %shown, "made the key of development tokens");
     text.parse()
         .map_err(|_| AuthConfigError::BadDevKey { path: shown })
