@@ -582,20 +582,6 @@ async fn open_servers_mint_development_tokens_that_name_the_user() {
     assert_eq!(response.status(), 404);
 }
 
-/// The development token `name` gets from `app`.
-async fn dev_token(app: &TestApp, name: &str) -> String {
-    let minted: serde_json::Value = reqwest::Client::new()
-        .post(app.http_url("/api/v1/dev/token"))
-        .json(&serde_json::json!({ "name": name }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    minted["token"].as_str().unwrap().to_owned()
-}
-
 /// A long-poller's `POST /api/v1/presence` as the holder of `token` (or of none).
 async fn who_posts(app: &TestApp, token: Option<&str>) -> reqwest::Response {
     let mut request = reqwest::Client::new()
@@ -610,7 +596,7 @@ async fn who_posts(app: &TestApp, token: Option<&str>) -> reqwest::Response {
 #[tokio::test]
 async fn open_mode_keeps_development_tokens_across_a_restart_and_refuses_tokens_it_cannot_verify() {
     let app = support::spawn_app().await;
-    let token = dev_token(&app, "Ada").await;
+    let token = app.dev_token("Ada").await;
     assert_eq!(who_posts(&app, Some(&token)).await.status(), 200);
     let config = tandem::Config::with_data_dir(app.dir.path());
     let app = app.restart_with(config).await;

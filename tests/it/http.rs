@@ -273,17 +273,8 @@ impl Poller {
 
     /// The same, signed in as `name` with a development token.
     async fn signed_in(app: &support::TestApp, doc: &str, client_id: u64, name: &str) -> Poller {
-        let minted: serde_json::Value = reqwest::Client::new()
-            .post(app.http_url("/api/v1/dev/token"))
-            .json(&serde_json::json!({ "name": name }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
         Poller {
-            token: Some(minted["token"].as_str().unwrap().to_owned()),
+            token: Some(app.dev_token(name).await),
             ..Poller::new(app, doc, client_id)
         }
     }

@@ -190,6 +190,20 @@ pub async fn spawn_secured(tweak: impl FnOnce(&mut Config)) -> TestApp {
 }
 
 impl TestApp {
+    /// The development token an open server mints for `name` (`POST /api/v1/dev/token`).
+    pub async fn dev_token(&self, name: &str) -> String {
+        let minted: Value = reqwest::Client::new()
+            .post(self.http_url("/api/v1/dev/token"))
+            .json(&serde_json::json!({ "name": name }))
+            .send()
+            .await
+            .expect("POST /api/v1/dev/token")
+            .json()
+            .await
+            .expect("a JSON answer");
+        minted["token"].as_str().expect("a token").to_owned()
+    }
+
     /// `method` on `path` with `bearer`: the status and the JSON body (`null` when there is
     /// none).
     pub async fn call(&self, method: reqwest::Method, path: &str, bearer: &str) -> (u16, Value) {
