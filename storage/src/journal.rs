@@ -9,6 +9,13 @@
 //! A record: body length (u32, little-endian), CRC-32 of the body (u32), then the body: name
 //! length (u16), name, sequence number (u64), update bytes. A crash can leave a torn record at
 //! the end; replay stops at the first record that is short or fails its checksum.
+//!
+//! The file is grown ahead of the records, [`PREALLOCATE_BYTES`] of zeros at a time, synced
+//! once: a group commit then writes inside blocks the file already owns, so its `fdatasync`
+//! writes the records and nothing else (appending past the end makes every sync allocate blocks
+//! and write the inode too, which cost more than half of it). Zeros end the valid prefix like a
+//! torn record does (a zero header announces an empty body, which has no name), so the
+//! preallocated tail is never taken for records.
 
 use std::fs::File;
 use std::io;
@@ -19,11 +26,16 @@ use crate::Seq;
 
 const RECORD_HEADER_BYTES: usize = 4 + 4;
 
+/// How far ahead of its records the journal file is grown with zeros.
+pub(crate) const PREALLOCATE_BYTES: u64 = 1 << 20;
+
 /// The journal file and what it holds that sled does not have yet.
 pub(crate) struct JournalFile {
     file: File,
     /// Bytes of whole records in the file; the next write goes here.
     len: u64,
+    /// The file's synced size: records, then zeros up to here.
+    allocated: u64,
     /// The records written and synced since the last checkpoint (the file's whole content).
     unapplied: Vec<u8>,
     /// A truncation whose sync failed, to be synced before anything relies on it.
@@ -55,17 +67,22 @@ impl JournalFile {
         let mut content = vec![0; size];
         file.read_exact_at(&mut content, 0)?;
         let valid = valid_prefix(&content);
+        // Zeros after the records are the preallocated tail; anything else is a torn record.
+        let zeros = content[valid..].iter().all(|&b| b == 0);
         let torn = TornTail {
-            bytes: content.len() - valid,
+            bytes: if zeros { 0 } else { content.len() - valid },
         };
         content.truncate(valid);
+        let mut allocated = size as u64;
         if torn.bytes > 0 {
             file.set_len(valid as u64)?;
             file.sync_all()?;
+            allocated = valid as u64;
         }
         let journal = JournalFile {
             file,
             len: valid as u64,
+            allocated,
             unapplied: content,
             truncation_unsynced: false,
         };
@@ -79,18 +96,46 @@ impl JournalFile {
             return Ok(());
         }
         self.sync_truncation()?;
+        let end = self.len + records.len() as u64;
+        if end > self.allocated {
+            self.preallocate(end)?;
+        }
         let written = self
             .file
             .write_all_at(records, self.len)
             .and_then(|()| self.file.sync_data());
         if let Err(err) = written {
-            // Best effort: if even this fails, the next write starts at the same offset and
-            // overwrites the partial record anyway.
-            let _ = self.file.set_len(self.len);
+            // The partial record is zeroed (best effort: if even this fails, the next write
+            // starts at the same offset and overwrites it anyway), so the zeros after the
+            // records stay zeros.
+            let zeros = vec![0; records.len()];
+            if self.file.write_all_at(&zeros, self.len).is_err() {
+                let _ = self.file.set_len(self.len);
+                self.allocated = self.len;
+            }
             return Err(err);
         }
         self.len += records.len() as u64;
         self.unapplied.extend_from_slice(records);
+        Ok(())
+    }
+
+    /// Grows the file with zeros to hold at least `end` bytes, a [`PREALLOCATE_BYTES`] step at
+    /// least, and syncs its new size. On failure the file is cut back to what it was.
+    fn preallocate(&mut self, end: u64) -> io::Result<()> {
+        let target = end.max(self.allocated + PREALLOCATE_BYTES);
+        let len = usize::try_from(target - self.allocated)
+            .map_err(|_| io::Error::other("the journal is larger than memory can hold"))?;
+        let zeros = vec![0; len];
+        let grown = self
+            .file
+            .write_all_at(&zeros, self.allocated)
+            .and_then(|()| self.file.sync_all());
+        if let Err(err) = grown {
+            let _ = self.file.set_len(self.allocated);
+            return Err(err);
+        }
+        self.allocated = target;
         Ok(())
     }
 
@@ -111,6 +156,7 @@ impl JournalFile {
         // Emptied in memory at once, even if the sync fails: the next write must land at the
         // start of the (now empty) file, not past a hole that replay would stop at.
         self.len = 0;
+        self.allocated = 0;
         self.unapplied.clear();
         self.truncation_unsynced = true;
         self.sync_truncation()
@@ -277,5 +323,52 @@ mod tests {
         drop(journal);
         let (journal, _) = JournalFile::open(&path).unwrap();
         assert_eq!(journal.unapplied_bytes(), 0);
+    }
+
+    #[test]
+    fn the_file_is_grown_ahead_of_its_records_and_the_zeros_are_no_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let (mut journal, _) = JournalFile::open(&path).unwrap();
+        let bytes = sample();
+        journal.write(&bytes).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), PREALLOCATE_BYTES);
+
+        // Reopened, the records are there and the zeros after them are kept, not cut.
+        drop(journal);
+        let (mut journal, torn) = JournalFile::open(&path).unwrap();
+        assert_eq!(torn.bytes, 0);
+        assert_eq!(journal.unapplied(), &bytes[..]);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), PREALLOCATE_BYTES);
+
+        // Later records follow the earlier ones, and a write past the end grows the file again.
+        let mut big = Vec::new();
+        encode(
+            &mut big,
+            "ws/big",
+            Seq(9),
+            &vec![5; PREALLOCATE_BYTES as usize],
+        );
+        journal.write(&big).unwrap();
+        let grown = std::fs::metadata(&path).unwrap().len();
+        assert!(grown >= (bytes.len() + big.len()) as u64 && grown > PREALLOCATE_BYTES);
+        drop(journal);
+
+        // A crash in the middle of a write leaves a torn record among the zeros: it is cut off.
+        let mut torn_record = Vec::new();
+        encode(&mut torn_record, "ws/torn", Seq(10), b"never acknowledged");
+        torn_record.truncate(torn_record.len() - 3);
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&torn_record, (bytes.len() + big.len()) as u64)
+            .unwrap();
+        drop(file);
+        let (journal, torn) = JournalFile::open(&path).unwrap();
+        assert_eq!(torn.bytes as u64, grown - (bytes.len() + big.len()) as u64);
+        let docs: Vec<_> = records(journal.unapplied()).map(|r| r.doc).collect();
+        assert_eq!(docs, vec!["ws/a", "ws/b", "ws/a", "ws/big"]);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            (bytes.len() + big.len()) as u64
+        );
     }
 }
