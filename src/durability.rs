@@ -183,8 +183,10 @@ impl Durability {
         result
     }
 
-    /// Runs the flusher until `stop` is cancelled: waits for appends, flushes them together, then
-    /// lets `interval` pass so the next flush gathers everything that arrived meanwhile.
+    /// Runs the flusher until `stop` is cancelled: waits for appends, then for `interval` to
+    /// have passed since the last flush began (so a flush gathers everything that arrived
+    /// meanwhile), and flushes them together. An idle log costs no timer: the wait for the
+    /// interval comes after the first append, not after every flush.
     pub fn spawn_flusher<S: Flush + ?Sized>(
         self: &Arc<Self>,
         store: Arc<S>,
@@ -194,12 +196,26 @@ impl Durability {
         let this = Arc::clone(self);
         tokio::spawn(
             async move {
+                let mut next = tokio::time::Instant::now();
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => break,
                         _ = this.wake.notified() => {}
                     }
-                    let mut next = tokio::time::Instant::now() + interval;
+                    if next > tokio::time::Instant::now() {
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            _ = tokio::time::sleep_until(next) => {}
+                        }
+                    }
+                    // The wake of an append the last flush already covered: nothing to do.
+                    let flushed = *this.flushed.borrow();
+                    if flushed.failures == 0
+                        && this.appended.load(Ordering::Acquire) <= flushed.durable
+                    {
+                        continue;
+                    }
+                    next = tokio::time::Instant::now() + interval;
                     // A failure is logged and counted; waiters keep waiting and a later round
                     // retries, since the appended updates are still in the buffer: sooner at
                     // first, then at most every second (a full disk takes a while to clear).
@@ -211,10 +227,6 @@ impl Durability {
                             .min(Duration::from_secs(1));
                         next = tokio::time::Instant::now() + backoff;
                         this.wake.notify_one();
-                    }
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep_until(next) => {}
                     }
                 }
             }
@@ -250,6 +262,54 @@ mod tests {
             .wait(third, Duration::from_secs(1))
             .await
             .unwrap();
+        stop.cancel();
+        flusher.await.unwrap();
+    }
+
+    /// A store that counts its flushes.
+    #[derive(Default)]
+    struct Counting {
+        flushes: AtomicU64,
+    }
+
+    impl Flush for Counting {
+        fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+            self.flushes.fetch_add(1, Ordering::AcqRel);
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_append_is_flushed_at_once_and_a_burst_waits_for_the_interval() {
+        let interval = Duration::from_millis(5);
+        let durability = Durability::new();
+        let store = Arc::new(Counting::default());
+        let stop = CancellationToken::new();
+        let flusher = durability.spawn_flusher(Arc::clone(&store), interval, stop.clone());
+        let flushes = || store.flushes.load(Ordering::Acquire);
+
+        // An append after a quiet while does not wait for a timer.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = tokio::time::Instant::now();
+        let ticket = durability.appended();
+        durability.wait(ticket, interval).await.unwrap();
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(flushes(), 1);
+
+        // Appends right after a flush wait for the interval, and go in one flush.
+        let tickets: Vec<_> = (0..10).map(|_| durability.appended()).collect();
+        for ticket in tickets {
+            durability
+                .wait(ticket, Duration::from_secs(1))
+                .await
+                .unwrap();
+        }
+        assert_eq!(started.elapsed(), interval);
+        assert_eq!(flushes(), 2);
+
+        // Idle: no flush without appends.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(flushes(), 2);
         stop.cancel();
         flusher.await.unwrap();
     }
