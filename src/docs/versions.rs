@@ -73,6 +73,15 @@ impl Rooms {
         if let Some(hooks) = self.hooks.get() {
             hooks.changed(name, author.map(|a| &**a));
         }
+        // Most updates are to a document changed already: no key to copy for them.
+        if let Some(mut entry) = self.unversioned.get_mut(name) {
+            if let Some(author) = author {
+                if !entry.authors.contains(author) {
+                    entry.authors.insert(Arc::clone(author));
+                }
+            }
+            return;
+        }
         let mut entry = self
             .unversioned
             .entry(name.clone())

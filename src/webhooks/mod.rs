@@ -28,7 +28,7 @@ pub mod sign;
 pub mod target;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -236,6 +236,9 @@ pub struct Webhooks {
     store: Arc<dyn StateStore>,
     settings: WebhookSettings,
     lanes: DashMap<String, Arc<Lane>>,
+    /// How many `lanes` there are: every update asks whether anyone wants it, and most
+    /// servers have no endpoint at all, which this answers without locking the map's shards.
+    lane_count: AtomicUsize,
     changed: DashMap<DocName, Changed>,
     /// Who is in each document, as the last `editing` event said: for entered and left.
     editors: Mutex<HashMap<String, BTreeSet<String>>>,
@@ -307,6 +310,7 @@ impl Webhooks {
             store,
             settings,
             lanes: DashMap::new(),
+            lane_count: AtomicUsize::new(0),
             changed: DashMap::new(),
             editors: Mutex::new(HashMap::new()),
             rooms: OnceLock::new(),
@@ -385,6 +389,7 @@ impl Webhooks {
             dashmap::Entry::Occupied(_) => return,
             dashmap::Entry::Vacant(vacant) => {
                 vacant.insert(Arc::clone(&lane));
+                self.lane_count.fetch_add(1, Ordering::AcqRel);
             }
         }
         let this = Arc::clone(self);
@@ -491,6 +496,7 @@ impl Webhooks {
         else {
             return Ok(false);
         };
+        self.lane_count.fetch_sub(1, Ordering::AcqRel);
         lane.stop.cancel();
         let revision = lane.endpoint().revision + 1;
         self.store.put(
@@ -529,7 +535,12 @@ impl Webhooks {
 
     /// Whether any endpoint of `workspace` wants `kind`.
     pub fn wants(&self, workspace: &str, kind: &str) -> bool {
-        self.lanes.iter().any(|lane| lane.wants(workspace, kind))
+        self.has_endpoints() && self.lanes.iter().any(|lane| lane.wants(workspace, kind))
+    }
+
+    /// Whether any workspace has an endpoint.
+    fn has_endpoints(&self) -> bool {
+        self.lane_count.load(Ordering::Acquire) > 0
     }
 
     /// Hands `kind` to the one task that writes messages down, after what was handed before.
@@ -918,6 +929,7 @@ impl Webhooks {
             .collect();
         for id in gone {
             if let Some((_, lane)) = self.lanes.remove(&id) {
+                self.lane_count.fetch_sub(1, Ordering::AcqRel);
                 lane.stop.cancel();
                 tracing::info!(endpoint = %id, "webhook endpoint removed through another node");
             }
@@ -1118,10 +1130,12 @@ impl crate::docs::DocHooks for Listener {
 
 impl crate::dashboard::EventHook for Listener {
     fn wants(&self, workspace: &str) -> bool {
-        self.0
-            .lanes
-            .iter()
-            .any(|lane| lane.endpoint().workspace == workspace)
+        self.0.has_endpoints()
+            && self
+                .0
+                .lanes
+                .iter()
+                .any(|lane| lane.endpoint().workspace == workspace)
     }
 
     fn appended(
