@@ -135,7 +135,8 @@ def main():
             text, median = cell([read(d, s) for d in rounds], spec)
             medians[(key, s)] = median
             cells.append(text)
-        print(f"| {label} | " + " | ".join(cells) + " |")
+        if any(c != "n/a" for c in cells):
+            print(f"| {label} | " + " | ".join(cells) + " |")
 
     ours = [s for s in ("tandem", "tandem-hp", "baseline") if s in servers]
     peers = [s for s in PEERS if s in servers]
@@ -144,12 +145,14 @@ def main():
     higher = {key: up for key, _, _, _, up in figures()}
     labels = {key: label for key, label, _, _, _ in figures()}
     print("\nTandem's medians against the relay's and the best peer's (targets of issue #20).\n")
-    print("| figure | server | relay | ratio | best peer | ratio | target | met |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| figure | server | median | relay | ratio | best peer | ratio | target | met |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for key, to_relay, to_peer in TARGETS:
         up = higher[key]
         for s in ours:
             mine = medians.get((key, s))
+            if mine is None:
+                continue
             relay = medians.get((key, "relay"))
             known = [(medians.get((key, p)), p) for p in peers if medians.get((key, p)) is not None]
             best = (max if up else min)(known) if known else (None, None)
@@ -170,7 +173,7 @@ def main():
             relay_text = "n/a" if relay is None else f"{relay:.4g}"
             peer_text = "n/a" if best[0] is None else f"{best[0]:.4g} ({best[1]})"
             mine_text = "n/a" if mine is None else f"{mine:.4g}"
-            print(f"| {labels[key]}: {mine_text} | {s} | {relay_text} | {r_relay} | {peer_text} | "
+            print(f"| {labels[key]} | {s} | {mine_text} | {relay_text} | {r_relay} | {peer_text} | "
                   f"{r_peer} | {', '.join(wants) or '—'} | {met} |")
 
 
