@@ -415,7 +415,7 @@ impl Config {
     pub const DEFAULT_SLED_CACHE_MIB: u64 = 64;
     pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
     pub const DEFAULT_MAX_AWARENESS_PER_CONNECTION: usize = 64;
-    pub const DEFAULT_WS_READ_BUFFER_BYTES: usize = 2048;
+    pub const DEFAULT_WS_READ_BUFFER_BYTES: usize = 1024;
     pub const DEFAULT_LAG_TIMEOUT_MS: u64 = 2_000;
     pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 5;
     pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1024;

@@ -12,13 +12,16 @@
 #
 # usage: benches/compare/run.sh              (from the repository root; needs taskset, node, npm,
 #                                            and y-sweet: `cargo install y-sweet --locked`)
-#        ROUNDS=5 DURATION=10 benches/compare/run.sh
+#        ROUNDS=5 DURATION=10 SAT_DURATION=5 benches/compare/run.sh   (the defaults: 3, 10 s, 5 s)
 #        SERVERS="tandem y-sweet relay" SCENARIOS="fanout-100x10 trace-1" benches/compare/run.sh
 #        SERVERS="tandem-hp hocuspocus" benches/compare/run.sh
 #                                            (the Hocuspocus protocol: Tandem's /hocuspocus
 #                                            beside the Hocuspocus server)
 #        BASELINE_BIN=/tmp/old/tandem SERVERS="tandem baseline" benches/compare/run.sh
 #                                            (this build beside another build of tandem)
+#        SERVERS="tandem tandem-1s relay" benches/compare/run.sh
+#                                            (tandem-1s: a one-second group commit, to see
+#                                            what durability within 5 ms costs)
 #        benches/compare/summarize.py bench-results/compare-…   (the table again)
 #
 # Scenarios: fanout-1x50 (1 room × 50 clients, one writer at 50 Hz), fanout-100x10 (100 rooms ×
@@ -30,6 +33,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 DURATION=${DURATION:-10}
+# Each step of the saturation search writes for this long.
+SAT_DURATION=${SAT_DURATION:-5}
 ROUNDS=${ROUNDS:-3}
 SERVERS=${SERVERS:-"tandem tandem-hp reference hocuspocus y-sweet relay"}
 SCENARIOS=${SCENARIOS:-"fanout-1x50 fanout-100x10 saturate connect trace-1 trace-100"}
@@ -61,6 +66,13 @@ start_server() {
       TANDEM_MAX_CONNECTIONS_PER_IP=0 taskset -c "$SERVER_CPU" ./target/release/tandem serve --bind 127.0.0.1:18200 --data-dir "$DATA" \
         >"$LOGS/$name.log" 2>&1 &
       PORT=18200 URL=ws://127.0.0.1:18200/ws PROTOCOL=y-websocket ;;
+    tandem-1s)
+      # Tandem with a one-second group-commit window instead of 5 ms: what the durability of
+      # every update within 5 ms costs (not a setting to run with: a crash loses up to a second).
+      DATA=$(mktemp -d)
+      TANDEM_MAX_CONNECTIONS_PER_IP=0 taskset -c "$SERVER_CPU" ./target/release/tandem serve --bind 127.0.0.1:18207 --data-dir "$DATA" \
+        --flush-interval-ms 1000 >"$LOGS/$name.log" 2>&1 &
+      PORT=18207 URL=ws://127.0.0.1:18207/ws PROTOCOL=y-websocket ;;
     tandem-hp)
       DATA=$(mktemp -d)
       TANDEM_MAX_CONNECTIONS_PER_IP=0 taskset -c "$SERVER_CPU" ./target/release/tandem serve --bind 127.0.0.1:18205 --data-dir "$DATA" \
@@ -118,7 +130,7 @@ run() {
 
 # Runs the saturation scenario at one rate; succeeds when that rate is past saturation.
 saturate_at() {
-  run "$1" "saturate-$2" fanout --rooms 100 --clients 10 --writers 1 --rate "$2" --duration "$DURATION" --drain 5 --server-pid-from-env
+  run "$1" "saturate-$2" fanout --rooms 100 --clients 10 --writers 1 --rate "$2" --duration "$SAT_DURATION" --drain 5 --server-pid-from-env
   python3 benches/compare/summarize.py --saturated "$DIR/$1-saturate-$2.json"
 }
 

@@ -13,8 +13,8 @@ import statistics
 import sys
 
 # "tandem-hp": Tandem's /hocuspocus endpoint. "baseline": another build of tandem (BASELINE_BIN),
-# to compare a change with.
-SERVERS = ["tandem", "tandem-hp", "baseline", "reference", "hocuspocus", "y-sweet", "relay"]
+# to compare a change with. "tandem-1s": Tandem with a one-second group commit.
+SERVERS = ["tandem", "tandem-hp", "tandem-1s", "baseline", "reference", "hocuspocus", "y-sweet", "relay"]
 # The servers people use today: "the best peer" is the best of these on each figure.
 PEERS = ["reference", "hocuspocus", "y-sweet"]
 P99_LIMIT_MS = 50.0
@@ -138,7 +138,7 @@ def main():
         if any(c != "n/a" for c in cells):
             print(f"| {label} | " + " | ".join(cells) + " |")
 
-    ours = [s for s in ("tandem", "tandem-hp", "baseline") if s in servers]
+    ours = [s for s in ("tandem", "tandem-hp", "tandem-1s", "baseline") if s in servers]
     peers = [s for s in PEERS if s in servers]
     if not ours or not (peers or "relay" in servers):
         return
