@@ -48,10 +48,16 @@ def saturation(directory, server):
     return max(ok) if ok else None
 
 
-def trace_rate(run):
-    """Edits/s of a trace replay, or None when it did not end with the right text."""
-    if run is None or not run.get("matches_end_content"):
+def trace_rate(path):
+    """Edits/s of a trace replay; a string saying why when it failed (no observer caught up,
+    the server closed it, the text was wrong); None when it did not run."""
+    if not os.path.exists(path):
         return None
+    run = load(path)
+    if run is None:
+        return "failed"
+    if not run.get("matches_end_content"):
+        return f"failed ({run['observer_ended']})" if run.get("observer_ended") else "wrong text"
     return run["edits_per_sec"]
 
 
@@ -86,9 +92,9 @@ def figures():
         ("failed", "failed connections",
          lambda d, s: (load(os.path.join(d, f"{s}-connect.json")) or {}).get("failed"), ".0f", False),
         ("trace-1", "trace replay, 1 edit per update: edits/s",
-         lambda d, s: trace_rate(load(os.path.join(d, f"{s}-trace-1.json"))), ".0f", True),
+         lambda d, s: trace_rate(os.path.join(d, f"{s}-trace-1.json")), ".0f", True),
         ("trace-100", "trace replay, 100 edits per update: edits/s",
-         lambda d, s: trace_rate(load(os.path.join(d, f"{s}-trace-100.json"))), ".0f", True),
+         lambda d, s: trace_rate(os.path.join(d, f"{s}-trace-100.json")), ".0f", True),
     ]
     return out
 
@@ -109,13 +115,18 @@ TARGETS = [
 
 
 def cell(values, spec):
-    values = [v for v in values if v is not None]
+    failures = [v for v in values if isinstance(v, str)]
+    values = [v for v in values if v is not None and not isinstance(v, str)]
     if not values:
+        if failures:
+            return f"{failures[0]} ×{len(failures)}", None
         return "n/a", None
     median = statistics.median(values)
     text = format(median, spec)
     if len(values) > 1 and min(values) != max(values):
         text += f" ({format(min(values), spec)}–{format(max(values), spec)})"
+    if failures:
+        text += f"; {failures[0]} ×{len(failures)}"
     return text, median
 
 
