@@ -74,21 +74,16 @@ impl Rooms {
             hooks.changed(name, author.map(|a| &**a));
         }
         // Most updates are to a document changed already: no key to copy for them.
-        if let Some(mut entry) = self.unversioned.get_mut(name) {
-            if let Some(author) = author {
-                if !entry.authors.contains(author) {
-                    entry.authors.insert(Arc::clone(author));
-                }
-            }
-            return;
-        }
-        let mut entry = self
-            .unversioned
-            .entry(name.clone())
-            .or_insert_with(|| Unversioned {
-                since: Instant::now(),
-                authors: BTreeSet::new(),
-            });
+        let mut entry = match self.unversioned.get_mut(name) {
+            Some(entry) => entry,
+            None => self
+                .unversioned
+                .entry(name.clone())
+                .or_insert_with(|| Unversioned {
+                    since: Instant::now(),
+                    authors: BTreeSet::new(),
+                }),
+        };
         if let Some(author) = author {
             if !entry.authors.contains(author) {
                 entry.authors.insert(Arc::clone(author));
